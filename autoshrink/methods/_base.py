@@ -1,0 +1,205 @@
+"""What every compression method is made of, and the registry that finds them.
+
+A method is one file `methods/<name>.py` with:
+  - a frozen config dataclass (subclass of MethodConfig) that checks its knobs in __post_init__;
+  - a CompressedWeight subclass registered with `@register(ThatConfig)`, which holds the
+    trainable representation of one weight matrix W (m x n, y = W x; rows = words for vocabulary
+    sites) and implements `build` (initialise from the dense W), `weight` (W as stored, with
+    quantisation applied), `stored_bytes` (analytic), `export`/`from_export` (packed tensors).
+CompressedLinear / CompressedEmbedding put a CompressedWeight in a site's place; tied sites share
+one CompressedWeight, so it trains and counts once.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from autoshrink.errors import UserError
+from autoshrink.methods._storage import check_bits, fake_quant, float_bytes, pack_float, unpack_float
+from autoshrink.models.sites import Site
+
+VOCAB_ROLES = ("embedding", "softmax")
+ALL_ROLES = ("embedding", "softmax", "recurrent", "linear")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Knobs shared by every method: how its float tensors are stored."""
+
+    method: ClassVar[str] = ""
+    roles: ClassVar[tuple[str, ...]] = ALL_ROLES  # site roles the method applies to
+    bits: int = field(default=32, metadata={"help": "storage bits of the method's float tensors: 32, 16 or 2-8 (affine codes, straight-through fine-tuning)"})
+    group_size: int = field(default=0, metadata={"help": "values per quantisation scale; 0 = one scale per row"})
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits)
+        if self.group_size < 0:
+            raise UserError(f"{self.method}: group_size must be >= 0, got {self.group_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+    def replace(self, **changes: Any) -> "MethodConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def knobs(cls) -> list[tuple[str, Any, str]]:
+        """(name, default, help) of every knob, for `autoshrink methods`."""
+        return [(f.name, f.default, f.metadata.get("help", "")) for f in dataclasses.fields(cls)]
+
+    def check_site(self, site: Site) -> None:
+        """Refuse sites the method cannot compress; methods add shape checks."""
+        if site.role not in self.roles:
+            raise UserError(f"{self.method} does not apply to {site.role} site {site.name!r} (it applies to {', '.join(self.roles)})")
+
+
+class CompressedWeight(nn.Module):
+    """The compressed form of one weight matrix W (m x n)."""
+
+    def __init__(self, site: Site, config: MethodConfig):
+        super().__init__()
+        self.site = site
+        self.config = config
+
+    # --- what a method implements -------------------------------------------------------
+    @classmethod
+    def build(cls, weight: torch.Tensor, site: Site, config: MethodConfig,
+              freqs: torch.Tensor | None = None) -> "CompressedWeight":
+        """A trainable module initialised from the dense weight (m x n, rows = words)."""
+        raise NotImplementedError
+
+    def weight(self) -> torch.Tensor:
+        """W as stored (quantisation applied), m x n; used for checks and as a fallback."""
+        raise NotImplementedError
+
+    @staticmethod
+    def stored_bytes(site: Site, config: MethodConfig) -> int:
+        """Exact bytes of `export()` for this site and config, computed without building."""
+        raise NotImplementedError
+
+    def export(self) -> dict[str, torch.Tensor]:
+        """The packed tensors that are stored; their bytes equal stored_bytes()."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_export(cls, tensors: dict[str, torch.Tensor], site: Site, config: MethodConfig) -> "CompressedWeight":
+        raise NotImplementedError
+
+    # --- what a method may override ------------------------------------------------------
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W^T over the last dimension; override with a cheaper product where one exists."""
+        return F.linear(x, self.weight())
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of W for word ids (embedding sites)."""
+        return F.embedding(ids, self.weight())
+
+    def on_progress(self, fraction: float) -> None:
+        """Told how far fine-tuning has gone (0..1): pruning ramps, doping anneals, CMR."""
+
+    # Methods that model the output distribution themselves (LightRNN) carry their own bias.
+    uses_site_bias: ClassVar[bool] = True
+
+    # --- helpers for methods -------------------------------------------------------------
+    def q(self, t: torch.Tensor) -> torch.Tensor:
+        """A float tensor as stored under this config's bits (straight-through)."""
+        return fake_quant(t, self.config.bits, self.config.group_size)
+
+    def pack(self, name: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        packed = pack_float(t, self.config.bits, self.config.group_size)
+        return {f"{name}.{k}" if k else name: v for k, v in packed.items()}
+
+    @staticmethod
+    def unpack(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], config: MethodConfig) -> torch.Tensor:
+        sub = {k[len(name) + 1:] if k != name else "": v for k, v in tensors.items()
+               if k == name or k.startswith(name + ".")}
+        return unpack_float(sub, shape, config.bits, config.group_size)
+
+    @staticmethod
+    def float_bytes(shape: tuple[int, ...], config: MethodConfig) -> int:
+        return float_bytes(shape, config.bits, config.group_size)
+
+    def extra_repr(self) -> str:
+        return f"site={self.site.name!r}, shape={self.site.shape}, config={self.config}"
+
+
+class CompressedLinear(nn.Module):
+    """A compressed weight used as y = W x + b in a Linear's place."""
+
+    def __init__(self, weight: CompressedWeight, bias: torch.Tensor | None):
+        super().__init__()
+        self.compressed = weight
+        use_bias = bias is not None and weight.uses_site_bias
+        self.bias = nn.Parameter(bias.detach().clone().float()) if use_bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.compressed.matmul(x)
+        return y + self.bias if self.bias is not None else y
+
+
+class CompressedEmbedding(nn.Module):
+    """A compressed weight used as a word-vector table in an Embedding's place."""
+
+    def __init__(self, weight: CompressedWeight):
+        super().__init__()
+        self.compressed = weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.compressed.lookup(ids)
+
+
+# --- registry ---------------------------------------------------------------------------
+_BY_NAME: dict[str, type[CompressedWeight]] = {}
+_CONFIGS: dict[str, type[MethodConfig]] = {}
+
+
+def register(config_cls: type[MethodConfig]):
+    """Class decorator: `@register(LowRankConfig) class LowRankWeight(CompressedWeight)`."""
+
+    def wrap(weight_cls: type[CompressedWeight]) -> type[CompressedWeight]:
+        name = config_cls.method
+        if not name:
+            raise ValueError(f"{config_cls.__name__} has no method name")
+        if name in _BY_NAME:
+            raise ValueError(f"method {name!r} is registered twice ({_BY_NAME[name].__name__}, {weight_cls.__name__})")
+        _BY_NAME[name] = weight_cls
+        _CONFIGS[name] = config_cls
+        weight_cls.config_class = config_cls
+        return weight_cls
+
+    return wrap
+
+
+def method_names() -> list[str]:
+    return sorted(_BY_NAME)
+
+
+def config_class(name: str) -> type[MethodConfig]:
+    if name not in _CONFIGS:
+        raise UserError(f"unknown method {name!r}; available: {', '.join(method_names())}")
+    return _CONFIGS[name]
+
+
+def weight_class(config: MethodConfig) -> type[CompressedWeight]:
+    return _BY_NAME[config.method]
+
+
+def config_from_dict(d: dict[str, Any]) -> MethodConfig:
+    """{"method": "lowrank", "rank": 32} -> LowRankConfig(rank=32); unknown knobs are an error."""
+    if not isinstance(d, dict) or "method" not in d:
+        raise UserError(f"a site plan needs a 'method', got {d!r}")
+    cls = config_class(d["method"])
+    knobs = {k: v for k, v in d.items() if k != "method"}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(knobs) - names)
+    if unknown:
+        raise UserError(f"{cls.method}: unknown knob(s) {', '.join(unknown)}; knobs: {', '.join(sorted(names))}")
+    try:
+        return cls(**knobs)
+    except TypeError as e:
+        raise UserError(f"{cls.method}: {e}") from None

@@ -1,0 +1,204 @@
+"""How a method's tensors are stored: packed low-bit floats, packed integers, sparse overlays.
+
+Every byte a compressed model claims is counted here, and the same functions produce the
+tensors that are exported, so the analytic count and the export cannot drift apart.
+
+Float storage (`bits` of a method config):
+  32 -> fp32, 16 -> fp16, 2..8 -> affine min-max codes per group (a row, or `group_size`
+  consecutive values of a row) with an fp16 scale and an fp16 minimum per group (4 bytes).
+  Codes are bit-packed: ceil(bits * n / 8) bytes for n values.
+Sparse storage (pruning masks, doping overlays): the cheaper of CSR (int32 row pointers, uint16
+or int32 column indices) and a bitmask (one bit per element), values stored as above.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from autoshrink.errors import UserError
+
+FLOAT_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
+SCALE_BYTES_PER_GROUP = 4  # fp16 scale + fp16 minimum
+
+
+def check_bits(bits: int) -> None:
+    if bits not in FLOAT_BITS:
+        raise UserError(f"bits must be one of {FLOAT_BITS}, got {bits!r}")
+
+
+def as_rows(shape: tuple[int, ...]) -> tuple[int, int]:
+    """Quantisation rows of a tensor: its first dimension (a 1-D tensor is one row)."""
+    if len(shape) <= 1:
+        return 1, int(shape[0]) if shape else 1
+    return int(shape[0]), int(math.prod(shape[1:]))
+
+
+def groups_per_row(cols: int, group_size: int) -> int:
+    return 1 if group_size <= 0 else math.ceil(cols / group_size)
+
+
+def float_bytes(shape: tuple[int, ...], bits: int, group_size: int = 0) -> int:
+    """Stored bytes of a float tensor of `shape` at `bits`."""
+    n = int(math.prod(shape))
+    if n == 0:
+        return 0
+    if bits >= 16:
+        return n * bits // 8
+    rows, cols = as_rows(shape)
+    return math.ceil(bits * n / 8) + rows * groups_per_row(cols, group_size) * SCALE_BYTES_PER_GROUP
+
+
+def _grouped(t: torch.Tensor, group_size: int) -> tuple[torch.Tensor, int]:
+    """View `t` as (rows, groups, group) with the last group padded by its edge value."""
+    rows, cols = as_rows(tuple(t.shape))
+    x = t.reshape(rows, cols)
+    g = cols if group_size <= 0 else min(group_size, cols)
+    ngroups = math.ceil(cols / g)
+    pad = ngroups * g - cols
+    if pad:
+        x = torch.cat([x, x[:, -1:].expand(rows, pad)], dim=1)
+    return x.reshape(rows, ngroups, g), pad
+
+
+def _affine(grouped: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp16-rounded scale and minimum per group, so that export and forward agree exactly."""
+    lo = grouped.amin(dim=-1, keepdim=True).detach()
+    hi = grouped.amax(dim=-1, keepdim=True).detach()
+    levels = 2**bits - 1
+    lo16 = lo.to(torch.float16)
+    scale16 = ((hi - lo16.float()) / levels).clamp_min(1e-8).to(torch.float16)
+    scale16 = torch.where(torch.isfinite(scale16), scale16, torch.full_like(scale16, 65504.0))
+    return scale16, lo16
+
+
+def _codes(grouped: torch.Tensor, scale16: torch.Tensor, lo16: torch.Tensor, bits: int) -> torch.Tensor:
+    return torch.clamp(torch.round((grouped - lo16.float()) / scale16.float()), 0, 2**bits - 1)
+
+
+def fake_quant(t: torch.Tensor, bits: int, group_size: int = 0) -> torch.Tensor:
+    """Round `t` to its stored values; gradients pass straight through (STE)."""
+    if bits >= 32:
+        return t
+    if bits == 16:
+        return t + (t.to(torch.float16).float() - t).detach()
+    grouped, pad = _grouped(t, group_size)
+    scale16, lo16 = _affine(grouped, bits)
+    deq = _codes(grouped, scale16, lo16, bits) * scale16.float() + lo16.float()
+    rows = grouped.shape[0]
+    deq = deq.reshape(rows, -1)
+    if pad:
+        deq = deq[:, :-pad]
+    deq = deq.reshape(t.shape)
+    return t + (deq - t).detach()
+
+
+def pack_uint(values: torch.Tensor | np.ndarray, bits: int) -> torch.Tensor:
+    """Bit-pack non-negative integers < 2**bits into ceil(bits * n / 8) uint8 bytes."""
+    v = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values, dtype=np.uint64).ravel()
+    if v.size and int(v.max()) >= 2**bits:
+        raise ValueError(f"value {int(v.max())} does not fit in {bits} bits")
+    shifts = np.arange(bits, dtype=np.uint64)
+    bitplanes = ((v[:, None] >> shifts) & np.uint64(1)).astype(np.uint8).ravel()
+    return torch.from_numpy(np.packbits(bitplanes, bitorder="little").copy())
+
+
+def unpack_uint(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    bitplanes = np.unpackbits(packed.cpu().numpy(), bitorder="little")[: n * bits]
+    weights = (np.uint64(1) << np.arange(bits, dtype=np.uint64))
+    values = (bitplanes.reshape(n, bits).astype(np.uint64) * weights).sum(axis=1)
+    return torch.from_numpy(values.astype(np.int64))
+
+
+def pack_float(t: torch.Tensor, bits: int, group_size: int = 0) -> dict[str, torch.Tensor]:
+    """The exported tensors of a float tensor; their bytes equal float_bytes(t.shape, ...)."""
+    t = t.detach().float().cpu()
+    if bits == 32:
+        return {"": t.contiguous()}
+    if bits == 16:
+        return {"": t.to(torch.float16).contiguous()}
+    grouped, _ = _grouped(t, group_size)
+    scale16, lo16 = _affine(grouped, bits)
+    codes = _codes(grouped, scale16, lo16, bits).reshape(grouped.shape[0], -1)
+    _, cols = as_rows(tuple(t.shape))
+    codes = codes[:, :cols].to(torch.int64)
+    return {"codes": pack_uint(codes, bits), "scale": scale16.reshape(-1).contiguous(),
+            "min": lo16.reshape(-1).contiguous()}
+
+
+def unpack_float(packed: dict[str, torch.Tensor], shape: tuple[int, ...], bits: int,
+                 group_size: int = 0) -> torch.Tensor:
+    if bits >= 16:
+        return packed[""].float().reshape(shape)
+    rows, cols = as_rows(shape)
+    codes = unpack_uint(packed["codes"], bits, rows * cols).reshape(rows, cols).float()
+    g = cols if group_size <= 0 else min(group_size, cols)
+    group_of_col = torch.arange(cols) // g
+    ngroups = groups_per_row(cols, group_size)
+    scale = packed["scale"].float().reshape(rows, ngroups)[:, group_of_col]
+    lo = packed["min"].float().reshape(rows, ngroups)[:, group_of_col]
+    return (codes * scale + lo).reshape(shape)
+
+
+def index_bytes(n: int) -> int:
+    """Bytes of one column index: uint16 up to 65,536 columns, else int32."""
+    return 2 if n <= 65536 else 4
+
+
+def sparse_bytes(m: int, n: int, nnz: int, bits: int, group_size: int = 0) -> int:
+    """Cheaper of CSR and bitmask for an m x n overlay holding nnz values at `bits`."""
+    return float_bytes((nnz,), bits, group_size) + min(csr_index_bytes(m, n, nnz), bitmask_bytes(m, n))
+
+
+def csr_index_bytes(m: int, n: int, nnz: int) -> int:
+    return nnz * index_bytes(n) + (m + 1) * 4
+
+
+def bitmask_bytes(m: int, n: int) -> int:
+    return math.ceil(m * n / 8)
+
+
+def pack_sparse(dense: torch.Tensor, mask: torch.Tensor, bits: int, group_size: int = 0) -> dict[str, torch.Tensor]:
+    """Export an m x n overlay (values where mask) in the cheaper index format."""
+    m, n = dense.shape
+    mask = mask.bool().cpu()
+    values = dense.detach().float().cpu()[mask]  # row-major order, as CSR and the bitmask both use
+    out = {f"values{'.' + k if k else ''}": v for k, v in pack_float(values, bits, group_size).items()} if values.numel() else {}
+    nnz = int(mask.sum())
+    if csr_index_bytes(m, n, nnz) <= bitmask_bytes(m, n):
+        rows, cols = mask.nonzero(as_tuple=True)
+        row_ptr = torch.zeros(m + 1, dtype=torch.int32)
+        row_ptr[1:] = torch.bincount(rows, minlength=m).cumsum(0).to(torch.int32)
+        if index_bytes(n) == 2:  # uint16 stored through an int16 view (safetensors/torch agree on int16)
+            col = torch.from_numpy(cols.numpy().astype(np.uint16).view(np.int16).copy())
+        else:
+            col = cols.to(torch.int32)
+        out.update({"row_ptr": row_ptr, "col": col})
+    else:
+        out["bitmask"] = torch.from_numpy(np.packbits(mask.numpy().ravel(), bitorder="little").copy())
+    return out
+
+
+def unpack_sparse(packed: dict[str, torch.Tensor], m: int, n: int, bits: int,
+                  group_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dense m x n tensor, bool mask) from pack_sparse output."""
+    if "bitmask" in packed:
+        mask = torch.from_numpy(np.unpackbits(packed["bitmask"].numpy(), bitorder="little")[: m * n].astype(bool)).reshape(m, n)
+    else:
+        row_ptr = packed["row_ptr"].long()
+        col = packed["col"]
+        col = torch.from_numpy(col.numpy().view(np.uint16).astype(np.int64)) if col.dtype == torch.int16 else col.long()
+        rows = torch.repeat_interleave(torch.arange(m), row_ptr[1:] - row_ptr[:-1])
+        mask = torch.zeros(m, n, dtype=torch.bool)
+        mask[rows, col] = True
+    nnz = int(mask.sum())
+    dense = torch.zeros(m, n)
+    if nnz:
+        vals = {k[len("values."):] if k.startswith("values.") else "": v for k, v in packed.items() if k.startswith("values")}
+        dense[mask] = unpack_float(vals, (nnz,), bits, group_size)
+    return dense, mask
+
+
+def tensors_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())

@@ -1,0 +1,48 @@
+"""k-bit quantisation of a dense matrix (Grachev et al. 2017): the `quant` method.
+
+Every weight is stored as an affine min-max code per row (or per group of `group_size`
+values): 256 levels at 8 bits, as Grachev did per tensor. Below 6 bits the codes need
+fine-tuning with the straight-through estimator, which `q()` provides. The same storage is
+what every other method's `bits` knob applies to its own tensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from autoshrink.methods._base import CompressedWeight, MethodConfig, register
+from autoshrink.models.sites import Site
+
+
+@dataclass(frozen=True)
+class QuantConfig(MethodConfig):
+    method = "quant"
+    bits: int = field(default=8, metadata={"help": "bits per weight: 2-8 (affine codes), 16 (fp16) or 32"})
+
+
+@register(QuantConfig)
+class QuantWeight(CompressedWeight):
+    def __init__(self, site: Site, config: QuantConfig, w: torch.Tensor):
+        super().__init__(site, config)
+        self.w = nn.Parameter(w.detach().clone().float())
+
+    @classmethod
+    def build(cls, weight, site, config, freqs=None):
+        config.check_site(site)
+        return cls(site, config, weight)
+
+    def weight(self) -> torch.Tensor:
+        return self.q(self.w)
+
+    @staticmethod
+    def stored_bytes(site, config) -> int:
+        return CompressedWeight.float_bytes(site.shape, config)
+
+    def export(self):
+        return self.pack("w", self.w)
+
+    @classmethod
+    def from_export(cls, tensors, site, config):
+        return cls(site, config, cls.unpack(tensors, "w", site.shape, config))

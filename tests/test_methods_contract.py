@@ -23,7 +23,7 @@ M, N = 48, 24  # recurrent-like site
 CASES = {
     "quant": dict(exact={"bits": 32}, compress={"bits": 4, "group_size": 8}, roles=("embedding", "softmax", "recurrent"),
                   bad=[{"bits": 1}, {"bits": 33}, {"group_size": -1}]),
-    "lowrank": dict(exact={"rank": 16}, compress={"rank": 4, "bits": 8}, roles=("embedding", "softmax", "recurrent"),
+    "lowrank": dict(exact={"rank": 64}, compress={"rank": 4, "bits": 8}, roles=("embedding", "softmax", "recurrent"),
                     bad=[{"rank": 0}, {"bits": 1}]),
     "groupreduce": dict(exact={"blocks": 3, "rank": 16}, compress={"blocks": 4, "rank": 2, "refine": 2, "bits": 6},
                         roles=("embedding", "softmax"), bad=[{"blocks": 0}, {"rank": 0}, {"alpha": -1.0}]),

@@ -7,6 +7,11 @@ from autoshrink.methods._base import (CompressedEmbedding, CompressedLinear, Com
 
 # One import per method: importing registers it.
 from autoshrink.methods import quant  # noqa: E402,F401
+from autoshrink.methods import groupreduce  # noqa: E402,F401
+from autoshrink.methods import lowrank  # noqa: E402,F401
+from autoshrink.methods import tt  # noqa: E402,F401
+from autoshrink.methods import hash  # noqa: E402,F401
+from autoshrink.methods import lightrnn  # noqa: E402,F401
 
 __all__ = ["CompressedEmbedding", "CompressedLinear", "CompressedWeight", "MethodConfig", "config_class",
            "config_from_dict", "method_names", "register", "weight_class"]

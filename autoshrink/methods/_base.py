@@ -91,6 +91,11 @@ class CompressedWeight(nn.Module):
         raise NotImplementedError
 
     # --- what a method may override ------------------------------------------------------
+    def nbytes(self) -> int:
+        """Stored bytes of this built module (equals stored_bytes of its site and config; methods
+        whose allocation depends on data, like GroupReduce, answer from what they built)."""
+        return type(self).stored_bytes(self.site, self.config)
+
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W^T over the last dimension; override with a cheaper product where one exists."""
         return F.linear(x, self.weight())

@@ -1,0 +1,333 @@
+"""GroupReduce: block-wise weighted low rank for the embedding and softmax (the `groupreduce` method).
+
+Chen, Si, Li, Chelba, Hsieh, "GroupReduce: Block-Wise Low-Rank Approximation for Neural Language
+Model Shrinking", NeurIPS 2018 (arXiv 1806.06950); METHODS.md section 4.
+
+Words (rows) are sorted by frequency, descending, and cut into `blocks` equal-size blocks V_i
+(sizes differ by at most one, the larger ones first). Block i stores A_i ~= U_i V_i^T with rank
+
+    r_i = min(|V_i|, D, max(r_min, floor(r_min * fbar_i / fbar_c)))
+
+where fbar_i is the mean frequency of block i and c the rarest block, so the rarest block gets r_min
+(`rank`). A block with r_i >= D |V_i| / (|V_i| + D) costs at least as much as its rows, and is
+stored dense. Each block is fitted by a weighted SVD minimising sum_j w_j |a_j - u_j V_i^T|^2 with
+w = f^alpha: scale the rows by sqrt(w), truncate the SVD U' S V'^T, and set U_i = diag(1/sqrt(w)) U' S^1/2,
+V_i = V' S^1/2 (the sqrt(S) split keeps both factors in similar ranges for quantisation).
+
+Refinement (`refine` rounds, k-subspaces style) keeps every block's size, hence its rank and bytes:
+each move swaps two words between two blocks, chosen greedily by the drop in weighted projection
+error w_j |a_j - P_i a_j|^2 under the current bases, at most 10% of the words per round; the changed
+blocks are then refitted. Both steps can only lower the weighted error. It stops early when fewer
+than max(1, V/100) words moved.
+
+Stored (export names): per block `b{i}.U` (|V_i| x r_i) and `b{i}.V` (r_i x D, i.e. V_i^T) or
+`b{i}.W` (|V_i| x D dense rows), at the config's bits; plus `perm`, the word at each stored
+position, bit-packed at ceil(log2 V) bits, only when the positions are not the row order (freqs
+given and not already sorted descending, or refine > 0 with more than one block).
+
+Frequencies are not in a config, so `stored_bytes(site, config, freqs=...)` takes them as an
+optional keyword. Without them (here and in `build`) the rank allocation assumes the rows are
+already in frequency order with a Zipf profile f_j = 1/(j+1) [ours]; `build` then fits with
+uniform weights.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from autoshrink.errors import UserError
+from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, register
+from autoshrink.methods._storage import groups_per_row, pack_uint, unpack_uint
+from autoshrink.models.sites import Site
+
+MOVE_FRACTION = 0.1  # most words moved per refinement round (the DiscBlock code's default)
+MIN_MOVED_FRACTION = 0.01  # stop refining when fewer than max(1, this * V) words moved
+
+
+@dataclass(frozen=True)
+class GroupReduceConfig(MethodConfig):
+    method = "groupreduce"
+    roles = VOCAB_ROLES
+    blocks: int = field(default=4, metadata={"help": "number of equal-size blocks of words, sorted by frequency (c >= 1)"})
+    rank: int = field(default=16, metadata={"help": "rank of the rarest block (r_min >= 1); other blocks scale it by their mean frequency"})
+    refine: int = field(default=0, metadata={"help": "rounds of word reassignment between blocks (swaps; 0 = frequency blocks only)"})
+    alpha: float = field(default=1.0, metadata={"help": "weighted-SVD row weights w = freq^alpha, in [0, 2] (0 = unweighted)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, low in (("blocks", 1), ("rank", 1), ("refine", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise UserError(f"groupreduce: {name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not 0.0 <= self.alpha <= 2.0:
+            raise UserError(f"groupreduce: alpha must be in [0, 2], got {self.alpha!r}")
+
+    def check_site(self, site: Site) -> None:
+        super().check_site(site)
+        if self.blocks > site.shape[0]:
+            raise UserError(f"groupreduce: blocks={self.blocks} exceeds the {site.shape[0]} words of site {site.name!r}")
+
+
+class Block(NamedTuple):
+    size: int
+    rank: int
+    dense: bool
+
+
+def _block_sizes(v: int, c: int) -> list[int]:
+    return [v // c + (1 if i < v % c else 0) for i in range(c)]
+
+
+def _check_freqs(freqs: torch.Tensor | None, site: Site) -> torch.Tensor | None:
+    if freqs is None:
+        return None
+    f = torch.as_tensor(freqs).detach().double().cpu().reshape(-1)
+    if f.numel() != site.shape[0] or not torch.isfinite(f).all() or (f < 0).any():
+        raise UserError(f"groupreduce: site {site.name!r} needs {site.shape[0]} finite non-negative word counts, "
+                        f"got {f.numel()} values")
+    return f
+
+
+def _order(freqs: torch.Tensor | None, v: int) -> torch.Tensor:
+    """Words by frequency, descending; ties and missing freqs keep row order."""
+    if freqs is None:
+        return torch.arange(v)
+    return torch.sort(freqs, descending=True, stable=True).indices
+
+
+def _needs_perm(config: GroupReduceConfig, freqs: torch.Tensor | None) -> bool:
+    if config.refine > 0 and config.blocks > 1:
+        return True  # refinement may move words: the positions are always stored then
+    return freqs is not None and bool((freqs[:-1] < freqs[1:]).any())
+
+
+def _perm_bits(v: int) -> int:
+    return max(1, (v - 1).bit_length())  # ceil(log2 V)
+
+
+@register(GroupReduceConfig)
+class GroupReduceWeight(CompressedWeight):
+    def __init__(self, site: Site, config: GroupReduceConfig, blocks: list[Block], parts: list[tuple[torch.Tensor, ...]],
+                 order: torch.Tensor | None):
+        super().__init__(site, config)
+        self.blocks = blocks
+        self.factors = nn.ParameterDict()
+        for i, (blk, tensors) in enumerate(zip(blocks, parts)):
+            names = ("W",) if blk.dense else ("U", "V")
+            for name, t in zip(names, tensors):
+                self.factors[f"b{i}_{name}"] = nn.Parameter(t.detach().clone().float())
+        ends = torch.tensor([b.size for b in blocks]).cumsum(0)
+        self.register_buffer("ends", ends, persistent=False)
+        self.register_buffer("starts", ends - torch.tensor([b.size for b in blocks]), persistent=False)
+        self.permuted = order is not None
+        if order is not None:  # order[position] = word; where[word] = position
+            self.register_buffer("order", order.long().clone())
+            self.register_buffer("where", torch.argsort(self.order))
+
+    # --- allocation and fitting ----------------------------------------------------------
+    @staticmethod
+    def allocation(site: Site, config: GroupReduceConfig, freqs: torch.Tensor | None = None) -> list[Block]:
+        """Size, rank and dense flag of every block, from the shape, the knobs and the word counts."""
+        config.check_site(site)
+        v, d = site.shape
+        f = _check_freqs(freqs, site)
+        if f is None:
+            f = 1.0 / torch.arange(1, v + 1, dtype=torch.float64)  # Zipf prior over row order
+        f = f[_order(f, v)]
+        if f.sum() <= 0:
+            f = torch.ones(v, dtype=torch.float64)
+        f = f / f.mean()
+        sizes = _block_sizes(v, config.blocks)
+        means = [chunk.mean().item() for chunk in torch.split(f, sizes)]
+        means[-1] = max(means[-1], 1e-6)  # a rarest block of unseen words: the others hit their caps
+        out = []
+        for n, mean in zip(sizes, means):
+            proportional = math.floor(config.rank * mean / means[-1] + 1e-9)  # epsilon: rescaled counts give equal ranks
+            r = min(n, d, max(config.rank, proportional))
+            out.append(Block(n, r, r * (n + d) >= d * n))
+        return out
+
+    @staticmethod
+    def _fit(a: torch.Tensor, w: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Weighted rank-r fit of rows a: (U, V^T with sqrt(S) split, orthonormal basis D x r)."""
+        s = w.sqrt()
+        u, sig, vt = torch.linalg.svd(a * s[:, None], full_matrices=False)
+        u, sig, vt = u[:, :r], sig[:r], vt[:r]
+        root = sig.sqrt()
+        return u * root / s[:, None], root[:, None] * vt, vt.T
+
+    @staticmethod
+    def _errors(a: torch.Tensor, w: torch.Tensor, bases: list[torch.Tensor | None]) -> torch.Tensor:
+        """c x V weighted projection errors w_j |a_j - P_i a_j|^2 (0 in a dense block)."""
+        norms = (a * a).sum(1)  # |a - P a|^2 = |a|^2 - |a B|^2 for an orthonormal basis B (float64)
+        rows = [torch.zeros_like(norms) if basis is None else w * (norms - ((a @ basis) ** 2).sum(1)).clamp_min(0)
+                for basis in bases]
+        return torch.stack(rows)
+
+    @classmethod
+    def _swaps(cls, err: torch.Tensor, block_of: torch.Tensor, limit: int) -> list[tuple[int, int]]:
+        """Pairs of words (positions) to swap between blocks, the largest error drops first."""
+        c = err.shape[0]
+        idx = torch.arange(err.shape[1])
+        tiny = 1e-12 * float(err.sum())
+        gains, firsts, seconds = [], [], []
+        for b in range(c):
+            for i in range(b + 1, c):
+                in_b, in_i = idx[block_of == b], idx[block_of == i]
+                gb, ob = torch.sort(err[b, in_b] - err[i, in_b], descending=True)  # gain of each word of b going to i
+                gi, oi = torch.sort(err[i, in_i] - err[b, in_i], descending=True)
+                k = min(len(gb), len(gi))
+                total = gb[:k] + gi[:k]  # top-with-top pairing maximises this pair of blocks' summed gain
+                keep = int((total > tiny).sum())  # total is non-increasing
+                gains.append(total[:keep])
+                firsts.append(in_b[ob[:keep]])
+                seconds.append(in_i[oi[:keep]])
+        if not gains:
+            return []
+        best = torch.argsort(torch.cat(gains), descending=True, stable=True)
+        used: set[int] = set()
+        swaps = []
+        for j, k in zip(torch.cat(firsts)[best].tolist(), torch.cat(seconds)[best].tolist()):
+            if 2 * len(swaps) + 2 > limit:
+                break
+            if j not in used and k not in used:
+                used.update((j, k))
+                swaps.append((j, k))
+        return swaps
+
+    @classmethod
+    def build(cls, weight, site, config, freqs=None):
+        blocks = cls.allocation(site, config, freqs)
+        v, d = site.shape
+        f = _check_freqs(freqs, site)
+        order = _order(f, v)
+        a = weight.detach().double().cpu()[order]  # rows in position order
+        if f is None:
+            w = torch.ones(v, dtype=torch.float64)
+        else:
+            w = f[order] ** config.alpha
+            w = w + 1e-6 * w.mean() if w.mean() > 0 else torch.ones(v, dtype=torch.float64)
+        block_of = torch.repeat_interleave(torch.arange(len(blocks)), torch.tensor([b.size for b in blocks]))
+        fits = [None] * len(blocks)
+
+        def refit(i: int) -> None:
+            rows = block_of == i
+            fits[i] = None if blocks[i].dense else cls._fit(a[rows], w[rows], blocks[i].rank)
+
+        for i in range(len(blocks)):
+            refit(i)
+        limit = max(2, math.ceil(MOVE_FRACTION * v))
+        for _ in range(config.refine if len(blocks) > 1 else 0):
+            err = cls._errors(a, w, [None if fit is None else fit[2] for fit in fits])
+            swaps = cls._swaps(err, block_of, limit)
+            if swaps:
+                j, k = torch.tensor(swaps).T
+                changed = set(block_of[j].tolist()) | set(block_of[k].tolist())
+                perm = torch.arange(v)  # exchange the two words' positions
+                perm[j], perm[k] = k, j
+                a, w, order = a[perm], w[perm], order[perm]
+                for i in changed:
+                    refit(i)
+            if 2 * len(swaps) < max(1, MIN_MOVED_FRACTION * v):
+                break
+        parts = []
+        for i, blk in enumerate(blocks):
+            parts.append((a[block_of == i],) if blk.dense else fits[i][:2])
+        keep = order if _needs_perm(config, f) else None
+        return cls(site, config, blocks, [tuple(t.float() for t in p) for p in parts], keep)
+
+    # --- forward -------------------------------------------------------------------------
+    def _block(self, i: int) -> tuple[torch.Tensor, ...]:
+        if self.blocks[i].dense:
+            return (self.q(self.factors[f"b{i}_W"]),)
+        return self.q(self.factors[f"b{i}_U"]), self.q(self.factors[f"b{i}_V"])
+
+    def weight(self) -> torch.Tensor:
+        rows = [p[0] if len(p) == 1 else p[0] @ p[1] for p in map(self._block, range(len(self.blocks)))]
+        w = torch.cat(rows)
+        return w[self.where] if self.permuted else w
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        outs = []
+        for i in range(len(self.blocks)):
+            part = self._block(i)
+            outs.append(flat @ part[0].T if len(part) == 1 else (flat @ part[1].T) @ part[0].T)
+        y = torch.cat(outs, dim=1)  # logits in position order
+        if self.permuted:
+            y = y[:, self.where]
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        pos = self.where[flat] if self.permuted else flat
+        block = torch.bucketize(pos, self.ends, right=True)
+        picked, rows = [], []
+        for i in range(len(self.blocks)):
+            sel = (block == i).nonzero(as_tuple=True)[0]
+            if sel.numel() == 0:
+                continue
+            local = pos[sel] - self.starts[i]
+            part = self._block(i)
+            rows.append(part[0][local] if len(part) == 1 else part[0][local] @ part[1])
+            picked.append(sel)
+        d = self.site.shape[1]
+        if not rows:
+            return torch.zeros(*ids.shape, d, device=ids.device)
+        out = rows[0].new_zeros(flat.numel(), d).index_copy(0, torch.cat(picked), torch.cat(rows))
+        return out.reshape(*ids.shape, d)
+
+    # --- storage -------------------------------------------------------------------------
+    @staticmethod
+    def stored_bytes(site, config, *, freqs: torch.Tensor | None = None) -> int:
+        """Exact export bytes; `freqs` (the word counts `build` gets) decide the ranks and the map."""
+        d = site.shape[1]
+        total = 0
+        for blk in GroupReduceWeight.allocation(site, config, freqs):
+            if blk.dense:
+                total += CompressedWeight.float_bytes((blk.size, d), config)
+            else:
+                total += CompressedWeight.float_bytes((blk.size, blk.rank), config)
+                total += CompressedWeight.float_bytes((blk.rank, d), config)
+        if _needs_perm(config, _check_freqs(freqs, site)):
+            total += math.ceil(site.shape[0] * _perm_bits(site.shape[0]) / 8)
+        return total
+
+    def nbytes(self) -> int:
+        d = self.site.shape[1]
+        total = sum(self.float_bytes((b.size, d), self.config) if b.dense else
+                    self.float_bytes((b.size, b.rank), self.config) + self.float_bytes((b.rank, d), self.config)
+                    for b in self.blocks)
+        if self.permuted:
+            total += math.ceil(self.site.shape[0] * _perm_bits(self.site.shape[0]) / 8)
+        return total
+
+    def export(self):
+        out = {}
+        for i, blk in enumerate(self.blocks):
+            for name in ("W",) if blk.dense else ("U", "V"):
+                out.update(self.pack(f"b{i}.{name}", self.factors[f"b{i}_{name}"]))
+        if self.permuted:
+            out["perm"] = pack_uint(self.order, _perm_bits(self.site.shape[0]))
+        return out
+
+    @classmethod
+    def from_export(cls, tensors, site, config):
+        v, d = site.shape
+        blocks, parts = [], []
+        for i, n in enumerate(_block_sizes(v, config.blocks)):
+            if f"b{i}.W" in tensors or f"b{i}.W.codes" in tensors:
+                blocks.append(Block(n, d, True))
+                parts.append((cls.unpack(tensors, f"b{i}.W", (n, d), config),))
+                continue
+            # The rank is the row count of V^T: its shape at 16/32 bits, else its number of scales.
+            r = (tensors[f"b{i}.V"].shape[0] if config.bits >= 16
+                 else tensors[f"b{i}.V.scale"].numel() // groups_per_row(d, config.group_size))
+            blocks.append(Block(n, r, False))
+            parts.append((cls.unpack(tensors, f"b{i}.U", (n, r), config), cls.unpack(tensors, f"b{i}.V", (r, d), config)))
+        order = unpack_uint(tensors["perm"], _perm_bits(v), v) if "perm" in tensors else None
+        return cls(site, config, blocks, parts, order)

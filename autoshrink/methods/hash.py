@@ -1,0 +1,120 @@
+"""Slim embeddings: random sub-vector sharing (Li et al. 2017, arXiv 1711.09873): the `hash` method.
+
+Each D-dim word row is cut into K = `chunks` sub-vectors of length d = D/K. A shared pool P holds
+M = min(`pool`, K V) sub-vectors, and word w's row is [P[L(w,0)], ..., P[L(w,K-1)]]. The map L
+(K V pool indices) is fixed before training; only the pool is trained. Params M d, compression
+vs dense V K / M.
+
+Map algorithm, version 1 (pitfall 10: import must regenerate exactly this, so keep it stable):
+    base = arange(K V) % M                 # ceil(K V / M) copies of 0..M-1, truncated to K V
+    perm = torch.randperm(K V, generator=torch.Generator().manual_seed(seed))   # CPU generator
+    L = base[perm].view(V, K)              # L[w, k]: pool index of word w's k-th slot
+so every pool vector is used floor or ceil of K V / M times. Stored: the pool (under `bits`) and
+the seed as one int64 tensor (8 bytes); the map costs nothing else.
+Init [ours]: each pool vector is the mean of the pretrained sub-vectors mapped to it, the least
+squares fit for the fixed map (exact when M = K V: the map is then a permutation).
+Forward: lookup gathers K pool vectors per id. A softmax row (logit_w = sum_k <x_k, P[L(w,k)]>)
+first forms the K x M partial dot products x_k . P^T, then gathers and sums: O(M D + V K) per
+position, the V x D matrix is never formed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from autoshrink.errors import UserError
+from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, register
+from autoshrink.models.sites import Site
+
+MAP_VERSION = 1  # the algorithm in the module docstring
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class HashConfig(MethodConfig):
+    method = "hash"
+    roles = VOCAB_ROLES
+    chunks: int = field(default=4, metadata={"help": "K: sub-vectors per word row; must divide the row dimension"})
+    pool: int = field(default=1024, metadata={"help": "M: shared sub-vectors in the pool (clipped to K * vocabulary); compression ~ V K / M"})
+    seed: int = field(default=0, metadata={"help": "seed of the fixed random word -> pool map (stored, 8 bytes)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not _is_int(self.chunks) or self.chunks < 1:
+            raise UserError(f"hash: chunks must be an integer >= 1, got {self.chunks!r}")
+        if not _is_int(self.pool) or self.pool < 1:
+            raise UserError(f"hash: pool must be an integer >= 1, got {self.pool!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
+            raise UserError(f"hash: seed must be an integer in [0, 2**63), got {self.seed!r}")
+
+    def check_site(self, site: Site) -> None:
+        super().check_site(site)
+        if site.shape[1] % self.chunks:
+            raise UserError(f"hash: chunks={self.chunks} must divide the row dimension {site.shape[1]} of site {site.name!r}")
+
+    def pool_size(self, site: Site) -> int:
+        return min(self.pool, self.chunks * site.shape[0])
+
+
+def slim_map(words: int, chunks: int, pool: int, seed: int) -> torch.Tensor:
+    """L (words x chunks) of pool indices, balanced and shuffled (map algorithm version 1)."""
+    n = words * chunks
+    base = torch.arange(n) % pool
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return base[perm].view(words, chunks)
+
+
+@register(HashConfig)
+class HashWeight(CompressedWeight):
+    def __init__(self, site: Site, config: HashConfig, pool: torch.Tensor, seed: int):
+        super().__init__(site, config)
+        self.pool = nn.Parameter(pool.detach().clone().float())
+        self.seed = int(seed)
+        # Regenerated from the seed, so not part of the state: export() stores the seed instead.
+        self.register_buffer("map", slim_map(site.shape[0], config.chunks, pool.shape[0], self.seed), persistent=False)
+
+    @classmethod
+    def build(cls, weight, site, config, freqs=None):
+        config.check_site(site)
+        v, dim = site.shape
+        k, m = config.chunks, config.pool_size(site)
+        mapping = slim_map(v, k, m, config.seed).reshape(-1)
+        sub = weight.detach().float().reshape(v * k, dim // k)
+        sums = torch.zeros(m, dim // k).index_add_(0, mapping, sub)
+        counts = torch.bincount(mapping, minlength=m).clamp_min(1)  # every count >= 1 since m <= v k
+        return cls(site, config, sums / counts[:, None], config.seed)
+
+    def weight(self) -> torch.Tensor:
+        return self.q(self.pool)[self.map].reshape(self.site.shape)
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        # Per-row quantisation: quantising the gathered pool rows equals gathering quantised rows.
+        return self.q(self.pool[self.map[ids]]).reshape(*ids.shape, self.site.shape[1])
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.config.chunks
+        pool = self.q(self.pool)
+        partial = x.reshape(*x.shape[:-1], k, pool.shape[1]) @ pool.T  # (..., K, M) dot products
+        logits = partial[..., 0, :].index_select(-1, self.map[:, 0])
+        for j in range(1, k):  # gather-and-sum one slot at a time: no (..., V, K) temporary
+            logits = logits + partial[..., j, :].index_select(-1, self.map[:, j])
+        return logits
+
+    @staticmethod
+    def stored_bytes(site, config) -> int:
+        d = site.shape[1] // config.chunks
+        return CompressedWeight.float_bytes((config.pool_size(site), d), config) + 8  # + int64 seed
+
+    def export(self):
+        return {**self.pack("pool", self.pool), "seed": torch.tensor([self.seed], dtype=torch.int64)}
+
+    @classmethod
+    def from_export(cls, tensors, site, config):
+        config.check_site(site)
+        shape = (config.pool_size(site), site.shape[1] // config.chunks)
+        return cls(site, config, cls.unpack(tensors, "pool", shape, config), int(tensors["seed"][0]))

@@ -1,0 +1,153 @@
+"""Plans: {site name: method config} applied to a model, and the stored bytes of models and plans.
+
+A plan is plain JSON users can read and edit: {"decoder": {"method": "groupreduce", "blocks": 4}}.
+Sites not named stay dense. Tied sites share one compressed weight, counted once.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from autoshrink.errors import UserError
+from autoshrink.methods import (CompressedEmbedding, CompressedLinear, CompressedWeight, MethodConfig,
+                                config_from_dict, weight_class)
+from autoshrink.models.sites import Site, discover_sites
+
+Plan = dict[str, MethodConfig]
+
+
+def parse_plan(plan: Mapping[str, Any] | str | Path) -> Plan:
+    """A plan from a dict of dicts/configs, a JSON string or a JSON file."""
+    if isinstance(plan, (str, Path)) and not str(plan).lstrip().startswith("{"):
+        path = Path(plan)
+        try:
+            plan = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"no plan file {path}") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"plan file {path} is not valid JSON: {e}") from None
+    elif isinstance(plan, str):
+        try:
+            plan = json.loads(plan)
+        except json.JSONDecodeError as e:
+            raise UserError(f"plan is not valid JSON: {e}") from None
+    if not isinstance(plan, Mapping):
+        raise UserError(f"a plan maps site names to method configs, got {type(plan).__name__}")
+    return {name: cfg if isinstance(cfg, MethodConfig) else config_from_dict(cfg) for name, cfg in plan.items()}
+
+
+def plan_to_json(plan: Plan) -> dict[str, dict]:
+    return {name: cfg.to_dict() for name, cfg in plan.items()}
+
+
+def _resolve(model: nn.Module, plan: Plan, sites: list[Site] | None = None) -> tuple[dict[str, Site], Plan]:
+    """Check plan keys against the model's sites; map a tied partner's entry onto its owner."""
+    sites = sites if sites is not None else discover_sites(model)
+    by_name = {s.name: s for s in sites}
+    unknown = [k for k in plan if k not in by_name]
+    if unknown:
+        raise UserError(f"plan names unknown site(s) {', '.join(unknown)}; sites: {', '.join(by_name)}")
+    resolved: Plan = {}
+    for name, cfg in plan.items():
+        owner = by_name[name].tied_with or name
+        if owner in resolved and resolved[owner] != cfg:
+            raise UserError(f"sites {owner!r} and {name!r} share one weight but the plan gives them different methods")
+        resolved[owner] = cfg
+    for name, cfg in resolved.items():
+        cfg.check_site(by_name[name])
+    return by_name, resolved
+
+
+def _method_bytes(site: Site, cfg: MethodConfig, freqs: torch.Tensor | None) -> int:
+    fn = weight_class(cfg).stored_bytes
+    # Vocabulary methods whose allocation follows word frequencies take them (GroupReduce).
+    if "freqs" in inspect.signature(fn).parameters:
+        return fn(site, cfg, freqs=freqs if site.is_vocab else None)
+    return fn(site, cfg)
+
+
+def _dense_param_bytes(site: Site) -> int:
+    return site.dense_bytes
+
+
+def plan_stored_bytes(sites: list[Site], plan: Plan, freqs: torch.Tensor | None = None) -> int:
+    """Stored bytes of the whole model under `plan`, without building it.
+
+    Assumes every parameter outside the sites is an fp32 bias of a site (true for the
+    built-in LSTM); use `model_dense_bytes` + per-site deltas for arbitrary models.
+    """
+    total = 0
+    for site in sites:
+        if site.tied_with is not None:
+            continue
+        if site.name in plan:
+            total += _method_bytes(site, plan[site.name], freqs) + (4 * site.shape[0] if site.bias and weight_class(plan[site.name]).uses_site_bias else 0)
+        else:
+            total += _dense_param_bytes(site)
+    return total
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _dense_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(W as m x n with y = W x, bias) of an Embedding, Linear or GPT-2 Conv1D."""
+    if isinstance(module, nn.Embedding):
+        return module.weight.detach(), None
+    if isinstance(module, nn.Linear):
+        return module.weight.detach(), module.bias
+    return module.weight.detach().t(), getattr(module, "bias", None)  # Conv1D stores W^T
+
+
+def compress(model: nn.Module, plan: Mapping[str, Any] | str | Path, freqs: torch.Tensor | None = None,
+             sites: list[Site] | None = None, inplace: bool = False) -> nn.Module:
+    """A new model whose planned sites are compressed, each initialised from its dense weight."""
+    plan = parse_plan(plan)
+    by_name, resolved = _resolve(model, plan, sites)
+    model = model if inplace else copy.deepcopy(model)
+    shared: dict[str, CompressedWeight] = {}
+    for name, cfg in resolved.items():
+        site = by_name[name]
+        weight, _ = _dense_weight(model.get_submodule(name))
+        shared[name] = weight_class(cfg).build(weight.float().cpu(), site, cfg, freqs=freqs if site.is_vocab else None)
+    for site in by_name.values():
+        owner = site.tied_with or site.name
+        if owner not in shared:
+            continue
+        module = model.get_submodule(site.name)
+        if site.role == "embedding" and isinstance(module, nn.Embedding):
+            _set_module(model, site.name, CompressedEmbedding(shared[owner]))
+        else:
+            _set_module(model, site.name, CompressedLinear(shared[owner], _dense_weight(module)[1]))
+    return model
+
+
+def stored_bytes(model: nn.Module) -> int:
+    """Stored bytes of a (compressed or dense) model: each compressed weight by its method,
+    every other tensor at its dtype; shared tensors and shared compressed weights count once."""
+    total = 0
+    seen: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, CompressedWeight) and id(module) not in seen:
+            seen.add(id(module))
+            total += module.nbytes()
+            seen.update(id(p) for p in module.parameters())
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * p.element_size()
+    return total
+
+
+def dense_bytes(model: nn.Module) -> int:
+    """fp32 bytes of every parameter of the dense model (shared ones once): the ratio's numerator."""
+    return 4 * sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

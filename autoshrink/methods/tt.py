@@ -24,6 +24,7 @@ from torch import nn
 
 from autoshrink.errors import UserError
 from autoshrink.methods._base import CompressedWeight, MethodConfig, register
+from autoshrink.methods.lowrank import thin_svd
 from autoshrink.models.sites import Site
 
 CORES = (2, 3, 4)
@@ -99,7 +100,9 @@ class TTLayout:
 
 
 def tt_layout(m: int, n: int, d: int, rank: int) -> TTLayout:
-    rows, cols = balanced_factors(m, d), balanced_factors(n, d)
+    """Row factors ascending, column factors descending: the core-by-core product then holds few
+    output digits while many input digits remain (fewer FLOPs), and the modes m_k n_k even out."""
+    rows, cols = balanced_factors(m, d)[::-1], balanced_factors(n, d)
     modes = [a * b for a, b in zip(rows, cols)]
     ranks = [1] + [min(rank, math.prod(modes[: k + 1]), math.prod(modes[k + 1:])) for k in range(d - 1)] + [1]
     return TTLayout(rows, cols, tuple(ranks))
@@ -115,7 +118,7 @@ def tt_svd(w: torch.Tensor, layout: TTLayout) -> list[torch.Tensor]:
     cores = []
     for k in range(d - 1):
         r0, mk, nk, r1 = layout.core_shape(k)
-        u, s, vh = torch.linalg.svd(rest.reshape(r0 * mk * nk, -1), full_matrices=False)
+        u, s, vh = thin_svd(rest.reshape(r0 * mk * nk, -1))
         cores.append(u[:, :r1].reshape(r0, mk, nk, r1))
         rest = s[:r1, None] * vh[:r1]
     cores.append(rest.reshape(layout.core_shape(d - 1)))
@@ -145,15 +148,19 @@ class TTWeight(CompressedWeight):
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         m, n = self.site.shape
+        rows, cols, d = self.layout.row_modes, self.layout.col_modes, len(self.cores)
         lead = x.shape[:-1]
-        # state: (batch * i_1..i_{k-1}, r_{k-1}, n_k, n_{k+1}..n_d)
-        state = x.reshape(-1, 1, self.layout.col_modes[0], n // self.layout.col_modes[0])
-        for k in range(len(self.cores)):
-            g = self._core(k)
-            out = torch.einsum("prjq,rijs->pisq", state, g)  # (P, m_k, r_k, rest)
-            p, mk, rk, rest = out.shape
-            nxt = self.layout.col_modes[k + 1] if k + 1 < len(self.cores) else 1
-            state = out.reshape(p * mk, rk, nxt, rest // nxt)
+        # The state is a matrix (j_{k+1}..j_d, batch, i_1..i_{k-1}) x (j_k, r_{k-1}): each core is
+        # one GEMM with the small (n_k r_{k-1}) x (m_k r_k) core, then the next input digit j_{k+1}
+        # moves from the front to the back (one transpose); W is never formed.
+        state = x.reshape(-1, cols[0], n // cols[0]).permute(2, 0, 1).reshape(-1, cols[0])
+        for k in range(d):
+            r0, mk, nk, r1 = self.layout.core_shape(k)
+            g = self._core(k).permute(2, 0, 1, 3).reshape(nk * r0, mk * r1)
+            state = state @ g  # rows x (i_k, r_k)
+            if k + 1 < d:
+                nxt = cols[k + 1]
+                state = state.reshape(nxt, -1, r1).transpose(0, 1).reshape(-1, nxt * r1)
         return state.reshape(*lead, m)
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
@@ -163,11 +170,12 @@ class TTWeight(CompressedWeight):
             digits.append(rem % mk)
             rem = rem // mk
         digits.reverse()
-        # acc: (L, n_1..n_k, r_k), grown one core at a time from the row's digit in each core.
+        # acc: (L, n_1..n_k, r_k), grown one core at a time from the row's digit i_k in each core.
         acc = self._core(0)[0, digits[0]]  # (L, n_1, r_1)
         for k in range(1, len(self.cores)):
-            g = self._core(k).permute(1, 0, 2, 3)[digits[k]]  # (L, r_{k-1}, n_k, r_k)
-            acc = torch.einsum("ljr,lrks->ljks", acc, g).reshape(flat.shape[0], -1, g.shape[-1])
+            r0, mk, nk, r1 = self.layout.core_shape(k)
+            g = self._core(k).permute(1, 0, 2, 3)[digits[k]].reshape(-1, r0, nk * r1)  # (L, r_{k-1}, n_k r_k)
+            acc = torch.bmm(acc, g).reshape(flat.shape[0], -1, r1)
         return acc.reshape(*ids.shape, self.site.shape[1])
 
     @staticmethod

@@ -52,3 +52,51 @@ def parse_budget(text: str) -> Budget:
     if size < 1:
         raise UserError(f"budget {text!r} is below one byte")
     return Budget("bytes", size, text.strip())
+
+
+# --- fitting a method to a byte target --------------------------------------------------------
+def _bytes_of(site, config, freqs) -> int:
+    from autoshrink.plan import method_bytes
+    return method_bytes(site, config, freqs)
+
+
+def largest_within(site, config, max_bytes: int, freqs=None):
+    """The config with the largest `size_knob` whose method bytes fit `max_bytes` (other knobs
+    kept), or None if even the smallest setting does not fit. Bytes grow with the knob, so this
+    is a bisection: ints over [1, current or larger], floats over (0, 1], bits over their levels.
+    """
+    from autoshrink.methods._storage import FLOAT_BITS
+
+    knob = type(config).size_knob
+    if knob is None:
+        return config if _bytes_of(site, config, freqs) <= max_bytes else None
+
+    def fits(value) -> bool:
+        try:
+            return _bytes_of(site, config.replace(**{knob: value}), freqs) <= max_bytes
+        except UserError:
+            return False
+
+    current = getattr(config, knob)
+    if knob == "bits":
+        levels = [b for b in FLOAT_BITS if fits(b)]
+        return config.replace(bits=max(levels)) if levels else None
+    if isinstance(current, int):
+        lo, hi = 1, max(1, current)
+        if not fits(lo):
+            return None
+        while fits(hi) and hi < 2**24:
+            hi *= 2
+        while hi - lo > 1:  # fits(lo) and not fits(hi)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return config.replace(**{knob: hi if fits(hi) else lo})
+    lo, hi = 0.0, 1.0
+    if fits(hi):
+        return config.replace(**{knob: hi})
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    if lo > 0 and fits(lo):
+        return config.replace(**{knob: lo})
+    return config.replace(**{knob: 0.0}) if fits(0.0) else None  # e.g. Kronecker with no doping

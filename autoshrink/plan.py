@@ -64,7 +64,8 @@ def _resolve(model: nn.Module, plan: Plan, sites: list[Site] | None = None) -> t
     return by_name, resolved
 
 
-def _method_bytes(site: Site, cfg: MethodConfig, freqs: torch.Tensor | None) -> int:
+def method_bytes(site: Site, cfg: MethodConfig, freqs: torch.Tensor | None = None) -> int:
+    """Analytic stored bytes of one site's weight under `cfg` (bias excluded)."""
     fn = weight_class(cfg).stored_bytes
     # Vocabulary methods whose allocation follows word frequencies take them (GroupReduce).
     if "freqs" in inspect.signature(fn).parameters:
@@ -87,7 +88,7 @@ def plan_stored_bytes(sites: list[Site], plan: Plan, freqs: torch.Tensor | None 
         if site.tied_with is not None:
             continue
         if site.name in plan:
-            total += _method_bytes(site, plan[site.name], freqs) + (4 * site.shape[0] if site.bias and weight_class(plan[site.name]).uses_site_bias else 0)
+            total += method_bytes(site, plan[site.name], freqs) + (4 * site.shape[0] if site.bias and weight_class(plan[site.name]).uses_site_bias else 0)
         else:
             total += _dense_param_bytes(site)
     return total

@@ -7,6 +7,8 @@ from autoshrink.methods._base import (CompressedEmbedding, CompressedLinear, Com
 
 # One import per method: importing registers it.
 from autoshrink.methods import quant  # noqa: E402,F401
+from autoshrink.methods import prune  # noqa: E402,F401
+from autoshrink.methods import kronecker  # noqa: E402,F401
 from autoshrink.methods import groupreduce  # noqa: E402,F401
 from autoshrink.methods import lowrank  # noqa: E402,F401
 from autoshrink.methods import tt  # noqa: E402,F401

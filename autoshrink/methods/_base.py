@@ -33,6 +33,9 @@ class MethodConfig:
 
     method: ClassVar[str] = ""
     roles: ClassVar[tuple[str, ...]] = ALL_ROLES  # site roles the method applies to
+    # The knob whose growth grows the stored bytes monotonically (rank, density, pool size,
+    # bits): budget repair and the per-ratio baselines search along it. None: fixed size.
+    size_knob: ClassVar[str | None] = None
     bits: int = field(default=32, metadata={"help": "storage bits of the method's float tensors: 32, 16 or 2-8 (affine codes, straight-through fine-tuning)"})
     group_size: int = field(default=0, metadata={"help": "values per quantisation scale; 0 = one scale per row"})
 
@@ -109,11 +112,29 @@ class CompressedWeight(nn.Module):
 
     # Methods that model the output distribution themselves (LightRNN) carry their own bias.
     uses_site_bias: ClassVar[bool] = True
+    # Fraction of fine-tuning after which the module is at its stored form (a pruning ramp
+    # ends there); validations before it do not measure the compressed model.
+    settles_at: ClassVar[float] = 0.0
 
     # --- helpers for methods -------------------------------------------------------------
     def q(self, t: torch.Tensor) -> torch.Tensor:
-        """A float tensor as stored under this config's bits (straight-through)."""
-        return fake_quant(t, self.config.bits, self.config.group_size)
+        """A float tensor as stored under this config's bits (straight-through).
+
+        Without autograd (inference) the result is cached until the tensor changes (its
+        version counter moves with every in-place update), so a quantised model runs at the
+        speed of its float twin instead of re-quantising on every forward."""
+        if self.config.bits >= 32:
+            return t
+        if torch.is_grad_enabled() or not isinstance(t, nn.Parameter):
+            # Only parameters are cached: a temporary's id may be reused by the next temporary.
+            return fake_quant(t, self.config.bits, self.config.group_size)
+        cache = self.__dict__.setdefault("_q_cache", {})
+        key = (id(t), t._version, t.device)
+        hit = cache.get(id(t))
+        if hit is None or hit[0] != key:
+            hit = (key, fake_quant(t, self.config.bits, self.config.group_size).detach())
+            cache[id(t)] = hit
+        return hit[1]
 
     def pack(self, name: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
         packed = pack_float(t, self.config.bits, self.config.group_size)

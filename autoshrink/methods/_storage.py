@@ -68,7 +68,7 @@ def _affine(grouped: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tenso
     hi = grouped.amax(dim=-1, keepdim=True).detach()
     levels = 2**bits - 1
     lo16 = lo.to(torch.float16)
-    scale16 = ((hi - lo16.float()) / levels).clamp_min(1e-8).to(torch.float16)
+    scale16 = ((hi - lo16.float()) / levels).clamp_min(2.0**-24).to(torch.float16)  # fp16 smallest subnormal: 1e-8 rounded to 0 (NaN codes for a constant group)
     scale16 = torch.where(torch.isfinite(scale16), scale16, torch.full_like(scale16, 65504.0))
     return scale16, lo16
 

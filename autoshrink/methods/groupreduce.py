@@ -51,6 +51,7 @@ MIN_MOVED_FRACTION = 0.01  # stop refining when fewer than max(1, this * V) word
 @dataclass(frozen=True)
 class GroupReduceConfig(MethodConfig):
     method = "groupreduce"
+    size_knob = "rank"
     roles = VOCAB_ROLES
     blocks: int = field(default=4, metadata={"help": "number of equal-size blocks of words, sorted by frequency (c >= 1)"})
     rank: int = field(default=16, metadata={"help": "rank of the rarest block (r_min >= 1); other blocks scale it by their mean frequency"})

@@ -15,10 +15,14 @@ Init [ours]: each pool vector is the mean of the pretrained sub-vectors mapped t
 squares fit for the fixed map (exact when M = K V: the map is then a permutation).
 Forward: lookup gathers K pool vectors per id. A softmax row (logit_w = sum_k <x_k, P[L(w,k)]>)
 first forms the K x M partial dot products x_k . P^T, then gathers and sums: O(M D + V K) per
-position, the V x D matrix is never formed.
+position, the V x D matrix is never formed. The gather-and-sum is one sparse product with the
+0/1 matrix S (V x K M, K ones per row at k M + L(w, k)): measured on one CPU thread at V=33k,
+D=400, K=8, M=4096 it beats x @ W^T 7x for 1 position, 2.3x forward+backward for 35, and ties at
+700 (where an index_select gather is 2x slower than dense); other dtypes use the index_select loop.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +42,7 @@ def _is_int(v) -> bool:
 @dataclass(frozen=True)
 class HashConfig(MethodConfig):
     method = "hash"
+    size_knob = "pool"
     roles = VOCAB_ROLES
     chunks: int = field(default=4, metadata={"help": "K: sub-vectors per word row; must divide the row dimension"})
     pool: int = field(default=1024, metadata={"help": "M: shared sub-vectors in the pool (clipped to K * vocabulary); compression ~ V K / M"})
@@ -77,6 +82,7 @@ class HashWeight(CompressedWeight):
         self.seed = int(seed)
         # Regenerated from the seed, so not part of the state: export() stores the seed instead.
         self.register_buffer("map", slim_map(site.shape[0], config.chunks, pool.shape[0], self.seed), persistent=False)
+        self.register_buffer("slot_offset", torch.arange(config.chunks) * pool.shape[0], persistent=False)
 
     @classmethod
     def build(cls, weight, site, config, freqs=None):
@@ -93,17 +99,27 @@ class HashWeight(CompressedWeight):
         return self.q(self.pool)[self.map].reshape(self.site.shape)
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        # Per-row quantisation: quantising the gathered pool rows equals gathering quantised rows.
-        return self.q(self.pool[self.map[ids]]).reshape(*ids.shape, self.site.shape[1])
+        # q() of the whole pool (M x d, small) rather than of gathered rows: q caches by tensor.
+        return self.q(self.pool)[self.map[ids]].reshape(*ids.shape, self.site.shape[1])
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         k = self.config.chunks
         pool = self.q(self.pool)
-        partial = x.reshape(*x.shape[:-1], k, pool.shape[1]) @ pool.T  # (..., K, M) dot products
-        logits = partial[..., 0, :].index_select(-1, self.map[:, 0])
-        for j in range(1, k):  # gather-and-sum one slot at a time: no (..., V, K) temporary
-            logits = logits + partial[..., j, :].index_select(-1, self.map[:, j])
-        return logits
+        lead = x.shape[:-1]
+        partial = x.reshape(-1, k, pool.shape[1]) @ pool.T  # (N, K, M) partial dot products
+        v, m = self.map.shape[0], pool.shape[0]
+        if partial.dtype in (torch.float32, torch.float64):
+            # Built per call from the map (a sparse buffer would break deepcopy of the model).
+            with warnings.catch_warnings():  # torch's one-time "sparse CSR is in beta" notice
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                spread = torch.sparse_csr_tensor(
+                    torch.arange(0, v * k + 1, k, device=x.device), (self.map + self.slot_offset).reshape(-1),
+                    torch.ones(v * k, dtype=partial.dtype, device=x.device), (v, k * m), check_invariants=False)
+            return (spread @ partial.reshape(-1, k * m).T).T.reshape(*lead, v)
+        logits = partial[:, 0, :].index_select(-1, self.map[:, 0])
+        for j in range(1, k):  # gather-and-sum one slot at a time: no (N, V, K) temporary
+            logits = logits + partial[:, j, :].index_select(-1, self.map[:, j])
+        return logits.reshape(*lead, v)
 
     @staticmethod
     def stored_bytes(site, config) -> int:

@@ -23,6 +23,7 @@ from autoshrink.models.sites import Site
 @dataclass(frozen=True)
 class LowRankConfig(MethodConfig):
     method = "lowrank"
+    size_knob = "rank"
     rank: int = field(default=32, metadata={"help": "rank r of W ~= U V (clipped to min(m, n)); pays off when r < mn/(m+n)"})
 
     def __post_init__(self) -> None:

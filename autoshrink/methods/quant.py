@@ -19,6 +19,7 @@ from autoshrink.models.sites import Site
 @dataclass(frozen=True)
 class QuantConfig(MethodConfig):
     method = "quant"
+    size_knob = "bits"
     bits: int = field(default=8, metadata={"help": "bits per weight: 2-8 (affine codes), 16 (fp16) or 32"})
 
 

@@ -33,6 +33,7 @@ CORES = (2, 3, 4)
 @dataclass(frozen=True)
 class TTConfig(MethodConfig):
     method = "tt"
+    size_knob = "rank"
     cores: int = field(default=3, metadata={"help": "number of TT cores d (2, 3 or 4); m and n are each factored into d balanced factors"})
     rank: int = field(default=8, metadata={"help": "shared TT-rank of every core boundary (clipped to its largest useful value)"})
 

@@ -65,6 +65,11 @@ def evaluate_perplexity(model: nn.Module, ids: torch.Tensor, batch_size: int = 1
     return math.exp(min(total / count, 50.0))
 
 
+def settles_at(model: nn.Module) -> float:
+    """The training fraction after which every compressed module is at its stored form."""
+    return max((getattr(m, "settles_at", 0.0) for m in model.modules() if m is not model), default=0.0)
+
+
 def set_progress(model: nn.Module, fraction: float) -> None:
     for module in model.modules():
         hook = getattr(module, "on_progress", None)
@@ -125,6 +130,7 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor,
     per_epoch = num_windows(columns, cfg.bptt)
     total_steps = cfg.steps if cfg.steps is not None else max(1, int(round(cfg.epochs * per_epoch)))
     eval_every = cfg.eval_every or min(per_epoch, total_steps)
+    settle = settles_at(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
@@ -168,7 +174,9 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor,
             set_progress(model, step / total_steps)
             val = evaluate_perplexity(model, valid_ids, device=device, max_tokens=cfg.eval_tokens, bptt=cfg.bptt)
             result.history.append({"step": step, "val_ppl": val, "lr": opt.param_groups[0]["lr"]})
-            if val < result.best_val_ppl:
+            if step / total_steps < settle:
+                pass  # mid-ramp: a denser model than the one stored; neither best nor a plateau
+            elif val < result.best_val_ppl:
                 result.best_val_ppl, bad_evals = val, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
@@ -179,8 +187,8 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor,
                 on_eval(step, val)
             if cfg.steps is None and bad_evals >= cfg.patience:
                 break
-    set_progress(model, 1.0)
     if best_state is not None:
         model.load_state_dict(best_state)
+    set_progress(model, 1.0)  # at the stored form, whatever state was restored
     result.seconds = time.perf_counter() - start
     return result

@@ -1,0 +1,1 @@
+"""Benchmarks that write figures to results/ (not tests: they take minutes and measure speed)."""

@@ -1,0 +1,260 @@
+"""Sums of Kronecker products with sparse doping (Doped Kronecker Products, Udaykumar Thakker et al.).
+
+W (m x n) ~= sum_{r<R} A_r (x) B_r + S, with A_r m1 x n1, B_r m2 x n2 (m = m1 m2, n = n1 n2) and S
+an m x n overlay of k = round(density * m * n) values (METHODS.md §5).
+    W[i1*m2 + i2, j1*n2 + j2] = sum_r A_r[i1, j1] B_r[i2, j2]
+
+Init (Van Loan–Pitsianis): rearrange W into R(W) ((m1 n1) x (m2 n2), row (i1, j1) = vec of block
+(i1, j1)), take its rank-R SVD and split sqrt(sigma) between A and B, so that both factors have
+the same range (matters for quantisation). With doping, alternate 3 rounds of
+KP <- NKP(W - S), S <- top-k(W - KP); density 1 reconstructs W exactly.
+
+Forward without materialising A (x) B (pitfall 7): x (.., n) -> X (.., n1, n2),
+Y = sum_r A_r X B_r^T (.., m1, m2) -> y (.., m), plus x S^T. lookup(i) = sum_r A_r[i // m2] (x)
+B_r[i % m2] + S[i].
+
+Training (CMA and CMR, pitfall 4): S is stored as a dense parameter with a mask; the masked values
+are trainable, the others keep their values (the full residual at init) so the anneal can bring
+them back. on_progress(f) anneals the doping density from min(1, 10 density) to the target with the
+cubic schedule of `prune`, reaching it at f = 0.75 and holding it; while annealing (f < 0.75) and
+in train mode, the S pathway gets dropout with probability `cmr` (co-matrix dropout
+regularisation), 0 afterwards and in eval mode. Right after build S is at the target density.
+Set `kp_only = True` (or call kp_only_weight()) to evaluate with S zeroed and detect CMA.
+
+Stored: A (R m1 x n1, rows quantised) and B (R m2 x n2) at `bits`, plus S as a sparse overlay
+(cheaper of CSR and bitmask, values at `bits`) when k > 0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoshrink.errors import UserError
+from autoshrink.methods import _storage
+from autoshrink.methods._base import CompressedWeight, MethodConfig, register
+from autoshrink.methods.prune import RAMP_END, RampClock, SparseProduct, cubic_density, masked_quantised, topk_mask
+
+DOPING_ROUNDS = 3  # alternations of KP <- NKP(W - S), S <- top-k(W - KP)
+RAMP_START_FACTOR = 10.0
+FULL_SVD_MAX = 256  # rearranged matrices with a larger side use a randomised truncated SVD  # the anneal starts at min(1, 10 x target density)
+
+
+def square_divisor(m: int) -> int:
+    """The largest divisor of m that is <= sqrt(m): (d, m // d) is the most square-like pair."""
+    return max(d for d in range(1, math.isqrt(m) + 1) if m % d == 0)
+
+
+def nearest_kronecker(w: torch.Tensor, m1: int, n1: int, terms: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Van Loan–Pitsianis: A (terms, m1, n1), B (terms, m2, n2) minimising ||W - sum A_r (x) B_r||_F."""
+    m, n = w.shape
+    m2, n2 = m // m1, n // n1
+    # R(W)[(i1, j1), (i2, j2)] = W[i1 m2 + i2, j1 n2 + j2]
+    r = w.reshape(m1, m2, n1, n2).permute(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
+    if min(r.shape) <= FULL_SVD_MAX:
+        u, s, vh = torch.linalg.svd(r.double(), full_matrices=False)
+    else:  # randomised: ~40x faster at 2500 x 2600, same top singular triplets to 1e-6 relative
+        with torch.random.fork_rng(devices=[]):  # deterministic, and the global RNG is left alone
+            torch.manual_seed(0)
+            u, s, v = torch.svd_lowrank(r.float(), q=min(terms + 10, min(r.shape)), niter=4)
+        vh = v.T
+    root = s[:terms].sqrt()
+    a = (u[:, :terms] * root).T.reshape(terms, m1, n1)
+    b = (vh[:terms] * root[:, None]).reshape(terms, m2, n2)
+    return a.float(), b.float()
+
+
+def kron_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_r kron(a_r, b_r), materialised (init and checks only)."""
+    r, m1, n1 = a.shape
+    _, m2, n2 = b.shape
+    return torch.einsum("rij,rkl->ikjl", a, b).reshape(m1 * m2, n1 * n2)
+
+
+@dataclass(frozen=True)
+class KroneckerConfig(MethodConfig):
+    method = "kronecker"
+    size_knob = "density"  # stored bytes grow with the number of kept values
+    m1: int = field(default=0, metadata={"help": "rows of A (B has m/m1); 0 = the most square-like divisor of m"})
+    n1: int = field(default=0, metadata={"help": "columns of A (B has n/n1); 0 = the most square-like divisor of n"})
+    terms: int = field(default=1, metadata={"help": "R, the number of Kronecker products summed"})
+    density: float = field(default=0.0, metadata={"help": "doping: fraction of the m x n entries in the sparse overlay S, in [0, 1]"})
+    cmr: float = field(default=0.5, metadata={"help": "co-matrix dropout probability on the S pathway during the doping anneal, in [0, 1)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.m1 < 0 or self.n1 < 0:
+            raise UserError(f"kronecker: m1 and n1 must be >= 0 (0 = automatic), got m1={self.m1}, n1={self.n1}")
+        if self.terms < 1:
+            raise UserError(f"kronecker: terms must be >= 1, got {self.terms!r}")
+        if not 0.0 <= self.density <= 1.0:
+            raise UserError(f"kronecker: density must be in [0, 1], got {self.density!r}")
+        if not 0.0 <= self.cmr < 1.0:
+            raise UserError(f"kronecker: cmr must be in [0, 1), got {self.cmr!r}")
+
+    def factors(self, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(m1, m2, n1, n2) for a site of this shape."""
+        m, n = shape
+        m1 = self.m1 or square_divisor(m)
+        n1 = self.n1 or square_divisor(n)
+        return m1, m // m1, n1, n // n1
+
+    def nnz(self, shape: tuple[int, int]) -> int:
+        return round(self.density * shape[0] * shape[1])
+
+    def check_site(self, site) -> None:
+        super().check_site(site)
+        m, n = site.shape
+        if (self.m1 and m % self.m1) or (self.n1 and n % self.n1):
+            raise UserError(f"kronecker: A of {self.m1 or 'auto'} x {self.n1 or 'auto'} does not factor the "
+                            f"{m} x {n} matrix of {site.name!r} (m1 must divide {m} and n1 must divide {n})")
+        m1, m2, n1, n2 = self.factors(site.shape)
+        if self.terms > min(m1 * n1, m2 * n2):
+            raise UserError(f"kronecker: terms={self.terms} exceeds the rank {min(m1 * n1, m2 * n2)} of the "
+                            f"rearranged {m} x {n} matrix of {site.name!r} with A {m1} x {n1}, B {m2} x {n2}")
+
+
+@register(KroneckerConfig)
+class KroneckerWeight(CompressedWeight):
+    settles_at = RAMP_END  # the doping reaches its stored density here
+    def __init__(self, site, config: KroneckerConfig, a: torch.Tensor, b: torch.Tensor,
+                 s: torch.Tensor | None, mask: torch.Tensor | None):
+        super().__init__(site, config)
+        self.k = config.nnz(site.shape)
+        self.a = nn.Parameter(a.detach().clone().float())
+        self.b = nn.Parameter(b.detach().clone().float())
+        if self.k > 0:
+            self.s = nn.Parameter(s.detach().clone().float())
+            self.register_buffer("mask", mask.bool().clone())
+        else:
+            self.s = None
+            self.mask = None
+        self.kp_only = False  # evaluate with S zeroed (CMA check)
+        self.dropout = 0.0  # CMR probability now; set by on_progress
+        self._product = SparseProduct()
+        self._clock = RampClock()
+
+    @classmethod
+    def build(cls, weight, site, config, freqs=None):
+        config.check_site(site)
+        w = weight.detach().float()
+        m1, m2, n1, n2 = config.factors(site.shape)
+        k = config.nnz(site.shape)
+        doped = torch.zeros_like(w)
+        for _ in range(DOPING_ROUNDS if k > 0 else 1):
+            a, b = nearest_kronecker(w - doped, m1, n1, config.terms)
+            residual = w - kron_sum(a, b)
+            mask = topk_mask(residual.abs(), k)
+            doped = residual * mask
+        if k == 0:
+            return cls(site, config, a, b, None, None)
+        return cls(site, config, a, b, residual, mask)  # unmasked residual values can revive in the anneal
+
+    # --- the stored tensors, quantised -----------------------------------------------------
+    def factor_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        r, m1, n1 = self.a.shape
+        _, m2, n2 = self.b.shape
+        qa = self.q(self.a.reshape(r * m1, n1)).reshape(r, m1, n1)  # per-row scales: rows of each A_r
+        qb = self.q(self.b.reshape(r * m2, n2)).reshape(r, m2, n2)
+        return qa, qb
+
+    def sparse_weight(self) -> torch.Tensor:
+        return masked_quantised(self, self.s, self.mask)
+
+    def kp_only_weight(self) -> torch.Tensor:
+        return kron_sum(*self.factor_tensors())
+
+    def weight(self) -> torch.Tensor:
+        w = self.kp_only_weight()
+        return w if self.s is None or self.kp_only else w + self.sparse_weight()
+
+    # --- forward -----------------------------------------------------------------------------
+    def _cmr(self, y: torch.Tensor) -> torch.Tensor:
+        return F.dropout(y, self.dropout) if self.training and self.dropout > 0 else y
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        qa, qb = self.factor_tensors()
+        r, m1, n1 = qa.shape
+        _, m2, n2 = qb.shape
+        lead = x.shape[:-1]
+        xs = x.reshape(-1, n1, n2)
+        # Y = sum_r A_r X B_r^T; contract the side that leaves the smaller intermediate first.
+        if n1 * m2 * (n2 + m1) <= m1 * n2 * (n1 + m2):
+            z = torch.einsum("bjk,rlk->brjl", xs, qb)  # (N, R, n1, m2)
+            y = torch.einsum("rij,brjl->bil", qa, z)
+        else:
+            z = torch.einsum("rij,bjk->brik", qa, xs)  # (N, R, m1, n2)
+            y = torch.einsum("brik,rlk->bil", z, qb)
+        y = y.reshape(*lead, m1 * m2)
+        if self.s is None or self.kp_only:
+            return y
+        return y + self._cmr(self._product(x, self.s, self.mask, self.sparse_weight))
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        qa, qb = self.factor_tensors()
+        m2 = qb.shape[1]
+        rows = torch.einsum("r...j,r...k->...jk", qa[:, ids // m2], qb[:, ids % m2]).reshape(*ids.shape, -1)
+        if self.s is None or self.kp_only:
+            return rows
+        if self.config.bits >= 16:  # elementwise quantisation: gather the rows first
+            sparse = torch.where(self.mask[ids], self.q(self.s[ids]), 0.0)
+        else:
+            sparse = F.embedding(ids, self.sparse_weight())
+        return rows + self._cmr(sparse)
+
+    @torch.no_grad()
+    def on_progress(self, fraction: float) -> None:
+        if self.s is None:
+            return
+        annealing = fraction < RAMP_END
+        self.dropout = self.config.cmr if annealing else 0.0
+        # after the ramp the mask is held, unless a mid-ramp state was loaded into this module
+        if not self._clock.due(fraction) and not (fraction >= RAMP_END and int(self.mask.count_nonzero()) != self.k):
+            return
+        m, n = self.site.shape
+        count = self.k
+        if annealing:
+            start = min(1.0, RAMP_START_FACTOR * self.config.density)
+            count = max(self.k, round(cubic_density(fraction, start, self.config.density) * m * n))
+        self.mask.copy_(topk_mask(self.s.abs(), count))
+
+    # --- storage -----------------------------------------------------------------------------
+    def export_mask(self) -> torch.Tensor:
+        """The target-density mask: the current one after the anneal (or before it started)."""
+        if int(self.mask.count_nonzero()) == self.k:
+            return self.mask
+        return topk_mask(self.s.abs(), self.k)  # mid-anneal: what on_progress(1.0) would keep
+
+    @staticmethod
+    def stored_bytes(site, config) -> int:
+        m1, m2, n1, n2 = config.factors(site.shape)
+        r = config.terms
+        total = CompressedWeight.float_bytes((r * m1, n1), config) + CompressedWeight.float_bytes((r * m2, n2), config)
+        k = config.nnz(site.shape)
+        if k > 0:
+            total += _storage.sparse_bytes(*site.shape, k, config.bits, config.group_size)
+        return total
+
+    def export(self):
+        r, m1, n1 = self.a.shape
+        _, m2, n2 = self.b.shape
+        out = {**self.pack("A", self.a.reshape(r * m1, n1)), **self.pack("B", self.b.reshape(r * m2, n2))}
+        if self.s is not None:
+            packed = _storage.pack_sparse(self.s, self.export_mask(), self.config.bits, self.config.group_size)
+            out.update({f"S.{key}": t for key, t in packed.items()})
+        return out
+
+    @classmethod
+    def from_export(cls, tensors, site, config):
+        m1, m2, n1, n2 = config.factors(site.shape)
+        r = config.terms
+        a = cls.unpack(tensors, "A", (r * m1, n1), config).reshape(r, m1, n1)
+        b = cls.unpack(tensors, "B", (r * m2, n2), config).reshape(r, m2, n2)
+        if config.nnz(site.shape) == 0:
+            return cls(site, config, a, b, None, None)
+        sparse = {key[2:]: t for key, t in tensors.items() if key.startswith("S.")}
+        s, mask = _storage.unpack_sparse(sparse, *site.shape, config.bits, config.group_size)
+        return cls(site, config, a, b, s, mask)

@@ -1,0 +1,79 @@
+"""lowrank: truncated-SVD init with sqrt(S) split, rank clipping, skinny forward (METHODS.md §1)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoshrink.errors import UserError
+from autoshrink.methods import config_from_dict
+from autoshrink.methods.lowrank import LowRankConfig, LowRankWeight
+from autoshrink.methods._storage import tensors_bytes
+from autoshrink.models.sites import Site
+
+M, N = 40, 24
+
+
+def _w(seed: int = 0) -> torch.Tensor:
+    return torch.randn(M, N, generator=torch.Generator().manual_seed(seed))
+
+
+def _build(**knobs) -> LowRankWeight:
+    cfg = LowRankConfig(**knobs)
+    return LowRankWeight.build(_w(), Site("s", "linear", (M, N)), cfg)
+
+
+def test_init_error_is_the_eckart_young_optimum():
+    w = _w()
+    s = torch.linalg.svdvals(w)
+    for r in (1, 5, 12):
+        err = (w - _build(rank=r).weight()).pow(2).sum()
+        torch.testing.assert_close(err, s[r:].pow(2).sum(), rtol=1e-4, atol=1e-4)
+
+
+def test_sqrt_sigma_is_split_evenly_between_the_factors():
+    mod = _build(rank=8)
+    s = torch.linalg.svdvals(_w())[:8]
+    # Column k of U and row k of V both have norm sqrt(s_k): neither factor carries all of S.
+    torch.testing.assert_close(mod.u.norm(dim=0), s.sqrt(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mod.v.norm(dim=1), s.sqrt(), rtol=1e-4, atol=1e-5)
+
+
+def test_rank_is_clipped_to_the_matrix_and_then_exact():
+    mod = _build(rank=1000)
+    assert mod.u.shape == (M, N) and mod.v.shape == (N, N)
+    torch.testing.assert_close(mod.weight(), _w(), atol=1e-4, rtol=1e-4)
+    site = Site("s", "linear", (M, N))
+    assert LowRankWeight.stored_bytes(site, LowRankConfig(rank=1000)) == 4 * (M * N + N * N)
+
+
+def test_stored_bytes_count_codes_and_per_row_scales():
+    cfg = LowRankConfig(rank=4, bits=8)
+    site = Site("s", "linear", (M, N))
+    # 8-bit codes of U (M x 4) and V (4 x N), plus an fp16 scale and minimum per row.
+    expected = M * 4 + 4 * N + 4 * (M + 4)
+    assert LowRankWeight.stored_bytes(site, cfg) == expected
+    assert tensors_bytes(_build(rank=4, bits=8).export()) == expected
+
+
+@pytest.mark.parametrize("bits,group_size", [(32, 0), (4, 0), (3, 8)])
+def test_forward_paths_agree_with_the_stored_weight(bits, group_size):
+    mod = _build(rank=6, bits=bits, group_size=group_size)
+    w = mod.weight()
+    x = torch.randn(2, 3, N)
+    torch.testing.assert_close(mod.matmul(x), x @ w.T, atol=1e-4, rtol=1e-4)
+    ids = torch.tensor([[0, 5, 39], [7, 7, 1]])
+    # lookup quantises only the gathered rows; per-row codes make that identical to all of U.
+    torch.testing.assert_close(mod.lookup(ids), w[ids], atol=1e-5, rtol=1e-5)
+
+
+def test_forward_never_forms_the_dense_matrix(monkeypatch):
+    mod = _build(rank=4)
+    monkeypatch.setattr(mod, "weight", lambda: pytest.fail("matmul/lookup formed W"))
+    assert mod.matmul(torch.randn(3, N)).shape == (3, M)
+    assert mod.lookup(torch.tensor([1, 2])).shape == (2, N)
+
+
+@pytest.mark.parametrize("rank", [0, -3])
+def test_bad_rank_names_the_method_and_value(rank):
+    with pytest.raises(UserError, match=rf"lowrank.*{rank}"):
+        config_from_dict({"method": "lowrank", "rank": rank})

@@ -100,3 +100,86 @@ def largest_within(site, config, max_bytes: int, freqs=None):
     if lo > 0 and fits(lo):
         return config.replace(**{knob: lo})
     return config.replace(**{knob: 0.0}) if fits(0.0) else None  # e.g. Kronecker with no doping
+
+
+# --- repair and feasibility of plans -----------------------------------------------------------
+def shrink(config):
+    """One step smaller along the size knob (x0.8, or the next lower bit width), or None."""
+    from autoshrink.methods._storage import FLOAT_BITS
+
+    knob = type(config).size_knob
+    if knob is None:
+        return None
+    value = getattr(config, knob)
+    if knob == "bits":
+        lower = [b for b in FLOAT_BITS if b < value]
+        new = max(lower) if lower else None
+    elif isinstance(value, int):
+        new = min(value - 1, int(value * 0.8)) if value > 1 else None
+    else:
+        new = value * 0.8 if value > 1e-5 else None
+    if new is None:
+        return None
+    try:
+        return config.replace(**{knob: new})
+    except UserError:
+        return None
+
+
+def repair(plan: dict, sites: list, max_bytes: int | None, freqs=None, fits=None) -> dict | None:
+    """Shrink a plan until it fits `max_bytes` (or until `fits(plan)`, for latency budgets),
+    largest compressed site first, as AMC and HAQ clip their actions; None if no shrinking of
+    the planned sites can make it fit."""
+    from autoshrink.plan import method_bytes, plan_stored_bytes
+
+    if fits is None:
+        def fits(p):
+            return plan_stored_bytes(sites, p, freqs) <= max_bytes
+    by_name = {s.name: s for s in sites}
+    plan = dict(plan)
+    stuck: set[str] = set()
+    while not fits(plan):
+        movable = [n for n in plan if n not in stuck]
+        if not movable:
+            return None
+        name = max(movable, key=lambda n: method_bytes(by_name[n], plan[n], freqs))
+        smaller = shrink(plan[name])
+        if smaller is None:
+            stuck.add(name)
+            continue
+        try:
+            smaller.check_site(by_name[name])
+        except UserError:
+            stuck.add(name)
+            continue
+        plan[name] = smaller
+    return plan
+
+
+def smallest_plan_bytes(space, sites: list, freqs=None) -> int:
+    """Stored bytes of the smallest plan the space allows: below it no plan can go."""
+    from autoshrink.plan import method_bytes
+    from autoshrink.space import DENSE
+
+    total = 0
+    for site in sites:
+        if site.tied_with is not None:
+            continue
+        options = [method_bytes(site, cfg, freqs) + (4 * site.shape[0] if site.bias else 0)
+                   for cfg in space.smallest_configs(site)]
+        if DENSE in space.roles.get(site.role, {}) or not options:
+            options.append(site.dense_bytes)
+        total += min(options)
+    return total
+
+
+def check_feasible(budget: Budget, space, sites: list, dense_bytes: int, freqs=None) -> int:
+    """The byte limit of a ratio/size budget; a UserError if no plan of the space can meet it."""
+    limit = budget.max_bytes(dense_bytes)
+    if limit is None:
+        return None
+    floor = smallest_plan_bytes(space, sites, freqs)
+    if floor > limit:
+        raise UserError(f"budget {budget.text} ({limit:,} bytes) cannot be met: the smallest plan of space "
+                        f"{space.source} stores {floor:,} bytes ({dense_bytes / floor:.1f}x)")
+    return limit

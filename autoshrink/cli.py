@@ -123,29 +123,36 @@ def _search_parser(sub) -> None:
     p.add_argument("--model", default="kjv-lstm")
     p.add_argument("--data", default="kjv")
     p.add_argument("--space", default="search_spaces/default.yaml")
-    p.add_argument("--trials", type=int, default=None)
-    p.add_argument("--timeout", type=float, default=None, help="seconds")
-    p.add_argument("--finetune-steps", type=int, default=None)
+    p.add_argument("--trials", type=int, default=8, help="trials in all, counted across resumes [8]")
+    p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    p.add_argument("--finetune-steps", type=int, default=None, help="fine-tuning steps per trial [80]")
+    p.add_argument("--sampler", choices=("tpe", "nsga2", "random"), default="tpe", help="Optuna sampler [tpe]")
+    p.add_argument("--distill", action="store_true", help="fine-tune trials on soft targets of the dense model too")
     p.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--address", default=None, help="Ray cluster address (auto or HOST:PORT)")
-    p.add_argument("--run-dir", default=None)
+    p.add_argument("--run-dir", default=None, help="run folder [results/runs/<model>-<budget>-<time>]; "
+                                                   "an existing one is resumed")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_search_command)
 
 
 def _search_command(args) -> int:
-    from autoshrink.api import load
-    from autoshrink.budget import parse_budget
-    parse_budget(args.budget)
-    progress = _Progress(f"pretrain {args.model}")
-    try:
-        model = load(args.model, data=args.data, seed=args.seed, device=args.device, on_log=progress)
-    finally:
-        progress.close()
-    print(f"{args.model} is pretrained ({sum(p.numel() for p in model.parameters()):,} parameters). "
-          "The search controller comes next (issue 5); `autoshrink sites` lists what it will compress.")
+    from autoshrink.search.controller import search
+    from autoshrink.search.run_folder import COLUMNS
+    result = search(args.budget, model=args.model, data=args.data, space=args.space, trials=args.trials,
+                    timeout=args.timeout, finetune_steps=args.finetune_steps, backend=args.backend,
+                    workers=args.workers, address=args.address, run_dir=args.run_dir, device=args.device,
+                    seed=args.seed, sampler=args.sampler, distill=args.distill, command=args.command_line)
+    front = result.front
+    if front.empty:
+        print(f"no feasible completed trial yet in {result.run_dir}; run the same command again to add trials")
+        return 0
+    print(f"Pareto front ({len(front)} trial(s)) of {result.run_dir}:")
+    print(front[["number", "ratio", "stored_bytes", "latency_ms", "val_ppl", "methods"]].to_string(
+        index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"resume or extend: autoshrink search --budget {args.budget} --run-dir {result.run_dir} --trials N")
     return 0
 
 

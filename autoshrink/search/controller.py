@@ -1,0 +1,176 @@
+"""`search()`: set up a run (model, data, space, budget), check feasibility, run a backend,
+keep the run folder current and report progress, then return the front."""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import torch
+from torch import nn
+
+from autoshrink.budget import Budget, check_feasible, parse_budget, repair
+from autoshrink.data import LMData, corpus_key, load_lm_data
+from autoshrink.errors import UserError
+from autoshrink.models import Site, discover_sites
+from autoshrink.plan import dense_bytes as model_dense_bytes
+from autoshrink.search import optuna_backend, run_folder
+from autoshrink.space import SearchSpace, load_space
+from autoshrink.trial import TrialResult, TrialSettings
+
+
+@dataclass
+class SearchContext:
+    model: nn.Module
+    data: LMData
+    sites: list[Site]
+    space: SearchSpace
+    budget: Budget
+    dense_bytes: int
+    settings: TrialSettings
+    freqs: torch.Tensor
+    max_bytes: int | None = None
+    latency: object | None = None  # LatencyTable for latency budgets
+    rule: Callable = field(default=lambda nbytes: None)
+
+    def repair(self, plan: dict) -> dict | None:
+        if self.budget.kind == "latency":
+            return repair(plan, self.sites, None, self.freqs, fits=lambda p: self.latency.estimate_ms(p) <= self.budget.value)
+        return repair(plan, self.sites, self.max_bytes, self.freqs)
+
+    def constraint(self, result: TrialResult) -> float:
+        """<= 0 when the measured trial meets the budget (Optuna's constraint convention)."""
+        if self.budget.kind == "latency":
+            return result.latency_ms - self.budget.value
+        return float(result.stored_bytes - self.max_bytes)
+
+    def settings_for(self, number: int) -> TrialSettings:
+        return replace(self.settings, seed=self.settings.seed + number)
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    study: optuna.Study
+    front: "object"  # pandas DataFrame of front trials
+
+
+def default_run_dir(model_name: str, budget: Budget) -> Path:
+    return Path("results/runs") / f"{Path(model_name).name}-{budget.slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: int, started: float, done_before: int) -> str:
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    a = trial.user_attrs
+    k = len(finished)
+    this_session = max(1, k - done_before)
+    eta = (time.time() - started) / this_session * max(0, total - k)
+    front = run_folder.front_rows(run_folder.trial_rows(study))
+    best = f"best {front['val_ppl'].min():.2f}" if not front.empty else "no front yet"
+    ratio = f"{a['ratio']:.1f}x" if a.get("ratio") else "-"
+    ppl = f"ppl {a['val_ppl']:.2f}" if a.get("val_ppl") else "ppl -"
+    secs = f"{a.get('seconds', 0) or 0:.0f}s"
+    state = trial.state.name if trial.state != optuna.trial.TrialState.COMPLETE else ("ok" if a.get("feasible") else "over budget")
+    mix = run_folder.method_mix(a.get("plan", {}))
+    return f"trial {k}/{total} #{trial.number} {state:<8} {ratio:>7} {ppl:<10} {secs:>5}  {best}  ETA {eta / 60:.0f} min  [{mix}]"
+
+
+def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData = "kjv",
+           space: str | SearchSpace = "search_spaces/default.yaml", trials: int = 8, timeout: float | None = None,
+           finetune_steps: int | None = None, backend: str = "optuna", workers: int = 1, address: str | None = None,
+           run_dir: str | Path | None = None, device: str = "auto", seed: int = 0, sampler: str = "tpe",
+           distill: bool = False, command: str | None = None, log: Callable[[str], None] | None = None) -> SearchResult:
+    """Per-layer search to a Pareto front under `budget`; see DESIGN.md. Returns the run folder,
+    the study and the front. `model` may be a preset name, a model folder, or any torch LM
+    module (forward(ids (T, B), state) -> (logits, state)) with `data` given."""
+    from autoshrink.api import load
+    from autoshrink.latency import LatencyTable
+
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    b = parse_budget(budget)
+    if backend == "ray":
+        raise UserError("--backend ray lands with issue 7; use --backend optuna")
+    if backend != "optuna":
+        raise UserError(f"unknown backend {backend!r}: use optuna or ray")
+    if trials < 1:
+        raise UserError(f"--trials must be at least 1, got {trials}")
+    spc = space if isinstance(space, SearchSpace) else load_space(space)
+    if isinstance(model, nn.Module):
+        dense, model_name = model, type(model).__name__
+        if not isinstance(data, LMData):
+            vocab = getattr(model, "vocab", None)
+            data = load_lm_data(data, vocab=vocab)
+    else:
+        model_name = model
+        dense = load(model, data=data if isinstance(data, str) else "kjv", seed=seed, device=device)
+        if not isinstance(data, LMData):
+            data = load_lm_data(data, vocab=dense.vocab)
+    dense = dense.cpu().eval()
+    sites = discover_sites(dense)
+    nbytes = model_dense_bytes(dense)
+    freqs = data.vocab.freqs
+    max_bytes = check_feasible(b, spc, sites, nbytes, freqs)
+    settings = TrialSettings(device=device, seed=seed, distill=distill)
+    if finetune_steps is not None:
+        settings.finetune_steps = finetune_steps
+    folder = Path(run_dir) if run_dir else default_run_dir(model_name, b)
+    folder.mkdir(parents=True, exist_ok=True)
+    latency = LatencyTable(dense, device="cpu", path=folder / "latency_cache.json", freqs=freqs) if b.kind == "latency" else None
+    if latency is not None:
+        smallest = _smallest_plan(spc, sites, freqs)
+        fastest = min(latency.dense_ms, latency.estimate_ms(smallest))
+        if fastest > b.value:
+            raise UserError(f"latency budget {b.text} cannot be met: the dense model takes {latency.dense_ms:.2f} ms "
+                            f"and the smallest plan of the space about {latency.estimate_ms(smallest):.2f} ms")
+    study = optuna_backend.open_study(folder, sampler, seed)
+    ctx = SearchContext(dense, data, sites, spc, b, nbytes, settings, freqs, max_bytes, latency,
+                        rule=optuna_backend.WeakTrialRule(study))
+    run_folder.write_run_json(folder, {
+        "command": command or f"search({budget!r})", "budget": b.text, "budget_kind": b.kind, "max_bytes": max_bytes,
+        "model": model_name, "data": corpus_key(data.name) if isinstance(data.name, str) else data.name,
+        "space": str(spc.source), "seed": seed, "sampler": sampler, "trials": trials,
+        "finetune_steps": settings.finetune_steps, "dense_bytes": nbytes,
+        "dense_val_ppl": _dense_val(dense, data, settings, folder),
+        "versions": {"autoshrink": __import__("autoshrink").__version__, "torch": torch.__version__,
+                     "optuna": optuna.__version__, "python": platform.python_version()}})
+    done_before = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+    log(f"search {model_name} under {b.text} ({max_bytes:,} bytes) -> {folder}" if max_bytes else
+        f"search {model_name} under {b.text} -> {folder}")
+    if done_before:
+        log(f"resuming: {done_before} trial(s) already finished")
+    started = time.time()
+    objective = "latency_ms" if b.kind == "latency" else "stored_bytes"
+
+    def after_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_folder.write(folder, st, objective)
+        log(_progress_line(st, trial, trials, started, done_before))
+
+    optuna_backend.run(ctx, study, trials, timeout, [after_trial])
+    front = run_folder.write(folder, study, objective)
+    return SearchResult(folder, study, front)
+
+
+def _smallest_plan(spc: SearchSpace, sites: list[Site], freqs) -> dict:
+    from autoshrink.plan import method_bytes
+    plan = {}
+    for site in sites:
+        options = spc.smallest_configs(site)
+        if options and site.tied_with is None:
+            plan[site.name] = min(options, key=lambda c: method_bytes(site, c, freqs))
+    return plan
+
+
+def _dense_val(dense: nn.Module, data: LMData, settings: TrialSettings, folder: Path) -> float:
+    """The dense model's validation perplexity on the same tokens trials use (cached in run.json)."""
+    path = folder / "run.json"
+    if path.exists():
+        prior = json.loads(path.read_text()).get("dense_val_ppl")
+        if prior:
+            return prior
+    from autoshrink.models.training import evaluate_perplexity
+    return evaluate_perplexity(dense, data.valid, max_tokens=settings.eval_tokens, bptt=settings.bptt)

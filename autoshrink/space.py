@@ -1,0 +1,166 @@
+"""Search spaces: YAML files that say, per site role, which methods a site may get and their knobs.
+
+Loading validates everything (unknown role, method or knob, bad range, malformed YAML) into one
+UserError line. Sampling gives every site its own Optuna parameters, named
+`<site>/method` and `<site>/<method>/<knob>`, so choices are per layer and conditional on the
+method (TPE and NSGA-II both handle such conditional spaces).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autoshrink.errors import UserError
+from autoshrink.methods import MethodConfig, config_class
+from autoshrink.models.sites import ROLES, Site
+
+DENSE = "dense"  # keep the site uncompressed
+SHIPPED = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob's range: `choices`, or [low, high] (log-scaled if `log`), or one fixed value."""
+
+    name: str
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    def suggest(self, trial, param: str):
+        if self.choices is not None:
+            return self.choices[0] if len(self.choices) == 1 else trial.suggest_categorical(param, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(param, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(param, self.low, self.high, log=self.log)
+
+    @property
+    def smallest(self):
+        """The value that makes a method smallest: knobs grow bytes with their value."""
+        return min(self.choices) if self.choices is not None else self.low
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    roles: dict[str, dict[str, dict[str, Knob]]]  # role -> method -> knob -> range
+    source: str = ""
+
+    def methods_for(self, site: Site) -> list[str]:
+        return list(self.roles.get(site.role, {}))
+
+    def smallest_configs(self, site: Site) -> list[MethodConfig]:
+        """Each method's smallest setting for this site (the feasibility check uses them)."""
+        out = []
+        for method, knobs in self.roles.get(site.role, {}).items():
+            if method == DENSE:
+                continue
+            cfg = config_class(method)(**{k: knob.smallest for k, knob in knobs.items()})
+            try:
+                cfg.check_site(site)
+            except UserError:
+                continue
+            out.append(cfg)
+        return out
+
+
+def _knob(method: str, name: str, spec: Any, cls) -> Knob:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in fields:
+        raise UserError(f"space: {method} has no knob {name!r} (knobs: {', '.join(fields)})")
+    where = f"space: {method}.{name}"
+    if isinstance(spec, list):
+        if not spec:
+            raise UserError(f"{where}: an empty list of choices")
+        knob = Knob(name, choices=tuple(spec))
+        values = spec
+    elif isinstance(spec, dict):
+        extra = set(spec) - {"low", "high", "log"}
+        if extra or "low" not in spec or "high" not in spec:
+            raise UserError(f"{where}: a range is {{low, high, log}}, got {spec!r}")
+        low, high = spec["low"], spec["high"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low <= high:
+            raise UserError(f"{where}: bad range low={low!r} high={high!r} (numbers with low <= high)")
+        if spec.get("log") and low <= 0:
+            raise UserError(f"{where}: a log range needs low > 0, got {low!r}")
+        knob = Knob(name, low=low, high=high, log=bool(spec.get("log", False)),
+                    integer=isinstance(low, int) and isinstance(high, int))
+        values = [low, high]
+    else:
+        knob = Knob(name, choices=(spec,))
+        values = [spec]
+    for v in values:  # every end of the range must make a valid config
+        try:
+            cls(**{name: v})
+        except (UserError, TypeError, ValueError) as e:
+            raise UserError(f"{where}: value {v!r} is not valid ({e})") from None
+    return knob
+
+
+def parse_space(doc: Any, source: str = "<space>") -> SearchSpace:
+    if not isinstance(doc, dict) or not isinstance(doc.get("roles"), dict):
+        raise UserError(f"space {source}: expected a mapping with 'roles: {{role: {{method: {{knob: range}}}}}}'")
+    roles: dict[str, dict[str, dict[str, Knob]]] = {}
+    for role, methods in doc["roles"].items():
+        if role not in ROLES:
+            raise UserError(f"space {source}: unknown role {role!r} (roles: {', '.join(ROLES)})")
+        if not isinstance(methods, dict) or not methods:
+            raise UserError(f"space {source}: role {role!r} needs a mapping of methods")
+        roles[role] = {}
+        for method, knobs in methods.items():
+            if method == DENSE:
+                roles[role][DENSE] = {}
+                continue
+            cls = config_class(method)  # unknown method -> UserError listing the known ones
+            if role not in cls.roles:
+                raise UserError(f"space {source}: {method} does not apply to {role} sites")
+            if knobs is not None and not isinstance(knobs, dict):
+                raise UserError(f"space {source}: {method} under {role} needs a mapping of knobs, got {knobs!r}")
+            roles[role][method] = {k: _knob(method, k, v, cls) for k, v in (knobs or {}).items()}
+    return SearchSpace(roles, source)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """A space from a YAML file; `search_spaces/default.yaml` also resolves to the shipped copy."""
+    p = Path(path)
+    if not p.is_file() and (SHIPPED / p.name).is_file() and p.parent.name in ("search_spaces", ""):
+        p = SHIPPED / p.name
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"no search space file {path}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"space {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_space(doc, str(path))
+
+
+def sample_plan(trial, space: SearchSpace, sites: list[Site]) -> dict[str, MethodConfig]:
+    """Each site's method and knobs from the trial (tied partners follow their owner)."""
+    plan: dict[str, MethodConfig] = {}
+    for site in sites:
+        if site.tied_with is not None:
+            continue
+        methods = [m for m in space.methods_for(site) if m == DENSE or _applies(m, site)]
+        if not methods:
+            continue
+        method = methods[0] if len(methods) == 1 else trial.suggest_categorical(f"{site.name}/method", methods)
+        if method == DENSE:
+            continue
+        knobs = space.roles[site.role][method]
+        values = {name: knob.suggest(trial, f"{site.name}/{method}/{name}") for name, knob in knobs.items()}
+        plan[site.name] = config_class(method)(**values)
+    return plan
+
+
+def _applies(method: str, site: Site) -> bool:
+    try:
+        config_class(method)().check_site(site)
+        return True
+    except UserError:
+        return False
+

@@ -1,0 +1,101 @@
+"""Latency: the reference input, the measured forward, and the cached per-site estimate."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from autoshrink.errors import UserError
+from autoshrink.latency import LatencyTable, measure_latency_ms, measure_plan_ms, reference_input
+from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
+
+torch.set_num_threads(1)
+
+PLAN = {"decoder": {"method": "lowrank", "rank": 4}, "rnn.1.hh": {"method": "quant", "bits": 8}}
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    return LSTMLM(LSTMLMConfig(200, 16, 16, 2, 0.0)).eval()
+
+
+def table(model, **kw):
+    return LatencyTable(model, repeats=3, warmup=1, **kw)
+
+
+def test_reference_input_shape_and_determinism():
+    ids = reference_input(200)
+    assert ids.shape == (35, 1) and ids.dtype == torch.long
+    assert torch.equal(ids, reference_input(200))
+    assert int(ids.min()) >= 0 and int(ids.max()) < 200
+    assert reference_input(50, tokens=7, batch=3).shape == (7, 3)
+    with pytest.raises(UserError):
+        reference_input(0)
+
+
+def test_measure_latency_is_positive(model):
+    ms = measure_latency_ms(model, reference_input(200), repeats=3, warmup=1)
+    assert 0 < ms < 10_000
+    assert not model.training
+
+
+def test_empty_plan_estimate_is_dense(model):
+    t = table(model)
+    assert t.estimate_ms({}) == t.dense_ms
+    assert t.measurements == 1  # the dense model, once
+    assert t.loop_layers({}) == set()
+
+
+def test_estimate_positive_finite_and_cached(model, tmp_path):
+    path = tmp_path / "lat.json"
+    t = table(model, path=path)
+    est = t.estimate_ms(PLAN)
+    assert est > 0 and math.isfinite(est)
+    n = t.measurements
+    # dense model + (dense, compressed) per planned site + one step loop
+    assert n == 1 + 2 * len(PLAN) + 1
+    assert t.estimate_ms(PLAN) == est and t.measurements == n  # cache hit: nothing re-measured
+    t2 = table(model, path=path)  # resumed: everything from the JSON file
+    assert t2.estimate_ms(PLAN) == pytest.approx(est)
+    assert t2.measurements == 0
+
+
+def test_json_cache_round_trips(model, tmp_path):
+    path = tmp_path / "sub" / "lat.json"
+    t = table(model, path=path)
+    t.estimate_ms({"encoder": {"method": "prune", "density": 0.2}})
+    data = json.loads(path.read_text())
+    assert len(data["entries"]) == len(t.cache)
+    assert table(model, path=path).cache == t.cache
+    path.write_text("not json")
+    with pytest.raises(UserError):
+        table(model, path=path)
+
+
+def test_step_loop_only_for_layers_with_a_compressed_site(model):
+    t = table(model)
+    assert t.loop_layers({"decoder": {"method": "quant"}, "encoder": {"method": "quant"}}) == set()
+    assert t.loop_layers({"rnn.1.hh": {"method": "quant"}}) == {"rnn.1"}
+    assert t.loop_layers({"rnn.0.ih": {"method": "quant"}, "rnn.1.hh": {"method": "quant"}}) == {"rnn.0", "rnn.1"}
+    t.estimate_ms({"decoder": {"method": "quant"}})
+    assert not any(k[1] == "<lstm-step-loop>" for k in t.cache)
+    t.estimate_ms({"rnn.0.ih": {"method": "quant"}})
+    assert sum(k[1] == "<lstm-step-loop>" for k in t.cache) == 1
+    before = t.measurements
+    t.estimate_ms({"rnn.1.ih": {"method": "quant"}})  # same layer shape: the loop cost is reused
+    assert t.measurements == before + 2
+
+
+def test_unknown_site_is_a_user_error(model):
+    with pytest.raises(UserError):
+        table(model).estimate_ms({"nope": {"method": "quant"}})
+
+
+def test_estimate_tracks_measurement_generously(model):
+    plan = {"rnn.0.hh": {"method": "lowrank", "rank": 4}}
+    est = LatencyTable(model, repeats=5, warmup=2).estimate_ms(plan)
+    measured = measure_plan_ms(model, plan, repeats=5, warmup=2)
+    assert measured / 5 < est < measured * 5

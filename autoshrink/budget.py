@@ -103,82 +103,107 @@ def largest_within(site, config, max_bytes: int, freqs=None):
 
 
 # --- repair and feasibility of plans -----------------------------------------------------------
-def shrink(config):
-    """One step smaller along the size knob (x0.8, or the next lower bit width), or None."""
+def _lower_bits(config):
     from autoshrink.methods._storage import FLOAT_BITS
+    lower = [b for b in FLOAT_BITS if b < config.bits and b >= MIN_REPAIR_BITS]
+    return config.replace(bits=max(lower)) if lower else None
 
+
+MIN_REPAIR_BITS = 4  # repair does not push a method's storage below 4 bits (quality falls off, METHODS.md)
+
+
+def shrink(config):
+    """One step smaller: along the size knob (x0.8, or the next lower bit width), then, once
+    that is at its end, by storing the method's tensors with fewer bits. None at the end."""
     knob = type(config).size_knob
-    if knob is None:
-        return None
+    if knob is None or knob == "bits":
+        return _lower_bits(config) if knob is None else _next_bits(config)
     value = getattr(config, knob)
-    if knob == "bits":
-        lower = [b for b in FLOAT_BITS if b < value]
-        new = max(lower) if lower else None
-    elif isinstance(value, int):
+    if isinstance(value, int):
         new = min(value - 1, int(value * 0.8)) if value > 1 else None
     else:
         new = value * 0.8 if value > 1e-5 else None
-    if new is None:
-        return None
     try:
-        return config.replace(**{knob: new})
+        return config.replace(**{knob: new}) if new is not None else _lower_bits(config)
+    except UserError:
+        return _lower_bits(config)
+
+
+def _next_bits(config):
+    from autoshrink.methods._storage import FLOAT_BITS
+    lower = [b for b in FLOAT_BITS if b < config.bits]
+    try:
+        return config.replace(bits=max(lower)) if lower else None
     except UserError:
         return None
 
 
-def repair(plan: dict, sites: list, max_bytes: int | None, freqs=None, fits=None) -> dict | None:
-    """Shrink a plan until it fits `max_bytes` (or until `fits(plan)`, for latency budgets),
-    largest compressed site first, as AMC and HAQ clip their actions; None if no shrinking of
-    the planned sites can make it fit."""
+def repair(plan: dict, sites: list, max_bytes: int | None, freqs=None, fits=None,
+           fallback: dict | None = None) -> dict | None:
+    """Shrink a plan until it fits `max_bytes` (or until `fits(plan)`, for latency budgets), as
+    AMC and HAQ clip their actions: the largest compressed site shrinks first; when no planned
+    site can shrink further, the largest remaining site switches to its `fallback` (the space's
+    smallest setting for it). With the fallbacks of a feasible space this always ends feasible;
+    None only when even they cannot make it fit."""
     from autoshrink.plan import method_bytes, plan_stored_bytes
 
     if fits is None:
         def fits(p):
             return plan_stored_bytes(sites, p, freqs) <= max_bytes
     by_name = {s.name: s for s in sites}
+    fallback = fallback or {}
+
+    def site_bytes(name: str) -> int:
+        return method_bytes(by_name[name], plan[name], freqs) if name in plan else by_name[name].dense_bytes
+
     plan = dict(plan)
     stuck: set[str] = set()
+    switched: set[str] = set()
     while not fits(plan):
         movable = [n for n in plan if n not in stuck]
-        if not movable:
+        if movable:
+            name = max(movable, key=site_bytes)
+            smaller = shrink(plan[name])
+            try:
+                if smaller is None:
+                    raise UserError("at its smallest")
+                smaller.check_site(by_name[name])
+                plan[name] = smaller
+            except UserError:
+                stuck.add(name)
+            continue
+        candidates = [n for n in fallback if n not in switched and plan.get(n) != fallback[n]]
+        if not candidates:
             return None
-        name = max(movable, key=lambda n: method_bytes(by_name[n], plan[n], freqs))
-        smaller = shrink(plan[name])
-        if smaller is None:
-            stuck.add(name)
-            continue
-        try:
-            smaller.check_site(by_name[name])
-        except UserError:
-            stuck.add(name)
-            continue
-        plan[name] = smaller
+        name = max(candidates, key=site_bytes)
+        plan[name] = fallback[name]
+        switched.add(name)
+        stuck.discard(name)
     return plan
 
 
-def smallest_plan_bytes(space, sites: list, freqs=None) -> int:
-    """Stored bytes of the smallest plan the space allows: below it no plan can go."""
+def smallest_plan(space, sites: list, freqs=None) -> dict:
+    """Each site's smallest setting the space allows (sites with no option stay dense)."""
     from autoshrink.plan import method_bytes
-    from autoshrink.space import DENSE
 
-    total = 0
+    plan = {}
     for site in sites:
-        if site.tied_with is not None:
-            continue
-        options = [method_bytes(site, cfg, freqs) + (4 * site.shape[0] if site.bias else 0)
-                   for cfg in space.smallest_configs(site)]
-        if DENSE in space.roles.get(site.role, {}) or not options:
-            options.append(site.dense_bytes)
-        total += min(options)
-    return total
+        options = space.smallest_configs(site)
+        if options and site.tied_with is None:
+            best = min(options, key=lambda c: method_bytes(site, c, freqs))
+            if method_bytes(site, best, freqs) < site.dense_bytes:
+                plan[site.name] = best
+    return plan
 
 
-def check_feasible(budget: Budget, space, sites: list, dense_bytes: int, freqs=None) -> int:
+def check_feasible(budget: Budget, space, sites: list, dense_bytes: int, freqs=None) -> int | None:
     """The byte limit of a ratio/size budget; a UserError if no plan of the space can meet it."""
+    from autoshrink.plan import plan_stored_bytes
+
     limit = budget.max_bytes(dense_bytes)
     if limit is None:
         return None
-    floor = smallest_plan_bytes(space, sites, freqs)
+    floor = plan_stored_bytes(sites, smallest_plan(space, sites, freqs), freqs)
     if floor > limit:
         raise UserError(f"budget {budget.text} ({limit:,} bytes) cannot be met: the smallest plan of space "
                         f"{space.source} stores {floor:,} bytes ({dense_bytes / floor:.1f}x)")

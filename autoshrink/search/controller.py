@@ -14,7 +14,7 @@ import optuna
 import torch
 from torch import nn
 
-from autoshrink.budget import Budget, check_feasible, parse_budget, repair
+from autoshrink.budget import Budget, check_feasible, parse_budget, repair, smallest_plan
 from autoshrink.data import LMData, corpus_key, load_lm_data
 from autoshrink.errors import UserError
 from autoshrink.models import Site, discover_sites
@@ -37,11 +37,13 @@ class SearchContext:
     max_bytes: int | None = None
     latency: object | None = None  # LatencyTable for latency budgets
     rule: Callable = field(default=lambda nbytes: None)
+    fallback: dict = field(default_factory=dict)  # each site's smallest setting in the space
 
     def repair(self, plan: dict) -> dict | None:
         if self.budget.kind == "latency":
-            return repair(plan, self.sites, None, self.freqs, fits=lambda p: self.latency.estimate_ms(p) <= self.budget.value)
-        return repair(plan, self.sites, self.max_bytes, self.freqs)
+            return repair(plan, self.sites, None, self.freqs, fallback=self.fallback,
+                          fits=lambda p: self.latency.estimate_ms(p) <= self.budget.value)
+        return repair(plan, self.sites, self.max_bytes, self.freqs, fallback=self.fallback)
 
     def constraint(self, result: TrialResult) -> float:
         """<= 0 when the measured trial meets the budget (Optuna's constraint convention)."""
@@ -121,15 +123,15 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
     folder = Path(run_dir) if run_dir else default_run_dir(model_name, b)
     folder.mkdir(parents=True, exist_ok=True)
     latency = LatencyTable(dense, device="cpu", path=folder / "latency_cache.json", freqs=freqs) if b.kind == "latency" else None
+    smallest = smallest_plan(spc, sites, freqs)
     if latency is not None:
-        smallest = _smallest_plan(spc, sites, freqs)
         fastest = min(latency.dense_ms, latency.estimate_ms(smallest))
         if fastest > b.value:
             raise UserError(f"latency budget {b.text} cannot be met: the dense model takes {latency.dense_ms:.2f} ms "
                             f"and the smallest plan of the space about {latency.estimate_ms(smallest):.2f} ms")
     study = optuna_backend.open_study(folder, sampler, seed)
     ctx = SearchContext(dense, data, sites, spc, b, nbytes, settings, freqs, max_bytes, latency,
-                        rule=optuna_backend.WeakTrialRule(study))
+                        rule=optuna_backend.WeakTrialRule(study), fallback=smallest)
     run_folder.write_run_json(folder, {
         "command": command or f"search({budget!r})", "budget": b.text, "budget_kind": b.kind, "max_bytes": max_bytes,
         "model": model_name, "data": corpus_key(data.name) if isinstance(data.name, str) else data.name,
@@ -153,16 +155,6 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
     optuna_backend.run(ctx, study, trials, timeout, [after_trial])
     front = run_folder.write(folder, study, objective)
     return SearchResult(folder, study, front)
-
-
-def _smallest_plan(spc: SearchSpace, sites: list[Site], freqs) -> dict:
-    from autoshrink.plan import method_bytes
-    plan = {}
-    for site in sites:
-        options = spc.smallest_configs(site)
-        if options and site.tied_with is None:
-            plan[site.name] = min(options, key=lambda c: method_bytes(site, c, freqs))
-    return plan
 
 
 def _dense_val(dense: nn.Module, data: LMData, settings: TrialSettings, folder: Path) -> float:

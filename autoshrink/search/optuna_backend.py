@@ -11,12 +11,12 @@ infeasible plan.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Callable
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.study import MaxTrialsCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from autoshrink.errors import UserError
@@ -26,7 +26,8 @@ from autoshrink.space import sample_plan
 from autoshrink.trial import StopTrial, run_trial
 
 STUDY_NAME = "autoshrink"
-HEARTBEAT_S = 15  # a crashed trial is noticed about 2 heartbeats later, when the search resumes
+# A crashed trial is noticed two heartbeats after its last one, when the search resumes.
+HEARTBEAT_S = int(os.environ.get("AUTOSHRINK_HEARTBEAT_S", "15"))
 SAMPLERS = ("tpe", "nsga2", "random")
 
 
@@ -112,11 +113,29 @@ def make_objective(ctx) -> Callable[[optuna.Trial], tuple[float, float]]:
     return objective
 
 
+def counted_trials(study: optuna.Study) -> int:
+    """Finished trials that count toward --trials: a crashed trial that was retried does not
+    (its retry does), so a crash never costs the user a trial."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    return sum(1 for t in trials if t.state.is_finished() and t.number not in retried)
+
+
+class TrialCap:
+    """MaxTrialsCallback, counting as `counted_trials` does, across resumes."""
+
+    def __init__(self, trials: int):
+        self.trials = trials
+
+    def __call__(self, study: optuna.Study, trial) -> None:
+        if counted_trials(study) >= self.trials:
+            study.stop()
+
+
 def run(ctx, study: optuna.Study, trials: int, timeout: float | None, callbacks: list) -> None:
-    caps = [MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
-    if done >= trials:
+    fail_stale_trials(study)  # a trial a crash left RUNNING: FAIL it now, its retry is queued
+    if counted_trials(study) >= trials:
         return
-    study.optimize(make_objective(ctx), n_trials=None, timeout=timeout, callbacks=caps + callbacks,
+    study.optimize(make_objective(ctx), n_trials=None, timeout=timeout, callbacks=[TrialCap(trials)] + callbacks,
                    catch=(DivergedError,), gc_after_trial=True)

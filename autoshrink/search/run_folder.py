@@ -6,7 +6,6 @@ search, and `autoshrink front`, all read the same thing.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +37,11 @@ def trial_rows(study: optuna.Study) -> pd.DataFrame:
 
 def front_rows(trials: pd.DataFrame, objective: str = "stored_bytes") -> pd.DataFrame:
     """Feasible COMPLETE trials no other such trial dominates in (objective, val_ppl)."""
-    done = trials[(trials["state"] == "COMPLETE") & trials["feasible"].astype(bool)].copy()
-    done = done[done["val_ppl"].map(lambda v: v is not None and math.isfinite(v))]
+    ppl = pd.to_numeric(trials["val_ppl"], errors="coerce")
+    keep = (trials["state"] == "COMPLETE") & trials["feasible"].astype(bool) & np.isfinite(ppl.fillna(np.inf))
+    done = trials[keep.to_numpy()].copy()
     if done.empty:
-        return done
+        return trials.iloc[0:0]
     mask = pareto_mask(np.column_stack([done[objective].astype(float), done["val_ppl"].astype(float)]))
     return done[mask].sort_values(objective)
 

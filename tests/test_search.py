@@ -1,0 +1,173 @@
+"""The search controller on a tiny pretrained model: budgets met, run folder, resume, failures."""
+from __future__ import annotations
+
+import time
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+from autoshrink.budget import check_feasible, parse_budget, repair, smallest_plan
+from autoshrink.cli import main
+from autoshrink.errors import UserError
+from autoshrink.models import discover_sites
+from autoshrink.models.presets import PRESETS
+from autoshrink.models.training import DivergedError
+from autoshrink.plan import dense_bytes, plan_stored_bytes
+from autoshrink.search import optuna_backend
+from autoshrink.search.controller import search
+from autoshrink.space import load_space, parse_space, sample_plan
+
+SPACE = """
+roles:
+  embedding: &vocab
+    lowrank: {rank: {low: 2, high: 8}, bits: [8, 32]}
+    quant: {bits: [2, 4]}
+  softmax: *vocab
+  recurrent:
+    lowrank: {rank: {low: 2, high: 8}}
+    prune: {density: {low: 0.1, high: 0.5}}
+    quant: {bits: [4, 8]}
+"""
+
+
+@pytest.fixture
+def space_file(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    return path
+
+
+def _search(tiny_model_dir, text_file, space_file, run_dir, **kw):
+    args = dict(budget="4x", model=str(tiny_model_dir), data=str(text_file), space=str(space_file), trials=3,
+                finetune_steps=4, run_dir=run_dir, sampler="random", log=lambda line: None)
+    args.update(kw)
+    return search(**args)
+
+
+def test_tiny_search_meets_the_budget_and_writes_the_run_folder(tiny_model_dir, text_file, space_file, tmp_path):
+    result = _search(tiny_model_dir, text_file, space_file, tmp_path / "run")
+    for name in ("study.db", "run.json", "trials.csv", "front.csv"):
+        assert (result.run_dir / name).is_file(), name
+    trials = pd.read_csv(result.run_dir / "trials.csv")
+    assert {"number", "state", "stored_bytes", "ratio", "latency_ms", "val_ppl", "seconds", "plan"} <= set(trials.columns)
+    assert len(trials) == 3
+    limit = pd.read_json(result.run_dir / "run.json", typ="series")["max_bytes"]
+    trained = trials[trials["state"].isin(["COMPLETE", "PRUNED"]) & trials["steps"].notna()]
+    assert (trained["stored_bytes"] <= limit).all(), "a trial trained a plan over the budget"
+    complete = trials[trials["state"] == "COMPLETE"]
+    assert len(complete) >= 1 and (complete["ratio"] >= 4).all()
+    front = pd.read_csv(result.run_dir / "front.csv")
+    assert set(front["number"]) <= set(complete["number"]) and len(front) >= 1
+
+
+def test_rerunning_resumes_and_trials_count_across_resumes(tiny_model_dir, text_file, space_file, tmp_path):
+    run = tmp_path / "run"
+    first = _search(tiny_model_dir, text_file, space_file, run, trials=2)
+    assert len(first.study.get_trials()) == 2
+    again = _search(tiny_model_dir, text_file, space_file, run, trials=3)
+    numbers = [t.number for t in again.study.get_trials()]
+    assert numbers == [0, 1, 2]  # two kept, one added
+    same = _search(tiny_model_dir, text_file, space_file, run, trials=3)
+    assert len(same.study.get_trials()) == 3  # nothing left to do
+
+
+def test_a_crashed_trial_is_failed_and_retried(tiny_model_dir, text_file, space_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(optuna_backend, "HEARTBEAT_S", 1)
+    run = tmp_path / "run"
+    run.mkdir()
+    study = optuna_backend.open_study(run, "random", 0)
+    crashed = study.ask()  # a trial whose process died: RUNNING, heartbeat going stale
+    study._storage.record_heartbeat(crashed._trial_id)
+    time.sleep(2.5)
+    result = _search(tiny_model_dir, text_file, space_file, run, trials=2)
+    states = {t.number: t.state.name for t in result.study.get_trials()}
+    assert states[0] == "FAIL"
+    retries = [t for t in result.study.get_trials() if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1 and retries[0].state.is_finished()
+    assert optuna_backend.counted_trials(result.study) == 2
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(tiny_model_dir, text_file, space_file,
+                                                                       tmp_path, monkeypatch):
+    real = optuna_backend.run_trial
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise DivergedError("loss became nan at step 3")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna_backend, "run_trial", flaky)
+    result = _search(tiny_model_dir, text_file, space_file, tmp_path / "run", trials=2)
+    trials = result.study.get_trials()
+    assert trials[0].state.name == "FAIL" and "nan" in trials[0].user_attrs["note"]
+    assert trials[1].state.name in ("COMPLETE", "PRUNED")
+
+
+def test_weak_trials_stop_against_smaller_better_peers(tmp_path):
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    good = optuna.trial.create_trial(values=[50.0, 1000.0], user_attrs={"feasible": True, "stored_bytes": 1000,
+                                                                       "curve": {"10": 60.0, "20": 50.0}})
+    study.add_trial(good)
+    rule = optuna_backend.WeakTrialRule(study, margin=0.05)
+    assert rule(2000)(10, 70.0) is not None  # bigger and worse than a finished peer: stop
+    assert rule(2000)(10, 61.0) is None  # within the margin
+    assert rule(500)(10, 90.0) is None  # smaller models may be worse
+
+
+def test_repair_always_yields_a_feasible_plan_on_the_reference_model():
+    model = PRESETS["kjv-lstm"].build(10_002)
+    sites = discover_sites(model)
+    space = load_space("search_spaces/default.yaml")
+    freqs = 1000.0 / torch.arange(1, 10_003, dtype=torch.float32)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    fallback = smallest_plan(space, sites, freqs)
+    switched = 0
+    for budget in ("10x", "25x", "50x", "100x"):
+        limit = check_feasible(parse_budget(budget), space, sites, dense_bytes(model), freqs)
+        for _ in range(12):
+            plan = sample_plan(study.ask(), space, sites)
+            fixed = repair(plan, sites, limit, freqs, fallback=fallback)
+            assert fixed is not None and plan_stored_bytes(sites, fixed, freqs) <= limit
+            assert set(fixed) >= set(plan)  # repair compresses more, never less
+            switched += sum(fixed[n].method != plan[n].method for n in plan)
+            # Without fallbacks a plan may be unrepairable, but is never returned over budget.
+            bare = repair(plan, sites, limit, freqs)
+            assert bare is None or plan_stored_bytes(sites, bare, freqs) <= limit
+    assert switched > 0  # the 100x draws do need method switches
+
+
+def test_a_budget_no_plan_can_meet_is_refused_at_start(tiny_model_dir, text_file, space_file, tmp_path):
+    with pytest.raises(UserError, match="cannot be met"):
+        _search(tiny_model_dir, text_file, space_file, tmp_path / "run", budget="10000x")
+    assert main(["search", "--budget", "10000x", "--model", str(tiny_model_dir), "--data", str(text_file),
+                 "--space", str(space_file), "--run-dir", str(tmp_path / "r2")]) == 2
+
+
+@pytest.mark.parametrize("text,match", [
+    ("roles: {recurrent: {magic: {}}}", "unknown method"),
+    ("roles: {recurrent: {lowrank: {rank: {low: 9, high: 2}}}}", "bad range"),
+    ("roles: {recurrent: {lowrank: {colour: [1]}}}", "no knob"),
+    ("roles: {recurrent: {lowrank: {rank: [0]}}}", "not valid"),
+    ("roles: {attention: {lowrank: {}}}", "unknown role"),
+    ("roles: {recurrent: {groupreduce: {}}}", "does not apply"),
+    ("roles: [unclosed", "not valid YAML"),
+    ("- just a list", "expected a mapping"),
+])
+def test_space_validation_is_one_clear_error(tmp_path, text, match, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=match):
+        load_space(path)
+    assert main(["search", "--budget", "10x", "--model", "kjv-lstm-tiny", "--space", str(path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_the_shipped_default_space_loads_and_samples_every_site():
+    space = parse_space(__import__("yaml").safe_load(open("search_spaces/default.yaml")))
+    sites = discover_sites(PRESETS["kjv-lstm"].build(10_002))
+    plan = sample_plan(optuna.create_study().ask(), space, sites)
+    assert set(plan) == {s.name for s in sites}

@@ -5,6 +5,7 @@
     autoshrink.sites(model)
     small = autoshrink.compress(model, {"decoder": {"method": "groupreduce", "rank": 8}})
     autoshrink.stored_bytes(small)
+    result = autoshrink.search("25x", trials=8)      # result.front: the Pareto front
 """
 from __future__ import annotations
 
@@ -64,6 +65,15 @@ def compress(model: nn.Module, plan: Mapping[str, Any] | str | Path, freqs: torc
 def stored_bytes(model: nn.Module) -> int:
     """Exact stored bytes of a model, compressed or dense."""
     return _plan.stored_bytes(model)
+
+
+def search(budget: str, model: str | nn.Module = "kjv-lstm", data: Any = "kjv", **options: Any):
+    """Per-layer search to a Pareto front under `budget` ("25x", "1.5MB", "4ms"). `model` is a
+    preset, a model folder, or any torch LM module (ids (T, B) -> (logits, state)); options are
+    the CLI's: space, trials, timeout, finetune_steps, run_dir, device, seed, sampler, distill.
+    Returns a SearchResult (run_dir, study, front DataFrame)."""
+    from autoshrink.search.controller import search as _search
+    return _search(budget, model=model, data=data, **options)
 
 
 def pretrain(model: str = "kjv-lstm", data: str = "kjv", epochs: float | None = None, device: str = "auto",

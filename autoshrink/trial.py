@@ -48,7 +48,7 @@ class TrialResult:
     ratio: float
     latency_ms: float
     seconds: float
-    finetune_seconds: float
+    finetune_seconds: float  # time in fine-tuning steps (forward, backward, update), validation excluded
     steps: int
     curve: dict[int, float] = field(default_factory=dict)
 
@@ -69,15 +69,17 @@ def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSetting
 
     steps = settings.finetune_steps
     finetune_s = 0.0
+    device = pick_device(settings.device)
     if steps > 0:
         cfg = TrainConfig(steps=steps, batch_size=settings.batch_size, bptt=settings.bptt, lr=settings.lr,
                           eval_every=max(1, steps // max(1, settings.evals)), eval_tokens=settings.eval_tokens,
                           device=settings.device, seed=settings.seed,
                           distill_from=copy.deepcopy(dense) if settings.distill else None)
         result = train_lm(model, data.train, data.valid, cfg, on_eval=on_eval)
-        finetune_s = result.seconds
-    device = pick_device(settings.device)
-    val = evaluate_perplexity(model, data.valid, device=device, max_tokens=settings.eval_tokens, bptt=settings.bptt)
+        finetune_s = result.seconds - result.eval_seconds
+        val = result.best_val_ppl  # the restored state's validation, on the same tokens
+    else:
+        val = evaluate_perplexity(model, data.valid, device=device, max_tokens=settings.eval_tokens, bptt=settings.bptt)
     model.cpu()
     latency = measure_latency_ms(model, reference_input(len(data.vocab)))
     return TrialResult(val_ppl=val, stored_bytes=nbytes, ratio=dense_bytes / nbytes, latency_ms=latency,

@@ -171,3 +171,16 @@ def test_the_shipped_default_space_loads_and_samples_every_site():
     sites = discover_sites(PRESETS["kjv-lstm"].build(10_002))
     plan = sample_plan(optuna.create_study().ask(), space, sites)
     assert set(plan) == {s.name for s in sites}
+
+
+def test_cli_search_prints_the_front_and_the_api_takes_a_torch_module(tiny_model_dir, text_file, space_file, tmp_path, capsys):
+    argv = ["search", "--budget", "4x", "--model", str(tiny_model_dir), "--data", str(text_file), "--space", str(space_file),
+            "--trials", "2", "--finetune-steps", "4", "--sampler", "random", "--run-dir", str(tmp_path / "cli")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front" in out or "no feasible completed trial" in out
+    import autoshrink
+    module = autoshrink.load(str(tiny_model_dir))  # an nn.Module carrying its vocabulary
+    result = autoshrink.search("4x", model=module, data=str(text_file), space=str(space_file), trials=1,
+                               finetune_steps=2, run_dir=tmp_path / "api", sampler="random", log=lambda line: None)
+    assert len(result.study.get_trials()) == 1

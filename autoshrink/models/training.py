@@ -101,6 +101,7 @@ class TrainResult:
     tokens: int = 0
     seconds: float = 0.0
     best_val_ppl: float = math.inf
+    eval_seconds: float = 0.0  # validation inside training (part of `seconds`)
     history: list[dict] = field(default_factory=list)
 
     @property
@@ -172,7 +173,9 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor,
                     "eta_s": elapsed / step * (total_steps - step)})
         if step % eval_every == 0 or step == total_steps:
             set_progress(model, step / total_steps)
+            eval_start = time.perf_counter()
             val = evaluate_perplexity(model, valid_ids, device=device, max_tokens=cfg.eval_tokens, bptt=cfg.bptt)
+            result.eval_seconds += time.perf_counter() - eval_start
             result.history.append({"step": step, "val_ppl": val, "lr": opt.param_groups[0]["lr"]})
             if step / total_steps < settle:
                 pass  # mid-ramp: a denser model than the one stored; neither best nor a plateau

@@ -184,3 +184,15 @@ def test_cli_search_prints_the_front_and_the_api_takes_a_torch_module(tiny_model
     result = autoshrink.search("4x", model=module, data=str(text_file), space=str(space_file), trials=1,
                                finetune_steps=2, run_dir=tmp_path / "api", sampler="random", log=lambda line: None)
     assert len(result.study.get_trials()) == 1
+
+
+def test_latency_budget_is_measured_and_an_impossible_one_refused(tiny_model_dir, text_file, space_file, tmp_path):
+    result = _search(tiny_model_dir, text_file, space_file, tmp_path / "lat", budget="5000ms", trials=2)
+    complete = [t for t in result.study.get_trials() if t.state.name == "COMPLETE"]
+    assert complete, "a generous latency budget should complete trials"
+    for t in complete:
+        assert 0 < t.user_attrs["latency_ms"] <= 5000 and t.user_attrs["feasible"]
+        assert t.values[1] == pytest.approx(t.user_attrs["latency_ms"])  # latency is the second objective
+    assert (tmp_path / "lat" / "latency_cache.json").is_file()
+    with pytest.raises(UserError, match="cannot be met"):
+        _search(tiny_model_dir, text_file, space_file, tmp_path / "lat2", budget="0.0001ms")

@@ -36,7 +36,8 @@ from torch import nn
 from autoshrink.errors import UserError
 from autoshrink.methods import _storage
 from autoshrink.methods._base import CompressedWeight, MethodConfig, register
-from autoshrink.methods.prune import RAMP_END, RampClock, SparseProduct, cubic_density, masked_quantised, topk_mask
+from autoshrink.methods.prune import (RAMP_END, RampClock, SparseProduct, masked_quantised, ramp_mask, stored_mask,
+                                      topk_mask)
 
 DOPING_ROUNDS = 3  # alternations of KP <- NKP(W - S), S <- top-k(W - KP)
 RAMP_START_FACTOR = 10.0
@@ -211,22 +212,12 @@ class KroneckerWeight(CompressedWeight):
             return
         annealing = fraction < RAMP_END
         self.dropout = self.config.cmr if annealing else 0.0
-        # after the ramp the mask is held, unless a mid-ramp state was loaded into this module
-        if not self._clock.due(fraction) and not (fraction >= RAMP_END and int(self.mask.count_nonzero()) != self.k):
-            return
-        m, n = self.site.shape
-        count = self.k
-        if annealing:
-            start = min(1.0, RAMP_START_FACTOR * self.config.density)
-            count = max(self.k, round(cubic_density(fraction, start, self.config.density) * m * n))
-        self.mask.copy_(topk_mask(self.s.abs(), count))
+        start = min(1.0, RAMP_START_FACTOR * self.config.density)
+        ramp_mask(self.mask, self.s.abs(), self.k, fraction, self._clock, start, self.config.density)
 
     # --- storage -----------------------------------------------------------------------------
     def export_mask(self) -> torch.Tensor:
-        """The target-density mask: the current one after the anneal (or before it started)."""
-        if int(self.mask.count_nonzero()) == self.k:
-            return self.mask
-        return topk_mask(self.s.abs(), self.k)  # mid-anneal: what on_progress(1.0) would keep
+        return stored_mask(self.mask, self.s.abs(), self.k)
 
     @staticmethod
     def stored_bytes(site, config) -> int:

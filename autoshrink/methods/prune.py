@@ -93,6 +93,25 @@ class RampClock:
         return True
 
 
+@torch.no_grad()
+def ramp_mask(mask: torch.Tensor, score: torch.Tensor, k: int, fraction: float, clock: "RampClock",
+              start: float, target: float) -> None:
+    """Set `mask` in place to the largest entries of `score`, as many as the cubic schedule from
+    density `start` to `target` allows at `fraction`, and exactly k from RAMP_END on. After the
+    ramp the mask is held, unless a mid-ramp state was loaded (its count is then not k)."""
+    if not clock.due(fraction) and not (fraction >= RAMP_END and int(mask.count_nonzero()) != k):
+        return
+    m, n = mask.shape
+    count = k if fraction >= RAMP_END else max(k, round(cubic_density(fraction, start, target) * m * n))
+    mask.copy_(topk_mask(score, count))
+
+
+def stored_mask(mask: torch.Tensor, score: torch.Tensor, k: int) -> torch.Tensor:
+    """The mask at the stored density: the current one after the ramp (or before it started),
+    else what the end of the ramp would keep."""
+    return mask if int(mask.count_nonzero()) == k else topk_mask(score, k)
+
+
 class SparseProduct:
     """x @ S^T for a masked overlay: dense while training, a cached CSR product for inference.
 
@@ -168,20 +187,11 @@ class PruneWeight(CompressedWeight):
             return torch.where(self.mask[ids], self.q(self.w[ids]), 0.0)
         return F.embedding(ids, self.weight())
 
-    @torch.no_grad()
     def on_progress(self, fraction: float) -> None:
-        # after the ramp the mask is held, unless a mid-ramp state was loaded into this module
-        if not self._clock.due(fraction) and not (fraction >= RAMP_END and int(self.mask.count_nonzero()) != self.k):
-            return
-        m, n = self.site.shape
-        count = self.k if fraction >= RAMP_END else max(self.k, round(cubic_density(fraction, 1.0, self.config.density) * m * n))
-        self.mask.copy_(topk_mask(self.w.abs(), count))
+        ramp_mask(self.mask, self.w.abs(), self.k, fraction, self._clock, 1.0, self.config.density)
 
     def export_mask(self) -> torch.Tensor:
-        """The target-density mask: the current one after the ramp (or before it started)."""
-        if int(self.mask.count_nonzero()) == self.k:
-            return self.mask
-        return topk_mask(self.w.abs(), self.k)  # mid-ramp: what on_progress(1.0) would keep
+        return stored_mask(self.mask, self.w.abs(), self.k)
 
     @staticmethod
     def stored_bytes(site, config) -> int:

@@ -139,7 +139,7 @@ def _next_bits(config):
 
 
 def repair(plan: dict, sites: list, max_bytes: int | None, freqs=None, fits=None,
-           fallback: dict | None = None) -> dict | None:
+           fallback: dict | None = None, model_bytes: int | None = None) -> dict | None:
     """Shrink a plan until it fits `max_bytes` (or until `fits(plan)`, for latency budgets), as
     AMC and HAQ clip their actions: the largest compressed site shrinks first; when no planned
     site can shrink further, the largest remaining site switches to its `fallback` (the space's
@@ -149,7 +149,7 @@ def repair(plan: dict, sites: list, max_bytes: int | None, freqs=None, fits=None
 
     if fits is None:
         def fits(p):
-            return plan_stored_bytes(sites, p, freqs) <= max_bytes
+            return plan_stored_bytes(sites, p, freqs, model_bytes) <= max_bytes
     by_name = {s.name: s for s in sites}
     fallback = fallback or {}
 
@@ -196,14 +196,17 @@ def smallest_plan(space, sites: list, freqs=None) -> dict:
     return plan
 
 
-def check_feasible(budget: Budget, space, sites: list, dense_bytes: int, freqs=None) -> int | None:
-    """The byte limit of a ratio/size budget; a UserError if no plan of the space can meet it."""
+def check_feasible(budget: Budget, space, sites: list, dense_bytes: int, freqs=None,
+                   model_bytes: int | None = None) -> int | None:
+    """The byte limit of a ratio/size budget; a UserError if no plan of the space can meet it.
+    `dense_bytes` is the fp32 size (the ratio's numerator), `model_bytes` the stored size of
+    the dense model (the same for fp32 models)."""
     from autoshrink.plan import plan_stored_bytes
 
     limit = budget.max_bytes(dense_bytes)
     if limit is None:
         return None
-    floor = plan_stored_bytes(sites, smallest_plan(space, sites, freqs), freqs)
+    floor = plan_stored_bytes(sites, smallest_plan(space, sites, freqs), freqs, model_bytes)
     if floor > limit:
         raise UserError(f"budget {budget.text} ({limit:,} bytes) cannot be met: the smallest plan of space "
                         f"{space.source} stores {floor:,} bytes ({dense_bytes / floor:.1f}x)")

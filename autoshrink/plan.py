@@ -73,24 +73,24 @@ def method_bytes(site: Site, cfg: MethodConfig, freqs: torch.Tensor | None = Non
     return fn(site, cfg)
 
 
-def _dense_param_bytes(site: Site) -> int:
-    return site.dense_bytes
-
-
-def plan_stored_bytes(sites: list[Site], plan: Plan, freqs: torch.Tensor | None = None) -> int:
+def plan_stored_bytes(sites: list[Site], plan: Plan, freqs: torch.Tensor | None = None,
+                      model_bytes: int | None = None) -> int:
     """Stored bytes of the whole model under `plan`, without building it.
 
-    Assumes every parameter outside the sites is an fp32 bias of a site (true for the
-    built-in LSTM); use `model_dense_bytes` + per-site deltas for arbitrary models.
+    `model_bytes` is the dense model's stored bytes (every parameter, shared ones once); the
+    plan replaces its sites' weights (and biases, for methods that model the output
+    themselves). Without it, the model is taken to be its sites (true for the built-in LSTM,
+    whose every parameter is a site weight or bias).
     """
-    total = 0
+    if model_bytes is None:
+        model_bytes = sum(s.dense_bytes for s in sites if s.tied_with is None)
+    total = model_bytes
     for site in sites:
-        if site.tied_with is not None:
+        if site.tied_with is not None or site.name not in plan:
             continue
-        if site.name in plan:
-            total += method_bytes(site, plan[site.name], freqs) + (4 * site.shape[0] if site.bias and weight_class(plan[site.name]).uses_site_bias else 0)
-        else:
-            total += _dense_param_bytes(site)
+        cfg = plan[site.name]
+        kept_bias = 4 * site.shape[0] if site.bias and weight_class(cfg).uses_site_bias else 0
+        total += method_bytes(site, cfg, freqs) + kept_bias - site.dense_bytes
     return total
 
 

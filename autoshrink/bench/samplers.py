@@ -68,7 +68,7 @@ def main(argv=None) -> int:
             overhead += [1 - t.user_attrs["finetune_seconds"] / t.user_attrs["seconds"] for t in complete]
             trained_over += sum(1 for t in result.study.get_trials()
                                 if t.user_attrs.get("steps") and t.user_attrs.get("stored_bytes", 0) > info["max_bytes"])
-    ks = sorted({k for k in (3, 6, 9, args.trials) if k <= args.trials})
+    ks = sorted({k for k in (3, 6, 12, 18, args.trials) if k <= args.trials})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [f"## Search quality: hypervolume against trials ({args.model}, budget {args.budget})", "",
              f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} threads), commit {commit}, "

@@ -18,7 +18,7 @@ from autoshrink.budget import Budget, check_feasible, parse_budget, repair, smal
 from autoshrink.data import LMData, corpus_key, load_lm_data
 from autoshrink.errors import UserError
 from autoshrink.models import Site, discover_sites
-from autoshrink.plan import dense_bytes as model_dense_bytes
+from autoshrink.plan import dense_bytes as model_dense_bytes, stored_bytes
 from autoshrink.search import optuna_backend, run_folder
 from autoshrink.space import SearchSpace, load_space
 from autoshrink.trial import TrialResult, TrialSettings
@@ -35,6 +35,7 @@ class SearchContext:
     settings: TrialSettings
     freqs: torch.Tensor
     max_bytes: int | None = None
+    model_bytes: int | None = None  # stored bytes of the dense model (parameters at their dtype)
     latency: object | None = None  # LatencyTable for latency budgets
     rule: Callable = field(default=lambda nbytes: None)
     fallback: dict = field(default_factory=dict)  # each site's smallest setting in the space
@@ -43,7 +44,7 @@ class SearchContext:
         if self.budget.kind == "latency":
             return repair(plan, self.sites, None, self.freqs, fallback=self.fallback,
                           fits=lambda p: self.latency.estimate_ms(p) <= self.budget.value)
-        return repair(plan, self.sites, self.max_bytes, self.freqs, fallback=self.fallback)
+        return repair(plan, self.sites, self.max_bytes, self.freqs, fallback=self.fallback, model_bytes=self.model_bytes)
 
     def constraint(self, result: TrialResult) -> float:
         """<= 0 when the measured trial meets the budget (Optuna's constraint convention)."""
@@ -116,7 +117,8 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
     sites = discover_sites(dense)
     nbytes = model_dense_bytes(dense)
     freqs = data.vocab.freqs
-    max_bytes = check_feasible(b, spc, sites, nbytes, freqs)
+    model_bytes = stored_bytes(dense)
+    max_bytes = check_feasible(b, spc, sites, nbytes, freqs, model_bytes)
     settings = TrialSettings(device=device, seed=seed, distill=distill)
     if finetune_steps is not None:
         settings.finetune_steps = finetune_steps
@@ -130,7 +132,7 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
             raise UserError(f"latency budget {b.text} cannot be met: the dense model takes {latency.dense_ms:.2f} ms "
                             f"and the smallest plan of the space about {latency.estimate_ms(smallest):.2f} ms")
     study = optuna_backend.open_study(folder, sampler, seed)
-    ctx = SearchContext(dense, data, sites, spc, b, nbytes, settings, freqs, max_bytes, latency,
+    ctx = SearchContext(dense, data, sites, spc, b, nbytes, settings, freqs, max_bytes, model_bytes, latency,
                         rule=optuna_backend.WeakTrialRule(study), fallback=smallest)
     run_folder.write_run_json(folder, {
         "command": command or f"search({budget!r})", "budget": b.text, "budget_kind": b.kind, "max_bytes": max_bytes,

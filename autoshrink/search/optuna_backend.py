@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -78,13 +79,14 @@ def make_objective(ctx) -> Callable[[optuna.Trial], tuple[float, float]]:
     """`ctx` is the search context (search/controller.py): model, data, sites, space, limits."""
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
+        start = time.perf_counter()
         plan = sample_plan(trial, ctx.space, ctx.sites)
         fixed = ctx.repair(plan)
         if fixed is None:
             trial.set_user_attr("note", "infeasible: no repair fits the budget (not trained)")
             trial.set_user_attr("plan", plan_to_json(plan))
             raise optuna.TrialPruned("infeasible plan")
-        nbytes = plan_stored_bytes(ctx.sites, fixed, ctx.freqs)
+        nbytes = plan_stored_bytes(ctx.sites, fixed, ctx.freqs, ctx.model_bytes)
         trial.set_user_attr("plan", plan_to_json(fixed))
         trial.set_user_attr("stored_bytes", nbytes)
         trial.set_user_attr("ratio", ctx.dense_bytes / nbytes)
@@ -92,6 +94,7 @@ def make_objective(ctx) -> Callable[[optuna.Trial], tuple[float, float]]:
         try:
             result = run_trial(ctx.model, fixed, ctx.data, settings, ctx.dense_bytes, should_stop=ctx.rule(nbytes))
         except StopTrial as stop:
+            trial.set_user_attr("seconds", time.perf_counter() - start)
             trial.set_user_attr("steps", stop.step)
             trial.set_user_attr("val_ppl", stop.val_ppl)
             trial.set_user_attr("note", f"stopped early: {stop}")

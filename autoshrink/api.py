@@ -6,6 +6,10 @@
     small = autoshrink.compress(model, {"decoder": {"method": "groupreduce", "rank": 8}})
     autoshrink.stored_bytes(small)
     result = autoshrink.search("25x", trials=8)      # result.front: the Pareto front
+    autoshrink.front(result.run_dir)                 # the front of a run folder (also while it runs)
+    final = autoshrink.train(result.run_dir)         # final training of the best front plan, exported
+    autoshrink.evaluate(final.out)                   # test perplexity, bytes, ratio, latency
+    autoshrink.load(final.out)                       # the exported compressed model
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from torch import nn
 
 from autoshrink.errors import UserError
 from autoshrink.models import Site, discover_sites
-from autoshrink.models.checkpoint import is_dense_checkpoint, load_dense
+from autoshrink.export import is_compressed_export, load_compressed
+from autoshrink.models.checkpoint import META, load_dense
 from autoshrink.models.presets import PRESETS
 from autoshrink.models import pretrain as _pretrain
 from autoshrink import plan as _plan
@@ -25,9 +30,12 @@ from autoshrink import plan as _plan
 
 def load(name_or_path: str, data: str = "kjv", seed: int = 0, device: str = "auto",
          on_log: Callable[[dict], None] | None = None) -> nn.Module:
-    """A ready model: a preset name (pretrained on `data`, cached), or a saved autoshrink model folder.
+    """A ready model: a preset name (pretrained on `data`, cached), or a saved autoshrink model
+    folder: a dense checkpoint or a compressed export (`autoshrink train`), told apart by the
+    "format" of its model.json.
 
-    The model carries its vocabulary as `model.vocab` (word frequencies for vocabulary methods).
+    The model carries its vocabulary as `model.vocab` (word frequencies for vocabulary methods)
+    and its model.json as `model.meta`.
     """
     if name_or_path in PRESETS:
         model, vocab, meta = _pretrain.pretrained(name_or_path, data, seed=seed, device=device, on_log=on_log)
@@ -35,9 +43,9 @@ def load(name_or_path: str, data: str = "kjv", seed: int = 0, device: str = "aut
         path = Path(name_or_path).expanduser()
         if not path.exists():
             raise UserError(f"no model {name_or_path!r}: use a preset ({', '.join(PRESETS)}) or a model folder")
-        if not is_dense_checkpoint(path):
+        if not (path / META).is_file():
             raise UserError(f"{path} is not an autoshrink model folder (model.safetensors + model.json)")
-        model, vocab, meta = load_dense(path)
+        model, vocab, meta = load_compressed(path) if is_compressed_export(path) else load_dense(path)
     model.vocab = vocab
     model.meta = meta
     return model.eval()
@@ -74,6 +82,26 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: Any = "kjv", 
     Returns a SearchResult (run_dir, study, front DataFrame)."""
     from autoshrink.search.controller import search as _search
     return _search(budget, model=model, data=data, **options)
+
+
+def front(run_dir: str | Path):
+    """The Pareto front of a run folder as a DataFrame (read from its study; fine while it runs)."""
+    from autoshrink.front import front_table
+    return front_table(run_dir)
+
+
+def train(run_dir: str | Path, trial: str | int = "best", **options: Any):
+    """Final (longer) training of one front plan of a run, exported to RUN_DIR/final (or `out`).
+    Options are the CLI's: steps, epochs, out, device, distill, data. Returns a FinalModel
+    (out, metrics, model)."""
+    from autoshrink.train import train_trial
+    return train_trial(run_dir, trial=trial, **options)
+
+
+def evaluate(path: str | Path, data: str | None = None, **options: Any) -> dict:
+    """test_ppl, stored_bytes, ratio, latency_ms, tokens_per_s of an export, a dense model folder or a preset."""
+    from autoshrink.evaluate import evaluate_dir
+    return evaluate_dir(path, data=data, **options)
 
 
 def pretrain(model: str = "kjv-lstm", data: str = "kjv", epochs: float | None = None, device: str = "auto",

@@ -112,7 +112,7 @@ def _methods_command(args) -> int:
     return 0
 
 
-# --- search (and the commands that land after it) ----------------------------------------
+# --- search ------------------------------------------------------------------------------
 def _search_parser(sub) -> None:
     p = sub.add_parser("search", help="per-layer search to a Pareto front under a budget",
                        description="Search per-site compression choices that meet the budget.",
@@ -156,31 +156,105 @@ def _search_command(args) -> int:
     return 0
 
 
-def _not_yet(name: str, issue: int, help_text: str, positional: str | None, flags: list[tuple]) -> Callable:
-    def add(sub) -> None:
-        p = sub.add_parser(name, help=help_text, description=f"{help_text}. (Lands with issue {issue}.)")
-        if positional:
-            p.add_argument(positional)
-        for flag, kwargs in flags:
-            p.add_argument(flag, **kwargs)
-        p.set_defaults(handler=lambda args: _unavailable(name, issue))
-    return add
+# --- front, train, eval -------------------------------------------------------------------
+def _front_parser(sub) -> None:
+    p = sub.add_parser("front", help="show the Pareto front of a run",
+                       description="The Pareto front (feasible completed trials) of a run folder, read from its "
+                                   "study.db: it works while the search is still running.",
+                       epilog="examples:\n  autoshrink front results/runs/kjv-lstm-25x-20250101-120000\n"
+                              "  autoshrink front RUN_DIR --format csv > front.csv\n"
+                              "  autoshrink front RUN_DIR --format json --plot RUN_DIR/front.png",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of `autoshrink search`")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format [table]")
+    p.add_argument("--plot", default=None, metavar="PATH",
+                   help="also draw val ppl against stored bytes (or latency) to a PNG, the front highlighted")
+    p.set_defaults(handler=_front_command)
 
 
-def _unavailable(name: str, issue: int) -> int:
-    raise UserError(f"`autoshrink {name}` is not available yet: it lands with issue {issue}")
+def _front_command(args) -> int:
+    from autoshrink.front import draw, plot_data, read_front, render
+    front = read_front(args.run_dir)
+    print(render(front, args.format), end="")
+    if args.plot:
+        print(f"wrote {draw(plot_data(front), args.plot)}", file=sys.stderr)
+    return 0
 
 
-PARSERS = [
-    _pretrain_parser, _sites_parser, _methods_parser, _search_parser,
-    _not_yet("front", 6, "show the Pareto front of a run", "run_dir",
-             [("--format", dict(choices=("table", "csv", "json"), default="table")), ("--plot", dict(default=None))]),
-    _not_yet("train", 6, "train one front configuration longer and export it", "run_dir",
-             [("--trial", dict(default="best")), ("--steps", dict(type=int)), ("--epochs", dict(type=float)),
-              ("--out", dict(default=None))]),
-    _not_yet("eval", 6, "test perplexity, bytes, ratio and latency of an exported model", "dir",
-             [("--data", dict(default=None)), ("--json", dict(action="store_true"))]),
-]
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train one front configuration longer and export it",
+                       description="Final training of one plan of a run: compress the dense model with it, train "
+                                   "longer (the methods' schedules run over the whole training), keep the best "
+                                   "validated state, and export it (model.safetensors, plan.json, model.json, "
+                                   "metrics.json). Every validation writes OUT/checkpoint; running the same command "
+                                   "again continues from it (weights and schedules; the optimizer restarts).",
+                       epilog="examples:\n  autoshrink train results/runs/kjv-lstm-25x-20250101-120000\n"
+                              "  autoshrink train RUN_DIR --trial 7 --steps 3000 --distill\n"
+                              "  autoshrink train RUN_DIR --trial smallest:150 --epochs 2 --out final-150",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of `autoshrink search`")
+    p.add_argument("--trial", default="best", help="best (lowest val ppl on the front), a trial number, or "
+                                                   "smallest:PPL (fewest bytes on the front with val ppl <= PPL) [best]")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None, help="training steps in all, counted across resumes [1000]")
+    length.add_argument("--epochs", type=float, default=None, help="training length in epochs of the train split")
+    p.add_argument("--out", default=None, help="export folder [RUN_DIR/final]")
+    p.add_argument("--data", default=None, help="the corpus of the search (default: the one run.json names)")
+    p.add_argument("--model", default=None, help="the dense model of the search (default: the one run.json names)")
+    p.add_argument("--distill", action="store_true", help="train on soft targets of the dense model too")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda [auto]")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_train_command)
+
+
+def _train_command(args) -> int:
+    from autoshrink.train import train_trial
+    progress = _Progress(f"train {args.trial}")
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        final = train_trial(args.run_dir, trial=args.trial, steps=args.steps, epochs=args.epochs, out=args.out,
+                            device=args.device, distill=args.distill, data=args.data, model=args.model, seed=args.seed,
+                            on_log=progress, log=log,
+                            on_eval=lambda step, ppl: log(f"step {step}: valid perplexity {ppl:.2f}"))
+    finally:
+        progress.close()
+    m = final.metrics
+    print(f"trial {m['trial']}: val ppl {m['val_ppl']:.2f}, test ppl {m['test_ppl']:.2f}, "
+          f"{_fmt_bytes(m['stored_bytes'])} ({m['ratio']:.1f}x), {m['latency_ms']:.2f} ms, "
+          f"{m['steps']} steps -> {final.out}")
+    return 0
+
+
+def _eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="test perplexity, bytes, ratio and latency of an exported model",
+                       description="Evaluate a compressed export, a dense model folder or a preset: test perplexity "
+                                   "(whole test split), stored bytes (checked against the file), ratio to the dense "
+                                   "fp32 model, CPU latency (batch 1, 35 tokens, median) and tokens/s.",
+                       epilog="examples:\n  autoshrink eval results/runs/kjv-lstm-25x-20250101-120000/final\n"
+                              "  autoshrink eval kjv-lstm --json\n  autoshrink eval my-model/ --data corpus/",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", metavar="DIR", help="an export folder, a dense model folder, or a preset name")
+    p.add_argument("--data", default=None, help="corpus (default: the one the model's model.json names, or kjv)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="cpu", help="device of the perplexity pass; latency is always CPU [cpu]")
+    p.set_defaults(handler=_eval_command)
+
+
+def _eval_command(args) -> int:
+    import json
+    from autoshrink.evaluate import evaluate_dir
+    r = evaluate_dir(args.dir, data=args.data, device=args.device)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['model']}: test ppl {r['test_ppl']:.2f} ({r['test_tokens']:,} tokens of {r['data']}), "
+          f"{r['stored_bytes']:,} stored bytes ({_fmt_bytes(r['stored_bytes'])}, {r['ratio']:.1f}x smaller than dense "
+          f"fp32), latency {r['latency_ms']:.2f} ms (CPU, batch 1, 35 tokens), {r['tokens_per_s']:,.0f} tokens/s")
+    return 0
+
+
+PARSERS = [_pretrain_parser, _sites_parser, _methods_parser, _search_parser, _front_parser, _train_parser,
+           _eval_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -103,6 +103,7 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     spc = space if isinstance(space, SearchSpace) else load_space(space)
+    data_path = data if isinstance(data, str) else None
     if isinstance(model, nn.Module):
         dense, model_name = model, type(model).__name__
         if not isinstance(data, LMData):
@@ -137,6 +138,7 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
     run_folder.write_run_json(folder, {
         "command": command or f"search({budget!r})", "budget": b.text, "budget_kind": b.kind, "max_bytes": max_bytes,
         "model": model_name, "data": corpus_key(data.name) if isinstance(data.name, str) else data.name,
+        "data_path": data_path if data_path in (None, "kjv") else str(Path(data_path).expanduser().resolve()),
         "space": str(spc.source), "seed": seed, "sampler": sampler, "trials": trials,
         "finetune_steps": settings.finetune_steps, "dense_bytes": nbytes,
         "dense_val_ppl": _dense_val(dense, data, settings, folder),

@@ -1,0 +1,76 @@
+"""Evaluation of a model folder or preset (`autoshrink eval`): what a compressed LM costs and loses.
+
+    test_ppl      perplexity over the whole test split
+    stored_bytes  from the loaded model (autoshrink.stored_bytes), checked against the tensors
+                  in its model.safetensors
+    ratio         dense fp32 bytes of the base architecture / stored bytes
+    latency_ms    median CPU wall time of one forward pass, batch 1, 35 tokens (DESIGN.md, Budgets)
+    tokens_per_s  test-evaluation throughput
+
+`measure` is shared with final training (train.py), so metrics.json and `eval` agree.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from torch import nn
+
+from autoshrink.data import LMData, load_lm_data
+from autoshrink.errors import UserError
+from autoshrink.latency import measure_latency_ms, reference_input
+from autoshrink.models.lstm_lm import LSTMLM
+from autoshrink.models.training import evaluate_perplexity
+from autoshrink.plan import dense_bytes, stored_bytes
+
+
+def base_dense_bytes(model: nn.Module) -> int:
+    """fp32 bytes of the dense architecture the model was compressed from (the ratio's numerator)."""
+    if isinstance(model, LSTMLM):
+        return dense_bytes(LSTMLM(model.config))
+    return dense_bytes(model)
+
+
+def measure(model: nn.Module, data: LMData, device: str = "cpu") -> dict:
+    """test_ppl, stored_bytes, ratio, latency_ms (CPU) and tokens_per_s of a model on `data`."""
+    model.eval()
+    start = time.perf_counter()
+    test = evaluate_perplexity(model, data.test, device=device)
+    seconds = time.perf_counter() - start
+    model.cpu()
+    nbytes = stored_bytes(model)
+    return {"test_ppl": test, "stored_bytes": nbytes, "ratio": base_dense_bytes(model) / nbytes,
+            "latency_ms": measure_latency_ms(model, reference_input(len(data.vocab))),
+            "tokens_per_s": len(data.test) / seconds if seconds > 0 else 0.0, "test_tokens": len(data.test)}
+
+
+def corpus_source(name: str | None) -> str | None:
+    """`name` if it loads as a corpus here (kjv or an existing path), else None: model.json and
+    run.json may hold only a corpus's short key."""
+    if not name:
+        return None
+    return name if name == "kjv" or Path(name).expanduser().exists() else None
+
+
+def evaluate_dir(path: str | Path, data: str | None = None, device: str = "cpu") -> dict:
+    """Evaluate a compressed export (`autoshrink train`), a dense model folder, or a preset name
+    (pretrained on `data`, kjv by default). The corpus is `data`, else the one model.json names."""
+    from autoshrink.api import load
+    from autoshrink.export import file_bytes
+    from autoshrink.models.presets import PRESETS
+
+    name = str(path)
+    model = load(name, data=data or "kjv")
+    meta = getattr(model, "meta", {}) or {}
+    corpus = data or corpus_source(meta.get("data")) or ("kjv" if name in PRESETS else None)
+    if corpus is None:
+        raise UserError(f"{name}: its model.json names the corpus {meta.get('data')!r}, which is not a path here: "
+                        f"pass --data (the corpus it was trained on)")
+    lm = load_lm_data(corpus, vocab=model.vocab)
+    result = measure(model, lm, device=device)
+    if name not in PRESETS:
+        in_file = file_bytes(name)
+        if in_file != result["stored_bytes"]:
+            raise UserError(f"{name}: model.safetensors holds {in_file:,} bytes of tensors but the model stores "
+                            f"{result['stored_bytes']:,}: the export does not match its plan")
+    return {**result, "model": name, "format": meta.get("format"), "data": corpus}

@@ -1,0 +1,181 @@
+"""Export and load of compressed models: the folder `autoshrink train` writes and `autoshrink eval` reads.
+
+    final/
+      model.safetensors   exactly the stored bytes of the model (autoshrink.stored_bytes):
+                          each compressed weight's packed export() tensors under `<site>.<name>`,
+                          every other parameter under its own name at its own dtype; a tensor or
+                          compressed weight shared by tied sites is stored once
+      plan.json           the plan, as users write it
+      model.json          format "autoshrink-compressed/1", the base LSTM config and vocabulary,
+                          the site list, provenance
+      metrics.json        what final training measured
+
+Loading rebuilds the base LSTM from model.json, puts `from_export` modules in the planned
+sites and copies the remaining parameters: safetensors only, nothing is unpickled. A missing,
+corrupt or mismatched file is one UserError.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from autoshrink.data.vocab import Vocab
+from autoshrink.errors import UserError
+from autoshrink.methods import CompressedEmbedding, CompressedLinear, CompressedWeight, weight_class
+from autoshrink.methods._storage import tensors_bytes
+from autoshrink.models.checkpoint import META, WEIGHTS, read_meta
+from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
+from autoshrink.models.sites import Site
+from autoshrink.plan import Plan, _dense_weight, _resolve, _set_module, parse_plan, plan_to_json, stored_bytes
+
+FORMAT = "autoshrink-compressed/1"
+PLAN = "plan.json"
+METRICS = "metrics.json"
+
+
+def compressed_weights(model: nn.Module) -> dict[str, CompressedWeight]:
+    """Each distinct compressed weight by the site that owns it (tied sites share one)."""
+    out: dict[str, CompressedWeight] = {}
+    seen: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, CompressedWeight) and id(module) not in seen:
+            seen.add(id(module))
+            out[module.site.name] = module
+    return out
+
+
+def plain_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters outside compressed weights, by name; a shared one under its first name."""
+    inside = {id(p) for w in compressed_weights(model).values() for p in w.parameters()}
+    return {name: p for name, p in model.named_parameters() if id(p) not in inside}
+
+
+def export_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of model.safetensors; their bytes equal stored_bytes(model)."""
+    out: dict[str, torch.Tensor] = {}
+    for site, weight in compressed_weights(model).items():
+        for name, t in weight.export().items():
+            out[f"{site}.{name}"] = t.detach().cpu().contiguous().clone()  # clone: safetensors refuses shared storage
+    for name, p in plain_parameters(model).items():
+        if name in out:
+            raise RuntimeError(f"export key {name!r} is both a compressed tensor and a parameter")
+        out[name] = p.detach().cpu().contiguous().clone()
+    return out
+
+
+def save_compressed(model: nn.Module, plan: Plan | Mapping[str, Any], folder: str | Path, base_meta: dict,
+                    metrics: dict, info: dict | None = None) -> Path:
+    """Write the export folder. `base_meta` is the dense checkpoint's model.json (config, vocab,
+    provenance); `info` adds provenance of the final training (run, trial, data)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = export_tensors(model)
+    nbytes = stored_bytes(model)
+    if tensors_bytes(tensors) != nbytes:  # the contract of DESIGN.md: never write an export that disagrees
+        raise RuntimeError(f"export holds {tensors_bytes(tensors)} bytes but the model stores {nbytes}")
+    plan_json = plan_to_json(parse_plan(plan))
+    sites = [{"name": s.name, "role": s.role, "shape": list(s.shape), "bias": s.bias, "tied_with": s.tied_with,
+              "method": plan_json.get(s.tied_with or s.name, {}).get("method", "dense")}
+             for s in LSTMLM(LSTMLMConfig(**base_meta["config"])).autoshrink_sites()]
+    base = {k: v for k, v in base_meta.items() if k not in ("format", "config", "vocab")}
+    meta = {"format": FORMAT, "config": base_meta["config"], "vocab": base_meta["vocab"], "sites": sites,
+            "stored_bytes": nbytes, "base": base, **(info or {})}
+    tmp = folder / (WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    (folder / PLAN).write_text(json.dumps(plan_json, indent=1) + "\n")
+    (folder / META).write_text(json.dumps(meta, indent=1) + "\n")
+    (folder / METRICS).write_text(json.dumps(metrics, indent=1) + "\n")
+    tmp.replace(folder / WEIGHTS)  # the weights land last: a folder with them is complete
+    return folder
+
+
+def is_compressed_export(folder: Path) -> bool:
+    try:
+        return json.loads((folder / META).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _read_plan(folder: Path) -> Plan:
+    path = folder / PLAN
+    if not path.is_file():
+        raise UserError(f"{folder} has no {PLAN}: an incomplete compressed export")
+    return parse_plan(path)
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, FileNotFoundError, OSError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+
+
+def load_compressed(folder: str | Path) -> tuple[LSTMLM, Vocab, dict]:
+    """(model, vocabulary, model.json) of an export folder written by save_compressed."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{folder / META}: format {meta.get('format')!r} is not {FORMAT!r}")
+    try:
+        model = LSTMLM(LSTMLMConfig(**meta["config"]))
+        vocab = Vocab.from_json(meta["vocab"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{folder / META} lacks a valid config or vocabulary: {e!r}") from None
+    plan = _read_plan(folder)
+    tensors = _read_tensors(folder / WEIGHTS)
+    by_name, resolved = _resolve(model, plan, model.autoshrink_sites())
+    unused = set(tensors)
+    built: dict[str, CompressedWeight] = {}
+    for owner, cfg in resolved.items():
+        site = by_name[owner]
+        bias_key = f"{owner}.bias" if site.bias and weight_class(cfg).uses_site_bias else None  # a plain parameter
+        prefix = owner + "."
+        sub = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix) and k != bias_key}
+        built[owner] = _from_export(folder / WEIGHTS, sub, site, cfg)
+        unused -= {prefix + k for k in sub}
+    _place(model, by_name, built)
+    for name, p in plain_parameters(model).items():
+        t = tensors.get(name)
+        if t is None or t.shape != p.shape:
+            found = "missing" if t is None else f"shape {tuple(t.shape)}"
+            raise UserError(f"{folder / WEIGHTS} does not match its plan: parameter {name} of shape "
+                            f"{tuple(p.shape)} is {found}")
+        with torch.no_grad():
+            p.copy_(t.to(p.dtype))
+        unused.discard(name)
+    if unused:
+        raise UserError(f"{folder / WEIGHTS} holds tensors its plan does not use: {', '.join(sorted(unused)[:4])}")
+    return model.eval(), vocab, meta
+
+
+def _from_export(path: Path, tensors: dict[str, torch.Tensor], site: Site, cfg) -> CompressedWeight:
+    try:
+        return weight_class(cfg).from_export(tensors, site, cfg)
+    except UserError:
+        raise
+    except (KeyError, RuntimeError, ValueError, IndexError, TypeError) as e:
+        raise UserError(f"{path}: the tensors of site {site.name!r} do not match its plan ({cfg.method}): {e!r}") from None
+
+
+def _place(model: nn.Module, by_name: dict[str, Site], built: dict[str, CompressedWeight]) -> None:
+    """Put each rebuilt weight in its site (and its tie partners), as plan.compress does."""
+    for site in by_name.values():
+        owner = site.tied_with or site.name
+        if owner not in built:
+            continue
+        module = model.get_submodule(site.name)
+        if site.role == "embedding" and isinstance(module, nn.Embedding):
+            _set_module(model, site.name, CompressedEmbedding(built[owner]))
+        else:
+            _set_module(model, site.name, CompressedLinear(built[owner], _dense_weight(module)[1]))
+
+
+def file_bytes(folder: str | Path) -> int:
+    """Bytes of the tensors in a folder's model.safetensors (its header excluded)."""
+    return tensors_bytes(_read_tensors(Path(folder) / WEIGHTS))

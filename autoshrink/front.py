@@ -1,0 +1,229 @@
+"""The Pareto front of a run folder: a table, csv or json, and a plot (`autoshrink front`).
+
+The front is read from the run's study.db, not from front.csv, so a search that is still going
+shows what it has finished so far. The Pareto maths is autoshrink.pareto (through
+run_folder.front_rows); this module only renders it. Drawing is apart from computing, as in
+Optuna's visualization: `plot_data` prepares the points, `draw` hands them to matplotlib (Agg,
+imported only when a plot is asked for). Optuna and pandas are imported inside the functions
+too, so `import autoshrink` stays quick.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from autoshrink.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+
+FORMATS = ("table", "csv", "json")
+
+
+class Front(NamedTuple):
+    run_dir: Path
+    info: dict  # run.json
+    trials: "pd.DataFrame"  # every trial of the study (run_folder.trial_rows)
+    front: "pd.DataFrame"  # feasible COMPLETE trials on the Pareto front, by the objective
+    objective: str  # stored_bytes, or latency_ms for a latency budget
+
+
+def read_run(run_dir: str | Path) -> dict:
+    """run.json of a run folder; a missing folder or file is a UserError."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"no run folder {run_dir}")
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no run.json: not an autoshrink run folder (autoshrink search --run-dir ...)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is corrupt: {e}") from None
+
+
+def load_study(run_dir: str | Path) -> "optuna.Study":
+    """The run's study, opened for reading: it may still be running in another process."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from autoshrink.search.optuna_backend import STUDY_NAME
+    db = Path(run_dir) / "study.db"
+    if not db.is_file():
+        raise UserError(f"{run_dir} has no study.db: no search has run there yet")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{db}")
+    except KeyError:
+        raise UserError(f"{db} holds no autoshrink study") from None
+    except SQLAlchemyError as e:
+        raise UserError(f"{db} cannot be read: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def objective_of(info: dict) -> str:
+    return "latency_ms" if info.get("budget_kind") == "latency" else "stored_bytes"
+
+
+def read_front(run_dir: str | Path) -> Front:
+    from autoshrink.search import run_folder
+    run_dir = Path(run_dir)
+    info = read_run(run_dir)
+    trials = run_folder.trial_rows(load_study(run_dir))
+    objective = objective_of(info)
+    front = run_folder.front_rows(trials, objective).reset_index(drop=True)
+    return Front(run_dir, info, trials, front, objective)
+
+
+def front_table(run_dir: str | Path) -> "pd.DataFrame":
+    """The front as a DataFrame: the columns of front.csv (number, state, stored_bytes, ratio,
+    latency_ms, val_ppl, seconds, steps, methods, plan), sorted by the objective."""
+    from autoshrink.search.run_folder import COLUMNS
+    return read_front(run_dir).front[COLUMNS]
+
+
+# --- renderers ------------------------------------------------------------------------------
+def _bytes(n: float) -> str:
+    for unit, size in (("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def _num(v, fmt: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+
+def _state_counts(trials: "pd.DataFrame") -> str:
+    counts = trials["state"].value_counts()
+    return ", ".join(f"{n} {state.lower()}" for state, n in counts.items())
+
+
+def render_table(f: Front) -> str:
+    info = f.info
+    limit = f" (<= {info['max_bytes']:,} bytes)" if info.get("max_bytes") else ""
+    dense = (f"; dense {_bytes(info['dense_bytes'])}, val ppl {_num(info.get('dense_val_ppl'), '.2f')}"
+             if info.get("dense_bytes") else "")
+    lines = [f"{f.run_dir}: budget {info.get('budget', '?')}{limit}, {len(f.trials)} trial(s): "
+             f"{_state_counts(f.trials) or 'none yet'}{dense}"]
+    if f.front.empty:
+        lines.append("no feasible completed trial yet: the front is empty")
+        return "\n".join(lines) + "\n"
+    rows = [("trial", "ratio", "bytes", "latency ms", "val ppl", "methods")]
+    for r in f.front.itertuples():
+        rows.append((str(r.number), f"{_num(r.ratio, '.1f')}x", _bytes(r.stored_bytes), _num(r.latency_ms, ".2f"),
+                     _num(r.val_ppl, ".2f"), r.methods))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        lines.append("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) + "  " + row[5])
+    best = f.front.sort_values("val_ppl").iloc[0]
+    lines.append(f"best (lowest val ppl): trial {best['number']}  ->  autoshrink train {f.run_dir} --trial best")
+    if (f.trials["state"] == "RUNNING").any():
+        lines.append("the search is still running: this is the front so far")
+    return "\n".join(lines) + "\n"
+
+
+def front_records(f: Front) -> list[dict]:
+    """The front's rows as JSON-ready dicts (plan as an object, missing values as null)."""
+    from autoshrink.search.run_folder import COLUMNS
+    out = []
+    for row in f.front[COLUMNS].to_dict("records"):
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        clean["plan"] = json.loads(row["plan"])
+        out.append({k: (v.item() if hasattr(v, "item") else v) for k, v in clean.items()})  # numpy -> Python
+    return out
+
+
+def render(f: Front, fmt: str = "table") -> str:
+    from autoshrink.search.run_folder import COLUMNS
+    if fmt == "table":
+        return render_table(f)
+    if fmt == "csv":
+        return f.front[COLUMNS].to_csv(index=False)
+    if fmt == "json":
+        return json.dumps(front_records(f), indent=1, allow_nan=False) + "\n"
+    raise UserError(f"unknown format {fmt!r}: use {', '.join(FORMATS)}")
+
+
+# --- plot -----------------------------------------------------------------------------------
+class PlotData(NamedTuple):
+    xlabel: str
+    trials: list[tuple[float, float, str]]  # (x, val ppl, state) of every measured trial
+    front: list[tuple[float, float, int]]  # (x, val ppl, trial number), sorted by x
+    dense: tuple[float, float] | None
+    budget: float | None  # the vertical line: max bytes or the latency budget in ms
+    title: str
+
+
+def _finite(*values) -> bool:
+    return all(v is not None and isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def _dense_latency_ms(run_dir: Path) -> float | None:
+    """The dense model's measured latency, from the run's latency table (latency budgets only)."""
+    try:
+        entries = json.loads((run_dir / "latency_cache.json").read_text())["entries"]
+        return 1e3 * next(e["seconds"] for e in entries if e["site"] == "<model>")
+    except (OSError, ValueError, KeyError, StopIteration):
+        return None
+
+
+def plot_data(f: Front) -> PlotData:
+    x = f.objective
+    trials = [(float(r[x]), float(r["val_ppl"]), r["state"]) for _, r in f.trials.iterrows()
+              if r["state"] in ("COMPLETE", "PRUNED") and _finite(r[x], r["val_ppl"])]
+    front = [(float(r[x]), float(r["val_ppl"]), int(r["number"])) for _, r in f.front.iterrows()]
+    info = f.info
+    if x == "latency_ms":
+        from autoshrink.budget import parse_budget
+        dense_x, budget, xlabel = _dense_latency_ms(f.run_dir), parse_budget(info["budget"]).value, "latency (ms, log)"
+    else:
+        dense_x, budget, xlabel = info.get("dense_bytes"), info.get("max_bytes"), "stored bytes (log)"
+    dense_y = info.get("dense_val_ppl")
+    dense = (float(dense_x), float(dense_y)) if _finite(dense_x, dense_y) else None
+    title = f"{info.get('model', '?')} under {info.get('budget', '?')}: {len(front)} on the front of {len(f.trials)} trials"
+    return PlotData(xlabel, trials, sorted(front), dense, budget, title)
+
+
+def draw(d: PlotData, path: str | Path) -> Path:
+    """Write the plot as a PNG: all trials faded, the front highlighted as a step line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.8))
+    FigureCanvasAgg(fig)  # the Agg canvas, without pyplot's global state
+    ax = fig.add_subplot()
+    for state, marker, label in (("COMPLETE", "o", "trials"), ("PRUNED", "x", "stopped early")):
+        pts = [(x, y) for x, y, s in d.trials if s == state]
+        if pts:
+            ax.scatter(*zip(*pts), marker=marker, color="grey", alpha=0.35, s=22, label=label)
+    if d.front:
+        xs, ys, numbers = zip(*d.front)
+        ax.step(xs, ys, where="post", color="C0", lw=1.5)
+        ax.scatter(xs, ys, color="C0", s=40, zorder=3, label="Pareto front")
+        for x, y, n in d.front:
+            ax.annotate(f"#{n}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8, color="C0")
+    if d.dense is not None:
+        ax.scatter([d.dense[0]], [d.dense[1]], marker="*", s=160, color="C3", zorder=4, label="dense")
+    if d.budget:
+        ax.axvline(d.budget, color="C2", ls="--", lw=1, label="budget")
+    if d.trials or d.dense or d.budget:
+        ax.set_xscale("log")
+    ax.set_xlabel(d.xlabel)
+    ax.set_ylabel("validation perplexity")
+    ax.set_title(d.title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, format="png")
+    return path
+
+
+def plot(run_dir: str | Path, path: str | Path) -> Path:
+    """Draw the front of a run folder to `path` (PNG)."""
+    return draw(plot_data(read_front(run_dir)), path)

@@ -1,0 +1,249 @@
+"""Final training of one front plan (`autoshrink train`): longer than a trial, resumable, exported.
+
+    train_trial(run_dir, trial="best")   # or a trial number, or "smallest:<ppl>"
+
+The plan comes from the run's study: `best` is the front trial with the lowest validation
+perplexity, a number names any feasible completed trial, `smallest:<ppl>` the front plan with
+the fewest stored bytes whose validation perplexity is at most <ppl>. The dense model and the
+corpus come from run.json. The plan compresses the dense model afresh and train_lm trains it;
+the methods' schedules (gradual pruning, the doping anneal with CMR) run over the whole final
+training, and the best validated state after they settle is kept.
+
+Resuming: every validation writes OUT/checkpoint/ (model.safetensors of the current weights,
+best.safetensors of the best validated ones, state.json with the step). A later call with the
+same OUT continues from that step up to its own `steps`: the weights and the schedules' position
+carry over; the optimizer state (Adam moments, learning-rate cuts) and the position in the data
+stream start afresh. Then the model is exported to OUT (RUN_DIR/final by default) with
+metrics.json: val_ppl, test_ppl, stored_bytes, ratio, latency_ms, tokens_per_s, steps, seconds, trial.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from autoshrink.data import batchify, load_lm_data, num_windows
+from autoshrink.errors import UserError
+from autoshrink.evaluate import corpus_source, measure
+from autoshrink.export import save_compressed
+from autoshrink.models.presets import PRESETS
+from autoshrink.models.training import TrainConfig, evaluate_perplexity, pick_device, settles_at, train_lm
+from autoshrink.plan import compress, parse_plan, stored_bytes
+from autoshrink.trial import TrialSettings
+
+DEFAULT_STEPS = 1000  # ~12x a trial's fine-tuning (80 steps): plans ranked cheaply, trained properly
+EVALS = 10  # validations (and checkpoints) per final training
+
+
+@dataclass
+class FinalModel:
+    out: Path
+    metrics: dict
+    model: nn.Module  # the trained model as exported (CPU, eval mode)
+
+
+# --- which trial ----------------------------------------------------------------------------
+def choose_trial(run_dir: str | Path, trial: str | int = "best") -> tuple[int, dict]:
+    """(trial number, plan JSON) of `trial` in the run's study."""
+    from autoshrink.front import read_front
+    f = read_front(run_dir)
+    spec = str(trial).strip()
+    if spec == "best" or spec.startswith("smallest:"):
+        front = f.front
+        if front.empty:
+            raise UserError(f"{run_dir}: no feasible completed trial on the front yet; let the search run longer")
+        if spec.startswith("smallest:"):
+            try:
+                limit = float(spec.split(":", 1)[1])
+            except ValueError:
+                raise UserError(f"--trial {spec!r}: expected smallest:<val ppl>, e.g. smallest:150") from None
+            front = front[front["val_ppl"] <= limit]
+            if front.empty:
+                raise UserError(f"{run_dir}: no front trial has val ppl <= {limit:g} "
+                                f"(the front's best is {f.front['val_ppl'].min():.2f})")
+            row = front.sort_values("stored_bytes").iloc[0]
+        else:
+            row = front.sort_values("val_ppl").iloc[0]
+        return int(row["number"]), json.loads(row["plan"])
+    if not spec.lstrip("-").isdigit():
+        raise UserError(f"--trial {spec!r}: use best, a trial number, or smallest:<val ppl>")
+    number = int(spec)
+    rows = f.trials[f.trials["number"] == number]
+    if rows.empty:
+        raise UserError(f"{run_dir}: no trial {number} (the study has {len(f.trials)} trial(s))")
+    row = rows.iloc[0]
+    if row["state"] != "COMPLETE" or not bool(row["feasible"]):
+        what = row["state"] if row["state"] != "COMPLETE" else "COMPLETE but over budget"
+        raise UserError(f"{run_dir}: trial {number} is {what}; pick a feasible completed trial "
+                        f"(autoshrink front {run_dir})")
+    return number, json.loads(row["plan"])
+
+
+# --- where the model and data came from -------------------------------------------------------
+def _data_of(info: dict, data: str | None) -> str:
+    """The search's corpus: `data`, else run.json's, else the --data of the recorded command
+    (run.json's `data` may be a corpus's short key, not its path)."""
+    if data:
+        return data
+    for candidate in (info.get("data_path"), info.get("data"), _flag(info.get("command", ""), "--data")):
+        if corpus_source(candidate):
+            return candidate
+    raise UserError(f"run.json records the corpus {info.get('data')!r}, which is not a path here: "
+                    "pass --data (the corpus the search used)")
+
+
+def _flag(command: str, flag: str) -> str | None:
+    try:
+        args = shlex.split(command)
+    except ValueError:
+        return None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _model_of(info: dict, model: str | None) -> str:
+    name = model or info.get("model")
+    if not name or (name not in PRESETS and not Path(name).expanduser().exists()):
+        raise UserError(f"run.json records the model {name!r}, which is neither a preset nor a folder here: "
+                        "pass --model (the dense model the search compressed)")
+    return name
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+def _read_checkpoint(folder: Path, model: nn.Module, number: int, plan: dict) -> dict | None:
+    """Load OUT/checkpoint into `model` and return its state, or None when there is none."""
+    path = folder / "state.json"
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+        if state.get("trial") != number or state.get("plan") != plan:
+            raise UserError(f"{folder} holds the training of trial {state.get('trial')}, not trial {number}: "
+                            "use another --out, or delete it to start over")
+    except json.JSONDecodeError as e:
+        raise UserError(f"checkpoint {path} cannot be read ({e}): delete {folder} to start over") from None
+    _load_weights(model, folder / "model.safetensors")
+    return state
+
+
+def _load_weights(model: nn.Module, path: Path) -> None:
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise UserError(f"checkpoint {path} cannot be read ({e}): delete {path.parent} to start over") from None
+    if missing or unexpected:
+        raise UserError(f"checkpoint {path} does not match the plan: delete {path.parent} to start over")
+
+
+def _write_checkpoint(folder: Path, model: nn.Module, state: dict, best: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors",) + (("best.safetensors",) if best else ()):
+        save_model(model, str(folder / (name + ".tmp")))
+        (folder / (name + ".tmp")).replace(folder / name)
+    (folder / "state.json").write_text(json.dumps(state, indent=1) + "\n")  # last: it names a complete step
+
+
+@contextmanager
+def _resumed_schedules(model: nn.Module, start: float):
+    """Let train_lm's run drive the schedules from fraction `start` (where the checkpoint left
+    them) to 1, instead of from 0: train_lm tells modules the fraction of its own run, and a
+    resumed run is only the tail of the final training. Settle points are mapped the same way."""
+    if start <= 0:
+        yield
+        return
+    patched = [(m, {k: m.__dict__[k] for k in ("on_progress", "settles_at") if k in m.__dict__})
+               for m in model.modules() if m is not model and callable(getattr(m, "on_progress", None))]
+    for m, _ in patched:  # instance attributes shadow the class's for this run only
+        hook, settle = m.on_progress, getattr(m, "settles_at", 0.0)
+        m.on_progress = (lambda f, hook=hook: hook(start + (1.0 - start) * f))
+        m.settles_at = max(0.0, (settle - start) / (1.0 - start)) if start < 1 else 0.0
+    try:
+        yield
+    finally:
+        for m, saved in patched:
+            del m.on_progress, m.settles_at
+            m.__dict__.update(saved)
+
+
+# --- final training -------------------------------------------------------------------------
+def train_trial(run_dir: str | Path, trial: str | int = "best", steps: int | None = None, epochs: float | None = None,
+                out: str | Path | None = None, device: str = "auto", distill: bool = False, data: str | None = None,
+                model: str | None = None, seed: int = 0, evals: int = EVALS,
+                on_log: Callable[[dict], None] | None = None, on_eval: Callable[[int, float], None] | None = None,
+                log: Callable[[str], None] | None = None) -> FinalModel:
+    """Train one plan of a run longer, resumably, and export it (see the module docstring)."""
+    from autoshrink.api import load
+    from autoshrink.front import read_run
+    log = log or (lambda line: None)
+    if (steps is not None and steps < 1) or (epochs is not None and epochs <= 0):
+        raise UserError(f"--steps must be >= 1 and --epochs > 0, got steps={steps}, epochs={epochs}")
+    run_dir = Path(run_dir)
+    info = read_run(run_dir)
+    number, plan_json = choose_trial(run_dir, trial)
+    out = Path(out) if out else run_dir / "final"
+    corpus = _data_of(info, data)
+    dense = load(_model_of(info, model), data=corpus, seed=info.get("seed", 0), device=device)
+    lm = load_lm_data(corpus, vocab=dense.vocab)
+    plan = parse_plan(plan_json)
+    torch.manual_seed(seed)
+    small = compress(dense, plan, freqs=lm.vocab.freqs)
+    settings = TrialSettings()  # the trials' batch, bptt and learning rate
+    if steps is None:
+        per_epoch = num_windows(batchify(lm.train, settings.batch_size), settings.bptt)
+        steps = max(1, round(epochs * per_epoch)) if epochs is not None else DEFAULT_STEPS
+    ckpt = out / "checkpoint"
+    state = _read_checkpoint(ckpt, small, number, plan_json) or {
+        "trial": number, "plan": plan_json, "step": 0, "fraction": 0.0, "best_val_ppl": None, "seconds": 0.0,
+        "history": []}
+    done, start = state["step"], state["fraction"]  # the schedules' position: a finished run stays finished
+    if done:
+        log(f"resuming trial {number} from step {done} ({ckpt}); training up to step {steps}")
+    settle = settles_at(small)
+    remaining = max(0, steps - done)
+    prior_seconds, started = state["seconds"], time.perf_counter()
+
+    def checkpoint(step: int, val: float) -> None:
+        fraction = start + (1.0 - start) * step / remaining
+        best = fraction >= settle and (state["best_val_ppl"] is None or val < state["best_val_ppl"])
+        if best:
+            state["best_val_ppl"] = val
+        state.update(step=done + step, fraction=fraction, seconds=prior_seconds + time.perf_counter() - started)
+        state["history"].append({"step": done + step, "val_ppl": val})
+        _write_checkpoint(ckpt, small, state, best)
+        if on_eval is not None:
+            on_eval(done + step, val)
+
+    if remaining:
+        cfg = TrainConfig(steps=remaining, batch_size=settings.batch_size, bptt=settings.bptt, lr=settings.lr,
+                          eval_every=max(1, steps // max(1, evals)), device=device, seed=seed + done,
+                          distill_from=copy.deepcopy(dense) if distill else None)
+        relay = None if on_log is None else (lambda r: on_log({**r, "step": done + r["step"], "steps": steps}))
+        with _resumed_schedules(small, start):
+            train_lm(small, lm.train, lm.valid, cfg, on_log=relay, on_eval=checkpoint)
+    if (ckpt / "best.safetensors").is_file():  # the best validated state over every segment
+        _load_weights(small, ckpt / "best.safetensors")
+    small.cpu().eval()
+    val = evaluate_perplexity(small, lm.valid)
+    metrics = {**measure(small, lm), "val_ppl": val, "steps": state["step"], "seconds": state["seconds"],
+               "trial": number, "resumed_from": done, "device": str(pick_device(device)), "distill": distill,
+               "dense_val_ppl": info.get("dense_val_ppl"), "history": state["history"]}
+    corpus_path = corpus if corpus == "kjv" else str(Path(corpus).expanduser().resolve())
+    save_compressed(small, plan, out, dense.meta, metrics,
+                    info={"data": corpus_path, "run_dir": str(run_dir), "trial": number})
+    log(f"trial {number}: val ppl {val:.2f}, test ppl {metrics['test_ppl']:.2f}, "
+        f"{stored_bytes(small):,} bytes ({metrics['ratio']:.1f}x) -> {out}")
+    return FinalModel(out, metrics, small)

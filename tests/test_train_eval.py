@@ -1,0 +1,146 @@
+"""`autoshrink train` and `autoshrink eval`: final training of a front plan, export round trip,
+resume from a checkpoint, trial choice, and bad input as exit 2."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+import autoshrink
+from autoshrink.cli import main
+from autoshrink.data import load_lm_data
+from autoshrink.errors import UserError
+from autoshrink.export import file_bytes
+from autoshrink.models import discover_sites
+from autoshrink.models.training import evaluate_perplexity
+from autoshrink.plan import dense_bytes, parse_plan, plan_stored_bytes, plan_to_json
+from autoshrink.train import choose_trial, train_trial
+from test_export import MIXED
+from test_front import make_run
+
+KEYS = {"test_ppl", "stored_bytes", "ratio", "latency_ms", "tokens_per_s"}
+
+
+def _run(folder, tiny_model_dir, text_file):
+    """A run whose front is trial 0 (the mixed plan: quant 3-bit, prune, doped kronecker, lowrank,
+    groupreduce) and trial 2 (smaller, worse); 1 is stopped early and 3 over budget."""
+    dense = autoshrink.load(str(tiny_model_dir))
+    sites, freqs = discover_sites(dense), dense.vocab.freqs
+    small_plan = {**MIXED, "rnn.0.hh": {"method": "quant", "bits": 2}}
+    trials = []
+    for plan, ppl, extra in ((MIXED, 8.0, {}), (MIXED, 30.0, {"state": "PRUNED"}), (small_plan, 9.0, {}),
+                             (MIXED, 7.0, {"feasible": False})):
+        nbytes = plan_stored_bytes(sites, parse_plan(plan), freqs)
+        trials.append({"plan": plan_to_json(parse_plan(plan)), "stored_bytes": nbytes, "val_ppl": ppl,
+                       "ratio": dense_bytes(dense) / nbytes, "latency_ms": 1.0, "feasible": True, **extra})
+    make_run(folder, trials, model=str(tiny_model_dir), data=str(text_file), budget="2x",
+             max_bytes=dense_bytes(dense) // 2, dense_bytes=dense_bytes(dense))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, text_file, tmp_path_factory):
+    run = _run(tmp_path_factory.mktemp("runs") / "run", tiny_model_dir, text_file)
+    torch.manual_seed(0)
+    return run, train_trial(run, steps=12, evals=4)
+
+
+def test_train_exports_the_best_plan_and_load_gives_the_same_perplexity(trained, tiny_model_dir, text_file):
+    run, final = trained
+    assert final.out == run / "final" and final.metrics["trial"] == 0
+    for name in ("model.safetensors", "plan.json", "model.json", "metrics.json"):
+        assert (final.out / name).is_file(), name
+    dense = autoshrink.load(str(tiny_model_dir))
+    lm = load_lm_data(str(text_file), vocab=dense.vocab)
+    before = evaluate_perplexity(final.model, lm.test)
+    loaded = autoshrink.load(str(final.out))
+    after = evaluate_perplexity(loaded, lm.test)
+    assert abs(after - before) <= 1e-4 * before
+    analytic = plan_stored_bytes(discover_sites(dense), parse_plan(MIXED), dense.vocab.freqs)
+    assert file_bytes(final.out) == autoshrink.stored_bytes(loaded) == final.metrics["stored_bytes"] == analytic
+    metrics = json.loads((final.out / "metrics.json").read_text())
+    assert KEYS | {"val_ppl", "steps", "seconds", "trial"} <= set(metrics) and metrics["steps"] == 12
+    assert metrics["test_ppl"] == pytest.approx(after, rel=1e-4)
+    assert metrics["ratio"] == pytest.approx(dense_bytes(dense) / analytic)
+    assert json.loads((final.out / "plan.json").read_text()) == plan_to_json(parse_plan(MIXED))
+
+
+def test_eval_json_prints_one_object_with_the_required_keys(trained, capsys):
+    _, final = trained
+    assert main(["eval", str(final.out), "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    result = json.loads(out[0])
+    assert KEYS <= set(result) and all(math.isfinite(result[k]) and result[k] > 0 for k in KEYS)
+    assert result["test_ppl"] == pytest.approx(final.metrics["test_ppl"], rel=1e-4)
+    assert result["stored_bytes"] == final.metrics["stored_bytes"]
+
+
+def test_eval_of_a_dense_folder(tiny_model_dir, text_file, capsys):
+    result = autoshrink.evaluate(str(tiny_model_dir), data=str(text_file))
+    assert result["ratio"] == 1.0 and result["stored_bytes"] == file_bytes(tiny_model_dir)
+    assert main(["eval", str(tiny_model_dir), "--data", str(text_file)]) == 0
+    assert "test ppl" in capsys.readouterr().out
+
+
+def test_train_resumes_from_its_checkpoint(tiny_model_dir, text_file, tmp_path, monkeypatch):
+    run = _run(tmp_path / "run", tiny_model_dir, text_file)
+    out = tmp_path / "final"
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_6(step, val):
+        if step == 6:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):  # a run killed after its validation at step 6
+        train_trial(run, steps=12, evals=4, out=out, on_eval=stop_at_6)
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 6 and not (out / "model.safetensors").exists()
+    lengths = []
+    train_module = sys.modules["autoshrink.train"]  # (autoshrink.train is the API function)
+    real = train_module.train_lm
+    monkeypatch.setattr(train_module, "train_lm", lambda model, tr, va, cfg, **kw: (lengths.append(cfg.steps),
+                                                                                    real(model, tr, va, cfg, **kw))[1])
+    again = train_trial(run, steps=12, evals=4, out=out)
+    assert lengths == [6] and again.metrics["resumed_from"] == 6 and again.metrics["steps"] == 12
+    assert [h["step"] for h in again.metrics["history"]] == [3, 6, 9, 12]  # continued, not restarted
+    more = train_trial(run, steps=16, evals=4, out=out)  # more steps: continues from 12
+    assert lengths == [6, 4] and more.metrics["resumed_from"] == 12 and more.metrics["steps"] == 16
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 16
+
+
+def test_trial_choice(tiny_model_dir, text_file, tmp_path):
+    run = _run(tmp_path / "run", tiny_model_dir, text_file)
+    assert choose_trial(run, "best")[0] == 0  # lowest val ppl on the front (3 is lower but over budget)
+    assert choose_trial(run, 2)[0] == 2 and choose_trial(run, "2")[0] == 2
+    assert choose_trial(run, "smallest:8.5")[0] == 0 and choose_trial(run, "smallest:100")[0] == 2
+    for bad, match in ((1, "PRUNED"), (3, "over budget"), (9, "no trial 9"), ("smallest:1", "val ppl <= 1"),
+                       ("worst", "use best")):
+        with pytest.raises(UserError, match=match):
+            choose_trial(run, bad)
+
+
+@pytest.mark.parametrize("argv", [["train", "{run}", "--trial", "1"], ["train", "{run}", "--trial", "7"],
+                                  ["train", "{tmp}/nowhere"], ["train", "{tmp}"], ["eval", "{tmp}/nowhere"],
+                                  ["train", "{run}", "--steps", "0"]])
+def test_bad_train_and_eval_input_is_one_line_and_exit_2(argv, tiny_model_dir, text_file, tmp_path, capsys):
+    run = _run(tmp_path / "run", tiny_model_dir, text_file)
+    argv = [a.format(run=run, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error" in err[0] and "Traceback" not in err[0]
+
+
+def test_cli_train_then_eval(tiny_model_dir, text_file, tmp_path, capsys):
+    run = _run(tmp_path / "run", tiny_model_dir, text_file)
+    assert main(["train", str(run), "--trial", "2", "--steps", "3", "--out", str(tmp_path / "out"), "--device", "cpu",
+                 "--distill"]) == 0
+    assert "trial 2" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["trial"] == 2
+    assert main(["eval", str(tmp_path / "out")]) == 0
+    assert "test ppl" in capsys.readouterr().out

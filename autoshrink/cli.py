@@ -126,7 +126,8 @@ def _search_parser(sub) -> None:
     p.add_argument("--trials", type=int, default=8, help="trials in all, counted across resumes [8]")
     p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     p.add_argument("--finetune-steps", type=int, default=None, help="fine-tuning steps per trial [80]")
-    p.add_argument("--sampler", choices=("tpe", "nsga2", "random"), default="tpe", help="Optuna sampler [tpe]")
+    p.add_argument("--sampler", choices=("tpe", "nsga2", "random"), default="nsga2",
+                   help="Optuna sampler [nsga2: the best hypervolume in results/search.md]")
     p.add_argument("--distill", action="store_true", help="fine-tune trials on soft targets of the dense model too")
     p.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
     p.add_argument("--workers", type=int, default=1)

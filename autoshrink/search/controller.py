@@ -86,7 +86,7 @@ def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: 
 def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData = "kjv",
            space: str | SearchSpace = "search_spaces/default.yaml", trials: int = 8, timeout: float | None = None,
            finetune_steps: int | None = None, backend: str = "optuna", workers: int = 1, address: str | None = None,
-           run_dir: str | Path | None = None, device: str = "auto", seed: int = 0, sampler: str = "tpe",
+           run_dir: str | Path | None = None, device: str = "auto", seed: int = 0, sampler: str = "nsga2",
            distill: bool = False, command: str | None = None, log: Callable[[str], None] | None = None) -> SearchResult:
     """Per-layer search to a Pareto front under `budget`; see DESIGN.md. Returns the run folder,
     the study and the front. `model` may be a preset name, a model folder, or any torch LM

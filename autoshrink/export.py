@@ -27,12 +27,12 @@ from torch import nn
 
 from autoshrink.data.vocab import Vocab
 from autoshrink.errors import UserError
-from autoshrink.methods import CompressedEmbedding, CompressedLinear, CompressedWeight, weight_class
+from autoshrink.methods import CompressedWeight, weight_class
 from autoshrink.methods._storage import tensors_bytes
 from autoshrink.models.checkpoint import META, WEIGHTS, read_meta
 from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
 from autoshrink.models.sites import Site
-from autoshrink.plan import Plan, _dense_weight, _resolve, _set_module, parse_plan, plan_to_json, stored_bytes
+from autoshrink.plan import Plan, _resolve, parse_plan, place_compressed, plan_to_json, stored_bytes
 
 FORMAT = "autoshrink-compressed/1"
 PLAN = "plan.json"
@@ -139,7 +139,7 @@ def load_compressed(folder: str | Path) -> tuple[LSTMLM, Vocab, dict]:
         sub = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix) and k != bias_key}
         built[owner] = _from_export(folder / WEIGHTS, sub, site, cfg)
         unused -= {prefix + k for k in sub}
-    _place(model, by_name, built)
+    place_compressed(model, by_name, built)
     for name, p in plain_parameters(model).items():
         t = tensors.get(name)
         if t is None or t.shape != p.shape:
@@ -161,19 +161,6 @@ def _from_export(path: Path, tensors: dict[str, torch.Tensor], site: Site, cfg) 
         raise
     except (KeyError, RuntimeError, ValueError, IndexError, TypeError) as e:
         raise UserError(f"{path}: the tensors of site {site.name!r} do not match its plan ({cfg.method}): {e!r}") from None
-
-
-def _place(model: nn.Module, by_name: dict[str, Site], built: dict[str, CompressedWeight]) -> None:
-    """Put each rebuilt weight in its site (and its tie partners), as plan.compress does."""
-    for site in by_name.values():
-        owner = site.tied_with or site.name
-        if owner not in built:
-            continue
-        module = model.get_submodule(site.name)
-        if site.role == "embedding" and isinstance(module, nn.Embedding):
-            _set_module(model, site.name, CompressedEmbedding(built[owner]))
-        else:
-            _set_module(model, site.name, CompressedLinear(built[owner], _dense_weight(module)[1]))
 
 
 def file_bytes(folder: str | Path) -> int:

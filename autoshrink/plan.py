@@ -120,16 +120,21 @@ def compress(model: nn.Module, plan: Mapping[str, Any] | str | Path, freqs: torc
         site = by_name[name]
         weight, _ = _dense_weight(model.get_submodule(name))
         shared[name] = weight_class(cfg).build(weight.float().cpu(), site, cfg, freqs=freqs if site.is_vocab else None)
+    place_compressed(model, by_name, shared)
+    return model
+
+
+def place_compressed(model: nn.Module, by_name: dict[str, Site], built: dict[str, CompressedWeight]) -> None:
+    """Put each compressed weight in its site's place, and in its tie partners' (shared)."""
     for site in by_name.values():
         owner = site.tied_with or site.name
-        if owner not in shared:
+        if owner not in built:
             continue
         module = model.get_submodule(site.name)
         if site.role == "embedding" and isinstance(module, nn.Embedding):
-            _set_module(model, site.name, CompressedEmbedding(shared[owner]))
+            _set_module(model, site.name, CompressedEmbedding(built[owner]))
         else:
-            _set_module(model, site.name, CompressedLinear(shared[owner], _dense_weight(module)[1]))
-    return model
+            _set_module(model, site.name, CompressedLinear(built[owner], _dense_weight(module)[1]))
 
 
 def stored_bytes(model: nn.Module) -> int:

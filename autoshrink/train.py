@@ -32,8 +32,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from autoshrink.data import batchify, load_lm_data, num_windows
+from autoshrink.data import batchify, bptt_windows, load_lm_data, num_windows
 from autoshrink.errors import UserError
+from autoshrink.methods import CompressedLinear
 from autoshrink.evaluate import corpus_source, measure
 from autoshrink.export import save_compressed
 from autoshrink.models.presets import PRESETS
@@ -180,6 +181,43 @@ def _resumed_schedules(model: nn.Module, start: float):
 
 
 # --- final training -------------------------------------------------------------------------
+REALLOCATE_UNTIL = 0.5  # LightRNN rounds: re-match words to cells at validations in the first half
+
+
+@torch.no_grad()
+def reallocate_lightrnn(model: nn.Module, ids: torch.Tensor, batch_size: int = 32, bptt: int = 35,
+                        max_tokens: int = 100_000) -> list[tuple[float, float]]:
+    """LightRNN's bootstrap step for every LightRNN softmax in `model`: accumulate each word's
+    loss at every row and column over (a prefix of) the training text, then re-match words to
+    cells. Returns (cost before, cost after) per softmax. The prefix is said, not hidden: the
+    paper sums over the whole training set."""
+    heads = [m for m in model.modules() if isinstance(m, CompressedLinear)
+             and hasattr(m.compressed, "nll_costs") and m.compressed.site.role == "softmax"]
+    if not heads:
+        return []
+    inputs: dict[int, torch.Tensor] = {}
+    hooks = [h.register_forward_hook(lambda mod, args, out: inputs.__setitem__(id(mod), args[0])) for h in heads]
+    totals: dict[int, list[torch.Tensor]] = {}
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        state = None
+        for x, y in bptt_windows(batchify(ids[:max_tokens], batch_size).to(device), bptt):
+            _, state = model(x, state)
+            for head in heads:
+                h = inputs[id(head)].float().cpu()
+                row, col = head.compressed.nll_costs(h.reshape(-1, h.shape[-1]), y.reshape(-1).cpu())
+                acc = totals.setdefault(id(head), [torch.zeros_like(row), torch.zeros_like(col)])
+                acc[0] += row
+                acc[1] += col
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return [head.compressed.reallocate(*totals[id(head)]) for head in heads]
+
+
 def train_trial(run_dir: str | Path, trial: str | int = "best", steps: int | None = None, epochs: float | None = None,
                 out: str | Path | None = None, device: str = "auto", distill: bool = False, data: str | None = None,
                 model: str | None = None, seed: int = 0, evals: int = EVALS,
@@ -226,6 +264,9 @@ def train_trial(run_dir: str | Path, trial: str | int = "best", steps: int | Non
         _write_checkpoint(ckpt, small, state, best)
         if on_eval is not None:
             on_eval(done + step, val)
+        if fraction < REALLOCATE_UNTIL:
+            for before, after in reallocate_lightrnn(small, lm.train, settings.batch_size, settings.bptt):
+                log(f"LightRNN reallocation at step {done + step}: word-cell loss {before:.4g} -> {after:.4g}")
 
     if remaining:
         cfg = TrainConfig(steps=remaining, batch_size=settings.batch_size, bptt=settings.bptt, lr=settings.lr,

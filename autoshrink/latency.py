@@ -6,16 +6,13 @@ for every trial, so `LatencyTable` estimates a plan from per-site measurements:
 
     latency(model under plan) ~= latency(dense model)
                                  + sum over sites of [t(site, cfg) - t(site, dense)]
-                                 + sum over LSTM layers with a compressed ih or hh of the step-loop cost
 
 t(site, .) is the median time of the site's module alone on the input it sees in the reference
-forward: an embedding looks up the (T, B) ids; a recurrent ih multiplies (T, B, n) in one call;
-a recurrent hh is called T times on (B, n) (one call timed, times T); softmax and other linear
-sites multiply (T, B, n). Both sides are timed as modules (nn.Linear / nn.Embedding against
-CompressedLinear / CompressedEmbedding), so the per-call overhead of the step loop cancels.
-A reference LSTM layer whose ih and hh are both dense runs torch's fused kernel; any compressed
-matrix sends it to a Python step loop, whose extra cost (loop with dense Linear minus fused) is
-measured once per layer shape. Timings are cached per (device context, site name, shape, config JSON)
+forward: an embedding looks up the (T, B) ids; softmax and other linear sites multiply (T, B, n),
+timed as modules (nn.Linear / nn.Embedding against CompressedLinear / CompressedEmbedding). A
+recurrent matrix is multiplied inside torch's fused LSTM kernel whether it is dense or not; a
+compressed one adds the time to build it once per forward (`dense_parameters`), and nothing
+else. Timings are cached per (device context, site name, shape, config JSON)
 and, given a path, persisted as JSON after every new measurement, so a resumed search reuses them.
 The device context names the device, CPU threads and input shape: timings taken under another
 context are not reused.
@@ -96,16 +93,6 @@ def measure_plan_ms(model: nn.Module, plan: Mapping[str, Any] | str | Path, freq
     return measure_latency_ms(small, ids, repeats=repeats, warmup=warmup)
 
 
-class _LoopLinear(nn.Linear):
-    """A dense Linear the reference LSTM does not recognise as one: forces its step loop."""
-
-
-def _as_loop_linear(linear: nn.Linear) -> _LoopLinear:
-    out = _LoopLinear(linear.in_features, linear.out_features, bias=linear.bias is not None)
-    out.load_state_dict(linear.state_dict())
-    return out.to(linear.weight.device)
-
-
 class LatencyTable:
     """Whole-model latency of plans estimated from cached per-site timings (see module doc)."""
 
@@ -165,20 +152,27 @@ class LatencyTable:
         return 1e3 * self._cached("<model>", (self.tokens, self.batch), arch,
                                   lambda: self._time(lambda: self.model(self.ids)))
 
-    def _site_input(self, site: Site) -> tuple[torch.Tensor, int]:
-        """(input of one call, calls per forward) of a site in the reference forward."""
-        g = torch.Generator().manual_seed(0)
+    def _site_input(self, site: Site) -> torch.Tensor:
+        """The input a site sees in the reference forward."""
         if site.role == "embedding":
-            return self.ids, 1
-        if site.role == "recurrent" and site.name.endswith(".hh"):
-            return torch.randn(self.batch, site.shape[1], generator=g).to(self.device), self.tokens
-        return torch.randn(self.tokens, self.batch, site.shape[1], generator=g).to(self.device), 1
+            return self.ids
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(self.tokens, self.batch, site.shape[1], generator=g).to(self.device)
+
+    def _in_lstm(self, site: Site) -> bool:
+        parent = site.name.rpartition(".")[0]
+        return parent in self._layers and site.name.rpartition(".")[2] in ("ih", "hh")
 
     def site_seconds(self, site: Site, cfg: MethodConfig | None) -> float:
         """Time of the site's module over one reference forward; cfg None: the dense module."""
+        if cfg is None and self._in_lstm(site):
+            return 0.0  # multiplied inside the fused LSTM kernel: no time of its own to remove
         def measure() -> float:
             weight, bias = _dense_weight(self.model.get_submodule(site.name))
-            x, calls = self._site_input(site)
+            if self._in_lstm(site):  # the fused kernel multiplies it either way; only building costs
+                built = CompressedLinear(weight_class(cfg).build(weight.float().cpu(), site, cfg), bias).to(self.device).eval()
+                return self._time(built.dense_parameters)
+            x = self._site_input(site)
             embedding = site.role == "embedding" and isinstance(self.model.get_submodule(site.name), nn.Embedding)
             if cfg is None:
                 w = weight.float()
@@ -193,26 +187,10 @@ class LatencyTable:
                                                 freqs=self.freqs if site.is_vocab else None)
                 module = CompressedEmbedding(built) if embedding else CompressedLinear(built, bias)
             module = module.to(self.device).eval()
-            return calls * self._time(lambda: module(x))
+            return self._time(lambda: module(x))
 
         config = "dense" if cfg is None else json.dumps(cfg.to_dict(), sort_keys=True)
         return self._cached(site.name, site.shape, config, measure)
-
-    def loop_seconds(self, layer_name: str) -> float:
-        """Extra time of an LSTM layer's step loop over its fused kernel (with dense matrices)."""
-        layer = self._layers[layer_name]
-
-        def measure() -> float:
-            loop = copy.deepcopy(layer)
-            loop.ih, loop.hh = _as_loop_linear(layer.ih), _as_loop_linear(layer.hh)
-            g = torch.Generator().manual_seed(0)
-            x = torch.randn(self.tokens, self.batch, layer.ih.in_features, generator=g).to(self.device)
-            z = torch.zeros(self.batch, layer.hidden, device=self.device)
-            fused = self._time(lambda: layer(x, (z, z)))
-            return max(0.0, self._time(lambda: loop(x, (z, z))) - fused)
-
-        # Keyed by shape, not name: layers of one shape share one measurement.
-        return self._cached("<lstm-step-loop>", tuple(layer.ih.weight.shape), f"hidden={layer.hidden}", measure)
 
     # --- estimates -----------------------------------------------------------------------
     def _resolved(self, plan: Mapping[str, Any] | str | Path) -> tuple[dict[str, Site], dict[str, MethodConfig]]:
@@ -224,18 +202,10 @@ class LatencyTable:
                 per_site[site.name] = resolved[owner]
         return by_name, per_site
 
-    def loop_layers(self, plan: Mapping[str, Any]) -> set[str]:
-        """The reference LSTM layers that `plan` sends from the fused kernel to the step loop."""
-        _, per_site = self._resolved(plan)
-        return {name for name, layer in self._layers.items()
-                if f"{name}.ih" in per_site or f"{name}.hh" in per_site}
-
     def estimate_ms(self, plan: Mapping[str, Any]) -> float:
         """Estimated latency (ms) of the model compressed under `plan`; measures only what is not cached."""
         by_name, per_site = self._resolved(plan)
         seconds = self.dense_ms / 1e3
         for name, cfg in per_site.items():
             seconds += self.site_seconds(by_name[name], cfg) - self.site_seconds(by_name[name], None)
-        for layer in sorted(self.loop_layers(plan)):
-            seconds += self.loop_seconds(layer)
         return 1e3 * seconds

@@ -34,7 +34,7 @@ def _method(rng: random.Random) -> dict:
 
 
 def random_plans(site_names: list[str], count: int, seed: int = 0) -> list[dict]:
-    """`count` plans; the first compresses only the vocabulary sites (no LSTM step loop)."""
+    """`count` plans; the first compresses only the vocabulary sites."""
     rng = random.Random(seed)
     plans = [{n: _method(rng) for n in site_names if n in ("encoder", "decoder")}]
     while len(plans) < count:
@@ -68,20 +68,20 @@ def main(argv=None) -> int:
         est = table.estimate_ms(plan)
         est_s = time.perf_counter() - start
         measured = measure_plan_ms(model, plan)
-        rows.append((plan, est, measured, sorted(table.loop_layers(plan)), est_s))
+        rows.append((plan, est, measured, est_s))
         print(f"{est:8.3f} ms est  {measured:8.3f} ms measured  {est / measured:5.2f}  {_describe(plan)}", flush=True)
     dense_measured = measure_plan_ms(model, {})
     out = [f"## LatencyTable estimate vs measured latency on `{args.model}`", "",
            f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} thread(s), machine shared "
            f"with other jobs), commit {_commit()}, `python -m autoshrink.bench.latency_check --model {args.model}`. "
            "Latency: median of 20 forward passes of 35 tokens, batch 1. Estimate: dense latency + per-site "
-           "deltas + LSTM step-loop cost for layers with a compressed matrix.", "",
+           "deltas (a compressed LSTM matrix: the time to build it once per forward).", "",
            f"Dense: table {table.dense_ms:.3f} ms, measured again {dense_measured:.3f} ms. "
            f"Table measurements: {table.measurements} for {len(plans)} plans.", "",
-           "| # | plan | step-loop layers | estimate ms | measured ms | estimate / measured |",
-           "|---|---|---|---|---|---|"]
-    for i, (plan, est, measured, layers, _) in enumerate(rows, 1):
-        out.append(f"| {i} | {_describe(plan)} | {', '.join(layers) or '-'} | {est:.3f} | {measured:.3f} | {est / measured:.2f} |")
+           "| # | plan | estimate ms | measured ms | estimate / measured |",
+           "|---|---|---|---|---|"]
+    for i, (plan, est, measured, _) in enumerate(rows, 1):
+        out.append(f"| {i} | {_describe(plan)} | {est:.3f} | {measured:.3f} | {est / measured:.2f} |")
     md = "\n".join(out) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(md)

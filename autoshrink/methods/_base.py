@@ -107,6 +107,13 @@ class CompressedWeight(nn.Module):
         """Rows of W for word ids (embedding sites)."""
         return F.embedding(ids, self.weight())
 
+    def sequence_weight(self) -> torch.Tensor:
+        """W built once for a whole sequence, as a recurrent layer uses it: T time steps then run
+        in torch's fused LSTM kernel instead of T small products in a Python loop (on a CPU that
+        is faster than any per-step factored product; gradients reach the factors through it).
+        Training-time regularisers of the matmul path (Kronecker's CMR) apply here too."""
+        return self.weight()
+
     def on_progress(self, fraction: float) -> None:
         """Told how far fine-tuning has gone (0..1): pruning ramps, doping anneals, CMR."""
 
@@ -166,6 +173,11 @@ class CompressedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.compressed.matmul(x)
         return y + self.bias if self.bias is not None else y
+
+    def dense_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, b) for a whole sequence: what a recurrent layer feeds its fused kernel."""
+        w = self.compressed.sequence_weight()
+        return w, self.bias if self.bias is not None else w.new_zeros(w.shape[0])
 
 
 class CompressedEmbedding(nn.Module):

@@ -1,8 +1,8 @@
 """The reference LSTM language model (BENCHMARK.md): embedding -> stacked LSTM -> softmax.
 
 Each LSTM layer keeps its input-to-hidden and hidden-to-hidden matrices as separate modules
-(`rnn.<k>.ih`, `rnn.<k>.hh`), so a plan can replace either with a compressed module; the
-recurrence calls them like nn.Linear. Gate order i, f, g, o as in torch.nn.LSTM.
+(`rnn.<k>.ih`, `rnn.<k>.hh`), so a plan can replace either with a compressed module. Gate order
+i, f, g, o as in torch.nn.LSTM.
 """
 from __future__ import annotations
 
@@ -36,15 +36,15 @@ class LSTMLayer(nn.Module):
         self.hh = nn.Linear(hidden, 4 * hidden)
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        if type(self.ih) is nn.Linear and type(self.hh) is nn.Linear:
-            # Both matrices dense: torch's fused kernel (as nn.LSTM uses), ~10x faster on a CPU
-            # than the step loop below, which compressed modules need.
+        ih, hh = _sequence_parameters(self.ih), _sequence_parameters(self.hh)
+        if ih is not None and hh is not None:
+            # torch's fused kernel, as nn.LSTM uses; ~10x faster on a CPU than the step loop.
+            # A compressed matrix is built once per sequence for it (dense_parameters).
             h0, c0 = state
-            params = [self.ih.weight, self.hh.weight, self.ih.bias, self.hh.bias]
-            out, h, c = torch.lstm(x, (h0.unsqueeze(0), c0.unsqueeze(0)), params, True, 1, 0.0,
-                                   self.training, False, False)
+            out, h, c = torch.lstm(x, (h0.unsqueeze(0), c0.unsqueeze(0)), [ih[0], hh[0], ih[1], hh[1]],
+                                   True, 1, 0.0, self.training, False, False)
             return out, (h.squeeze(0), c.squeeze(0))
-        gates_x = self.ih(x)  # all time steps in one product; only hh is sequential
+        gates_x = self.ih(x)  # any other module: one product for all steps, then step by step
         h, c = state
         outputs = []
         for t in range(x.size(0)):
@@ -53,6 +53,14 @@ class LSTMLayer(nn.Module):
             h = torch.sigmoid(o) * torch.tanh(c)
             outputs.append(h)
         return torch.stack(outputs), (h, c)
+
+
+def _sequence_parameters(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(W, b) of a Linear, or of a compressed module that builds them (`dense_parameters`)."""
+    if type(module) is nn.Linear:
+        return module.weight, module.bias
+    build = getattr(module, "dense_parameters", None)
+    return build() if build is not None else None
 
 
 class LSTMLM(nn.Module):

@@ -117,25 +117,26 @@ def _search_parser(sub) -> None:
     p = sub.add_parser("search", help="per-layer search to a Pareto front under a budget",
                        description="Search per-site compression choices that meet the budget.",
                        epilog="examples:\n  autoshrink search --budget 25x\n  autoshrink search --budget 1.5MB --trials 40\n"
-                              "  autoshrink search --budget 4ms --model kjv-lstm-tiny",
+                              "  autoshrink search --budget 10x --model kjv-lstm-tiny --trials 4   # a quick look\n"
+                              "  autoshrink search --budget 4ms",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", required=True, help="25x (whole-model ratio), 1.5MB / 800KB / 2MiB (bytes), or 4ms (latency)")
-    p.add_argument("--model", default="kjv-lstm")
-    p.add_argument("--data", default="kjv")
-    p.add_argument("--space", default="search_spaces/default.yaml")
+    p.add_argument("--model", default="kjv-lstm", help="preset, model folder, or saved model [kjv-lstm]")
+    p.add_argument("--data", default="kjv", help="kjv, a folder with train/valid/test.txt, or a text file [kjv]")
+    p.add_argument("--space", default="search_spaces/default.yaml", help="search space YAML [search_spaces/default.yaml]")
     p.add_argument("--trials", type=int, default=8, help="trials in all, counted across resumes [8]")
     p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     p.add_argument("--finetune-steps", type=int, default=None, help="fine-tuning steps per trial [80]")
     p.add_argument("--sampler", choices=("tpe", "nsga2", "random"), default="nsga2",
                    help="Optuna sampler [nsga2: the best hypervolume in results/search.md]")
     p.add_argument("--distill", action="store_true", help="fine-tune trials on soft targets of the dense model too")
-    p.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--backend", choices=("optuna", "ray"), default="optuna", help="optuna (one machine) [optuna]; ray lands with issue 7")
+    p.add_argument("--workers", type=int, default=1, help="parallel trials (Ray backend) [1]")
     p.add_argument("--address", default=None, help="Ray cluster address (auto or HOST:PORT)")
     p.add_argument("--run-dir", default=None, help="run folder [results/runs/<model>-<budget>-<time>]; "
                                                    "an existing one is resumed")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA with mixed precision when present) | cpu | cuda [auto]")
+    p.add_argument("--seed", type=int, default=0, help="sampler and fine-tuning seed [0]")
     p.set_defaults(handler=_search_command)
 
 

@@ -26,6 +26,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from autoshrink.errors import UserError
@@ -106,6 +107,13 @@ class HashWeight(CompressedWeight):
         k = self.config.chunks
         pool = self.q(self.pool)
         lead = x.shape[:-1]
+        v, d = self.site.shape
+        if torch.is_grad_enabled() or pool.shape[0] * d + v * k >= v * d:
+            # Partial products cost N*M*D plus N*V*K for the gather: with a pool as large as the
+            # vocabulary that is more than the dense N*V*D; and in training the backward of the
+            # sparse gather-sum is slower on a CPU than a dense product (0.9 s vs 0.55 s for
+            # 1120 positions at V=10002, D=256, M=1112). Then gather W once and multiply it.
+            return F.linear(x, pool[self.map].reshape(v, d))
         partial = x.reshape(-1, k, pool.shape[1]) @ pool.T  # (N, K, M) partial dot products
         v, m = self.map.shape[0], pool.shape[0]
         if partial.dtype in (torch.float32, torch.float64):

@@ -111,7 +111,21 @@ class CompressedWeight(nn.Module):
         """W built once for a whole sequence, as a recurrent layer uses it: T time steps then run
         in torch's fused LSTM kernel instead of T small products in a Python loop (on a CPU that
         is faster than any per-step factored product; gradients reach the factors through it).
-        Training-time regularisers of the matmul path (Kronecker's CMR) apply here too."""
+        In inference the built W is kept until a tensor of the module changes (version counters),
+        so a forward pass does not rebuild it."""
+        if self.training or torch.is_grad_enabled():
+            return self.build_sequence_weight()
+        tensors = list(self.parameters()) + list(self.buffers())
+        key = tuple((id(t), t._version) for t in tensors)
+        cached = self.__dict__.get("_sequence_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.build_sequence_weight().detach())
+            self.__dict__["_sequence_cache"] = cached
+        return cached[1]
+
+    def build_sequence_weight(self) -> torch.Tensor:
+        """What sequence_weight() builds; training-time regularisers of the matmul path (Kronecker's
+        CMR) apply here too."""
         return self.weight()
 
     def on_progress(self, fraction: float) -> None:

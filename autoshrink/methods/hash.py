@@ -113,7 +113,7 @@ class HashWeight(CompressedWeight):
             # vocabulary that is more than the dense N*V*D; and in training the backward of the
             # sparse gather-sum is slower on a CPU than a dense product (0.9 s vs 0.55 s for
             # 1120 positions at V=10002, D=256, M=1112). Then gather W once and multiply it.
-            return F.linear(x, pool[self.map].reshape(v, d))
+            return F.linear(x, self.sequence_weight())  # built once, and kept in inference
         partial = x.reshape(-1, k, pool.shape[1]) @ pool.T  # (N, K, M) partial dot products
         v, m = self.map.shape[0], pool.shape[0]
         if partial.dtype in (torch.float32, torch.float64):

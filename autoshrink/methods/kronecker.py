@@ -172,7 +172,7 @@ class KroneckerWeight(CompressedWeight):
         w = self.kp_only_weight()
         return w if self.s is None or self.kp_only else w + self.sparse_weight()
 
-    def sequence_weight(self) -> torch.Tensor:
+    def build_sequence_weight(self) -> torch.Tensor:
         """CMR on the entries of S (METHODS.md allows a mask on S entries) when W is built once."""
         w = self.kp_only_weight()
         return w if self.s is None or self.kp_only else w + self._cmr(self.sparse_weight())

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
+import time
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -28,12 +30,24 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from autoshrink.bench.timing import median_seconds
 from autoshrink.errors import UserError
 from autoshrink.methods import CompressedEmbedding, CompressedLinear, MethodConfig, weight_class
 from autoshrink.models.lstm_lm import LSTMLayer
 from autoshrink.models.sites import Site, discover_sites
 from autoshrink.plan import _dense_weight, _resolve, compress, parse_plan
+
+
+@torch.no_grad()
+def median_seconds(fn: Callable[[], object], repeats: int = 30, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
 
 Key = tuple[str, str, tuple[int, int], str]
 _FORMAT = "autoshrink-latency-table"

@@ -12,12 +12,11 @@ import argparse
 import platform
 import random
 import time
-from pathlib import Path
 
 import torch
 
 from autoshrink.api import load
-from autoshrink.bench.methods import _commit
+from autoshrink.bench.report import commit, write_report
 from autoshrink.latency import LatencyTable, measure_plan_ms
 from autoshrink.models import discover_sites
 
@@ -73,7 +72,7 @@ def main(argv=None) -> int:
     dense_measured = measure_plan_ms(model, {})
     out = [f"## LatencyTable estimate vs measured latency on `{args.model}`", "",
            f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} thread(s), machine shared "
-           f"with other jobs), commit {_commit()}, `python -m autoshrink.bench.latency_check --model {args.model}`. "
+           f"with other jobs), commit {commit()}, `python -m autoshrink.bench.latency_check --model {args.model}`. "
            "Latency: median of 20 forward passes of 35 tokens, batch 1. Estimate: dense latency + per-site "
            "deltas (a compressed LSTM matrix: the time to build it once per forward).", "",
            f"Dense: table {table.dense_ms:.3f} ms, measured again {dense_measured:.3f} ms. "
@@ -82,10 +81,7 @@ def main(argv=None) -> int:
            "|---|---|---|---|---|"]
     for i, (plan, est, measured, _) in enumerate(rows, 1):
         out.append(f"| {i} | {_describe(plan)} | {est:.3f} | {measured:.3f} | {est / measured:.2f} |")
-    md = "\n".join(out) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(md)
-    print(md)
+    write_report(args.out, "\n".join(out) + "\n")
     return 0
 
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import subprocess
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from autoshrink.api import load
-from autoshrink.bench.timing import median_seconds
+from autoshrink.bench.report import commit, write_report
 from autoshrink.budget import largest_within
+from autoshrink.latency import median_seconds
 from autoshrink.methods import config_from_dict, method_names, weight_class
 from autoshrink.models import discover_sites
 from autoshrink.plan import method_bytes
@@ -33,13 +32,6 @@ from autoshrink.plan import method_bytes
 BASE = {name: {"method": name} for name in method_names()}
 BASE["quant"] = {"method": "quant", "bits": 8}
 BASE["kronecker"] = {"method": "kronecker", "density": 0.01}
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "?"
-    except OSError:
-        return "?"
 
 
 def measure(model, site_name: str, ratios=(10, 25), inputs: int = 35) -> list[dict]:
@@ -96,13 +88,10 @@ def main(argv=None) -> int:
     model = load(args.model)
     rows = [r for s in args.sites for r in measure(model, s)]
     header = (f"## Methods at 10x and 25x on single matrices of `{args.model}`\n\n"
-              f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} threads), commit {_commit()}, "
+              f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} threads), commit {commit()}, "
               f"`python -m autoshrink.bench.methods --model {args.model}`. Ratio = dense fp32 bytes of the matrix / "
               "stored bytes (bias excluded). Error before any fine-tuning. Time: median forward of 35 input rows.")
-    md = to_markdown(rows, header)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(md)
-    print(md)
+    write_report(args.out, to_markdown(rows, header))
     return 0
 
 

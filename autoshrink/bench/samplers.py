@@ -14,7 +14,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from autoshrink.bench.report import commit, write_report
 from autoshrink.pareto import hypervolume_2d
 from autoshrink.search.controller import search
 
@@ -69,9 +69,8 @@ def main(argv=None) -> int:
             trained_over += sum(1 for t in result.study.get_trials()
                                 if t.user_attrs.get("steps") and t.user_attrs.get("stored_bytes", 0) > info["max_bytes"])
     ks = sorted({k for k in (3, 6, 12, 18, args.trials) if k <= args.trials})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [f"## Search quality: hypervolume against trials ({args.model}, budget {args.budget})", "",
-             f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} threads), commit {commit}, "
+             f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} threads), commit {commit()}, "
              f"`python -m autoshrink.bench.samplers --model {args.model} --budget {args.budget} --trials {args.trials} "
              f"--finetune-steps {args.finetune_steps}`. Mean ± std over seeds {args.seeds}; higher is better. "
              "Hypervolume of the front in (bytes/dense, ppl/dense ppl) against the point (1/budget, 2).", "",
@@ -86,9 +85,7 @@ def main(argv=None) -> int:
                   f"byte accounting, validation, latency, bookkeeping): median {statistics.median(overhead):.0%} "
                   f"over {len(overhead)} trials, each with {args.finetune_steps} fine-tuning steps.",
               f"Infeasible plans trained: {trained_over}. Wall time of all runs: {wall / 60:.1f} min.", ""]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, "\n".join(lines))
     return 0
 
 

@@ -11,6 +11,7 @@ one CompressedWeight, so it trains and counts once.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -61,8 +62,9 @@ class MethodConfig:
             raise UserError(f"{self.method} does not apply to {site.role} site {site.name!r} (it applies to {', '.join(self.roles)})")
 
 
-class CompressedWeight(nn.Module):
-    """The compressed form of one weight matrix W (m x n)."""
+class CompressedWeight(nn.Module, abc.ABC):
+    """The compressed form of one weight matrix W (m x n). A method implements the abstract
+    methods; a class that misses one cannot be instantiated."""
 
     def __init__(self, site: Site, config: MethodConfig):
         super().__init__()
@@ -71,27 +73,28 @@ class CompressedWeight(nn.Module):
 
     # --- what a method implements -------------------------------------------------------
     @classmethod
+    @abc.abstractmethod
     def build(cls, weight: torch.Tensor, site: Site, config: MethodConfig,
               freqs: torch.Tensor | None = None) -> "CompressedWeight":
         """A trainable module initialised from the dense weight (m x n, rows = words)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def weight(self) -> torch.Tensor:
         """W as stored (quantisation applied), m x n; used for checks and as a fallback."""
-        raise NotImplementedError
 
     @staticmethod
+    @abc.abstractmethod
     def stored_bytes(site: Site, config: MethodConfig) -> int:
         """Exact bytes of `export()` for this site and config, computed without building."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def export(self) -> dict[str, torch.Tensor]:
         """The packed tensors that are stored; their bytes equal stored_bytes()."""
-        raise NotImplementedError
 
     @classmethod
+    @abc.abstractmethod
     def from_export(cls, tensors: dict[str, torch.Tensor], site: Site, config: MethodConfig) -> "CompressedWeight":
-        raise NotImplementedError
+        """The module rebuilt from export() tensors (inverse of export, up to float rounding)."""
 
     # --- what a method may override ------------------------------------------------------
     def nbytes(self) -> int:

@@ -66,8 +66,7 @@ def _freqs(model: nn.Module) -> torch.Tensor | None:
 def compress(model: nn.Module, plan: Mapping[str, Any] | str | Path, freqs: torch.Tensor | None = None) -> nn.Module:
     """A copy of `model` with each planned site compressed (word frequencies from model.vocab
     unless given)."""
-    out = _plan.compress(model, plan, freqs=freqs if freqs is not None else _freqs(model))
-    return out
+    return _plan.compress(model, plan, freqs=freqs if freqs is not None else _freqs(model))
 
 
 def stored_bytes(model: nn.Module) -> int:

@@ -103,21 +103,27 @@ def largest_within(site, config, max_bytes: int, freqs=None):
 
 
 # --- repair and feasibility of plans -----------------------------------------------------------
-def _lower_bits(config):
-    from autoshrink.methods._storage import FLOAT_BITS
-    lower = [b for b in FLOAT_BITS if b < config.bits and b >= MIN_REPAIR_BITS]
-    return config.replace(bits=max(lower)) if lower else None
-
-
 MIN_REPAIR_BITS = 4  # repair does not push a method's storage below 4 bits (quality falls off, METHODS.md)
+
+
+def _lower_bits(config, floor: int = MIN_REPAIR_BITS):
+    """The next lower storage bit width at or above `floor`, or None."""
+    from autoshrink.methods._storage import FLOAT_BITS
+    lower = [b for b in FLOAT_BITS if floor <= b < config.bits]
+    try:
+        return config.replace(bits=max(lower)) if lower else None
+    except UserError:
+        return None
 
 
 def shrink(config):
     """One step smaller: along the size knob (x0.8, or the next lower bit width), then, once
     that is at its end, by storing the method's tensors with fewer bits. None at the end."""
     knob = type(config).size_knob
-    if knob is None or knob == "bits":
-        return _lower_bits(config) if knob is None else _next_bits(config)
+    if knob == "bits":  # bits is the method itself (quant): every level is allowed
+        return _lower_bits(config, floor=2)
+    if knob is None:
+        return _lower_bits(config)
     value = getattr(config, knob)
     if isinstance(value, int):
         new = min(value - 1, int(value * 0.8)) if value > 1 else None
@@ -127,15 +133,6 @@ def shrink(config):
         return config.replace(**{knob: new}) if new is not None else _lower_bits(config)
     except UserError:
         return _lower_bits(config)
-
-
-def _next_bits(config):
-    from autoshrink.methods._storage import FLOAT_BITS
-    lower = [b for b in FLOAT_BITS if b < config.bits]
-    try:
-        return config.replace(bits=max(lower)) if lower else None
-    except UserError:
-        return None
 
 
 def repair(plan: dict, sites: list, max_bytes: int | None, freqs=None, fits=None,

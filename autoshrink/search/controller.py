@@ -67,13 +67,13 @@ def default_run_dir(model_name: str, budget: Budget) -> Path:
     return Path("results/runs") / f"{Path(model_name).name}-{budget.slug}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: int, started: float, done_before: int) -> str:
+def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: int, started: float, done_before: int,
+                   front) -> str:
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     a = trial.user_attrs
     k = len(finished)
     this_session = max(1, k - done_before)
     eta = (time.time() - started) / this_session * max(0, total - k)
-    front = run_folder.front_rows(run_folder.trial_rows(study))
     best = f"best {front['val_ppl'].min():.2f}" if not front.empty else "no front yet"
     ratio = f"{a['ratio']:.1f}x" if a.get("ratio") else "-"
     ppl = f"ppl {a['val_ppl']:.2f}" if a.get("val_ppl") else "ppl -"
@@ -153,8 +153,8 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
     objective = "latency_ms" if b.kind == "latency" else "stored_bytes"
 
     def after_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        run_folder.write(folder, st, objective)
-        log(_progress_line(st, trial, trials, started, done_before))
+        front = run_folder.write(folder, st, objective)  # the front once, for the files and the line
+        log(_progress_line(st, trial, trials, started, done_before, front))
 
     optuna_backend.run(ctx, study, trials, timeout, [after_trial])
     front = run_folder.write(folder, study, objective)

@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from autoshrink.data import batchify, bptt_windows, load_lm_data, num_windows
+from autoshrink.data import LMData, batchify, bptt_windows, load_lm_data, num_windows
 from autoshrink.errors import UserError
 from autoshrink.methods import CompressedLinear
 from autoshrink.evaluate import corpus_source, measure
@@ -133,7 +133,7 @@ def _read_checkpoint(folder: Path, model: nn.Module, number: int, plan: dict) ->
     try:
         state = json.loads(path.read_text())
         if state.get("trial") != number or state.get("plan") != plan:
-            raise UserError(f"{folder} holds the training of trial {state.get('trial')}, not trial {number}: "
+            raise UserError(f"{folder} holds the training of {state.get('trial')!r}, not {number!r}: "
                             "use another --out, or delete it to start over")
     except json.JSONDecodeError as e:
         raise UserError(f"checkpoint {path} cannot be read ({e}): delete {folder} to start over") from None
@@ -226,30 +226,45 @@ def train_trial(run_dir: str | Path, trial: str | int = "best", steps: int | Non
     """Train one plan of a run longer, resumably, and export it (see the module docstring)."""
     from autoshrink.api import load
     from autoshrink.front import read_run
-    log = log or (lambda line: None)
     if (steps is not None and steps < 1) or (epochs is not None and epochs <= 0):
         raise UserError(f"--steps must be >= 1 and --epochs > 0, got steps={steps}, epochs={epochs}")
     run_dir = Path(run_dir)
     info = read_run(run_dir)
     number, plan_json = choose_trial(run_dir, trial)
-    out = Path(out) if out else run_dir / "final"
     corpus = _data_of(info, data)
     dense = load(_model_of(info, model), data=corpus, seed=info.get("seed", 0), device=device)
     lm = load_lm_data(corpus, vocab=dense.vocab)
+    if steps is None:
+        settings = TrialSettings()
+        per_epoch = num_windows(batchify(lm.train, settings.batch_size), settings.bptt)
+        steps = max(1, round(epochs * per_epoch)) if epochs is not None else DEFAULT_STEPS
+    return train_plan(dense, lm, plan_json, Path(out) if out else run_dir / "final", steps, label=number,
+                      corpus=corpus, device=device, distill=distill, seed=seed, evals=evals,
+                      info={"run_dir": str(run_dir), "trial": number}, dense_val_ppl=info.get("dense_val_ppl"),
+                      on_log=on_log, on_eval=on_eval, log=log)
+
+
+def train_plan(dense: nn.Module, lm: LMData, plan_json: dict, out: Path, steps: int, label: int | str = "plan",
+               corpus: str = "kjv", device: str = "auto", distill: bool = False, seed: int = 0, evals: int = EVALS,
+               info: dict | None = None, dense_val_ppl: float | None = None,
+               on_log: Callable[[dict], None] | None = None, on_eval: Callable[[int, float], None] | None = None,
+               log: Callable[[str], None] | None = None) -> FinalModel:
+    """Compress `dense` by `plan_json` ({} keeps it dense), train it `steps` steps with the
+    trials' batch, bptt and learning rate, resumably in OUT/checkpoint, and export it to OUT
+    with metrics.json. `label` names the training in its checkpoint (a trial number)."""
+    log = log or (lambda line: None)
+    name = f"trial {label}" if isinstance(label, int) else str(label)
     plan = parse_plan(plan_json)
     torch.manual_seed(seed)
     small = compress(dense, plan, freqs=lm.vocab.freqs)
     settings = TrialSettings()  # the trials' batch, bptt and learning rate
-    if steps is None:
-        per_epoch = num_windows(batchify(lm.train, settings.batch_size), settings.bptt)
-        steps = max(1, round(epochs * per_epoch)) if epochs is not None else DEFAULT_STEPS
     ckpt = out / "checkpoint"
-    state = _read_checkpoint(ckpt, small, number, plan_json) or {
-        "trial": number, "plan": plan_json, "step": 0, "fraction": 0.0, "best_val_ppl": None, "seconds": 0.0,
+    state = _read_checkpoint(ckpt, small, label, plan_json) or {
+        "trial": label, "plan": plan_json, "step": 0, "fraction": 0.0, "best_val_ppl": None, "seconds": 0.0,
         "history": []}
     done, start = state["step"], state["fraction"]  # the schedules' position: a finished run stays finished
     if done:
-        log(f"resuming trial {number} from step {done} ({ckpt}); training up to step {steps}")
+        log(f"resuming {name} from step {done} ({ckpt}); training up to step {steps}")
     settle = settles_at(small)
     remaining = max(0, steps - done)
     prior_seconds, started = state["seconds"], time.perf_counter()
@@ -280,11 +295,10 @@ def train_trial(run_dir: str | Path, trial: str | int = "best", steps: int | Non
     small.cpu().eval()
     val = evaluate_perplexity(small, lm.valid)
     metrics = {**measure(small, lm), "val_ppl": val, "steps": state["step"], "seconds": state["seconds"],
-               "trial": number, "resumed_from": done, "device": str(pick_device(device)), "distill": distill,
-               "dense_val_ppl": info.get("dense_val_ppl"), "history": state["history"]}
+               "trial": label, "resumed_from": done, "device": str(pick_device(device)), "distill": distill,
+               "dense_val_ppl": dense_val_ppl, "history": state["history"]}
     corpus_path = corpus if corpus == "kjv" else str(Path(corpus).expanduser().resolve())
-    save_compressed(small, plan, out, dense.meta, metrics,
-                    info={"data": corpus_path, "run_dir": str(run_dir), "trial": number})
-    log(f"trial {number}: val ppl {val:.2f}, test ppl {metrics['test_ppl']:.2f}, "
+    save_compressed(small, plan, out, dense.meta, metrics, info={"data": corpus_path, **(info or {})})
+    log(f"{name}: val ppl {val:.2f}, test ppl {metrics['test_ppl']:.2f}, "
         f"{stored_bytes(small):,} bytes ({metrics['ratio']:.1f}x) -> {out}")
     return FinalModel(out, metrics, small)

@@ -42,19 +42,24 @@ def uniform_plan(base: MethodConfig, sites: list, max_bytes: int, freqs=None, mo
             plan[site.name] = cfg
         return plan
 
-    def fits(share: float) -> Plan | None:
+    def verdict(share: float) -> tuple[int, Plan | None]:
+        """-1: a site's smallest setting is above its share (go up); 1: the model is too big
+        (go down); 0: it fits."""
         plan = plan_at(share)
-        return plan if plan is not None and plan_stored_bytes(sites, plan, freqs, model_bytes) <= max_bytes else None
+        if plan is None:
+            return -1, None
+        return (1, None) if plan_stored_bytes(sites, plan, freqs, model_bytes) > max_bytes else (0, plan)
 
-    lo, hi = 0.0, 1.0  # share of each site's dense bytes; beyond 1 compression would not pay
-    best = fits(hi)
-    if best is not None:
+    side, best = verdict(1.0)  # beyond a share of 1 compression would not pay
+    if side == 0:
         return best
+    lo, hi = 0.0, 1.0
     for _ in range(BISECTIONS):
         mid = (lo + hi) / 2
-        plan = fits(mid)
-        if plan is not None:
-            lo, best = mid, plan
-        else:
+        side, plan = verdict(mid)
+        if side == 1:
             hi = mid
+        else:
+            lo = mid
+            best = plan if side == 0 else best
     return best

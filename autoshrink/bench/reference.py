@@ -84,14 +84,15 @@ class Setup:
     finetune_steps: int
     work: Path
     seed: int = 0
+    data: str = "kjv"  # the corpus (kjv for the reference benchmark; tests use a tiny text file)
 
     def __post_init__(self):
         from autoshrink.api import load
         from autoshrink.data import load_lm_data
         from autoshrink.models import discover_sites
         from autoshrink.plan import dense_bytes, stored_bytes
-        self.dense = load(self.model_name, seed=self.seed)
-        self.lm = load_lm_data("kjv", vocab=self.dense.vocab)
+        self.dense = load(self.model_name, data=self.data, seed=self.seed)
+        self.lm = load_lm_data(self.data, vocab=self.dense.vocab)
         self.sites = discover_sites(self.dense)
         self.dense_bytes = dense_bytes(self.dense)
         self.model_bytes = stored_bytes(self.dense)
@@ -110,7 +111,8 @@ def _train(setup: Setup, plan_json: dict, out: Path, label: str, extra: dict) ->
     from autoshrink.export import file_bytes
     from autoshrink.train import train_plan
     started = time.time()
-    final = train_plan(setup.dense, setup.lm, plan_json, out, setup.steps, label=label, seed=setup.seed, evals=5,
+    final = train_plan(setup.dense, setup.lm, plan_json, out, setup.steps, label=label, corpus=setup.data,
+                       seed=setup.seed, evals=5,
                        info={"bench": label}, log=lambda line: print(line, flush=True))
     in_file = file_bytes(out)
     if in_file != final.metrics["stored_bytes"]:
@@ -149,7 +151,7 @@ def run_autoshrink(setup: Setup, row: Row) -> dict:
     out = setup.work / row.name / "autoshrink"
     run_dir = out / "search"
     cmd = [sys.executable, "-m", "autoshrink", "search", "--budget", f"{setup.max_bytes(row)}B",
-           "--model", setup.model_name, "--space", row.space, "--trials", str(setup.trials),
+           "--model", setup.model_name, "--data", setup.data, "--space", row.space, "--trials", str(setup.trials),
            "--finetune-steps", str(setup.finetune_steps), "--seed", str(setup.seed), "--run-dir", str(run_dir)]
     record = out / "search.json"  # written once the search has finished: a resumed benchmark skips it
     if record.is_file():
@@ -201,6 +203,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="ROW",
                    help=f"rows to run [{' '.join(ROWS)}]")
     p.add_argument("--model", default="kjv-lstm", help="the reference model [kjv-lstm]")
+    p.add_argument("--data", default="kjv", help="its corpus [kjv]")
     p.add_argument("--steps", type=int, default=200, help="final-training steps of every entrant [200]")
     p.add_argument("--trials", type=int, default=8, help="autoshrink's search trials per row [8]")
     p.add_argument("--finetune-steps", type=int, default=80, help="fine-tuning steps per search trial [80]")
@@ -216,7 +219,7 @@ def main(argv=None) -> int:
         p.error(f"--part must be K/N with 0 <= K < N, got {args.part!r}")
     if args.steps < 1 or args.trials < 1:
         p.error("--steps and --trials must be at least 1")
-    setup = Setup(args.model, args.steps, args.trials, args.finetune_steps, Path(args.work))
+    setup = Setup(args.model, args.steps, args.trials, args.finetune_steps, Path(args.work), data=args.data)
     command = "python -m autoshrink.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = [ROWS[name] for name in ROWS if name in args.rows]
     if not args.report_only:

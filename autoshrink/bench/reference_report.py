@@ -128,7 +128,8 @@ def markdown(setup, rows: list[Row], command: str, out_dir: Path) -> str:
         f"autoshrink first searches ({setup.trials} trials of {setup.finetune_steps} fine-tuning steps, NSGA-II, the "
         "row's search space) and trains its front's best plan. Single methods are applied uniformly (every site of the "
         "scope the same share of its dense bytes), their size knob fitted so the whole model just meets the limit, at "
-        "fp32 storage (quantisation is its own entrant). Test perplexity is over the whole test split (50,615 tokens); "
+        "fp32 storage (quantisation is its own entrant). Test perplexity is over the whole test split "
+        f"({len(setup.lm.test):,} tokens); "
         "stored bytes are checked against the exported file; ratio is of the scope (dense fp32 bytes of its sites / "
         "their stored bytes); latency is batch 1 x 35 tokens on the CPU; tokens/s is test-evaluation throughput; wall "
         "time is search + final training.", "",

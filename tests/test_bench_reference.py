@@ -1,0 +1,97 @@
+"""The reference benchmark's parts: uniform single-method plans, entrants, and the report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autoshrink.bench import reference
+from autoshrink.bench.baselines import uniform_plan
+from autoshrink.bench.reference import ROWS, Row, Setup, result_of, work_items
+from autoshrink.bench.reference_report import markdown
+from autoshrink.export import file_bytes
+from autoshrink.methods import config_from_dict
+from autoshrink.plan import plan_stored_bytes
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, text_file, tmp_path_factory):
+    return Setup(str(tiny_model_dir), steps=2, trials=1, finetune_steps=2,
+                 work=tmp_path_factory.mktemp("bench"), data=str(text_file))
+
+
+@pytest.mark.parametrize("method", ["lowrank", "prune", "tt", "kronecker"])
+@pytest.mark.parametrize("ratio", [2, 3])
+def test_uniform_plan_just_meets_the_limit_on_every_site(setup, method, ratio):
+    # The tiny model's LSTM biases alone are 1/40 of it: its budgets are modest ones.
+    limit = setup.dense_bytes // ratio
+    freqs = setup.lm.vocab.freqs
+    plan = uniform_plan(config_from_dict({"method": method}), setup.sites, limit, freqs, setup.model_bytes)
+    assert plan is not None and set(plan) == {s.name for s in setup.sites if s.tied_with is None}
+    assert {cfg.method for cfg in plan.values()} == {method}
+    nbytes = plan_stored_bytes(setup.sites, plan, freqs, setup.model_bytes)
+    assert nbytes <= limit
+    assert nbytes > 0.6 * limit  # fitted to the limit, not merely under it
+
+
+def test_uniform_plan_keeps_sites_outside_the_scope_dense(setup):
+    row = Row("lstm", 5, frozenset({"recurrent"}), "", "LSTM")
+    plan = uniform_plan(config_from_dict({"method": "lowrank"}), setup.sites, setup.max_bytes(row),
+                        setup.lm.vocab.freqs, setup.model_bytes, row.roles)
+    recurrent = {s.name for s in setup.sites if s.role == "recurrent"}
+    assert set(plan) == recurrent
+    lstm_stored = plan_stored_bytes(setup.sites, plan, setup.lm.vocab.freqs, setup.model_bytes) - (
+        setup.model_bytes - setup.scope_bytes(row))
+    assert setup.scope_bytes(row) / lstm_stored >= 5
+
+
+def test_a_vocabulary_method_cannot_reach_a_whole_model_budget_the_dense_lstm_exceeds(setup):
+    lstm = sum(s.dense_bytes for s in setup.sites if s.role == "recurrent")
+    limit = lstm // 2  # below what the dense LSTM layers alone store
+    assert uniform_plan(config_from_dict({"method": "groupreduce"}), setup.sites, limit,
+                        setup.lm.vocab.freqs, setup.model_bytes) is None
+
+
+def test_work_items_put_the_dense_control_first_and_every_entrant_of_a_row(setup):
+    items = work_items(["25x"])
+    assert items[0] == ("dense", "dense")
+    assert [e for _, e in items[1:]] == list(ROWS["25x"].singles) + ["autoshrink"]
+
+
+def test_entrants_train_export_and_land_in_the_report(setup, tmp_path):
+    row = Row("3x", 3, None, "search_spaces/default.yaml", "whole model", reference.SINGLES)
+    dense = reference.run_dense(setup)
+    single = reference.run_single(setup, row, "lowrank")
+    out = setup.work / "3x" / "lowrank"
+    assert single["stored_bytes"] == file_bytes(out) <= setup.max_bytes(row)
+    assert single["steps"] == dense["steps"] == 2
+    assert reference.run_single(setup, row, "lightrnn") == {
+        "unreachable": "lightrnn alone cannot reach 3x on the whole model"}
+    assert result_of(setup.work, "3x", "lowrank") == json.loads((out / "bench.json").read_text())
+    text = markdown(setup, [row], "python -m autoshrink.bench", tmp_path)
+    line = next(l for l in text.splitlines() if l.startswith("| 3x | lowrank |"))
+    increase = 100 * (single["test_ppl"] / dense["test_ppl"] - 1)
+    assert f"{single['test_ppl']:.2f} | {increase:+.1f}% | {single['stored_bytes']:,} |" in line
+    assert "| 3x | lightrnn | cannot reach" in text
+    assert "| 3x | **autoshrink** | not run yet |" in text  # the search has not run: said, not hidden
+    assert "| 3x | not run |" in text  # the goals table
+
+
+def test_bad_part_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        reference.main(["--part", "3/2", "--report-only"])
+    assert e.value.code == 2
+
+
+@pytest.mark.slow
+def test_the_whole_benchmark_on_a_tiny_model(tiny_model_dir, text_file, tmp_path):
+    out = tmp_path / "results"
+    assert reference.main(["--model", str(tiny_model_dir), "--data", str(text_file), "--rows", "10x",
+                           "--steps", "2", "--trials", "2", "--finetune-steps", "2", "--work", str(tmp_path / "w"),
+                           "--out", str(out)]) == 0
+    text = (out / "BENCHMARK.md").read_text()
+    assert "not run yet" not in text and "| 10x | **autoshrink** |" in text
+    assert (out / "benchmark.png").stat().st_size > 0
+    auto = result_of(tmp_path / "w", "10x", "autoshrink")
+    limit = Setup(str(tiny_model_dir), 2, 2, 2, tmp_path / "w", data=str(text_file)).max_bytes(ROWS["10x"])
+    assert auto["stored_bytes"] == auto["file_bytes"] <= limit

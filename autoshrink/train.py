@@ -38,6 +38,7 @@ from autoshrink.methods import CompressedLinear
 from autoshrink.evaluate import corpus_source, measure
 from autoshrink.export import save_compressed
 from autoshrink.models.presets import PRESETS
+from autoshrink.models.sites import discover_sites
 from autoshrink.models.training import TrainConfig, evaluate_perplexity, pick_device, settles_at, train_lm
 from autoshrink.plan import compress, parse_plan, stored_bytes
 from autoshrink.trial import TrialSettings
@@ -284,7 +285,7 @@ def train_trial(run_dir: str | Path, trial: str | int = "best", steps: int | Non
                "dense_val_ppl": info.get("dense_val_ppl"), "history": state["history"]}
     corpus_path = corpus if corpus == "kjv" else str(Path(corpus).expanduser().resolve())
     save_compressed(small, plan, out, dense.meta, metrics,
-                    info={"data": corpus_path, "run_dir": str(run_dir), "trial": number})
+                    info={"data": corpus_path, "run_dir": str(run_dir), "trial": number}, sites=discover_sites(dense))
     log(f"trial {number}: val ppl {val:.2f}, test ppl {metrics['test_ppl']:.2f}, "
         f"{stored_bytes(small):,} bytes ({metrics['ratio']:.1f}x) -> {out}")
     return FinalModel(out, metrics, small)

@@ -159,16 +159,18 @@ def test_compress_bytes_analytic_equal_built_and_export_round_trip(which, gpt2_d
         torch.testing.assert_close(loaded(ids)[0], logits, rtol=1e-5, atol=1e-5)
 
 
-def test_search_train_eval_on_gpt2(gpt2_dir, text_file, tmp_path, capsys):
+@pytest.mark.parametrize("which", ["gpt2", "llama"])
+def test_search_train_eval(which, gpt2_dir, llama_dir, text_file, tmp_path, capsys):
+    folder = gpt2_dir if which == "gpt2" else llama_dir
     run = tmp_path / "run"
-    assert main(["search", "--budget", "3x", "--model", str(gpt2_dir), "--data", str(text_file), "--trials", "2",
+    assert main(["search", "--budget", "3x", "--model", str(folder), "--data", str(text_file), "--trials", "2",
                  "--finetune-steps", "4", "--run-dir", str(run), "--device", "cpu", "--sampler", "random"]) == 0
     err = capsys.readouterr().err
     assert "transformer.yaml" in err  # the transformer space, picked and said
     for name in ("study.db", "run.json", "trials.csv", "front.csv"):
         assert (run / name).is_file(), name
     info = json.loads((run / "run.json").read_text())
-    assert info["space"].endswith("transformer.yaml") and info["model"] == str(gpt2_dir.resolve())
+    assert info["space"].endswith("transformer.yaml") and info["model"] == str(folder.resolve())
     trials = (run / "trials.csv").read_text().splitlines()
     assert len(trials) == 3 and "COMPLETE" in trials[1] + trials[2]
     assert main(["train", str(run), "--trial", "best", "--steps", "4"]) == 0
@@ -182,7 +184,7 @@ def test_search_train_eval_on_gpt2(gpt2_dir, text_file, tmp_path, capsys):
     assert math.isfinite(result["test_ppl"]) and result["test_ppl"] == pytest.approx(metrics["test_ppl"], rel=1e-4)
     assert result["stored_bytes"] == metrics["stored_bytes"] == file_bytes(final)
     assert result["ratio"] >= 3.0
-    assert main(["eval", str(gpt2_dir), "--data", str(text_file), "--json"]) == 0  # the dense folder too
+    assert main(["eval", str(folder), "--data", str(text_file), "--json"]) == 0  # the dense folder too
     dense = json.loads(capsys.readouterr().out)
     assert dense["ratio"] == pytest.approx(1.0) and math.isfinite(dense["test_ppl"])
 

@@ -41,6 +41,9 @@ class SubwordVocab:
     def __len__(self) -> int:
         return self.size
 
+    def __deepcopy__(self, memo) -> "SubwordVocab":
+        return self  # immutable: every copy of a model (one per trial) shares the tokenizer
+
     @property
     def freqs(self) -> torch.Tensor | None:
         """Train count of each id as floats, or None before a corpus is encoded."""

@@ -57,16 +57,16 @@ def transformer_role(name: str) -> str:
 class HFCausalLM(nn.Module):
     """forward(ids (T, B), state) -> (logits (T, B, V), None) around a Hugging Face causal LM."""
 
-    def __init__(self, hf: nn.Module, tokenizer, source: str = ""):
+    def __init__(self, hf: nn.Module, vocab: SubwordVocab, source: str = ""):
         super().__init__()
         self.__dict__["hf"] = hf  # not a child: its children are ours (below), named as Hugging Face names them
-        self.__dict__["tokenizer"] = tokenizer
+        self.base_vocab = vocab  # the tokenizer, without corpus counts (shared, not copied, by deepcopy)
         if hf._parameters or hf._buffers:
             raise UserError(f"{source or type(hf).__name__}: tensors outside the model's submodules are not supported")
         for name, child in hf.named_children():
             self.add_module(name, child)
         config = hf.config
-        self.vocab_size = int(hf.get_input_embeddings().num_embeddings)
+        self.vocab_size = vocab.size
         positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
         self.max_positions = int(positions) if positions else None
         self.source = source
@@ -100,7 +100,7 @@ class HFCausalLM(nn.Module):
         """The model's config and tokenizer (no weights): what `hf_skeleton` rebuilds the model from."""
         folder.mkdir(parents=True, exist_ok=True)
         self.hf.config.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
+        self.base_vocab.tokenizer.save_pretrained(folder)
 
 
 def transformer_sites(model: HFCausalLM) -> list[Site]:
@@ -141,11 +141,15 @@ def _config(folder: Path):
     return config
 
 
+def _vocab(folder: Path, hf: nn.Module) -> SubwordVocab:
+    """The folder's tokenizer as the vocabulary of the model's embedding rows."""
+    size = int(hf.get_input_embeddings().num_embeddings)
+    return SubwordVocab(_tokenizer(folder, size), size, tokenizer_fingerprint(folder))
+
+
 def _tokenizer(folder: Path, vocab_size: int):
     from transformers import AutoTokenizer
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise UserError(f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...): "
-                        "save it there too (tokenizer.save_pretrained(folder))")
+    _check_tokenizer_files(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -153,6 +157,12 @@ def _tokenizer(folder: Path, vocab_size: int):
     if len(tokenizer) > vocab_size:
         raise UserError(f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model only {vocab_size} embeddings")
     return tokenizer
+
+
+def _check_tokenizer_files(folder: Path) -> None:
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...): "
+                        "save it there too (tokenizer.save_pretrained(folder))")
 
 
 def _first_line(e: Exception) -> str:
@@ -173,6 +183,7 @@ def load_hf(folder: Path) -> tuple[HFCausalLM, SubwordVocab, dict]:
     with _quiet_transformers():
         config = _config(folder)
         auto = _causal_class(folder, config)
+        _check_tokenizer_files(folder)  # before the weights: a big model loads for a while
         try:
             hf, info = auto.from_pretrained(folder, config=config, local_files_only=True, dtype=torch.float32,
                                             output_loading_info=True)
@@ -181,10 +192,8 @@ def load_hf(folder: Path) -> tuple[HFCausalLM, SubwordVocab, dict]:
         if info.get("missing_keys") or info.get("mismatched_keys"):
             missing = sorted(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
             raise UserError(f"{folder}: the weights do not match config.json (missing or mismatched: {', '.join(missing[:3])})")
-        model = HFCausalLM(hf, None, str(folder))
-        tokenizer = _tokenizer(folder, model.vocab_size)
-    model.__dict__["tokenizer"] = tokenizer
-    vocab = SubwordVocab(tokenizer, model.vocab_size, tokenizer_fingerprint(folder))
+        vocab = _vocab(folder, hf)
+    model = HFCausalLM(hf, vocab, str(folder))
     meta = {"format": FORMAT, "source": str(folder.resolve()), "model_type": config.model_type,
             "architecture": type(hf).__name__}
     return model, vocab, meta
@@ -197,7 +206,5 @@ def hf_skeleton(folder: Path) -> tuple[HFCausalLM, SubwordVocab]:
     with _quiet_transformers():
         config = _config(folder)
         hf = _causal_class(folder, config).from_config(config, dtype=torch.float32)
-        model = HFCausalLM(hf, None, str(folder))
-        tokenizer = _tokenizer(folder, model.vocab_size)
-    model.__dict__["tokenizer"] = tokenizer
-    return model, SubwordVocab(tokenizer, model.vocab_size, tokenizer_fingerprint(folder))
+        vocab = _vocab(folder, hf)
+    return HFCausalLM(hf, vocab, str(folder)), vocab

@@ -4,6 +4,7 @@
     model = autoshrink.load("kjv-lstm-tiny")
     autoshrink.sites(model)
     small = autoshrink.compress(model, {"decoder": {"method": "groupreduce", "rank": 8}})
+    hf = autoshrink.load("path/to/hf-folder")       # a local Hugging Face causal LM (save_pretrained)
     autoshrink.stored_bytes(small)
     result = autoshrink.search("25x", trials=8)      # result.front: the Pareto front
     autoshrink.front(result.run_dir)                 # the front of a run folder (also while it runs)
@@ -23,6 +24,7 @@ from autoshrink.errors import UserError
 from autoshrink.models import Site, discover_sites
 from autoshrink.export import is_compressed_export, load_compressed
 from autoshrink.models.checkpoint import META, load_dense
+from autoshrink.models.hf import is_hf_folder, load_hf
 from autoshrink.models.presets import PRESETS
 from autoshrink.models import pretrain as _pretrain
 from autoshrink import plan as _plan
@@ -30,12 +32,14 @@ from autoshrink import plan as _plan
 
 def load(name_or_path: str, data: str = "kjv", seed: int = 0, device: str = "auto",
          on_log: Callable[[dict], None] | None = None) -> nn.Module:
-    """A ready model: a preset name (pretrained on `data`, cached), or a saved autoshrink model
+    """A ready model: a preset name (pretrained on `data`, cached), a saved autoshrink model
     folder: a dense checkpoint or a compressed export (`autoshrink train`), told apart by the
-    "format" of its model.json.
+    "format" of its model.json, or a local Hugging Face causal LM folder (config.json, weights
+    and tokenizer, as `save_pretrained` writes them; never downloaded).
 
-    The model carries its vocabulary as `model.vocab` (word frequencies for vocabulary methods)
-    and its model.json as `model.meta`.
+    The model carries its vocabulary as `model.vocab` (word frequencies for vocabulary methods;
+    for a Hugging Face model its tokenizer, whose counts come with a corpus: load_lm_data) and
+    its model.json as `model.meta`.
     """
     if name_or_path in PRESETS:
         model, vocab, meta = _pretrain.pretrained(name_or_path, data, seed=seed, device=device, on_log=on_log)
@@ -43,9 +47,13 @@ def load(name_or_path: str, data: str = "kjv", seed: int = 0, device: str = "aut
         path = Path(name_or_path).expanduser()
         if not path.exists():
             raise UserError(f"no model {name_or_path!r}: use a preset ({', '.join(PRESETS)}) or a model folder")
-        if not (path / META).is_file():
-            raise UserError(f"{path} is not an autoshrink model folder (model.safetensors + model.json)")
-        model, vocab, meta = load_compressed(path) if is_compressed_export(path) else load_dense(path)
+        if is_hf_folder(path):
+            model, vocab, meta = load_hf(path)
+        elif (path / META).is_file():
+            model, vocab, meta = load_compressed(path) if is_compressed_export(path) else load_dense(path)
+        else:
+            raise UserError(f"{path} is neither an autoshrink model folder (model.json) nor a Hugging Face model "
+                            f"folder (config.json)")
     model.vocab = vocab
     model.meta = meta
     return model.eval()

@@ -80,8 +80,10 @@ def _pretrain_command(args) -> int:
 def _sites_parser(sub) -> None:
     p = sub.add_parser("sites", help="list the compressible sites of a model",
                        description="Each site: name, role, shape (out x in; words x dim), dense bytes, tie partner.",
-                       epilog="example:\n  autoshrink sites --model kjv-lstm", formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="kjv-lstm", help="preset name or model folder [kjv-lstm]")
+                       epilog="examples:\n  autoshrink sites --model kjv-lstm\n"
+                              "  autoshrink sites --model path/to/hf-model   # a local Hugging Face causal LM folder",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="kjv-lstm", help="preset name, model folder or Hugging Face folder [kjv-lstm]")
     p.add_argument("--data", default="kjv", help="corpus the preset is pretrained on [kjv]")
     p.set_defaults(handler=_sites_command)
 
@@ -90,9 +92,11 @@ def _sites_command(args) -> int:
     from autoshrink.api import load, sites
     from autoshrink.plan import dense_bytes
     model = load(args.model, data=args.data)
-    print(f"{'site':<14} {'role':<10} {'shape':>12} {'dense bytes':>12}  tied with")
-    for s in sites(model):
-        print(f"{s.name:<14} {s.role:<10} {f'{s.shape[0]}x{s.shape[1]}':>12} {s.dense_bytes:>12,}  {s.tied_with or '-'}")
+    found = sites(model)
+    w = max([14] + [len(s.name) for s in found])
+    print(f"{'site':<{w}} {'role':<10} {'shape':>12} {'dense bytes':>12}  tied with")
+    for s in found:
+        print(f"{s.name:<{w}} {s.role:<10} {f'{s.shape[0]}x{s.shape[1]}':>12} {s.dense_bytes:>12,}  {s.tied_with or '-'}")
     print(f"whole model: {dense_bytes(model):,} bytes fp32 ({sum(p.numel() for p in model.parameters()):,} parameters)")
     return 0
 
@@ -123,7 +127,8 @@ def _search_parser(sub) -> None:
     p.add_argument("--budget", required=True, help="25x (whole-model ratio), 1.5MB / 800KB / 2MiB (bytes), or 4ms (latency)")
     p.add_argument("--model", default="kjv-lstm", help="preset, model folder, or saved model [kjv-lstm]")
     p.add_argument("--data", default="kjv", help="kjv, a folder with train/valid/test.txt, or a text file [kjv]")
-    p.add_argument("--space", default="search_spaces/default.yaml", help="search space YAML [search_spaces/default.yaml]")
+    p.add_argument("--space", default=None, help="search space YAML [search_spaces/default.yaml; "
+                                                 "search_spaces/transformer.yaml for transformer models]")
     p.add_argument("--trials", type=int, default=8, help="trials in all, counted across resumes [8]")
     p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     p.add_argument("--finetune-steps", type=int, default=None, help="fine-tuning steps per trial [80]")

@@ -28,7 +28,7 @@ def base_dense_bytes(model: nn.Module) -> int:
     """fp32 bytes of the dense architecture the model was compressed from (the ratio's numerator)."""
     if isinstance(model, LSTMLM):
         return dense_bytes(LSTMLM(model.config))
-    return dense_bytes(model)
+    return getattr(model, "base_dense_bytes", None) or dense_bytes(model)  # Hugging Face: kept by the adapter
 
 
 def measure(model: nn.Module, data: LMData, device: str = "cpu") -> dict:
@@ -57,6 +57,7 @@ def evaluate_dir(path: str | Path, data: str | None = None, device: str = "cpu")
     (pretrained on `data`, kjv by default). The corpus is `data`, else the one model.json names."""
     from autoshrink.api import load
     from autoshrink.export import file_bytes
+    from autoshrink.models.hf import FORMAT as HF_FORMAT
     from autoshrink.models.presets import PRESETS
 
     name = str(path)
@@ -68,7 +69,7 @@ def evaluate_dir(path: str | Path, data: str | None = None, device: str = "cpu")
                         f"pass --data (the corpus it was trained on)")
     lm = load_lm_data(corpus, vocab=model.vocab)
     result = measure(model, lm, device=device)
-    if name not in PRESETS:
+    if name not in PRESETS and meta.get("format") != HF_FORMAT:  # a Hugging Face folder keeps its own dtype and shards
         in_file = file_bytes(name)
         if in_file != result["stored_bytes"]:
             raise UserError(f"{name}: model.safetensors holds {in_file:,} bytes of tensors but the model stores "

@@ -6,13 +6,16 @@
                           every other parameter under its own name at its own dtype; a tensor or
                           compressed weight shared by tied sites is stored once
       plan.json           the plan, as users write it
-      model.json          format "autoshrink-compressed/1", the base LSTM config and vocabulary,
-                          the site list, provenance
+      model.json          format "autoshrink-compressed/1", the base LSTM config and vocabulary
+                          (or, for a Hugging Face model, "architecture": "hf"), the site list,
+                          provenance
       metrics.json        what final training measured
+      base/               Hugging Face models only: the config and tokenizer files (no weights)
 
-Loading rebuilds the base LSTM from model.json, puts `from_export` modules in the planned
-sites and copies the remaining parameters: safetensors only, nothing is unpickled. A missing,
-corrupt or mismatched file is one UserError.
+Loading rebuilds the base model (the LSTM from model.json; a Hugging Face model from base/
+through AutoModelForCausalLM.from_config), puts `from_export` modules in the planned sites and
+copies the remaining parameters: safetensors only, nothing is unpickled. A missing, corrupt or
+mismatched file is one UserError.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from autoshrink.errors import UserError
 from autoshrink.methods import CompressedWeight, weight_class
 from autoshrink.methods._storage import tensors_bytes
 from autoshrink.models.checkpoint import META, WEIGHTS, read_meta
+from autoshrink.models.hf import FORMAT as HF_FORMAT, hf_skeleton
 from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
 from autoshrink.models.sites import Site
 from autoshrink.plan import Plan, _resolve, parse_plan, place_compressed, plan_to_json, stored_bytes
@@ -37,6 +41,8 @@ from autoshrink.plan import Plan, _resolve, parse_plan, place_compressed, plan_t
 FORMAT = "autoshrink-compressed/1"
 PLAN = "plan.json"
 METRICS = "metrics.json"
+BASE = "base"  # a Hugging Face model's config and tokenizer
+HF = "hf"  # model.json "architecture" of a compressed Hugging Face model
 
 
 def compressed_weights(model: nn.Module) -> dict[str, CompressedWeight]:
@@ -70,9 +76,11 @@ def export_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_compressed(model: nn.Module, plan: Plan | Mapping[str, Any], folder: str | Path, base_meta: dict,
-                    metrics: dict, info: dict | None = None) -> Path:
-    """Write the export folder. `base_meta` is the dense checkpoint's model.json (config, vocab,
-    provenance); `info` adds provenance of the final training (run, trial, data)."""
+                    metrics: dict, info: dict | None = None, sites: list[Site] | None = None) -> Path:
+    """Write the export folder. `base_meta` is the dense model's meta (model.json of a checkpoint:
+    config, vocab, provenance; or a Hugging Face model's); `sites` those of the dense model (a
+    Hugging Face model needs them; the LSTM's follow from its config); `info` adds provenance of
+    the final training (run, trial, data)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = export_tensors(model)
@@ -80,12 +88,18 @@ def save_compressed(model: nn.Module, plan: Plan | Mapping[str, Any], folder: st
     if tensors_bytes(tensors) != nbytes:  # the contract of DESIGN.md: never write an export that disagrees
         raise RuntimeError(f"export holds {tensors_bytes(tensors)} bytes but the model stores {nbytes}")
     plan_json = plan_to_json(parse_plan(plan))
-    sites = [{"name": s.name, "role": s.role, "shape": list(s.shape), "bias": s.bias, "tied_with": s.tied_with,
-              "method": plan_json.get(s.tied_with or s.name, {}).get("method", "dense")}
-             for s in LSTMLM(LSTMLMConfig(**base_meta["config"])).autoshrink_sites()]
+    hf = base_meta.get("format") == HF_FORMAT
+    if sites is None:
+        if hf:
+            raise ValueError("save_compressed: a Hugging Face model's export needs the dense model's sites")
+        sites = LSTMLM(LSTMLMConfig(**base_meta["config"])).autoshrink_sites()
+    site_rows = [{"name": s.name, "role": s.role, "shape": list(s.shape), "bias": s.bias, "tied_with": s.tied_with,
+                  "method": plan_json.get(s.tied_with or s.name, {}).get("method", "dense")} for s in sites]
     base = {k: v for k, v in base_meta.items() if k not in ("format", "config", "vocab")}
-    meta = {"format": FORMAT, "config": base_meta["config"], "vocab": base_meta["vocab"], "sites": sites,
-            "stored_bytes": nbytes, "base": base, **(info or {})}
+    described = {"architecture": HF} if hf else {"config": base_meta["config"], "vocab": base_meta["vocab"]}
+    meta = {"format": FORMAT, **described, "sites": site_rows, "stored_bytes": nbytes, "base": base, **(info or {})}
+    if hf:
+        model.save_base(folder / BASE)
     tmp = folder / (WEIGHTS + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": FORMAT})
     (folder / PLAN).write_text(json.dumps(plan_json, indent=1) + "\n")
@@ -116,17 +130,25 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"cannot read {path}: {e}") from None
 
 
-def load_compressed(folder: str | Path) -> tuple[LSTMLM, Vocab, dict]:
+def _base_model(folder: Path, meta: dict) -> tuple[nn.Module, Any]:
+    """The uncompressed skeleton (fresh weights) and vocabulary an export was made from."""
+    if meta.get("architecture") == HF:
+        if not (folder / BASE).is_dir():
+            raise UserError(f"{folder} has no {BASE}/ (the Hugging Face config and tokenizer): an incomplete export")
+        return hf_skeleton(folder / BASE)
+    try:
+        return LSTMLM(LSTMLMConfig(**meta["config"])), Vocab.from_json(meta["vocab"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{folder / META} lacks a valid config or vocabulary: {e!r}") from None
+
+
+def load_compressed(folder: str | Path) -> tuple[nn.Module, Any, dict]:
     """(model, vocabulary, model.json) of an export folder written by save_compressed."""
     folder = Path(folder)
     meta = read_meta(folder)
     if meta.get("format") != FORMAT:
         raise UserError(f"{folder / META}: format {meta.get('format')!r} is not {FORMAT!r}")
-    try:
-        model = LSTMLM(LSTMLMConfig(**meta["config"]))
-        vocab = Vocab.from_json(meta["vocab"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{folder / META} lacks a valid config or vocabulary: {e!r}") from None
+    model, vocab = _base_model(folder, meta)
     plan = _read_plan(folder)
     tensors = _read_tensors(folder / WEIGHTS)
     by_name, resolved = _resolve(model, plan, model.autoshrink_sites())

@@ -84,11 +84,13 @@ def plan_stored_bytes(sites: list[Site], plan: Plan, freqs: torch.Tensor | None 
     """
     if model_bytes is None:
         model_bytes = sum(s.dense_bytes for s in sites if s.tied_with is None)
+    by_name = {s.name: s for s in sites}
+    owned = {(by_name[name].tied_with if name in by_name else None) or name: cfg for name, cfg in plan.items()}
     total = model_bytes
     for site in sites:
-        if site.tied_with is not None or site.name not in plan:
-            continue
-        cfg = plan[site.name]
+        if site.tied_with is not None or site.name not in owned:
+            continue  # a tied partner's entry is its owner's (compress does the same)
+        cfg = owned[site.name]
         kept_bias = 4 * site.shape[0] if site.bias and weight_class(cfg).uses_site_bias else 0
         total += method_bytes(site, cfg, freqs) + kept_bias - site.dense_bytes
     return total
@@ -119,7 +121,12 @@ def compress(model: nn.Module, plan: Mapping[str, Any] | str | Path, freqs: torc
     for name, cfg in resolved.items():
         site = by_name[name]
         weight, _ = _dense_weight(model.get_submodule(name))
-        shared[name] = weight_class(cfg).build(weight.float().cpu(), site, cfg, freqs=freqs if site.is_vocab else None)
+        weight = weight.float().cpu().contiguous()  # a Conv1D's transposed view: methods may keep it as a parameter
+        built = weight_class(cfg).build(weight, site, cfg, freqs=freqs if site.is_vocab else None)
+        for p in built.parameters():  # factors sliced from an SVD may be strided views; checkpoints need dense tensors
+            if not p.is_contiguous():
+                p.data = p.data.contiguous()
+        shared[name] = built
     place_compressed(model, by_name, shared)
     return model
 

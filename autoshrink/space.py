@@ -20,6 +20,8 @@ from autoshrink.models.sites import ROLES, Site
 
 DENSE = "dense"  # keep the site uncompressed
 SHIPPED = Path(__file__).resolve().parent.parent / "search_spaces"
+DEFAULT_SPACE = "search_spaces/default.yaml"
+TRANSFORMER_SPACE = "search_spaces/transformer.yaml"
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,12 @@ def parse_space(doc: Any, source: str = "<space>") -> SearchSpace:
                 raise UserError(f"space {source}: {method} under {role} needs a mapping of knobs, got {knobs!r}")
             roles[role][method] = {k: _knob(method, k, v, cls) for k, v in (knobs or {}).items()}
     return SearchSpace(roles, source)
+
+
+def default_space(sites: list[Site]) -> str:
+    """The shipped space for a model: transformer.yaml when it has attention or mlp sites (a
+    transformer), default.yaml otherwise."""
+    return TRANSFORMER_SPACE if any(s.role in ("attention", "mlp") for s in sites) else DEFAULT_SPACE
 
 
 def load_space(path: str | Path) -> SearchSpace:

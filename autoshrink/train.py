@@ -38,6 +38,7 @@ from autoshrink.methods import CompressedLinear
 from autoshrink.evaluate import corpus_source, measure
 from autoshrink.export import save_compressed
 from autoshrink.models.presets import PRESETS
+from autoshrink.models.sites import discover_sites
 from autoshrink.models.training import TrainConfig, evaluate_perplexity, pick_device, settles_at, train_lm
 from autoshrink.plan import compress, parse_plan, stored_bytes
 from autoshrink.trial import TrialSettings
@@ -298,7 +299,8 @@ def train_plan(dense: nn.Module, lm: LMData, plan_json: dict, out: Path, steps: 
                "trial": label, "resumed_from": done, "device": str(pick_device(device)), "distill": distill,
                "dense_val_ppl": dense_val_ppl, "history": state["history"]}
     corpus_path = corpus if corpus == "kjv" else str(Path(corpus).expanduser().resolve())
-    save_compressed(small, plan, out, dense.meta, metrics, info={"data": corpus_path, **(info or {})})
+    save_compressed(small, plan, out, dense.meta, metrics, info={"data": corpus_path, **(info or {})},
+                    sites=discover_sites(dense))
     log(f"{name}: val ppl {val:.2f}, test ppl {metrics['test_ppl']:.2f}, "
         f"{stored_bytes(small):,} bytes ({metrics['ratio']:.1f}x) -> {out}")
     return FinalModel(out, metrics, small)

@@ -1,6 +1,8 @@
 """Corpora: the embedded KJV default, a PTB-layout folder, or one plain text file.
 
-Every corpus becomes three lists of token lines (train/valid/test), each line ending in <eos>.
+Every corpus is first three lists of raw text lines (train/valid/test: `load_corpus_text`, what a
+Hugging Face tokenizer reads), then, for the word-level models, three lists of token lines, each
+line ending in <eos> (`load_corpus`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,19 @@ SPLITS = ("train", "valid", "test")
 
 
 @dataclass(frozen=True)
+class RawCorpus:
+    """The text lines of each split, as read (blank lines dropped)."""
+
+    name: str
+    train: list[str]
+    valid: list[str]
+    test: list[str]
+
+    def split(self, name: str) -> list[str]:
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
 class TextCorpus:
     name: str
     train: list[list[str]]
@@ -28,7 +43,11 @@ class TextCorpus:
 
 
 def _lines(texts) -> list[list[str]]:
-    return [tokenize(t) + [EOS] for t in texts if t.strip()]
+    return [tokenize(t) + [EOS] for t in texts]
+
+
+def _nonblank(texts) -> list[str]:
+    return [t for t in texts if t.strip()]
 
 
 def kjv_path() -> Path:
@@ -42,7 +61,7 @@ def kjv_path() -> Path:
     return path
 
 
-def load_kjv() -> TextCorpus:
+def load_kjv() -> RawCorpus:
     """Split by chapter (BENCHMARK.md): chapter index mod 20 == 0 -> valid, == 1 -> test."""
     verses = [json.loads(line) for line in kjv_path().read_text(encoding="utf-8").splitlines() if line.strip()]
     chapter_index: dict[tuple[str, int], int] = {}
@@ -51,29 +70,29 @@ def load_kjv() -> TextCorpus:
         idx = chapter_index.setdefault((v["book"], v["chapter"]), len(chapter_index))
         split = "valid" if idx % 20 == 0 else "test" if idx % 20 == 1 else "train"
         splits[split].append(v["text"])
-    return TextCorpus("kjv", **{s: _lines(t) for s, t in splits.items()})
+    return RawCorpus("kjv", **{s: _nonblank(t) for s, t in splits.items()})
 
 
-def load_folder(path: Path) -> TextCorpus:
+def load_folder(path: Path) -> RawCorpus:
     missing = [f"{s}.txt" for s in SPLITS if not (path / f"{s}.txt").is_file()]
     if missing:
         raise UserError(f"corpus folder {path} lacks {', '.join(missing)} (expected train.txt, valid.txt, test.txt)")
-    return TextCorpus(path.name, **{s: _lines((path / f"{s}.txt").read_text(encoding="utf-8", errors="replace").splitlines())
-                                    for s in SPLITS})
+    return RawCorpus(path.name, **{s: _nonblank((path / f"{s}.txt").read_text(encoding="utf-8", errors="replace").splitlines())
+                                   for s in SPLITS})
 
 
-def load_text_file(path: Path) -> TextCorpus:
+def load_text_file(path: Path) -> RawCorpus:
     """One text file, split 90/5/5 by lines in order (the last 10% held out)."""
     lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
     n = len(lines)
     a, b = int(n * 0.9), int(n * 0.95)
     if n and (a == b or b == n):  # tiny files still get non-empty held-out splits
         a, b = max(1, n - 2), max(1, n - 1)
-    return TextCorpus(path.stem, train=_lines(lines[:a]), valid=_lines(lines[a:b]), test=_lines(lines[b:]))
+    return RawCorpus(path.stem, train=lines[:a], valid=lines[a:b], test=lines[b:])
 
 
-def load_corpus(name_or_path: str) -> TextCorpus:
-    """`kjv`, a folder with train/valid/test.txt, or a text file. Empty splits are an error."""
+def load_corpus_text(name_or_path: str) -> RawCorpus:
+    """The raw lines of `kjv`, a folder with train/valid/test.txt, or a text file. Empty splits are an error."""
     if name_or_path == "kjv":
         corpus = load_kjv()
     else:
@@ -88,6 +107,12 @@ def load_corpus(name_or_path: str) -> TextCorpus:
     if empty:
         raise UserError(f"corpus {name_or_path!r} is empty (no text in: {', '.join(empty)})")
     return corpus
+
+
+def load_corpus(name_or_path: str) -> TextCorpus:
+    """The corpus as word-token lines (each ending in <eos>), for the word-level models."""
+    raw = load_corpus_text(name_or_path)
+    return TextCorpus(raw.name, **{s: _lines(raw.split(s)) for s in SPLITS})
 
 
 def corpus_key(name_or_path: str) -> str:

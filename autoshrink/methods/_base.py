@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from autoshrink.errors import UserError
 from autoshrink.methods._storage import check_bits, fake_quant, float_bytes, pack_float, unpack_float
-from autoshrink.models.sites import Site
+from autoshrink.models.sites import ROLES, Site
 
 VOCAB_ROLES = ("embedding", "softmax")
-ALL_ROLES = ("embedding", "softmax", "recurrent", "linear")
+ALL_ROLES = ROLES
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ kjv, seed 0), or a fresh pretraining run that is then cached.
 """
 from __future__ import annotations
 
-import os
 import platform
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Callable
 import torch
 
 from autoshrink.data import corpus_key, load_lm_data
+from autoshrink.data.cache import cache_root
 from autoshrink.models.checkpoint import is_dense_checkpoint, load_dense, save_dense
 from autoshrink.models.lstm_lm import LSTMLM
 from autoshrink.models.presets import get_preset
@@ -22,10 +22,6 @@ from autoshrink.models.training import TrainConfig, evaluate_perplexity, pick_de
 from autoshrink.data.vocab import Vocab
 
 SHIPPED = Path(__file__).resolve().parent.parent / "pretrained"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("AUTOSHRINK_CACHE", Path.home() / ".cache" / "autoshrink")).expanduser()
 
 
 def cache_dir(name: str, data: str, seed: int) -> Path:

@@ -3,7 +3,8 @@
 A site is a module in the model (an nn.Embedding, nn.Linear, a Hugging Face Conv1D, or an
 already compressed module) named by its fully qualified name, so a plan's keys are module
 paths. Roles: embedding (word table), softmax (output layer over the vocabulary), recurrent
-(an LSTM's input-to-hidden or hidden-to-hidden matrix), linear (any other matrix).
+(an LSTM's input-to-hidden or hidden-to-hidden matrix), attention (a transformer's query, key,
+value or output projection), mlp (a transformer's feed-forward matrices), linear (any other matrix).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-ROLES = ("embedding", "softmax", "recurrent", "linear")
+ROLES = ("embedding", "softmax", "recurrent", "attention", "mlp", "linear")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,11 @@ def discover_sites(model: nn.Module, vocab_size: int | None = None) -> list[Site
     """
     if hasattr(model, "autoshrink_sites"):
         return list(model.autoshrink_sites())
+    return module_sites(model, vocab_size)
+
+
+def module_sites(model: nn.Module, vocab_size: int | None = None) -> list[Site]:
+    """The generic discovery of `discover_sites` (models with their own `autoshrink_sites` refine it)."""
     from autoshrink.methods._base import CompressedEmbedding, CompressedLinear
 
     embeddings = {n: m for n, m in model.named_modules() if isinstance(m, nn.Embedding)}

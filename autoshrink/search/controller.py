@@ -18,9 +18,10 @@ from autoshrink.budget import Budget, check_feasible, parse_budget, repair, smal
 from autoshrink.data import LMData, corpus_key, load_lm_data
 from autoshrink.errors import UserError
 from autoshrink.models import Site, discover_sites
+from autoshrink.models.presets import PRESETS
 from autoshrink.plan import dense_bytes as model_dense_bytes, stored_bytes
 from autoshrink.search import optuna_backend, run_folder
-from autoshrink.space import SearchSpace, load_space
+from autoshrink.space import DEFAULT_SPACE, SearchSpace, default_space, load_space
 from autoshrink.trial import TrialResult, TrialSettings
 
 
@@ -84,13 +85,15 @@ def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: 
 
 
 def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData = "kjv",
-           space: str | SearchSpace = "search_spaces/default.yaml", trials: int = 8, timeout: float | None = None,
+           space: str | SearchSpace | None = None, trials: int = 8, timeout: float | None = None,
            finetune_steps: int | None = None, backend: str = "optuna", workers: int = 1, address: str | None = None,
            run_dir: str | Path | None = None, device: str = "auto", seed: int = 0, sampler: str = "nsga2",
            distill: bool = False, command: str | None = None, log: Callable[[str], None] | None = None) -> SearchResult:
     """Per-layer search to a Pareto front under `budget`; see DESIGN.md. Returns the run folder,
-    the study and the front. `model` may be a preset name, a model folder, or any torch LM
-    module (forward(ids (T, B), state) -> (logits, state)) with `data` given."""
+    the study and the front. `model` may be a preset name, a model folder (autoshrink's or a
+    local Hugging Face causal LM), or any torch LM module (forward(ids (T, B), state) ->
+    (logits, state)) with `data` given. `space` None: search_spaces/default.yaml, or
+    transformer.yaml for a model with attention/mlp sites (said in the log)."""
     from autoshrink.api import load
     from autoshrink.latency import LatencyTable
 
@@ -102,20 +105,24 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
         raise UserError(f"unknown backend {backend!r}: use optuna or ray")
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
-    spc = space if isinstance(space, SearchSpace) else load_space(space)
+    spc = space if isinstance(space, SearchSpace) or space is None else load_space(space)  # bad input fails first
     data_path = data if isinstance(data, str) else None
     if isinstance(model, nn.Module):
         dense, model_name = model, type(model).__name__
         if not isinstance(data, LMData):
             vocab = getattr(model, "vocab", None)
             data = load_lm_data(data, vocab=vocab)
-    else:
-        model_name = model
+    else:  # a folder is recorded by its absolute path, so `autoshrink train` finds it from anywhere
+        model_name = model if model in PRESETS else str(Path(model).expanduser().resolve())
         dense = load(model, data=data if isinstance(data, str) else "kjv", seed=seed, device=device)
         if not isinstance(data, LMData):
             data = load_lm_data(data, vocab=dense.vocab)
     dense = dense.cpu().eval()
     sites = discover_sites(dense)
+    if spc is None:
+        spc = load_space(default_space(sites))
+        if spc.source != DEFAULT_SPACE:
+            log(f"space: {spc.source} (the model has transformer sites; --space chooses another)")
     nbytes = model_dense_bytes(dense)
     freqs = data.vocab.freqs
     model_bytes = stored_bytes(dense)

@@ -135,6 +135,9 @@ def _search_parser(sub) -> None:
     p.add_argument("--sampler", choices=("tpe", "nsga2", "random"), default="nsga2",
                    help="Optuna sampler [nsga2: the best hypervolume in results/search.md]")
     p.add_argument("--distill", action="store_true", help="fine-tune trials on soft targets of the dense model too")
+    p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                   help="do not start from single-method plans (by default a new search's first trials put low-rank, "
+                        "pruning or quantisation on every site, fitted to the budget)")
     p.add_argument("--backend", choices=("optuna", "ray"), default="optuna", help="optuna (one machine) [optuna]; ray lands with issue 7")
     p.add_argument("--workers", type=int, default=1, help="parallel trials (Ray backend) [1]")
     p.add_argument("--address", default=None, help="Ray cluster address (auto or HOST:PORT)")
@@ -151,7 +154,8 @@ def _search_command(args) -> int:
     result = search(args.budget, model=args.model, data=args.data, space=args.space, trials=args.trials,
                     timeout=args.timeout, finetune_steps=args.finetune_steps, backend=args.backend,
                     workers=args.workers, address=args.address, run_dir=args.run_dir, device=args.device,
-                    seed=args.seed, sampler=args.sampler, distill=args.distill, command=args.command_line)
+                    seed=args.seed, sampler=args.sampler, distill=args.distill, warm_start=args.warm_start,
+                    command=args.command_line)
     front = result.front
     if front.empty:
         print(f"no feasible completed trial yet in {result.run_dir}; run the same command again to add trials")

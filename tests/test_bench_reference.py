@@ -6,7 +6,7 @@ import json
 import pytest
 
 from autoshrink.bench import reference
-from autoshrink.bench.baselines import uniform_plan
+from autoshrink.budget import uniform_plan
 from autoshrink.bench.reference import ROWS, Row, Setup, result_of, work_items
 from autoshrink.bench.reference_report import markdown
 from autoshrink.export import file_bytes

@@ -8,7 +8,7 @@ Rows: whole-model budgets 10x, 25x, 50x, 100x, and the papers' scopes (the LSTM 
 25x; embedding + softmax alone at 6.6x without quantisation and 26x with it). Entrants per row:
 the dense control (the pretrained model fine-tuned for the same steps: one run serves every
 row), each single method applied uniformly with its size knob fitted to just meet the row's
-byte limit (bench/baselines.py), and autoshrink (`autoshrink search` with the row's space, then
+byte limit (budget.uniform_plan), and autoshrink (`autoshrink search` with the row's space, then
 final training of its best front plan). Every trained entrant gets the same final-training steps
 (`train_plan`), then test perplexity, stored bytes (checked against the exported file), CPU
 latency and tokens/s are measured on it.
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from autoshrink.bench.baselines import uniform_plan
+from autoshrink.budget import uniform_plan
 from autoshrink.bench.report import commit, write_report
 from autoshrink.methods import config_from_dict
 

@@ -21,6 +21,7 @@ from autoshrink.models import Site, discover_sites
 from autoshrink.models.presets import PRESETS
 from autoshrink.plan import dense_bytes as model_dense_bytes, stored_bytes
 from autoshrink.search import optuna_backend, run_folder
+from autoshrink.search.warm_start import enqueue_uniform_seeds, uniform_seeds
 from autoshrink.space import DEFAULT_SPACE, SearchSpace, default_space, load_space
 from autoshrink.trial import TrialResult, TrialSettings
 
@@ -88,7 +89,8 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
            space: str | SearchSpace | None = None, trials: int = 8, timeout: float | None = None,
            finetune_steps: int | None = None, backend: str = "optuna", workers: int = 1, address: str | None = None,
            run_dir: str | Path | None = None, device: str = "auto", seed: int = 0, sampler: str = "nsga2",
-           distill: bool = False, command: str | None = None, log: Callable[[str], None] | None = None) -> SearchResult:
+           distill: bool = False, warm_start: bool = True, command: str | None = None,
+           log: Callable[[str], None] | None = None) -> SearchResult:
     """Per-layer search to a Pareto front under `budget`; see DESIGN.md. Returns the run folder,
     the study and the front. `model` may be a preset name, a model folder (autoshrink's or a
     local Hugging Face causal LM), or any torch LM module (forward(ids (T, B), state) ->
@@ -140,13 +142,18 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
             raise UserError(f"latency budget {b.text} cannot be met: the dense model takes {latency.dense_ms:.2f} ms "
                             f"and the smallest plan of the space about {latency.estimate_ms(smallest):.2f} ms")
     study = optuna_backend.open_study(folder, sampler, seed)
+    if warm_start and max_bytes is not None:
+        seeds = uniform_seeds(spc, sites, max_bytes, freqs, model_bytes)[:max(1, trials // 2)]
+        if enqueue_uniform_seeds(study, seeds):
+            log(f"warm start: the first {len(seeds)} trial(s) put one method on every site "
+                f"({', '.join(m for m, _ in seeds)}), fitted to the budget")
     ctx = SearchContext(dense, data, sites, spc, b, nbytes, settings, freqs, max_bytes, model_bytes, latency,
                         rule=optuna_backend.WeakTrialRule(study), fallback=smallest)
     run_folder.write_run_json(folder, {
         "command": command or f"search({budget!r})", "budget": b.text, "budget_kind": b.kind, "max_bytes": max_bytes,
         "model": model_name, "data": corpus_key(data.name) if isinstance(data.name, str) else data.name,
         "data_path": data_path if data_path in (None, "kjv") else str(Path(data_path).expanduser().resolve()),
-        "space": str(spc.source), "seed": seed, "sampler": sampler, "trials": trials,
+        "space": str(spc.source), "seed": seed, "sampler": sampler, "warm_start": warm_start, "trials": trials,
         "finetune_steps": settings.finetune_steps, "dense_bytes": nbytes,
         "dense_val_ppl": _dense_val(dense, data, settings, folder),
         "versions": {"autoshrink": __import__("autoshrink").__version__, "torch": torch.__version__,

@@ -1,0 +1,89 @@
+"""Warm start: a new search's first trials are single-method plans, one method on every site with
+its size knob fitted to the budget (budget.uniform_plan), so the front starts from the best
+uniform plan and the per-layer choices that follow have to beat it.
+
+Only methods the space offers on every compressible site are used (for the default space: low-rank,
+pruning, quantisation). Each becomes the Optuna parameters that `space.sample_plan` would
+suggest, enqueued with `study.enqueue_trial`, so both backends (Optuna's optimize and the Ray
+searcher's ask) run them first and the sampler learns from them like from any other trial.
+Values are clamped into the space's ranges; the repair that every sampled plan goes through
+then keeps the budget.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+
+from autoshrink.budget import uniform_plan
+from autoshrink.methods import config_class
+from autoshrink.space import DENSE, Knob, SearchSpace, _applies
+
+PREFERRED_BITS = 8  # near-lossless storage for the method's tensors: spend the bytes on its size knob
+
+
+def _in_range(knob: Knob, value: Any) -> Any:
+    if knob.choices is not None:
+        if value in knob.choices:
+            return value
+        numeric = [c for c in knob.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        if numeric and isinstance(value, (int, float)):
+            return min(numeric, key=lambda c: (abs(math.log(c / value)) if c > 0 and value > 0 else abs(c - value)))
+        return knob.choices[0]
+    clamped = min(max(value, knob.low), knob.high)
+    return int(round(clamped)) if knob.integer else float(clamped)
+
+
+def _base_knobs(method: str, knob_sets: list[dict[str, Knob]]) -> dict[str, Any]:
+    """The method's defaults, brought into every role's ranges; bits at 8 where all roles allow it."""
+    cls = config_class(method)
+    defaults = cls()
+    values: dict[str, Any] = {}
+    names = {name for knobs in knob_sets for name in knobs} - {cls.size_knob}
+    for name in names:
+        value = getattr(defaults, name)
+        if name == "bits" and all(PREFERRED_BITS in (k["bits"].choices or ()) for k in knob_sets if "bits" in k):
+            value = PREFERRED_BITS
+        for knobs in knob_sets:
+            if name in knobs:
+                value = _in_range(knobs[name], value)
+        values[name] = value
+    return values
+
+
+def uniform_seeds(space: SearchSpace, sites: list, max_bytes: int, freqs=None,
+                  model_bytes: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(method, Optuna params) for each method the space offers on every compressible site and
+    that can meet `max_bytes` alone."""
+    owned = [s for s in sites if s.tied_with is None]
+    options = {s.name: [m for m in space.methods_for(s) if m == DENSE or _applies(m, s)] for s in owned}
+    compressible = [s for s in owned if options[s.name]]
+    if not compressible:
+        return []
+    common = [m for m in options[compressible[0].name] if m != DENSE and all(m in options[s.name] for s in compressible)]
+    seeds = []
+    for method in common:
+        knob_sets = [space.roles[s.role][method] for s in compressible]
+        base = config_class(method)(**_base_knobs(method, knob_sets))
+        plan = uniform_plan(base, sites, max_bytes, freqs, model_bytes)
+        if plan is None:
+            continue
+        params: dict[str, Any] = {}
+        for site in compressible:
+            if len(options[site.name]) > 1:
+                params[f"{site.name}/method"] = method
+            cfg = plan[site.name]
+            for name, knob in space.roles[site.role][method].items():
+                params[f"{site.name}/{method}/{name}"] = _in_range(knob, getattr(cfg, name))
+        seeds.append((method, params))
+    return seeds
+
+
+def enqueue_uniform_seeds(study: optuna.Study, seeds: list[tuple[str, dict[str, Any]]]) -> int:
+    """Enqueue the seeds into a study that has no trials yet (a resumed search keeps its history)."""
+    if study.get_trials(deepcopy=False):
+        return 0
+    for method, params in seeds:
+        study.enqueue_trial(params, user_attrs={"warm_start": f"uniform {method}"})
+    return len(seeds)

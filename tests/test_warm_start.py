@@ -1,0 +1,67 @@
+"""Warm start: a new search first tries each single method on every site, fitted to the budget."""
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autoshrink.api import load
+from autoshrink.budget import repair
+from autoshrink.models import discover_sites
+from autoshrink.plan import dense_bytes, plan_stored_bytes, stored_bytes
+from autoshrink.search.warm_start import enqueue_uniform_seeds, uniform_seeds
+from autoshrink.space import load_space, parse_space, sample_plan
+
+from test_search import SPACE, _search, space_file  # noqa: F401 (a fixture)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    model = load(str(tiny_model_dir))
+    return model, discover_sites(model)
+
+
+def test_seeds_are_one_method_on_every_site_within_the_space_and_the_budget(tiny):
+    model, sites = tiny
+    space = parse_space(__import__("yaml").safe_load(SPACE))
+    limit = dense_bytes(model) // 3
+    seeds = uniform_seeds(space, sites, limit, model.vocab.freqs, stored_bytes(model))
+    # prune is not offered on the vocabulary sites: only methods every site may take are seeds
+    assert [m for m, _ in seeds] == ["lowrank", "quant"]
+    for method, params in seeds:
+        plan = sample_plan(optuna.trial.FixedTrial(params), space, sites)
+        assert {cfg.method for cfg in plan.values()} == {method}
+        assert set(plan) == {s.name for s in sites if s.tied_with is None}
+        for name, value in params.items():  # every value is one the space allows
+            site, m, *knob = name.split("/")
+            if knob:
+                k = space.roles[next(s.role for s in sites if s.name == site)][m][knob[0]]
+                assert value in k.choices if k.choices else k.low <= value <= k.high
+        fixed = repair(plan, sites, limit, model.vocab.freqs, model_bytes=stored_bytes(model))
+        assert plan_stored_bytes(sites, fixed, model.vocab.freqs, stored_bytes(model)) <= limit
+
+
+def test_the_default_space_seeds_low_rank_pruning_and_quantisation_on_the_reference_model():
+    model = load("kjv-lstm")
+    sites = discover_sites(model)
+    seeds = uniform_seeds(load_space("search_spaces/default.yaml"), sites, dense_bytes(model) // 10,
+                          model.vocab.freqs, stored_bytes(model))
+    assert sorted(m for m, _ in seeds) == ["lowrank", "prune", "quant"]
+    quant = dict(seeds)["quant"]
+    assert {v for k, v in quant.items() if k.endswith("/bits")} == {3}  # 3-bit codes just meet 10x
+
+
+def test_a_new_search_runs_the_seeds_first_and_a_resumed_one_does_not_repeat_them(tiny_model_dir, text_file,
+                                                                                  space_file, tmp_path):
+    run = tmp_path / "run"
+    result = _search(tiny_model_dir, text_file, space_file, run, trials=2, budget="3x")
+    first = sorted(result.study.get_trials(), key=lambda t: t.number)
+    assert [t.user_attrs.get("warm_start") for t in first] == ["uniform lowrank", None]  # at most half the trials
+    assert {cfg["method"] for cfg in first[0].user_attrs["plan"].values()} == {"lowrank"}
+    again = _search(tiny_model_dir, text_file, space_file, run, trials=3, budget="3x")
+    assert sum("warm_start" in t.user_attrs for t in again.study.get_trials()) == 1
+    assert enqueue_uniform_seeds(again.study, [("lowrank", {})]) == 0  # a study with history gets none
+
+
+def test_no_warm_start_samples_from_the_first_trial(tiny_model_dir, text_file, space_file, tmp_path):
+    result = _search(tiny_model_dir, text_file, space_file, tmp_path / "run", trials=1, budget="3x", warm_start=False)
+    assert "warm_start" not in result.study.get_trials()[0].user_attrs

@@ -23,8 +23,16 @@ def _minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min"
 
 
+COLD = "autoshrink-cold"  # an earlier autoshrink entrant whose search had no warm start, kept for comparison
+
+
+def _entrants(row: Row, work: Path) -> list[str]:
+    cold = [COLD] if result_of(work, row.name, COLD) is not None else []
+    return list(row.singles) + cold + ["autoshrink"]
+
+
 def _entrant_row(row: Row, entrant: str, r: dict | None, dense_ppl: float | None, scope_bytes: int, out_of_scope: int) -> str:
-    label = f"**{entrant}**" if entrant == "autoshrink" else entrant
+    label = {"autoshrink": "**autoshrink**", COLD: "autoshrink, no warm start"}.get(entrant, entrant)
     if r is None:
         return f"| {row.name} | {label} | not run yet | | | | | | |"
     if "unreachable" in r:
@@ -44,7 +52,7 @@ def _table(setup_bytes: dict, rows: list[Row], work: Path, dense: dict | None) -
         scope, rest = setup_bytes[row.name]
         if dense:
             out.append(_entrant_row(row, "dense", dense, dense_ppl, scope + rest, 0))
-        for entrant in list(row.singles) + ["autoshrink"]:
+        for entrant in _entrants(row, work):
             out.append(_entrant_row(row, entrant, result_of(work, row.name, entrant), dense_ppl, scope,
                                     rest if row.roles is not None else 0))
     return out
@@ -82,7 +90,7 @@ def plot(rows: list[Row], work: Path, dense: dict | None, path: Path, title: str
     for row in rows:
         if row.roles is not None:
             continue
-        for entrant in list(row.singles) + ["autoshrink"]:
+        for entrant in _entrants(row, work):
             r = result_of(work, row.name, entrant)
             if r and "test_ppl" in r:
                 points.setdefault(entrant, []).append((r["stored_bytes"], r["test_ppl"]))
@@ -92,6 +100,7 @@ def plot(rows: list[Row], work: Path, dense: dict | None, path: Path, title: str
     for entrant, pts in sorted(points.items()):
         pts.sort()
         style = dict(lw=2.5, color="black", marker="*", ms=12) if entrant == "autoshrink" else dict(lw=1, marker="o")
+        entrant = "autoshrink, no warm start" if entrant == COLD else entrant
         ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], label=entrant, **style)
     if dense:
         ax.axhline(dense["test_ppl"], ls="--", color="gray", label=f"dense control ({dense['test_ppl']:.1f})")

@@ -87,7 +87,9 @@ class StudySearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict | str | None:
         while counted_trials(self.study) + len(self.live) < self.trials:
-            trial = self.study.ask()
+            with warnings.catch_warnings():  # asked outside Study.optimize on purpose: one writer
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                trial = self.study.ask()
             prepared = prepare_plan(trial, self.ctx)
             if prepared is None:  # rejected at zero training cost, counted like the Optuna backend's
                 self._tell(trial, TrialState.PRUNED)
@@ -221,9 +223,6 @@ def run(ctx, study: optuna.Study, trials: int, timeout: float | None, callbacks:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables; our progress lines are the UI
     import ray
     from ray import tune
-
-    # Trials are asked and told outside Study.optimize on purpose (one writer); say so once, not per trial.
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
     fail_interrupted(study)
     if counted_trials(study) >= trials:

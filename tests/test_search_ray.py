@@ -102,6 +102,12 @@ def test_infeasible_plans_are_told_pruned_and_never_suggested(ctx, study):
     assert searcher.suggest("c") == searcher.FINISHED
 
 
+def test_no_trial_starts_after_the_timeout(ctx, study):
+    import time
+    late = StudySearcher(ctx, study, trials=4, deadline=time.time() - 1)
+    assert late.suggest("a") == late.FINISHED and study.get_trials() == []
+
+
 def test_a_trial_left_running_is_failed_and_its_plan_retried(ctx, study):
     first = StudySearcher(ctx, study, trials=2)
     lost = first.suggest("x")  # the driver dies here: the trial stays RUNNING in study.db

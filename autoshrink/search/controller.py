@@ -103,8 +103,8 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
         raise UserError(f"unknown backend {backend!r}: use optuna or ray")
     if workers < 1 or cpus_per_trial < 1:
         raise UserError(f"--workers and --cpus-per-trial must be at least 1, got {workers} and {cpus_per_trial}")
-    if backend == "optuna" and (workers > 1 or address):
-        raise UserError("--workers N and --address run trials through Ray: add --backend ray")
+    if backend == "optuna" and (workers > 1 or address or cpus_per_trial != 1):
+        raise UserError("--workers, --cpus-per-trial and --address run trials through Ray: add --backend ray")
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     spc = space if isinstance(space, SearchSpace) else load_space(space)

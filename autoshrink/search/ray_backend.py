@@ -76,17 +76,21 @@ class Asha(ASHAScheduler):
 class StudySearcher(Searcher):
     """Ray Tune's view of the study: `suggest` asks it, `on_trial_*` tell it. `stopped_early`
     maps Tune trial ids to the step where the scheduler stopped them; `callbacks(study, frozen)`
-    run after every told trial, as Optuna's do."""
+    run after every told trial, as Optuna's do. After `deadline` (time.time()) no trial starts,
+    and running ones finish: Optuna's `timeout`, not Tune's `time_budget_s`, which cuts them."""
 
     def __init__(self, ctx, study: optuna.Study, trials: int, callbacks: list[Callable] = (),
-                 stopped_early: dict[str, int] | None = None):
+                 stopped_early: dict[str, int] | None = None, deadline: float | None = None):
         super().__init__(metric=METRIC, mode="min")
         self.ctx, self.study, self.trials, self.callbacks = ctx, study, trials, list(callbacks)
         self.stopped_early = stopped_early if stopped_early is not None else {}
+        self.deadline = deadline
         self.live: dict[str, _Live] = {}
 
     def suggest(self, trial_id: str) -> dict | str | None:
         while counted_trials(self.study) + len(self.live) < self.trials:
+            if self.deadline is not None and time.time() >= self.deadline:
+                break
             with warnings.catch_warnings():  # asked outside Study.optimize on purpose: one writer
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
                 trial = self.study.ask()
@@ -232,7 +236,8 @@ def run(ctx, study: optuna.Study, trials: int, timeout: float | None, callbacks:
         gpus = ray.cluster_resources().get("GPU", 0)
         resources = {"cpu": threads, "gpu": round(min(1.0, gpus / workers), 4) if gpus else 0}
         asha = Asha(ctx.settings.finetune_steps)
-        searcher = StudySearcher(ctx, study, trials, callbacks, stopped_early=asha.stopped)
+        searcher = StudySearcher(ctx, study, trials, callbacks, stopped_early=asha.stopped,
+                                 deadline=time.time() + timeout if timeout else None)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, dense=ctx.model, data=ctx.data, settings=ctx.settings,
                                  dense_bytes=ctx.dense_bytes, threads=threads), resources)
@@ -240,7 +245,7 @@ def run(ctx, study: optuna.Study, trials: int, timeout: float | None, callbacks:
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=asha, num_samples=-1,
-                                        max_concurrent_trials=workers, time_budget_s=timeout,
+                                        max_concurrent_trials=workers, reuse_actors=True,
                                         trial_dirname_creator=lambda t: f"trial_{t.config['number']}"),
             run_config=tune.RunConfig(name=time.strftime("tune-%Y%m%d-%H%M%S"), storage_path=str(folder), verbose=0))
         try:

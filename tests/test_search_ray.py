@@ -150,6 +150,10 @@ def test_bad_worker_and_backend_flags_are_one_line_errors(tiny_model_dir, text_f
         assert main(common + extra) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0]
+    with pytest.raises(UserError, match="cannot reach a Ray cluster"):
+        ray_backend._start_ray("127.0.0.1:1", 1, 1)  # nothing listens on port 1
+    with pytest.raises(UserError, match="HOST:PORT"):
+        ray_backend._start_ray("nowhere", 1, 1)
     with pytest.raises(UserError, match="at least 1"):
         search("4x", model=str(tiny_model_dir), data=str(text_file), space=str(space), backend="ray", cpus_per_trial=0)
 

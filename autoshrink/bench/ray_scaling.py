@@ -75,8 +75,10 @@ def main(argv=None) -> int:
                      f"{s['COMPLETE']}/{s['PRUNED']}/{s['FAIL']} | {r['steps']} | {r['steps'] / r['wall']:.2f} | "
                      f"{r['trial_s']:.1f} | {r['load']:.2f} |")
     lines += ["", "Wall time includes loading the model and data and, for Ray, starting a local Ray (about 10 s "
-                  "here) and one worker process per trial. ASHA (Ray backend only) stops trials at half their steps, "
-                  "so its runs may train fewer steps than the Optuna baseline's.", ""]
+                  "here) and one worker process per concurrent trial (actors are reused between trials). Early "
+                  "stopping differs: ASHA (Ray) stops a trial at half its steps when it is worse than half of those "
+                  "that reached that point; the Optuna backend compares it with smaller finished peers. So the runs "
+                  "train different numbers of steps; steps / wall s compares throughput.", ""]
     write_report(args.out, "\n".join(lines))
     return 0
 

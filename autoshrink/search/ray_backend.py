@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -210,6 +211,8 @@ def _start_ray(address: str | None, workers: int, threads: int) -> bool:
     if ray.is_initialized():
         return False
     quiet = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
+    if address and address != "auto" and not address.startswith("ray://"):
+        _check_reachable(address)  # Ray itself retries for a minute, then exits the process
     try:
         if address:
             ray.init(address=address, **quiet)
@@ -218,6 +221,16 @@ def _start_ray(address: str | None, workers: int, threads: int) -> bool:
     except (ConnectionError, RuntimeError) as e:
         raise UserError(f"cannot reach a Ray cluster at {address!r}: {e}".splitlines()[0]) from None
     return True
+
+
+def _check_reachable(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address must be auto or HOST:PORT (the head's GCS port, 6379 by default), got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"cannot reach a Ray cluster at {address}: {e} (started with `ray start --head`?)") from None
 
 
 def run(ctx, study: optuna.Study, trials: int, timeout: float | None, callbacks: list, workers: int = 1,

@@ -142,7 +142,7 @@ class StudySearcher(Searcher):
             record_stopped(trial, step, r.get(METRIC), r.get("time_total_s", 0.0),
                            f"stopped by ASHA at step {step} (val ppl {r.get(METRIC, float('nan')):.2f})")
             self._tell(trial, TrialState.PRUNED)
-        else:  # stopped by the search ending (time budget, Ctrl-C): not a result, run it again on resume
+        else:  # stopped by Tune, not by ASHA (Ctrl-C, shutdown): not a result, run it again on resume
             interrupt(self.study, trial.number, f"interrupted at step {r.get(STEP, 0)}: the search stopped first")
 
     def _tell(self, trial: optuna.Trial, state: TrialState, values=None) -> None:

@@ -118,6 +118,7 @@ def test_a_trial_left_running_is_failed_and_its_plan_retried(ctx, study):
     retry = again.suggest("y")
     assert retry["plan"] == lost["plan"] and retry["number"] != lost["number"]
     assert study.trials[retry["number"]].system_attrs["failed_trial"] == lost["number"]
+    assert study.trials[retry["number"]].user_attrs["note"] == f"retry of trial {lost['number']}"
     again.on_trial_complete("y", _complete(study, retry))
     assert optuna_backend.counted_trials(study) == 1  # the crash cost no trial
     # Stopped by the search ending (time budget, Ctrl-C) rather than by ASHA: retried too.

@@ -69,9 +69,8 @@ def default_run_dir(model_name: str, budget: Budget) -> Path:
 
 def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: int, started: float, done_before: int,
                    front) -> str:
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     a = trial.user_attrs
-    k = len(finished)
+    k = optuna_backend.counted_trials(study)  # a failed try that was retried does not count
     this_session = max(1, k - done_before)
     eta = (time.time() - started) / this_session * max(0, total - k)
     best = f"best {front['val_ppl'].min():.2f}" if not front.empty else "no front yet"
@@ -153,14 +152,14 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
                      **({"ray": _ray_version()} if backend == "ray" else {})}})
     if backend == "ray":
         from autoshrink.search import ray_backend
-        requeued = ray_backend.fail_interrupted(study)
-    done_before = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+        orphans = ray_backend.fail_interrupted(study)
+    done_before = optuna_backend.counted_trials(study)
     log(f"search {model_name} under {b.text} ({max_bytes:,} bytes) -> {folder}" if max_bytes else
         f"search {model_name} under {b.text} -> {folder}")
     if done_before:
         log(f"resuming: {done_before} trial(s) already finished")
-    if backend == "ray" and requeued:
-        log(f"re-queued {requeued} trial(s) the last run left unfinished")
+    if backend == "ray" and orphans:
+        log(f"{orphans} trial(s) the last run left unfinished marked failed (a plan is retried once)")
     started = time.time()
     objective = "latency_ms" if b.kind == "latency" else "stored_bytes"
 
@@ -170,7 +169,7 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
 
     if backend == "ray":
         ray_backend.run(ctx, study, trials, timeout, [after_trial], workers=workers, address=address,
-                        threads=cpus_per_trial, run_dir=folder)
+                        threads=cpus_per_trial, run_dir=folder, log=log)
     else:
         optuna_backend.run(ctx, study, trials, timeout, [after_trial])
     front = run_folder.write(folder, study, objective)

@@ -95,6 +95,9 @@ class StudySearcher(Searcher):
             with warnings.catch_warnings():  # asked outside Study.optimize on purpose: one writer
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
                 trial = self.study.ask()
+            retry_of = self.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+            if retry_of is not None:  # it inherited the interrupted try's user attrs, note included
+                trial.set_user_attr("note", f"retry of trial {retry_of}")
             prepared = prepare_plan(trial, self.ctx)
             if prepared is None:  # rejected at zero training cost, counted like the Optuna backend's
                 self._tell(trial, TrialState.PRUNED)
@@ -143,7 +146,8 @@ class StudySearcher(Searcher):
                            f"stopped by ASHA at step {step} (val ppl {r.get(METRIC, float('nan')):.2f})")
             self._tell(trial, TrialState.PRUNED)
         else:  # stopped by Tune, not by ASHA (Ctrl-C, shutdown): not a result, run it again on resume
-            interrupt(self.study, trial.number, f"interrupted at step {r.get(STEP, 0)}: the search stopped first")
+            interrupt(self.study, trial.number, f"interrupted at step {r.get(STEP, 0)}: the search stopped first "
+                                                "(a plan is retried once)")
 
     def _tell(self, trial: optuna.Trial, state: TrialState, values=None) -> None:
         frozen = self.study.tell(trial, values, state=state)
@@ -153,7 +157,8 @@ class StudySearcher(Searcher):
     def interrupt_live(self) -> None:
         """Leave no trial RUNNING when the search ends: each is failed and queued again."""
         for trial_id in list(self.live):
-            interrupt(self.study, self.live.pop(trial_id).trial.number, "interrupted: the search stopped first")
+            interrupt(self.study, self.live.pop(trial_id).trial.number,
+                      "interrupted: the search stopped first (a plan is retried once)")
 
     def save(self, checkpoint_path: str) -> None:
         """The study is the state to resume from (see the module docstring); nothing to save."""
@@ -176,10 +181,10 @@ def interrupt(study: optuna.Study, number: int, note: str) -> None:
 
 def fail_interrupted(study: optuna.Study) -> int:
     """Trials left RUNNING by a search that died: with the Ray backend only this driver writes the
-    study, so any RUNNING trial at start is orphaned. Returns how many were re-queued."""
+    study, so any RUNNING trial at start is orphaned. Returns how many were failed."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in running:
-        interrupt(study, t.number, "interrupted: the search stopped while it ran; retried")
+        interrupt(study, t.number, "interrupted: the search stopped while it ran (a plan is retried once)")
     return len(running)
 
 
@@ -234,13 +239,15 @@ def _check_reachable(address: str) -> None:
 
 
 def run(ctx, study: optuna.Study, trials: int, timeout: float | None, callbacks: list, workers: int = 1,
-        address: str | None = None, threads: int = 1, run_dir: Path | None = None) -> None:
+        address: str | None = None, threads: int = 1, run_dir: Path | None = None,
+        log: Callable[[str], None] = print) -> None:
     """Run the search to `trials` finished trials (counted across resumes) with `workers`
     trials at a time, each on `threads` CPU threads and a share of the GPUs when the cluster has them."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables; our progress lines are the UI
     import ray
     from ray import tune
 
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)  # e.g. "resume with Tuner.restore": here the study resumes
     fail_interrupted(study)
     if counted_trials(study) >= trials:
         return
@@ -264,6 +271,9 @@ def run(ctx, study: optuna.Study, trials: int, timeout: float | None, callbacks:
         try:
             tuner.fit()
         finally:
+            if searcher.live:
+                log(f"interrupted: {len(searcher.live)} unfinished trial(s) marked failed and queued again; "
+                    "run the same command to resume")
             searcher.interrupt_live()
     finally:
         if started:

@@ -224,7 +224,8 @@ def _start_ray(address: str | None, workers: int, threads: int) -> bool:
         else:
             ray.init(num_cpus=workers * threads, **quiet)
     except (ConnectionError, RuntimeError) as e:
-        raise UserError(f"cannot reach a Ray cluster at {address!r}: {e}".splitlines()[0]) from None
+        hint = "" if address == "auto" else " (a head started by Ray 2.60 wants RAY_AUTH_MODE=token and its token)"
+        raise UserError(f"cannot reach a Ray cluster at {address!r}: {str(e).splitlines()[0]}{hint}") from None
     return True
 
 

@@ -222,7 +222,7 @@ def _start_ray(address: str | None, workers: int, threads: int) -> bool:
         if address:
             ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=workers * threads, **quiet)
+            ray.init(address="local", num_cpus=workers * threads, **quiet)  # private, even if a cluster runs here
     except (ConnectionError, RuntimeError) as e:
         hint = "" if address == "auto" else " (a head started by Ray 2.60 wants RAY_AUTH_MODE=token and its token)"
         raise UserError(f"cannot reach a Ray cluster at {address!r}: {str(e).splitlines()[0]}{hint}") from None

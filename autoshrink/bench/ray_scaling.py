@@ -38,7 +38,8 @@ def measure(args, backend: str, workers: int) -> dict:
     states = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
     trained = [t for t in trials if t.user_attrs.get("steps")]
     steps = sum(t.user_attrs["steps"] for t in trained)
-    return {"backend": backend, "workers": workers, "wall": wall, "states": states, "steps": steps,
+    busy = sum(t.user_attrs.get("seconds") or 0 for t in trained)  # trial wall seconds, overlapping when parallel
+    return {"backend": backend, "workers": workers, "wall": wall, "states": states, "steps": steps, "busy": busy,
             "trial_s": statistics.median(t.user_attrs["seconds"] for t in trained) if trained else float("nan"),
             "load": load, "front": len(result.front)}
 
@@ -67,18 +68,20 @@ def main(argv=None) -> int:
              f"commit {commit()}, `{command}`. One torch thread per trial. The machine's cores are shared "
              "with other jobs: the load average at the start of each run is given, and timings are noisy.", "",
              "| backend | workers | wall s | speed-up vs ray 1 | states (complete/pruned/fail) | steps trained "
-             "| steps / wall s | median trial s | load avg at start |", "|---|---|---|---|---|---|---|---|---|"]
+             "| steps / wall s | median trial s | trials running at once (sum of trial s / wall s) | load avg at start |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         speedup = f"{ray_one['wall'] / r['wall']:.2f}x" if ray_one else "-"
         s = r["states"]
         lines.append(f"| {r['backend']} | {r['workers']} | {r['wall']:.1f} | {speedup} | "
                      f"{s['COMPLETE']}/{s['PRUNED']}/{s['FAIL']} | {r['steps']} | {r['steps'] / r['wall']:.2f} | "
-                     f"{r['trial_s']:.1f} | {r['load']:.2f} |")
+                     f"{r['trial_s']:.1f} | {r['busy'] / r['wall']:.2f} | {r['load']:.2f} |")
     lines += ["", "Wall time includes loading the model and data and, for Ray, starting a local Ray (about 10 s "
                   "here) and one worker process per concurrent trial (actors are reused between trials). Early "
                   "stopping differs: ASHA (Ray) stops a trial at half its steps when it is worse than half of those "
                   "that reached that point; the Optuna backend compares it with smaller finished peers. So the runs "
-                  "train different numbers of steps; steps / wall s compares throughput.", ""]
+                  "train different numbers of steps; steps / wall s compares throughput. Trials running at once shows "
+                  "whether trials overlapped; the speed-up shows whether the machine had free cores for them.", ""]
     write_report(args.out, "\n".join(lines))
     return 0
 

@@ -122,7 +122,9 @@ def _search_parser(sub) -> None:
                        description="Search per-site compression choices that meet the budget.",
                        epilog="examples:\n  autoshrink search --budget 25x\n  autoshrink search --budget 1.5MB --trials 40\n"
                               "  autoshrink search --budget 10x --model kjv-lstm-tiny --trials 4   # a quick look\n"
-                              "  autoshrink search --budget 4ms",
+                              "  autoshrink search --budget 4ms\n"
+                              "  autoshrink search --budget 25x --backend ray --workers 2          # Ray Tune, this machine\n"
+                              "  autoshrink search --budget 25x --backend ray --address auto --workers 8   # a Ray cluster",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", required=True, help="25x (whole-model ratio), 1.5MB / 800KB / 2MiB (bytes), or 4ms (latency)")
     p.add_argument("--model", default="kjv-lstm", help="preset, model folder, or saved model [kjv-lstm]")
@@ -138,9 +140,12 @@ def _search_parser(sub) -> None:
     p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                    help="do not start from single-method plans (by default a new search's first trials put low-rank, "
                         "pruning or quantisation on every site, fitted to the budget)")
-    p.add_argument("--backend", choices=("optuna", "ray"), default="optuna", help="optuna (one machine) [optuna]; ray lands with issue 7")
-    p.add_argument("--workers", type=int, default=1, help="parallel trials (Ray backend) [1]")
-    p.add_argument("--address", default=None, help="Ray cluster address (auto or HOST:PORT)")
+    p.add_argument("--backend", choices=("optuna", "ray"), default="optuna", help="optuna (one process) | ray (parallel trials through Ray Tune, ASHA early stopping) [optuna]")
+    p.add_argument("--workers", type=int, default=1, help="trials at once (Ray backend) [1]")
+    p.add_argument("--cpus-per-trial", type=int, default=1,
+                   help="CPU threads per trial (Ray backend; GPUs, when the cluster has them, are shared evenly) [1]")
+    p.add_argument("--address", default=None,
+                   help="join this Ray cluster (auto, or HEAD_HOST:6379) instead of starting Ray locally (Ray backend)")
     p.add_argument("--run-dir", default=None, help="run folder [results/runs/<model>-<budget>-<time>]; "
                                                    "an existing one is resumed")
     p.add_argument("--device", default="auto", help="auto (CUDA with mixed precision when present) | cpu | cuda [auto]")
@@ -155,6 +160,7 @@ def _search_command(args) -> int:
                     timeout=args.timeout, finetune_steps=args.finetune_steps, backend=args.backend,
                     workers=args.workers, address=args.address, run_dir=args.run_dir, device=args.device,
                     seed=args.seed, sampler=args.sampler, distill=args.distill, warm_start=args.warm_start,
+                    cpus_per_trial=args.cpus_per_trial,
                     command=args.command_line)
     front = result.front
     if front.empty:

@@ -65,3 +65,11 @@ def test_a_new_search_runs_the_seeds_first_and_a_resumed_one_does_not_repeat_the
 def test_no_warm_start_samples_from_the_first_trial(tiny_model_dir, text_file, space_file, tmp_path):
     result = _search(tiny_model_dir, text_file, space_file, tmp_path / "run", trials=1, budget="3x", warm_start=False)
     assert "warm_start" not in result.study.get_trials()[0].user_attrs
+
+
+def test_a_resumed_search_does_not_draw_the_same_plans_again(tiny_model_dir, text_file, space_file, tmp_path):
+    run = tmp_path / "run"
+    _search(tiny_model_dir, text_file, space_file, run, trials=2, warm_start=False, sampler="nsga2")
+    again = _search(tiny_model_dir, text_file, space_file, run, trials=4, warm_start=False, sampler="nsga2")
+    trials = sorted(again.study.get_trials(), key=lambda t: t.number)
+    assert [t.params for t in trials[2:]] != [t.params for t in trials[:2]]

@@ -71,9 +71,8 @@ def default_run_dir(model_name: str, budget: Budget) -> Path:
 
 def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: int, started: float, done_before: int,
                    front) -> str:
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     a = trial.user_attrs
-    k = len(finished)
+    k = optuna_backend.counted_trials(study)  # a failed try that was retried does not count
     this_session = max(1, k - done_before)
     eta = (time.time() - started) / this_session * max(0, total - k)
     best = f"best {front['val_ppl'].min():.2f}" if not front.empty else "no front yet"
@@ -89,22 +88,27 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
            space: str | SearchSpace | None = None, trials: int = 8, timeout: float | None = None,
            finetune_steps: int | None = None, backend: str = "optuna", workers: int = 1, address: str | None = None,
            run_dir: str | Path | None = None, device: str = "auto", seed: int = 0, sampler: str = "nsga2",
-           distill: bool = False, warm_start: bool = True, command: str | None = None,
+           distill: bool = False, warm_start: bool = True, cpus_per_trial: int = 1, command: str | None = None,
            log: Callable[[str], None] | None = None) -> SearchResult:
     """Per-layer search to a Pareto front under `budget`; see DESIGN.md. Returns the run folder,
     the study and the front. `model` may be a preset name, a model folder (autoshrink's or a
     local Hugging Face causal LM), or any torch LM module (forward(ids (T, B), state) ->
     (logits, state)) with `data` given. `space` None: search_spaces/default.yaml, or
-    transformer.yaml for a model with attention/mlp sites (said in the log)."""
+    transformer.yaml for a model with attention/mlp sites (said in the log). A new search
+    starts from single-method plans unless `warm_start` is False (search/warm_start.py). With
+    `backend="ray"`, `workers` trials run at once through Ray Tune, each on `cpus_per_trial`
+    threads, locally or on the cluster at `address` ("auto" or HOST:PORT)."""
     from autoshrink.api import load
     from autoshrink.latency import LatencyTable
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     b = parse_budget(budget)
-    if backend == "ray":
-        raise UserError("--backend ray lands with issue 7; use --backend optuna")
-    if backend != "optuna":
+    if backend not in ("optuna", "ray"):
         raise UserError(f"unknown backend {backend!r}: use optuna or ray")
+    if workers < 1 or cpus_per_trial < 1:
+        raise UserError(f"--workers and --cpus-per-trial must be at least 1, got {workers} and {cpus_per_trial}")
+    if backend == "optuna" and (workers > 1 or address or cpus_per_trial != 1):
+        raise UserError("--workers, --cpus-per-trial and --address run trials through Ray: add --backend ray")
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     spc = space if isinstance(space, SearchSpace) or space is None else load_space(space)  # bad input fails first
@@ -154,15 +158,23 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
         "model": model_name, "data": corpus_key(data.name) if isinstance(data.name, str) else data.name,
         "data_path": data_path if data_path in (None, "kjv") else str(Path(data_path).expanduser().resolve()),
         "space": str(spc.source), "seed": seed, "sampler": sampler, "warm_start": warm_start, "trials": trials,
+        "backend": backend,
+        **({"workers": workers, "cpus_per_trial": cpus_per_trial, "address": address} if backend == "ray" else {}),
         "finetune_steps": settings.finetune_steps, "dense_bytes": nbytes,
         "dense_val_ppl": _dense_val(dense, data, settings, folder),
         "versions": {"autoshrink": __import__("autoshrink").__version__, "torch": torch.__version__,
-                     "optuna": optuna.__version__, "python": platform.python_version()}})
-    done_before = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+                     "optuna": optuna.__version__, "python": platform.python_version(),
+                     **({"ray": _ray_version()} if backend == "ray" else {})}})
+    if backend == "ray":
+        from autoshrink.search import ray_backend
+        orphans = ray_backend.fail_interrupted(study)
+    done_before = optuna_backend.counted_trials(study)
     log(f"search {model_name} under {b.text} ({max_bytes:,} bytes) -> {folder}" if max_bytes else
         f"search {model_name} under {b.text} -> {folder}")
     if done_before:
         log(f"resuming: {done_before} trial(s) already finished")
+    if backend == "ray" and orphans:
+        log(f"{orphans} trial(s) the last run left unfinished marked failed (a plan is retried once)")
     started = time.time()
     objective = "latency_ms" if b.kind == "latency" else "stored_bytes"
 
@@ -170,9 +182,18 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
         front = run_folder.write(folder, st, objective)  # the front once, for the files and the line
         log(_progress_line(st, trial, trials, started, done_before, front))
 
-    optuna_backend.run(ctx, study, trials, timeout, [after_trial])
+    if backend == "ray":
+        ray_backend.run(ctx, study, trials, timeout, [after_trial], workers=workers, address=address,
+                        threads=cpus_per_trial, run_dir=folder, log=log)
+    else:
+        optuna_backend.run(ctx, study, trials, timeout, [after_trial])
     front = run_folder.write(folder, study, objective)
     return SearchResult(folder, study, front)
+
+
+def _ray_version() -> str:
+    import ray
+    return ray.__version__
 
 
 def _dense_val(dense: nn.Module, data: LMData, settings: TrialSettings, folder: Path) -> float:

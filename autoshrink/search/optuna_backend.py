@@ -25,7 +25,7 @@ from autoshrink.errors import UserError
 from autoshrink.models.training import DivergedError
 from autoshrink.plan import plan_stored_bytes, plan_to_json
 from autoshrink.space import sample_plan
-from autoshrink.trial import StopTrial, run_trial
+from autoshrink.trial import StopTrial, TrialResult, run_trial
 
 STUDY_NAME = "autoshrink"
 # A crashed trial is noticed two heartbeats after its last one, when the search resumes.
@@ -53,8 +53,12 @@ def open_study(run_dir: Path, sampler: str, seed: int) -> optuna.Study:
     storage = RDBStorage(f"sqlite:///{run_dir / 'study.db'}", heartbeat_interval=HEARTBEAT_S,
                          grace_period=2 * HEARTBEAT_S,
                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-    return optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=["minimize", "minimize"],
-                               sampler=make_sampler(sampler, seed), load_if_exists=True)
+    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=["minimize", "minimize"],
+                                sampler=make_sampler(sampler, seed), load_if_exists=True)
+    done = len(study.get_trials(deepcopy=False))
+    if done:  # a resumed search: a sampler seeded as before would draw its first plans again
+        study.sampler = make_sampler(sampler, seed + done)
+    return study
 
 
 class WeakTrialRule:
@@ -81,43 +85,64 @@ class WeakTrialRule:
         return should_stop
 
 
+def prepare_plan(trial: optuna.Trial, ctx) -> tuple[dict, int] | None:
+    """Sample the trial's plan and repair it to the budget, recording plan, bytes and ratio.
+    None when no repair fits: the plan is noted and must not be trained. Both backends use this."""
+    plan = sample_plan(trial, ctx.space, ctx.sites)
+    fixed = ctx.repair(plan)
+    if fixed is None:
+        trial.set_user_attr("note", "infeasible: no repair fits the budget (not trained)")
+        trial.set_user_attr("plan", plan_to_json(plan))
+        return None
+    nbytes = plan_stored_bytes(ctx.sites, fixed, ctx.freqs, ctx.model_bytes)
+    trial.set_user_attr("plan", plan_to_json(fixed))
+    trial.set_user_attr("stored_bytes", nbytes)
+    trial.set_user_attr("ratio", ctx.dense_bytes / nbytes)
+    return fixed, nbytes
+
+
+def record_stopped(trial: optuna.Trial, step: int, val_ppl: float | None, seconds: float, note: str) -> None:
+    """A trial stopped before its last step: PRUNED, with the fidelity it reached, never on the front."""
+    trial.set_user_attr("seconds", seconds)
+    trial.set_user_attr("steps", step)
+    trial.set_user_attr("val_ppl", val_ppl)
+    trial.set_user_attr("note", note)
+
+
+def record_result(trial: optuna.Trial, ctx, result: TrialResult, nbytes: int) -> tuple[float, float]:
+    """A trial that trained all its steps: metrics as user attrs, the budget as a constraint,
+    and the two objective values (val ppl, bytes or latency) to tell the study."""
+    if result.stored_bytes != nbytes:  # the analytic count is the contract: never let it drift
+        raise RuntimeError(f"analytic {nbytes} bytes != built model {result.stored_bytes} bytes")
+    feasible = ctx.constraint(result) <= 0
+    for key in ("val_ppl", "latency_ms", "seconds", "finetune_seconds", "steps"):
+        trial.set_user_attr(key, getattr(result, key))
+    trial.set_user_attr("curve", {str(k): v for k, v in result.curve.items()})
+    trial.set_user_attr("feasible", feasible)
+    trial.set_constraint("budget", ctx.constraint(result))
+    second = result.latency_ms if ctx.budget.kind == "latency" else float(nbytes)
+    return result.val_ppl, second
+
+
 def make_objective(ctx) -> Callable[[optuna.Trial], tuple[float, float]]:
     """`ctx` is the search context (search/controller.py): model, data, sites, space, limits."""
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         start = time.perf_counter()
-        plan = sample_plan(trial, ctx.space, ctx.sites)
-        fixed = ctx.repair(plan)
-        if fixed is None:
-            trial.set_user_attr("note", "infeasible: no repair fits the budget (not trained)")
-            trial.set_user_attr("plan", plan_to_json(plan))
+        prepared = prepare_plan(trial, ctx)
+        if prepared is None:
             raise optuna.TrialPruned("infeasible plan")
-        nbytes = plan_stored_bytes(ctx.sites, fixed, ctx.freqs, ctx.model_bytes)
-        trial.set_user_attr("plan", plan_to_json(fixed))
-        trial.set_user_attr("stored_bytes", nbytes)
-        trial.set_user_attr("ratio", ctx.dense_bytes / nbytes)
+        fixed, nbytes = prepared
         settings = ctx.settings_for(trial.number)
         try:
             result = run_trial(ctx.model, fixed, ctx.data, settings, ctx.dense_bytes, should_stop=ctx.rule(nbytes))
         except StopTrial as stop:
-            trial.set_user_attr("seconds", time.perf_counter() - start)
-            trial.set_user_attr("steps", stop.step)
-            trial.set_user_attr("val_ppl", stop.val_ppl)
-            trial.set_user_attr("note", f"stopped early: {stop}")
+            record_stopped(trial, stop.step, stop.val_ppl, time.perf_counter() - start, f"stopped early: {stop}")
             raise optuna.TrialPruned(str(stop)) from None
         except DivergedError as e:
             trial.set_user_attr("note", f"failed: {e}")
             raise
-        if result.stored_bytes != nbytes:  # the analytic count is the contract: never let it drift
-            raise RuntimeError(f"analytic {nbytes} bytes != built model {result.stored_bytes} bytes")
-        feasible = ctx.constraint(result) <= 0
-        for key in ("val_ppl", "latency_ms", "seconds", "finetune_seconds", "steps"):
-            trial.set_user_attr(key, getattr(result, key))
-        trial.set_user_attr("curve", {str(k): v for k, v in result.curve.items()})
-        trial.set_user_attr("feasible", feasible)
-        trial.set_constraint("budget", ctx.constraint(result))
-        second = result.latency_ms if ctx.budget.kind == "latency" else float(nbytes)
-        return result.val_ppl, second
+        return record_result(trial, ctx, result, nbytes)
 
     return objective
 

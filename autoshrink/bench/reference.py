@@ -205,6 +205,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="ROW",
                    help=f"rows to run [{' '.join(ROWS)}]")
+    p.add_argument("--entrants", nargs="+", default=None, metavar="NAME",
+                   help="only these entrants of the rows (dense, a method name, autoshrink) [all]")
     p.add_argument("--model", default="kjv-lstm", help="the reference model [kjv-lstm]")
     p.add_argument("--data", default="kjv", help="its corpus [kjv]")
     p.add_argument("--steps", type=int, default=200, help="final-training steps of every entrant [200]")
@@ -228,6 +230,8 @@ def main(argv=None) -> int:
     if not args.report_only:
         for i, (row, entrant) in enumerate(work_items(args.rows)):
             if i % n != k or result_of(setup.work, row, entrant) is not None:
+                continue
+            if args.entrants is not None and entrant not in args.entrants:
                 continue
             print(f"== {row} {entrant}", flush=True)
             run_item(setup, row, entrant)

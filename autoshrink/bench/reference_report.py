@@ -19,6 +19,12 @@ INCLUDED = [("search.md", "Sampler comparison, trial overhead, infeasible plans 
             ("methods.md", "Each method on single matrices at 10x and 25x")]
 
 
+def _warm(work: Path, row: str) -> bool:
+    """Whether the row's autoshrink search started from single-method plans (run.json)."""
+    path = work / row / "autoshrink" / "search" / "run.json"
+    return path.is_file() and bool(json.loads(path.read_text()).get("warm_start", False))
+
+
 def _minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min"
 
@@ -31,8 +37,10 @@ def _entrants(row: Row, work: Path) -> list[str]:
     return list(row.singles) + cold + ["autoshrink"]
 
 
-def _entrant_row(row: Row, entrant: str, r: dict | None, dense_ppl: float | None, scope_bytes: int, out_of_scope: int) -> str:
-    label = {"autoshrink": "**autoshrink**", COLD: "autoshrink, no warm start"}.get(entrant, entrant)
+def _entrant_row(row: Row, entrant: str, r: dict | None, dense_ppl: float | None, scope_bytes: int, out_of_scope: int,
+                 work: Path) -> str:
+    label = {"autoshrink": "**autoshrink**" if r is None or _warm(work, row.name) else "**autoshrink** (no warm start)",
+             COLD: "autoshrink, no warm start"}.get(entrant, entrant)
     if r is None:
         return f"| {row.name} | {label} | not run yet | | | | | | |"
     if "unreachable" in r:
@@ -51,10 +59,10 @@ def _table(setup_bytes: dict, rows: list[Row], work: Path, dense: dict | None) -
     for row in rows:
         scope, rest = setup_bytes[row.name]
         if dense:
-            out.append(_entrant_row(row, "dense", dense, dense_ppl, scope + rest, 0))
+            out.append(_entrant_row(row, "dense", dense, dense_ppl, scope + rest, 0, work))
         for entrant in _entrants(row, work):
             out.append(_entrant_row(row, entrant, result_of(work, row.name, entrant), dense_ppl, scope,
-                                    rest if row.roles is not None else 0))
+                                    rest if row.roles is not None else 0, work))
     return out
 
 
@@ -158,7 +166,8 @@ def markdown(setup, rows: list[Row], command: str, out_dir: Path) -> str:
         "## Search cost", "",
         f"- Peak RSS of a search on the reference model: "
         f"{max(peaks) / 1e9:.2f} GB (largest of {len(peaks)} searches)." if peaks else "- No search has run yet.",
-        *[f"- {r.name}: {s['search_seconds'] / 60:.1f} min for {s['trials']} trials (`{s['search_command']}`)"
+        *[f"- {r.name}: {s['search_seconds'] / 60:.1f} min for {s['trials']} trials, "
+          f"{'with' if _warm(work, r.name) else 'without'} warm start (`{s['search_command']}`)"
           for r, s in zip(rows, searches) if s and "search_seconds" in s], "",
     ]
     for name, title in INCLUDED:

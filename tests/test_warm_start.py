@@ -73,3 +73,15 @@ def test_a_resumed_search_does_not_draw_the_same_plans_again(tiny_model_dir, tex
     again = _search(tiny_model_dir, text_file, space_file, run, trials=4, warm_start=False, sampler="nsga2")
     trials = sorted(again.study.get_trials(), key=lambda t: t.number)
     assert [t.params for t in trials[2:]] != [t.params for t in trials[:2]]
+
+
+def test_a_method_whose_defaults_cannot_reach_the_budget_is_seeded_with_its_ranges_at_the_top():
+    # GroupReduce's default 4 blocks leave the head block dense: 6.6x on the vocabulary needs 10
+    model = load("kjv-lstm")
+    sites = discover_sites(model)
+    vocab = sum(s.dense_bytes for s in sites if s.is_vocab)
+    limit = int(stored_bytes(model) - vocab + vocab / 6.6)
+    seeds = dict(uniform_seeds(load_space("search_spaces/vocab-only-fp32.yaml"), sites, limit,
+                               model.vocab.freqs, stored_bytes(model)))
+    assert seeds["groupreduce"]["decoder/groupreduce/blocks"] == 10
+    assert seeds["lowrank"]["decoder/method"] == "lowrank"

@@ -19,9 +19,9 @@ INCLUDED = [("search.md", "Sampler comparison, trial overhead, infeasible plans 
             ("methods.md", "Each method on single matrices at 10x and 25x")]
 
 
-def _warm(work: Path, row: str) -> bool:
+def _warm(work: Path, row: str, entrant: str = "autoshrink") -> bool:
     """Whether the row's autoshrink search started from single-method plans (run.json)."""
-    path = work / row / "autoshrink" / "search" / "run.json"
+    path = work / row / entrant / "search" / "run.json"
     return path.is_file() and bool(json.loads(path.read_text()).get("warm_start", False))
 
 
@@ -29,7 +29,7 @@ def _minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min"
 
 
-COLD = "autoshrink-cold"  # an earlier autoshrink entrant whose search had no warm start, kept for comparison
+COLD = "autoshrink-cold"  # an earlier autoshrink entrant (an older search), kept for comparison
 
 
 def _entrants(row: Row, work: Path) -> list[str]:
@@ -40,7 +40,7 @@ def _entrants(row: Row, work: Path) -> list[str]:
 def _entrant_row(row: Row, entrant: str, r: dict | None, dense_ppl: float | None, scope_bytes: int, out_of_scope: int,
                  work: Path) -> str:
     label = {"autoshrink": "**autoshrink**" if r is None or _warm(work, row.name) else "**autoshrink** (no warm start)",
-             COLD: "autoshrink, no warm start"}.get(entrant, entrant)
+             COLD: f"autoshrink, earlier search ({'warm start without ranged seeds' if _warm(work, row.name, COLD) else 'no warm start'})"}.get(entrant, entrant)
     if r is None:
         return f"| {row.name} | {label} | not run yet | | | | | | |"
     if "unreachable" in r:
@@ -108,7 +108,7 @@ def plot(rows: list[Row], work: Path, dense: dict | None, path: Path, title: str
     for entrant, pts in sorted(points.items()):
         pts.sort()
         style = dict(lw=2.5, color="black", marker="*", ms=12) if entrant == "autoshrink" else dict(lw=1, marker="o")
-        entrant = "autoshrink, no warm start" if entrant == COLD else entrant
+        entrant = "autoshrink, earlier search" if entrant == COLD else entrant
         ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], label=entrant, **style)
     if dense:
         ax.axhline(dense["test_ppl"], ls="--", color="gray", label=f"dense control ({dense['test_ppl']:.1f})")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import shlex
 import subprocess
@@ -30,10 +29,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from autoshrink.budget import uniform_plan
-from autoshrink.bench.report import commit, write_report
+from autoshrink.bench.report import write_report
 from autoshrink.methods import config_from_dict
 
 WORK = Path("results/runs/bench")
@@ -134,12 +131,17 @@ def _unreachable(out: Path, reason: str) -> dict:
     return result
 
 
+def entrant_dir(work: Path, row_name: str, entrant: str) -> Path:
+    """Where an entrant is trained and kept: WORK/dense for the control, else WORK/<row>/<entrant>."""
+    return work / "dense" if row_name == "dense" else work / row_name / entrant
+
+
 def run_dense(setup: Setup) -> dict:
-    return _train(setup, {}, setup.work / "dense", "dense control", {})
+    return _train(setup, {}, entrant_dir(setup.work, "dense", "dense"), "dense control", {})
 
 
 def run_single(setup: Setup, row: Row, name: str) -> dict:
-    out = setup.work / row.name / name
+    out = entrant_dir(setup.work, row.name, name)
     base = config_from_dict(row.singles[name])
     plan = uniform_plan(base, setup.sites, setup.max_bytes(row), setup.lm.vocab.freqs, setup.model_bytes, row.roles)
     if plan is None:
@@ -151,7 +153,7 @@ def run_autoshrink(setup: Setup, row: Row) -> dict:
     """`autoshrink search` as a user runs it (a subprocess, so its peak memory is its own), then
     final training of the front's best plan for the same steps as every other entrant."""
     from autoshrink.train import choose_trial
-    out = setup.work / row.name / "autoshrink"
+    out = entrant_dir(setup.work, row.name, "autoshrink")
     run_dir = out / "search"
     cmd = [sys.executable, "-m", "autoshrink", "search", "--budget", f"{setup.max_bytes(row)}B",
            "--model", setup.model_name, "--data", setup.data, "--space", row.space, "--trials", str(setup.trials),
@@ -195,7 +197,7 @@ def run_item(setup: Setup, row_name: str, entrant: str) -> dict:
 
 
 def result_of(work: Path, row_name: str, entrant: str) -> dict | None:
-    path = (work / "dense" if row_name == "dense" else work / row_name / entrant) / "bench.json"
+    path = entrant_dir(work, row_name, entrant) / "bench.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 

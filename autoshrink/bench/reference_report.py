@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from autoshrink.bench.reference import PAPER, ROWS, Row, result_of
+from autoshrink.bench.reference import PAPER, ROWS, Row, entrant_dir, result_of
 from autoshrink.bench.report import commit
 
 # BENCHMARK.md's goals for autoshrink: % perplexity over the dense control at each row.
@@ -21,8 +21,13 @@ INCLUDED = [("search.md", "Sampler comparison, trial overhead, infeasible plans 
 
 def _warm(work: Path, row: str, entrant: str = "autoshrink") -> bool:
     """Whether the row's autoshrink search started from single-method plans (run.json)."""
-    path = work / row / entrant / "search" / "run.json"
+    path = entrant_dir(work, row, entrant) / "search" / "run.json"
     return path.is_file() and bool(json.loads(path.read_text()).get("warm_start", False))
+
+
+def _increase(ppl: float, dense_ppl: float) -> str:
+    """% test perplexity over the dense control."""
+    return f"{100 * (ppl / dense_ppl - 1):+.1f}%"
 
 
 def _minutes(seconds: float | None) -> str:
@@ -45,7 +50,7 @@ def _entrant_row(row: Row, entrant: str, r: dict | None, dense_ppl: float | None
         return f"| {row.name} | {label} | not run yet | | | | | | |"
     if "unreachable" in r:
         return f"| {row.name} | {label} | cannot reach: {r['unreachable']} | | | | | | |"
-    inc = f"{100 * (r['test_ppl'] / dense_ppl - 1):+.1f}%" if dense_ppl else "-"
+    inc = _increase(r["test_ppl"], dense_ppl) if dense_ppl else "-"
     ratio = scope_bytes / (r["stored_bytes"] - out_of_scope)
     wall = r["train_seconds"] + r.get("search_seconds", 0.0)
     return (f"| {row.name} | {label} | {r['test_ppl']:.2f} | {inc} | {r['stored_bytes']:,} | {ratio:.1f}x | "
@@ -75,8 +80,8 @@ def _goals(rows: list[Row], work: Path, dense: dict | None) -> list[str]:
         singles = {e: result_of(work, row.name, e) for e in row.singles}
         trained = {e: r for e, r in singles.items() if r and "test_ppl" in r}
         best = min(trained.items(), key=lambda kv: kv[1]["test_ppl"]) if trained else None
-        a = f"{100 * (auto['test_ppl'] / dense['test_ppl'] - 1):+.1f}%" if auto and "test_ppl" in auto else "not run"
-        b = f"{best[0]} {100 * (best[1]['test_ppl'] / dense['test_ppl'] - 1):+.1f}%" if best else "none reaches it"
+        a = _increase(auto["test_ppl"], dense["test_ppl"]) if auto and "test_ppl" in auto else "not run"
+        b = f"{best[0]} {_increase(best[1]['test_ppl'], dense['test_ppl'])}" if best else "none reaches it"
         pending = [e for e, r in singles.items() if r is None]
         if not (auto and "test_ppl" in auto):
             beats = "-"

@@ -146,7 +146,7 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
             raise UserError(f"latency budget {b.text} cannot be met: the dense model takes {latency.dense_ms:.2f} ms "
                             f"and the smallest plan of the space about {latency.estimate_ms(smallest):.2f} ms")
     study = optuna_backend.open_study(folder, sampler, seed)
-    if warm_start and max_bytes is not None:
+    if warm_start and max_bytes is not None and not study.get_trials(deepcopy=False):  # fitting only for a new study
         seeds = uniform_seeds(spc, sites, max_bytes, freqs, model_bytes)[:max(1, trials // 2)]
         if enqueue_uniform_seeds(study, seeds):
             log(f"warm start: the first {len(seeds)} trial(s) put one method on every site "

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from autoshrink.errors import UserError
-from autoshrink.models import Site, discover_sites
+from autoshrink.models import discover_sites
+from autoshrink.sites import Site
 from autoshrink.export import is_compressed_export, load_compressed
 from autoshrink.models.checkpoint import META, load_dense
 from autoshrink.models.hf import is_hf_folder, load_hf

@@ -35,7 +35,7 @@ from autoshrink.methods._storage import tensors_bytes
 from autoshrink.models.checkpoint import META, WEIGHTS, read_meta
 from autoshrink.models.hf import FORMAT as HF_FORMAT, hf_skeleton
 from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
-from autoshrink.models.sites import Site
+from autoshrink.sites import Site
 from autoshrink.plan import Plan, _resolve, parse_plan, place_compressed, plan_to_json, stored_bytes
 
 FORMAT = "autoshrink-compressed/1"

@@ -33,7 +33,8 @@ from torch import nn
 from autoshrink.errors import UserError
 from autoshrink.methods import CompressedEmbedding, CompressedLinear, MethodConfig, weight_class
 from autoshrink.models.lstm_lm import LSTMLayer
-from autoshrink.models.sites import Site, discover_sites
+from autoshrink.models.discover import discover_sites
+from autoshrink.sites import Site
 from autoshrink.plan import _dense_weight, _resolve, compress, parse_plan
 
 

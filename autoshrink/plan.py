@@ -17,7 +17,8 @@ from torch import nn
 from autoshrink.errors import UserError
 from autoshrink.methods import (CompressedEmbedding, CompressedLinear, CompressedWeight, MethodConfig,
                                 config_from_dict, weight_class)
-from autoshrink.models.sites import Site, discover_sites
+from autoshrink.models.discover import discover_sites
+from autoshrink.sites import Site
 
 Plan = dict[str, MethodConfig]
 

@@ -16,7 +16,7 @@ import yaml
 
 from autoshrink.errors import UserError
 from autoshrink.methods import MethodConfig, config_class
-from autoshrink.models.sites import ROLES, Site
+from autoshrink.sites import ROLES, Site
 
 DENSE = "dense"  # keep the site uncompressed
 SHIPPED = Path(__file__).resolve().parent.parent / "search_spaces"

@@ -38,7 +38,7 @@ from autoshrink.methods import CompressedLinear
 from autoshrink.evaluate import corpus_source, measure
 from autoshrink.export import save_compressed
 from autoshrink.models.presets import PRESETS
-from autoshrink.models.sites import discover_sites
+from autoshrink.models.discover import discover_sites
 from autoshrink.models.training import TrainConfig, evaluate_perplexity, pick_device, settles_at, train_lm
 from autoshrink.plan import compress, parse_plan, stored_bytes
 from autoshrink.trial import TrialSettings

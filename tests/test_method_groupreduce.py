@@ -8,7 +8,7 @@ import torch
 from autoshrink.errors import UserError
 from autoshrink.methods._storage import tensors_bytes
 from autoshrink.methods.groupreduce import GroupReduceConfig, GroupReduceWeight
-from autoshrink.models.sites import Site
+from autoshrink.sites import Site
 
 V, D = 96, 16
 

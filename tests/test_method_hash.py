@@ -10,7 +10,7 @@ from autoshrink.errors import UserError
 from autoshrink.methods import config_from_dict, weight_class
 from autoshrink.methods.hash import HashWeight, slim_map
 from autoshrink.methods._storage import tensors_bytes
-from autoshrink.models.sites import Site
+from autoshrink.sites import Site
 
 V, D = 96, 16
 

@@ -9,7 +9,7 @@ from autoshrink.methods import config_from_dict, weight_class
 from autoshrink.methods._storage import tensors_bytes
 from autoshrink.methods.kronecker import kron_sum, nearest_kronecker
 from autoshrink.methods.prune import RAMP_END
-from autoshrink.models.sites import Site
+from autoshrink.sites import Site
 
 
 def _gen(seed=0):

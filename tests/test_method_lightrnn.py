@@ -8,7 +8,7 @@ from autoshrink.errors import UserError
 from autoshrink.methods import CompressedLinear, config_from_dict, weight_class
 from autoshrink.methods._storage import tensors_bytes
 from autoshrink.methods.lightrnn import LightRNNWeight, greedy_assign
-from autoshrink.models.sites import Site
+from autoshrink.sites import Site
 
 V, D = 96, 16
 

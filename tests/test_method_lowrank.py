@@ -8,7 +8,7 @@ from autoshrink.errors import UserError
 from autoshrink.methods import config_from_dict
 from autoshrink.methods.lowrank import LowRankConfig, LowRankWeight
 from autoshrink.methods._storage import tensors_bytes
-from autoshrink.models.sites import Site
+from autoshrink.sites import Site
 
 M, N = 40, 24
 

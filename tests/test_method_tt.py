@@ -10,7 +10,7 @@ import torch
 from autoshrink.errors import UserError
 from autoshrink.methods import config_from_dict
 from autoshrink.methods.tt import TTConfig, TTWeight, balanced_factors, tt_layout
-from autoshrink.models.sites import Site
+from autoshrink.sites import Site
 
 
 def _dense_from_cores(cores: list[torch.Tensor], m: int, n: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from autoshrink.errors import UserError
 from autoshrink.methods import (CompressedEmbedding, CompressedLinear, config_from_dict, method_names,
                                 weight_class)
 from autoshrink.methods._storage import tensors_bytes
-from autoshrink.models.sites import Site
+from autoshrink.sites import Site
 
 V, D = 96, 16  # vocabulary-like site: rows = words
 M, N = 48, 24  # recurrent-like site

@@ -22,9 +22,8 @@ import torch.nn.functional as F
 
 from autoshrink.errors import UserError
 from autoshrink.methods._storage import check_bits, fake_quant, float_bytes, pack_float, unpack_float
-from autoshrink.models.sites import ROLES, Site
+from autoshrink.sites import ROLES, VOCAB_ROLES, CompressedModule, Site
 
-VOCAB_ROLES = ("embedding", "softmax")
 ALL_ROLES = ROLES
 
 
@@ -178,7 +177,7 @@ class CompressedWeight(nn.Module, abc.ABC):
         return f"site={self.site.name!r}, shape={self.site.shape}, config={self.config}"
 
 
-class CompressedLinear(nn.Module):
+class CompressedLinear(CompressedModule):
     """A compressed weight used as y = W x + b in a Linear's place."""
 
     def __init__(self, weight: CompressedWeight, bias: torch.Tensor | None):
@@ -197,7 +196,7 @@ class CompressedLinear(nn.Module):
         return w, self.bias if self.bias is not None else w.new_zeros(w.shape[0])
 
 
-class CompressedEmbedding(nn.Module):
+class CompressedEmbedding(CompressedModule):
     """A compressed weight used as a word-vector table in an Embedding's place."""
 
     def __init__(self, weight: CompressedWeight):

@@ -42,7 +42,7 @@ from torch import nn
 from autoshrink.errors import UserError
 from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, register
 from autoshrink.methods._storage import groups_per_row, pack_uint, unpack_uint
-from autoshrink.models.sites import Site
+from autoshrink.sites import Site
 
 MOVE_FRACTION = 0.1  # most words moved per refinement round (the DiscBlock code's default)
 MIN_MOVED_FRACTION = 0.01  # stop refining when fewer than max(1, this * V) words moved

@@ -31,7 +31,7 @@ from torch import nn
 
 from autoshrink.errors import UserError
 from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, register
-from autoshrink.models.sites import Site
+from autoshrink.sites import Site
 
 MAP_VERSION = 1  # the algorithm in the module docstring
 

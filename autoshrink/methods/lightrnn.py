@@ -46,7 +46,7 @@ from torch import nn
 from autoshrink.errors import UserError
 from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, register
 from autoshrink.methods._storage import pack_uint, unpack_uint
-from autoshrink.models.sites import Site
+from autoshrink.sites import Site
 
 KMEANS_ITERS = 10  # balanced k-means rounds (rows, then columns); stops early once stable
 FIT_ROUNDS = 5  # alternating least-squares rounds for the tables

@@ -17,7 +17,7 @@ from torch import nn
 
 from autoshrink.errors import UserError
 from autoshrink.methods._base import CompressedWeight, MethodConfig, register
-from autoshrink.models.sites import Site
+from autoshrink.sites import Site
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from autoshrink.methods._base import CompressedWeight, MethodConfig, register
-from autoshrink.models.sites import Site
+from autoshrink.sites import Site
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from torch import nn
 from autoshrink.errors import UserError
 from autoshrink.methods._base import CompressedWeight, MethodConfig, register
 from autoshrink.methods.lowrank import thin_svd
-from autoshrink.models.sites import Site
+from autoshrink.sites import Site
 
 CORES = (2, 3, 4)
 

@@ -1,4 +1,4 @@
-"""Models: the reference LSTM LM, presets, and the compressible sites of any model."""
-from autoshrink.models.sites import ROLES, Site, discover_sites
+"""Models: the reference LSTM LM, presets, pretraining, and the compressible sites of any model."""
+from autoshrink.models.discover import discover_sites
 
-__all__ = ["ROLES", "Site", "discover_sites"]
+__all__ = ["discover_sites"]

@@ -28,7 +28,8 @@ from torch import nn
 
 from autoshrink.data.subword import TOKENIZER_FILES, SubwordVocab, tokenizer_fingerprint
 from autoshrink.errors import UserError
-from autoshrink.models.sites import Site, module_sites
+from autoshrink.models.discover import module_sites
+from autoshrink.sites import Site
 
 FORMAT = "hf-causal-lm"  # model.meta["format"] of a dense Hugging Face model
 CONFIG = "config.json"

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from autoshrink.models.sites import Site
+from autoshrink.sites import Site
 
 State = list[tuple[torch.Tensor, torch.Tensor]]
 

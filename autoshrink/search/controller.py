@@ -17,7 +17,8 @@ from torch import nn
 from autoshrink.budget import Budget, check_feasible, parse_budget, repair, smallest_plan
 from autoshrink.data import LMData, corpus_key, load_lm_data
 from autoshrink.errors import UserError
-from autoshrink.models import Site, discover_sites
+from autoshrink.models import discover_sites
+from autoshrink.sites import Site
 from autoshrink.models.presets import PRESETS
 from autoshrink.plan import dense_bytes as model_dense_bytes, stored_bytes
 from autoshrink.search import optuna_backend, run_folder

@@ -1,37 +1,9 @@
-"""Compressible sites: the weight matrices a plan may replace, with role, shape and tie partner.
-
-A site is a module in the model (an nn.Embedding, nn.Linear, a Hugging Face Conv1D, or an
-already compressed module) named by its fully qualified name, so a plan's keys are module
-paths. Roles: embedding (word table), softmax (output layer over the vocabulary), recurrent
-(an LSTM's input-to-hidden or hidden-to-hidden matrix), attention (a transformer's query, key,
-value or output projection), mlp (a transformer's feed-forward matrices), linear (any other matrix).
-"""
+"""Site discovery: the compressible sites of any torch module (see autoshrink.sites)."""
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from torch import nn
 
-ROLES = ("embedding", "softmax", "recurrent", "attention", "mlp", "linear")
-
-
-@dataclass(frozen=True)
-class Site:
-    name: str
-    role: str
-    shape: tuple[int, int]  # (out, in) of y = W x; (words, dim) for embedding and softmax
-    bias: bool = False
-    tied_with: str | None = None  # another site sharing this weight; compressed and counted once
-
-    @property
-    def dense_bytes(self) -> int:
-        """fp32 bytes of the weight (and bias) as the dense model stores it."""
-        m, n = self.shape
-        return 4 * (m * n + (m if self.bias else 0))
-
-    @property
-    def is_vocab(self) -> bool:
-        return self.role in ("embedding", "softmax")
+from autoshrink.sites import CompressedModule, Site
 
 
 def _linear_like(module: nn.Module) -> tuple[int, int] | None:
@@ -60,8 +32,6 @@ def discover_sites(model: nn.Module, vocab_size: int | None = None) -> list[Site
 
 def module_sites(model: nn.Module, vocab_size: int | None = None) -> list[Site]:
     """The generic discovery of `discover_sites` (models with their own `autoshrink_sites` refine it)."""
-    from autoshrink.methods._base import CompressedEmbedding, CompressedLinear
-
     embeddings = {n: m for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
     if vocab_size is None and embeddings:
         vocab_size = max(m.num_embeddings for m in embeddings.values())
@@ -72,7 +42,7 @@ def module_sites(model: nn.Module, vocab_size: int | None = None) -> list[Site]:
             continue
         if isinstance(module, nn.Embedding):
             shape, role, weight, bias = (module.num_embeddings, module.embedding_dim), "embedding", module.weight, False
-        elif isinstance(module, (CompressedLinear, CompressedEmbedding)):
+        elif isinstance(module, CompressedModule):
             continue  # already compressed: not a site any more
         elif (dims := _linear_like(module)) is not None:
             role = "softmax" if vocab_size is not None and dims[0] == vocab_size else "linear"

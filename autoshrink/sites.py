@@ -1,0 +1,40 @@
+"""Compressible sites: the weight matrices a plan may replace, with role, shape and tie partner.
+
+A site is a module in the model (an nn.Embedding, nn.Linear, a Hugging Face Conv1D, or an
+already compressed module) named by its fully qualified name, so a plan's keys are module
+paths. Roles: embedding (word table), softmax (output layer over the vocabulary), recurrent
+(an LSTM's input-to-hidden or hidden-to-hidden matrix), attention (a transformer's query, key,
+value or output projection), mlp (a transformer's feed-forward matrices), linear (any other matrix).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+ROLES = ("embedding", "softmax", "recurrent", "attention", "mlp", "linear")
+VOCAB_ROLES = ("embedding", "softmax")
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    role: str
+    shape: tuple[int, int]  # (out, in) of y = W x; (words, dim) for embedding and softmax
+    bias: bool = False
+    tied_with: str | None = None  # another site sharing this weight; compressed and counted once
+
+    @property
+    def dense_bytes(self) -> int:
+        """fp32 bytes of the weight (and bias) as the dense model stores it."""
+        m, n = self.shape
+        return 4 * (m * n + (m if self.bias else 0))
+
+    @property
+    def is_vocab(self) -> bool:
+        return self.role in VOCAB_ROLES
+
+
+class CompressedModule(nn.Module):
+    """Base of the modules that stand in a compressed site's place (the methods define them):
+    site discovery knows a compressed site by this type, without knowing any method."""

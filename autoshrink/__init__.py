@@ -1,14 +1,18 @@
-"""autoshrink: AutoML compression of language models, searched per layer to a Pareto front."""
-# The modules autoshrink/search, front, train and evaluate are loaded first, so that the names
-# `search`, `front`, `train` and `evaluate` below are the API functions: a later import of
-# autoshrink.<module> does not rebind them. (These modules import optuna/pandas lazily.)
-import autoshrink.search  # noqa: F401
-import autoshrink.front  # noqa: F401
-import autoshrink.train  # noqa: F401
-import autoshrink.evaluate  # noqa: F401
-from autoshrink.api import compress, evaluate, front, load, pretrain, search, sites, stored_bytes, train
+"""autoshrink: AutoML compression of language models, searched per layer to a Pareto front.
+
+    import autoshrink
+    from autoshrink.api import front, search
+    result = search(autoshrink.SearchConfig(budget="25x"))
+    final = autoshrink.train(result.run_dir)
+
+`autoshrink.search` and `autoshrink.front` are the packages of those steps, so their API
+functions live in `autoshrink.api` (a function of the same name here would shadow the package).
+"""
+from autoshrink.api import compress, evaluate, load, pretrain, sites, stored_bytes, train
 from autoshrink.errors import UserError
+from autoshrink.final.config import TrainConfig
+from autoshrink.search.config import SearchConfig
 
 __version__ = "0.1.0"
-__all__ = ["UserError", "compress", "evaluate", "front", "load", "pretrain", "search", "sites", "stored_bytes", "train",
-           "__version__"]
+__all__ = ["SearchConfig", "TrainConfig", "UserError", "compress", "evaluate", "load", "pretrain", "sites",
+           "stored_bytes", "train", "__version__"]

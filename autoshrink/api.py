@@ -1,63 +1,43 @@
-"""The Python API: what the CLI and users call.
+"""The Python API: what the CLI and users call. Nothing inside the package imports it.
 
     import autoshrink
+    from autoshrink import SearchConfig, TrainConfig
     model = autoshrink.load("kjv-lstm-tiny")
     autoshrink.sites(model)
     small = autoshrink.compress(model, {"decoder": {"method": "groupreduce", "rank": 8}})
-    hf = autoshrink.load("path/to/hf-folder")       # a local Hugging Face causal LM (save_pretrained)
     autoshrink.stored_bytes(small)
-    result = autoshrink.search("25x", trials=8)      # result.front: the Pareto front
-    autoshrink.front(result.run_dir)                 # the front of a run folder (also while it runs)
-    final = autoshrink.train(result.run_dir)         # final training of the best front plan, exported
-    autoshrink.evaluate(final.out)                   # test perplexity, bytes, ratio, latency
-    autoshrink.load(final.out)                       # the exported compressed model
+    result = autoshrink.search(SearchConfig(budget="25x", trials=8))   # result.front: the Pareto front
+    autoshrink.front(result.run_dir)                                  # the front of a run folder (also while it runs)
+    final = autoshrink.train(result.run_dir, TrainConfig(steps=2000))  # final training of the best front plan
+    autoshrink.evaluate(final.out)                                    # test perplexity, bytes, ratio, latency
+    autoshrink.load(final.out)                                        # the exported compressed model
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from autoshrink.errors import UserError
-from autoshrink.models import discover_sites
-from autoshrink.sites import Site
-from autoshrink.export import is_compressed_export, load_compressed
-from autoshrink.models.checkpoint import META, load_dense
-from autoshrink.models.hf import is_hf_folder, load_hf
-from autoshrink.models.presets import PRESETS
-from autoshrink.models import pretrain as _pretrain
 from autoshrink import plan as _plan
+from autoshrink.final import export as _export  # noqa: F401  (registers the compressed format with load)
+from autoshrink.final.config import TrainConfig
+from autoshrink.methods import MethodConfig, config_class, method_names
+from autoshrink.models import discover_sites
+from autoshrink.models import pretrain as _pretrain
+from autoshrink.models.load import load
+from autoshrink.search.config import SearchConfig
+from autoshrink.sites import Site
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def load(name_or_path: str, data: str = "kjv", seed: int = 0, device: str = "auto",
-         on_log: Callable[[dict], None] | None = None) -> nn.Module:
-    """A ready model: a preset name (pretrained on `data`, cached), a saved autoshrink model
-    folder: a dense checkpoint or a compressed export (`autoshrink train`), told apart by the
-    "format" of its model.json, or a local Hugging Face causal LM folder (config.json, weights
-    and tokenizer, as `save_pretrained` writes them; never downloaded).
+    from autoshrink.final.train import FinalModel
+    from autoshrink.search.controller import SearchResult
 
-    The model carries its vocabulary as `model.vocab` (word frequencies for vocabulary methods;
-    for a Hugging Face model its tokenizer, whose counts come with a corpus: load_lm_data) and
-    its model.json as `model.meta`.
-    """
-    if name_or_path in PRESETS:
-        model, vocab, meta = _pretrain.pretrained(name_or_path, data, seed=seed, device=device, on_log=on_log)
-    else:
-        path = Path(name_or_path).expanduser()
-        if not path.exists():
-            raise UserError(f"no model {name_or_path!r}: use a preset ({', '.join(PRESETS)}) or a model folder")
-        if is_hf_folder(path):
-            model, vocab, meta = load_hf(path)
-        elif (path / META).is_file():
-            model, vocab, meta = load_compressed(path) if is_compressed_export(path) else load_dense(path)
-        else:
-            raise UserError(f"{path} is neither an autoshrink model folder (model.json) nor a Hugging Face model "
-                            f"folder (config.json)")
-    model.vocab = vocab
-    model.meta = meta
-    return model.eval()
+__all__ = ["compress", "dense_bytes", "evaluate", "front", "front_text", "load", "methods", "plot_front", "pretrain",
+           "search", "sites", "stored_bytes", "train"]
 
 
 def sites(model: nn.Module | str) -> list[Site]:
@@ -83,36 +63,62 @@ def stored_bytes(model: nn.Module) -> int:
     return _plan.stored_bytes(model)
 
 
-def search(budget: str, model: str | nn.Module = "kjv-lstm", data: Any = "kjv", **options: Any):
-    """Per-layer search to a Pareto front under `budget` ("25x", "1.5MB", "4ms"). `model` is a
-    preset, a model folder, or any torch LM module (ids (T, B) -> (logits, state)); options are
-    the CLI's: space, trials, timeout, finetune_steps, run_dir, device, seed, sampler, distill.
-    Returns a SearchResult (run_dir, study, front DataFrame)."""
+def dense_bytes(model: nn.Module) -> int:
+    """fp32 bytes of every parameter of a dense model (shared ones once): a ratio's numerator."""
+    return _plan.dense_bytes(model)
+
+
+def methods() -> list[type[MethodConfig]]:
+    """The config class of every registered compression method (its knobs: `.knobs()`)."""
+    return [config_class(name) for name in method_names()]
+
+
+def search(config: SearchConfig | str, command: str | None = None,
+           log: Callable[[str], None] | None = None) -> "SearchResult":
+    """Per-layer search to a Pareto front (see SearchConfig for every setting and its default;
+    a string is a budget with every other setting at its default). Returns a SearchResult
+    (run_dir, study, front DataFrame). `log` gets the progress lines (default: stderr)."""
     from autoshrink.search.controller import search as _search
-    return _search(budget, model=model, data=data, **options)
+    return _search(SearchConfig(budget=config) if isinstance(config, str) else config, command=command, log=log)
 
 
-def front(run_dir: str | Path):
+def front(run_dir: str | Path) -> "pd.DataFrame":
     """The Pareto front of a run folder as a DataFrame (read from its study; fine while it runs)."""
-    from autoshrink.front import front_table
+    from autoshrink.front.table import front_table
     return front_table(run_dir)
 
 
-def train(run_dir: str | Path, trial: str | int = "best", **options: Any):
-    """Final (longer) training of one front plan of a run, exported to RUN_DIR/final (or `out`).
-    Options are the CLI's: steps, epochs, out, device, distill, data. Returns a FinalModel
-    (out, metrics, model)."""
-    from autoshrink.train import train_trial
-    return train_trial(run_dir, trial=trial, **options)
+def front_text(run_dir: str | Path, fmt: str = "table") -> str:
+    """The front of a run folder rendered as a table, csv or json (what `autoshrink front` prints)."""
+    from autoshrink.front.table import read_front, render
+    return render(read_front(run_dir), fmt)
 
 
-def evaluate(path: str | Path, data: str | None = None, **options: Any) -> dict:
+def plot_front(run_dir: str | Path, path: str | Path) -> Path:
+    """Draw the front of a run folder to a PNG at `path`."""
+    from autoshrink.front.plot import plot
+    return plot(run_dir, path)
+
+
+def train(run_dir: str | Path, config: TrainConfig | None = None, on_log: Callable[[dict], None] | None = None,
+          on_eval: Callable[[int, float], None] | None = None,
+          log: Callable[[str], None] | None = None) -> "FinalModel":
+    """Final (longer) training of one front plan of a run, exported to RUN_DIR/final (or
+    config.out); see TrainConfig for every setting. Returns a FinalModel (out, metrics, model)."""
+    from autoshrink.final.train import train_trial
+    return train_trial(run_dir, config or TrainConfig(), on_log=on_log, on_eval=on_eval, log=log)
+
+
+def evaluate(path: str | Path, data: str | None = None, device: str = "cpu") -> dict:
     """test_ppl, stored_bytes, ratio, latency_ms, tokens_per_s of an export, a dense model folder or a preset."""
-    from autoshrink.evaluate import evaluate_dir
-    return evaluate_dir(path, data=data, **options)
+    from autoshrink.final.evaluate import evaluate_dir
+    return evaluate_dir(path, data=data, device=device)
 
 
 def pretrain(model: str = "kjv-lstm", data: str = "kjv", epochs: float | None = None, device: str = "auto",
-             seed: int = 0, **kwargs: Any) -> Path:
-    """Pretrain a preset from scratch and cache it; returns the checkpoint folder."""
-    return _pretrain.pretrain(model, data, epochs=epochs, device=device, seed=seed, **kwargs)
+             seed: int = 0, out: Path | None = None, command: str | None = None,
+             on_log: Callable[[dict], None] | None = None,
+             on_eval: Callable[[int, float], None] | None = None) -> Path:
+    """Pretrain a preset from scratch and cache it (or write it to `out`); returns the folder."""
+    return _pretrain.pretrain(model, data, epochs=epochs, device=device, seed=seed, out=out, command=command,
+                              on_log=on_log, on_eval=on_eval)

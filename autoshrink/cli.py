@@ -1,17 +1,63 @@
-"""The `autoshrink` command: thin parsers that call the Python API and print.
+"""The `autoshrink` command: thin parsers that build the API's configs, call the API and print.
 
-Every command has --help with examples. Bad input (UserError) is one line on stderr and exit 2.
+Every command has --help with examples and its defaults. Bad input (UserError) is one line on
+stderr and exit 2. The flags of `search` and `train` are generated from SearchConfig and
+TrainConfig, so each default and its help is written once, in the config.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
-from typing import Callable
 
+from autoshrink import api
 from autoshrink.errors import UserError
+from autoshrink.final.config import TrainConfig
+from autoshrink.search.config import SearchConfig
 
-Handler = Callable[[argparse.Namespace], int]
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; every flag's help ends with its default (when it has one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default is None or default is argparse.SUPPRESS or isinstance(default, bool) \
+                or not action.option_strings:
+            return text
+        return text + " [%(default)s]"
+
+
+def _type_of(field: dataclasses.Field):
+    """int, float or str from a config field's annotation (a string under postponed annotations)."""
+    kind = str(field.type).split("|")[0].strip()
+    return {"int": int, "float": float}.get(kind, str)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of a config dataclass: --field-name, its help and default from the field;
+    a boolean that defaults to True becomes --no-field-name."""
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        required = f.default is dataclasses.MISSING
+        if isinstance(f.default, bool):
+            if f.default:
+                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
+                                    help=f"do not {help_text}")
+            else:
+                parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+            continue
+        parser.add_argument(flag, dest=f.name, type=_type_of(f), required=required, choices=f.metadata.get("choices"),
+                            default=None if required else f.default, help=help_text)
+
+
+def config_from(args: argparse.Namespace, config_cls):
+    """The config whose fields the parsed flags give."""
+    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)})
 
 
 def _fmt_bytes(n: float) -> str:
@@ -47,12 +93,12 @@ def _pretrain_parser(sub) -> None:
                                    "in $AUTOSHRINK_CACHE or ~/.cache/autoshrink.",
                        epilog="examples:\n  autoshrink pretrain --model kjv-lstm-tiny\n"
                               "  autoshrink pretrain --model kjv-lstm --epochs 8 --out autoshrink/pretrained/kjv-lstm",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="kjv-lstm", help="preset: kjv-lstm | kjv-lstm-tiny [kjv-lstm]")
-    p.add_argument("--data", default="kjv", help="kjv, a folder with train/valid/test.txt, or a text file [kjv]")
+                       formatter_class=_Formatter)
+    p.add_argument("--model", default="kjv-lstm", help="preset: kjv-lstm | kjv-lstm-tiny")
+    p.add_argument("--data", default="kjv", help="kjv, a folder with train/valid/test.txt, or a text file")
     p.add_argument("--epochs", type=float, default=None, help="maximum epochs (default: the preset's)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda [auto]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--out", default=None, help="folder to write (default: the cache)")
     p.set_defaults(handler=_pretrain_command)
 
@@ -60,12 +106,9 @@ def _pretrain_parser(sub) -> None:
 def _pretrain_command(args) -> int:
     import json
     from pathlib import Path
-    from autoshrink.api import pretrain
-    from autoshrink.models.presets import get_preset
-    get_preset(args.model)
     progress = _Progress(f"pretrain {args.model}")
     try:
-        folder = pretrain(args.model, args.data, epochs=args.epochs, device=args.device, seed=args.seed,
+        folder = api.pretrain(args.model, args.data, epochs=args.epochs, device=args.device, seed=args.seed,
                           out=Path(args.out) if args.out else None, command=args.command_line, on_log=progress,
                           on_eval=lambda step, ppl: print(f"step {step}: valid perplexity {ppl:.2f}", file=sys.stderr))
     finally:
@@ -82,35 +125,32 @@ def _sites_parser(sub) -> None:
                        description="Each site: name, role, shape (out x in; words x dim), dense bytes, tie partner.",
                        epilog="examples:\n  autoshrink sites --model kjv-lstm\n"
                               "  autoshrink sites --model path/to/hf-model   # a local Hugging Face causal LM folder",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="kjv-lstm", help="preset name, model folder or Hugging Face folder [kjv-lstm]")
-    p.add_argument("--data", default="kjv", help="corpus the preset is pretrained on [kjv]")
+                       formatter_class=_Formatter)
+    p.add_argument("--model", default="kjv-lstm", help="preset name, model folder or Hugging Face folder")
+    p.add_argument("--data", default="kjv", help="corpus the preset is pretrained on")
     p.set_defaults(handler=_sites_command)
 
 
 def _sites_command(args) -> int:
-    from autoshrink.api import load, sites
-    from autoshrink.plan import dense_bytes
-    model = load(args.model, data=args.data)
-    found = sites(model)
+    model = api.load(args.model, data=args.data)
+    found = api.sites(model)
     w = max([14] + [len(s.name) for s in found])
     print(f"{'site':<{w}} {'role':<10} {'shape':>12} {'dense bytes':>12}  tied with")
     for s in found:
         print(f"{s.name:<{w}} {s.role:<10} {f'{s.shape[0]}x{s.shape[1]}':>12} {s.dense_bytes:>12,}  {s.tied_with or '-'}")
-    print(f"whole model: {dense_bytes(model):,} bytes fp32 ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    print(f"whole model: {api.dense_bytes(model):,} bytes fp32 ({sum(p.numel() for p in model.parameters()):,} parameters)")
     return 0
 
 
 def _methods_parser(sub) -> None:
     p = sub.add_parser("methods", help="list the compression methods and their knobs",
-                       epilog="example:\n  autoshrink methods", formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog="example:\n  autoshrink methods", formatter_class=_Formatter)
     p.set_defaults(handler=_methods_command)
 
 
 def _methods_command(args) -> int:
-    from autoshrink.methods import config_class, method_names
-    for name in method_names():
-        cls = config_class(name)
+    for cls in api.methods():
+        name = cls.method
         knobs = ", ".join(f"{k}={v!r}" for k, v, _ in cls.knobs())
         print(f"{name:<12} [{', '.join(cls.roles)}]  {knobs}")
     return 0
@@ -125,43 +165,13 @@ def _search_parser(sub) -> None:
                               "  autoshrink search --budget 4ms\n"
                               "  autoshrink search --budget 25x --backend ray --workers 2          # Ray Tune, this machine\n"
                               "  autoshrink search --budget 25x --backend ray --address auto --workers 8   # a Ray cluster",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budget", required=True, help="25x (whole-model ratio), 1.5MB / 800KB / 2MiB (bytes), or 4ms (latency)")
-    p.add_argument("--model", default="kjv-lstm", help="preset, model folder, or saved model [kjv-lstm]")
-    p.add_argument("--data", default="kjv", help="kjv, a folder with train/valid/test.txt, or a text file [kjv]")
-    p.add_argument("--space", default=None, help="search space YAML [search_spaces/default.yaml; "
-                                                 "search_spaces/transformer.yaml for transformer models]")
-    p.add_argument("--trials", type=int, default=8, help="trials in all, counted across resumes [8]")
-    p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
-    p.add_argument("--finetune-steps", type=int, default=None, help="fine-tuning steps per trial [80]")
-    p.add_argument("--sampler", choices=("tpe", "nsga2", "random"), default="nsga2",
-                   help="Optuna sampler [nsga2: the best hypervolume in results/search.md]")
-    p.add_argument("--distill", action="store_true", help="fine-tune trials on soft targets of the dense model too")
-    p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
-                   help="do not start from single-method plans (by default a new search's first trials put low-rank, "
-                        "pruning or quantisation on every site, fitted to the budget)")
-    p.add_argument("--backend", choices=("optuna", "ray"), default="optuna", help="optuna (one process) | ray (parallel trials through Ray Tune, ASHA early stopping) [optuna]")
-    p.add_argument("--workers", type=int, default=1, help="trials at once (Ray backend) [1]")
-    p.add_argument("--cpus-per-trial", type=int, default=1,
-                   help="CPU threads per trial (Ray backend; GPUs, when the cluster has them, are shared evenly) [1]")
-    p.add_argument("--address", default=None,
-                   help="join this Ray cluster (auto, or HEAD_HOST:6379) instead of starting Ray locally (Ray backend)")
-    p.add_argument("--run-dir", default=None, help="run folder [results/runs/<model>-<budget>-<time>]; "
-                                                   "an existing one is resumed")
-    p.add_argument("--device", default="auto", help="auto (CUDA with mixed precision when present) | cpu | cuda [auto]")
-    p.add_argument("--seed", type=int, default=0, help="sampler and fine-tuning seed [0]")
+                       formatter_class=_Formatter)
+    add_config_flags(p, SearchConfig)
     p.set_defaults(handler=_search_command)
 
 
 def _search_command(args) -> int:
-    from autoshrink.search.controller import search
-    from autoshrink.search.run_folder import COLUMNS
-    result = search(args.budget, model=args.model, data=args.data, space=args.space, trials=args.trials,
-                    timeout=args.timeout, finetune_steps=args.finetune_steps, backend=args.backend,
-                    workers=args.workers, address=args.address, run_dir=args.run_dir, device=args.device,
-                    seed=args.seed, sampler=args.sampler, distill=args.distill, warm_start=args.warm_start,
-                    cpus_per_trial=args.cpus_per_trial,
-                    command=args.command_line)
+    result = api.search(config_from(args, SearchConfig), command=args.command_line)
     front = result.front
     if front.empty:
         print(f"no feasible completed trial yet in {result.run_dir}; run the same command again to add trials")
@@ -181,20 +191,18 @@ def _front_parser(sub) -> None:
                        epilog="examples:\n  autoshrink front results/runs/kjv-lstm-25x-20250101-120000\n"
                               "  autoshrink front RUN_DIR --format csv > front.csv\n"
                               "  autoshrink front RUN_DIR --format json --plot RUN_DIR/front.png",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=_Formatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of `autoshrink search`")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format [table]")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     p.add_argument("--plot", default=None, metavar="PATH",
                    help="also draw val ppl against stored bytes (or latency) to a PNG, the front highlighted")
     p.set_defaults(handler=_front_command)
 
 
 def _front_command(args) -> int:
-    from autoshrink.front import draw, plot_data, read_front, render
-    front = read_front(args.run_dir)
-    print(render(front, args.format), end="")
+    print(api.front_text(args.run_dir, args.format), end="")
     if args.plot:
-        print(f"wrote {draw(plot_data(front), args.plot)}", file=sys.stderr)
+        print(f"wrote {api.plot_front(args.run_dir, args.plot)}", file=sys.stderr)
     return 0
 
 
@@ -208,31 +216,19 @@ def _train_parser(sub) -> None:
                        epilog="examples:\n  autoshrink train results/runs/kjv-lstm-25x-20250101-120000\n"
                               "  autoshrink train RUN_DIR --trial 7 --steps 3000 --distill\n"
                               "  autoshrink train RUN_DIR --trial smallest:150 --epochs 2 --out final-150",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=_Formatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of `autoshrink search`")
-    p.add_argument("--trial", default="best", help="best (lowest val ppl on the front), a trial number, or "
-                                                   "smallest:PPL (fewest bytes on the front with val ppl <= PPL) [best]")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, default=None, help="training steps in all, counted across resumes [1000]")
-    length.add_argument("--epochs", type=float, default=None, help="training length in epochs of the train split")
-    p.add_argument("--out", default=None, help="export folder [RUN_DIR/final]")
-    p.add_argument("--data", default=None, help="the corpus of the search (default: the one run.json names)")
-    p.add_argument("--model", default=None, help="the dense model of the search (default: the one run.json names)")
-    p.add_argument("--distill", action="store_true", help="train on soft targets of the dense model too")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda [auto]")
-    p.add_argument("--seed", type=int, default=0)
+    add_config_flags(p, TrainConfig)
     p.set_defaults(handler=_train_command)
 
 
 def _train_command(args) -> int:
-    from autoshrink.train import train_trial
-    progress = _Progress(f"train {args.trial}")
+    config = config_from(args, TrainConfig)
+    progress = _Progress(f"train {config.trial}")
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        final = train_trial(args.run_dir, trial=args.trial, steps=args.steps, epochs=args.epochs, out=args.out,
-                            device=args.device, distill=args.distill, data=args.data, model=args.model, seed=args.seed,
-                            on_log=progress, log=log,
-                            on_eval=lambda step, ppl: log(f"step {step}: valid perplexity {ppl:.2f}"))
+        final = api.train(args.run_dir, config, on_log=progress, log=log,
+                          on_eval=lambda step, ppl: log(f"step {step}: valid perplexity {ppl:.2f}"))
     finally:
         progress.close()
     m = final.metrics
@@ -249,18 +245,17 @@ def _eval_parser(sub) -> None:
                                    "fp32 model, CPU latency (batch 1, 35 tokens, median) and tokens/s.",
                        epilog="examples:\n  autoshrink eval results/runs/kjv-lstm-25x-20250101-120000/final\n"
                               "  autoshrink eval kjv-lstm --json\n  autoshrink eval my-model/ --data corpus/",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=_Formatter)
     p.add_argument("dir", metavar="DIR", help="an export folder, a dense model folder, or a preset name")
     p.add_argument("--data", default=None, help="corpus (default: the one the model's model.json names, or kjv)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", default="cpu", help="device of the perplexity pass; latency is always CPU [cpu]")
+    p.add_argument("--device", default="cpu", help="device of the perplexity pass; latency is always CPU")
     p.set_defaults(handler=_eval_command)
 
 
 def _eval_command(args) -> int:
     import json
-    from autoshrink.evaluate import evaluate_dir
-    r = evaluate_dir(args.dir, data=args.data, device=args.device)
+    r = api.evaluate(args.dir, data=args.data, device=args.device)
     if args.json:
         print(json.dumps(r))
         return 0

@@ -6,10 +6,10 @@ import json
 import pytest
 
 from autoshrink.bench import reference
-from autoshrink.budget import uniform_plan
+from autoshrink.plan.fit import uniform_plan
 from autoshrink.bench.reference import ROWS, Row, Setup, result_of, work_items
 from autoshrink.bench.reference_report import markdown
-from autoshrink.export import file_bytes
+from autoshrink.final.export import file_bytes
 from autoshrink.methods import config_from_dict
 from autoshrink.plan import plan_stored_bytes
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoshrink.budget import parse_budget
+from autoshrink.search.budget import parse_budget
 from autoshrink.errors import UserError
 
 

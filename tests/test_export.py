@@ -12,7 +12,7 @@ from torch import nn
 import autoshrink
 from autoshrink.cli import main
 from autoshrink.errors import UserError
-from autoshrink.export import FORMAT, export_tensors, file_bytes, load_compressed, save_compressed
+from autoshrink.final.export import FORMAT, export_tensors, file_bytes, load_compressed, save_compressed
 from autoshrink.methods._storage import tensors_bytes
 from autoshrink.models import discover_sites
 from autoshrink.plan import compress, parse_plan, plan_stored_bytes, stored_bytes

@@ -9,10 +9,13 @@ import optuna
 import pandas as pd
 import pytest
 
+from autoshrink.search import study as study_db
 from autoshrink.cli import main
 from autoshrink.errors import UserError
-from autoshrink.front import front_table, plot, plot_data, read_front, render
+from autoshrink.front.plot import plot, plot_data
+from autoshrink.front.table import front_table, read_front, render
 from autoshrink.search import optuna_backend
+from autoshrink.search.config import SearchConfig
 from autoshrink.search.controller import search
 
 SPACE = """
@@ -27,7 +30,7 @@ def make_run(run_dir, trials: list[dict], **info) -> optuna.Study:
     """A run folder built directly: run.json and a study holding `trials` (user attrs, plus a
     `state`, COMPLETE by default); no search needed."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    study = optuna_backend.open_study(run_dir, "random", 0)
+    study = study_db.open_study(run_dir, "random", 0)
     objective = "latency_ms" if info.get("budget_kind") == "latency" else "stored_bytes"
     for attrs in trials:
         attrs = dict(attrs)
@@ -55,8 +58,9 @@ def searched(tiny_model_dir, text_file, tmp_path_factory):
     """A real (tiny) search: 2 trials."""
     space = tmp_path_factory.mktemp("space") / "space.yaml"
     space.write_text(SPACE)
-    return search("4x", model=str(tiny_model_dir), data=str(text_file), space=str(space), trials=2, finetune_steps=4,
-                  run_dir=tmp_path_factory.mktemp("runs") / "run", sampler="random", log=lambda line: None).run_dir
+    config = SearchConfig("4x", model=str(tiny_model_dir), data=str(text_file), space=str(space), trials=2,
+                          finetune_steps=4, run_dir=tmp_path_factory.mktemp("runs") / "run", sampler="random")
+    return search(config, log=lambda line: None).run_dir
 
 
 def test_front_of_a_finished_search_matches_front_csv(searched, capsys):
@@ -91,7 +95,7 @@ def test_csv_and_json_outputs_parse(tmp_path, capsys):
 def test_a_running_study_still_renders(searched, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(searched, run)
-    study = optuna.load_study(study_name=optuna_backend.STUDY_NAME, storage=f"sqlite:///{run / 'study.db'}")
+    study = optuna.load_study(study_name=study_db.STUDY_NAME, storage=f"sqlite:///{run / 'study.db'}")
     study.ask()  # a trial in progress: RUNNING, no attributes yet
     f = read_front(run)
     assert "RUNNING" in set(f.trials["state"])

@@ -12,7 +12,7 @@ import torch
 import autoshrink
 from autoshrink.cli import main
 from autoshrink.data import SubwordVocab, load_lm_data
-from autoshrink.export import export_tensors, file_bytes, save_compressed
+from autoshrink.final.export import export_tensors, file_bytes, save_compressed
 from autoshrink.methods import CompressedEmbedding, CompressedLinear
 from autoshrink.models import discover_sites
 from autoshrink.plan import parse_plan, plan_stored_bytes, stored_bytes

@@ -10,7 +10,7 @@ from autoshrink.methods import config_from_dict
 import torch
 
 from autoshrink.errors import UserError
-from autoshrink.latency import LatencyTable, measure_latency_ms, measure_plan_ms, reference_input
+from autoshrink.measure.latency import LatencyTable, measure_latency_ms, measure_plan_ms, reference_input
 from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
 
 torch.set_num_threads(1)

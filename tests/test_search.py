@@ -8,7 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from autoshrink.budget import check_feasible, parse_budget, repair, smallest_plan
+from autoshrink.search import study as study_db
+from autoshrink.plan.repair import repair
+from autoshrink.search.budget import check_feasible, parse_budget
+from autoshrink.search.space import smallest_plan
 from autoshrink.cli import main
 from autoshrink.errors import UserError
 from autoshrink.models import discover_sites
@@ -16,8 +19,9 @@ from autoshrink.models.presets import PRESETS
 from autoshrink.models.training import DivergedError
 from autoshrink.plan import dense_bytes, plan_stored_bytes
 from autoshrink.search import optuna_backend
+from autoshrink.search.config import SearchConfig
 from autoshrink.search.controller import search
-from autoshrink.space import load_space, parse_space, sample_plan
+from autoshrink.search.space import load_space, parse_space, sample_plan
 
 SPACE = """
 roles:
@@ -41,9 +45,9 @@ def space_file(tmp_path):
 
 def _search(tiny_model_dir, text_file, space_file, run_dir, **kw):
     args = dict(budget="4x", model=str(tiny_model_dir), data=str(text_file), space=str(space_file), trials=3,
-                finetune_steps=4, run_dir=run_dir, sampler="random", log=lambda line: None)
+                finetune_steps=4, run_dir=run_dir, sampler="random")
     args.update(kw)
-    return search(**args)
+    return search(SearchConfig(**args), log=lambda line: None)
 
 
 def test_tiny_search_meets_the_budget_and_writes_the_run_folder(tiny_model_dir, text_file, space_file, tmp_path):
@@ -74,10 +78,10 @@ def test_rerunning_resumes_and_trials_count_across_resumes(tiny_model_dir, text_
 
 
 def test_a_crashed_trial_is_failed_and_retried(tiny_model_dir, text_file, space_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(optuna_backend, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(study_db, "HEARTBEAT_S", 1)
     run = tmp_path / "run"
     run.mkdir()
-    study = optuna_backend.open_study(run, "random", 0)
+    study = study_db.open_study(run, "random", 0)
     crashed = study.ask()  # a trial whose process died: RUNNING, heartbeat going stale
     study._storage.record_heartbeat(crashed._trial_id)
     time.sleep(2.5)
@@ -86,7 +90,7 @@ def test_a_crashed_trial_is_failed_and_retried(tiny_model_dir, text_file, space_
     assert states[0] == "FAIL"
     retries = [t for t in result.study.get_trials() if t.system_attrs.get("failed_trial") == 0]
     assert len(retries) == 1 and retries[0].state.is_finished()
-    assert optuna_backend.counted_trials(result.study) == 2
+    assert study_db.counted_trials(result.study) == 2
 
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(tiny_model_dir, text_file, space_file,
@@ -112,7 +116,7 @@ def test_weak_trials_stop_against_smaller_better_peers(tmp_path):
     good = optuna.trial.create_trial(values=[50.0, 1000.0], user_attrs={"feasible": True, "stored_bytes": 1000,
                                                                        "curve": {"10": 60.0, "20": 50.0}})
     study.add_trial(good)
-    rule = optuna_backend.WeakTrialRule(study, margin=0.05)
+    rule = study_db.WeakTrialRule(study, margin=0.05)
     assert rule(2000)(10, 70.0) is not None  # bigger and worse than a finished peer: stop
     assert rule(2000)(10, 61.0) is None  # within the margin
     assert rule(500)(10, 90.0) is None  # smaller models may be worse
@@ -181,8 +185,9 @@ def test_cli_search_prints_the_front_and_the_api_takes_a_torch_module(tiny_model
     assert "Pareto front" in out or "no feasible completed trial" in out
     import autoshrink
     module = autoshrink.load(str(tiny_model_dir))  # an nn.Module carrying its vocabulary
-    result = autoshrink.search("4x", model=module, data=str(text_file), space=str(space_file), trials=1,
-                               finetune_steps=2, run_dir=tmp_path / "api", sampler="random", log=lambda line: None)
+    config = autoshrink.SearchConfig("4x", model=module, data=str(text_file), space=str(space_file), trials=1,
+                                     finetune_steps=2, run_dir=tmp_path / "api", sampler="random")
+    result = autoshrink.api.search(config, log=lambda line: None)
     assert len(result.study.get_trials()) == 1
 
 

@@ -9,17 +9,20 @@ import optuna
 import pandas as pd
 import pytest
 
-from autoshrink.budget import check_feasible, parse_budget, smallest_plan
+from autoshrink.search import study as study_db
+from autoshrink.search.budget import check_feasible, parse_budget
+from autoshrink.search.space import smallest_plan
 from autoshrink.cli import main
 from autoshrink.data import load_lm_data
 from autoshrink.errors import UserError
 from autoshrink.models import discover_sites
 from autoshrink.plan import dense_bytes, parse_plan, plan_stored_bytes, stored_bytes
 from autoshrink.search import optuna_backend, ray_backend, run_folder
-from autoshrink.search.controller import SearchContext, search
+from autoshrink.search.config import SearchConfig
+from autoshrink.search.controller import SearchContext
 from autoshrink.search.ray_backend import STEP, Asha, StudySearcher
-from autoshrink.space import load_space
-from autoshrink.trial import TrialSettings
+from autoshrink.search.space import load_space
+from autoshrink.search.trial import TrialSettings
 from test_search import SPACE
 
 
@@ -40,7 +43,7 @@ def ctx(tiny_model_dir, text_file, tmp_path):
 @pytest.fixture
 def study(tmp_path):
     (tmp_path / "run").mkdir()
-    return optuna_backend.open_study(tmp_path / "run", "random", 0)
+    return study_db.open_study(tmp_path / "run", "random", 0)
 
 
 def _complete(study, config, val_ppl=50.0):
@@ -97,7 +100,7 @@ def test_infeasible_plans_are_told_pruned_and_never_suggested(ctx, study):
     assert config["number"] == 2 and told == [0, 1]
     for t in study.get_trials()[:2]:
         assert t.state.name == "PRUNED" and "infeasible" in t.user_attrs["note"] and "steps" not in t.user_attrs
-    assert optuna_backend.counted_trials(study) == 2  # counted toward --trials, as the Optuna backend does
+    assert study_db.counted_trials(study) == 2  # counted toward --trials, as the Optuna backend does
     searcher.suggest("b")
     assert searcher.suggest("c") == searcher.FINISHED
 
@@ -120,7 +123,7 @@ def test_a_trial_left_running_is_failed_and_its_plan_retried(ctx, study):
     assert study.trials[retry["number"]].system_attrs["failed_trial"] == lost["number"]
     assert study.trials[retry["number"]].user_attrs["note"] == f"retry of trial {lost['number']}"
     again.on_trial_complete("y", _complete(study, retry))
-    assert optuna_backend.counted_trials(study) == 1  # the crash cost no trial
+    assert study_db.counted_trials(study) == 1  # the crash cost no trial
     # Stopped by the search ending (time budget, Ctrl-C) rather than by ASHA: retried too.
     cut = again.suggest("z")
     again.on_trial_complete("z", {STEP: 5, "val_ppl": 30.0})
@@ -156,7 +159,8 @@ def test_bad_worker_and_backend_flags_are_one_line_errors(tiny_model_dir, text_f
     with pytest.raises(UserError, match="HOST:PORT"):
         ray_backend._start_ray("nowhere", 1, 1)
     with pytest.raises(UserError, match="at least 1"):
-        search("4x", model=str(tiny_model_dir), data=str(text_file), space=str(space), backend="ray", cpus_per_trial=0)
+        SearchConfig("4x", model=str(tiny_model_dir), data=str(text_file), space=str(space), backend="ray",
+                     cpus_per_trial=0)
 
 
 @pytest.mark.slow

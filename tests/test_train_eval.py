@@ -13,11 +13,12 @@ import autoshrink
 from autoshrink.cli import main
 from autoshrink.data import load_lm_data
 from autoshrink.errors import UserError
-from autoshrink.export import file_bytes
+from autoshrink.final.export import file_bytes
 from autoshrink.models import discover_sites
 from autoshrink.models.training import evaluate_perplexity
 from autoshrink.plan import dense_bytes, parse_plan, plan_stored_bytes, plan_to_json
-from autoshrink.train import choose_trial, train_trial
+from autoshrink.final.config import TrainConfig
+from autoshrink.final.train import choose_trial, train_trial
 from test_export import MIXED
 from test_front import make_run
 
@@ -45,7 +46,7 @@ def _run(folder, tiny_model_dir, text_file):
 def trained(tiny_model_dir, text_file, tmp_path_factory):
     run = _run(tmp_path_factory.mktemp("runs") / "run", tiny_model_dir, text_file)
     torch.manual_seed(0)
-    return run, train_trial(run, steps=12, evals=4)
+    return run, train_trial(run, TrainConfig(steps=12, evals=4))
 
 
 def test_train_exports_the_best_plan_and_load_gives_the_same_perplexity(trained, tiny_model_dir, text_file):
@@ -98,18 +99,18 @@ def test_train_resumes_from_its_checkpoint(tiny_model_dir, text_file, tmp_path, 
             raise Interrupted
 
     with pytest.raises(Interrupted):  # a run killed after its validation at step 6
-        train_trial(run, steps=12, evals=4, out=out, on_eval=stop_at_6)
+        train_trial(run, TrainConfig(steps=12, evals=4, out=out), on_eval=stop_at_6)
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["step"] == 6 and not (out / "model.safetensors").exists()
     lengths = []
-    train_module = sys.modules["autoshrink.train"]  # (autoshrink.train is the API function)
+    train_module = sys.modules["autoshrink.final.train"]
     real = train_module.train_lm
     monkeypatch.setattr(train_module, "train_lm", lambda model, tr, va, cfg, **kw: (lengths.append(cfg.steps),
                                                                                     real(model, tr, va, cfg, **kw))[1])
-    again = train_trial(run, steps=12, evals=4, out=out)
+    again = train_trial(run, TrainConfig(steps=12, evals=4, out=out))
     assert lengths == [6] and again.metrics["resumed_from"] == 6 and again.metrics["steps"] == 12
     assert [h["step"] for h in again.metrics["history"]] == [3, 6, 9, 12]  # continued, not restarted
-    more = train_trial(run, steps=16, evals=4, out=out)  # more steps: continues from 12
+    more = train_trial(run, TrainConfig(steps=16, evals=4, out=out))  # more steps: continues from 12
     assert lengths == [6, 4] and more.metrics["resumed_from"] == 12 and more.metrics["steps"] == 16
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 16
 
@@ -151,14 +152,15 @@ def test_lightrnn_reallocation_rematches_words_from_training_loss(tiny_model_dir
     import autoshrink
     from autoshrink.data import load_lm_data
     from autoshrink.methods import CompressedWeight
-    from autoshrink.train import reallocate_lightrnn
+    from autoshrink.final.train import tell_validation
     model = autoshrink.load(str(tiny_model_dir))
     data = load_lm_data(str(text_file), vocab=model.vocab)
     small = autoshrink.compress(model, {"decoder": {"method": "lightrnn"}})
     head = next(m for m in small.modules() if isinstance(m, CompressedWeight))
-    rounds = reallocate_lightrnn(small, data.train, batch_size=4, bptt=10)
-    assert len(rounds) == 1
-    cost_before, cost_after = rounds[0]
+    lines = tell_validation(small, data.train, fraction=0.0, batch_size=4, bptt=10)
+    assert len(lines) == 1 and "LightRNN reallocation" in lines[0]
+    assert tell_validation(small, data.train, fraction=0.9, batch_size=4, bptt=10) == []  # only in the first half
+    cost_before, cost_after = head.last_reallocation
     assert cost_after <= cost_before
     cells = head.row_of * head.cols + head.col_of
     assert len(set(cells.tolist())) == len(cells)  # still one word per cell

@@ -5,11 +5,11 @@ import optuna
 import pytest
 
 from autoshrink.api import load
-from autoshrink.budget import repair
+from autoshrink.plan.repair import repair
 from autoshrink.models import discover_sites
 from autoshrink.plan import dense_bytes, plan_stored_bytes, stored_bytes
 from autoshrink.search.warm_start import enqueue_uniform_seeds, uniform_seeds
-from autoshrink.space import load_space, parse_space, sample_plan
+from autoshrink.search.space import load_space, parse_space, sample_plan
 
 from test_search import SPACE, _search, space_file  # noqa: F401 (a fixture)
 

@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from autoshrink.api import load
+from autoshrink.models.load import load
 from autoshrink.bench.report import commit, write_report
-from autoshrink.latency import LatencyTable, measure_plan_ms
+from autoshrink.measure.latency import LatencyTable, measure_plan_ms
 from autoshrink.models import discover_sites
 
 

@@ -19,10 +19,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from autoshrink.api import load
+from autoshrink.models.load import load
 from autoshrink.bench.report import commit, write_report
-from autoshrink.budget import largest_within
-from autoshrink.latency import median_seconds
+from autoshrink.plan.fit import largest_within
+from autoshrink.measure.latency import median_seconds
 from autoshrink.methods import config_from_dict, method_names, weight_class
 from autoshrink.models import discover_sites
 from autoshrink.plan import method_bytes

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from autoshrink.bench.report import commit, write_report
+from autoshrink.search.config import SearchConfig
 from autoshrink.search.controller import search
 
 
@@ -30,9 +31,9 @@ def measure(args, backend: str, workers: int) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)  # timings need a fresh search, not a resumed one
     load = os.getloadavg()[0]
     start = time.time()
-    result = search(args.budget, model=args.model, trials=args.trials, finetune_steps=args.finetune_steps,
-                    backend=backend, workers=workers, cpus_per_trial=1, run_dir=run_dir, seed=args.seed,
-                    log=lambda line: print(line, flush=True))
+    config = SearchConfig(args.budget, model=args.model, trials=args.trials, finetune_steps=args.finetune_steps,
+                          backend=backend, workers=workers, cpus_per_trial=1, run_dir=run_dir, seed=args.seed)
+    result = search(config, log=lambda line: print(line, flush=True))
     wall = time.time() - start
     trials = result.study.get_trials()
     states = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoshrink.budget import uniform_plan
+from autoshrink.plan.fit import uniform_plan
 from autoshrink.bench.report import write_report
 from autoshrink.methods import config_from_dict
 
@@ -87,7 +87,7 @@ class Setup:
     data: str = "kjv"  # the corpus (kjv for the reference benchmark; tests use a tiny text file)
 
     def __post_init__(self):
-        from autoshrink.api import load
+        from autoshrink.models.load import load
         from autoshrink.data import load_lm_data
         from autoshrink.models import discover_sites
         from autoshrink.plan import dense_bytes, stored_bytes
@@ -108,8 +108,8 @@ class Setup:
 
 # --- running entrants ---------------------------------------------------------------------------
 def _train(setup: Setup, plan_json: dict, out: Path, label: str, extra: dict) -> dict:
-    from autoshrink.export import file_bytes
-    from autoshrink.train import train_plan
+    from autoshrink.final.export import file_bytes
+    from autoshrink.final.train import train_plan
     started = time.time()
     final = train_plan(setup.dense, setup.lm, plan_json, out, setup.steps, label=label, corpus=setup.data,
                        seed=setup.seed, evals=5,
@@ -152,7 +152,7 @@ def run_single(setup: Setup, row: Row, name: str) -> dict:
 def run_autoshrink(setup: Setup, row: Row) -> dict:
     """`autoshrink search` as a user runs it (a subprocess, so its peak memory is its own), then
     final training of the front's best plan for the same steps as every other entrant."""
-    from autoshrink.train import choose_trial
+    from autoshrink.final.train import choose_trial
     out = entrant_dir(setup.work, row.name, "autoshrink")
     run_dir = out / "search"
     cmd = [sys.executable, "-m", "autoshrink", "search", "--budget", f"{setup.max_bytes(row)}B",

@@ -22,7 +22,8 @@ import pandas as pd
 import torch
 
 from autoshrink.bench.report import commit, write_report
-from autoshrink.pareto import hypervolume_2d
+from autoshrink.search.pareto import hypervolume_2d
+from autoshrink.search.config import SearchConfig
 from autoshrink.search.controller import search
 
 
@@ -56,8 +57,9 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             run_dir = Path(args.runs) / f"{args.model}-{args.budget}-{sampler}-seed{seed}"
             start = time.time()
-            result = search(args.budget, model=args.model, trials=args.trials, finetune_steps=args.finetune_steps,
-                            run_dir=run_dir, seed=seed, sampler=sampler, log=lambda line: print(line, flush=True))
+            config = SearchConfig(args.budget, model=args.model, trials=args.trials,
+                                  finetune_steps=args.finetune_steps, run_dir=run_dir, seed=seed, sampler=sampler)
+            result = search(config, log=lambda line: print(line, flush=True))
             wall += time.time() - start
             info = json.loads((run_dir / "run.json").read_text())
             trials = trial_rows(result.study)

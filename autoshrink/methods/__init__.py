@@ -4,6 +4,7 @@ Adding a method is one file and one import line below.
 """
 from autoshrink.methods._base import (CompressedEmbedding, CompressedLinear, CompressedWeight, MethodConfig,
                                       config_class, config_from_dict, method_names, register, weight_class)
+from autoshrink.methods._storage import FLOAT_BITS, tensors_bytes
 
 # One import per method: importing registers it.
 from autoshrink.methods import quant  # noqa: E402,F401
@@ -15,5 +16,5 @@ from autoshrink.methods import tt  # noqa: E402,F401
 from autoshrink.methods import hash  # noqa: E402,F401
 from autoshrink.methods import lightrnn  # noqa: E402,F401
 
-__all__ = ["CompressedEmbedding", "CompressedLinear", "CompressedWeight", "MethodConfig", "config_class",
-           "config_from_dict", "method_names", "register", "weight_class"]
+__all__ = ["FLOAT_BITS", "CompressedEmbedding", "CompressedLinear", "CompressedWeight", "MethodConfig", "config_class",
+           "config_from_dict", "method_names", "register", "tensors_bytes", "weight_class"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
@@ -133,6 +133,14 @@ class CompressedWeight(nn.Module, abc.ABC):
     def on_progress(self, fraction: float) -> None:
         """Told how far fine-tuning has gone (0..1): pruning ramps, doping anneals, CMR."""
 
+    def on_validation(self, fraction: float, replay: "Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]"
+                      ) -> str | None:
+        """Told at each validation of a final training, `fraction` (0..1) of the way through.
+        `replay()` runs the model over a prefix of the training text and yields, per window, the
+        rows that enter this site (N x in) and the next words (N): a method may refit itself
+        from them (LightRNN re-matches words to cells). Returns a line for the log, or None."""
+        return None
+
     # Methods that model the output distribution themselves (LightRNN) carry their own bias.
     uses_site_bias: ClassVar[bool] = True
     # Fraction of fine-tuning after which the module is at its stored form (a pruning ramp
@@ -194,6 +202,14 @@ class CompressedLinear(CompressedModule):
         """(W, b) for a whole sequence: what a recurrent layer feeds its fused kernel."""
         w = self.compressed.sequence_weight()
         return w, self.bias if self.bias is not None else w.new_zeros(w.shape[0])
+
+    def timed_call(self, x: torch.Tensor) -> Callable[[], object]:
+        """What one forward pass of the model costs at this site (latency tables time it): a
+        recurrent matrix is built once per sequence and multiplied inside the fused kernel, as
+        the dense one is, so only building it costs; any other site multiplies its input."""
+        if self.compressed.site.role == "recurrent":
+            return self.dense_parameters
+        return lambda: self(x)
 
 
 class CompressedEmbedding(CompressedModule):

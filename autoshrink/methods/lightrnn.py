@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import heapq
 import math
+from typing import ClassVar
 from dataclasses import dataclass, field
 
 import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -263,6 +265,22 @@ class LightRNNWeight(CompressedWeight):
         return row_lp, torch.log_softmax(col_logits, -1)
 
     # --- reallocation (the LightRNN bootstrap) --------------------------------------------
+    REALLOCATE_UNTIL: ClassVar[float] = 0.5  # re-match words to cells at validations in the first half
+
+    def on_validation(self, fraction, replay) -> str | None:
+        """The paper's bootstrap round: each word's loss at every row and column, summed over
+        the training text that `replay` yields, then words re-matched to cells."""
+        if self.site.role != "softmax" or fraction >= self.REALLOCATE_UNTIL:
+            return None
+        totals = None
+        for x, targets in replay():
+            row, col = self.nll_costs(x.float().cpu(), targets.cpu())
+            totals = [row, col] if totals is None else [totals[0] + row, totals[1] + col]
+        if totals is None:
+            return None
+        self.last_reallocation = self.reallocate(*totals)
+        return "LightRNN reallocation: word-cell loss {:.4g} -> {:.4g}".format(*self.last_reallocation)
+
     @torch.no_grad()
     def nll_costs(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-word loss tables of a softmax site over positions x (N x D) with next words targets (N):

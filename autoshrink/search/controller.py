@@ -14,17 +14,22 @@ import optuna
 import torch
 from torch import nn
 
-from autoshrink.budget import Budget, check_feasible, parse_budget, repair, smallest_plan
+from autoshrink.plan.repair import repair
+from autoshrink.search.budget import Budget, check_feasible, parse_budget
+from autoshrink.search.config import SearchConfig
 from autoshrink.data import LMData, corpus_key, load_lm_data
 from autoshrink.errors import UserError
 from autoshrink.models import discover_sites
 from autoshrink.sites import Site
+from autoshrink.models.load import load
 from autoshrink.models.presets import PRESETS
+from autoshrink.measure.latency import LatencyTable
 from autoshrink.plan import dense_bytes as model_dense_bytes, stored_bytes
 from autoshrink.search import optuna_backend, run_folder
+from autoshrink.search import study as study_db
 from autoshrink.search.warm_start import enqueue_uniform_seeds, uniform_seeds
-from autoshrink.space import DEFAULT_SPACE, SearchSpace, default_space, load_space
-from autoshrink.trial import TrialResult, TrialSettings
+from autoshrink.search.space import DEFAULT_SPACE, SearchSpace, default_space, load_space, smallest_plan
+from autoshrink.search.trial import TrialResult, TrialSettings
 
 
 @dataclass
@@ -73,7 +78,7 @@ def default_run_dir(model_name: str, budget: Budget) -> Path:
 def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: int, started: float, done_before: int,
                    front) -> str:
     a = trial.user_attrs
-    k = optuna_backend.counted_trials(study)  # a failed try that was retried does not count
+    k = study_db.counted_trials(study)  # a failed try that was retried does not count
     this_session = max(1, k - done_before)
     eta = (time.time() - started) / this_session * max(0, total - k)
     best = f"best {front['val_ppl'].min():.2f}" if not front.empty else "no front yet"
@@ -85,33 +90,22 @@ def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: 
     return f"trial {k}/{total} #{trial.number} {state:<8} {ratio:>7} {ppl:<10} {secs:>5}  {best}  ETA {eta / 60:.0f} min  [{mix}]"
 
 
-def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData = "kjv",
-           space: str | SearchSpace | None = None, trials: int = 8, timeout: float | None = None,
-           finetune_steps: int | None = None, backend: str = "optuna", workers: int = 1, address: str | None = None,
-           run_dir: str | Path | None = None, device: str = "auto", seed: int = 0, sampler: str = "nsga2",
-           distill: bool = False, warm_start: bool = True, cpus_per_trial: int = 1, command: str | None = None,
+def search(config: SearchConfig, command: str | None = None,
            log: Callable[[str], None] | None = None) -> SearchResult:
-    """Per-layer search to a Pareto front under `budget`; see DESIGN.md. Returns the run folder,
-    the study and the front. `model` may be a preset name, a model folder (autoshrink's or a
-    local Hugging Face causal LM), or any torch LM module (forward(ids (T, B), state) ->
-    (logits, state)) with `data` given. `space` None: search_spaces/default.yaml, or
-    transformer.yaml for a model with attention/mlp sites (said in the log). A new search
-    starts from single-method plans unless `warm_start` is False (search/warm_start.py). With
-    `backend="ray"`, `workers` trials run at once through Ray Tune, each on `cpus_per_trial`
-    threads, locally or on the cluster at `address` ("auto" or HOST:PORT)."""
-    from autoshrink.api import load
-    from autoshrink.latency import LatencyTable
-
+    """Per-layer search to a Pareto front under `config.budget` ("25x", "1.5MB", "4ms").
+    Returns the run folder, the study and the front. `config.model` may be a preset name, a
+    model folder (autoshrink's or a local Hugging Face causal LM), or any torch LM module
+    (forward(ids (T, B), state) -> (logits, state)) with `config.data` given. `space` None:
+    search_spaces/default.yaml, or transformer.yaml for a model with attention/mlp sites (said in
+    the log). A new search starts from single-method plans unless `warm_start` is False
+    (search/warm_start.py). With `backend="ray"`, `workers` trials run at once through Ray Tune,
+    each on `cpus_per_trial` threads, locally or on the cluster at `address`."""
+    c = config
+    budget, model, data, space, trials, timeout = c.budget, c.model, c.data, c.space, c.trials, c.timeout
+    backend, workers, address, run_dir, device, seed = c.backend, c.workers, c.address, c.run_dir, c.device, c.seed
+    sampler, distill, warm_start, cpus_per_trial = c.sampler, c.distill, c.warm_start, c.cpus_per_trial
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     b = parse_budget(budget)
-    if backend not in ("optuna", "ray"):
-        raise UserError(f"unknown backend {backend!r}: use optuna or ray")
-    if workers < 1 or cpus_per_trial < 1:
-        raise UserError(f"--workers and --cpus-per-trial must be at least 1, got {workers} and {cpus_per_trial}")
-    if backend == "optuna" and (workers > 1 or address or cpus_per_trial != 1):
-        raise UserError("--workers, --cpus-per-trial and --address run trials through Ray: add --backend ray")
-    if trials < 1:
-        raise UserError(f"--trials must be at least 1, got {trials}")
     spc = space if isinstance(space, SearchSpace) or space is None else load_space(space)  # bad input fails first
     data_path = data if isinstance(data, str) else None
     if isinstance(model, nn.Module):
@@ -134,9 +128,7 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
     freqs = data.vocab.freqs
     model_bytes = stored_bytes(dense)
     max_bytes = check_feasible(b, spc, sites, nbytes, freqs, model_bytes)
-    settings = TrialSettings(device=device, seed=seed, distill=distill)
-    if finetune_steps is not None:
-        settings.finetune_steps = finetune_steps
+    settings = TrialSettings(finetune_steps=c.finetune_steps, device=device, seed=seed, distill=distill)
     folder = Path(run_dir) if run_dir else default_run_dir(model_name, b)
     folder.mkdir(parents=True, exist_ok=True)
     latency = LatencyTable(dense, device="cpu", path=folder / "latency_cache.json", freqs=freqs) if b.kind == "latency" else None
@@ -146,14 +138,14 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
         if fastest > b.value:
             raise UserError(f"latency budget {b.text} cannot be met: the dense model takes {latency.dense_ms:.2f} ms "
                             f"and the smallest plan of the space about {latency.estimate_ms(smallest):.2f} ms")
-    study = optuna_backend.open_study(folder, sampler, seed)
+    study = study_db.open_study(folder, sampler, seed)
     if warm_start and max_bytes is not None and not study.get_trials(deepcopy=False):  # fitting only for a new study
         seeds = uniform_seeds(spc, sites, max_bytes, freqs, model_bytes)[:max(1, trials // 2)]
         if enqueue_uniform_seeds(study, seeds):
             log(f"warm start: the first {len(seeds)} trial(s) put one method on every site "
                 f"({', '.join(m for m, _ in seeds)}), fitted to the budget")
     ctx = SearchContext(dense, data, sites, spc, b, nbytes, settings, freqs, max_bytes, model_bytes, latency,
-                        rule=optuna_backend.WeakTrialRule(study), fallback=smallest)
+                        rule=study_db.WeakTrialRule(study), fallback=smallest)
     run_folder.write_run_json(folder, {
         "command": command or f"search({budget!r})", "budget": b.text, "budget_kind": b.kind, "max_bytes": max_bytes,
         "model": model_name, "data": corpus_key(data.name) if isinstance(data.name, str) else data.name,
@@ -169,7 +161,7 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
     if backend == "ray":
         from autoshrink.search import ray_backend
         orphans = ray_backend.fail_interrupted(study)
-    done_before = optuna_backend.counted_trials(study)
+    done_before = study_db.counted_trials(study)
     log(f"search {model_name} under {b.text} ({max_bytes:,} bytes) -> {folder}" if max_bytes else
         f"search {model_name} under {b.text} -> {folder}")
     if done_before:

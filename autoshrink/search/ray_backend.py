@@ -38,8 +38,8 @@ from ray.tune.search import Searcher
 from autoshrink.errors import UserError
 from autoshrink.models.training import DivergedError
 from autoshrink.plan import plan_to_json
-from autoshrink.search.optuna_backend import counted_trials, prepare_plan, record_result, record_stopped
-from autoshrink.trial import TrialResult, run_trial
+from autoshrink.search.study import counted_trials, prepare_plan, record_result, record_stopped
+from autoshrink.search.trial import TrialResult, run_trial
 
 STEP = "finetune_step"  # ASHA's time attribute: fine-tuning steps done (Tune's own keys are reserved)
 METRIC = "val_ppl"

@@ -1,18 +1,23 @@
-"""The run folder of DESIGN.md, kept current after every trial: run.json, trials.csv, front.csv.
+"""The run folder of DESIGN.md: the one module that writes and reads it.
 
-Rows come from the Optuna study itself (the record of a search), so a resumed or still running
-search, and `autoshrink front`, all read the same thing.
+Written after every trial: run.json (what the search was asked: model, data, space, fidelity,
+seed, versions), trials.csv, front.csv; study.db is the Optuna study (search/study.py opens it).
+Read: `read_run` (run.json), `read` (run.json + every trial + the front, from the study itself,
+so a resumed or still running search and `autoshrink front` all see the same thing).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import optuna
 import pandas as pd
 
-from autoshrink.pareto import pareto_mask
+from autoshrink.errors import UserError
+from autoshrink.search.pareto import pareto_mask
+from autoshrink.search.study import load_study
 
 COLUMNS = ["number", "state", "stored_bytes", "ratio", "latency_ms", "val_ppl", "seconds", "steps", "methods", "plan"]
 
@@ -46,10 +51,6 @@ def front_rows(trials: pd.DataFrame, objective: str = "stored_bytes") -> pd.Data
     return done[mask].sort_values(objective)
 
 
-def best_trial(front: pd.DataFrame) -> pd.Series | None:
-    return None if front.empty else front.sort_values("val_ppl").iloc[0]
-
-
 def write(run_dir: Path, study: optuna.Study, objective: str = "stored_bytes") -> pd.DataFrame:
     trials = trial_rows(study)
     trials[COLUMNS].to_csv(run_dir / "trials.csv", index=False)
@@ -63,3 +64,39 @@ def write_run_json(run_dir: Path, info: dict) -> None:
     runs = json.loads(path.read_text()).get("invocations", []) if path.exists() else []
     info = {**info, "invocations": runs + [info["command"]]}
     path.write_text(json.dumps(info, indent=1))
+
+
+def read_run(run_dir: str | Path) -> dict:
+    """run.json of a run folder; a missing folder or file is a UserError."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"no run folder {run_dir}")
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no run.json: not an autoshrink run folder (autoshrink search --run-dir ...)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is corrupt: {e}") from None
+
+
+def objective_of(info: dict) -> str:
+    return "latency_ms" if info.get("budget_kind") == "latency" else "stored_bytes"
+
+
+class RunRecord(NamedTuple):
+    run_dir: Path
+    info: dict  # run.json
+    trials: pd.DataFrame  # every trial of the study (run_folder.trial_rows)
+    front: pd.DataFrame  # feasible COMPLETE trials on the Pareto front, by the objective
+    objective: str  # stored_bytes, or latency_ms for a latency budget
+
+
+def read(run_dir: str | Path) -> RunRecord:
+    """run.json, every trial of the study, and the front: the whole record of a run."""
+    run_dir = Path(run_dir)
+    info = read_run(run_dir)
+    trials = trial_rows(load_study(run_dir))
+    objective = objective_of(info)
+    front = front_rows(trials, objective).reset_index(drop=True)
+    return RunRecord(run_dir, info, trials, front, objective)

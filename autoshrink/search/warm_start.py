@@ -16,9 +16,9 @@ from typing import Any
 
 import optuna
 
-from autoshrink.budget import uniform_plan
+from autoshrink.plan.fit import uniform_plan
 from autoshrink.methods import config_class
-from autoshrink.space import DENSE, Knob, SearchSpace, _applies
+from autoshrink.search.space import DENSE, Knob, SearchSpace, applies
 
 PREFERRED_BITS = 8  # near-lossless storage for the method's tensors: spend the bytes on its size knob
 
@@ -68,7 +68,7 @@ def uniform_seeds(space: SearchSpace, sites: list, max_bytes: int, freqs=None,
     """(method, Optuna params) for each method the space offers on every compressible site and
     that can meet `max_bytes` alone."""
     owned = [s for s in sites if s.tied_with is None]
-    options = {s.name: [m for m in space.methods_for(s) if m == DENSE or _applies(m, s)] for s in owned}
+    options = {s.name: [m for m in space.methods_for(s) if m == DENSE or applies(m, s)] for s in owned}
     compressible = [s for s in owned if options[s.name]]
     if not compressible:
         return []

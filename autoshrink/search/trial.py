@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from autoshrink.data import LMData
-from autoshrink.latency import measure_latency_ms, reference_input
+from autoshrink.measure.latency import measure_latency_ms, reference_input
 from autoshrink.models.training import TrainConfig, evaluate_perplexity, pick_device, train_lm
 from autoshrink.plan import compress, stored_bytes
 

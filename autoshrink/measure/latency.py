@@ -10,9 +10,9 @@ for every trial, so `LatencyTable` estimates a plan from per-site measurements:
 t(site, .) is the median time of the site's module alone on the input it sees in the reference
 forward: an embedding looks up the (T, B) ids; softmax and other linear sites multiply (T, B, n),
 timed as modules (nn.Linear / nn.Embedding against CompressedLinear / CompressedEmbedding). A
-recurrent matrix is multiplied inside torch's fused LSTM kernel whether it is dense or not; a
-compressed one adds the time to build it once per forward (`dense_parameters`), and nothing
-else. Timings are cached per (device context, site name, shape, config JSON)
+recurrent matrix is multiplied inside the fused recurrent kernel whether it is dense or not; a
+compressed one adds the time to build it once per forward, which the method contract's
+`timed_call` says, and nothing else. Timings are cached per (device context, site name, shape, config JSON)
 and, given a path, persisted as JSON after every new measurement, so a resumed search reuses them.
 The device context names the device, CPU threads and input shape: timings taken under another
 context are not reused.
@@ -32,10 +32,9 @@ from torch import nn
 
 from autoshrink.errors import UserError
 from autoshrink.methods import CompressedEmbedding, CompressedLinear, MethodConfig, weight_class
-from autoshrink.models.lstm_lm import LSTMLayer
 from autoshrink.models.discover import discover_sites
 from autoshrink.sites import Site
-from autoshrink.plan import _dense_weight, _resolve, compress, parse_plan
+from autoshrink.plan import compress, dense_weight, parse_plan, resolve
 
 
 @torch.no_grad()
@@ -126,7 +125,6 @@ class LatencyTable:
         self.path = Path(path).expanduser() if path is not None else None
         self.cache: dict[Key, float] = self._load() if self.path is not None and self.path.exists() else {}
         self.measurements = 0  # timings this table took (cache misses)
-        self._layers = {n: m for n, m in self.model.named_modules() if isinstance(m, LSTMLayer)}
 
     # --- persistence ---------------------------------------------------------------------
     def _load(self) -> dict[Key, float]:
@@ -174,19 +172,13 @@ class LatencyTable:
         g = torch.Generator().manual_seed(0)
         return torch.randn(self.tokens, self.batch, site.shape[1], generator=g).to(self.device)
 
-    def _in_lstm(self, site: Site) -> bool:
-        parent = site.name.rpartition(".")[0]
-        return parent in self._layers and site.name.rpartition(".")[2] in ("ih", "hh")
-
     def site_seconds(self, site: Site, cfg: MethodConfig | None) -> float:
         """Time of the site's module over one reference forward; cfg None: the dense module."""
-        if cfg is None and self._in_lstm(site):
-            return 0.0  # multiplied inside the fused LSTM kernel: no time of its own to remove
+        if cfg is None and site.role == "recurrent":
+            return 0.0  # multiplied inside the fused recurrent kernel: no time of its own to remove
+
         def measure() -> float:
-            weight, bias = _dense_weight(self.model.get_submodule(site.name))
-            if self._in_lstm(site):  # the fused kernel multiplies it either way; only building costs
-                built = CompressedLinear(weight_class(cfg).build(weight.float().cpu(), site, cfg), bias).to(self.device).eval()
-                return self._time(built.dense_parameters)
+            weight, bias = dense_weight(self.model.get_submodule(site.name))
             x = self._site_input(site)
             embedding = site.role == "embedding" and isinstance(self.model.get_submodule(site.name), nn.Embedding)
             if cfg is None:
@@ -201,6 +193,8 @@ class LatencyTable:
                 built = weight_class(cfg).build(weight.float().cpu(), site, cfg,
                                                 freqs=self.freqs if site.is_vocab else None)
                 module = CompressedEmbedding(built) if embedding else CompressedLinear(built, bias)
+                module = module.to(self.device).eval()
+                return self._time(module.timed_call(x.to(self.device)) if not embedding else lambda: module(x))
             module = module.to(self.device).eval()
             return self._time(lambda: module(x))
 
@@ -209,7 +203,7 @@ class LatencyTable:
 
     # --- estimates -----------------------------------------------------------------------
     def _resolved(self, plan: Mapping[str, Any] | str | Path) -> tuple[dict[str, Site], dict[str, MethodConfig]]:
-        by_name, resolved = _resolve(self.model, parse_plan(plan), self.sites)
+        by_name, resolved = resolve(self.model, parse_plan(plan), self.sites)
         per_site = {}
         for site in self.sites:
             owner = site.tied_with or site.name

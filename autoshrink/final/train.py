@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -35,16 +35,19 @@ from torch import nn
 from autoshrink.data import LMData, batchify, bptt_windows, load_lm_data, num_windows
 from autoshrink.errors import UserError
 from autoshrink.methods import CompressedLinear
-from autoshrink.evaluate import corpus_source, measure
-from autoshrink.export import save_compressed
+from autoshrink.final.evaluate import corpus_source, measure
+from autoshrink.final.export import save_compressed
 from autoshrink.models.presets import PRESETS
 from autoshrink.models.discover import discover_sites
-from autoshrink.models.training import TrainConfig, evaluate_perplexity, pick_device, settles_at, train_lm
+from autoshrink.models import training
+from autoshrink.models.training import evaluate_perplexity, pick_device, settles_at, train_lm
 from autoshrink.plan import compress, parse_plan, stored_bytes
-from autoshrink.trial import TrialSettings
+from autoshrink.final.config import DEFAULT_STEPS, TrainConfig
+from autoshrink.models.load import load
+from autoshrink.search import run_folder
+from autoshrink.search.trial import TrialSettings
 
-DEFAULT_STEPS = 1000  # ~12x a trial's fine-tuning (80 steps): plans ranked cheaply, trained properly
-EVALS = 10  # validations (and checkpoints) per final training
+EVALS = TrainConfig.evals  # validations (and checkpoints) per final training
 
 
 @dataclass
@@ -57,8 +60,7 @@ class FinalModel:
 # --- which trial ----------------------------------------------------------------------------
 def choose_trial(run_dir: str | Path, trial: str | int = "best") -> tuple[int, dict]:
     """(trial number, plan JSON) of `trial` in the run's study."""
-    from autoshrink.front import read_front
-    f = read_front(run_dir)
+    f = run_folder.read(run_dir)
     spec = str(trial).strip()
     if spec == "best" or spec.startswith("smallest:"):
         front = f.front
@@ -182,55 +184,52 @@ def _resumed_schedules(model: nn.Module, start: float):
 
 
 # --- final training -------------------------------------------------------------------------
-REALLOCATE_UNTIL = 0.5  # LightRNN rounds: re-match words to cells at validations in the first half
+REPLAY_TOKENS = 100_000  # training text a method's on_validation hook sees (a prefix, said in its log)
 
 
 @torch.no_grad()
-def reallocate_lightrnn(model: nn.Module, ids: torch.Tensor, batch_size: int = 32, bptt: int = 35,
-                        max_tokens: int = 100_000) -> list[tuple[float, float]]:
-    """LightRNN's bootstrap step for every LightRNN softmax in `model`: accumulate each word's
-    loss at every row and column over (a prefix of) the training text, then re-match words to
-    cells. Returns (cost before, cost after) per softmax. The prefix is said, not hidden: the
-    paper sums over the whole training set."""
-    heads = [m for m in model.modules() if isinstance(m, CompressedLinear)
-             and hasattr(m.compressed, "nll_costs") and m.compressed.site.role == "softmax"]
-    if not heads:
-        return []
-    inputs: dict[int, torch.Tensor] = {}
-    hooks = [h.register_forward_hook(lambda mod, args, out: inputs.__setitem__(id(mod), args[0])) for h in heads]
-    totals: dict[int, list[torch.Tensor]] = {}
+def site_inputs(model: nn.Module, module: nn.Module, ids: torch.Tensor, batch_size: int = 32, bptt: int = 35,
+                max_tokens: int = REPLAY_TOKENS) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(rows entering `module`, next words) per window of the model run over a prefix of `ids`."""
+    seen: list[torch.Tensor] = []
+    hook = module.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     try:
         state = None
         for x, y in bptt_windows(batchify(ids[:max_tokens], batch_size).to(device), bptt):
+            seen.clear()
             _, state = model(x, state)
-            for head in heads:
-                h = inputs[id(head)].float().cpu()
-                row, col = head.compressed.nll_costs(h.reshape(-1, h.shape[-1]), y.reshape(-1).cpu())
-                acc = totals.setdefault(id(head), [torch.zeros_like(row), torch.zeros_like(col)])
-                acc[0] += row
-                acc[1] += col
+            h = seen[-1]
+            yield h.reshape(-1, h.shape[-1]), y.reshape(-1)
     finally:
-        for hook in hooks:
-            hook.remove()
+        hook.remove()
         model.train(was_training)
-    return [head.compressed.reallocate(*totals[id(head)]) for head in heads]
 
 
-def train_trial(run_dir: str | Path, trial: str | int = "best", steps: int | None = None, epochs: float | None = None,
-                out: str | Path | None = None, device: str = "auto", distill: bool = False, data: str | None = None,
-                model: str | None = None, seed: int = 0, evals: int = EVALS,
+def tell_validation(model: nn.Module, ids: torch.Tensor, fraction: float, batch_size: int = 32,
+                    bptt: int = 35) -> list[str]:
+    """Call every compressed weight's `on_validation` hook (the method contract); their log lines."""
+    lines = []
+    for module in model.modules():
+        if isinstance(module, CompressedLinear):
+            line = module.compressed.on_validation(
+                fraction, lambda m=module: site_inputs(model, m, ids, batch_size, bptt))
+            if line:
+                lines.append(line)
+    return lines
+
+
+def train_trial(run_dir: str | Path, config: TrainConfig | None = None,
                 on_log: Callable[[dict], None] | None = None, on_eval: Callable[[int, float], None] | None = None,
                 log: Callable[[str], None] | None = None) -> FinalModel:
     """Train one plan of a run longer, resumably, and export it (see the module docstring)."""
-    from autoshrink.api import load
-    from autoshrink.front import read_run
-    if (steps is not None and steps < 1) or (epochs is not None and epochs <= 0):
-        raise UserError(f"--steps must be >= 1 and --epochs > 0, got steps={steps}, epochs={epochs}")
+    c = config or TrainConfig()
+    trial, steps, epochs, out, data, model = c.trial, c.steps, c.epochs, c.out, c.data, c.model
+    device, distill, seed, evals = c.device, c.distill, c.seed, c.evals
     run_dir = Path(run_dir)
-    info = read_run(run_dir)
+    info = run_folder.read_run(run_dir)
     number, plan_json = choose_trial(run_dir, trial)
     corpus = _data_of(info, data)
     dense = load(_model_of(info, model), data=corpus, seed=info.get("seed", 0), device=device)
@@ -280,12 +279,11 @@ def train_plan(dense: nn.Module, lm: LMData, plan_json: dict, out: Path, steps: 
         _write_checkpoint(ckpt, small, state, best)
         if on_eval is not None:
             on_eval(done + step, val)
-        if fraction < REALLOCATE_UNTIL:
-            for before, after in reallocate_lightrnn(small, lm.train, settings.batch_size, settings.bptt):
-                log(f"LightRNN reallocation at step {done + step}: word-cell loss {before:.4g} -> {after:.4g}")
+        for line in tell_validation(small, lm.train, fraction, settings.batch_size, settings.bptt):
+            log(f"step {done + step}: {line}")
 
     if remaining:
-        cfg = TrainConfig(steps=remaining, batch_size=settings.batch_size, bptt=settings.bptt, lr=settings.lr,
+        cfg = training.TrainConfig(steps=remaining, batch_size=settings.batch_size, bptt=settings.bptt, lr=settings.lr,
                           eval_every=max(1, steps // max(1, evals)), device=device, seed=seed + done,
                           distill_from=copy.deepcopy(dense) if distill else None)
         relay = None if on_log is None else (lambda r: on_log({**r, "step": done + r["step"], "steps": steps}))

@@ -18,7 +18,7 @@ from torch import nn
 
 from autoshrink.data import LMData, load_lm_data
 from autoshrink.errors import UserError
-from autoshrink.latency import measure_latency_ms, reference_input
+from autoshrink.measure.latency import measure_latency_ms, reference_input
 from autoshrink.models.lstm_lm import LSTMLM
 from autoshrink.models.training import evaluate_perplexity
 from autoshrink.plan import dense_bytes, stored_bytes
@@ -55,8 +55,8 @@ def corpus_source(name: str | None) -> str | None:
 def evaluate_dir(path: str | Path, data: str | None = None, device: str = "cpu") -> dict:
     """Evaluate a compressed export (`autoshrink train`), a dense model folder, or a preset name
     (pretrained on `data`, kjv by default). The corpus is `data`, else the one model.json names."""
-    from autoshrink.api import load
-    from autoshrink.export import file_bytes
+    from autoshrink.models.load import load
+    from autoshrink.final.export import file_bytes
     from autoshrink.models.hf import FORMAT as HF_FORMAT
     from autoshrink.models.presets import PRESETS
 

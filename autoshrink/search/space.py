@@ -16,10 +16,11 @@ import yaml
 
 from autoshrink.errors import UserError
 from autoshrink.methods import MethodConfig, config_class
+from autoshrink.plan.bytes import method_bytes
 from autoshrink.sites import ROLES, Site
 
 DENSE = "dense"  # keep the site uncompressed
-SHIPPED = Path(__file__).resolve().parent.parent / "search_spaces"
+SHIPPED = Path(__file__).resolve().parents[2] / "search_spaces"
 DEFAULT_SPACE = "search_spaces/default.yaml"
 TRANSFORMER_SPACE = "search_spaces/transformer.yaml"
 
@@ -153,7 +154,7 @@ def sample_plan(trial, space: SearchSpace, sites: list[Site]) -> dict[str, Metho
     for site in sites:
         if site.tied_with is not None:
             continue
-        methods = [m for m in space.methods_for(site) if m == DENSE or _applies(m, site)]
+        methods = [m for m in space.methods_for(site) if m == DENSE or applies(m, site)]
         if not methods:
             continue
         method = methods[0] if len(methods) == 1 else trial.suggest_categorical(f"{site.name}/method", methods)
@@ -165,10 +166,23 @@ def sample_plan(trial, space: SearchSpace, sites: list[Site]) -> dict[str, Metho
     return plan
 
 
-def _applies(method: str, site: Site) -> bool:
+def applies(method: str, site: Site) -> bool:
     try:
         config_class(method)().check_site(site)
         return True
     except UserError:
         return False
+
+
+def smallest_plan(space: SearchSpace, sites: list[Site], freqs=None) -> dict:
+    """Each site's smallest setting the space allows (sites with no option stay dense)."""
+    plan = {}
+    for site in sites:
+        options = space.smallest_configs(site)
+        if options and site.tied_with is None:
+            best = min(options, key=lambda c: method_bytes(site, c, freqs))
+            if method_bytes(site, best, freqs) < site.dense_bytes:
+                plan[site.name] = best
+    return plan
+
 

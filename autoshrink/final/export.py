@@ -30,13 +30,13 @@ from torch import nn
 
 from autoshrink.data.vocab import Vocab
 from autoshrink.errors import UserError
-from autoshrink.methods import CompressedWeight, weight_class
-from autoshrink.methods._storage import tensors_bytes
+from autoshrink.methods import CompressedWeight, tensors_bytes, weight_class
 from autoshrink.models.checkpoint import META, WEIGHTS, read_meta
 from autoshrink.models.hf import FORMAT as HF_FORMAT, hf_skeleton
+from autoshrink.models.load import register_format
 from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
 from autoshrink.sites import Site
-from autoshrink.plan import Plan, _resolve, parse_plan, place_compressed, plan_to_json, stored_bytes
+from autoshrink.plan import Plan, parse_plan, place_compressed, plan_to_json, resolve, stored_bytes
 
 FORMAT = "autoshrink-compressed/1"
 PLAN = "plan.json"
@@ -109,13 +109,6 @@ def save_compressed(model: nn.Module, plan: Plan | Mapping[str, Any], folder: st
     return folder
 
 
-def is_compressed_export(folder: Path) -> bool:
-    try:
-        return json.loads((folder / META).read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def _read_plan(folder: Path) -> Plan:
     path = folder / PLAN
     if not path.is_file():
@@ -151,7 +144,7 @@ def load_compressed(folder: str | Path) -> tuple[nn.Module, Any, dict]:
     model, vocab = _base_model(folder, meta)
     plan = _read_plan(folder)
     tensors = _read_tensors(folder / WEIGHTS)
-    by_name, resolved = _resolve(model, plan, model.autoshrink_sites())
+    by_name, resolved = resolve(model, plan, model.autoshrink_sites())
     unused = set(tensors)
     built: dict[str, CompressedWeight] = {}
     for owner, cfg in resolved.items():
@@ -174,6 +167,9 @@ def load_compressed(folder: str | Path) -> tuple[nn.Module, Any, dict]:
     if unused:
         raise UserError(f"{folder / WEIGHTS} holds tensors its plan does not use: {', '.join(sorted(unused)[:4])}")
     return model.eval(), vocab, meta
+
+
+register_format(FORMAT, load_compressed)
 
 
 def _from_export(path: Path, tensors: dict[str, torch.Tensor], site: Site, cfg) -> CompressedWeight:

@@ -1,4 +1,4 @@
-"""Plans: {site name: method config} applied to a model, and the stored bytes of models and plans.
+"""Plans: {site name: method config}, parsed from JSON and applied to a model.
 
 A plan is plain JSON users can read and edit: {"decoder": {"method": "groupreduce", "blocks": 4}}.
 Sites not named stay dense. Tied sites share one compressed weight, counted once.
@@ -6,7 +6,6 @@ Sites not named stay dense. Tied sites share one compressed weight, counted once
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -47,7 +46,7 @@ def plan_to_json(plan: Plan) -> dict[str, dict]:
     return {name: cfg.to_dict() for name, cfg in plan.items()}
 
 
-def _resolve(model: nn.Module, plan: Plan, sites: list[Site] | None = None) -> tuple[dict[str, Site], Plan]:
+def resolve(model: nn.Module, plan: Plan, sites: list[Site] | None = None) -> tuple[dict[str, Site], Plan]:
     """Check plan keys against the model's sites; map a tied partner's entry onto its owner."""
     sites = sites if sites is not None else discover_sites(model)
     by_name = {s.name: s for s in sites}
@@ -65,45 +64,13 @@ def _resolve(model: nn.Module, plan: Plan, sites: list[Site] | None = None) -> t
     return by_name, resolved
 
 
-def method_bytes(site: Site, cfg: MethodConfig, freqs: torch.Tensor | None = None) -> int:
-    """Analytic stored bytes of one site's weight under `cfg` (bias excluded)."""
-    fn = weight_class(cfg).stored_bytes
-    # Vocabulary methods whose allocation follows word frequencies take them (GroupReduce).
-    if "freqs" in inspect.signature(fn).parameters:
-        return fn(site, cfg, freqs=freqs if site.is_vocab else None)
-    return fn(site, cfg)
-
-
-def plan_stored_bytes(sites: list[Site], plan: Plan, freqs: torch.Tensor | None = None,
-                      model_bytes: int | None = None) -> int:
-    """Stored bytes of the whole model under `plan`, without building it.
-
-    `model_bytes` is the dense model's stored bytes (every parameter, shared ones once); the
-    plan replaces its sites' weights (and biases, for methods that model the output
-    themselves). Without it, the model is taken to be its sites (true for the built-in LSTM,
-    whose every parameter is a site weight or bias).
-    """
-    if model_bytes is None:
-        model_bytes = sum(s.dense_bytes for s in sites if s.tied_with is None)
-    by_name = {s.name: s for s in sites}
-    owned = {(by_name[name].tied_with if name in by_name else None) or name: cfg for name, cfg in plan.items()}
-    total = model_bytes
-    for site in sites:
-        if site.tied_with is not None or site.name not in owned:
-            continue  # a tied partner's entry is its owner's (compress does the same)
-        cfg = owned[site.name]
-        kept_bias = 4 * site.shape[0] if site.bias and weight_class(cfg).uses_site_bias else 0
-        total += method_bytes(site, cfg, freqs) + kept_bias - site.dense_bytes
-    return total
-
-
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
 
 
-def _dense_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+def dense_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(W as m x n with y = W x, bias) of an Embedding, Linear or GPT-2 Conv1D."""
     if isinstance(module, nn.Embedding):
         return module.weight.detach(), None
@@ -113,15 +80,15 @@ def _dense_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
 
 
 def compress(model: nn.Module, plan: Mapping[str, Any] | str | Path, freqs: torch.Tensor | None = None,
-             sites: list[Site] | None = None, inplace: bool = False) -> nn.Module:
+             sites: list[Site] | None = None) -> nn.Module:
     """A new model whose planned sites are compressed, each initialised from its dense weight."""
     plan = parse_plan(plan)
-    by_name, resolved = _resolve(model, plan, sites)
-    model = model if inplace else copy.deepcopy(model)
+    by_name, resolved = resolve(model, plan, sites)
+    model = copy.deepcopy(model)
     shared: dict[str, CompressedWeight] = {}
     for name, cfg in resolved.items():
         site = by_name[name]
-        weight, _ = _dense_weight(model.get_submodule(name))
+        weight, _ = dense_weight(model.get_submodule(name))
         weight = weight.float().cpu().contiguous()  # a Conv1D's transposed view: methods may keep it as a parameter
         built = weight_class(cfg).build(weight, site, cfg, freqs=freqs if site.is_vocab else None)
         for p in built.parameters():  # factors sliced from an SVD may be strided views; checkpoints need dense tensors
@@ -142,26 +109,6 @@ def place_compressed(model: nn.Module, by_name: dict[str, Site], built: dict[str
         if site.role == "embedding" and isinstance(module, nn.Embedding):
             _set_module(model, site.name, CompressedEmbedding(built[owner]))
         else:
-            _set_module(model, site.name, CompressedLinear(built[owner], _dense_weight(module)[1]))
+            _set_module(model, site.name, CompressedLinear(built[owner], dense_weight(module)[1]))
 
 
-def stored_bytes(model: nn.Module) -> int:
-    """Stored bytes of a (compressed or dense) model: each compressed weight by its method,
-    every other tensor at its dtype; shared tensors and shared compressed weights count once."""
-    total = 0
-    seen: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, CompressedWeight) and id(module) not in seen:
-            seen.add(id(module))
-            total += module.nbytes()
-            seen.update(id(p) for p in module.parameters())
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel() * p.element_size()
-    return total
-
-
-def dense_bytes(model: nn.Module) -> int:
-    """fp32 bytes of every parameter of the dense model (shared ones once): the ratio's numerator."""
-    return 4 * sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,36 @@
+"""TrainConfig: every setting of a final training (`autoshrink train`), each default defined once
+(the CLI's flags and `--help` are generated from these fields)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from autoshrink.errors import UserError
+
+DEFAULT_STEPS = 1000  # ~12x a trial's fine-tuning (80 steps): plans ranked cheaply, trained properly
+
+
+@dataclass
+class TrainConfig:
+    trial: str = field(default="best", metadata={"help": (
+        "best (lowest val ppl on the front), a trial number, or smallest:PPL (fewest bytes on the front with "
+        "val ppl <= PPL)")})
+    steps: int | None = field(default=None, metadata={"help": (
+        f"training steps in all, counted across resumes (default: {DEFAULT_STEPS} unless --epochs is given)")})
+    epochs: float | None = field(default=None, metadata={"help": "training length in epochs of the train split"})
+    out: str | None = field(default=None, metadata={"help": "export folder (default: RUN_DIR/final)"})
+    data: str | None = field(default=None, metadata={"help": "the corpus of the search (default: the one run.json names)"})
+    model: str | None = field(default=None, metadata={"help": (
+        "the dense model of the search (default: the one run.json names)")})
+    distill: bool = field(default=False, metadata={"help": "train on soft targets of the dense model too"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    seed: int = field(default=0, metadata={"help": "training seed"})
+    evals: int = field(default=10, metadata={"help": "validations (and checkpoints) over the training"})
+
+    def __post_init__(self) -> None:
+        self.trial = str(self.trial)
+        if (self.steps is not None and self.steps < 1) or (self.epochs is not None and self.epochs <= 0):
+            raise UserError(f"--steps must be >= 1 and --epochs > 0, got steps={self.steps}, epochs={self.epochs}")
+        if self.steps is not None and self.epochs is not None:
+            raise UserError("give --steps or --epochs, not both")
+        if self.evals < 1:
+            raise UserError(f"--evals must be >= 1, got {self.evals}")

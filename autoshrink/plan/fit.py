@@ -1,0 +1,108 @@
+"""Fitting a method's size knob to a byte target: one site (largest_within) or every site at
+once, uniformly (uniform_plan: the benchmark's single-method baselines and the search's warm start)."""
+from __future__ import annotations
+
+from autoshrink.errors import UserError
+from autoshrink.methods import FLOAT_BITS
+from autoshrink.plan.bytes import method_bytes, plan_stored_bytes
+
+def _bytes_of(site, config, freqs) -> int:
+    return method_bytes(site, config, freqs)
+
+
+def largest_within(site, config, max_bytes: int, freqs=None):
+    """The config with the largest `size_knob` whose method bytes fit `max_bytes` (other knobs
+    kept), or None if even the smallest setting does not fit. Bytes grow with the knob, so this
+    is a bisection: ints over [1, current or larger], floats over (0, 1], bits over their levels.
+    """
+    knob = type(config).size_knob
+    if knob is None:
+        return config if _bytes_of(site, config, freqs) <= max_bytes else None
+
+    def fits(value) -> bool:
+        try:
+            return _bytes_of(site, config.replace(**{knob: value}), freqs) <= max_bytes
+        except UserError:
+            return False
+
+    current = getattr(config, knob)
+    if knob == "bits":
+        levels = [b for b in FLOAT_BITS if fits(b)]
+        return config.replace(bits=max(levels)) if levels else None
+    if isinstance(current, int):
+        lo, hi = 1, max(1, current)
+        if not fits(lo):
+            return None
+        while fits(hi) and hi < 2**24:
+            hi *= 2
+        while hi - lo > 1:  # fits(lo) and not fits(hi)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return config.replace(**{knob: hi if fits(hi) else lo})
+    lo, hi = 0.0, 1.0
+    if fits(hi):
+        return config.replace(**{knob: hi})
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    if lo > 0 and fits(lo):
+        return config.replace(**{knob: lo})
+    return config.replace(**{knob: 0.0}) if fits(0.0) else None  # e.g. Kronecker with no doping
+
+
+# --- one method on every site ------------------------------------------------------------------
+# "Uniformly" means every site gets the same compression target: site i may store
+# s * dense_bytes_i, and s is the largest share (found by bisection) at which the whole model,
+# its dense parts included, fits. Sites the method cannot take (a vocabulary method on an LSTM
+# matrix) and sites outside `roles` stay dense. The benchmark's single-method baselines and the
+# search's warm start both use it.
+UNIFORM_BISECTIONS = 40
+
+
+def _takes(cfg, site) -> bool:
+    try:
+        cfg.check_site(site)
+        return True
+    except UserError:
+        return False
+
+
+def uniform_plan(base, sites: list, max_bytes: int, freqs=None, model_bytes: int | None = None,
+                 roles: set[str] | None = None) -> dict | None:
+    """The plan giving `base` (its size knob fitted per site) to every site of `roles` (all when
+    None) that takes it, the largest such plan within `max_bytes` for the whole model; None when
+    even the smallest setting does not fit."""
+    targets = [s for s in sites if s.tied_with is None and (roles is None or s.role in roles) and _takes(base, s)]
+    if not targets:
+        return None
+
+    def plan_at(share: float) -> dict | None:
+        plan = {}
+        for site in targets:
+            cfg = largest_within(site, base, int(share * site.dense_bytes), freqs)
+            if cfg is None:
+                return None
+            plan[site.name] = cfg
+        return plan
+
+    def verdict(share: float) -> tuple[int, dict | None]:
+        """-1: a site's smallest setting is above its share (go up); 1: the model is too big
+        (go down); 0: it fits."""
+        plan = plan_at(share)
+        if plan is None:
+            return -1, None
+        return (1, None) if plan_stored_bytes(sites, plan, freqs, model_bytes) > max_bytes else (0, plan)
+
+    side, best = verdict(1.0)  # beyond a share of 1 compression would not pay
+    if side == 0:
+        return best
+    lo, hi = 0.0, 1.0
+    for _ in range(UNIFORM_BISECTIONS):
+        mid = (lo + hi) / 2
+        side, plan = verdict(mid)
+        if side == 1:
+            hi = mid
+        else:
+            lo = mid
+            best = plan if side == 0 else best
+    return best

@@ -1,0 +1,79 @@
+"""Repair of an over-budget plan, as AMC and HAQ clip their actions: shrink the largest site
+along its size knob, then its bits, then switch it to the space's smallest setting."""
+from __future__ import annotations
+
+from autoshrink.errors import UserError
+from autoshrink.methods import FLOAT_BITS
+from autoshrink.plan.bytes import method_bytes, plan_stored_bytes
+
+MIN_REPAIR_BITS = 4  # repair does not push a method's storage below 4 bits (quality falls off, METHODS.md)
+
+
+def _lower_bits(config, floor: int = MIN_REPAIR_BITS):
+    """The next lower storage bit width at or above `floor`, or None."""
+    lower = [b for b in FLOAT_BITS if floor <= b < config.bits]
+    try:
+        return config.replace(bits=max(lower)) if lower else None
+    except UserError:
+        return None
+
+
+def shrink(config):
+    """One step smaller: along the size knob (x0.8, or the next lower bit width), then, once
+    that is at its end, by storing the method's tensors with fewer bits. None at the end."""
+    knob = type(config).size_knob
+    if knob == "bits":  # bits is the method itself (quant): every level is allowed
+        return _lower_bits(config, floor=2)
+    if knob is None:
+        return _lower_bits(config)
+    value = getattr(config, knob)
+    if isinstance(value, int):
+        new = min(value - 1, int(value * 0.8)) if value > 1 else None
+    else:
+        new = value * 0.8 if value > 1e-5 else None
+    try:
+        return config.replace(**{knob: new}) if new is not None else _lower_bits(config)
+    except UserError:
+        return _lower_bits(config)
+
+
+def repair(plan: dict, sites: list, max_bytes: int | None, freqs=None, fits=None,
+           fallback: dict | None = None, model_bytes: int | None = None) -> dict | None:
+    """Shrink a plan until it fits `max_bytes` (or until `fits(plan)`, for latency budgets), as
+    AMC and HAQ clip their actions: the largest compressed site shrinks first; when no planned
+    site can shrink further, the largest remaining site switches to its `fallback` (the space's
+    smallest setting for it). With the fallbacks of a feasible space this always ends feasible;
+    None only when even they cannot make it fit."""
+    if fits is None:
+        def fits(p):
+            return plan_stored_bytes(sites, p, freqs, model_bytes) <= max_bytes
+    by_name = {s.name: s for s in sites}
+    fallback = fallback or {}
+
+    def site_bytes(name: str) -> int:
+        return method_bytes(by_name[name], plan[name], freqs) if name in plan else by_name[name].dense_bytes
+
+    plan = dict(plan)
+    stuck: set[str] = set()
+    switched: set[str] = set()
+    while not fits(plan):
+        movable = [n for n in plan if n not in stuck]
+        if movable:
+            name = max(movable, key=site_bytes)
+            smaller = shrink(plan[name])
+            try:
+                if smaller is None:
+                    raise UserError("at its smallest")
+                smaller.check_site(by_name[name])
+                plan[name] = smaller
+            except UserError:
+                stuck.add(name)
+            continue
+        candidates = [n for n in fallback if n not in switched and plan.get(n) != fallback[n]]
+        if not candidates:
+            return None
+        name = max(candidates, key=site_bytes)
+        plan[name] = fallback[name]
+        switched.add(name)
+        stuck.discard(name)
+    return plan

@@ -14,7 +14,6 @@ from autoshrink.cli import main
 from autoshrink.errors import UserError
 from autoshrink.front.plot import plot, plot_data
 from autoshrink.front.table import front_table, read_front, render
-from autoshrink.search import optuna_backend
 from autoshrink.search.config import SearchConfig
 from autoshrink.search.controller import search
 

@@ -69,12 +69,13 @@ def test_tiny_search_meets_the_budget_and_writes_the_run_folder(tiny_model_dir, 
 def test_rerunning_resumes_and_trials_count_across_resumes(tiny_model_dir, text_file, space_file, tmp_path):
     run = tmp_path / "run"
     first = _search(tiny_model_dir, text_file, space_file, run, trials=2)
-    assert len(first.study.get_trials()) == 2
+    kept = [t.number for t in first.study.get_trials() if not t.user_attrs.get(study_db.REPAIRED)]
+    assert len(kept) == 2 and study_db.counted_trials(first.study) == 2
     again = _search(tiny_model_dir, text_file, space_file, run, trials=3)
-    numbers = [t.number for t in again.study.get_trials()]
-    assert numbers == [0, 1, 2]  # two kept, one added
+    numbers = [t.number for t in again.study.get_trials() if not t.user_attrs.get(study_db.REPAIRED)]
+    assert numbers[:2] == kept and len(numbers) == 3  # two kept, one added
     same = _search(tiny_model_dir, text_file, space_file, run, trials=3)
-    assert len(same.study.get_trials()) == 3  # nothing left to do
+    assert len(same.study.get_trials()) == len(again.study.get_trials())  # nothing left to do
 
 
 def test_a_crashed_trial_is_failed_and_retried(tiny_model_dir, text_file, space_file, tmp_path, monkeypatch):
@@ -106,7 +107,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(tiny_mod
 
     monkeypatch.setattr(optuna_backend, "run_trial", flaky)
     result = _search(tiny_model_dir, text_file, space_file, tmp_path / "run", trials=2)
-    trials = result.study.get_trials()
+    trials = [t for t in result.study.get_trials() if not t.user_attrs.get(study_db.REPAIRED)]
     assert trials[0].state.name == "FAIL" and "nan" in trials[0].user_attrs["note"]
     assert trials[1].state.name in ("COMPLETE", "PRUNED")
 
@@ -188,7 +189,7 @@ def test_cli_search_prints_the_front_and_the_api_takes_a_torch_module(tiny_model
     config = autoshrink.SearchConfig("4x", model=module, data=str(text_file), space=str(space_file), trials=1,
                                      finetune_steps=2, run_dir=tmp_path / "api", sampler="random")
     result = autoshrink.api.search(config, log=lambda line: None)
-    assert len(result.study.get_trials()) == 1
+    assert study_db.counted_trials(result.study) == 1
 
 
 def test_latency_budget_is_measured_and_an_impossible_one_refused(tiny_model_dir, text_file, space_file, tmp_path):
@@ -201,3 +202,73 @@ def test_latency_budget_is_measured_and_an_impossible_one_refused(tiny_model_dir
     assert (tmp_path / "lat" / "latency_cache.json").is_file()
     with pytest.raises(UserError, match="cannot be met"):
         _search(tiny_model_dir, text_file, space_file, tmp_path / "lat2", budget="0.0001ms")
+
+
+def test_repair_inside_the_space_keeps_every_knob_to_the_space_values():
+    """Repair with the space's step never leaves the space (bits 7 or rank 1 where the space
+    allows bits {4,6,8,16} and rank >= 4), so a repaired plan can be enqueued as a trial."""
+    model = PRESETS["kjv-lstm"].build(10_002)
+    sites = discover_sites(model)
+    space = load_space("search_spaces/default.yaml")
+    freqs = 1000.0 / torch.arange(1, 10_003, dtype=torch.float32)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    fallback = smallest_plan(space, sites, freqs)
+    by_name = {s.name: s for s in sites}
+    changed = 0
+    for budget in ("25x", "100x"):
+        limit = check_feasible(parse_budget(budget), space, sites, dense_bytes(model), freqs)
+        for _ in range(10):
+            plan = sample_plan(study.ask(), space, sites)
+            fixed = repair(plan, sites, limit, freqs, fallback=fallback, step=space.shrink)
+            assert fixed is not None and plan_stored_bytes(sites, fixed, freqs) <= limit
+            changed += fixed != plan
+            for name, cfg in fixed.items():
+                knobs = space.roles[by_name[name].role][cfg.method]
+                for knob_name, knob in knobs.items():
+                    value = getattr(cfg, knob_name)
+                    if knob.choices is not None:
+                        assert value in knob.choices, (name, knob_name, value)
+                    else:
+                        assert knob.low <= value <= knob.high, (name, knob_name, value)
+            # The parameters of the repaired plan draw exactly that plan again.
+            again = sample_plan(optuna.trial.FixedTrial(space.params_of(fixed, sites)), space, sites)
+            assert again == fixed
+    assert changed > 0
+
+
+def test_an_over_budget_draw_is_trained_as_its_repair_and_not_counted(tiny_model_dir, text_file, tmp_path):
+    """The study records the plan that was trained: an over-budget draw is noted and its in-space
+    repair queued as its own trial, whose parameters are the trained plan's."""
+    space = tmp_path / "space.yaml"
+    space.write_text("roles:\n  embedding: &v\n    lowrank: {rank: [2, 16], bits: [8, 32]}\n  softmax: *v\n"
+                     "  recurrent:\n    lowrank: {rank: [2, 16], bits: [8, 32]}\n")
+    result = _search(tiny_model_dir, text_file, space, tmp_path / "run", trials=3, budget="6x", warm_start=False)
+    trials = result.study.get_trials()
+    repaired = [t for t in trials if t.user_attrs.get("repaired_into_new_trial")]
+    trained = [t for t in trials if t.user_attrs.get("steps")]
+    assert len(trained) == 3  # --trials counts trained plans, not repaired draws
+    assert repaired, "a 6x budget with ranks {2, 16} and fp32 storage forces repairs"
+    for t in trained:
+        drawn = sample_plan(optuna.trial.FixedTrial(t.params), load_space(str(space)), discover_sites(
+            __import__("autoshrink").load(str(tiny_model_dir))))
+        assert {k: v.to_dict() for k, v in drawn.items()} == t.user_attrs["plan"]
+
+
+def test_mid_ramp_validations_are_neither_recorded_nor_compared(tiny_model_dir, text_file):
+    """A pruning plan is denser than stored until its ramp ends (75%): its earlier validations
+    must not stop it, nor stand in its curve for other trials to be compared against."""
+    from autoshrink.data import load_lm_data
+    from autoshrink.search.trial import TrialSettings, run_trial
+    model = __import__("autoshrink").load(str(tiny_model_dir))
+    data = load_lm_data(str(text_file), vocab=model.vocab)
+    asked = []
+
+    def never_stop(step, val):
+        asked.append(step)
+        return None
+
+    settings = TrialSettings(finetune_steps=8, evals=4, eval_tokens=200)
+    plan = {"rnn.0.hh": {"method": "prune", "density": 0.3}}
+    result = run_trial(model, plan, data, settings, dense_bytes(model), should_stop=never_stop)
+    assert asked and min(asked) >= 6  # validations at steps 2 and 4 came before the ramp settled
+    assert min(result.curve) >= 6 and set(asked) <= set(result.curve)

@@ -17,7 +17,7 @@ from autoshrink.data import load_lm_data
 from autoshrink.errors import UserError
 from autoshrink.models import discover_sites
 from autoshrink.plan import dense_bytes, parse_plan, plan_stored_bytes, stored_bytes
-from autoshrink.search import optuna_backend, ray_backend, run_folder
+from autoshrink.search import ray_backend, run_folder
 from autoshrink.search.config import SearchConfig
 from autoshrink.search.controller import SearchContext
 from autoshrink.search.ray_backend import STEP, Asha, StudySearcher
@@ -56,7 +56,8 @@ def _complete(study, config, val_ppl=50.0):
 
 def test_an_asha_stopped_trial_is_pruned_with_its_steps_and_never_on_the_front(ctx, study, tmp_path):
     told = []
-    searcher = StudySearcher(ctx, study, trials=3, callbacks=[lambda st, t: told.append((t.number, t.state.name))])
+    searcher = StudySearcher(ctx, study, trials=3, callbacks=[
+        lambda st, t: None if t.user_attrs.get(study_db.REPAIRED) else told.append((t.number, t.state.name))])
     done, stopped, broken = (searcher.suggest(i) for i in ("done", "stopped", "broken"))
     assert searcher.suggest("more") == searcher.FINISHED  # three trials asked for, three live
     for config in (done, stopped, broken):
@@ -95,9 +96,10 @@ def test_infeasible_plans_are_told_pruned_and_never_suggested(ctx, study):
 
     ctx.repair = repair
     told = []
-    searcher = StudySearcher(ctx, study, trials=4, callbacks=[lambda st, t: told.append(t.number)])
+    searcher = StudySearcher(ctx, study, trials=4, callbacks=[
+        lambda st, t: None if t.user_attrs.get(study_db.REPAIRED) else told.append(t.number)])
     config = searcher.suggest("a")
-    assert config["number"] == 2 and told == [0, 1]
+    assert config["number"] >= 2 and told == [0, 1]  # later draws over the budget are repaired into new trials
     for t in study.get_trials()[:2]:
         assert t.state.name == "PRUNED" and "infeasible" in t.user_attrs["note"] and "steps" not in t.user_attrs
     assert study_db.counted_trials(study) == 2  # counted toward --trials, as the Optuna backend does

@@ -11,7 +11,14 @@ from autoshrink.plan import dense_bytes, plan_stored_bytes, stored_bytes
 from autoshrink.search.warm_start import enqueue_uniform_seeds, uniform_seeds
 from autoshrink.search.space import load_space, parse_space, sample_plan
 
-from test_search import SPACE, _search, space_file  # noqa: F401 (a fixture)
+from test_search import SPACE, _search
+
+
+@pytest.fixture
+def space_file(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    return path
 
 
 @pytest.fixture(scope="module")

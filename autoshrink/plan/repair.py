@@ -38,12 +38,14 @@ def shrink(config):
 
 
 def repair(plan: dict, sites: list, max_bytes: int | None, freqs=None, fits=None,
-           fallback: dict | None = None, model_bytes: int | None = None) -> dict | None:
+           fallback: dict | None = None, model_bytes: int | None = None, step=None) -> dict | None:
     """Shrink a plan until it fits `max_bytes` (or until `fits(plan)`, for latency budgets), as
-    AMC and HAQ clip their actions: the largest compressed site shrinks first; when no planned
-    site can shrink further, the largest remaining site switches to its `fallback` (the space's
-    smallest setting for it). With the fallbacks of a feasible space this always ends feasible;
-    None only when even they cannot make it fit."""
+    AMC and HAQ clip their actions: the largest compressed site shrinks first, by `step(site,
+    config)` (default: `shrink`; a search passes its space's, so a repaired plan keeps to the
+    space's values); when no planned site can shrink further, the largest remaining site switches
+    to its `fallback` (the space's smallest setting for it). With the fallbacks of a feasible
+    space this always ends feasible; None only when even they cannot make it fit."""
+    step = step or (lambda site, config: shrink(config))
     if fits is None:
         def fits(p):
             return plan_stored_bytes(sites, p, freqs, model_bytes) <= max_bytes
@@ -60,7 +62,7 @@ def repair(plan: dict, sites: list, max_bytes: int | None, freqs=None, fits=None
         movable = [n for n in plan if n not in stuck]
         if movable:
             name = max(movable, key=site_bytes)
-            smaller = shrink(plan[name])
+            smaller = step(by_name[name], plan[name])
             try:
                 if smaller is None:
                     raise UserError("at its smallest")

@@ -50,9 +50,10 @@ class SearchContext:
 
     def repair(self, plan: dict) -> dict | None:
         if self.budget.kind == "latency":
-            return repair(plan, self.sites, None, self.freqs, fallback=self.fallback,
+            return repair(plan, self.sites, None, self.freqs, fallback=self.fallback, step=self.space.shrink,
                           fits=lambda p: self.latency.estimate_ms(p) <= self.budget.value)
-        return repair(plan, self.sites, self.max_bytes, self.freqs, fallback=self.fallback, model_bytes=self.model_bytes)
+        return repair(plan, self.sites, self.max_bytes, self.freqs, fallback=self.fallback, model_bytes=self.model_bytes,
+                      step=self.space.shrink)
 
     def constraint(self, result: TrialResult) -> float:
         """<= 0 when the measured trial meets the budget (Optuna's constraint convention)."""
@@ -173,7 +174,8 @@ def search(config: SearchConfig, command: str | None = None,
 
     def after_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         front = run_folder.write(folder, st, objective)  # the front once, for the files and the line
-        log(_progress_line(st, trial, trials, started, done_before, front))
+        if not trial.user_attrs.get(study_db.REPAIRED):  # a draw repaired into a new trial is not one
+            log(_progress_line(st, trial, trials, started, done_before, front))
 
     if backend == "ray":
         ray_backend.run(ctx, study, trials, timeout, [after_trial], workers=workers, address=address,

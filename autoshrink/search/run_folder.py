@@ -17,7 +17,7 @@ import pandas as pd
 
 from autoshrink.errors import UserError
 from autoshrink.search.pareto import pareto_mask
-from autoshrink.search.study import load_study
+from autoshrink.search.study import REPAIRED, load_study
 
 COLUMNS = ["number", "state", "stored_bytes", "ratio", "latency_ms", "val_ppl", "seconds", "steps", "methods", "plan"]
 
@@ -28,9 +28,12 @@ def method_mix(plan: dict) -> str:
 
 
 def trial_rows(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial; a draw that was repaired into a new trial is not one (the new one is)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
+        if a.get(REPAIRED):
+            continue
         plan = a.get("plan", {})
         rows.append({"number": t.number, "state": t.state.name, "stored_bytes": a.get("stored_bytes"),
                      "ratio": a.get("ratio"), "latency_ms": a.get("latency_ms"), "val_ppl": a.get("val_ppl"),

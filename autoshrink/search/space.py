@@ -48,6 +48,22 @@ class Knob:
         """The value that makes a method smallest: knobs grow bytes with their value."""
         return min(self.choices) if self.choices is not None else self.low
 
+    @property
+    def searched(self) -> bool:
+        """Whether sampling makes this knob an Optuna parameter (one fixed choice is not)."""
+        return self.choices is None or len(self.choices) > 1
+
+    def below(self, value):
+        """The next smaller value of this knob's range (x0.8 on a range, the next lower choice),
+        or None when `value` is already the smallest: repair steps down without leaving the space."""
+        if self.choices is not None:
+            lower = [c for c in self.choices if isinstance(c, (int, float)) and c < value]
+            return max(lower) if lower else None
+        if value <= self.low:
+            return None
+        new = min(value - 1, int(value * 0.8)) if self.integer else value * 0.8
+        return max(new, self.low)
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -56,6 +72,43 @@ class SearchSpace:
 
     def methods_for(self, site: Site) -> list[str]:
         return list(self.roles.get(site.role, {}))
+
+    def shrink(self, site: Site, config: MethodConfig) -> MethodConfig | None:
+        """One step smaller inside the space: the method's size knob down its range, then its
+        bits down their choices; None when both are at their smallest (repair then switches the
+        site to the space's smallest setting). Knobs the space does not range stay as they are."""
+        knobs = self.roles.get(site.role, {}).get(config.method, {})
+        size = type(config).size_knob
+        for name in [n for n in (size, "bits") if n in knobs]:
+            new = knobs[name].below(getattr(config, name))
+            if new is None:
+                continue
+            try:
+                smaller = config.replace(**{name: new})
+                smaller.check_site(site)
+                return smaller
+            except UserError:
+                continue
+        return None
+
+    def params_of(self, plan: dict[str, MethodConfig], sites: list[Site]) -> dict[str, Any]:
+        """The Optuna parameters under which `sample_plan` draws `plan` (sites not in it: dense),
+        so a plan chosen elsewhere (warm start, allocation, repair) can be enqueued as a trial."""
+        params: dict[str, Any] = {}
+        for site in sites:
+            if site.tied_with is not None:
+                continue
+            methods = [m for m in self.methods_for(site) if m == DENSE or applies(m, site)]
+            cfg = plan.get(site.name)
+            method = cfg.method if cfg is not None else DENSE
+            if method not in methods:
+                raise UserError(f"site {site.name!r}: {method} is not in the space's choices {methods}")
+            if len(methods) > 1:
+                params[f"{site.name}/method"] = method
+            for name, knob in self.roles[site.role].get(method, {}).items() if cfg is not None else ():
+                if knob.searched:
+                    params[f"{site.name}/{method}/{name}"] = getattr(cfg, name)
+        return params
 
     def smallest_configs(self, site: Site) -> list[MethodConfig]:
         """Each method's smallest setting for this site (the feasibility check uses them)."""

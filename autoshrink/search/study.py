@@ -83,19 +83,38 @@ class WeakTrialRule:
 
 
 def prepare_plan(trial: optuna.Trial, ctx) -> tuple[dict, int] | None:
-    """Sample the trial's plan and repair it to the budget, recording plan, bytes and ratio.
-    None when no repair fits: the plan is noted and must not be trained. Both backends use this."""
+    """Sample the trial's plan and check it against the budget, recording plan, bytes and ratio.
+    None when it must not be trained: a plan over the budget is repaired inside the space, and the
+    repaired plan is queued as a trial of its own (so the study records what was trained, under the
+    parameters that draw it, and the sampler learns from that) while this one is noted
+    "repaired into" and not counted; a plan no repair fits is noted infeasible. Both backends use this."""
     plan = sample_plan(trial, ctx.space, ctx.sites)
     fixed = ctx.repair(plan)
     if fixed is None:
         trial.set_user_attr("note", "infeasible: no repair fits the budget (not trained)")
         trial.set_user_attr("plan", plan_to_json(plan))
         return None
+    if fixed != plan:
+        trial.set_user_attr("plan", plan_to_json(plan))
+        trial.set_user_attr(REPAIRED, True)
+        trial.set_user_attr("note", "over the budget: its repair inside the space is queued as a new trial")
+        trial.study.enqueue_trial(ctx.space.params_of(fixed, ctx.sites),
+                                  user_attrs={"note": f"repair of trial {trial.number}",
+                                              **_inherited(trial)})
+        return None
     nbytes = plan_stored_bytes(ctx.sites, fixed, ctx.freqs, ctx.model_bytes)
     trial.set_user_attr("plan", plan_to_json(fixed))
     trial.set_user_attr("stored_bytes", nbytes)
     trial.set_user_attr("ratio", ctx.dense_bytes / nbytes)
     return fixed, nbytes
+
+
+REPAIRED = "repaired_into_new_trial"  # a sampled plan over the budget: not trained, not counted
+
+
+def _inherited(trial: optuna.Trial) -> dict:
+    """What a repaired trial keeps of the one it repairs (its origin: warm start, allocation)."""
+    return {k: v for k, v in trial.user_attrs.items() if k in ("warm_start", "allocated")}
 
 
 def record_stopped(trial: optuna.Trial, step: int, val_ppl: float | None, seconds: float, note: str) -> None:
@@ -123,10 +142,11 @@ def record_result(trial: optuna.Trial, ctx, result: TrialResult, nbytes: int) ->
 
 def counted_trials(study: optuna.Study) -> int:
     """Finished trials that count toward --trials: a crashed trial that was retried does not
-    (its retry does), so a crash never costs the user a trial."""
+    (its retry does), nor one whose over-budget plan was repaired into a new trial, so neither a
+    crash nor a repair costs the user a trial."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
-    return sum(1 for t in trials if t.state.is_finished() and t.number not in retried)
+    return sum(1 for t in trials if t.state.is_finished() and t.number not in retried and not t.user_attrs.get(REPAIRED))
 
 
 class TrialCap:

@@ -1,7 +1,8 @@
 """One trial: plan -> compress the pretrained model -> brief fine-tune -> measure.
 
 Returns validation perplexity, stored bytes, ratio, latency and timings. Validation during
-fine-tuning goes to `should_stop(step, val_ppl)`, which may end a weak trial early (StopTrial);
+fine-tuning, once every compressed site has settled (no mid-ramp pruning or doping density), goes
+to the trial's curve and to `should_stop(step, val_ppl)`, which may end a weak trial early (StopTrial);
 a NaN/inf loss raises DivergedError. Neither is ever reported as a finished trial.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 
 from autoshrink.data import LMData
 from autoshrink.measure.latency import measure_latency_ms, reference_input
-from autoshrink.models.training import TrainConfig, evaluate_perplexity, pick_device, train_lm
+from autoshrink.models.training import TrainConfig, evaluate_perplexity, pick_device, settles_at, train_lm
 from autoshrink.plan import compress, stored_bytes
 
 
@@ -60,8 +61,11 @@ def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSetting
     model = compress(dense, plan, freqs=data.vocab.freqs)
     nbytes = stored_bytes(model)
     curve: dict[int, float] = {}
+    settle = settles_at(model)
 
     def on_eval(step: int, val: float) -> None:
+        if step < settle * settings.finetune_steps:
+            return  # mid-ramp (denser than stored): not a measurement of this plan, never compared
         curve[step] = val
         reason = should_stop(step, val) if should_stop is not None and step < settings.finetune_steps else None
         if reason:

@@ -8,6 +8,7 @@ method (TPE and NSGA-II both handle such conditional spaces).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,18 @@ class Knob:
     def searched(self) -> bool:
         """Whether sampling makes this knob an Optuna parameter (one fixed choice is not)."""
         return self.choices is None or len(self.choices) > 1
+
+    def nearest(self, value):
+        """The value of this knob's range closest to `value` (log-closest among numeric choices)."""
+        if self.choices is not None:
+            if value in self.choices:
+                return value
+            numeric = [c for c in self.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+            if numeric and isinstance(value, (int, float)):
+                return min(numeric, key=lambda c: (abs(math.log(c / value)) if c > 0 and value > 0 else abs(c - value)))
+            return self.choices[0]
+        clamped = min(max(value, self.low), self.high)
+        return int(round(clamped)) if self.integer else float(clamped)
 
     def below(self, value):
         """The next smaller value of this knob's range (x0.8 on a range, the next lower choice),
@@ -100,6 +113,8 @@ class SearchSpace:
                 continue
             methods = [m for m in self.methods_for(site) if m == DENSE or applies(m, site)]
             cfg = plan.get(site.name)
+            if not methods and cfg is None:
+                continue  # the space leaves this site alone
             method = cfg.method if cfg is not None else DENSE
             if method not in methods:
                 raise UserError(f"site {site.name!r}: {method} is not in the space's choices {methods}")

@@ -11,7 +11,6 @@ then keeps the budget.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import optuna
@@ -21,18 +20,6 @@ from autoshrink.methods import config_class
 from autoshrink.search.space import DENSE, Knob, SearchSpace, applies
 
 PREFERRED_BITS = 8  # near-lossless storage for the method's tensors: spend the bytes on its size knob
-
-
-def _in_range(knob: Knob, value: Any) -> Any:
-    if knob.choices is not None:
-        if value in knob.choices:
-            return value
-        numeric = [c for c in knob.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
-        if numeric and isinstance(value, (int, float)):
-            return min(numeric, key=lambda c: (abs(math.log(c / value)) if c > 0 and value > 0 else abs(c - value)))
-        return knob.choices[0]
-    clamped = min(max(value, knob.low), knob.high)
-    return int(round(clamped)) if knob.integer else float(clamped)
 
 
 def _base_knobs(method: str, knob_sets: list[dict[str, Knob]]) -> dict[str, Any]:
@@ -47,7 +34,7 @@ def _base_knobs(method: str, knob_sets: list[dict[str, Knob]]) -> dict[str, Any]
             value = PREFERRED_BITS
         for knobs in knob_sets:
             if name in knobs:
-                value = _in_range(knobs[name], value)
+                value = knobs[name].nearest(value)
         values[name] = value
     return values
 
@@ -83,14 +70,10 @@ def uniform_seeds(space: SearchSpace, sites: list, max_bytes: int, freqs=None,
                 break
         if plan is None:
             continue
-        params: dict[str, Any] = {}
-        for site in compressible:
-            if len(options[site.name]) > 1:
-                params[f"{site.name}/method"] = method
-            cfg = plan[site.name]
-            for name, knob in space.roles[site.role][method].items():
-                params[f"{site.name}/{method}/{name}"] = _in_range(knob, getattr(cfg, name))
-        seeds.append((method, params))
+        in_space = {site.name: plan[site.name].replace(**{name: knob.nearest(getattr(plan[site.name], name))
+                                                          for name, knob in space.roles[site.role][method].items()})
+                    for site in compressible}
+        seeds.append((method, space.params_of(in_space, sites)))
     return seeds
 
 

@@ -103,7 +103,7 @@ def largest_within(site, config, max_bytes: int, freqs=None):
 
 
 # --- repair and feasibility of plans -----------------------------------------------------------
-MIN_REPAIR_BITS = 4  # repair does not push a method's storage below 4 bits (quality falls off, METHODS.md)
+MIN_REPAIR_BITS = 4  # repair does not push a method's storage below 4 bits (quality falls off, docs/methods.md, Quantisation)
 
 
 def _lower_bits(config, floor: int = MIN_REPAIR_BITS):

@@ -91,7 +91,7 @@ def search(budget: str, model: str | nn.Module = "kjv-lstm", data: str | LMData 
            run_dir: str | Path | None = None, device: str = "auto", seed: int = 0, sampler: str = "nsga2",
            distill: bool = False, warm_start: bool = True, cpus_per_trial: int = 1, command: str | None = None,
            log: Callable[[str], None] | None = None) -> SearchResult:
-    """Per-layer search to a Pareto front under `budget`; see DESIGN.md. Returns the run folder,
+    """Per-layer search to a Pareto front under `budget`; see docs/how-it-works.md. Returns the run folder,
     the study and the front. `model` may be a preset name, a model folder (autoshrink's or a
     local Hugging Face causal LM), or any torch LM module (forward(ids (T, B), state) ->
     (logits, state)) with `data` given. `space` None: search_spaces/default.yaml, or

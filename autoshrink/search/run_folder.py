@@ -1,4 +1,4 @@
-"""The run folder of DESIGN.md, kept current after every trial: run.json, trials.csv, front.csv.
+"""The run folder (docs/how-it-works.md), kept current after every trial: run.json, trials.csv, front.csv.
 
 Rows come from the Optuna study itself (the record of a search), so a resumed or still running
 search, and `autoshrink front`, all read the same thing.

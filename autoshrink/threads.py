@@ -1,10 +1,11 @@
 """How many CPU threads torch uses when the user has not said: one on small machines.
 
 torch starts one thread per core. On a machine with few cores that also runs other work, those
-threads wait on each other and on the other processes: measured on a 2-core machine with other
-jobs running (results/threads.md, `python -m autoshrink.bench.threads`), two threads trained
-`kjv-lstm-tiny` ten times slower than one, while on the quiet machine they gained under 1.4x.
-One lost thread costs little; a crowded one costs most of the run. So:
+threads wait on each other and on the other processes. Measured on a 2-core machine
+(results/threads.md, `python -m autoshrink.bench.threads`): with the cores taken by other jobs,
+two threads trained `kjv-lstm` at 0.29-0.43x and `kjv-lstm-tiny` at 0.09x the speed of one
+thread, and evaluated at 0.20-0.24x; with a core to spare they gained 1.2-1.9x. A spare core
+left idle costs under half the run; a crowded second thread can cost nine tenths of it. So:
 
 - `OMP_NUM_THREADS` (or `MKL_NUM_THREADS`) set: the user chose; torch already follows it.
 - at most SMALL_MACHINE_CORES usable cores: one thread.

@@ -14,10 +14,10 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -60,31 +60,44 @@ def _spawn(model_name: str, threads: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _cell(values: list[float], digits: int) -> str:
-    return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+def rounds(rows: list[dict]) -> list[list[dict]]:
+    """The rows grouped by round: one measurement of each thread count, taken back to back."""
+    grouped: dict[tuple, list[dict]] = {}
+    for r in rows:
+        grouped.setdefault((r["run"], r["model"], r["round"]), []).append(r)
+    return list(grouped.values())
 
 
-def report(rows: list[dict], argv: list[str]) -> str:
+def report(rows: list[dict]) -> str:
+    commands = list(dict.fromkeys(r["command"] for r in rows))
     lines = [
         "# Torch threads on a small machine",
         "",
-        f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {os.cpu_count()} cores, shared with other jobs), "
-        f"torch {torch.__version__}, commit {commit()}, command "
-        f"`{' '.join(['python -m autoshrink.bench.threads', *argv])}`.",
+        f"CPU ({platform.machine()}, {', '.join(sorted({str(r['cores']) for r in rows}))} cores, shared with other "
+        f"jobs), torch {torch.__version__}; measured by {', '.join(f'`{c}`' for c in commands)} (rounds accumulate in "
+        "results/threads.json; `python -m autoshrink.bench.threads --report-only` rewrites this file).",
         "",
-        "Median over the rounds (range in brackets); each round is a fresh process, thread counts alternate. "
-        "Training: batch 32 x 35 tokens, as a trial fine-tunes; evaluation: the first 12,000 validation tokens, "
-        "batch 10. Load: the 1-minute load average before the round.",
+        "A round measures each thread count once, back to back, each in a fresh process, alternating which goes "
+        "first, so both see nearly the same machine. Training: batch 32 x 35 tokens, as a trial fine-tunes "
+        "(validation excluded); evaluation: the first 12,000 validation tokens, batch 10. Load: the 1-minute load "
+        "average before each measurement (what else ran; this machine has 2 cores).",
         "",
-        "| model | threads | training steps/s | evaluation tokens/s | load before |",
-        "|---|---|---|---|---|",
+        "| run | model | round | load before (1 / 2 threads) | training steps/s, 1 / 2 threads | 2 threads vs 1 | "
+        "evaluation tokens/s, 1 / 2 threads | 2 threads vs 1 | note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for model_name in dict.fromkeys(r["model"] for r in rows):
-        for threads in sorted({r["threads"] for r in rows if r["model"] == model_name}):
-            mine = [r for r in rows if r["model"] == model_name and r["threads"] == threads]
-            lines.append(f"| {model_name} | {threads} | {_cell([r['train_steps_per_s'] for r in mine], 2)} | "
-                         f"{_cell([r['eval_tokens_per_s'] for r in mine], 0)} | "
-                         f"{', '.join(format(r['load_before'], '.2f') for r in mine)} |")
+    for group in rounds(rows):
+        by = {r["threads"]: r for r in group}
+        if set(by) != {1, 2}:
+            continue
+        one, two = by[1], by[2]
+        notes = "; ".join(r["note"] for r in group if r.get("note"))
+        lines.append(
+            f"| {one['run']} | {one['model']} | {one['round'] + 1} | {one['load_before']:.2f} / {two['load_before']:.2f} | "
+            f"{one['train_steps_per_s']:,.2f} / {two['train_steps_per_s']:,.2f} | "
+            f"{two['train_steps_per_s'] / one['train_steps_per_s']:.2f}x | "
+            f"{one['eval_tokens_per_s']:,.0f} / {two['eval_tokens_per_s']:,.0f} | "
+            f"{two['eval_tokens_per_s'] / one['eval_tokens_per_s']:.2f}x | {notes} |")
     return "\n".join(lines) + "\n"
 
 
@@ -95,19 +108,28 @@ def main(argv=None) -> int:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default="results/threads.md")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from the rounds measured so far")
     p.add_argument("--one", nargs=2, metavar=("MODEL", "THREADS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]))))
         return 0
-    rows = []
-    for model_name in args.models:
-        for round_ in range(args.rounds):
-            order = args.threads if round_ % 2 == 0 else args.threads[::-1]
-            for threads in order:
-                rows.append(_spawn(model_name, threads))
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    write_report(args.out, report(rows, argv))
+    store = Path(args.out).with_suffix(".json")
+    rows = json.loads(store.read_text()) if store.exists() else []
+    command = " ".join(["python -m autoshrink.bench.threads", *argv])
+    run = time.strftime("%Y-%m-%d %H:%M")
+    if not args.report_only:
+        for model_name in args.models:
+            for round_ in range(args.rounds):
+                order = args.threads if round_ % 2 == 0 else args.threads[::-1]
+                for threads in order:
+                    row = {"run": run, "command": command, "round": round_, "cores": os.cpu_count(),
+                           **_spawn(model_name, threads)}
+                    rows.append(row)
+                    store.parent.mkdir(parents=True, exist_ok=True)
+                    store.write_text(json.dumps(rows, indent=1))  # each round kept: a cut-off run loses nothing
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+    write_report(args.out, report(rows))
     return 0
 
 

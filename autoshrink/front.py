@@ -149,7 +149,7 @@ def render(f: Front, fmt: str = "table") -> str:
 
 # --- plot -----------------------------------------------------------------------------------
 CLIP_FACTOR = 3.0  # a trial this many times worse than the front (or the dense model) is drawn at the top edge
-_TICK_STEPS = ((1, 1.5, 2, 3, 4, 5, 6, 7, 8), (1, 2, 3, 5, 7), (1, 2, 5), (1,))  # finest first
+_TICK_STEPS = (tuple(k / 2 for k in range(2, 20)), (1, 1.5, 2, 3, 4, 5, 6, 7, 8), (1, 2, 3, 5, 7), (1, 2, 5), (1,))  # finest first
 
 
 class PlotData(NamedTuple):

@@ -254,7 +254,7 @@ def _set_log_ticks(axis, low: float, high: float, unit: str) -> None:
     axis.set_minor_formatter(NullFormatter())  # log axes label minor ticks in 10^x notation otherwise
 
 
-def _declutter(fig, labels: list) -> None:
+def _declutter(fig, ax, labels: list) -> None:
     """Shift each label (offset-points annotations, in order) down or up by its own height until it
     overlaps no label placed before it: front points crowd just under the budget line. Front labels
     carry a thin leader line to their point, so a shifted label still says which point it names."""
@@ -265,15 +265,24 @@ def _declutter(fig, labels: list) -> None:
     def text_box(label):  # the text alone: an annotation's own extent includes its leader line
         return Text.get_window_extent(label, renderer)
 
+    def inside(box) -> bool:
+        frame = ax.get_window_extent(renderer)
+        return frame.y0 <= box.y0 and box.y1 <= frame.y1
+
     placed = []
     for label in labels:
         dx, dy = label.xyann
         height = text_box(label).height * 72 / fig.dpi + 1
-        for shift in (0, -1, 1, -2, 2, -3, 3, -4, 4, -5, 5, -6, 6, -8, 8, -10, 10):  # down first: labels come top to bottom
-            label.xyann = (dx, dy + shift * height)
-            if not any(text_box(label).overlaps(other) for other in placed):
-                break
+        shifts = (0, -1, 1, -2, 2, -3, 3, -4, 4, -5, 5, -6, 6, -8, 8, -10, 10)  # down first: labels come top to bottom
+        free = [k for k in shifts if not any(_shifted(label, dx, dy + k * height, text_box).overlaps(o) for o in placed)]
+        best = next((k for k in free if inside(_shifted(label, dx, dy + k * height, text_box))), free[0] if free else 0)
+        label.xyann = (dx, dy + best * height)
         placed.append(text_box(label))
+
+
+def _shifted(label, dx: float, dy: float, text_box):
+    label.xyann = (dx, dy)
+    return text_box(label)
 
 
 def figure(d: PlotData):
@@ -301,8 +310,9 @@ def figure(d: PlotData):
         ax.step(xs, ys, where="post", color="C0", lw=1.5)
         ax.scatter(xs, ys, color="C0", s=40, zorder=3, label="Pareto front")
         leader = dict(arrowstyle="-", color="C0", lw=0.5, alpha=0.6, shrinkA=0, shrinkB=4)
-        labels += [ax.annotate(f"#{n}", (x, y), textcoords="offset points", xytext=(6, 2), fontsize=8, color="C0",
-                               va="center", arrowprops=leader)
+        # Below-left of its point: the step line leaves a front point to the right and reaches it from above.
+        labels += [ax.annotate(f"#{n}", (x, y), textcoords="offset points", xytext=(-4, -4), fontsize=8, color="C0",
+                               ha="right", va="top", arrowprops=leader)
                    for x, y, n in sorted(d.front, key=lambda p: -p[1])]  # top to bottom, as _declutter shifts down
     if d.dense is not None:
         ax.scatter([d.dense[0]], [d.dense[1]], marker="*", s=160, color="C3", zorder=4, label="dense")
@@ -331,7 +341,7 @@ def figure(d: PlotData):
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: no label under it
     fig.tight_layout()
-    _declutter(fig, labels)
+    _declutter(fig, ax, labels)
     return fig
 
 

@@ -74,7 +74,8 @@ def report(rows: list[dict]) -> str:
         "# Torch threads on a small machine",
         "",
         f"CPU ({platform.machine()}, {', '.join(sorted({str(r['cores']) for r in rows}))} cores, shared with other "
-        f"jobs), torch {torch.__version__}; measured by {', '.join(f'`{c}`' for c in commands)} (rounds accumulate in "
+        f"jobs), torch {torch.__version__}; measured by {', '.join(f'`{c}`' for c in commands)} at commit "
+        f"{', '.join(dict.fromkeys(r.get('commit', '?') for r in rows))} (rounds accumulate in "
         "results/threads.json; `python -m autoshrink.bench.threads --report-only` rewrites this file).",
         "",
         "A round measures each thread count once, back to back, each in a fresh process, alternating which goes "
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
             for round_ in range(args.rounds):
                 order = args.threads if round_ % 2 == 0 else args.threads[::-1]
                 for threads in order:
-                    row = {"run": run, "command": command, "round": round_, "cores": os.cpu_count(),
+                    row = {"run": run, "command": command, "commit": commit(), "round": round_, "cores": os.cpu_count(),
                            **_spawn(model_name, threads)}
                     rows.append(row)
                     store.parent.mkdir(parents=True, exist_ok=True)

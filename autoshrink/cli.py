@@ -15,6 +15,7 @@ from autoshrink import api
 from autoshrink.errors import UserError
 from autoshrink.final.config import TrainConfig
 from autoshrink.search.config import SearchConfig
+from autoshrink.threads import set_default_threads
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -295,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = _attach_values(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
     args.command_line = "autoshrink " + " ".join(shlex.quote(a) for a in argv)
+    set_default_threads()  # one thread on small machines (results/threads.md), unless OMP_NUM_THREADS says
     try:
         return args.handler(args)
     except UserError as e:

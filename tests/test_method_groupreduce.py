@@ -1,4 +1,4 @@
-"""GroupReduce-specific properties (METHODS.md section 4, pitfall 6): rank allocation, weighted SVD,
+"""GroupReduce-specific properties (docs/methods.md, GroupReduce): rank allocation, weighted SVD,
 frequency blocks, refinement by swaps, the permutation path and its exact byte count."""
 from __future__ import annotations
 

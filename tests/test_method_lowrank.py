@@ -1,4 +1,4 @@
-"""lowrank: truncated-SVD init with sqrt(S) split, rank clipping, skinny forward (METHODS.md §1)."""
+"""lowrank: truncated-SVD init with sqrt(S) split, rank clipping, skinny forward (docs/methods.md, Low-rank)."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Magnitude pruning: exact counts, the cubic ramp, revival, sparse format choice (METHODS.md §3, §7)."""
+"""Magnitude pruning: exact counts, the cubic ramp, revival, sparse format choice (docs/methods.md, Pruning)."""
 from __future__ import annotations
 
 import pytest

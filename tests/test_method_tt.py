@@ -1,4 +1,4 @@
-"""tt: balanced factorisation, TT-SVD init, core-by-core forward (METHODS.md §2)."""
+"""tt: balanced factorisation, TT-SVD init, core-by-core forward (docs/methods.md, Tensor-train)."""
 from __future__ import annotations
 
 import itertools

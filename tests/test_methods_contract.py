@@ -1,4 +1,4 @@
-"""Contract every registered method must meet (STYLE.md: a new method is tested by being registered).
+"""Contract every registered method must meet (docs/design.md: a new method is tested by being registered).
 
 Each method has a row in CASES: a config that does not compress (it must reproduce the dense
 matrix, or None where the method has no such setting, like LightRNN's row/column structure), a

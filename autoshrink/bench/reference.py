@@ -1,4 +1,4 @@
-"""The reference benchmark (../shared/BENCHMARK.md): autoshrink against every single method.
+"""The reference benchmark (docs/benchmark.md): autoshrink against every single method.
 
     python -m autoshrink.bench                    # everything; resumes; rewrites results/BENCHMARK.md
     python -m autoshrink.bench --rows 25x lstm-25x --part 0/2   # a share of the work, in parallel
@@ -49,9 +49,9 @@ class Row:
     singles: dict = field(default_factory=dict)  # entrant name -> base method config
 
 
-# Each single method at fp32 storage except quantisation itself (BENCHMARK.md: "k-bit
+# Each single method at fp32 storage except quantisation itself (docs/benchmark.md: "k-bit
 # quantization where it alone can reach the budget"); Kronecker doped at 1% as in the paper;
-# GroupReduce with METHODS.md's largest block count (10): with 4 blocks the frequency-scaled
+# GroupReduce with the default space's largest block count (10): with 4 blocks the frequency-scaled
 # ranks leave the head block dense and the softmax cannot go below 4x.
 SINGLES = {"lowrank": {"method": "lowrank"}, "groupreduce": {"method": "groupreduce", "blocks": 10},
            "kronecker": {"method": "kronecker", "density": 0.01}, "prune": {"method": "prune"},

@@ -11,7 +11,7 @@ import torch
 from autoshrink.bench.reference import PAPER, ROWS, Row, entrant_dir, result_of
 from autoshrink.bench.report import commit
 
-# BENCHMARK.md's goals for autoshrink: % perplexity over the dense control at each row.
+# The goals for autoshrink (docs/benchmark.md): % perplexity over the dense control at each row.
 GOALS = {"25x": 1.0, "50x": 5.0, "100x": 15.0, "lstm-25x": 1.4}
 INCLUDED = [("search.md", "Sampler comparison, trial overhead, infeasible plans trained"),
             ("ray_scaling.md", "Ray backend: 1 against 2 workers"),
@@ -140,7 +140,7 @@ def markdown(setup, rows: list[Row], command: str, out_dir: Path) -> str:
     peaks = [s["search_peak_rss"] for s in searches if s and "search_peak_rss" in s]
     lines = [
         "# autoshrink benchmark results", "",
-        f"The protocol is ../shared/BENCHMARK.md: the reference model `{setup.model_name}` on the KJV corpus. This file is "
+        f"The protocol is docs/benchmark.md: the reference model `{setup.model_name}` on the KJV corpus. This file is "
         "written by one command; each included report names its own.", "",
         f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} thread(s) per process; "
         f"this 2-core machine also ran other jobs, so times are indicative), torch {torch.__version__}, commit {commit()}, "

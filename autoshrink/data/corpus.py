@@ -62,7 +62,7 @@ def kjv_path() -> Path:
 
 
 def load_kjv() -> RawCorpus:
-    """Split by chapter (BENCHMARK.md): chapter index mod 20 == 0 -> valid, == 1 -> test."""
+    """Split by chapter (docs/benchmark.md): chapter index mod 20 == 0 -> valid, == 1 -> test."""
     verses = [json.loads(line) for line in kjv_path().read_text(encoding="utf-8").splitlines() if line.strip()]
     chapter_index: dict[tuple[str, int], int] = {}
     splits: dict[str, list[str]] = {s: [] for s in SPLITS}

@@ -1,4 +1,4 @@
-"""Word tokenisation of BENCHMARK.md: lower-cased words ([a-z']+) and each punctuation mark.
+"""Word tokenisation of docs/benchmark.md: lower-cased words ([a-z']+) and each punctuation mark.
 
 Tags such as `<unk>` (PTB layout) stay one token; digits group into one token.
 """

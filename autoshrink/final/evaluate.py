@@ -4,7 +4,7 @@
     stored_bytes  from the loaded model (autoshrink.stored_bytes), checked against the tensors
                   in its model.safetensors
     ratio         dense fp32 bytes of the base architecture / stored bytes
-    latency_ms    median CPU wall time of one forward pass, batch 1, 35 tokens (DESIGN.md, Budgets)
+    latency_ms    median CPU wall time of one forward pass, batch 1, 35 tokens (docs/design.md, Budgets and bytes)
     tokens_per_s  test-evaluation throughput
 
 `measure` is shared with final training (train.py), so metrics.json and `eval` agree.

@@ -85,7 +85,7 @@ def save_compressed(model: nn.Module, plan: Plan | Mapping[str, Any], folder: st
     folder.mkdir(parents=True, exist_ok=True)
     tensors = export_tensors(model)
     nbytes = stored_bytes(model)
-    if tensors_bytes(tensors) != nbytes:  # the contract of DESIGN.md: never write an export that disagrees
+    if tensors_bytes(tensors) != nbytes:  # the contract of docs/design.md: never write an export that disagrees
         raise RuntimeError(f"export holds {tensors_bytes(tensors)} bytes but the model stores {nbytes}")
     plan_json = plan_to_json(parse_plan(plan))
     hf = base_meta.get("format") == HF_FORMAT

@@ -1,4 +1,4 @@
-"""Latency of a model and of plans: the `4ms` budget of DESIGN.md (Budgets).
+"""Latency of a model and of plans: the `4ms` budget of docs/design.md (Budgets and bytes).
 
 `measure_latency_ms` is the ground truth: the median wall time of one forward pass of the
 reference input (35 tokens, batch 1). A search cannot afford to compress and time the whole model

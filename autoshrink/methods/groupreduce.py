@@ -1,7 +1,7 @@
 """GroupReduce: block-wise weighted low rank for the embedding and softmax (the `groupreduce` method).
 
 Chen, Si, Li, Chelba, Hsieh, "GroupReduce: Block-Wise Low-Rank Approximation for Neural Language
-Model Shrinking", NeurIPS 2018 (arXiv 1806.06950); METHODS.md section 4.
+Model Shrinking", NeurIPS 2018 (arXiv 1806.06950); docs/methods.md, GroupReduce.
 
 Words (rows) are sorted by frequency, descending, and cut into `blocks` equal-size blocks V_i
 (sizes differ by at most one, the larger ones first). Block i stores A_i ~= U_i V_i^T with rank

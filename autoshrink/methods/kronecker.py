@@ -1,7 +1,7 @@
 """Sums of Kronecker products with sparse doping (Doped Kronecker Products, Udaykumar Thakker et al.).
 
 W (m x n) ~= sum_{r<R} A_r (x) B_r + S, with A_r m1 x n1, B_r m2 x n2 (m = m1 m2, n = n1 n2) and S
-an m x n overlay of k = round(density * m * n) values (METHODS.md §5).
+an m x n overlay of k = round(density * m * n) values (docs/methods.md, Kronecker products with doping).
     W[i1*m2 + i2, j1*n2 + j2] = sum_r A_r[i1, j1] B_r[i2, j2]
 
 Init (Van Loan–Pitsianis): rearrange W into R(W) ((m1 n1) x (m2 n2), row (i1, j1) = vec of block
@@ -173,7 +173,7 @@ class KroneckerWeight(CompressedWeight):
         return w if self.s is None or self.kp_only else w + self.sparse_weight()
 
     def build_sequence_weight(self) -> torch.Tensor:
-        """CMR on the entries of S (METHODS.md allows a mask on S entries) when W is built once."""
+        """CMR on the entries of S (the Doped Kronecker paper allows a mask on S entries) when W is built once."""
         w = self.kp_only_weight()
         return w if self.s is None or self.kp_only else w + self._cmr(self.sparse_weight())
 

@@ -18,7 +18,7 @@ C = ceil(V / R)), so a vocabulary site stores O(sqrt V) vectors instead of V.
     weight() beyond offsets per position and row; with U = 0 and R C = V it is exactly
     log_softmax(x @ weight().T + b_r[r] + b_c[c]).
 Stored: the float tables under `bits` (X_r, X_c; or W_r, b_r, W_c, b_c, U) and the allocation,
-r(w) in ceil(log2 R) bits and c(w) in ceil(log2 C) bits per word (METHODS.md §7, pitfall 1).
+r(w) in ceil(log2 R) bits and c(w) in ceil(log2 C) bits per word (docs/methods.md: every stored map counts).
 Init [ours]: balanced k-means of the pretrained rows into R rows of capacity C, then, within each
 row, distinct columns by a balanced clustering of the residuals; the tables are the least-squares
 fit for that allocation (alternating means), refined by a few reconstruction-cost reallocations.

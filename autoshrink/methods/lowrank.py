@@ -1,7 +1,7 @@
 """Low-rank factorisation W ~= U V (Grachev et al. 2017, "LR"; the LMF baseline of Doped KP): `lowrank`.
 
 Stored: U (m x r) and V (r x n), r = min(rank, m, n); params r(m + n), which only pays off when
-r < mn / (m + n) (the search masks larger ranks, METHODS.md pitfall 8). Forward y = U (V x): two
+r < mn / (m + n) (the search masks larger ranks, docs/methods.md pitfall 8). Forward y = U (V x): two
 skinny products, W is never formed; an embedding row is U[i] V.
 Init: truncated SVD W ~= U_r S_r V_r^T with S split as U = U_r S^1/2, V = S^1/2 V_r^T, so the two
 factors have matching ranges when they are quantised (pitfall 11). By Eckart-Young the init is the

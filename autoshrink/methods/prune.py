@@ -2,7 +2,7 @@
 
 W is kept as a dense parameter with a 0/1 mask of the k = max(1, round(density * m * n))
 largest-magnitude weights; only the kept values are stored, as a sparse overlay (the cheaper of
-CSR and a bitmask, METHODS.md §7), quantised to `bits`.
+CSR and a bitmask, docs/methods.md), quantised to `bits`.
 
 Right after `build` the mask is already at the target density (one-shot pruning), so an
 untrained compressed model is evaluated honestly. During fine-tuning, `on_progress(f)` prunes

@@ -2,7 +2,7 @@
 
 A model folder is told apart by the "format" of its model.json. Formats written by later layers
 (the compressed export of final/export.py) register their loader here with `register_format`,
-so this module never imports them: data flows one way (DESIGN.md, Architecture).
+so this module never imports them: data flows one way (docs/design.md).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reference LSTM language model (BENCHMARK.md): embedding -> stacked LSTM -> softmax.
+"""The reference LSTM language model (docs/benchmark.md): embedding -> stacked LSTM -> softmax.
 
 Each LSTM layer keeps its input-to-hidden and hidden-to-hidden matrices as separate modules
 (`rnn.<k>.ih`, `rnn.<k>.hh`), so a plan can replace either with a compressed module. Gate order
@@ -104,7 +104,7 @@ class LSTMLM(nn.Module):
         return self.decoder(x), new_state
 
     def autoshrink_sites(self) -> list[Site]:
-        """Embedding, each layer's ih and hh (recurrent), softmax: the sites of DESIGN.md.
+        """Embedding, each layer's ih and hh (recurrent), softmax: the sites of docs/design.md.
 
         Sites already compressed are not sites any more."""
         c = self.config

@@ -24,7 +24,7 @@ class Preset:
 
 
 PRESETS = {
-    # BENCHMARK.md: 2 x 256 LSTM, untied 10,002-word embedding and softmax, 6,183,698 parameters.
+    # docs/benchmark.md: 2 x 256 LSTM, untied 10,002-word embedding and softmax, 6,183,698 parameters.
     # Dropout 0.4: 6.2M parameters on 846k tokens overfit quickly without it.
     "kjv-lstm": Preset("kjv-lstm", 10_000, 256, 256, 2, 0.4,
                        TrainConfig(epochs=12, batch_size=32, bptt=35, lr=2e-3, patience=2)),

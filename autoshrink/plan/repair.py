@@ -6,7 +6,7 @@ from autoshrink.errors import UserError
 from autoshrink.methods import FLOAT_BITS
 from autoshrink.plan.bytes import method_bytes, plan_stored_bytes
 
-MIN_REPAIR_BITS = 4  # repair does not push a method's storage below 4 bits (quality falls off, METHODS.md)
+MIN_REPAIR_BITS = 4  # repair does not push a method's storage below 4 bits (quality falls off, docs/methods.md, Quantisation)
 
 
 def _lower_bits(config, floor: int = MIN_REPAIR_BITS):

@@ -93,7 +93,8 @@ def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: 
 
 def search(config: SearchConfig, command: str | None = None,
            log: Callable[[str], None] | None = None) -> SearchResult:
-    """Per-layer search to a Pareto front under `config.budget` ("25x", "1.5MB", "4ms").
+    """Per-layer search to a Pareto front under `config.budget` ("25x", "1.5MB", "4ms"); see
+    docs/how-it-works.md.
     Returns the run folder, the study and the front. `config.model` may be a preset name, a
     model folder (autoshrink's or a local Hugging Face causal LM), or any torch LM module
     (forward(ids (T, B), state) -> (logits, state)) with `config.data` given. `space` None:

@@ -1,4 +1,4 @@
-"""The run folder of DESIGN.md: the one module that writes and reads it.
+"""The run folder (docs/how-it-works.md): the one module that writes and reads it.
 
 Written after every trial: run.json (what the search was asked: model, data, space, fidelity,
 seed, versions), trials.csv, front.csv; study.db is the Optuna study (search/study.py opens it).

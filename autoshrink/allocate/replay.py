@@ -1,0 +1,145 @@
+"""Replay: the loss of a model with some sites compressed, on a fixed token slice, recomputing only
+what the compressed sites change.
+
+The dense model runs over the slice once and keeps the activations that enter each stage; a
+stage is the embedding, one LSTM layer, or the softmax of the reference LSTM. A model with some
+sites compressed then restarts from the first stage that holds one of them: a softmax option
+costs the logits only, an LSTM layer's option that layer and those above. Any other model is one
+stage (a full pass, in windows that carry the state, as `evaluate_perplexity` runs).
+
+The model with compressed sites is a shallow copy: the modules on the way to each site are copied
+and the compressed module put in the copy, so the caller's model and its parameters are never
+touched and no dense weight is copied.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoshrink.data import batchify, bptt_windows
+from autoshrink.methods import CompressedWeight, MethodConfig, weight_class
+from autoshrink.models.lstm_lm import LSTMLM
+from autoshrink.plan import place_compressed
+from autoshrink.sites import Site
+
+LOGIT_ROWS = 4096  # positions per softmax chunk: a 10k-word vocabulary costs 160 MB per chunk
+
+
+def _dense_weight(module: nn.Module) -> torch.Tensor:
+    """W as m x n (y = W x) of an Embedding, Linear or GPT-2 Conv1D (which stores W^T)."""
+    if isinstance(module, (nn.Embedding, nn.Linear)):
+        return module.weight.detach()
+    return module.weight.detach().t()
+
+
+def build_site(model: nn.Module, site: Site, config: MethodConfig, freqs: torch.Tensor | None = None,
+               stats: Mapping[str, Any] | None = None) -> CompressedWeight:
+    """The compressed weight of one site, initialised from the model's dense weight. `stats` (per
+    site calibration statistics, METHODS.md section 8) reach the method's build when it takes them."""
+    weight = _dense_weight(model.get_submodule(site.name)).float().cpu().contiguous()
+    build = weight_class(config).build
+    kwargs: dict[str, Any] = {"freqs": freqs if site.is_vocab else None}
+    # Data-aware builds are being added to the methods (issue 15): pass the site's statistics
+    # only to a build that declares them, so plain builds keep working unchanged.
+    if stats is not None and site.name in stats:
+        for name in ("stats", "calibration"):
+            if name in inspect.signature(build).parameters:
+                kwargs[name] = stats[site.name]
+                break
+    built = build(weight, site, config, **kwargs)
+    return built.eval()
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)  # a child set on the clone must not reach the original
+    return clone
+
+
+def with_compressed(model: nn.Module, sites: Mapping[str, Site], built: Mapping[str, CompressedWeight]) -> nn.Module:
+    """A shallow copy of `model` whose sites in `built` (and their tie partners) are compressed."""
+    names = [s.name for s in sites.values() if (s.tied_with or s.name) in built]
+    root = _shallow(model)
+    copied: dict[str, nn.Module] = {"": root}
+    for name in names:
+        parent, prefix = root, ""
+        for part in name.split(".")[:-1]:
+            prefix = f"{prefix}.{part}" if prefix else part
+            if prefix not in copied:
+                copied[prefix] = _shallow(parent._modules[part])
+                parent._modules[part] = copied[prefix]
+            parent = copied[prefix]
+    place_compressed(root, dict(sites), dict(built))  # sets children on the copied parents only
+    return root
+
+
+def _nll_sum(logits_of: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, targets: torch.Tensor) -> float:
+    """Summed NLL of `targets` given the top hidden states, the softmax in chunks of positions."""
+    flat_h, flat_y = hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)
+    total = 0.0
+    for start in range(0, flat_y.numel(), LOGIT_ROWS):
+        logits = logits_of(flat_h[start:start + LOGIT_ROWS])
+        total += F.cross_entropy(logits.float(), flat_y[start:start + LOGIT_ROWS], reduction="sum").item()
+    return total
+
+
+class Replay:
+    """Mean NLL per token of the model, and of shallow copies with sites compressed, on `ids`."""
+
+    def __init__(self, model: nn.Module, ids: torch.Tensor, batch_size: int = 10, bptt: int = 35):
+        self.model = model.eval()
+        self.columns = batchify(ids.reshape(-1), batch_size)
+        self.bptt = bptt
+        self.tokens = (self.columns.size(0) - 1) * self.columns.size(1)
+        self.staged = isinstance(model, LSTMLM)
+        self.inputs: list[torch.Tensor] = []  # what enters each LSTM layer, then the top hidden states
+        with torch.no_grad():
+            if self.staged:
+                x = model.encoder(self.columns[:-1])
+                for layer in model.rnn:
+                    self.inputs.append(x)
+                    x = self._run_layer(layer, x)
+                self.inputs.append(x)
+            self.dense_loss = self._loss(model, start=0)
+
+    def stage(self, name: str) -> int:
+        """0 for the embedding (and any site of an unstaged model), k + 1 for LSTM layer k, the
+        number of layers + 1 for the softmax."""
+        if not self.staged or name == "encoder":
+            return 0
+        if name.startswith("rnn."):
+            return int(name.split(".")[1]) + 1
+        return len(self.model.rnn) + 1
+
+    def _run_layer(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        z = x.new_zeros(x.size(1), layer.hidden)
+        return layer(x, (z, z))[0]
+
+    def _loss(self, model: nn.Module, start: int) -> float:
+        targets = self.columns[1:]
+        if not self.staged:
+            total, state = 0.0, None
+            for x, y in bptt_windows(self.columns, self.bptt):
+                logits, state = model(x, state)
+                total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
+                                         reduction="sum").item()
+            return total / self.tokens
+        layers = len(model.rnn)
+        x = model.encoder(self.columns[:-1]) if start == 0 else self.inputs[start - 1]
+        for k in range(max(0, start - 1), layers):
+            x = self._run_layer(model.rnn[k], x)
+        return _nll_sum(model.decoder, x, targets) / self.tokens
+
+    @torch.no_grad()
+    def loss(self, sites: Mapping[str, Site], built: Mapping[str, CompressedWeight]) -> float:
+        """Mean NLL with the sites in `built` compressed (the rest dense)."""
+        if not built:
+            return self.dense_loss
+        model = with_compressed(self.model, sites, built)
+        names = [s.name for s in sites.values() if (s.tied_with or s.name) in built]
+        return self._loss(model, start=min(self.stage(n) for n in names))

@@ -66,3 +66,13 @@ def test_bad_level_settings_are_user_errors():
         site_levels(MATRIX, QuantConfig(), levels=0)
     with pytest.raises(UserError, match="smallest"):
         site_levels(MATRIX, QuantConfig(), smallest=0.5, largest=0.1)
+
+
+def test_a_cap_keeps_every_level_within_it_and_spends_the_levels_below_it():
+    base = LowRankConfig(bits=8)
+    full = site_levels(SOFTMAX, base, levels=8)
+    cap = 0.1 * SOFTMAX.dense_bytes
+    capped = site_levels(SOFTMAX, base, levels=8, cap=int(cap))
+    assert all(method_bytes(SOFTMAX, c) <= cap for c in capped)
+    assert len(capped) >= len([c for c in full if method_bytes(SOFTMAX, c) <= cap]) + 2  # finer steps
+    assert site_levels(SOFTMAX, base, levels=8, cap=10) == []

@@ -55,15 +55,22 @@ def takes(config: MethodConfig, site: Site) -> bool:
 
 
 def site_levels(site: Site, base: MethodConfig, levels: int = LEVELS, freqs: torch.Tensor | None = None,
-                smallest: float = SMALLEST_FRACTION, largest: float = LARGEST_FRACTION) -> list[MethodConfig]:
+                smallest: float = SMALLEST_FRACTION, largest: float = LARGEST_FRACTION,
+                cap: int | None = None) -> list[MethodConfig]:
     """Up to `levels` configs of `base` on `site`, geometric in bytes from `smallest` to `largest`
-    times the site's dense bytes, smallest first, without duplicates (empty if the method does not
+    times the site's dense bytes (or to `cap` bytes, if lower: no larger option can be part of a
+    plan within the budget), smallest first, without duplicates (empty if the method does not
     apply or cannot get under the largest target)."""
     if levels < 1 or not 0 < smallest <= largest:
         raise UserError(f"levels need levels >= 1 and 0 < smallest <= largest, got {levels}, {smallest}, {largest}")
     if not takes(base, site):
         return []
     dense = site.dense_bytes
+    if cap is not None:
+        largest = min(largest, cap / dense)
+        smallest = min(smallest, largest)
+        if largest <= 0:
+            return []
     steps = [smallest * (largest / smallest) ** (i / max(1, levels - 1)) for i in range(levels)]
     found: dict[int, MethodConfig] = {}
     for fraction in steps:
@@ -77,10 +84,11 @@ def site_levels(site: Site, base: MethodConfig, levels: int = LEVELS, freqs: tor
 
 
 def site_options(sites: Sequence[Site], bases: Sequence[MethodConfig] | Mapping[str, Sequence[MethodConfig]],
-                 levels: int = LEVELS, freqs: torch.Tensor | None = None) -> dict[str, list[MethodConfig]]:
+                 levels: int = LEVELS, freqs: torch.Tensor | None = None,
+                 caps: Mapping[str, int] | None = None) -> dict[str, list[MethodConfig]]:
     """{site name: its levels under every base config that applies to it}, for the sites a plan
     can name (a tied partner is its owner's). `bases` is one list for every site, or a list per
-    site role ("embedding", "softmax", "recurrent", ...)."""
+    site role ("embedding", "softmax", "recurrent", ...); `caps` bounds each site's levels in bytes."""
     options: dict[str, list[MethodConfig]] = {}
     for site in sites:
         if site.tied_with is not None:
@@ -88,6 +96,7 @@ def site_options(sites: Sequence[Site], bases: Sequence[MethodConfig] | Mapping[
         site_bases = bases.get(site.role, ()) if isinstance(bases, Mapping) else bases
         configs: list[MethodConfig] = []
         for base in site_bases:
-            configs += [c for c in site_levels(site, base, levels, freqs) if c not in configs]
+            cap = caps.get(site.name) if caps is not None else None
+            configs += [c for c in site_levels(site, base, levels, freqs, cap=cap) if c not in configs]
         options[site.name] = configs
     return options

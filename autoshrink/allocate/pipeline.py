@@ -68,13 +68,30 @@ def knapsack_options(table: pd.DataFrame, sites: Sequence, model_bytes: int,
     bytes the site holds in the whole model (plan_stored_bytes of a plan of that site alone, less
     what the rest of the model stores dense). Whole-model bytes = fixed bytes + the sum of costs."""
     options = {s.name: [Option(None, float(s.dense_bytes), 0.0)] for s in sites if s.tied_with is None}
-    by_name = {s.name: s for s in sites}
     for row in table.to_dict("records"):
         config = row_config(row)
-        rest = model_bytes - by_name[row["site"]].dense_bytes
-        cost = plan_stored_bytes(sites, {row["site"]: config}, freqs, model_bytes) - rest
+        cost = site_cost(sites, row["site"], config, model_bytes, freqs)
         options[row["site"]].append(Option(config, float(cost), float(row["loss_delta"])))
     return options
+
+
+def site_cost(sites: Sequence, name: str, config: MethodConfig, model_bytes: int, freqs: torch.Tensor | None) -> int:
+    """The bytes a site holds in the whole model under `config` (its method's bytes and the bias it
+    keeps), as plan_stored_bytes counts them."""
+    dense = next(s.dense_bytes for s in sites if s.name == name)
+    return plan_stored_bytes(sites, {name: config}, freqs, model_bytes) - (model_bytes - dense)
+
+
+def level_caps(sites: Sequence, options: Mapping[str, Sequence[MethodConfig]], capacity: int, model_bytes: int,
+               freqs: torch.Tensor | None) -> dict[str, int]:
+    """Per site, the most method bytes an option can have and still be part of a plan within the
+    capacity: what is left when every other site takes its cheapest option (and this one its bias)."""
+    by_name = {s.name: s for s in sites}
+    cheapest = {name: min([by_name[name].dense_bytes] + [site_cost(sites, name, c, model_bytes, freqs) for c in configs])
+                for name, configs in options.items()}
+    total = sum(cheapest.values())
+    bias = {name: 4 * by_name[name].shape[0] if by_name[name].bias else 0 for name in options}
+    return {name: capacity - (total - cheapest[name]) - bias[name] for name in options}
 
 
 def fixed_bytes(sites: Sequence, model_bytes: int) -> int:
@@ -101,13 +118,17 @@ def allocate(model: nn.Module, valid_ids: torch.Tensor,
         freqs = model.vocab.freqs
     sites = discover_sites(model)
     by_name = {s.name: s for s in sites}
-    exact = isinstance(options, Mapping) and options and all(name in by_name for name in options)
-    per_site = {n: list(c) for n, c in options.items()} if exact else site_options(sites, options, levels, freqs)
     model_bytes = stored_bytes(model)
     fixed = fixed_bytes(sites, model_bytes)
     capacity = limit - fixed
     if capacity <= 0:
         raise UserError(f"limit {limit:,} bytes is below the {fixed:,} bytes the model keeps outside its sites")
+    exact = isinstance(options, Mapping) and options and all(name in by_name for name in options)
+    if exact:
+        per_site = {n: list(c) for n, c in options.items()}
+    else:  # levels over the bytes a site can have within the limit: none wasted on sizes no plan can take
+        full = site_options(sites, options, levels, freqs)
+        per_site = site_options(sites, options, levels, freqs, caps=level_caps(sites, full, capacity, model_bytes, freqs))
 
     replay = Replay(model, valid_ids)
     times["replay"] = time.perf_counter() - start

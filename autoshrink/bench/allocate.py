@@ -1,9 +1,9 @@
 """Allocation on the reference model (issue 15): profile, knapsack and joint refinement against the
 uniform plain low-rank plan the search's warm start uses, all without fine-tuning.
 
-The allocation sees only the last `--slice` validation tokens; perplexities are reported on the
-first 12,000 validation tokens (the figure METHODS.md section 8 quotes) and on the whole test
-split, so the refinement's choice is judged on tokens it never saw. Builds are plain (no
+The allocation sees only the `--slice` validation tokens after the first 12,000; perplexities are
+reported on those first 12,000 validation tokens (the figure METHODS.md section 8 quotes) and on
+the whole test split, so the refinement's choice is judged on tokens it never saw. Builds are plain (no
 calibration statistics); the profile goes to `<run-dir>/profile.csv` and is reused by a rerun.
 
     python -m autoshrink.bench.allocate [--budget 25x] [--slice 4000] [--evals 48] [--out results/allocate.md]
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="kjv-lstm")
     parser.add_argument("--budget", default="25x")
-    parser.add_argument("--slice", type=int, default=4000, help="validation tokens the allocation sees (the last ones)")
+    parser.add_argument("--slice", type=int, default=4000, help="validation tokens the allocation sees (after the reported ones)")
     parser.add_argument("--evals", type=int, default=48, help="joint evaluations of the refinement")
     parser.add_argument("--run-dir", default="results/runs/allocate-bench")
     parser.add_argument("--out", default="results/allocate.md")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     model_bytes = stored_bytes(model)
 
     start = time.perf_counter()
-    result = allocate(model, data.valid[-args.slice:], BASES, limit, freqs=freqs, max_evals=args.evals,
+    result = allocate(model, data.valid[REPORT_TOKENS:REPORT_TOKENS + args.slice], BASES, limit, freqs=freqs, max_evals=args.evals,
                       profile_path=f"{args.run_dir}/profile.csv", progress=False)
     wall = time.perf_counter() - start
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Options: low-rank at 4 and 8 bits (groups of {GROUP}, scales counted), quantisation (groups of {GROUP}), "
         "GroupReduce (8 blocks, 8 bits) on the embedding and softmax; up to 10 size levels each, "
-        f"{len(result.table)} site options in all. The allocation saw the last {args.slice:,} validation tokens "
+        f"{len(result.table)} site options in all. The allocation saw validation tokens {REPORT_TOKENS:,}-{REPORT_TOKENS + args.slice:,} "
         f"(dense ppl {slice_dense:.2f} there); val ppl is on the first {REPORT_TOKENS:,} validation tokens, test "
         "ppl on the whole test split.",
         "",

@@ -89,3 +89,12 @@ def test_level_caps_leave_room_for_every_other_site_at_its_cheapest():
         site = next(s for s in sites if s.name == name)
         bias = 4 * site.shape[0] if site.bias else 0
         assert cap + bias + sum(cheapest.values()) - cheapest[name] == capacity
+
+
+def test_ladder_plans_carry_their_joint_loss(allocated):
+    model, valid, _, _, result = allocated
+    dense = math.log(evaluate_perplexity(model, valid))
+    for plan in result.ladder.values():
+        if plan is not None:
+            real = math.log(evaluate_perplexity(compress(model, plan.plan), valid)) - dense
+            assert plan.joint_loss == pytest.approx(real, abs=1e-5)

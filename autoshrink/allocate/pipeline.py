@@ -51,7 +51,7 @@ class Allocated:
 @dataclass
 class Allocation:
     plans: list[Allocated]  # jointly evaluated plans within the limit, best first
-    ladder: dict[float, Allocated | None]  # the knapsack plan at each fraction of the limit
+    ladder: dict[float, Allocated | None]  # the knapsack plan at each fraction of the limit, jointly evaluated
     table: pd.DataFrame  # the profile
     dense_loss: float  # mean NLL per token of the dense model on the slice
     limit: int
@@ -151,9 +151,7 @@ def allocate(model: nn.Module, valid_ids: torch.Tensor,
     t = time.perf_counter()
     fractions = sorted(set(ladder) | {1.0})
     solved = solve_ladder(knap, [f * limit - fixed for f in fractions], buckets)
-    steps_ladder = {f: (allocated(s.choice, None, f"knapsack {f:g}x limit") if s is not None else None)
-                    for f, s in zip(fractions, solved)}
-    if steps_ladder[1.0] is None:
+    if solved[fractions.index(1.0)] is None:
         raise UserError(f"no plan of the given options fits {limit:,} bytes")
     starts = candidates(knap, capacity, top_k, seed, buckets)
     times["knapsack"] = time.perf_counter() - t
@@ -177,6 +175,16 @@ def allocate(model: nn.Module, valid_ids: torch.Tensor,
     bar.close()
     times["refine"] = time.perf_counter() - t
     plans = [allocated(s.choice, s.loss, s.source) for s in scored]
+    # The ladder's plans seed a front: each gets its joint loss too (the full limit's is the knapsack start).
+    known = {tuple(sorted(s.choice.items())): s.loss for s in scored}
+    steps_ladder = {}
+    for fraction, sel in zip(fractions, solved):
+        if sel is not None:
+            key = tuple(sorted(sel.choice.items()))
+            loss = known[key] if key in known else joint(sel.choice)
+            steps_ladder[fraction] = allocated(sel.choice, loss, f"knapsack at {fraction:g} of the limit")
+        else:
+            steps_ladder[fraction] = None
     times["total"] = time.perf_counter() - start
     return Allocation(plans, steps_ladder, table, replay.dense_loss, limit, times)
 

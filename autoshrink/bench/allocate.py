@@ -116,14 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         f"replay cache {t['replay']:.1f} s, knapsack {t['knapsack']:.1f} s, refinement {t['refine']:.0f} s for "
         f"{len(result.plans)} joint evaluations); a rerun reads the profile from {args.run_dir}/profile.csv.",
         "",
-        "Knapsack ladder (plans for fractions of the limit, profile loss only):",
+        "Knapsack ladder (the plans for fractions of the limit, seeds of a front), on the allocation's slice:",
         "",
-        "| fraction | bytes | sum of profile losses | per site |",
-        "|---:|---:|---:|---|",
+        "| fraction | bytes | sum of profile losses | joint loss | slice ppl | per site |",
+        "|---:|---:|---:|---:|---:|---|",
     ]
     for fraction, plan in result.ladder.items():
         if plan is not None:
-            lines.append(f"| {fraction:g} | {plan.bytes:,} | {plan.profile_loss:.4f} | {_describe(plan.plan)} |")
+            lines.append(f"| {fraction:g} | {plan.bytes:,} | {plan.profile_loss:.4f} | {plan.joint_loss:.4f} | "
+                         f"{math.exp(result.dense_loss + plan.joint_loss):.2f} | {_describe(plan.plan)} |")
     lines += ["", "Regenerate:", "", "```bash",
               f"PYTHONPATH=$PWD OMP_NUM_THREADS=1 python -m autoshrink.bench.allocate --budget {args.budget} "
               f"--slice {args.slice} --evals {args.evals} --out {args.out}", "```", ""]

@@ -26,9 +26,8 @@ def test_lowrank_levels_are_distinct_increasing_under_dense_and_each_the_largest
     assert sizes == sorted(set(sizes))  # distinct, smallest first
     assert sizes[-1] < SOFTMAX.dense_bytes
     # The ladder starts at the first target the method can meet (rank 1 pays a scale per row).
-    first_fitting = min(0.01 * (0.95 / 0.01) ** (i / 9) for i in range(10)
-                        if 0.01 * (0.95 / 0.01) ** (i / 9) * SOFTMAX.dense_bytes >= method_bytes(SOFTMAX, base.replace(rank=1)))
-    assert sizes[0] <= first_fitting * SOFTMAX.dense_bytes
+    targets = [0.01 * (0.95 / 0.01) ** (i / 9) * SOFTMAX.dense_bytes for i in range(10)]
+    assert sizes[0] <= min(t for t in targets if t >= method_bytes(SOFTMAX, base.replace(rank=1)))
     for cfg, size in zip(levels, sizes):
         assert cfg.bits == 4 and cfg.group_size == 32  # the other knobs are the base's
         assert cfg.rank <= 64  # written at the rank that gives the bytes, not a clipped huge one
@@ -52,7 +51,8 @@ def test_quant_levels_are_its_bits_and_vocab_methods_skip_matrices():
 
 def test_site_options_by_role_and_for_all_sites():
     sites = [SOFTMAX, MATRIX, Site("encoder2", "embedding", (1000, 64), tied_with="decoder")]
-    by_role = site_options(sites, {"softmax": [GroupReduceConfig()], "recurrent": [QuantConfig()]}, levels=4, freqs=FREQS)
+    bases = {"softmax": [GroupReduceConfig()], "recurrent": [QuantConfig()]}
+    by_role = site_options(sites, bases, levels=4, freqs=FREQS)
     assert set(by_role) == {"decoder", "rnn.0.hh"}  # a tied partner is its owner's
     assert {c.method for c in by_role["decoder"]} == {"groupreduce"}
     assert {c.method for c in by_role["rnn.0.hh"]} == {"quant"}

@@ -30,6 +30,7 @@ from autoshrink.plan import Plan, plan_stored_bytes, stored_bytes
 LADDER = (0.7, 0.8, 0.9, 1.0)  # fractions of the limit the knapsack also answers, for a front
 TOP_K = 4  # knapsack candidates evaluated jointly before the evolutionary refinement
 MAX_EVALS = 48  # joint evaluations in all (candidates included)
+SLICE_TOKENS = 4000  # validation tokens the profile and the joint evaluations use by default
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ def level_caps(sites: Sequence, options: Mapping[str, Sequence[MethodConfig]], c
     """Per site, the most method bytes an option can have and still be part of a plan within the
     capacity: what is left when every other site takes its cheapest option (and this one its bias)."""
     by_name = {s.name: s for s in sites}
-    cheapest = {name: min([by_name[name].dense_bytes] + [site_cost(sites, name, c, model_bytes, freqs) for c in configs])
+    cheapest = {name: min([by_name[name].dense_bytes]
+                          + [site_cost(sites, name, c, model_bytes, freqs) for c in configs])
                 for name, configs in options.items()}
     total = sum(cheapest.values())
     bias = {name: 4 * by_name[name].shape[0] if by_name[name].bias else 0 for name in options}
@@ -104,8 +106,10 @@ def allocate(model: nn.Module, valid_ids: torch.Tensor,
              limit: int, *, freqs: torch.Tensor | None = None, stats: Mapping[str, Any] | None = None,
              levels: int = LEVELS, profile_path: str | Path | None = None, ladder: Sequence[float] = LADDER,
              buckets: int = BUCKETS, top_k: int = TOP_K, max_evals: int = MAX_EVALS, finetune_steps: int = 0,
-             train_ids: torch.Tensor | None = None, seed: int = 0, progress: bool = True) -> Allocation:
-    """Plans for `model` within `limit` stored bytes, chosen on the token slice `valid_ids`.
+             train_ids: torch.Tensor | None = None, tokens: int | None = SLICE_TOKENS, seed: int = 0,
+             progress: bool = True) -> Allocation:
+    """Plans for `model` within `limit` stored bytes, chosen on the first `tokens` of `valid_ids`
+    (all of them with None).
 
     `options`: {site name: [configs]} measured as given, or base configs (one list for every
     site, or {role: [configs]}) expanded into `levels` size levels per site. `freqs`: word
@@ -114,6 +118,7 @@ def allocate(model: nn.Module, valid_ids: torch.Tensor,
     """
     times: dict[str, float] = {}
     start = time.perf_counter()
+    valid_ids = valid_ids.reshape(-1)[:tokens] if tokens is not None else valid_ids.reshape(-1)
     if freqs is None and getattr(model, "vocab", None) is not None:
         freqs = model.vocab.freqs
     sites = discover_sites(model)
@@ -128,7 +133,8 @@ def allocate(model: nn.Module, valid_ids: torch.Tensor,
         per_site = {n: list(c) for n, c in options.items()}
     else:  # levels over the bytes a site can have within the limit: none wasted on sizes no plan can take
         full = site_options(sites, options, levels, freqs)
-        per_site = site_options(sites, options, levels, freqs, caps=level_caps(sites, full, capacity, model_bytes, freqs))
+        caps = level_caps(sites, full, capacity, model_bytes, freqs)
+        per_site = site_options(sites, options, levels, freqs, caps=caps)
 
     replay = Replay(model, valid_ids)
     times["replay"] = time.perf_counter() - start

@@ -67,7 +67,8 @@ def candidates(options: Mapping[str, Sequence[Option]], capacity: float, count: 
         if len(found) >= count:
             break
         scale = {name: math.exp(rng.uniform(-math.log(COEF_RANGE), math.log(COEF_RANGE))) for name in options}
-        scaled = {name: [Option(o.config, o.cost, o.loss * scale[name]) for o in opts] for name, opts in options.items()}
+        scaled = {name: [Option(o.config, o.cost, o.loss * scale[name]) for o in opts]
+                  for name, opts in options.items()}
         other = solve(scaled, capacity, buckets)
         if other is not None and all(other.choice != c for c, _ in found):
             found.append((other.choice, "reweighted"))

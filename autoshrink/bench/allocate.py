@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="kjv-lstm")
     parser.add_argument("--budget", default="25x")
-    parser.add_argument("--slice", type=int, default=4000, help="validation tokens the allocation sees (after the reported ones)")
+    parser.add_argument("--slice", type=int, default=4000,
+                        help="validation tokens the allocation sees (after the reported ones)")
     parser.add_argument("--evals", type=int, default=48, help="joint evaluations of the refinement")
     parser.add_argument("--run-dir", default="results/runs/allocate-bench")
     parser.add_argument("--out", default="results/allocate.md")
@@ -72,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     model_bytes = stored_bytes(model)
 
     start = time.perf_counter()
-    result = allocate(model, data.valid[REPORT_TOKENS:REPORT_TOKENS + args.slice], BASES, limit, freqs=freqs, max_evals=args.evals,
-                      profile_path=f"{args.run_dir}/profile.csv", progress=False)
+    result = allocate(model, data.valid[REPORT_TOKENS:], BASES, limit, freqs=freqs, tokens=args.slice,
+                      max_evals=args.evals, profile_path=f"{args.run_dir}/profile.csv", progress=False)
     wall = time.perf_counter() - start
 
     def ppl(plan: dict) -> tuple[float, float]:
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Options: low-rank at 4 and 8 bits (groups of {GROUP}, scales counted), quantisation (groups of {GROUP}), "
         "GroupReduce (8 blocks, 8 bits) on the embedding and softmax; up to 10 size levels each, "
-        f"{len(result.table)} site options in all. The allocation saw validation tokens {REPORT_TOKENS:,}-{REPORT_TOKENS + args.slice:,} "
+        f"{len(result.table)} site options in all. The allocation saw validation tokens "
+        f"{REPORT_TOKENS:,}-{REPORT_TOKENS + args.slice:,} "
         f"(dense ppl {slice_dense:.2f} there); val ppl is on the first {REPORT_TOKENS:,} validation tokens, test "
         "ppl on the whole test split.",
         "",

@@ -69,3 +69,28 @@ def test_ladders_drop_dominated_options_but_keep_those_in_use():
     options = {"a": [Option("cheap", 10, 1.0), Option("worse", 20, 2.0), Option("good", 30, 0.5)]}
     assert ladders(options) == {"a": [0, 2]}
     assert ladders(options, [{"a": 1}]) == {"a": [0, 1, 2]}
+
+
+def _per_token(options, noise: float, penalty_for=None, tokens: int = 200):
+    """Per-token losses: the additive loss on every token, plus noise that differs between plans."""
+    import numpy as np
+
+    def evaluate(choice):
+        key = hash(tuple(sorted(choice.items()))) % (2**32)
+        base = _additive(options)(choice) + (5.0 if penalty_for is not None and penalty_for(choice) else 0.0)
+        return base + noise * np.random.default_rng(key).standard_normal(tokens)
+    return evaluate
+
+
+def test_with_per_token_losses_only_a_significant_win_replaces_the_knapsack_plan():
+    options = _ladder_options(seed=3)
+    knap = solve(options, 150.0).choice
+    # Noisy slice, no real difference to find: lower means come from noise and must not win.
+    noisy = refine(options, 150.0, _per_token(options, noise=3.0), [(knap, "knapsack")], max_evals=30, seed=0)
+    assert noisy[0].choice == knap
+    assert min(r.loss for r in noisy) < noisy[0].loss  # a lower mean was seen, and not believed
+    # A consistent penalty on the knapsack's pair of sites is a real difference: it is found.
+    penalised = _per_token(options, noise=0.5, penalty_for=lambda c: c["s0"] == knap["s0"] and c["s1"] == knap["s1"])
+    found = refine(options, 150.0, penalised, [(knap, "knapsack")], max_evals=30, seed=0)
+    assert found[0].source == "evolved"
+    assert found[0].loss < next(r for r in found if r.source == "knapsack").loss - 4.0

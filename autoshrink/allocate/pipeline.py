@@ -51,7 +51,7 @@ class Allocated:
 
 @dataclass
 class Allocation:
-    plans: list[Allocated]  # jointly evaluated plans within the limit, best first
+    plans: list[Allocated]  # jointly evaluated plans within the limit: the refinement's choice, then by joint loss
     ladder: dict[float, Allocated | None]  # the knapsack plan at each fraction of the limit, jointly evaluated
     table: pd.DataFrame  # the profile
     dense_loss: float  # mean NLL per token of the dense model on the slice
@@ -164,7 +164,8 @@ def allocate(model: nn.Module, valid_ids: torch.Tensor,
 
     built_cache: dict[tuple[str, int], Any] = {}
 
-    def joint(choice: Mapping[str, int]) -> float:
+    def joint(choice: Mapping[str, int]) -> torch.Tensor:
+        """Each token's loss increase over the dense model (their mean is the joint loss)."""
         built = {}
         for name, i in choice.items():
             if knap[name][i].config is None:
@@ -172,7 +173,7 @@ def allocate(model: nn.Module, valid_ids: torch.Tensor,
             if (name, i) not in built_cache:
                 built_cache[(name, i)] = build_site(model, by_name[name], knap[name][i].config, freqs, stats)
             built[name] = built_cache[(name, i)]
-        return replay.loss(by_name, built) - replay.dense_loss
+        return (replay.token_losses(by_name, built) - replay.dense_tokens).double()
 
     t = time.perf_counter()
     bar = _bar(max_evals, progress)
@@ -187,7 +188,7 @@ def allocate(model: nn.Module, valid_ids: torch.Tensor,
     for fraction, sel in zip(fractions, solved):
         if sel is not None:
             key = tuple(sorted(sel.choice.items()))
-            loss = known[key] if key in known else joint(sel.choice)
+            loss = known[key] if key in known else float(joint(sel.choice).mean())
             steps_ladder[fraction] = allocated(sel.choice, loss, f"knapsack at {fraction:g} of the limit")
         else:
             steps_ladder[fraction] = None

@@ -78,24 +78,24 @@ def with_compressed(model: nn.Module, sites: Mapping[str, Site], built: Mapping[
     return root
 
 
-def _nll_sum(logits_of: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, targets: torch.Tensor) -> float:
-    """Summed NLL of `targets` given the top hidden states, the softmax in chunks of positions."""
+def _token_nll(logits_of: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor,
+               targets: torch.Tensor) -> torch.Tensor:
+    """NLL of each target (time-major) given the top hidden states, the softmax in chunks of positions."""
     flat_h, flat_y = hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)
-    total = 0.0
-    for start in range(0, flat_y.numel(), LOGIT_ROWS):
-        logits = logits_of(flat_h[start:start + LOGIT_ROWS])
-        total += F.cross_entropy(logits.float(), flat_y[start:start + LOGIT_ROWS], reduction="sum").item()
-    return total
+    return torch.cat([F.cross_entropy(logits_of(flat_h[start:start + LOGIT_ROWS]).float(),
+                                      flat_y[start:start + LOGIT_ROWS], reduction="none")
+                      for start in range(0, flat_y.numel(), LOGIT_ROWS)])
 
 
 class Replay:
-    """Mean NLL per token of the model, and of shallow copies with sites compressed, on `ids`."""
+    """NLL per token of the model, and of shallow copies with sites compressed, on `ids` (cut into
+    `batch_size` streams; tokens in time-major order, the same order in every call, so two plans'
+    losses can be compared token by token)."""
 
     def __init__(self, model: nn.Module, ids: torch.Tensor, batch_size: int = 10, bptt: int = 35):
         self.model = model.eval()
         self.columns = batchify(ids.reshape(-1), batch_size)
         self.bptt = bptt
-        self.tokens = (self.columns.size(0) - 1) * self.columns.size(1)
         self.staged = isinstance(model, LSTMLM)
         self.inputs: list[torch.Tensor] = []  # what enters each LSTM layer, then the top hidden states
         with torch.no_grad():
@@ -105,7 +105,8 @@ class Replay:
                     self.inputs.append(x)
                     x = self._run_layer(layer, x)
                 self.inputs.append(x)
-            self.dense_loss = self._loss(model, start=0)
+            self.dense_tokens = self._token_losses(model, start=0)
+            self.dense_loss = float(self.dense_tokens.double().mean())
 
     def stage(self, name: str) -> int:
         """0 for the embedding (and any site of an unstaged model), k + 1 for LSTM layer k, the
@@ -120,26 +121,29 @@ class Replay:
         z = x.new_zeros(x.size(1), layer.hidden)
         return layer(x, (z, z))[0]
 
-    def _loss(self, model: nn.Module, start: int) -> float:
-        targets = self.columns[1:]
+    def _token_losses(self, model: nn.Module, start: int) -> torch.Tensor:
         if not self.staged:
-            total, state = 0.0, None
+            losses, state = [], None
             for x, y in bptt_windows(self.columns, self.bptt):
                 logits, state = model(x, state)
-                total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                         reduction="sum").item()
-            return total / self.tokens
+                losses.append(F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
+                                              reduction="none"))
+            return torch.cat(losses)
         layers = len(model.rnn)
         x = model.encoder(self.columns[:-1]) if start == 0 else self.inputs[start - 1]
         for k in range(max(0, start - 1), layers):
             x = self._run_layer(model.rnn[k], x)
-        return _nll_sum(model.decoder, x, targets) / self.tokens
+        return _token_nll(model.decoder, x, self.columns[1:])
 
     @torch.no_grad()
-    def loss(self, sites: Mapping[str, Site], built: Mapping[str, CompressedWeight]) -> float:
-        """Mean NLL with the sites in `built` compressed (the rest dense)."""
+    def token_losses(self, sites: Mapping[str, Site], built: Mapping[str, CompressedWeight]) -> torch.Tensor:
+        """NLL of each token with the sites in `built` compressed (the rest dense)."""
         if not built:
-            return self.dense_loss
+            return self.dense_tokens
         model = with_compressed(self.model, sites, built)
         names = [s.name for s in sites.values() if (s.tied_with or s.name) in built]
-        return self._loss(model, start=min(self.stage(n) for n in names))
+        return self._token_losses(model, start=min(self.stage(n) for n in names))
+
+    def loss(self, sites: Mapping[str, Site], built: Mapping[str, CompressedWeight]) -> float:
+        """Mean NLL per token with the sites in `built` compressed (the rest dense)."""
+        return float(self.token_losses(sites, built).double().mean())

@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         f"options took {result.table['seconds'].sum():.0f} s when measured, per {args.run_dir}/profile.csv, which a "
         f"rerun reads), replay cache {t['replay']:.1f} s, knapsack {t['knapsack']:.1f} s, refinement "
         f"{t['refine']:.0f} s for {len(result.plans)} joint evaluations. {lower} of them had a lower mean loss on "
-        "the slice than the plan chosen, none by two standard errors of the paired per-token difference.",
+        "the slice than the plan chosen (the refinement switches plans only on a win by two standard errors of "
+        "the paired per-token difference).",
         "",
         "Knapsack ladder (the plans for fractions of the limit, seeds of a front), on the allocation's slice:",
         "",

@@ -1,0 +1,102 @@
+"""Option levels: the sizes of one method on one site that the profile measures.
+
+A base config (low-rank at 4 bits, quantisation, GroupReduce with 8 blocks, ...) becomes ~8-12
+configs whose stored bytes step geometrically from a small fraction of the site's dense bytes to
+just under them; each is the largest setting of the method's size knob within its byte target
+(`largest_within`), so levels are as large as their targets allow. Levels with equal bytes are one
+level (a rank clipped at min(m, n) does not grow any more), written with the smallest knob value
+that gives those bytes, so a plan reads `rank=256`, not `rank=16777216`.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+
+from autoshrink.plan.fit import largest_within
+from autoshrink.errors import UserError
+from autoshrink.methods import MethodConfig
+from autoshrink.plan import method_bytes
+from autoshrink.sites import Site
+
+LEVELS = 10
+SMALLEST_FRACTION = 0.01  # of the site's dense bytes: at 25x the whole model keeps 4%
+LARGEST_FRACTION = 0.95  # "just under dense": a level at dense bytes would be no compression
+
+
+def _bytes(site: Site, config: MethodConfig, freqs: torch.Tensor | None) -> int:
+    return method_bytes(site, config, freqs)
+
+
+def _smallest_equal(site: Site, config: MethodConfig, freqs: torch.Tensor | None) -> MethodConfig:
+    """The config with the smallest integer size knob that stores the same bytes as `config`."""
+    knob = type(config).size_knob
+    value = getattr(config, knob) if knob else None
+    if knob is None or knob == "bits" or not isinstance(value, int) or isinstance(value, bool):
+        return config
+    target = _bytes(site, config, freqs)
+    lo, hi = 1, value  # bytes(hi) == target; bytes grow with the knob
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _bytes(site, config.replace(**{knob: mid}), freqs) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return config.replace(**{knob: lo})
+
+
+def takes(config: MethodConfig, site: Site) -> bool:
+    """Whether the method applies to the site at all (role and shape)."""
+    try:
+        config.check_site(site)
+        return True
+    except UserError:
+        return False
+
+
+def site_levels(site: Site, base: MethodConfig, levels: int = LEVELS, freqs: torch.Tensor | None = None,
+                smallest: float = SMALLEST_FRACTION, largest: float = LARGEST_FRACTION,
+                cap: int | None = None) -> list[MethodConfig]:
+    """Up to `levels` configs of `base` on `site`, geometric in bytes from `smallest` to `largest`
+    times the site's dense bytes (or to `cap` bytes, if lower: no larger option can be part of a
+    plan within the budget), smallest first, without duplicates (empty if the method does not
+    apply or cannot get under the largest target)."""
+    if levels < 1 or not 0 < smallest <= largest:
+        raise UserError(f"levels need levels >= 1 and 0 < smallest <= largest, got {levels}, {smallest}, {largest}")
+    if not takes(base, site):
+        return []
+    dense = site.dense_bytes
+    if cap is not None:
+        largest = min(largest, cap / dense)
+        smallest = min(smallest, largest)
+        if largest <= 0:
+            return []
+    steps = [smallest * (largest / smallest) ** (i / max(1, levels - 1)) for i in range(levels)]
+    found: dict[int, MethodConfig] = {}
+    for fraction in steps:
+        config = largest_within(site, base, int(fraction * dense), freqs)
+        if config is None or not takes(config, site):
+            continue
+        nbytes = _bytes(site, config, freqs)
+        if nbytes < dense and nbytes not in found:
+            found[nbytes] = _smallest_equal(site, config, freqs)
+    return [found[b] for b in sorted(found)]
+
+
+def site_options(sites: Sequence[Site], bases: Sequence[MethodConfig] | Mapping[str, Sequence[MethodConfig]],
+                 levels: int = LEVELS, freqs: torch.Tensor | None = None,
+                 caps: Mapping[str, int] | None = None) -> dict[str, list[MethodConfig]]:
+    """{site name: its levels under every base config that applies to it}, for the sites a plan
+    can name (a tied partner is its owner's). `bases` is one list for every site, or a list per
+    site role ("embedding", "softmax", "recurrent", ...); `caps` bounds each site's levels in bytes."""
+    options: dict[str, list[MethodConfig]] = {}
+    for site in sites:
+        if site.tied_with is not None:
+            continue
+        site_bases = bases.get(site.role, ()) if isinstance(bases, Mapping) else bases
+        configs: list[MethodConfig] = []
+        for base in site_bases:
+            cap = caps.get(site.name) if caps is not None else None
+            configs += [c for c in site_levels(site, base, levels, freqs, cap=cap) if c not in configs]
+        options[site.name] = configs
+    return options

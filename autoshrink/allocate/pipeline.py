@@ -1,0 +1,201 @@
+"""allocate(): profile every site's options, solve the knapsack for the byte limit (and a ladder of
+limits below it), evaluate the best candidates jointly and refine them; no training anywhere.
+
+Costs are whole-model stored bytes as `plan_stored_bytes` counts them: the model's dense parts
+(biases, parameters outside any site) are fixed, each site adds its method's bytes (and the bias
+it keeps) or, left dense, its dense bytes. Every returned plan is checked against the limit with
+`plan_stored_bytes` itself.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from autoshrink.allocate.knapsack import BUCKETS, Option, solve_ladder
+from autoshrink.allocate.levels import LEVELS, site_options
+from autoshrink.allocate.profile import profile, row_config
+from autoshrink.allocate.refine import Scored, candidates, refine
+from autoshrink.allocate.replay import Replay, build_site
+from autoshrink.errors import UserError
+from autoshrink.methods import MethodConfig
+from autoshrink.models.discover import discover_sites
+from autoshrink.plan import Plan, plan_stored_bytes, stored_bytes
+
+LADDER = (0.7, 0.8, 0.9, 1.0)  # fractions of the limit the knapsack also answers, for a front
+TOP_K = 4  # knapsack candidates evaluated jointly before the evolutionary refinement
+MAX_EVALS = 48  # joint evaluations in all (candidates included)
+SLICE_TOKENS = 4000  # validation tokens the profile and the joint evaluations use by default
+
+
+@dataclass(frozen=True)
+class Allocated:
+    """One whole plan: its stored bytes, profile loss (sum over sites) and joint loss (None
+    where not evaluated jointly), as mean NLL increases per token over the dense model."""
+
+    plan: Plan
+    bytes: int
+    profile_loss: float
+    joint_loss: float | None
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": {n: c.to_dict() for n, c in self.plan.items()}, "bytes": self.bytes,
+                "profile_loss": self.profile_loss, "joint_loss": self.joint_loss, "source": self.source}
+
+
+@dataclass
+class Allocation:
+    plans: list[Allocated]  # jointly evaluated plans within the limit: the refinement's choice, then by joint loss
+    ladder: dict[float, Allocated | None]  # the knapsack plan at each fraction of the limit, jointly evaluated
+    table: pd.DataFrame  # the profile
+    dense_loss: float  # mean NLL per token of the dense model on the slice
+    limit: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def best(self) -> Allocated:
+        return self.plans[0]
+
+
+def knapsack_options(table: pd.DataFrame, sites: Sequence, model_bytes: int,
+                     freqs: torch.Tensor | None = None) -> dict[str, list[Option]]:
+    """Per site: dense (its dense bytes, no loss) first, then each profiled option, costed as the
+    bytes the site holds in the whole model (plan_stored_bytes of a plan of that site alone, less
+    what the rest of the model stores dense). Whole-model bytes = fixed bytes + the sum of costs."""
+    options = {s.name: [Option(None, float(s.dense_bytes), 0.0)] for s in sites if s.tied_with is None}
+    for row in table.to_dict("records"):
+        config = row_config(row)
+        cost = site_cost(sites, row["site"], config, model_bytes, freqs)
+        options[row["site"]].append(Option(config, float(cost), float(row["loss_delta"])))
+    return options
+
+
+def site_cost(sites: Sequence, name: str, config: MethodConfig, model_bytes: int, freqs: torch.Tensor | None) -> int:
+    """The bytes a site holds in the whole model under `config` (its method's bytes and the bias it
+    keeps), as plan_stored_bytes counts them."""
+    dense = next(s.dense_bytes for s in sites if s.name == name)
+    return plan_stored_bytes(sites, {name: config}, freqs, model_bytes) - (model_bytes - dense)
+
+
+def level_caps(sites: Sequence, options: Mapping[str, Sequence[MethodConfig]], capacity: int, model_bytes: int,
+               freqs: torch.Tensor | None) -> dict[str, int]:
+    """Per site, the most method bytes an option can have and still be part of a plan within the
+    capacity: what is left when every other site takes its cheapest option (and this one its bias)."""
+    by_name = {s.name: s for s in sites}
+    cheapest = {name: min([by_name[name].dense_bytes]
+                          + [site_cost(sites, name, c, model_bytes, freqs) for c in configs])
+                for name, configs in options.items()}
+    total = sum(cheapest.values())
+    bias = {name: 4 * by_name[name].shape[0] if by_name[name].bias else 0 for name in options}
+    return {name: capacity - (total - cheapest[name]) - bias[name] for name in options}
+
+
+def fixed_bytes(sites: Sequence, model_bytes: int) -> int:
+    """What the model stores outside its sites (parameters no plan can touch)."""
+    return model_bytes - sum(s.dense_bytes for s in sites if s.tied_with is None)
+
+
+def allocate(model: nn.Module, valid_ids: torch.Tensor,
+             options: Mapping[str, Sequence[MethodConfig]] | Sequence[MethodConfig] | Mapping[str, Any],
+             limit: int, *, freqs: torch.Tensor | None = None, stats: Mapping[str, Any] | None = None,
+             levels: int = LEVELS, profile_path: str | Path | None = None, ladder: Sequence[float] = LADDER,
+             buckets: int = BUCKETS, top_k: int = TOP_K, max_evals: int = MAX_EVALS, finetune_steps: int = 0,
+             train_ids: torch.Tensor | None = None, tokens: int | None = SLICE_TOKENS, seed: int = 0,
+             progress: bool = True) -> Allocation:
+    """Plans for `model` within `limit` stored bytes, chosen on the first `tokens` of `valid_ids`
+    (all of them with None).
+
+    `options`: {site name: [configs]} measured as given, or base configs (one list for every
+    site, or {role: [configs]}) expanded into `levels` size levels per site. `freqs`: word
+    frequencies for vocabulary methods (model.vocab.freqs by default); `stats`: per-site
+    calibration statistics passed to data-aware builds.
+    """
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+    valid_ids = valid_ids.reshape(-1)[:tokens] if tokens is not None else valid_ids.reshape(-1)
+    if freqs is None and getattr(model, "vocab", None) is not None:
+        freqs = model.vocab.freqs
+    sites = discover_sites(model)
+    by_name = {s.name: s for s in sites}
+    model_bytes = stored_bytes(model)
+    fixed = fixed_bytes(sites, model_bytes)
+    capacity = limit - fixed
+    if capacity <= 0:
+        raise UserError(f"limit {limit:,} bytes is below the {fixed:,} bytes the model keeps outside its sites")
+    exact = isinstance(options, Mapping) and options and all(name in by_name for name in options)
+    if exact:
+        per_site = {n: list(c) for n, c in options.items()}
+    else:  # levels over the bytes a site can have within the limit: none wasted on sizes no plan can take
+        full = site_options(sites, options, levels, freqs)
+        caps = level_caps(sites, full, capacity, model_bytes, freqs)
+        per_site = site_options(sites, options, levels, freqs, caps=caps)
+
+    replay = Replay(model, valid_ids)
+    times["replay"] = time.perf_counter() - start
+    table = profile(model, valid_ids, per_site, freqs=freqs, stats=stats, path=profile_path, replay=replay,
+                    finetune_steps=finetune_steps, train_ids=train_ids, progress=progress)
+    times["profile"] = time.perf_counter() - start - times["replay"]
+
+    knap = knapsack_options(table, sites, model_bytes, freqs)
+
+    def to_plan(choice: Mapping[str, int]) -> Plan:
+        return {name: knap[name][i].config for name, i in choice.items() if knap[name][i].config is not None}
+
+    def allocated(choice: Mapping[str, int], joint: float | None, source: str) -> Allocated:
+        plan = to_plan(choice)
+        nbytes = plan_stored_bytes(sites, plan, freqs, model_bytes)
+        if nbytes > limit:  # the knapsack rounds costs up, so this would be a bug, not bad input
+            raise AssertionError(f"allocated plan stores {nbytes:,} bytes, over the limit {limit:,}")
+        return Allocated(plan, nbytes, sum(knap[n][i].loss for n, i in choice.items()), joint, source)
+
+    t = time.perf_counter()
+    fractions = sorted(set(ladder) | {1.0})
+    solved = solve_ladder(knap, [f * limit - fixed for f in fractions], buckets)
+    if solved[fractions.index(1.0)] is None:
+        raise UserError(f"no plan of the given options fits {limit:,} bytes")
+    starts = candidates(knap, capacity, top_k, seed, buckets)
+    times["knapsack"] = time.perf_counter() - t
+
+    built_cache: dict[tuple[str, int], Any] = {}
+
+    def joint(choice: Mapping[str, int]) -> torch.Tensor:
+        """Each token's loss increase over the dense model (their mean is the joint loss)."""
+        built = {}
+        for name, i in choice.items():
+            if knap[name][i].config is None:
+                continue
+            if (name, i) not in built_cache:
+                built_cache[(name, i)] = build_site(model, by_name[name], knap[name][i].config, freqs, stats)
+            built[name] = built_cache[(name, i)]
+        return (replay.token_losses(by_name, built) - replay.dense_tokens).double()
+
+    t = time.perf_counter()
+    bar = _bar(max_evals, progress)
+    scored: list[Scored] = refine(knap, capacity, joint, starts, max_evals=max_evals, seed=seed,
+                                  on_eval=lambda s: bar.update(1))
+    bar.close()
+    times["refine"] = time.perf_counter() - t
+    plans = [allocated(s.choice, s.loss, s.source) for s in scored]
+    # The ladder's plans seed a front: each gets its joint loss too (the full limit's is the knapsack start).
+    known = {tuple(sorted(s.choice.items())): s.loss for s in scored}
+    steps_ladder = {}
+    for fraction, sel in zip(fractions, solved):
+        if sel is not None:
+            key = tuple(sorted(sel.choice.items()))
+            loss = known[key] if key in known else float(joint(sel.choice).mean())
+            steps_ladder[fraction] = allocated(sel.choice, loss, f"knapsack at {fraction:g} of the limit")
+        else:
+            steps_ladder[fraction] = None
+    times["total"] = time.perf_counter() - start
+    return Allocation(plans, steps_ladder, table, replay.dense_loss, limit, times)
+
+
+def _bar(total: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc="refine", unit="plan", disable=not enabled, leave=False)

@@ -1,0 +1,146 @@
+"""Profile: every site under each of its options, alone (all other sites dense), measured on a
+fixed validation slice: stored bytes of the method and loss increase (mean NLL per token minus the
+dense model's), with the seconds it took.
+
+Rows go to `profile.csv` as they are measured, keyed by the model's and the slice's fingerprints,
+the calibration statistics (if any), the site, the option and the fine-tune steps, so an
+interrupted profile resumes and a later search of the same model, data and space reuses it. The
+activations entering each stage are cached once (replay.py), so a softmax option costs its logits
+and an LSTM option its layer and those above.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from autoshrink.allocate.finetune import NEEDS_TRAINING, finetune_site
+from autoshrink.allocate.replay import Replay, build_site, with_compressed
+from autoshrink.errors import UserError
+from autoshrink.methods import MethodConfig, config_from_dict
+from autoshrink.models.discover import discover_sites
+from autoshrink.plan import method_bytes
+
+COLUMNS = ["model", "data", "build", "site", "method", "knobs", "finetune_steps", "bytes", "loss_delta", "seconds"]
+KEY = ["model", "data", "build", "site", "knobs", "finetune_steps"]
+DENSE = "dense"  # the option every site has: kept as it is, no loss, its dense bytes
+
+
+def fingerprint(obj: Any) -> str:
+    """A short stable hash of tensors, modules, mappings, sequences and plain values."""
+    digest = hashlib.sha1()
+
+    def feed(x: Any) -> None:
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            feed(type(x).__name__)
+            feed({f.name: getattr(x, f.name) for f in dataclasses.fields(x)})
+        elif isinstance(x, nn.Module):
+            feed(x.state_dict())
+        elif isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, Mapping):
+            for k in sorted(x, key=str):
+                digest.update(str(k).encode())
+                feed(x[k])
+        elif isinstance(x, (list, tuple)):
+            for item in x:
+                feed(item)
+        else:
+            digest.update(repr(x).encode())
+
+    feed(obj)
+    return digest.hexdigest()[:16]
+
+
+def option_key(config: MethodConfig) -> str:
+    """The option as one JSON string (method and every knob), the profile's key."""
+    return json.dumps(config.to_dict(), sort_keys=True)
+
+
+def _read(path: Path | None) -> pd.DataFrame:
+    if path is None or not path.is_file():
+        return pd.DataFrame(columns=COLUMNS)
+    try:
+        table = pd.read_csv(path, dtype={"model": str, "data": str, "build": str, "knobs": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise UserError(f"profile {path} is not a readable CSV: {e}") from None
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise UserError(f"profile {path} lacks column(s) {', '.join(missing)}: remove it to profile again")
+    return table[COLUMNS]
+
+
+def profile(model: nn.Module, valid_ids: torch.Tensor, options: Mapping[str, Sequence[MethodConfig]],
+            freqs: torch.Tensor | None = None, stats: Mapping[str, Any] | None = None,
+            path: str | Path | None = None, finetune_steps: int = 0, train_ids: torch.Tensor | None = None,
+            finetune_methods: Sequence[str] = NEEDS_TRAINING, replay: Replay | None = None,
+            progress: bool = True) -> pd.DataFrame:
+    """One row per (site, option) of `options` ({site name: configs}): bytes, loss_delta, seconds.
+
+    With `finetune_steps` > 0, options of `finetune_methods` get that many steps of training
+    (on `train_ids`) before they are measured. Rows already in `path` for the same model, slice,
+    statistics and steps are read, not measured again; new rows are appended as they come.
+    """
+    if finetune_steps > 0 and train_ids is None:
+        raise UserError("a per-site fine-tune needs training tokens (train_ids)")
+    sites = {s.name: s for s in discover_sites(model)}
+    unknown = [name for name in options if name not in sites]
+    if unknown:
+        raise UserError(f"options name unknown site(s) {', '.join(unknown)}; sites: {', '.join(sites)}")
+    replay = replay or Replay(model, valid_ids)
+    ident = {"model": fingerprint(model), "data": fingerprint(replay.columns),
+             "build": fingerprint(stats) if stats is not None else "plain"}
+    path = Path(path) if path is not None else None
+    table = _read(path)
+    done = set(map(tuple, table[KEY].astype(str).values.tolist()))
+    todo = []
+    for name, configs in options.items():
+        for config in configs:
+            steps = finetune_steps if config.method in finetune_methods else 0
+            key = (ident["model"], ident["data"], ident["build"], name, option_key(config), str(steps))
+            if key not in done:
+                done.add(key)
+                todo.append((name, config, steps))
+    rows = []
+    bar = _bar(len(todo), progress)
+    for name, config, steps in todo:
+        bar.set_postfix_str(f"{name} {config.method}")
+        start = time.perf_counter()
+        built = build_site(model, sites[name], config, freqs, stats)
+        if steps:
+            finetune_site(with_compressed(model, sites, {name: built}), built, train_ids, steps)
+        loss = replay.loss(sites, {name: built})
+        row = {**ident, "site": name, "method": config.method, "knobs": option_key(config), "finetune_steps": steps,
+               "bytes": method_bytes(sites[name], config, freqs), "loss_delta": loss - replay.dense_loss,
+               "seconds": round(time.perf_counter() - start, 3)}
+        rows.append(row)
+        if path is not None:  # one row at a time: an interrupted profile keeps what it measured
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame([row], columns=COLUMNS).to_csv(path, mode="a", header=not path.is_file(), index=False)
+        bar.update(1)
+    bar.close()
+    table = pd.concat([table, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True) if rows else table
+    # This call's rows only: a shared file also holds other models, slices, options and steps.
+    wanted = {(*ident.values(), name, option_key(c), finetune_steps if c.method in finetune_methods else 0)
+              for name, configs in options.items() for c in configs}
+    keep = [(m, d, b, s, k, int(f)) in wanted for m, d, b, s, k, f in table[KEY].values.tolist()]
+    return table[keep].reset_index(drop=True)
+
+
+def row_config(row: Mapping[str, Any]) -> MethodConfig:
+    """The option of a profile row."""
+    return config_from_dict(json.loads(row["knobs"]))
+
+
+def _bar(total: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc="profile", unit="option", disable=not enabled or total == 0, leave=False)

@@ -1,0 +1,100 @@
+"""allocate(): profile -> knapsack -> joint refinement on a tiny LM; plans fit and losses are real."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from autoshrink.allocate import allocate
+from autoshrink.errors import UserError
+from autoshrink.methods.lowrank import LowRankConfig
+from autoshrink.methods.quant import QuantConfig
+from autoshrink.models.discover import discover_sites
+from autoshrink.models.training import evaluate_perplexity
+from autoshrink.plan import compress, dense_bytes, plan_stored_bytes, stored_bytes
+
+from allocate_fixtures import trained_lstm
+
+BASES = [LowRankConfig(bits=8), QuantConfig()]
+
+
+@pytest.fixture(scope="module")
+def allocated(tmp_path_factory):
+    model, _, valid = trained_lstm()
+    limit = dense_bytes(model) // 3
+    path = tmp_path_factory.mktemp("alloc") / "profile.csv"
+    result = allocate(model, valid, BASES, limit, levels=5, max_evals=12, profile_path=path, progress=False)
+    return model, valid, limit, path, result
+
+
+def test_every_plan_fits_the_limit_and_its_joint_loss_is_the_real_one(allocated):
+    model, valid, limit, _, result = allocated
+    sites = discover_sites(model)
+    dense = math.log(evaluate_perplexity(model, valid))
+    assert result.dense_loss == pytest.approx(dense, abs=1e-5)
+    assert 1 < len(result.plans) <= 12
+    for item in result.plans:
+        compressed = compress(model, item.plan)
+        assert item.bytes == plan_stored_bytes(sites, item.plan) == stored_bytes(compressed) <= limit
+    best = compress(model, result.best.plan)
+    assert result.best.joint_loss == pytest.approx(math.log(evaluate_perplexity(best, valid)) - dense, abs=1e-5)
+    knapsack = next(p for p in result.plans if p.source == "knapsack")
+    assert result.best.joint_loss <= knapsack.joint_loss
+    assert result.best.plan  # at a 3x limit something is compressed
+
+
+def test_the_ladder_gives_a_plan_per_fraction_within_it(allocated):
+    _, _, limit, _, result = allocated
+    fractions = sorted(result.ladder)
+    assert fractions == [0.7, 0.8, 0.9, 1.0]
+    plans = [result.ladder[f] for f in fractions]
+    assert all(p is None or p.bytes <= f * limit for p, f in zip(plans, fractions))
+    losses = [p.profile_loss for p in plans if p is not None]
+    assert losses == sorted(losses, reverse=True)  # more bytes, less summed loss
+
+
+def test_a_rerun_reuses_the_profile_and_exact_options_are_measured_as_given(allocated, monkeypatch):
+    model, valid, limit, path, result = allocated
+    from autoshrink.allocate import profile as _  # noqa: F401  (the module is loaded)
+    import sys
+    module = sys.modules["autoshrink.allocate.profile"]
+    calls = []
+    real = module.build_site
+    monkeypatch.setattr(module, "build_site", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    again = allocate(model, valid, BASES, limit, levels=5, max_evals=2, profile_path=path, progress=False)
+    assert calls == [] and len(again.table) == len(result.table)
+    exact = {"decoder": [LowRankConfig(rank=2)], "rnn.1.hh": [QuantConfig(bits=4)]}
+    only = allocate(model, valid, exact, dense_bytes(model), max_evals=2, progress=False)
+    assert sorted(only.table["site"]) == ["decoder", "rnn.1.hh"]
+
+
+def test_a_limit_below_any_plan_is_a_user_error():
+    model, _, valid = trained_lstm()
+    with pytest.raises(UserError, match="no plan"):
+        allocate(model, valid, [QuantConfig()], 3000, levels=3, progress=False)
+
+
+def test_level_caps_leave_room_for_every_other_site_at_its_cheapest():
+    from autoshrink.allocate.levels import site_options
+    from autoshrink.allocate.pipeline import fixed_bytes, level_caps, site_cost
+    model, _, _ = trained_lstm()
+    sites = discover_sites(model)
+    model_bytes = stored_bytes(model)
+    capacity = dense_bytes(model) // 3 - fixed_bytes(sites, model_bytes)
+    options = site_options(sites, BASES, levels=4)
+    caps = level_caps(sites, options, capacity, model_bytes, None)
+    cheapest = {n: min(site_cost(sites, n, c, model_bytes, None) for c in cfgs) for n, cfgs in options.items()}
+    for name, cap in caps.items():
+        # An option of `cap` method bytes (plus its bias) and every other site at its cheapest fill the capacity.
+        site = next(s for s in sites if s.name == name)
+        bias = 4 * site.shape[0] if site.bias else 0
+        assert cap + bias + sum(cheapest.values()) - cheapest[name] == capacity
+
+
+def test_ladder_plans_carry_their_joint_loss(allocated):
+    model, valid, _, _, result = allocated
+    dense = math.log(evaluate_perplexity(model, valid))
+    for plan in result.ladder.values():
+        if plan is not None:
+            real = math.log(evaluate_perplexity(compress(model, plan.plan), valid)) - dense
+            assert plan.joint_loss == pytest.approx(real, abs=1e-5)

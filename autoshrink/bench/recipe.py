@@ -1,0 +1,193 @@
+"""The final-training recipe, measured (issue 16): validation perplexity against training steps.
+
+    python -m autoshrink.bench.recipe            # every run not done yet, one after another; then the report
+    python -m autoshrink.bench.recipe --report-only
+
+On `kjv-lstm` with the 25x plan that a search seeds first (low-rank on every site, 8-bit
+factors, rank fitted to the budget: budget.uniform_plan as search/warm_start.py builds it), each
+run trains with `train_lm`'s recipe (warm-up + cosine decay to the step cap, validation every
+EVAL_EVERY steps on the whole valid split, stop after `patience` validations without
+improvement, best state kept) at one learning rate, with or without distillation from the dense
+model; then the dense control with the best of those settings. A finished run is kept in
+WORK/<run>.json and skipped when the command runs again. Writes results/recipe.md and
+results/recipe.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from autoshrink.bench.report import commit, write_report
+
+WORK = Path("results/runs/recipe")
+STEPS = 1500
+EVAL_EVERY = 100
+BUDGET = 25  # whole-model ratio of the plan
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    plan: str  # "25x" or "dense"
+    lr: float | None  # None: the best lr of the 25x runs
+    distill: float | None  # distillation weight; None: the best setting of the 25x runs
+
+
+RUNS = [Run("25x-lr2e-3-distill", "25x", 2e-3, 0.5), Run("25x-lr5e-4-distill", "25x", 5e-4, 0.5),
+        Run("25x-lr2e-3-plain", "25x", 2e-3, 0.0), Run("25x-lr5e-4-plain", "25x", 5e-4, 0.0),
+        Run("dense-best", "dense", None, None)]
+
+
+def plan_25x(dense, lm) -> dict:
+    from autoshrink.budget import uniform_plan
+    from autoshrink.methods import config_class
+    from autoshrink.models import discover_sites
+    from autoshrink.plan import dense_bytes, stored_bytes
+    from autoshrink.search.warm_start import PREFERRED_BITS
+    base = config_class("lowrank")(bits=PREFERRED_BITS)
+    plan = uniform_plan(base, discover_sites(dense), int(dense_bytes(dense) // BUDGET), lm.vocab.freqs, stored_bytes(dense))
+    return {name: cfg.to_dict() for name, cfg in plan.items()}
+
+
+def best_of(results: dict[str, dict]) -> tuple[float, float] | None:
+    """(lr, distill weight) of the 25x run with the lowest best validation perplexity."""
+    done = [r for r in results.values() if r["plan"] == "25x"]
+    if not done:
+        return None
+    best = min(done, key=lambda r: r["best_val_ppl"])
+    return best["lr"], best["distill"]
+
+
+def run_one(run: Run, results: dict, work: Path, steps: int, model_name: str = "kjv-lstm", data: str = "kjv") -> dict:
+    from autoshrink.api import load
+    from autoshrink.data import load_lm_data
+    from autoshrink.models.training import TrainConfig, evaluate_perplexity, train_lm
+    from autoshrink.plan import compress, stored_bytes
+    dense = load(model_name, data=data)
+    lm = load_lm_data(data, vocab=dense.vocab)
+    chosen = best_of(results)
+    lr = run.lr if run.lr is not None else chosen[0]
+    distill = run.distill if run.distill is not None else chosen[1]
+    plan = plan_25x(dense, lm) if run.plan == "25x" else {}
+    torch.manual_seed(0)
+    model = compress(dense, plan, freqs=lm.vocab.freqs)
+    cfg = TrainConfig(steps=steps, lr=lr, eval_every=EVAL_EVERY, distill_from=dense if distill else None,
+                      distill_weight=distill or 0.0, device="cpu")
+    print(f"== {run.name}: lr {lr:g}, distill {distill:g}, {stored_bytes(model):,} bytes", flush=True)
+    res = train_lm(model, lm.train, lm.valid, cfg,
+                   on_log=lambda r: print(f"step {r['step']}/{r['steps']} loss {r['loss']:.3f} lr {r['lr']:.2e} "
+                                          f"{r['tokens_per_s']:.0f} tok/s eta {r['eta_s'] / 60:.1f} min", flush=True),
+                   on_eval=lambda step, ppl: print(f"step {step}: val {ppl:.2f}", flush=True))
+    record = {"name": run.name, "plan": run.plan, "plan_json": plan, "lr": lr, "distill": distill, "steps_cap": steps,
+              "steps": res.steps, "stopped": res.stopped, "best_step": res.best_step, "best_val_ppl": res.best_val_ppl,
+              "start_val_ppl": res.history[0]["val_ppl"], "test_ppl": evaluate_perplexity(model, lm.test),
+              "stored_bytes": stored_bytes(model), "seconds": res.seconds, "eval_seconds": res.eval_seconds,
+              "step_seconds": (res.seconds - res.eval_seconds) / max(1, res.steps), "history": res.history,
+              "commit": commit(), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / f"{run.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def load_results(work: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}
+
+
+def plot(results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, kind in zip(axes, ("25x", "dense")):
+        for r in results.values():
+            if r["plan"] != kind:
+                continue
+            steps = [h["step"] for h in r["history"]]
+            ax.plot(steps, [h["val_ppl"] for h in r["history"]], marker=".",
+                    label=f"lr {r['lr']:g}, {'distill ' + format(r['distill'], 'g') if r['distill'] else 'no distillation'}")
+        ax.set_xlabel("training steps (batch 32 x 35 tokens)")
+        ax.set_ylabel("validation perplexity")
+        ax.set_title("kjv-lstm, uniform low-rank 8-bit at 25x" if kind == "25x" else "kjv-lstm dense control")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    if any(ax.lines for ax in axes[:1]):
+        axes[0].set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(results: dict[str, dict], command: str) -> str:
+    rows = ["| run | lr | distillation | start val | best val (step) | test | steps (stopped by) | s/step |",
+            "|---|---|---|---|---|---|---|---|"]
+    for run in RUNS:
+        r = results.get(run.name)
+        if r is None:
+            rows.append(f"| {run.name} | | | not run yet | | | | |")
+            continue
+        rows.append(f"| {run.name} | {r['lr']:g} | {r['distill']:g} | {r['start_val_ppl']:.2f} | "
+                    f"{r['best_val_ppl']:.2f} ({r['best_step']}) | {r['test_ppl']:.2f} | {r['steps']} ({r['stopped']}) | "
+                    f"{r['step_seconds']:.2f} |")
+    chosen = best_of(results)
+    verdict = ("No 25x run has finished yet." if chosen is None else
+               f"Best 25x setting (lowest best validation perplexity): lr {chosen[0]:g}, distillation weight "
+               f"{chosen[1]:g}; the defaults of `train_lm` (models/training.py DEFAULT_LR, DEFAULT_DISTILL_WEIGHT) "
+               "are set from this line.")
+    dense = results.get("dense-best")
+    dense_line = ("The dense control has not run yet." if dense is None else
+                  f"The dense control starts at val {dense['start_val_ppl']:.2f} and ends at val {dense['best_val_ppl']:.2f} "
+                  f"(best state at step {dense['best_step']}; test {dense['test_ppl']:.2f}): "
+                  + ("not worse than its checkpoint." if dense["best_val_ppl"] <= dense["start_val_ppl"] else "WORSE than its checkpoint."))
+    commits = sorted({r["commit"] for r in results.values()})
+    return "\n".join([
+        "# The final-training recipe, measured", "",
+        f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, 1 thread per run; a shared 2-core machine, so "
+        f"s/step is indicative), torch {torch.__version__}, commit(s) {', '.join(commits) or '-'}, `{command}`.", "",
+        f"`kjv-lstm` compressed by the uniform low-rank plan at {BUDGET}x with 8-bit factors (the search's first "
+        "warm-start seed, plain SVD initialisation), trained by `train_lm`: Adam, batch 32 x 35, 5% warm-up then "
+        f"cosine decay to the step cap ({', '.join(sorted({str(r['steps_cap']) for r in results.values()})) or STEPS}), validation on the whole valid split every {EVAL_EVERY} steps, stop after 3 "
+        "validations without improvement, best validated state restored (the starting weights included). "
+        "Distillation: (1 - w) CE + w KL(teacher || student) at temperature 1 against the dense model, which carries "
+        "its own state across windows.", "",
+        *rows, "", verdict, "", dense_line, "",
+        "![validation perplexity against steps](recipe.png)", ""]) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m autoshrink.bench.recipe", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", default=[r.name for r in RUNS], choices=[r.name for r in RUNS], metavar="RUN")
+    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--work", default=str(WORK))
+    p.add_argument("--out", default="results")
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args(argv)
+    work, out = Path(args.work), Path(args.out)
+    command = "python -m autoshrink.bench.recipe " + " ".join(argv if argv is not None else sys.argv[1:])
+    if not args.report_only:
+        for run in RUNS:
+            if run.name in args.runs and not (work / f"{run.name}.json").is_file():
+                run_one(run, load_results(work), work, args.steps)
+                _report(work, out, command)
+    _report(work, out, command)
+    return 0
+
+
+def _report(work: Path, out: Path, command: str) -> None:
+    results = load_results(work)
+    out.mkdir(parents=True, exist_ok=True)
+    if results:
+        plot(results, out / "recipe.png")
+    write_report(out / "recipe.md", markdown(results, command.strip()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -213,12 +213,15 @@ def _train_parser(sub) -> None:
     p.add_argument("--trial", default="best", help="best (lowest val ppl on the front), a trial number, or "
                                                    "smallest:PPL (fewest bytes on the front with val ppl <= PPL) [best]")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, default=None, help="training steps in all, counted across resumes [1000]")
-    length.add_argument("--epochs", type=float, default=None, help="training length in epochs of the train split")
+    length.add_argument("--steps", type=int, default=None, help="cap: training steps in all, counted across resumes")
+    length.add_argument("--epochs", type=float, default=None, help="cap: epochs of the train split [3; training "
+                                                                   "usually stops sooner, when validation stops improving]")
+    p.add_argument("--time", type=float, default=None, help="cap: seconds of training, counted across resumes")
     p.add_argument("--out", default=None, help="export folder [RUN_DIR/final]")
     p.add_argument("--data", default=None, help="the corpus of the search (default: the one run.json names)")
     p.add_argument("--model", default=None, help="the dense model of the search (default: the one run.json names)")
-    p.add_argument("--distill", action="store_true", help="train on soft targets of the dense model too")
+    p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True,
+                   help="train on soft targets of the dense model too [on]")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda [auto]")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_train_command)
@@ -231,6 +234,7 @@ def _train_command(args) -> int:
     try:
         final = train_trial(args.run_dir, trial=args.trial, steps=args.steps, epochs=args.epochs, out=args.out,
                             device=args.device, distill=args.distill, data=args.data, model=args.model, seed=args.seed,
+                            time_limit=args.time,
                             on_log=progress, log=log,
                             on_eval=lambda step, ppl: log(f"step {step}: valid perplexity {ppl:.2f}"))
     finally:

@@ -8,8 +8,9 @@ factors, rank fitted to the budget: budget.uniform_plan as search/warm_start.py 
 run trains with `train_lm`'s recipe (warm-up + cosine decay to the step cap, validation every
 EVAL_EVERY steps on the whole valid split, stop after `patience` validations without
 improvement, best state kept) at one learning rate, with or without distillation from the dense
-model; then the dense control with the best of those settings. A finished run is kept in
-WORK/<run>.json and skipped when the command runs again. Writes results/recipe.md and
+model; then the dense control with the best of those settings. Each run is final training's own
+(train_plan: checkpointed at every validation in WORK/<run>/, so a killed run resumes there); a
+finished run is kept in WORK/<run>.json and skipped when the command runs again. Writes results/recipe.md and
 results/recipe.png.
 """
 from __future__ import annotations
@@ -40,8 +41,8 @@ class Run:
     distill: float | None  # distillation weight; None: the best setting of the 25x runs
 
 
-RUNS = [Run("25x-lr2e-3-distill", "25x", 2e-3, 0.5), Run("25x-lr5e-4-distill", "25x", 5e-4, 0.5),
-        Run("25x-lr2e-3-plain", "25x", 2e-3, 0.0), Run("25x-lr5e-4-plain", "25x", 5e-4, 0.0),
+RUNS = [Run("25x-lr2e-3-distill", "25x", 2e-3, 0.5), Run("25x-lr2e-3-plain", "25x", 2e-3, 0.0),
+        Run("25x-lr5e-4-distill", "25x", 5e-4, 0.5), Run("25x-lr5e-4-plain", "25x", 5e-4, 0.0),
         Run("dense-best", "dense", None, None)]
 
 
@@ -66,32 +67,33 @@ def best_of(results: dict[str, dict]) -> tuple[float, float] | None:
 
 
 def run_one(run: Run, results: dict, work: Path, steps: int, model_name: str = "kjv-lstm", data: str = "kjv") -> dict:
+    """Train one run with final training's own code (train_plan: checkpointed at every validation,
+    so a killed run resumes where it was), then record it in WORK/<run>.json."""
     from autoshrink.api import load
     from autoshrink.data import load_lm_data
-    from autoshrink.models.training import TrainConfig, evaluate_perplexity, train_lm
-    from autoshrink.plan import compress, stored_bytes
+    from autoshrink.train import train_plan
     dense = load(model_name, data=data)
     lm = load_lm_data(data, vocab=dense.vocab)
     chosen = best_of(results)
     lr = run.lr if run.lr is not None else chosen[0]
     distill = run.distill if run.distill is not None else chosen[1]
     plan = plan_25x(dense, lm) if run.plan == "25x" else {}
-    torch.manual_seed(0)
-    model = compress(dense, plan, freqs=lm.vocab.freqs)
-    cfg = TrainConfig(steps=steps, lr=lr, eval_every=EVAL_EVERY, distill_from=dense if distill else None,
-                      distill_weight=distill or 0.0, device="cpu")
-    print(f"== {run.name}: lr {lr:g}, distill {distill:g}, {stored_bytes(model):,} bytes", flush=True)
-    res = train_lm(model, lm.train, lm.valid, cfg,
-                   on_log=lambda r: print(f"step {r['step']}/{r['steps']} loss {r['loss']:.3f} lr {r['lr']:.2e} "
-                                          f"{r['tokens_per_s']:.0f} tok/s eta {r['eta_s'] / 60:.1f} min", flush=True),
-                   on_eval=lambda step, ppl: print(f"step {step}: val {ppl:.2f}", flush=True))
+    print(f"== {run.name}: lr {lr:g}, distill {distill:g}", flush=True)
+    final = train_plan(dense, lm, plan, work / run.name, steps, label=run.name, corpus=data, device="cpu",
+                       distill=bool(distill), evals=max(1, steps // EVAL_EVERY),
+                       options={"lr": lr, "distill_weight": distill},
+                       on_log=lambda r: print(f"step {r['step']}/{r['steps']} loss {r['loss']:.3f} lr {r['lr']:.2e} "
+                                              f"{r['tokens_per_s']:.0f} tok/s eta {r['eta_s'] / 60:.1f} min", flush=True),
+                       on_eval=lambda step, ppl: print(f"step {step}: val {ppl:.2f}", flush=True),
+                       log=lambda line: print(line, flush=True))
+    m = final.metrics
+    history = m["history"]
+    best = min((h for h in history), key=lambda h: h["val_ppl"])
     record = {"name": run.name, "plan": run.plan, "plan_json": plan, "lr": lr, "distill": distill, "steps_cap": steps,
-              "steps": res.steps, "stopped": res.stopped, "best_step": res.best_step, "best_val_ppl": res.best_val_ppl,
-              "start_val_ppl": res.history[0]["val_ppl"], "test_ppl": evaluate_perplexity(model, lm.test),
-              "stored_bytes": stored_bytes(model), "seconds": res.seconds, "eval_seconds": res.eval_seconds,
-              "step_seconds": (res.seconds - res.eval_seconds) / max(1, res.steps), "history": res.history,
+              "steps": m["steps"], "stopped": m.get("stopped"), "best_step": best["step"], "best_val_ppl": m["val_ppl"],
+              "start_val_ppl": history[0]["val_ppl"], "test_ppl": m["test_ppl"], "stored_bytes": m["stored_bytes"],
+              "seconds": m["seconds"], "step_seconds": m["seconds"] / max(1, m["steps"]), "history": history,
               "commit": commit(), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
-    work.mkdir(parents=True, exist_ok=True)
     (work / f"{run.name}.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 
@@ -126,7 +128,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
 
 def markdown(results: dict[str, dict], command: str) -> str:
-    rows = ["| run | lr | distillation | start val | best val (step) | test | steps (stopped by) | s/step |",
+    rows = ["| run | lr | distillation | start val | best val (step) | test | steps (stopped by) | s/step (with validation) |",
             "|---|---|---|---|---|---|---|---|"]
     for run in RUNS:
         r = results.get(run.name)

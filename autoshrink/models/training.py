@@ -180,7 +180,8 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor,
         val = evaluate_perplexity(model, valid_ids, device=device, max_tokens=cfg.eval_tokens, bptt=cfg.bptt)
         last_eval_s = time.perf_counter() - eval_start
         result.eval_seconds += last_eval_s
-        result.history.append({"step": cfg.schedule_from + step, "val_ppl": val, "lr": opt.param_groups[0]["lr"]})
+        result.history.append({"step": cfg.schedule_from + step, "val_ppl": val,
+                               "lr": opt.param_groups[0]["lr"] if step else 0.0})  # the lr of the last step
         if total_steps and step / total_steps < settle:
             pass  # mid-ramp: a denser model than the one stored; neither best nor a plateau
         elif val < result.best_val_ppl:

@@ -143,3 +143,19 @@ def test_new_entrants_record_commit_and_plan_and_the_report_compares_them(setup,
     goals = [l for l in text.splitlines() if l.startswith("| 3x | ") and l.count("|") == 9]  # the goals table's row
     assert len(goals) == 1 and "| tie |" in goals[0]  # equal test perplexity: neither leads
     assert "best uniform = lowrank" in text and "small dense (" in text
+
+
+def test_the_converged_tier_trains_to_a_plateau_with_distillation(tiny_model_dir, text_file, tmp_path):
+    setup = Setup(str(tiny_model_dir), steps=2, trials=1, finetune_steps=2, work=tmp_path / "quick", data=str(text_file),
+                  tier="converged", converged_work=tmp_path / "converged")
+    row = Row("3x", 3, None, "search_spaces/default.yaml", "whole model", {"lowrank": {"method": "lowrank"},
+                                                                          "prune": {"method": "prune"}})
+    dense = reference.run_dense(setup)
+    best = reference.run_best_uniform(setup, row)
+    small = reference.run_small_dense(setup, row)
+    assert (tmp_path / "converged" / "3x" / "best-uniform" / "bench.json").is_file()
+    assert best["method"] in ("lowrank", "prune") and "initialisation" in best["chosen_by"]  # no quick tier yet
+    for r in (dense, best, small):
+        assert r["tier"] == "converged" and r["distill"] is True and r["stopped"] in ("steps", "plateau")
+    pre = json.loads((tiny_model_dir / "model.json").read_text())["pretrain"]
+    assert dense["val_ppl"] <= pre["val_ppl"] * (1 + 1e-3)  # the recipe never ends worse than the checkpoint

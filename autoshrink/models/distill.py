@@ -6,8 +6,11 @@ loss is KL(teacher || student) on the logits at temperature 1, averaged per toke
 the usual cross-entropy: (1 - weight) * CE + weight * KL.
 
 Caching the teacher's top-k logits once instead of a forward each step was measured on
-kjv-lstm (results/recipe.md): it pays only after about an epoch of steps, so the teacher runs
-each step.
+kjv-lstm (CPU, one thread, 25x low-rank student): a teacher forward is 0.23 s per window of
+32 x 35 tokens, against 0.52 s for the student's whole step; a cache costs one teacher pass over
+the train split (755 windows, about 170 s) and 217 MB at k=64. It pays only after about one
+epoch of steps (never for trials, little for a 3-epoch cap) and top-k drops the tail of the
+teacher's distribution, so the teacher runs each step.
 """
 from __future__ import annotations
 

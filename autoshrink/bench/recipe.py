@@ -102,6 +102,16 @@ def load_results(work: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}
 
 
+def in_progress(work: Path) -> dict[str, dict]:
+    """Runs started but not finished: their checkpoint's validations so far."""
+    out = {}
+    for run in RUNS:
+        state = work / run.name / "checkpoint" / "state.json"
+        if state.is_file() and not (work / f"{run.name}.json").is_file():
+            out[run.name] = json.loads(state.read_text())
+    return out
+
+
 def plot(results: dict[str, dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -127,11 +137,18 @@ def plot(results: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(results: dict[str, dict], command: str) -> str:
+def markdown(results: dict[str, dict], command: str, running: dict[str, dict] | None = None) -> str:
     rows = ["| run | lr | distillation | start val | best val (step) | test | steps (stopped by) | s/step (with validation) |",
             "|---|---|---|---|---|---|---|---|"]
     for run in RUNS:
         r = results.get(run.name)
+        if r is None and run.name in (running or {}):
+            h = running[run.name]["history"]
+            best = min(h, key=lambda e: e["val_ppl"])
+            rows.append(f"| {run.name} | {run.lr if run.lr is not None else '?'} | {run.distill if run.distill is not None else '?'} | "
+                        f"{h[0]['val_ppl']:.2f} | {best['val_ppl']:.2f} ({best['step']}) so far | | in progress: step "
+                        f"{running[run.name]['step']} | |")
+            continue
         if r is None:
             rows.append(f"| {run.name} | | | not run yet | | | | |")
             continue
@@ -188,7 +205,7 @@ def _report(work: Path, out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if results:
         plot(results, out / "recipe.png")
-    write_report(out / "recipe.md", markdown(results, command.strip()))
+    write_report(out / "recipe.md", markdown(results, command.strip(), in_progress(work)))
 
 
 if __name__ == "__main__":

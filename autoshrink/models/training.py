@@ -136,11 +136,9 @@ class TrainResult:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-def _windows(columns: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
-    """(input, target, first) forever; `first` marks the start of the stream (a fresh state)."""
+def _windows(columns: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
-        for i, (x, y) in enumerate(bptt_windows(columns, bptt)):
-            yield x, y, i == 0
+        yield from bptt_windows(columns, bptt)
 
 
 def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor, cfg: TrainConfig,
@@ -207,8 +205,8 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor,
         factor = cosine_factor(cfg.schedule_from + step, horizon, cfg.warmup) if cfg.schedule == "cosine" else plateau_scale
         for group in opt.param_groups:
             group["lr"] = cfg.lr * factor
-        x, y, first = next(windows)
-        if first:  # the stream starts again: so do the carried states
+        x, y = next(windows)
+        if x.size(0) < cfg.bptt:  # the stream's short last window: carried states start afresh (as pretraining did)
             state = None
             if teacher is not None:
                 teacher.reset()

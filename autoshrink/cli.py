@@ -38,7 +38,7 @@ def _type_of(field: dataclasses.Field):
 
 def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip: tuple[str, ...] = ()) -> None:
     """One flag per field of a config dataclass: --field-name, its help and default from the field;
-    a boolean that defaults to True becomes --no-field-name."""
+    a boolean is a pair --field-name / --no-field-name."""
     for f in dataclasses.fields(config_cls):
         if f.name in skip:
             continue
@@ -46,11 +46,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip: tuple[st
         help_text = f.metadata.get("help", "")
         required = f.default is dataclasses.MISSING
         if isinstance(f.default, bool):
-            if f.default:
-                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
-                                    help=f"do not {help_text}")
-            else:
-                parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=f"{help_text} [{'on' if f.default else 'off'}]")
             continue
         parser.add_argument(flag, dest=f.name, type=_type_of(f), required=required, choices=f.metadata.get("choices"),
                             default=None if required else f.default, help=help_text)

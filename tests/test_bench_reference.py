@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from autoshrink.bench import reference
+from autoshrink.bench import reference, reference_main
 from autoshrink.plan.fit import uniform_plan
 from autoshrink.bench.reference import ROWS, Row, Setup, result_of, work_items
 from autoshrink.bench.reference_report import markdown
@@ -55,7 +55,10 @@ def test_a_vocabulary_method_cannot_reach_a_whole_model_budget_the_dense_lstm_ex
 def test_work_items_put_the_dense_control_first_and_every_entrant_of_a_row(setup):
     items = work_items(["25x"])
     assert items[0] == ("dense", "dense")
-    assert [e for _, e in items[1:]] == list(ROWS["25x"].singles) + ["autoshrink"]
+    assert [e for _, e in items[1:]] == list(ROWS["25x"].singles) + ["small-dense", "autoshrink"]
+    converged = work_items(["25x", "50x", "lstm-25x"], "converged")
+    assert converged == [("dense", "dense"), ("25x", "best-uniform"), ("25x", "small-dense"), ("25x", "autoshrink"),
+                         ("lstm-25x", "best-uniform"), ("lstm-25x", "autoshrink")]
 
 
 def test_entrants_train_export_and_land_in_the_report(setup, tmp_path):
@@ -79,14 +82,14 @@ def test_entrants_train_export_and_land_in_the_report(setup, tmp_path):
 
 def test_bad_part_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
-        reference.main(["--part", "3/2", "--report-only"])
+        reference_main.main(["--part", "3/2", "--report-only"])
     assert e.value.code == 2
 
 
 @pytest.mark.slow
 def test_the_whole_benchmark_on_a_tiny_model(tiny_model_dir, text_file, tmp_path):
     out = tmp_path / "results"
-    assert reference.main(["--model", str(tiny_model_dir), "--data", str(text_file), "--rows", "10x",
+    assert reference_main.main(["--model", str(tiny_model_dir), "--data", str(text_file), "--rows", "10x",
                            "--steps", "2", "--trials", "2", "--finetune-steps", "2", "--work", str(tmp_path / "w"),
                            "--out", str(out)]) == 0
     text = (out / "BENCHMARK.md").read_text()
@@ -95,3 +98,64 @@ def test_the_whole_benchmark_on_a_tiny_model(tiny_model_dir, text_file, tmp_path
     auto = result_of(tmp_path / "w", "10x", "autoshrink")
     limit = Setup(str(tiny_model_dir), 2, 2, 2, tmp_path / "w", data=str(text_file)).max_bytes(ROWS["10x"])
     assert auto["stored_bytes"] == auto["file_bytes"] <= limit
+
+
+def test_a_single_method_is_stored_at_its_best_width(setup):
+    from autoshrink.bench.entrants import STORAGE_BITS, best_storage_plan
+    row = Row("3x", 3, None, "search_spaces/default.yaml", "whole model", reference.SINGLES)
+    plan, tried = best_storage_plan(setup, row, {"method": "lowrank"})
+    assert [t["bits"] for t in tried] == list(STORAGE_BITS)  # every width reaches 3x with low-rank
+    best = min(tried, key=lambda t: t["init_val_ppl"])
+    assert {cfg["bits"] for cfg in plan.values()} == {best["bits"]}
+    assert all(t["stored_bytes"] <= setup.max_bytes(row) for t in tried)
+    fixed, tried = best_storage_plan(setup, row, {"method": "lowrank", "bits": 8})  # a width the row fixes is kept
+    assert [t["bits"] for t in tried] == [8] and {cfg["bits"] for cfg in fixed.values()} == {8}
+
+
+def test_small_dense_is_the_largest_8bit_model_within_the_budget(setup):
+    from autoshrink.bench.entrants import _small_model, small_dense, small_dense_plan
+    from autoshrink.plan import compress, stored_bytes
+    row = Row("6x", 6, None, "search_spaces/default.yaml", "whole model", reference.SINGLES)  # beyond 8 bits' 4x
+    model, plan, dim = small_dense(setup, row)
+    assert {cfg["bits"] for cfg in plan.values()} == {8}
+    assert stored_bytes(compress(model, plan)) <= setup.max_bytes(row)
+    bigger = _small_model(setup.dense, dim + 1)
+    assert stored_bytes(compress(bigger, small_dense_plan(bigger))) > setup.max_bytes(row)
+    assert small_dense(setup, Row("lstm-3x", 3, frozenset({"recurrent"}), "", "LSTM")) is None  # whole model only
+
+
+def test_new_entrants_record_commit_and_plan_and_the_report_compares_them(setup, tmp_path):
+    from autoshrink.bench.report import commit
+    row = Row("3x", 3, None, "search_spaces/default.yaml", "whole model", {"lowrank": {"method": "lowrank"}})
+    reference.run_dense(setup)
+    single = reference.run_single(setup, row, "lowrank")
+    small = reference.run_small_dense(setup, row)
+    assert small["stored_bytes"] <= setup.max_bytes(row) and small["dims"] >= 1
+    for r in (single, small):
+        assert r["commit"] == commit() and r["protocol"] == reference.PROTOCOL and r["plan"] and r["tier"] == "quick"
+    # an autoshrink result whose plan is the uniform one is labelled so
+    auto_dir = setup.work / "3x" / "autoshrink"
+    auto_dir.mkdir(parents=True, exist_ok=True)
+    (auto_dir / "bench.json").write_text(json.dumps({**single, "trials": 1}))
+    text = markdown(setup, [row], "python -m autoshrink.bench", tmp_path)
+    assert "**autoshrink** (no warm start) (= the uniform lowrank plan)" in text or \
+        "**autoshrink** (= the uniform lowrank plan)" in text
+    goals = [l for l in text.splitlines() if l.startswith("| 3x | ") and l.count("|") == 9]  # the goals table's row
+    assert len(goals) == 1 and "| tie |" in goals[0]  # equal test perplexity: neither leads
+    assert "best uniform = lowrank" in text and "small dense (" in text
+
+
+def test_the_converged_tier_trains_to_a_plateau_with_distillation(tiny_model_dir, text_file, tmp_path):
+    setup = Setup(str(tiny_model_dir), steps=2, trials=1, finetune_steps=2, work=tmp_path / "quick", data=str(text_file),
+                  tier="converged", converged_work=tmp_path / "converged")
+    row = Row("3x", 3, None, "search_spaces/default.yaml", "whole model", {"lowrank": {"method": "lowrank"},
+                                                                          "prune": {"method": "prune"}})
+    dense = reference.run_dense(setup)
+    best = reference.run_best_uniform(setup, row)
+    small = reference.run_small_dense(setup, row)
+    assert (tmp_path / "converged" / "3x" / "best-uniform" / "bench.json").is_file()
+    assert best["method"] in ("lowrank", "prune") and "initialisation" in best["chosen_by"]  # no quick tier yet
+    for r in (dense, best, small):
+        assert r["tier"] == "converged" and r["distill"] is True and r["stopped"] in ("steps", "plateau")
+    pre = json.loads((tiny_model_dir / "model.json").read_text())["pretrain"]
+    assert dense["val_ppl"] <= pre["val_ppl"] * (1 + 1e-3)  # the recipe never ends worse than the checkpoint

@@ -16,10 +16,16 @@ latency and tokens/s are measured on it.
 Each entrant lands in WORK/<row>/<entrant>/ (an export with metrics.json), and a training that
 was cut off resumes from its checkpoint: the benchmark can run in parts and over several
 sessions; the report says which entrants have not run yet.
+
+Two tiers (--tier): **quick** (every row and entrant, a fixed `--steps` [200] each, no
+distillation, WORK = results/runs/bench) and **converged** (the rows of CONVERGED_ROWS; the dense
+control, the best uniform plan, the small dense model and autoshrink; train_lm's recipe to a
+plateau, at most 3 epochs, distilled from the dense model; WORK = results/runs/bench-converged).
+Single methods are stored at their best width (bench/entrants.py); the small dense model is the
+reference architecture shrunk to the budget, 8-bit, trained from scratch.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import shlex
@@ -29,11 +35,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoshrink.plan.fit import uniform_plan
-from autoshrink.bench.report import write_report
-from autoshrink.methods import config_from_dict
 
 WORK = Path("results/runs/bench")
+WORKS = {"quick": WORK, "converged": Path("results/runs/bench-converged")}
+PROTOCOL = 2  # issue 16: best storage per single method, small dense, best uniform, tiers
+CONVERGED_ROWS = ("25x", "lstm-25x")
+CONVERGED_EPOCHS = 3.0
+CONVERGED_EVALS = 12  # validations (and checkpoints) per converged training: about every quarter epoch
+BEST_UNIFORM, SMALL_DENSE = "best-uniform", "small-dense"
 WHOLE = None  # every site
 
 
@@ -49,9 +58,10 @@ class Row:
     singles: dict = field(default_factory=dict)  # entrant name -> base method config
 
 
-# Each single method at fp32 storage except quantisation itself (docs/benchmark.md: "k-bit
-# quantization where it alone can reach the budget"); Kronecker doped at 1% as in the paper;
-# GroupReduce with the default space's largest block count (10): with 4 blocks the frequency-scaled
+# Each single method at its best storage width (bench/entrants.py) unless its bits are fixed
+# here; quantisation is its own entrant (docs/benchmark.md: "k-bit quantization where it alone can
+# reach the budget"); Kronecker doped at 1% as in the paper;
+# GroupReduce with docs/methods.md's largest block count (10): with 4 blocks the frequency-scaled
 # ranks leave the head block dense and the softmax cannot go below 4x.
 SINGLES = {"lowrank": {"method": "lowrank"}, "groupreduce": {"method": "groupreduce", "blocks": 10},
            "kronecker": {"method": "kronecker", "density": 0.01}, "prune": {"method": "prune"},
@@ -85,6 +95,13 @@ class Setup:
     work: Path
     seed: int = 0
     data: str = "kjv"  # the corpus (kjv for the reference benchmark; tests use a tiny text file)
+    tier: str = "quick"
+    converged_work: Path = WORKS["converged"]
+
+    @property
+    def tier_work(self) -> Path:
+        """Where this tier's entrants live (`work` holds the quick tier)."""
+        return self.work if self.tier == "quick" else self.converged_work
 
     def __post_init__(self):
         from autoshrink.models.load import load
@@ -107,19 +124,32 @@ class Setup:
 
 
 # --- running entrants ---------------------------------------------------------------------------
-def _train(setup: Setup, plan_json: dict, out: Path, label: str, extra: dict) -> dict:
+def _train(setup: Setup, plan_json: dict, out: Path, label: str, extra: dict, model=None) -> dict:
+    """Train `model` (default: the dense model) compressed by `plan_json` with the tier's recipe."""
+    from autoshrink.bench.report import commit
+    from autoshrink.data import batchify, num_windows
     from autoshrink.final.export import file_bytes
     from autoshrink.final.train import train_plan
     started = time.time()
-    final = train_plan(setup.dense, setup.lm, plan_json, out, setup.steps, label=label, corpus=setup.data,
-                       seed=setup.seed, evals=5,
-                       info={"bench": label}, log=lambda line: print(line, flush=True))
+    options = {}
+    if model is not None:  # trained from scratch: the teacher is still the dense model
+        options["distill_from"] = setup.dense if setup.tier == "converged" else None
+    if setup.tier == "quick":  # a fixed short budget for every entrant
+        steps, evals, distill = setup.steps, 5, False
+        options["patience"] = None
+    else:
+        steps = round(CONVERGED_EPOCHS * num_windows(batchify(setup.lm.train, 32), 35))
+        evals, distill = CONVERGED_EVALS, True
+    final = train_plan(model if model is not None else setup.dense, setup.lm, plan_json, out, steps, label=label,
+                       corpus=setup.data, seed=setup.seed, evals=evals, distill=distill and model is None,
+                       options=options, info={"bench": label}, log=lambda line: print(line, flush=True))
     in_file = file_bytes(out)
     if in_file != final.metrics["stored_bytes"]:
         raise RuntimeError(f"{out}: the file holds {in_file} bytes, the model {final.metrics['stored_bytes']}")
     result = {**{k: final.metrics[k] for k in ("test_ppl", "val_ppl", "stored_bytes", "latency_ms", "tokens_per_s", "steps")},
               "train_seconds": final.metrics["seconds"], "file_bytes": in_file, "plan": plan_json,
-              "session_seconds": time.time() - started, **extra}
+              "session_seconds": time.time() - started, "commit": commit(), "tier": setup.tier, "protocol": PROTOCOL,
+              "stopped": final.metrics.get("stopped"), "distill": distill, **extra}
     (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -137,28 +167,67 @@ def entrant_dir(work: Path, row_name: str, entrant: str) -> Path:
 
 
 def run_dense(setup: Setup) -> dict:
-    return _train(setup, {}, entrant_dir(setup.work, "dense", "dense"), "dense control", {})
+    return _train(setup, {}, entrant_dir(setup.tier_work, "dense", "dense"), "dense control", {})
 
 
 def run_single(setup: Setup, row: Row, name: str) -> dict:
-    out = entrant_dir(setup.work, row.name, name)
-    base = config_from_dict(row.singles[name])
-    plan = uniform_plan(base, setup.sites, setup.max_bytes(row), setup.lm.vocab.freqs, setup.model_bytes, row.roles)
+    from autoshrink.bench.entrants import best_storage_plan
+    out = entrant_dir(setup.tier_work, row.name, name)
+    base = row.singles[name]
+    plan, tried = best_storage_plan(setup, row, base)
     if plan is None:
-        return _unreachable(out, f"{base.method} alone cannot reach {row.ratio:g}x on the {row.scope}")
-    return _train(setup, {k: v.to_dict() for k, v in plan.items()}, out, f"{row.name} {name}", {})
+        return _unreachable(out, f"{base['method']} alone cannot reach {row.ratio:g}x on the {row.scope}")
+    return _train(setup, plan, out, f"{row.name} {name}", {"storage_candidates": tried})
+
+
+def choose_best_uniform(setup: Setup, row: Row) -> tuple[str, dict, str] | None:
+    """(single method, plan, basis): the single method with the lowest validation perplexity of
+    the quick tier (its trained plans), or, before the quick tier has run it, at initialisation."""
+    quick = {e: result_of(setup.work, row.name, e) for e in row.singles}
+    trained = {e: r for e, r in quick.items() if r and "val_ppl" in r and r.get("protocol") == PROTOCOL}
+    if trained:
+        name, r = min(trained.items(), key=lambda kv: kv[1]["val_ppl"])
+        return name, r["plan"], f"lowest val ppl of the quick tier ({r['val_ppl']:.2f})"
+    from autoshrink.bench.entrants import best_storage_plan
+    best = None
+    for name, base in row.singles.items():
+        plan, tried = best_storage_plan(setup, row, base)
+        if plan is not None:
+            val = min(t["init_val_ppl"] for t in tried)
+            best = (val, name, plan) if best is None or val < best[0] else best
+    return None if best is None else (best[1], best[2], f"lowest val ppl at initialisation ({best[0]:.2f})")
+
+
+def run_best_uniform(setup: Setup, row: Row) -> dict:
+    out = entrant_dir(setup.tier_work, row.name, BEST_UNIFORM)
+    chosen = choose_best_uniform(setup, row)
+    if chosen is None:
+        return _unreachable(out, f"no single method reaches {row.ratio:g}x on the {row.scope}")
+    name, plan, basis = chosen
+    return _train(setup, plan, out, f"{row.name} {BEST_UNIFORM}", {"method": name, "chosen_by": basis})
+
+
+def run_small_dense(setup: Setup, row: Row) -> dict:
+    from autoshrink.bench.entrants import small_dense
+    out = entrant_dir(setup.tier_work, row.name, SMALL_DENSE)
+    built = small_dense(setup, row)
+    if built is None:
+        return _unreachable(out, f"no smaller {setup.model_name} fits {row.ratio:g}x")
+    model, plan, dim = built
+    return _train(setup, plan, out, f"{row.name} {SMALL_DENSE}", {"dims": dim}, model=model)
 
 
 def run_autoshrink(setup: Setup, row: Row) -> dict:
     """`autoshrink search` as a user runs it (a subprocess, so its peak memory is its own), then
     final training of the front's best plan for the same steps as every other entrant."""
     from autoshrink.final.train import choose_trial
-    out = entrant_dir(setup.work, row.name, "autoshrink")
+    out = entrant_dir(setup.tier_work, row.name, "autoshrink")
     run_dir = out / "search"
+    run_dir = entrant_dir(setup.work, row.name, "autoshrink") / "search"  # the converged tier trains the quick tier's search
     cmd = [sys.executable, "-m", "autoshrink", "search", "--budget", f"{setup.max_bytes(row)}B",
            "--model", setup.model_name, "--data", setup.data, "--space", row.space, "--trials", str(setup.trials),
            "--finetune-steps", str(setup.finetune_steps), "--seed", str(setup.seed), "--run-dir", str(run_dir)]
-    record = out / "search.json"  # written once the search has finished: a resumed benchmark skips it
+    record = run_dir.parent / "search.json"  # written once the search has finished: a resumed benchmark skips it
     if record.is_file():
         searched = json.loads(record.read_text())
     else:
@@ -181,11 +250,17 @@ def run_autoshrink(setup: Setup, row: Row) -> dict:
         "search_dense_val_ppl": info.get("dense_val_ppl")})
 
 
-def work_items(rows: list[str]) -> list[tuple[str, str]]:
+def entrants_of(row: Row, tier: str = "quick") -> list[str]:
+    small = [SMALL_DENSE] if row.roles is None else []
+    return (list(row.singles) if tier == "quick" else [BEST_UNIFORM]) + small + ["autoshrink"]
+
+
+def work_items(rows: list[str], tier: str = "quick") -> list[tuple[str, str]]:
     """(row, entrant) in the order they run: the dense control first, then row by row."""
     items = [("dense", "dense")]
     for name in rows:
-        items += [(name, e) for e in ROWS[name].singles] + [(name, "autoshrink")]
+        if tier == "quick" or name in CONVERGED_ROWS:
+            items += [(name, e) for e in entrants_of(ROWS[name], tier)]
     return items
 
 
@@ -193,52 +268,10 @@ def run_item(setup: Setup, row_name: str, entrant: str) -> dict:
     if row_name == "dense":
         return run_dense(setup)
     row = ROWS[row_name]
-    return run_autoshrink(setup, row) if entrant == "autoshrink" else run_single(setup, row, entrant)
+    special = {"autoshrink": run_autoshrink, BEST_UNIFORM: run_best_uniform, SMALL_DENSE: run_small_dense}
+    return special[entrant](setup, row) if entrant in special else run_single(setup, row, entrant)
 
 
 def result_of(work: Path, row_name: str, entrant: str) -> dict | None:
     path = entrant_dir(work, row_name, entrant) / "bench.json"
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def main(argv=None) -> int:
-    from autoshrink.bench.reference_report import markdown, plot
-    p = argparse.ArgumentParser(prog="python -m autoshrink.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="ROW",
-                   help=f"rows to run [{' '.join(ROWS)}]")
-    p.add_argument("--entrants", nargs="+", default=None, metavar="NAME",
-                   help="only these entrants of the rows (dense, a method name, autoshrink) [all]")
-    p.add_argument("--model", default="kjv-lstm", help="the reference model [kjv-lstm]")
-    p.add_argument("--data", default="kjv", help="its corpus [kjv]")
-    p.add_argument("--steps", type=int, default=200, help="final-training steps of every entrant [200]")
-    p.add_argument("--trials", type=int, default=8, help="autoshrink's search trials per row [8]")
-    p.add_argument("--finetune-steps", type=int, default=80, help="fine-tuning steps per search trial [80]")
-    p.add_argument("--part", default="0/1", help="K/N: run every N-th work item from the K-th (parallel parts) [0/1]")
-    p.add_argument("--work", default=str(WORK), help=f"where entrants are trained and kept [{WORK}]")
-    p.add_argument("--out", default="results", help="folder of BENCHMARK.md and benchmark.png [results]")
-    p.add_argument("--report-only", action="store_true", help="only rewrite the report from what was measured")
-    args = p.parse_args(argv)
-    try:
-        k, n = (int(x) for x in args.part.split("/"))
-        assert 0 <= k < n
-    except (ValueError, AssertionError):
-        p.error(f"--part must be K/N with 0 <= K < N, got {args.part!r}")
-    if args.steps < 1 or args.trials < 1:
-        p.error("--steps and --trials must be at least 1")
-    setup = Setup(args.model, args.steps, args.trials, args.finetune_steps, Path(args.work), data=args.data)
-    command = "python -m autoshrink.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    rows = [ROWS[name] for name in ROWS if name in args.rows]
-    if not args.report_only:
-        for i, (row, entrant) in enumerate(work_items(args.rows)):
-            if i % n != k or result_of(setup.work, row, entrant) is not None:
-                continue
-            if args.entrants is not None and entrant not in args.entrants:
-                continue
-            print(f"== {row} {entrant}", flush=True)
-            run_item(setup, row, entrant)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    plot(rows, setup.work, result_of(setup.work, "dense", "dense"), out / "benchmark.png", args.model)
-    write_report(out / "BENCHMARK.md", markdown(setup, rows, command.strip(), out))
-    return 0

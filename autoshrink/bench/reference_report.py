@@ -8,11 +8,14 @@ from pathlib import Path
 
 import torch
 
-from autoshrink.bench.reference import PAPER, ROWS, Row, entrant_dir, result_of
+from autoshrink.bench.reference import (BEST_UNIFORM, CONVERGED_EPOCHS, CONVERGED_ROWS, PAPER, PROTOCOL, SMALL_DENSE,
+                                        Row, entrant_dir, entrants_of, result_of)
 from autoshrink.bench.report import commit
 
-# The goals for autoshrink (docs/benchmark.md): % perplexity over the dense control at each row.
+# Goals for autoshrink: % perplexity over the dense control at each row. The quick tier holds
+# the compass's (docs/benchmark.md); the converged tier issue 16's (the papers trained to convergence).
 GOALS = {"25x": 1.0, "50x": 5.0, "100x": 15.0, "lstm-25x": 1.4}
+CONVERGED_GOALS = {"25x": 10.0, "lstm-25x": 5.0}
 INCLUDED = [("search.md", "Sampler comparison, trial overhead, infeasible plans trained"),
             ("ray_scaling.md", "Ray backend: 1 against 2 workers"),
             ("latency_check.md", "The latency table against measured latency"),
@@ -37,60 +40,114 @@ def _minutes(seconds: float | None) -> str:
 COLD = "autoshrink-cold"  # an earlier autoshrink entrant (an older search), kept for comparison
 
 
-def _entrants(row: Row, work: Path) -> list[str]:
+def _entrants(row: Row, work: Path, tier: str = "quick") -> list[str]:
     cold = [COLD] if result_of(work, row.name, COLD) is not None else []
-    return list(row.singles) + cold + ["autoshrink"]
+    return entrants_of(row, tier)[:-1] + cold + ["autoshrink"]
+
+
+def best_uniform(row: Row, work: Path, tier: str = "quick") -> tuple[str, dict] | None:
+    """(entrant, result) of the row's best uniform plan: the converged tier's own entrant, or in the
+    quick tier the single method with the lowest validation perplexity (chosen on valid, not test)."""
+    if tier == "converged":
+        r = result_of(work, row.name, BEST_UNIFORM)
+        return (BEST_UNIFORM, r) if r and "test_ppl" in r else None
+    trained = {e: result_of(work, row.name, e) for e in row.singles}
+    trained = {e: r for e, r in trained.items() if r and "val_ppl" in r}
+    return min(trained.items(), key=lambda kv: kv[1]["val_ppl"]) if trained else None
+
+
+def _same_plan_as(row: Row, work: Path, plan: dict, tier: str) -> str | None:
+    """The single method whose uniform plan equals `plan`, if any."""
+    singles = {e: result_of(work, row.name, e) for e in row.singles} if tier == "quick" else {
+        BEST_UNIFORM: result_of(work, row.name, BEST_UNIFORM)}
+    for e, r in singles.items():
+        if r and r.get("plan") == plan:
+            return r.get("method", e)
+    return None
+
+
+def _storage(r: dict) -> str:
+    bits = {cfg.get("bits", 32) for cfg in r.get("plan", {}).values()}
+    return "-" if not bits else "/".join(("fp32" if b >= 32 else f"{b}-bit") for b in sorted(bits, reverse=True))
+
+
+def _label(row: Row, entrant: str, r: dict | None, work: Path, tier: str) -> str:
+    if entrant == "autoshrink":
+        label = "**autoshrink**" if r is None or _warm(work if tier == "quick" else work, row.name) else "**autoshrink** (no warm start)"
+        same = r and "plan" in r and _same_plan_as(row, work, r["plan"], tier)
+        return label + (f" (= the uniform {same} plan)" if same else "")
+    if entrant == COLD:
+        return f"autoshrink, earlier search ({'warm start without ranged seeds' if _warm(work, row.name, COLD) else 'no warm start'})"
+    if entrant == BEST_UNIFORM and r and "method" in r:
+        return f"best uniform ({r['method']})"
+    if entrant == SMALL_DENSE and r and "dims" in r:
+        return f"small dense ({r['dims']}/{r['dims']} dims, 8-bit)"
+    return entrant
 
 
 def _entrant_row(row: Row, entrant: str, r: dict | None, dense_ppl: float | None, scope_bytes: int, out_of_scope: int,
-                 work: Path) -> str:
-    label = {"autoshrink": "**autoshrink**" if r is None or _warm(work, row.name) else "**autoshrink** (no warm start)",
-             COLD: f"autoshrink, earlier search ({'warm start without ranged seeds' if _warm(work, row.name, COLD) else 'no warm start'})"}.get(entrant, entrant)
+                 work: Path, tier: str = "quick") -> str:
+    label = _label(row, entrant, r, work, tier)
     if r is None:
-        return f"| {row.name} | {label} | not run yet | | | | | | |"
+        return f"| {row.name} | {label} | not run yet | | | | | | | | |"
     if "unreachable" in r:
-        return f"| {row.name} | {label} | cannot reach: {r['unreachable']} | | | | | | |"
+        return f"| {row.name} | {label} | cannot reach: {r['unreachable']} | | | | | | | | |"
     inc = _increase(r["test_ppl"], dense_ppl) if dense_ppl else "-"
     ratio = scope_bytes / (r["stored_bytes"] - out_of_scope)
     wall = r["train_seconds"] + r.get("search_seconds", 0.0)
-    return (f"| {row.name} | {label} | {r['test_ppl']:.2f} | {inc} | {r['stored_bytes']:,} | {ratio:.1f}x | "
-            f"{r['tokens_per_s']:,.0f} | {r['latency_ms']:.2f} | {_minutes(wall)} |")
+    measured = r.get("commit", "before protocol 2" if r.get("protocol") != PROTOCOL else "?")
+    if r.get("protocol") != PROTOCOL:
+        measured = "earlier protocol (fp32 singles, old recipe)"
+    return (f"| {row.name} | {label} | {r['test_ppl']:.2f} | {inc} | {r['stored_bytes']:,} | {ratio:.1f}x | {_storage(r)} | "
+            f"{r['tokens_per_s']:,.0f} | {r['latency_ms']:.2f} | {_minutes(wall)} | {measured} |")
 
 
-def _table(setup_bytes: dict, rows: list[Row], work: Path, dense: dict | None) -> list[str]:
+def _table(setup_bytes: dict, rows: list[Row], work: Path, dense: dict | None, tier: str = "quick") -> list[str]:
     dense_ppl = dense["test_ppl"] if dense and "test_ppl" in dense else None
-    out = ["| budget | entrant | test ppl | vs dense control | stored bytes | ratio | CPU tokens/s | latency ms | wall time |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| budget | entrant | test ppl | vs dense control | stored bytes | ratio | storage | CPU tokens/s | latency ms | wall time | measured at |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         scope, rest = setup_bytes[row.name]
         if dense:
-            out.append(_entrant_row(row, "dense", dense, dense_ppl, scope + rest, 0, work))
-        for entrant in _entrants(row, work):
+            out.append(_entrant_row(row, "dense", dense, dense_ppl, scope + rest, 0, work, tier))
+        for entrant in _entrants(row, work, tier):
             out.append(_entrant_row(row, entrant, result_of(work, row.name, entrant), dense_ppl, scope,
-                                    rest if row.roles is not None else 0, work))
+                                    rest if row.roles is not None else 0, work, tier))
+        if tier == "quick" and (best := best_uniform(row, work)):
+            out.append(f"| {row.name} | best uniform = {best[0]} (lowest val ppl) | {best[1]['test_ppl']:.2f} | "
+                       f"{_increase(best[1]['test_ppl'], dense_ppl) if dense_ppl else '-'} | | | | | | | |")
     return out
 
 
-def _goals(rows: list[Row], work: Path, dense: dict | None) -> list[str]:
-    if not dense:
+def _goals(rows: list[Row], work: Path, dense: dict | None, tier: str = "quick") -> list[str]:
+    """One line per row, every cell computed from the table's results."""
+    if not dense or "test_ppl" not in dense:
         return ["The dense control has not run yet."]
-    out = ["| budget | autoshrink | best single method | beats every single method | goal | met |", "|---|---|---|---|---|---|"]
+    goals = GOALS if tier == "quick" else CONVERGED_GOALS
+    out = ["| budget | autoshrink | best uniform | small dense | beats best uniform | beats small dense | goal | met |",
+           "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         auto = result_of(work, row.name, "autoshrink")
-        singles = {e: result_of(work, row.name, e) for e in row.singles}
-        trained = {e: r for e, r in singles.items() if r and "test_ppl" in r}
-        best = min(trained.items(), key=lambda kv: kv[1]["test_ppl"]) if trained else None
-        a = _increase(auto["test_ppl"], dense["test_ppl"]) if auto and "test_ppl" in auto else "not run"
-        b = f"{best[0]} {_increase(best[1]['test_ppl'], dense['test_ppl'])}" if best else "none reaches it"
-        pending = [e for e, r in singles.items() if r is None]
-        if not (auto and "test_ppl" in auto):
-            beats = "-"
-        else:
-            beats = "yes" if all(auto["test_ppl"] < r["test_ppl"] for r in trained.values()) else "no"
-            beats += f" ({len(pending)} not run yet)" if pending else ""
-        goal = GOALS.get(row.name)
-        met = "-" if goal is None or a == "not run" else ("yes" if auto["test_ppl"] / dense["test_ppl"] - 1 <= goal / 100 else "no")
-        out.append(f"| {row.name} | {a} | {b} | {beats} | {'-' if goal is None else f'within {goal:g}%'} | {met} |")
+        auto = auto if auto and "test_ppl" in auto else None
+        best = best_uniform(row, work, tier)
+        small = result_of(work, row.name, SMALL_DENSE)
+        small = small if small and "test_ppl" in small else None
+        a = _increase(auto["test_ppl"], dense["test_ppl"]) if auto else "not run"
+        b = "none reaches it or not run" if best is None else (
+            f"{best[1].get('method', best[0])} {_increase(best[1]['test_ppl'], dense['test_ppl'])}")
+        c = "-" if row.roles is not None else ("not run" if small is None else _increase(small["test_ppl"], dense["test_ppl"]))
+
+        def beats(other: dict | None) -> str:
+            if auto is None or other is None:
+                return "-"
+            if auto["test_ppl"] == other["test_ppl"]:
+                return "tie"
+            return "yes" if auto["test_ppl"] < other["test_ppl"] else "no"
+
+        goal = goals.get(row.name)
+        met = "-" if goal is None or auto is None else ("yes" if auto["test_ppl"] / dense["test_ppl"] - 1 <= goal / 100 else "no")
+        out.append(f"| {row.name} | {a} | {b} | {c} | {beats(best[1] if best else None)} | {beats(small)} | "
+                   f"{'-' if goal is None else f'within {goal:g}%'} | {met} |")
     return out
 
 
@@ -103,7 +160,7 @@ def plot(rows: list[Row], work: Path, dense: dict | None, path: Path, title: str
     for row in rows:
         if row.roles is not None:
             continue
-        for entrant in _entrants(row, work):
+        for entrant in _entrants(row, work) + [SMALL_DENSE] * (SMALL_DENSE not in _entrants(row, work)):
             r = result_of(work, row.name, entrant)
             if r and "test_ppl" in r:
                 points.setdefault(entrant, []).append((r["stored_bytes"], r["test_ppl"]))
@@ -129,6 +186,16 @@ def plot(rows: list[Row], work: Path, dense: dict | None, path: Path, title: str
     return True
 
 
+def converged(setup, rows: list[Row], sizes: dict) -> list[str]:
+    work = setup.converged_work
+    dense = result_of(work, "dense", "dense")
+    if not rows:
+        return ["No converged row was asked for."]
+    return [f"Entrants in {work}; `python -m autoshrink.bench --tier converged` trains what is missing (resumable).", "",
+            *_table(sizes, rows, work, dense, tier="converged"), "",
+            *_goals(rows, work, dense, tier="converged")]
+
+
 def markdown(setup, rows: list[Row], command: str, out_dir: Path) -> str:
     work = setup.work
     dense = result_of(work, "dense", "dense")
@@ -145,12 +212,20 @@ def markdown(setup, rows: list[Row], command: str, out_dir: Path) -> str:
         f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} thread(s) per process; "
         f"this 2-core machine also ran other jobs, so times are indicative), torch {torch.__version__}, commit {commit()}, "
         f"`{command}`.", "",
-        f"Every trained entrant, the dense control included, gets **{setup.steps} steps** of final training "
-        "(batch 32 x 35 tokens, Adam 2e-3, 5 validations, best validated state kept) from the pretrained weights; "
-        f"autoshrink first searches ({setup.trials} trials of {setup.finetune_steps} fine-tuning steps, NSGA-II, the "
-        "row's search space) and trains its front's best plan. Single methods are applied uniformly (every site of the "
-        "scope the same share of its dense bytes), their size knob fitted so the whole model just meets the limit, at "
-        "fp32 storage (quantisation is its own entrant). Test perplexity is over the whole test split "
+        "Two tiers of final training (protocol 2, issue 16). **Quick:** every trained entrant, the dense control "
+        f"included, gets **{setup.steps} steps** (batch 32 x 35 tokens, train_lm's recipe: Adam with warm-up and cosine "
+        "decay, 5 validations, best validated state kept, the starting weights included) without distillation. "
+        f"**Converged:** the rows {' and '.join(CONVERGED_ROWS)}, trained until validation stops improving (at most "
+        f"{CONVERGED_EPOCHS:g} epochs), distilled from the dense model. "
+        f"autoshrink first searches ({setup.trials} trials of {setup.finetune_steps} fine-tuning steps, the "
+        "row's search space) and trains its front's best plan (the converged tier trains the quick tier's search). "
+        "Single methods are applied uniformly (every site of the scope the same share of its dense bytes), their size "
+        "knob fitted so the whole model just meets the limit, each at its best storage width (fp32, 16, 8 or 4 bits: "
+        "the lowest validation perplexity at initialisation, bench/entrants.py), initialised as autoshrink's methods "
+        "are. The best uniform plan is the single method with the lowest validation perplexity. The small dense model "
+        "is the reference architecture with equal embedding and hidden sizes, the largest that fits the budget at "
+        "8 bits, trained from scratch. Rows measured under the earlier protocol (fp32 singles, the old recipe) say "
+        "so in their last column. Test perplexity is over the whole test split "
         f"({len(setup.lm.test):,} tokens); "
         "stored bytes are checked against the exported file; ratio is of the scope (dense fp32 bytes of its sites / "
         "their stored bytes); latency is batch 1 x 35 tokens on the CPU; tokens/s is test-evaluation throughput; wall "
@@ -166,8 +241,10 @@ def markdown(setup, rows: list[Row], command: str, out_dir: Path) -> str:
         "## At the papers' own scopes", "",
         *_table(sizes, scoped, work, dense), "",
         *[f"- {r.name}: {PAPER[r.name]}." for r in scoped if r.name in PAPER], "",
-        "## Against the goals", "",
+        "## Against the goals (quick tier)", "",
         *_goals(rows, work, dense), "",
+        "## Converged tier", "",
+        *converged(setup, [r for r in rows if r.name in CONVERGED_ROWS], sizes), "",
         "## Search cost", "",
         f"- Peak RSS of a search on the reference model: "
         f"{max(peaks) / 1e9:.2f} GB (largest of {len(peaks)} searches)." if peaks else "- No search has run yet.",

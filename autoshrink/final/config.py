@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from autoshrink.errors import UserError
 
-DEFAULT_STEPS = 1000  # ~12x a trial's fine-tuning (80 steps): plans ranked cheaply, trained properly
+DEFAULT_EPOCHS = 3.0  # the cap; validation-driven stopping usually ends it sooner (results/recipe.md)
 
 
 @dataclass
@@ -15,13 +15,16 @@ class TrainConfig:
         "best (lowest val ppl on the front), a trial number, or smallest:PPL (fewest bytes on the front with "
         "val ppl <= PPL)")})
     steps: int | None = field(default=None, metadata={"help": (
-        f"training steps in all, counted across resumes (default: {DEFAULT_STEPS} unless --epochs is given)")})
+        f"training steps in all, counted across resumes (default: {DEFAULT_EPOCHS:g} epochs, fewer when "
+        "validation stops improving)")})
     epochs: float | None = field(default=None, metadata={"help": "training length in epochs of the train split"})
+    time: float | None = field(default=None, metadata={"help": "wall-clock cap in seconds, counted across resumes"})
     out: str | None = field(default=None, metadata={"help": "export folder (default: RUN_DIR/final)"})
     data: str | None = field(default=None, metadata={"help": "the corpus of the search (default: the one run.json names)"})
     model: str | None = field(default=None, metadata={"help": (
         "the dense model of the search (default: the one run.json names)")})
-    distill: bool = field(default=False, metadata={"help": "train on soft targets of the dense model too"})
+    distill: bool = field(default=True, metadata={"help": (
+        "distil: mix KL to the dense model's next-word distribution into the loss (results/recipe.md)")})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     seed: int = field(default=0, metadata={"help": "training seed"})
     evals: int = field(default=10, metadata={"help": "validations (and checkpoints) over the training"})
@@ -32,5 +35,7 @@ class TrainConfig:
             raise UserError(f"--steps must be >= 1 and --epochs > 0, got steps={self.steps}, epochs={self.epochs}")
         if self.steps is not None and self.epochs is not None:
             raise UserError("give --steps or --epochs, not both")
+        if self.time is not None and self.time <= 0:
+            raise UserError(f"--time must be > 0 seconds, got {self.time}")
         if self.evals < 1:
             raise UserError(f"--evals must be >= 1, got {self.evals}")

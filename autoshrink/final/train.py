@@ -42,7 +42,7 @@ from autoshrink.models.discover import discover_sites
 from autoshrink.models import training
 from autoshrink.models.training import evaluate_perplexity, pick_device, settles_at, train_lm
 from autoshrink.plan import compress, parse_plan, stored_bytes
-from autoshrink.final.config import DEFAULT_STEPS, TrainConfig
+from autoshrink.final.config import DEFAULT_EPOCHS, TrainConfig
 from autoshrink.models.load import load
 from autoshrink.search import run_folder
 from autoshrink.search.trial import TrialSettings
@@ -227,7 +227,7 @@ def train_trial(run_dir: str | Path, config: TrainConfig | None = None,
     """Train one plan of a run longer, resumably, and export it (see the module docstring)."""
     c = config or TrainConfig()
     trial, steps, epochs, out, data, model = c.trial, c.steps, c.epochs, c.out, c.data, c.model
-    device, distill, seed, evals = c.device, c.distill, c.seed, c.evals
+    device, distill, seed, evals, time_limit = c.device, c.distill, c.seed, c.evals, c.time
     run_dir = Path(run_dir)
     info = run_folder.read_run(run_dir)
     number, plan_json = choose_trial(run_dir, trial)
@@ -237,21 +237,23 @@ def train_trial(run_dir: str | Path, config: TrainConfig | None = None,
     if steps is None:
         settings = TrialSettings()
         per_epoch = num_windows(batchify(lm.train, settings.batch_size), settings.bptt)
-        steps = max(1, round(epochs * per_epoch)) if epochs is not None else DEFAULT_STEPS
+        steps = max(1, round((epochs if epochs is not None else DEFAULT_EPOCHS) * per_epoch))
     return train_plan(dense, lm, plan_json, Path(out) if out else run_dir / "final", steps, label=number,
-                      corpus=corpus, device=device, distill=distill, seed=seed, evals=evals,
+                      corpus=corpus, device=device, distill=distill, seed=seed, evals=evals, time_limit=time_limit,
                       info={"run_dir": str(run_dir), "trial": number}, dense_val_ppl=info.get("dense_val_ppl"),
                       on_log=on_log, on_eval=on_eval, log=log)
 
 
 def train_plan(dense: nn.Module, lm: LMData, plan_json: dict, out: Path, steps: int, label: int | str = "plan",
-               corpus: str = "kjv", device: str = "auto", distill: bool = False, seed: int = 0, evals: int = EVALS,
-               info: dict | None = None, dense_val_ppl: float | None = None,
+               corpus: str = "kjv", device: str = "auto", distill: bool = True, seed: int = 0, evals: int = EVALS,
+               info: dict | None = None, dense_val_ppl: float | None = None, time_limit: float | None = None,
+               options: dict | None = None,
                on_log: Callable[[dict], None] | None = None, on_eval: Callable[[int, float], None] | None = None,
                log: Callable[[str], None] | None = None) -> FinalModel:
-    """Compress `dense` by `plan_json` ({} keeps it dense), train it `steps` steps with the
-    trials' batch, bptt and learning rate, resumably in OUT/checkpoint, and export it to OUT
-    with metrics.json. `label` names the training in its checkpoint (a trial number)."""
+    """Compress `dense` by `plan_json` ({} keeps it dense), train it up to `steps` steps (and
+    `time_limit` seconds, across resumes) with train_lm's recipe and the trials' batch and bptt,
+    resumably in OUT/checkpoint, and export it to OUT with metrics.json. `label` names the
+    training in its checkpoint (a trial number); `options` are further training-loop settings."""
     log = log or (lambda line: None)
     name = f"trial {label}" if isinstance(label, int) else str(label)
     plan = parse_plan(plan_json)
@@ -279,22 +281,25 @@ def train_plan(dense: nn.Module, lm: LMData, plan_json: dict, out: Path, steps: 
         _write_checkpoint(ckpt, small, state, best)
         if on_eval is not None:
             on_eval(done + step, val)
-        for line in tell_validation(small, lm.train, fraction, settings.batch_size, settings.bptt):
-            log(f"step {done + step}: {line}")
+        for line in tell_validation(small, lm.train, fraction, settings.batch_size, settings.bptt) if step else ():
+            log(f"step {done + step}: {line}")  # not at step 0: the start is validated before any training
 
     if remaining:
-        cfg = training.TrainConfig(steps=remaining, batch_size=settings.batch_size, bptt=settings.bptt, lr=settings.lr,
-                          eval_every=max(1, steps // max(1, evals)), device=device, seed=seed + done,
-                          distill_from=copy.deepcopy(dense) if distill else None)
-        relay = None if on_log is None else (lambda r: on_log({**r, "step": done + r["step"], "steps": steps}))
+        time_left = None if time_limit is None else max(0.0, time_limit - prior_seconds)
+        cfg = training.TrainConfig(**{
+            "steps": steps, "schedule_from": done, "time": time_left, "batch_size": settings.batch_size,
+            "bptt": settings.bptt, "eval_every": max(1, steps // max(1, evals)), "device": device,
+            "seed": seed + done, "distill_from": copy.deepcopy(dense) if distill else None,
+            "validate_start": not done, **(options or {})})
         with _resumed_schedules(small, start):
-            train_lm(small, lm.train, lm.valid, cfg, on_log=relay, on_eval=checkpoint)
+            state["stopped"] = train_lm(small, lm.train, lm.valid, cfg, on_log=on_log, on_eval=checkpoint).stopped
     if (ckpt / "best.safetensors").is_file():  # the best validated state over every segment
         _load_weights(small, ckpt / "best.safetensors")
     small.cpu().eval()
     val = evaluate_perplexity(small, lm.valid)
     metrics = {**measure(small, lm), "val_ppl": val, "steps": state["step"], "seconds": state["seconds"],
                "trial": label, "resumed_from": done, "device": str(pick_device(device)), "distill": distill,
+               "stopped": state.get("stopped"),
                "dense_val_ppl": dense_val_ppl, "history": state["history"]}
     corpus_path = corpus if corpus == "kjv" else str(Path(corpus).expanduser().resolve())
     save_compressed(small, plan, out, dense.meta, metrics, info={"data": corpus_path, **(info or {})},

@@ -3,6 +3,12 @@
 A model maps ids (T, B) and a carried state to logits (T, B, V) and the new state (truncated
 BPTT: the state is detached between windows). Compressed modules are told the progress of
 training through `on_progress` (pruning ramps, doping anneals, CMR).
+
+The default recipe (measured in results/recipe.md, `python -m autoshrink.bench.recipe`): Adam at
+DEFAULT_LR with a 5% warm-up and cosine decay to the step cap, distillation from the dense model
+at DEFAULT_DISTILL_WEIGHT where a teacher is given, validation every `eval_every` steps, stop
+after `patience` validations without improvement, and the best validated state restored, the
+starting weights included: a converged model comes out no worse than it went in.
 """
 from __future__ import annotations
 
@@ -17,6 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoshrink.data.batching import batchify, bptt_windows, num_windows
+from autoshrink.models.distill import Teacher, mixed_loss
+from autoshrink.models.schedule import check_schedule, cosine_factor
+
+
+DEFAULT_LR = 2e-3  # chosen from results/recipe.md
+DEFAULT_DISTILL_WEIGHT = 0.5  # share of the KL term when a teacher is given (results/recipe.md)
 
 
 class DivergedError(RuntimeError):
@@ -79,29 +91,44 @@ def set_progress(model: nn.Module, fraction: float) -> None:
 
 @dataclass
 class TrainConfig:
-    steps: int | None = None  # stop after this many windows (None: epochs decide)
-    epochs: float = 1.0
+    # Caps: the run ends at the first one reached. The schedule spans the step/epoch cap
+    # (neither given: one epoch); `time` (seconds of this call) only cuts it short.
+    steps: int | None = None  # windows in all, `schedule_from` included
+    epochs: float | None = None
+    time: float | None = None
     batch_size: int = 32
     bptt: int = 35
-    lr: float = 2e-3
+    lr: float = DEFAULT_LR
+    schedule: str = "cosine"  # or "plateau" (lr / 4 at each validation without improvement): models/schedule.py
+    warmup: float = 0.05  # share of the schedule spent ramping the lr up (cosine)
     weight_decay: float = 0.0
     clip: float = 0.25  # gradient-norm clip, the usual guard for LSTM LMs
     eval_every: int | None = None  # windows between validation passes (None: once per epoch)
     eval_tokens: int | None = None  # cap validation cost during training
-    patience: int = 2  # validations without improvement before stopping (lr is quartered at each)
+    patience: int | None = 3  # validations without improvement before stopping (None: never stop early)
+    validate_start: bool = True  # the starting weights compete for "best": a converged model is kept
+    schedule_from: int = 0  # steps already trained by an earlier call (a resumed run): the lr continues
     device: str = "auto"
     seed: int = 0
     distill_from: nn.Module | None = field(default=None, repr=False)  # teacher for soft targets
-    distill_weight: float = 0.5
+    distill_weight: float = DEFAULT_DISTILL_WEIGHT
+
+    def horizon(self, per_epoch: int) -> int:
+        """The schedule's length in steps (what `steps`/`epochs` allow; one epoch when neither says)."""
+        caps = [c for c in (self.steps, None if self.epochs is None else max(1, round(self.epochs * per_epoch)))
+                if c is not None]
+        return min(caps) if caps else per_epoch
 
 
 @dataclass
 class TrainResult:
-    steps: int = 0
+    steps: int = 0  # steps of this call
     tokens: int = 0
     seconds: float = 0.0
     best_val_ppl: float = math.inf
+    best_step: int | None = None  # step of the restored state (0: the starting weights)
     eval_seconds: float = 0.0  # validation inside training (part of `seconds`)
+    stopped: str = "steps"  # why it ended: steps | plateau | time
     history: list[dict] = field(default_factory=list)
 
     @property
@@ -119,18 +146,20 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor,
              on_eval: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train with Adam and truncated BPTT; keep the weights of the best validation perplexity.
 
-    `on_log` gets progress records (step, loss, tokens/s, eta); `on_eval(step, val_ppl)` is
-    called after each validation and may raise to stop (early stopping of weak trials).
+    `on_log` gets progress records (step, steps, loss, lr, tokens/s, eta_s); `on_eval(step, val_ppl)`
+    is called after each validation (step 0: the starting weights) and may raise to stop (early
+    stopping of weak trials).
     """
+    check_schedule(cfg.schedule)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     model.to(device)
-    if cfg.distill_from is not None:
-        cfg.distill_from.to(device).eval()
+    teacher = Teacher(cfg.distill_from, device) if cfg.distill_from is not None and cfg.distill_weight > 0 else None
     columns = batchify(train_ids, cfg.batch_size).to(device)
     per_epoch = num_windows(columns, cfg.bptt)
-    total_steps = cfg.steps if cfg.steps is not None else max(1, int(round(cfg.epochs * per_epoch)))
-    eval_every = cfg.eval_every or min(per_epoch, total_steps)
+    horizon = cfg.horizon(per_epoch)
+    total_steps = max(0, horizon - cfg.schedule_from)  # this call's steps
+    eval_every = cfg.eval_every or min(per_epoch, max(1, total_steps))
     settle = settles_at(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -138,27 +167,57 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor,
     result = TrainResult()
     best_state = None
     bad_evals = 0
-    state = None
+    plateau_scale = 1.0
+    last_eval_s = 0.0
     start = time.perf_counter()
+
+    def validate(step: int) -> None:
+        nonlocal best_state, bad_evals, plateau_scale, last_eval_s
+        set_progress(model, step / total_steps if total_steps else 1.0)
+        eval_start = time.perf_counter()
+        val = evaluate_perplexity(model, valid_ids, device=device, max_tokens=cfg.eval_tokens, bptt=cfg.bptt)
+        last_eval_s = time.perf_counter() - eval_start
+        result.eval_seconds += last_eval_s
+        result.history.append({"step": cfg.schedule_from + step, "val_ppl": val,
+                               "lr": opt.param_groups[0]["lr"] if step else 0.0})  # the lr of the last step
+        if total_steps and step / total_steps < settle:
+            pass  # mid-ramp: a denser model than the one stored; neither best nor a plateau
+        elif val < result.best_val_ppl:
+            result.best_val_ppl, result.best_step, bad_evals = val, step, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif step > 0:
+            bad_evals += 1
+            if cfg.schedule == "plateau":
+                plateau_scale /= 4
+        if on_eval is not None:
+            on_eval(step, val)
+
+    if cfg.validate_start and settle <= 0:
+        validate(0)
     windows = _windows(columns, cfg.bptt)
+    state = None
     model.train()
     for step in range(1, total_steps + 1):
+        if cfg.time is not None and time.perf_counter() - start + last_eval_s >= cfg.time:
+            result.stopped = "time"  # the closing validation below still fits in the cap
+            break
         set_progress(model, (step - 1) / total_steps)
+        factor = cosine_factor(cfg.schedule_from + step, horizon, cfg.warmup) if cfg.schedule == "cosine" else plateau_scale
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * factor
         x, y = next(windows)
-        if x.size(0) < cfg.bptt:  # wrapped around: start the stream again with a fresh state
+        if x.size(0) < cfg.bptt:  # the stream's short last window: carried states start afresh (as pretraining did)
             state = None
+            if teacher is not None:
+                teacher.reset()
         state = _detach(state)
         with _autocast(device):
             logits, state = model(x, state)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-            if cfg.distill_from is not None:
-                with torch.no_grad():
-                    teacher, _ = cfg.distill_from(x)
-                soft = F.kl_div(F.log_softmax(logits.float(), -1), F.log_softmax(teacher.float(), -1),
-                                log_target=True, reduction="batchmean") / x.size(0)
-                loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * soft
+            if teacher is not None:
+                loss = mixed_loss(loss, logits, teacher.logits(x), cfg.distill_weight)
         if not torch.isfinite(loss):
-            raise DivergedError(f"loss became {loss.item()} at step {step}")
+            raise DivergedError(f"loss became {loss.item()} at step {cfg.schedule_from + step}")
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -169,27 +228,18 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor,
         result.tokens += y.numel()
         if on_log is not None and (step % 50 == 0 or step == total_steps):
             elapsed = time.perf_counter() - start
-            on_log({"step": step, "steps": total_steps, "loss": loss.item(), "tokens_per_s": result.tokens / elapsed,
-                    "eta_s": elapsed / step * (total_steps - step)})
+            eta = elapsed / step * (total_steps - step)
+            if cfg.time is not None:
+                eta = min(eta, max(0.0, cfg.time - elapsed))
+            on_log({"step": cfg.schedule_from + step, "steps": horizon, "loss": loss.item(),
+                    "lr": opt.param_groups[0]["lr"], "tokens_per_s": result.tokens / elapsed, "eta_s": eta})
         if step % eval_every == 0 or step == total_steps:
-            set_progress(model, step / total_steps)
-            eval_start = time.perf_counter()
-            val = evaluate_perplexity(model, valid_ids, device=device, max_tokens=cfg.eval_tokens, bptt=cfg.bptt)
-            result.eval_seconds += time.perf_counter() - eval_start
-            result.history.append({"step": step, "val_ppl": val, "lr": opt.param_groups[0]["lr"]})
-            if step / total_steps < settle:
-                pass  # mid-ramp: a denser model than the one stored; neither best nor a plateau
-            elif val < result.best_val_ppl:
-                result.best_val_ppl, bad_evals = val, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad_evals += 1
-                for group in opt.param_groups:
-                    group["lr"] /= 4
-            if on_eval is not None:
-                on_eval(step, val)
-            if cfg.steps is None and bad_evals >= cfg.patience:
+            validate(step)
+            if cfg.patience is not None and bad_evals >= cfg.patience:
+                result.stopped = "plateau"
                 break
+    if result.stopped == "time" and result.steps and (not result.history or result.history[-1]["step"] != cfg.schedule_from + result.steps):
+        validate(result.steps)  # the steps since the last validation are judged too
     if best_state is not None:
         model.load_state_dict(best_state)
     set_progress(model, 1.0)  # at the stored form, whatever state was restored

@@ -77,6 +77,7 @@ def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSetting
     if steps > 0:
         cfg = TrainConfig(steps=steps, batch_size=settings.batch_size, bptt=settings.bptt, lr=settings.lr,
                           eval_every=max(1, steps // max(1, settings.evals)), eval_tokens=settings.eval_tokens,
+                          patience=None, validate_start=False,  # fixed fidelity: every trial trains its steps
                           device=settings.device, seed=settings.seed,
                           distill_from=copy.deepcopy(dense) if settings.distill else None)
         result = train_lm(model, data.train, data.valid, cfg, on_eval=on_eval)

@@ -1,0 +1,82 @@
+"""How the benchmark builds its non-search entrants (docs/benchmark.md, issue 16).
+
+- A single method at its **best storage**: the method applied uniformly with its size knob
+  fitted to the budget (budget.uniform_plan) at each storage width of STORAGE_BITS; the width
+  kept is the one whose compressed model (the same initialisation as autoshrink's: `compress`
+  with the word frequencies) has the lowest validation perplexity on the first SELECT_TOKENS
+  tokens of the valid split, before any training: cheap, and the same for every method.
+- **Small dense**: the reference architecture with smaller embedding and hidden sizes (equal),
+  every site stored in 8 bits (quantisation-aware from the start), the largest that fits the
+  budget; trained from scratch by the same recipe, distilled from the dense model.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+STORAGE_BITS = (32, 16, 8, 4)
+SELECT_TOKENS = 12_000  # as the trials' validation prefix
+SMALL_DENSE_BITS = 8
+SMALL_DENSE_DROPOUT = 0.1  # a model of tens of dimensions underfits; little dropout
+
+
+def best_storage_plan(setup, row, base_cfg: dict) -> tuple[dict | None, list[dict]]:
+    """(plan JSON at the best storage width or None when no width reaches the budget, the
+    candidates tried: bits, val_ppl at initialisation, stored bytes)."""
+    from autoshrink.plan.fit import uniform_plan
+    from autoshrink.methods import config_from_dict
+    from autoshrink.models.training import evaluate_perplexity
+    from autoshrink.plan import compress, plan_stored_bytes
+    widths = (base_cfg["bits"],) if base_cfg["method"] == "quant" or "bits" in base_cfg else STORAGE_BITS
+    tried, best = [], None
+    for bits in widths:
+        base = config_from_dict({**base_cfg, "bits": bits})
+        plan = uniform_plan(base, setup.sites, setup.max_bytes(row), setup.lm.vocab.freqs, setup.model_bytes, row.roles)
+        if plan is None:
+            continue
+        torch.manual_seed(setup.seed)
+        model = compress(setup.dense, plan, freqs=setup.lm.vocab.freqs)
+        val = evaluate_perplexity(model, setup.lm.valid, max_tokens=SELECT_TOKENS)
+        plan_json = {k: v.to_dict() for k, v in plan.items()}
+        tried.append({"bits": bits, "init_val_ppl": val,
+                      "stored_bytes": plan_stored_bytes(setup.sites, plan, setup.lm.vocab.freqs, setup.model_bytes)})
+        if best is None or val < best[0]:
+            best = (val, plan_json)
+    return (best[1] if best else None), tried
+
+
+def _small_model(dense: nn.Module, dim: int) -> nn.Module:
+    from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
+    cfg = dense.config
+    torch.manual_seed(0)
+    model = LSTMLM(LSTMLMConfig(cfg.vocab_size, dim, dim, cfg.layers, SMALL_DENSE_DROPOUT))
+    model.vocab = dense.vocab
+    model.meta = {**dense.meta, "config": model.config.to_dict(), "pretrain": None}
+    return model
+
+
+def small_dense_plan(model: nn.Module) -> dict:
+    from autoshrink.models import discover_sites
+    return {s.name: {"method": "quant", "bits": SMALL_DENSE_BITS} for s in discover_sites(model) if s.tied_with is None}
+
+
+def small_dense(setup, row) -> tuple[nn.Module, dict, int] | None:
+    """(untrained small model, its 8-bit plan, dim): the largest equal embedding/hidden size
+    whose stored bytes fit the row's limit (whole-model rows only)."""
+    from autoshrink.plan import compress, stored_bytes
+    if row.roles is not None or not hasattr(setup.dense, "config"):
+        return None
+    limit = setup.max_bytes(row)
+
+    def fits(dim: int) -> bool:
+        model = _small_model(setup.dense, dim)
+        return stored_bytes(compress(model, small_dense_plan(model))) <= limit
+
+    lo, hi = 0, setup.dense.config.hidden + 1  # fits(lo) holds (0 stands for "none"); never above the reference
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    if lo == 0:
+        return None
+    model = _small_model(setup.dense, lo)
+    return model, small_dense_plan(model), lo

@@ -36,6 +36,10 @@ class MethodConfig:
     # The knob whose growth grows the stored bytes monotonically (rank, density, pool size,
     # bits): budget repair and the per-ratio baselines search along it. None: fixed size.
     size_knob: ClassVar[str | None] = None
+    # A method whose compressed form is only judged fairly after training (its doping anneal,
+    # hashing or word re-matching run during it; docs/methods.md pitfall 12): a search's profile,
+    # which measures options untrained, leaves it to the trials.
+    judged_after_training: ClassVar[bool] = False
     bits: int = field(default=32, metadata={"help": "storage bits of the method's float tensors: 32, 16 or 2-8 (affine codes, straight-through fine-tuning)"})
     group_size: int = field(default=0, metadata={"help": "values per quantisation scale; 0 = one scale per row"})
 

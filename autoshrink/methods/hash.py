@@ -42,6 +42,7 @@ def _is_int(v) -> bool:
 
 @dataclass(frozen=True)
 class HashConfig(MethodConfig):
+    judged_after_training = True  # a one-shot proxy misjudges it (pitfall 12)
     method = "hash"
     size_knob = "pool"
     roles = VOCAB_ROLES

@@ -77,6 +77,7 @@ def kron_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class KroneckerConfig(MethodConfig):
+    judged_after_training = True  # a one-shot proxy misjudges it (pitfall 12)
     method = "kronecker"
     size_knob = "density"  # stored bytes grow with the number of kept values
     m1: int = field(default=0, metadata={"help": "rows of A (B has m/m1); 0 = the most square-like divisor of m"})

@@ -1,0 +1,115 @@
+"""The search's cheap steps, before any trial trains (docs/how-it-works.md): each site's options
+are profiled alone (bytes and loss increase, data-aware builds, no training), a knapsack spends
+the budget's bytes where they cost least loss, and the best candidates are refined jointly
+(allocate/). The plans it finds are the search's first trials; the profile is `profile.csv` in the
+run folder, reused on resume.
+
+The profile takes its options from the space: for each method the space offers a site (but those
+a one-shot proxy misjudges, pitfall 12: `MethodConfig.judged_after_training`), its storage widths
+among PROFILE_BITS, its other knobs at their defaults brought into the space, and its size knob
+at up to LEVELS sizes, each brought into the space too, so every allocated plan is a plan the
+sampler could draw.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from autoshrink.allocate import allocate, site_options
+from autoshrink.allocate.pipeline import level_caps
+from autoshrink.errors import UserError
+from autoshrink.methods import MethodConfig, config_class
+from autoshrink.plan import Plan, plan_stored_bytes
+from autoshrink.search.space import DENSE, SearchSpace
+from autoshrink.sites import ROLES, Site
+
+PROFILE_BITS = (4, 8)  # storage widths profiled (results/allocate.md: 4 bits with larger ranks won at 25x)
+LEVELS = 8  # size levels per method and width on each site
+LADDER = (0.9, 0.8, 0.7)  # fractions of the limit whose knapsack plans are trials too (front seeds)
+PROFILE = "profile.csv"
+
+
+def profile_bases(space: SearchSpace, role: str) -> list[MethodConfig]:
+    """Each method the space offers `role` that a profile can judge, at each profiled width."""
+    bases = []
+    for method, knobs in space.roles.get(role, {}).items():
+        if method == DENSE:
+            continue
+        cls = config_class(method)
+        if cls.judged_after_training:
+            continue
+        defaults = cls()
+        fixed = {name: knob.nearest(getattr(defaults, name)) for name, knob in knobs.items()
+                 if name not in (cls.size_knob, "bits")}
+        widths = sorted({knobs["bits"].nearest(b) for b in PROFILE_BITS}) if "bits" in knobs and cls.size_knob != "bits" \
+            else [None]
+        for bits in widths:
+            try:
+                bases.append(cls(**fixed, **({"bits": bits} if bits is not None else {})))
+            except UserError:
+                continue
+    return bases
+
+
+def into_space(space: SearchSpace, site: Site, config: MethodConfig) -> MethodConfig | None:
+    """`config` with every knob the space ranges moved to the space's nearest value (None if that
+    is not a valid config for the site)."""
+    knobs = space.roles.get(site.role, {}).get(config.method, {})
+    try:
+        moved = config.replace(**{name: knob.nearest(getattr(config, name)) for name, knob in knobs.items()})
+        moved.check_site(site)
+        return moved
+    except UserError:
+        return None
+
+
+def space_options(space: SearchSpace, sites: list[Site], capacity: int, model_bytes: int,
+                  freqs: torch.Tensor | None) -> dict[str, list[MethodConfig]]:
+    """{site: the configs to profile}: levels of every base within what the site can hold, in the space."""
+    bases = {role: profile_bases(space, role) for role in ROLES}
+    full = site_options(sites, bases, LEVELS, freqs)
+    caps = level_caps(sites, full, capacity, model_bytes, freqs)
+    by_name = {s.name: s for s in sites}
+    options = {}
+    for name, configs in site_options(sites, bases, LEVELS, freqs, caps=caps).items():
+        moved = [m for m in (into_space(space, by_name[name], c) for c in configs) if m is not None]
+        options[name] = list(dict.fromkeys(moved))  # several levels may land on one space value
+    return options
+
+
+def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -> list[tuple[str, Plan]]:
+    """Up to `count` (source, plan) pairs for the first trials: the refined allocation, then the
+    knapsack's plans for fractions of the limit. Selection uses validation tokens after the trials'
+    slice, so a trial's validation is not the tokens its plan was chosen on."""
+    if ctx.max_bytes is None or count < 1:
+        return []
+    start = time.perf_counter()
+    valid = ctx.data.valid.reshape(-1)
+    slice_start = ctx.settings.eval_tokens or 0
+    held_out = valid[slice_start:] if valid.numel() - slice_start >= 1000 else valid
+    fixed = ctx.model_bytes - sum(s.dense_bytes for s in ctx.sites if s.tied_with is None)
+    options = space_options(ctx.space, ctx.sites, ctx.max_bytes - fixed, ctx.model_bytes, ctx.freqs)
+    count_options = sum(len(v) for v in options.values())
+    if not count_options:
+        return []
+    log(f"profile: {count_options} options of {len(options)} sites, each alone, no training -> {folder / PROFILE}")
+    result = allocate(ctx.model, held_out, options, ctx.max_bytes, freqs=ctx.freqs, stats=ctx.stats,
+                      profile_path=folder / PROFILE, seed=ctx.settings.seed, progress=True)
+    plans: list[tuple[str, Plan]] = [(f"allocation ({result.best.source})", result.best.plan)]
+    for fraction in LADDER:
+        entry = result.ladder.get(fraction)
+        if entry is not None and all(entry.plan != p for _, p in plans):
+            plans.append((f"knapsack at {fraction:g} of the limit", entry.plan))
+    plans = plans[:count]
+    best = result.best
+    dense_ppl = float(torch.tensor(result.dense_loss).exp())
+    ppl = float(torch.tensor(result.dense_loss + best.joint_loss).exp()) if best.joint_loss is not None else None
+    log(f"allocation: {best.bytes:,} bytes, ppl {ppl:.2f} on {held_out.numel():,} held-out valid tokens before "
+        f"training (dense {dense_ppl:.2f}); {len(plans)} allocated plan(s) first, "
+        f"{time.perf_counter() - start:.0f} s")
+    for source, plan in plans:
+        assert plan_stored_bytes(ctx.sites, plan, ctx.freqs, ctx.model_bytes) <= ctx.max_bytes, source
+    return plans

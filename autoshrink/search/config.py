@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from autoshrink.calibrate import DEFAULT_TOKENS
 from autoshrink.errors import UserError
 from autoshrink.search.trial import TrialSettings
 
@@ -30,6 +31,10 @@ class SearchConfig:
         "fine-tuning steps per trial (short: enough to rank plans on a CPU)"))
     sampler: str = field(default="nsga2", metadata=_help("Optuna sampler", choices=SAMPLERS))
     distill: bool = field(default=False, metadata=_help("fine-tune trials on soft targets of the dense model too"))
+    allocate: bool = field(default=True, metadata=_help(
+        "profile each site's options untrained and start from the knapsack's plans for the budget (byte budgets)"))
+    calibration_tokens: int = field(default=DEFAULT_TOKENS, metadata=_help(
+        "training tokens of the calibration pass that data-aware builds use (0: plain builds)"))
     warm_start: bool = field(default=True, metadata=_help(
         "start a new search from single-method plans (low-rank, pruning or quantisation on every site, fitted to "
         "the budget)"))
@@ -57,5 +62,7 @@ class SearchConfig:
             raise UserError("--workers, --cpus-per-trial and --address run trials through Ray: add --backend ray")
         if self.trials < 1:
             raise UserError(f"--trials must be at least 1, got {self.trials}")
+        if self.calibration_tokens < 0:
+            raise UserError(f"--calibration-tokens must be >= 0, got {self.calibration_tokens}")
         if self.finetune_steps < 0:
             raise UserError(f"--finetune-steps must be >= 0, got {self.finetune_steps}")

@@ -17,6 +17,7 @@ from torch import nn
 from autoshrink.plan.repair import repair
 from autoshrink.search.budget import Budget, check_feasible, parse_budget
 from autoshrink.search.config import SearchConfig
+from autoshrink.calibrate import calibrate
 from autoshrink.data import LMData, corpus_key, load_lm_data
 from autoshrink.errors import UserError
 from autoshrink.models import discover_sites
@@ -27,6 +28,7 @@ from autoshrink.measure.latency import LatencyTable
 from autoshrink.plan import dense_bytes as model_dense_bytes, stored_bytes
 from autoshrink.search import optuna_backend, run_folder
 from autoshrink.search import study as study_db
+from autoshrink.search.allocation import allocated_plans
 from autoshrink.search.warm_start import enqueue_uniform_seeds, uniform_seeds
 from autoshrink.search.space import DEFAULT_SPACE, SearchSpace, default_space, load_space, smallest_plan
 from autoshrink.search.trial import TrialResult, TrialSettings
@@ -47,6 +49,7 @@ class SearchContext:
     latency: object | None = None  # LatencyTable for latency budgets
     rule: Callable = field(default=lambda nbytes: None)
     fallback: dict = field(default_factory=dict)  # each site's smallest setting in the space
+    stats: dict | None = None  # per-site calibration statistics for data-aware builds (calibrate.py)
 
     def repair(self, plan: dict) -> dict | None:
         if self.budget.kind == "latency":
@@ -141,13 +144,23 @@ def search(config: SearchConfig, command: str | None = None,
             raise UserError(f"latency budget {b.text} cannot be met: the dense model takes {latency.dense_ms:.2f} ms "
                             f"and the smallest plan of the space about {latency.estimate_ms(smallest):.2f} ms")
     study = study_db.open_study(folder, sampler, seed)
-    if warm_start and max_bytes is not None and not study.get_trials(deepcopy=False):  # fitting only for a new study
-        seeds = uniform_seeds(spc, sites, max_bytes, freqs, model_bytes)[:max(1, trials // 2)]
-        if enqueue_uniform_seeds(study, seeds):
-            log(f"warm start: the first {len(seeds)} trial(s) put one method on every site "
-                f"({', '.join(m for m, _ in seeds)}), fitted to the budget")
+    stats = None
+    if c.calibration_tokens:
+        started_calibration = time.time()
+        stats = calibrate(dense, data.train, tokens=c.calibration_tokens, freqs=freqs)
+        log(f"calibration: input statistics of {len(stats)} sites over {c.calibration_tokens:,} training tokens, "
+            f"{time.time() - started_calibration:.0f} s (cached)")
     ctx = SearchContext(dense, data, sites, spc, b, nbytes, settings, freqs, max_bytes, model_bytes, latency,
-                        rule=study_db.WeakTrialRule(study), fallback=smallest)
+                        rule=study_db.WeakTrialRule(study), fallback=smallest, stats=stats)
+    if not study.get_trials(deepcopy=False):  # a new study: its first trials are chosen, not sampled
+        allocated = allocated_plans(ctx, folder, max(1, trials // 2), log) if c.allocate else []
+        for source, plan in allocated:
+            study.enqueue_trial(spc.params_of(plan, sites), user_attrs={"allocated": source})
+        if warm_start and max_bytes is not None:
+            seeds = uniform_seeds(spc, sites, max_bytes, freqs, model_bytes)[:max(1, trials // 2)]
+            if enqueue_uniform_seeds(study, seeds, after=len(allocated)):
+                log(f"warm start: {len(seeds)} trial(s) put one method on every site "
+                    f"({', '.join(m for m, _ in seeds)}), fitted to the budget: the controls to beat")
     run_folder.write_run_json(folder, {
         "command": command or f"search({budget!r})", "budget": b.text, "budget_kind": b.kind, "max_bytes": max_bytes,
         "model": model_name, "data": corpus_key(data.name) if isinstance(data.name, str) else data.name,
@@ -155,7 +168,8 @@ def search(config: SearchConfig, command: str | None = None,
         "space": str(spc.source), "seed": seed, "sampler": sampler, "warm_start": warm_start, "trials": trials,
         "backend": backend,
         **({"workers": workers, "cpus_per_trial": cpus_per_trial, "address": address} if backend == "ray" else {}),
-        "finetune_steps": settings.finetune_steps, "dense_bytes": nbytes,
+        "finetune_steps": settings.finetune_steps, "eval_tokens": settings.eval_tokens, "allocate": c.allocate,
+        "calibration_tokens": c.calibration_tokens, "dense_bytes": nbytes,
         "dense_val_ppl": _dense_val(dense, data, settings, folder),
         "versions": {"autoshrink": __import__("autoshrink").__version__, "torch": torch.__version__,
                      "optuna": optuna.__version__, "python": platform.python_version(),

@@ -29,7 +29,8 @@ def make_objective(ctx) -> Callable[[optuna.Trial], tuple[float, float]]:
         fixed, nbytes = prepared
         settings = ctx.settings_for(trial.number)
         try:
-            result = run_trial(ctx.model, fixed, ctx.data, settings, ctx.dense_bytes, should_stop=ctx.rule(nbytes))
+            result = run_trial(ctx.model, fixed, ctx.data, settings, ctx.dense_bytes, should_stop=ctx.rule(nbytes),
+                               stats=ctx.stats)
         except StopTrial as stop:
             record_stopped(trial, stop.step, stop.val_ppl, time.perf_counter() - start, f"stopped early: {stop}")
             raise optuna.TrialPruned(str(stop)) from None

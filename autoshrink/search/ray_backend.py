@@ -188,7 +188,7 @@ def fail_interrupted(study: optuna.Study) -> int:
     return len(running)
 
 
-def _trainable(config: dict, dense, data, settings, dense_bytes: int, threads: int) -> None:
+def _trainable(config: dict, dense, data, settings, dense_bytes: int, threads: int, stats=None) -> None:
     """One trial on a Ray worker: fine-tune the plan, reporting each validation to Tune (ASHA
     decides there), then the full result with `complete` set."""
     from ray import tune
@@ -201,7 +201,7 @@ def _trainable(config: dict, dense, data, settings, dense_bytes: int, threads: i
 
     try:
         result = run_trial(dense, config["plan"], data, replace(settings, seed=config["seed"]), dense_bytes,
-                           should_stop=report)
+                           should_stop=report, stats=stats)
     except DivergedError as e:
         tune.report({"failed": str(e)})
         return
@@ -261,7 +261,7 @@ def run(ctx, study: optuna.Study, trials: int, timeout: float | None, callbacks:
                                  deadline=time.time() + timeout if timeout else None)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, dense=ctx.model, data=ctx.data, settings=ctx.settings,
-                                 dense_bytes=ctx.dense_bytes, threads=threads), resources)
+                                 dense_bytes=ctx.dense_bytes, threads=threads, stats=ctx.stats), resources)
         folder = Path(run_dir or ".").resolve() / "ray"
         tuner = tune.Tuner(
             trainable,

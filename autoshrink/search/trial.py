@@ -55,10 +55,10 @@ class TrialResult:
 
 
 def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSettings, dense_bytes: int,
-              should_stop: Callable[[int, float], str | None] | None = None) -> TrialResult:
+              should_stop: Callable[[int, float], str | None] | None = None, stats: dict | None = None) -> TrialResult:
     start = time.perf_counter()
     torch.manual_seed(settings.seed)
-    model = compress(dense, plan, freqs=data.vocab.freqs)
+    model = compress(dense, plan, freqs=data.vocab.freqs, stats=stats)
     nbytes = stored_bytes(model)
     curve: dict[int, float] = {}
     settle = settles_at(model)

@@ -77,9 +77,10 @@ def uniform_seeds(space: SearchSpace, sites: list, max_bytes: int, freqs=None,
     return seeds
 
 
-def enqueue_uniform_seeds(study: optuna.Study, seeds: list[tuple[str, dict[str, Any]]]) -> int:
-    """Enqueue the seeds into a study that has no trials yet (a resumed search keeps its history)."""
-    if study.get_trials(deepcopy=False):
+def enqueue_uniform_seeds(study: optuna.Study, seeds: list[tuple[str, dict[str, Any]]], after: int = 0) -> int:
+    """Enqueue the seeds into a study that has no trials yet but the `after` ones queued before
+    them (a resumed search keeps its history)."""
+    if len(study.get_trials(deepcopy=False)) > after:
         return 0
     for method, params in seeds:
         study.enqueue_trial(params, user_attrs={"warm_start": f"uniform {method}"})

@@ -34,7 +34,7 @@ from autoshrink.errors import UserError
 from autoshrink.methods import CompressedEmbedding, CompressedLinear, MethodConfig, weight_class
 from autoshrink.models.lstm_lm import LSTMLayer
 from autoshrink.models.discover import discover_sites
-from autoshrink.sites import Site
+from autoshrink.sites import Site, SiteStats
 from autoshrink.plan import _dense_weight, _resolve, compress, parse_plan
 
 
@@ -199,7 +199,7 @@ class LatencyTable:
                             module.bias.copy_(bias)
             else:
                 built = weight_class(cfg).build(weight.float().cpu(), site, cfg,
-                                                freqs=self.freqs if site.is_vocab else None)
+                                                SiteStats(freqs=self.freqs if site.is_vocab else None))
                 module = CompressedEmbedding(built) if embedding else CompressedLinear(built, bias)
             module = module.to(self.device).eval()
             return self._time(lambda: module(x))

@@ -6,7 +6,6 @@ Sites not named stay dense. Tied sites share one compressed weight, counted once
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,7 +17,7 @@ from autoshrink.errors import UserError
 from autoshrink.methods import (CompressedEmbedding, CompressedLinear, CompressedWeight, MethodConfig,
                                 config_from_dict, weight_class)
 from autoshrink.models.discover import discover_sites
-from autoshrink.sites import Site
+from autoshrink.sites import Site, SiteStats
 
 Plan = dict[str, MethodConfig]
 
@@ -67,11 +66,7 @@ def _resolve(model: nn.Module, plan: Plan, sites: list[Site] | None = None) -> t
 
 def method_bytes(site: Site, cfg: MethodConfig, freqs: torch.Tensor | None = None) -> int:
     """Analytic stored bytes of one site's weight under `cfg` (bias excluded)."""
-    fn = weight_class(cfg).stored_bytes
-    # Vocabulary methods whose allocation follows word frequencies take them (GroupReduce).
-    if "freqs" in inspect.signature(fn).parameters:
-        return fn(site, cfg, freqs=freqs if site.is_vocab else None)
-    return fn(site, cfg)
+    return weight_class(cfg).stored_bytes(site, cfg, freqs if site.is_vocab else None)
 
 
 def plan_stored_bytes(sites: list[Site], plan: Plan, freqs: torch.Tensor | None = None,
@@ -113,7 +108,8 @@ def _dense_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
 
 
 def compress(model: nn.Module, plan: Mapping[str, Any] | str | Path, freqs: torch.Tensor | None = None,
-             sites: list[Site] | None = None, inplace: bool = False) -> nn.Module:
+             sites: list[Site] | None = None, inplace: bool = False,
+             stats: dict[str, SiteStats] | None = None) -> nn.Module:
     """A new model whose planned sites are compressed, each initialised from its dense weight."""
     plan = parse_plan(plan)
     by_name, resolved = _resolve(model, plan, sites)
@@ -123,7 +119,8 @@ def compress(model: nn.Module, plan: Mapping[str, Any] | str | Path, freqs: torc
         site = by_name[name]
         weight, _ = _dense_weight(model.get_submodule(name))
         weight = weight.float().cpu().contiguous()  # a Conv1D's transposed view: methods may keep it as a parameter
-        built = weight_class(cfg).build(weight, site, cfg, freqs=freqs if site.is_vocab else None)
+        site_stats = (stats or {}).get(name) or SiteStats(freqs=freqs if site.is_vocab else None)
+        built = weight_class(cfg).build(weight, site, cfg, site_stats)
         for p in built.parameters():  # factors sliced from an SVD may be strided views; checkpoints need dense tensors
             if not p.is_contiguous():
                 p.data = p.data.contiguous()

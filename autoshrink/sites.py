@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 ROLES = ("embedding", "softmax", "recurrent", "attention", "mlp", "linear")
@@ -33,6 +34,23 @@ class Site:
     @property
     def is_vocab(self) -> bool:
         return self.role in VOCAB_ROLES
+
+
+@dataclass(frozen=True)
+class SiteStats:
+    """What one calibration pass learned about a site's inputs (METHODS.md section 8).
+
+    moment: the input second moment H = X^T X / tokens (n x n, float64; n = the site's input
+    size), or None where the site has no dense input (an embedding's input is one word).
+    mean: the mean input (n,), or None with moment.
+    tokens: how many input rows the moment averages.
+    freqs: training-split word counts (V,) for vocabulary sites, else None.
+    """
+
+    moment: torch.Tensor | None = None
+    tokens: int = 0
+    freqs: torch.Tensor | None = None
+    mean: torch.Tensor | None = None
 
 
 class CompressedModule(nn.Module):

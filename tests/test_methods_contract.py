@@ -15,7 +15,7 @@ from autoshrink.errors import UserError
 from autoshrink.methods import (CompressedEmbedding, CompressedLinear, config_from_dict, method_names,
                                 weight_class)
 from autoshrink.methods._storage import tensors_bytes
-from autoshrink.sites import Site
+from autoshrink.sites import Site, SiteStats
 
 V, D = 96, 16  # vocabulary-like site: rows = words
 M, N = 48, 24  # recurrent-like site
@@ -24,7 +24,7 @@ CASES = {
     "quant": dict(exact={"bits": 32}, compress={"bits": 4, "group_size": 8}, roles=("embedding", "softmax", "recurrent"),
                   bad=[{"bits": 1}, {"bits": 33}, {"group_size": -1}]),
     "lowrank": dict(exact={"rank": 64}, compress={"rank": 4, "bits": 8}, roles=("embedding", "softmax", "recurrent"),
-                    bad=[{"rank": 0}, {"bits": 1}]),
+                    bad=[{"rank": -1}, {"bits": 1}, {"init": "magic"}]),
     "groupreduce": dict(exact={"blocks": 3, "rank": 16}, compress={"blocks": 4, "rank": 2, "refine": 2, "bits": 6},
                         roles=("embedding", "softmax"), bad=[{"blocks": 0}, {"rank": 0}, {"alpha": -1.0}]),
     "kronecker": dict(exact={"density": 1.0}, compress={"m1": 8, "n1": 4, "terms": 2, "density": 0.05},
@@ -35,7 +35,7 @@ CASES = {
     "tt": dict(exact={"cores": 2, "rank": 1024}, compress={"cores": 3, "rank": 3}, roles=("embedding", "softmax", "recurrent"),
                bad=[{"cores": 1}, {"rank": 0}]),
     "hash": dict(exact={"chunks": 2, "pool": 2 * V, "_only": "vocab"}, compress={"chunks": 4, "pool": 64},
-                 roles=("embedding", "softmax"), bad=[{"chunks": 0}, {"pool": 0}, {"chunks": 3}]),
+                 roles=("embedding", "softmax"), bad=[{"chunks": 0}, {"pool": -1}, {"chunks": 3}]),
     "lightrnn": dict(exact=None, compress={}, roles=("embedding", "softmax"), bad=[{"rows": 2, "cols": 2}]),
 }
 
@@ -63,7 +63,7 @@ def _build(name: str, knobs: dict, role: str):
     site = _site(role)
     w = _dense(role)
     freqs = _freqs() if site.is_vocab else None
-    return weight_class(cfg).build(w, site, cfg, freqs=freqs), w, site, cfg
+    return weight_class(cfg).build(w, site, cfg, SiteStats(freqs=freqs)), w, site, cfg
 
 
 def _cases(kind: str):
@@ -175,7 +175,7 @@ def test_bad_knobs_are_one_clear_error(name):
         with pytest.raises(UserError) as e:
             cfg = config_from_dict({"method": name, **knobs})
             role = CASES[name]["roles"][0]
-            weight_class(cfg).build(_dense(role), _site(role), cfg, freqs=_freqs())
+            weight_class(cfg).build(_dense(role), _site(role), cfg, SiteStats(freqs=_freqs()))
         assert name in str(e.value) or any(str(v) in str(e.value) for v in knobs.values()), str(e.value)
 
 

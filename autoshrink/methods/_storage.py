@@ -62,8 +62,9 @@ def _grouped(t: torch.Tensor, group_size: int) -> tuple[torch.Tensor, int]:
     return x.reshape(rows, ngroups, g), pad
 
 
-def _affine(grouped: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp16-rounded scale and minimum per group, so that export and forward agree exactly."""
+def affine_grid(grouped: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp16-rounded scale and minimum per group (over the last dimension), so that export and
+    forward agree exactly: group values are stored as codes * scale + minimum."""
     lo = grouped.amin(dim=-1, keepdim=True).detach()
     hi = grouped.amax(dim=-1, keepdim=True).detach()
     levels = 2**bits - 1
@@ -81,17 +82,24 @@ def fake_quant(t: torch.Tensor, bits: int, group_size: int = 0) -> torch.Tensor:
     """Round `t` to its stored values; gradients pass straight through (STE)."""
     if bits >= 32:
         return t
+    return t + (stored_values(t, bits, group_size) - t).detach()
+
+
+def stored_values(t: torch.Tensor, bits: int, group_size: int = 0) -> torch.Tensor:
+    """The values `t` is stored as (no gradient), exactly: stored_values of them are themselves."""
+    t = t.detach()
+    if bits >= 32:
+        return t
     if bits == 16:
-        return t + (t.to(torch.float16).float() - t).detach()
+        return t.to(torch.float16).float()
     grouped, pad = _grouped(t, group_size)
-    scale16, lo16 = _affine(grouped, bits)
+    scale16, lo16 = affine_grid(grouped, bits)
     deq = _codes(grouped, scale16, lo16, bits) * scale16.float() + lo16.float()
     rows = grouped.shape[0]
     deq = deq.reshape(rows, -1)
     if pad:
         deq = deq[:, :-pad]
-    deq = deq.reshape(t.shape)
-    return t + (deq - t).detach()
+    return deq.reshape(t.shape)
 
 
 def pack_uint(values: torch.Tensor | np.ndarray, bits: int) -> torch.Tensor:
@@ -119,7 +127,7 @@ def pack_float(t: torch.Tensor, bits: int, group_size: int = 0) -> dict[str, tor
     if bits == 16:
         return {"": t.to(torch.float16).contiguous()}
     grouped, _ = _grouped(t, group_size)
-    scale16, lo16 = _affine(grouped, bits)
+    scale16, lo16 = affine_grid(grouped, bits)
     codes = _codes(grouped, scale16, lo16, bits).reshape(grouped.shape[0], -1)
     _, cols = as_rows(tuple(t.shape))
     codes = codes[:, :cols].to(torch.int64)

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from autoshrink.errors import UserError
-from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, register
+from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, calibrated, register, site_freqs
 from autoshrink.methods._storage import groups_per_row, pack_uint, unpack_uint
 from autoshrink.sites import Site
 
@@ -60,12 +60,10 @@ class GroupReduceConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, low in (("blocks", 1), ("rank", 1), ("refine", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise UserError(f"groupreduce: {name} must be an integer >= {low}, got {value!r}")
-        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not 0.0 <= self.alpha <= 2.0:
-            raise UserError(f"groupreduce: alpha must be in [0, 2], got {self.alpha!r}")
+        self.check_int("blocks", 1)
+        self.check_int("rank", 1)
+        self.check_int("refine", 0)
+        self.check_range("alpha", 0.0, 2.0)
 
     def check_site(self, site: Site) -> None:
         super().check_site(site)
@@ -201,7 +199,8 @@ class GroupReduceWeight(CompressedWeight):
         return swaps
 
     @classmethod
-    def build(cls, weight, site, config, freqs=None):
+    def build(cls, weight, site, config, stats=None):
+        freqs = site_freqs(site, stats)
         blocks = cls.allocation(site, config, freqs)
         v, d = site.shape
         f = _check_freqs(freqs, site)
@@ -284,7 +283,7 @@ class GroupReduceWeight(CompressedWeight):
 
     # --- storage -------------------------------------------------------------------------
     @staticmethod
-    def stored_bytes(site, config, *, freqs: torch.Tensor | None = None) -> int:
+    def stored_bytes(site, config, freqs: torch.Tensor | None = None) -> int:
         """Exact export bytes; `freqs` (the word counts `build` gets) decide the ranks and the map."""
         d = site.shape[1]
         total = 0

@@ -44,17 +44,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoshrink.errors import UserError
-from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, register
+from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, register, site_freqs
 from autoshrink.methods._storage import pack_uint, unpack_uint
 from autoshrink.sites import Site
 
 KMEANS_ITERS = 10  # balanced k-means rounds (rows, then columns); stops early once stable
 FIT_ROUNDS = 5  # alternating least-squares rounds for the tables
 REFINE_ROUNDS = 2  # reconstruction-cost reallocations after the k-means init
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -68,9 +64,7 @@ class LightRNNConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("rows", "cols", "seed"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 0:
-                raise UserError(f"lightrnn: {name} must be an integer >= 0, got {value!r}")
+            self.check_int(name, 0)
 
     def grid(self, site: Site) -> tuple[int, int]:
         """(R, C) of the word table for this site."""
@@ -189,11 +183,12 @@ class LightRNNWeight(CompressedWeight):
             self.uses_site_bias = True
 
     @classmethod
-    def build(cls, weight, site, config, freqs=None):
+    def build(cls, weight, site, config, stats=None):
         config.check_site(site)
         v, d = site.shape
         rows, cols = config.grid(site)
         target = weight.detach().double()
+        freqs = site_freqs(site, stats)
         if site.role == "softmax":
             f = torch.ones(v, dtype=torch.float64) if freqs is None else freqs.detach().double()
             seen = f[f > 0]  # unseen words count as half the rarest seen word, not log 0
@@ -301,7 +296,7 @@ class LightRNNWeight(CompressedWeight):
 
     # --- storage ---------------------------------------------------------------------------
     @staticmethod
-    def stored_bytes(site, config) -> int:
+    def stored_bytes(site, config, freqs=None) -> int:
         r, c = config.grid(site)
         v = site.shape[0]
         floats = sum(CompressedWeight.float_bytes(s, config) for s in _table_shapes(site, config).values())

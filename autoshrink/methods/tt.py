@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from autoshrink.errors import UserError
-from autoshrink.methods._base import CompressedWeight, MethodConfig, register
-from autoshrink.methods.lowrank import thin_svd
+from autoshrink.methods._base import CompressedWeight, MethodConfig, calibrated, register
+from autoshrink.methods._linalg import thin_svd
 from autoshrink.sites import Site
 
 CORES = (2, 3, 4)
@@ -39,10 +39,8 @@ class TTConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.cores not in CORES or isinstance(self.cores, bool):
-            raise UserError(f"tt: cores must be one of {CORES}, got {self.cores!r}")
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-            raise UserError(f"tt: rank must be an integer >= 1, got {self.rank!r}")
+        self.check_int("cores", min(CORES), max(CORES))
+        self.check_int("rank", 1)
 
     def layout(self, site: Site) -> "TTLayout":
         return tt_layout(site.shape[0], site.shape[1], self.cores, self.rank)
@@ -135,7 +133,7 @@ class TTWeight(CompressedWeight):
                                        for k, c in enumerate(cores)])
 
     @classmethod
-    def build(cls, weight, site, config, freqs=None):
+    def build(cls, weight, site, config, stats=None):
         config.check_site(site)
         return cls(site, config, tt_svd(weight, config.layout(site)))
 
@@ -145,7 +143,8 @@ class TTWeight(CompressedWeight):
         return self.q(g.reshape(self.layout.stored_shape(k))).reshape(g.shape)
 
     def weight(self) -> torch.Tensor:
-        return self.matmul(torch.eye(self.site.shape[1])).T  # for checks only: forms W
+        eye = torch.eye(self.site.shape[1], device=self.cores[0].device, dtype=self.cores[0].dtype)
+        return self.matmul(eye).T  # for checks only: forms W
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         m, n = self.site.shape
@@ -180,7 +179,7 @@ class TTWeight(CompressedWeight):
         return acc.reshape(*ids.shape, self.site.shape[1])
 
     @staticmethod
-    def stored_bytes(site, config) -> int:
+    def stored_bytes(site, config, freqs=None) -> int:
         layout = config.layout(site)
         return sum(CompressedWeight.float_bytes(layout.stored_shape(k), config) for k in range(config.cores))
 

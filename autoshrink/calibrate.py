@@ -66,8 +66,13 @@ def _recurrent_layer(model: nn.Module, site: Site) -> tuple[str, nn.Module] | No
     return (child, parent) if hasattr(parent, "ih") and hasattr(parent, "hh") else None
 
 
+class _Done(Exception):
+    """Raised once the softmax's input is recorded: its logits are not needed."""
+
+
 def _hooks(model: nn.Module, sites: list[Site], moments: dict[str, _Moment]) -> list:
     handles = []
+    hooked = {s.name for s in sites if s.role != "embedding"}
     layers: dict[int, tuple[nn.Module, dict[str, str]]] = {}
     for site in sites:
         if site.role == "embedding":
@@ -79,8 +84,10 @@ def _hooks(model: nn.Module, sites: list[Site], moments: dict[str, _Moment]) -> 
             continue
         module = model.get_submodule(site.name)
 
-        def record(_module, args, name=site.name):
+        def record(_module, args, name=site.name, last=site.role == "softmax"):
             moments[name].add(args[0])
+            if last and all(moments[n].count for n in hooked):
+                raise _Done  # the output layer's product (V x n per token) would be wasted
 
         handles.append(module.register_forward_pre_hook(record))
     for layer, names in layers.values():
@@ -120,6 +127,8 @@ def collect(model: nn.Module, train_ids: torch.Tensor, tokens: int = DEFAULT_TOK
     try:
         device = next(model.parameters()).device
         model(_streams(train_ids, tokens, streams).to(device))
+    except _Done:
+        pass
     finally:
         for h in handles:
             h.remove()

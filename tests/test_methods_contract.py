@@ -26,7 +26,7 @@ CASES = {
     "lowrank": dict(exact={"rank": 64}, compress={"rank": 4, "bits": 8}, roles=("embedding", "softmax", "recurrent"),
                     bad=[{"rank": -1}, {"bits": 1}, {"init": "magic"}]),
     "groupreduce": dict(exact={"blocks": 3, "rank": 16}, compress={"blocks": 4, "rank": 2, "refine": 2, "bits": 6},
-                        roles=("embedding", "softmax"), bad=[{"blocks": 0}, {"rank": 0}, {"alpha": -1.0}]),
+                        roles=("embedding", "softmax"), bad=[{"blocks": 0}, {"rank": -1}, {"alpha": -1.0}]),
     "kronecker": dict(exact={"density": 1.0}, compress={"m1": 8, "n1": 4, "terms": 2, "density": 0.05},
                       roles=("embedding", "softmax", "recurrent"),
                       bad=[{"density": 1.5}, {"terms": 0}, {"m1": 7, "n1": 4}, {"cmr": 1.0}]),

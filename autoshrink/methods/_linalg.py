@@ -37,8 +37,10 @@ def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return vh.T, s, u.T
 
 
-def psd_cholesky(h: torch.Tensor, damp: float = WHITEN_DAMP) -> torch.Tensor:
-    """Lower Cholesky factor of h + damp * mean(diag h) I (float64), damped further if needed."""
+def psd_cholesky(h: torch.Tensor, damp: float | None = None) -> torch.Tensor:
+    """Lower Cholesky factor of h + damp * mean(diag h) I (float64; damp WHITEN_DAMP by
+    default), damped further if needed."""
+    damp = WHITEN_DAMP if damp is None else damp
     h = h.detach().double()
     h = (h + h.T) / 2
     scale = float(h.diagonal().mean()) if h.numel() else 1.0

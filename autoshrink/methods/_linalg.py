@@ -187,14 +187,18 @@ def nearest_kronecker(w: torch.Tensor, m1: int, n1: int, terms: int) -> tuple[to
     return a.float(), b.float()
 
 
-def kronecker_psd(h: torch.Tensor, n1: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(H1, H2), PSD, n1 x n1 and n2 x n2, with H1 (x) H2 the nearest Kronecker product of the
-    PSD matrix h (Van Loan–Pitsianis: its top term can be taken PSD)."""
-    a, b = nearest_kronecker(h.double(), n1, n1, 1)
-    a, b = a[0].double(), b[0].double()
-    if a.trace() < 0:  # the pair is defined up to a common sign
-        a, b = -a, -b
-    return _psd_part(a), _psd_part(b)
+def kronecker_psd(h: torch.Tensor, modes: tuple[int, ...]) -> list[torch.Tensor]:
+    """PSD factors H_1 .. H_d (modes[k] x modes[k]) with H_1 (x) ... (x) H_d near the PSD matrix h
+    (one nearest Kronecker product per split, Van Loan–Pitsianis: its top term can be taken PSD)."""
+    factors, rest = [], h.double()
+    for size in modes[:-1]:
+        a, b = nearest_kronecker(rest, size, size, 1)
+        a, b = a[0].double(), b[0].double()
+        if a.trace() < 0:  # the pair is defined up to a common sign
+            a, b = -a, -b
+        factors.append(_psd_part(a))
+        rest = b
+    return factors + [_psd_part(rest)]
 
 
 def _psd_part(x: torch.Tensor) -> torch.Tensor:
@@ -202,7 +206,11 @@ def _psd_part(x: torch.Tensor) -> torch.Tensor:
     return (vecs * vals.clamp_min(1e-6 * float(vals.abs().max()))) @ vecs.T
 
 
-def kronecker_rows(row: torch.Tensor, m1: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positive (d1, d2) with d1 (x) d2 the rank-1 fit of row weights reshaped m1 x m2."""
-    u, s, vh = torch.linalg.svd(row.double().reshape(m1, -1), full_matrices=False)
-    return (u[:, 0].abs() * s[0].sqrt()).clamp_min(1e-12), (vh[0].abs() * s[0].sqrt()).clamp_min(1e-12)
+def kronecker_rows(row: torch.Tensor, modes: tuple[int, ...]) -> list[torch.Tensor]:
+    """Positive d_1 .. d_d with d_1 (x) ... (x) d_d a rank-1 fit of row weights (one split at a time)."""
+    factors, rest = [], row.double()
+    for size in modes[:-1]:
+        u, s, vh = torch.linalg.svd(rest.reshape(size, -1), full_matrices=False)
+        factors.append((u[:, 0].abs() * s[0].sqrt()).clamp_min(1e-12))
+        rest = (vh[0].abs() * s[0].sqrt()).clamp_min(1e-12)
+    return factors + [rest]

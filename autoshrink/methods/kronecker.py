@@ -175,8 +175,8 @@ class KroneckerWeight(CompressedWeight):
         if metric.plain:
             return plain
         m1, m2, n1, n2 = config.factors(site.shape)
-        factored = (None if metric.row is None else kronecker_rows(metric.row, m1),
-                    None if metric.chol is None else tuple(psd_cholesky(h) for h in kronecker_psd(metric.moment, n1)))
+        factored = (None if metric.row is None else kronecker_rows(metric.row, (m1, m2)),
+                    None if metric.chol is None else [psd_cholesky(h) for h in kronecker_psd(metric.moment, (n1, n2))])
         aware = cls(site, config, *_fit(w, config, metric, factored))
         with torch.no_grad():
             return aware if metric.error(w, aware.weight()) <= metric.error(w, plain.weight()) else plain

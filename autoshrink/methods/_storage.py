@@ -210,3 +210,43 @@ def unpack_sparse(packed: dict[str, torch.Tensor], m: int, n: int, bits: int,
 
 def tensors_bytes(tensors: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+# --- the file: safetensors header ---------------------------------------------------------
+# What the user holds is model.safetensors: 8 bytes of header length, a JSON header padded with
+# spaces to a multiple of 8, then the tensor bytes. The header's size follows from the tensor
+# names, dtypes and shapes alone (checked against files written by safetensors 0.8): tensors are
+# laid out by dtype (this order, descending alignment), then by name; "__metadata__" comes first.
+SAFETENSORS_DTYPES = {  # torch dtype -> (header name, rank in safetensors' layout order: higher first)
+    torch.uint64: ("U64", 13), torch.int64: ("I64", 12), torch.float64: ("F64", 11), torch.float32: ("F32", 10),
+    torch.uint32: ("U32", 9), torch.int32: ("I32", 8), torch.bfloat16: ("BF16", 7), torch.float16: ("F16", 6),
+    torch.uint16: ("U16", 5), torch.int16: ("I16", 4), torch.int8: ("I8", 3), torch.uint8: ("U8", 2), torch.bool: ("BOOL", 1),
+}
+
+
+def safetensors_header_bytes(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+                             metadata: dict[str, str] | None = None) -> int:
+    """Bytes before the tensor data of a safetensors file holding tensors name -> (dtype, shape)
+    (and string `metadata`): the 8-byte length plus the padded JSON header."""
+    import json
+
+    def dumps(value) -> str:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+    order = sorted(specs, key=lambda name: (-SAFETENSORS_DTYPES[specs[name][0]][1], name))
+    parts = [f"{dumps('__metadata__')}:{dumps(dict(metadata))}"] if metadata else []
+    offset = 0
+    for name in order:
+        dtype, shape = specs[name]
+        size = int(math.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+        parts.append(f"{dumps(name)}:{{\"dtype\":{dumps(SAFETENSORS_DTYPES[dtype][0])},"
+                     f"\"shape\":{dumps([int(s) for s in shape])},\"data_offsets\":[{offset},{offset + size}]}}")
+        offset += size
+    header = len(("{" + ",".join(parts) + "}").encode("utf-8"))
+    return 8 + header + (-header) % 8
+
+
+def safetensors_file_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> int:
+    """Size on disk of `safetensors.torch.save_file(tensors, path, metadata)`."""
+    specs = {name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()}
+    return safetensors_header_bytes(specs, metadata) + tensors_bytes(tensors)

@@ -113,6 +113,8 @@ def compress(model: nn.Module, plan: Mapping[str, Any] | str | Path, freqs: torc
     """A new model whose planned sites are compressed, each initialised from its dense weight."""
     plan = parse_plan(plan)
     by_name, resolved = _resolve(model, plan, sites)
+    for name, cfg in resolved.items():  # a plan entry that stores more than the dense site is a mistake
+        cfg.check_shrinks(by_name[name], freqs)
     model = model if inplace else copy.deepcopy(model)
     shared: dict[str, CompressedWeight] = {}
     for name, cfg in resolved.items():

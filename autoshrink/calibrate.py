@@ -1,23 +1,27 @@
 """Calibration: one pass of the dense model over training tokens, the statistics data-aware
 initialisation needs (METHODS.md section 8), per site.
 
-For every site: the input second moment H = X^T X / count (accumulated in float64) and the mean
-input, where X are the rows that enter the matrix:
-  - a Linear (or Hugging Face Conv1D) site: its input, recorded by a forward pre-hook (the
-    softmax: the top hidden state);
-  - an LSTM layer's `ih` and `hh` (the reference LSTMLayer runs torch's fused kernel, so neither
-    module is called): `ih` sees the layer input, `hh` the previous hidden state h_{t-1}, i.e.
-    the layer's output shifted by one step with the initial state in front; recorded by a
-    forward hook on the layer;
-  - an embedding: no dense input (a one-hot word), only the word counts.
-Vocabulary sites (embedding, softmax) carry the word counts of the training split
-(`model.vocab.freqs`). Tied sites share one weight: the owner gets its partner's moment when it
-has none (a tied embedding/softmax is fitted for the softmax's inputs and the word counts).
+Every site module is wrapped, for the pass, in a probe that records what enters it and the
+gradient of the language-model loss (next-token cross-entropy) at what leaves it:
+  - `moment`: the second moment that weighs the matrix's columns. For a matrix that multiplies
+    inputs (Linear, Hugging Face Conv1D, an LSTM's `ih` and `hh`, the softmax) it is the input
+    moment H = X^T X / count; for an embedding, whose input is a one-hot word, it is the moment of
+    the loss gradient at its output vectors, E[g g^T] (the error of a row e_i costs about
+    delta G delta^T each time word i occurs).
+  - `mean`: the mean input (None for an embedding).
+  - `grad_sq`: E[g_i^2] per output row of a matrix (the diagonal Fisher of its outputs): how much
+    an error in that output costs (a saturated LSTM gate little, an open one much).
+  - `freqs`: the training split's word counts on vocabulary sites (`model.vocab.freqs`).
+The probe replaces the module, so a reference LSTM layer leaves its fused kernel for the pass and
+calls `ih` on the layer input and `hh` on each previous hidden state h_{t-1}: what the fused
+kernel multiplies. Tied sites share one weight: the owner gets its partner's statistics when it
+has none of its own.
 
 The tokens are `tokens` training tokens taken as STREAMS evenly spaced contiguous pieces (more
-varied text than one prefix), run with the model in eval mode (no dropout). The result is cached
-under the autoshrink cache, keyed by a fingerprint of the model's weights, of the token ids used
-and the token count, as safetensors (nothing is unpickled), so a search computes it once.
+varied text than one prefix; 64 steps each keep the probed step loop short), in eval mode (no
+dropout), at most PASS_TOKENS per forward and backward pass. The result is cached under the
+autoshrink cache, keyed by a fingerprint of the model's weights, of the token ids used and the
+token count, as safetensors (nothing is unpickled), so a search computes it once.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -34,129 +39,142 @@ from autoshrink.models.discover import discover_sites
 from autoshrink.sites import Site, SiteStats
 
 DEFAULT_TOKENS = 4096
-STREAMS = 16  # contiguous pieces of the train split, run as one batch
-FORMAT = "autoshrink-calibration/1"
+STREAMS = 128  # contiguous pieces of the train split, run as one batch
+STEPS = 32  # tokens per piece when more are asked for: the probed step loop stays short
+PASS_TOKENS = 4096  # tokens per forward/backward pass (logits of V words each)
+FORMAT = "autoshrink-calibration/2"
+FIELDS = ("moment", "mean", "grad_sq", "freqs")
 
 
-class _Moment:
-    """Running sums of x x^T and x over input rows (float64)."""
+class _Sums:
+    """Running float64 sums over rows: x x^T and x (inputs), g g^T or g^2 (output gradients)."""
 
     def __init__(self):
-        self.sum_xx: torch.Tensor | None = None
-        self.sum_x: torch.Tensor | None = None
+        self.xx = self.x = self.gg = None
         self.count = 0
+        self.grad_count = 0
 
-    def add(self, x: torch.Tensor) -> None:
+    def add_input(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).double()
-        if self.sum_xx is None:
-            self.sum_xx = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
-            self.sum_x = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-        self.sum_xx += x.T @ x
-        self.sum_x += x.sum(0)
+        self.xx = x.T @ x if self.xx is None else self.xx + x.T @ x
+        self.x = x.sum(0) if self.x is None else self.x + x.sum(0)
         self.count += x.shape[0]
 
-
-def _recurrent_layer(model: nn.Module, site: Site) -> tuple[str, nn.Module] | None:
-    """(`ih` | `hh`, the layer) when the site is one matrix of a layer holding both (an LSTM layer
-    whose forward is (x, (h0, c0)) -> (out, (h, c)))."""
-    parent_name, _, child = site.name.rpartition(".")
-    if child not in ("ih", "hh") or not parent_name:
-        return None
-    parent = model.get_submodule(parent_name)
-    return (child, parent) if hasattr(parent, "ih") and hasattr(parent, "hh") else None
+    def add_grad(self, g: torch.Tensor, full: bool) -> None:
+        g = g.detach().reshape(-1, g.shape[-1]).double()
+        part = g.T @ g if full else (g * g).sum(0)
+        self.gg = part if self.gg is None else self.gg + part
+        self.grad_count += g.shape[0]
 
 
-class _Done(Exception):
-    """Raised once the softmax's input is recorded: its logits are not needed."""
+class _Probe(nn.Module):
+    """Stands in a site's module during the pass: calls it, records input and output gradient.
+    Not an nn.Linear, so a layer that special-cases Linear (the LSTM's fused path) calls it."""
+
+    def __init__(self, inner: nn.Module, sums: _Sums, lookup: bool):
+        super().__init__()
+        self.inner, self.sums, self.lookup = inner, sums, lookup
+
+    def forward(self, x, *args, **kwargs):
+        if not self.lookup:
+            self.sums.add_input(x)
+        y = self.inner(x, *args, **kwargs)
+        if y.requires_grad:  # an embedding's output gradient weighs its columns (full moment)
+            y.register_hook(lambda g: self.sums.add_grad(g, full=self.lookup))
+        return y
 
 
-def _hooks(model: nn.Module, sites: list[Site], moments: dict[str, _Moment]) -> list:
-    handles = []
-    hooked = {s.name for s in sites if s.role != "embedding"}
-    layers: dict[int, tuple[nn.Module, dict[str, str]]] = {}
-    for site in sites:
-        if site.role == "embedding":
-            continue
-        recurrent = _recurrent_layer(model, site)
-        if recurrent is not None:
-            child, layer = recurrent
-            layers.setdefault(id(layer), (layer, {}))[1][child] = site.name
-            continue
-        module = model.get_submodule(site.name)
-
-        def record(_module, args, name=site.name, last=site.role == "softmax"):
-            moments[name].add(args[0])
-            if last and all(moments[n].count for n in hooked):
-                raise _Done  # the output layer's product (V x n per token) would be wasted
-
-        handles.append(module.register_forward_pre_hook(record))
-    for layer, names in layers.values():
-
-        def record_layer(_module, args, output, names=names):
-            x, (h0, _c0) = args[0], args[1]
-            out = output[0]  # (T, B, H)
-            if "ih" in names:
-                moments[names["ih"]].add(x)
-            if "hh" in names:  # h_{t-1}: the initial state, then the outputs but the last
-                moments[names["hh"]].add(torch.cat([h0.unsqueeze(0), out[:-1]]))
-
-        handles.append(layer.register_forward_hook(record_layer))
-    return handles
+def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def _streams(train_ids: torch.Tensor, tokens: int, streams: int) -> torch.Tensor:
-    """(T, B) ids: `streams` contiguous pieces of the split, evenly spaced, tokens in all."""
+    """(T + 1, B) ids: `streams` contiguous pieces of the split, evenly spaced, `tokens` inputs in
+    all, each with its next word as the last target."""
     ids = train_ids.reshape(-1)
-    streams = max(1, min(streams, tokens, len(ids)))
-    length = max(1, min(tokens, len(ids)) // streams)
-    starts = torch.linspace(0, len(ids) - length, streams).long()
-    return torch.stack([ids[s:s + length] for s in starts.tolist()], dim=1)
+    streams = max(streams, tokens // STEPS)  # more tokens: more streams of the same length
+    streams = max(1, min(streams, tokens, len(ids) - 1))
+    length = max(1, min(tokens, len(ids) - 1) // streams)
+    starts = torch.linspace(0, len(ids) - length - 1, streams).long()
+    return torch.stack([ids[s:s + length + 1] for s in starts.tolist()], dim=1)
 
 
-@torch.no_grad()
 def collect(model: nn.Module, train_ids: torch.Tensor, tokens: int = DEFAULT_TOKENS, sites: list[Site] | None = None,
             freqs: torch.Tensor | None = None, streams: int = STREAMS) -> dict[str, SiteStats]:
-    """The statistics of one pass (no cache): {site name: SiteStats}."""
+    """The statistics of one forward and backward pass (no cache): {site name: SiteStats}."""
     sites = sites if sites is not None else discover_sites(model)
     if freqs is None and getattr(model, "vocab", None) is not None:
         freqs = getattr(model.vocab, "freqs", None)
-    moments = {s.name: _Moment() for s in sites}
-    handles = _hooks(model, sites, moments)
+    sums = {s.name: _Sums() for s in sites}
+    originals = {s.name: model.get_submodule(s.name) for s in sites}
     was_training = model.training
+    grads = {name: p.requires_grad for name, p in model.named_parameters()}
     model.eval()
     try:
-        device = next(model.parameters()).device
-        model(_streams(train_ids, tokens, streams).to(device))
-    except _Done:
-        pass
+        for p in model.parameters():
+            p.requires_grad_(False)  # gradients of activations only
+        for site in sites:
+            _swap(model, site.name, _Probe(originals[site.name], sums[site.name], isinstance(originals[site.name], nn.Embedding)))
+        device = next(iter(originals.values())).weight.device
+        ids = _streams(train_ids, tokens, streams).to(device)
+        per_pass = max(1, PASS_TOKENS // (ids.shape[0] - 1))  # streams per pass: the logits stay small
+        for first in range(0, ids.shape[1], per_pass):
+            part = ids[:, first:first + per_pass]
+            with torch.enable_grad():
+                logits = _forward_with_grad(model, part[:-1])
+                F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), part[1:].reshape(-1),
+                                reduction="sum").backward()
     finally:
-        for h in handles:
-            h.remove()
+        for site in sites:
+            _swap(model, site.name, originals[site.name])
+        for name, p in model.named_parameters():
+            p.requires_grad_(grads[name])
         model.train(was_training)
+    return _stats(sites, sums, freqs)
+
+
+def _forward_with_grad(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Logits whose graph reaches every probe: the embedding's output is made to need a gradient."""
+    hooks = [m.register_forward_hook(lambda _m, _a, out: out.requires_grad_(True))
+             for m in model.modules() if isinstance(m, nn.Embedding)]
+    try:
+        out = model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
+
+
+def _stats(sites: list[Site], sums: dict[str, _Sums], freqs: torch.Tensor | None) -> dict[str, SiteStats]:
     out: dict[str, SiteStats] = {}
     for site in sites:
-        acc = moments[site.name]
-        moment = mean = None
-        if acc.count:
-            moment, mean = (acc.sum_xx / acc.count).cpu(), (acc.sum_x / acc.count).cpu()
-        site_freqs = freqs.detach().double().cpu() if site.is_vocab and freqs is not None and len(freqs) == site.shape[0] else None
-        out[site.name] = SiteStats(moment=moment, tokens=acc.count, freqs=site_freqs, mean=mean)
+        acc = sums[site.name]
+        grad = None if acc.gg is None else (acc.gg / max(1, acc.grad_count)).cpu()
+        site_freqs = (freqs.detach().double().cpu() if site.is_vocab and freqs is not None
+                      and len(freqs) == site.shape[0] else None)
+        if acc.count:  # a matrix that multiplies inputs
+            out[site.name] = SiteStats(moment=(acc.xx / acc.count).cpu(), tokens=acc.count, freqs=site_freqs,
+                                       mean=(acc.x / acc.count).cpu(), grad_sq=grad)
+        else:  # an embedding: its output gradient's moment weighs its columns
+            out[site.name] = SiteStats(moment=grad, tokens=acc.grad_count, freqs=site_freqs)
     for site in sites:  # a tied owner without inputs takes its partner's
         partner = out[site.name]
-        if site.tied_with in out and out[site.tied_with].moment is None and partner.moment is not None:
-            owner = out[site.tied_with]
-            out[site.tied_with] = SiteStats(partner.moment, partner.tokens, owner.freqs if owner.freqs is not None else partner.freqs,
-                                            partner.mean)
+        owner = out.get(site.tied_with) if site.tied_with else None
+        if owner is not None and owner.mean is None and partner.mean is not None:
+            out[site.tied_with] = SiteStats(partner.moment, partner.tokens,
+                                            owner.freqs if owner.freqs is not None else partner.freqs,
+                                            partner.mean, partner.grad_sq)
     return out
 
 
 def fingerprint(model: nn.Module) -> str:
     """A short hash of the model's parameters and buffers (names, shapes, values)."""
     digest = hashlib.sha256()
-    for name, t in list(model.state_dict().items()):
+    for name, t in model.state_dict().items():
         digest.update(name.encode())
         digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()[:16]
 
 
@@ -174,7 +192,7 @@ def calibrate(model: nn.Module, train_ids: torch.Tensor, tokens: int = DEFAULT_T
     if path is not None and path.is_file():
         try:
             return _read(path)
-        except Exception:  # a torn or foreign file: compute again
+        except (OSError, ValueError, KeyError):  # a torn or foreign file: compute again
             pass
     stats = collect(model, train_ids, tokens, sites, freqs)
     if path is not None:
@@ -184,15 +202,10 @@ def calibrate(model: nn.Module, train_ids: torch.Tensor, tokens: int = DEFAULT_T
 
 def _write(path: Path, stats: dict[str, SiteStats]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors, tokens = {}, {}
-    for name, s in stats.items():
-        tokens[name] = s.tokens
-        for key in ("moment", "mean", "freqs"):
-            value = getattr(s, key)
-            if value is not None:
-                tensors[f"{name}/{key}"] = value.contiguous()
+    tensors = {f"{name}/{key}": getattr(s, key).contiguous() for name, s in stats.items() for key in FIELDS
+               if getattr(s, key) is not None}
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "tokens": json.dumps(tokens)})
+    save_file(tensors, str(tmp), metadata={"format": FORMAT, "tokens": json.dumps({n: s.tokens for n, s in stats.items()})})
     tmp.replace(path)
 
 
@@ -201,8 +214,7 @@ def _read(path: Path) -> dict[str, SiteStats]:
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a calibration file")
+        raise ValueError(f"{path} is not a calibration file of format {FORMAT}")
     tensors = load_file(str(path))
-    return {name: SiteStats(moment=tensors.get(f"{name}/moment"), tokens=int(count), freqs=tensors.get(f"{name}/freqs"),
-                            mean=tensors.get(f"{name}/mean"))
+    return {name: SiteStats(tokens=int(count), **{key: tensors.get(f"{name}/{key}") for key in FIELDS})
             for name, count in json.loads(meta["tokens"]).items()}

@@ -38,19 +38,22 @@ class Site:
 
 @dataclass(frozen=True)
 class SiteStats:
-    """What one calibration pass learned about a site's inputs (METHODS.md section 8).
+    """What one calibration pass learned about a site (METHODS.md section 8; autoshrink.calibrate).
 
-    moment: the input second moment H = X^T X / tokens (n x n, float64; n = the site's input
-    size), or None where the site has no dense input (an embedding's input is one word).
-    mean: the mean input (n,), or None with moment.
-    tokens: how many input rows the moment averages.
+    moment: the second moment that weighs the matrix's columns (n x n, float64): of its inputs,
+    H = X^T X / tokens, for a matrix that multiplies them; of the loss gradient at its output
+    vectors for an embedding (whose input is one word). None: not calibrated.
+    tokens: how many rows the moment averages.
     freqs: training-split word counts (V,) for vocabulary sites, else None.
+    mean: the mean input (n,) of a matrix that multiplies inputs, else None.
+    grad_sq: E[g_i^2], the loss gradient's second moment at each output row (m,), else None.
     """
 
     moment: torch.Tensor | None = None
     tokens: int = 0
     freqs: torch.Tensor | None = None
     mean: torch.Tensor | None = None
+    grad_sq: torch.Tensor | None = None
 
 
 class CompressedModule(nn.Module):

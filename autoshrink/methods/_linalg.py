@@ -23,6 +23,7 @@ from autoshrink.sites import Site, SiteStats
 
 WHITEN_DAMP = 1e-4  # eps = this * mean(diag H): keeps L invertible when inputs are (near) degenerate
 ROW_FLOOR = 1e-3  # unseen words weigh this fraction of the mean word, so D stays invertible
+GRADIENT_ROWS = True  # rows of other matrices weighted by the loss gradient's second moment (FWSVD)
 
 
 def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,6 +80,8 @@ class Metric:
         row = None
         if rows and site.is_vocab and stats.freqs is not None and len(stats.freqs) == site.shape[0]:
             row = row_weights(stats.freqs).sqrt()
+        elif rows and GRADIENT_ROWS and stats.grad_sq is not None and len(stats.grad_sq) == site.shape[0]:
+            row = row_weights(stats.grad_sq).sqrt()
         chol = None
         if inputs and stats.moment is not None and stats.moment.shape == (site.shape[1], site.shape[1]):
             chol = psd_cholesky(stats.moment)

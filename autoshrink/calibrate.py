@@ -10,7 +10,8 @@ gradient of the language-model loss (next-token cross-entropy) at what leaves it
     delta G delta^T each time word i occurs).
   - `mean`: the mean input (None for an embedding).
   - `grad_sq`: E[g_i^2] per output row of a matrix (the diagonal Fisher of its outputs): how much
-    an error in that output costs (a saturated LSTM gate little, an open one much).
+    an error in that output costs (a saturated LSTM gate little, an open one much); and
+    `grad_moment`, the full E[g g^T], for matrices with at most FULL_GRAD_MAX outputs.
   - `freqs`: the training split's word counts on vocabulary sites (`model.vocab.freqs`).
 The probe replaces the module, so a reference LSTM layer leaves its fused kernel for the pass and
 calls `ih` on the layer input and `hh` on each previous hidden state h_{t-1}: what the fused
@@ -43,7 +44,8 @@ STREAMS = 128  # contiguous pieces of the train split, run as one batch
 STEPS = 32  # tokens per piece when more are asked for: the probed step loop stays short
 PASS_TOKENS = 4096  # tokens per forward/backward pass (logits of V words each)
 FORMAT = "autoshrink-calibration/2"
-FIELDS = ("moment", "mean", "grad_sq", "freqs")
+FIELDS = ("moment", "mean", "grad_sq", "grad_moment", "freqs")
+FULL_GRAD_MAX = 2048  # matrices with at most this many outputs keep the full E[g g^T]
 
 
 class _Sums:
@@ -71,16 +73,17 @@ class _Probe(nn.Module):
     """Stands in a site's module during the pass: calls it, records input and output gradient.
     Not an nn.Linear, so a layer that special-cases Linear (the LSTM's fused path) calls it."""
 
-    def __init__(self, inner: nn.Module, sums: _Sums, lookup: bool):
+    def __init__(self, inner: nn.Module, sums: _Sums, lookup: bool, outputs: int):
         super().__init__()
         self.inner, self.sums, self.lookup = inner, sums, lookup
+        self.full = lookup or outputs <= FULL_GRAD_MAX  # keep E[g g^T], not only its diagonal
 
     def forward(self, x, *args, **kwargs):
         if not self.lookup:
             self.sums.add_input(x)
         y = self.inner(x, *args, **kwargs)
         if y.requires_grad:  # an embedding's output gradient weighs its columns (full moment)
-            y.register_hook(lambda g: self.sums.add_grad(g, full=self.lookup))
+            y.register_hook(lambda g: self.sums.add_grad(g, full=self.full))
         return y
 
 
@@ -115,7 +118,8 @@ def collect(model: nn.Module, train_ids: torch.Tensor, tokens: int = DEFAULT_TOK
         for p in model.parameters():
             p.requires_grad_(False)  # gradients of activations only
         for site in sites:
-            _swap(model, site.name, _Probe(originals[site.name], sums[site.name], isinstance(originals[site.name], nn.Embedding)))
+            lookup = isinstance(originals[site.name], nn.Embedding)
+            _swap(model, site.name, _Probe(originals[site.name], sums[site.name], lookup, site.shape[0]))
         device = next(iter(originals.values())).weight.device
         ids = _streams(train_ids, tokens, streams).to(device)
         per_pass = max(1, PASS_TOKENS // (ids.shape[0] - 1))  # streams per pass: the logits stay small
@@ -151,11 +155,13 @@ def _stats(sites: list[Site], sums: dict[str, _Sums], freqs: torch.Tensor | None
     for site in sites:
         acc = sums[site.name]
         grad = None if acc.gg is None else (acc.gg / max(1, acc.grad_count)).cpu()
+        grad_moment = grad if grad is not None and grad.dim() == 2 and acc.count else None
+        grad_sq = grad.diagonal().clone() if grad_moment is not None else grad
         site_freqs = (freqs.detach().double().cpu() if site.is_vocab and freqs is not None
                       and len(freqs) == site.shape[0] else None)
         if acc.count:  # a matrix that multiplies inputs
             out[site.name] = SiteStats(moment=(acc.xx / acc.count).cpu(), tokens=acc.count, freqs=site_freqs,
-                                       mean=(acc.x / acc.count).cpu(), grad_sq=grad)
+                                       mean=(acc.x / acc.count).cpu(), grad_sq=grad_sq, grad_moment=grad_moment)
         else:  # an embedding: its output gradient's moment weighs its columns
             out[site.name] = SiteStats(moment=grad, tokens=acc.grad_count, freqs=site_freqs)
     for site in sites:  # a tied owner without inputs takes its partner's
@@ -164,7 +170,7 @@ def _stats(sites: list[Site], sums: dict[str, _Sums], freqs: torch.Tensor | None
         if owner is not None and owner.mean is None and partner.mean is not None:
             out[site.tied_with] = SiteStats(partner.moment, partner.tokens,
                                             owner.freqs if owner.freqs is not None else partner.freqs,
-                                            partner.mean, partner.grad_sq)
+                                            partner.mean, partner.grad_sq, partner.grad_moment)
     return out
 
 

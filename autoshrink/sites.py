@@ -47,6 +47,7 @@ class SiteStats:
     freqs: training-split word counts (V,) for vocabulary sites, else None.
     mean: the mean input (n,) of a matrix that multiplies inputs, else None.
     grad_sq: E[g_i^2], the loss gradient's second moment at each output row (m,), else None.
+    grad_moment: E[g g^T] (m x m) where the matrix has few enough outputs to keep it, else None.
     """
 
     moment: torch.Tensor | None = None
@@ -54,6 +55,7 @@ class SiteStats:
     freqs: torch.Tensor | None = None
     mean: torch.Tensor | None = None
     grad_sq: torch.Tensor | None = None
+    grad_moment: torch.Tensor | None = None
 
 
 class CompressedModule(nn.Module):

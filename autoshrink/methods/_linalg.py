@@ -24,6 +24,7 @@ from autoshrink.sites import Site, SiteStats
 WHITEN_DAMP = 1e-4  # eps = this * mean(diag H): keeps L invertible when inputs are (near) degenerate
 ROW_FLOOR = 1e-3  # unseen words weigh this fraction of the mean word, so D stays invertible
 GRADIENT_ROWS = True  # rows of other matrices weighted by the loss gradient's second moment (FWSVD)
+FULL_OUTPUT_WEIGHTS = True  # ... by its full moment E[g g^T] where calibration kept it
 
 
 def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -70,6 +71,9 @@ class Metric:
 
     row: torch.Tensor | None = None  # (m,) sqrt of the row weights: D = diag(row)
     chol: torch.Tensor | None = None  # (n, n) lower L with L L^T = H + eps I
+    # (m, m) lower K with K K^T = G (the outputs' gradient moment): then the error is
+    # ||K^T (W - W_hat) L||^2 and `row` is only its diagonal's root (for per-row uses).
+    left: torch.Tensor | None = None
 
     @classmethod
     def of(cls, site: Site, stats: SiteStats | None, rows: bool = True, inputs: bool = True) -> "Metric":
@@ -82,10 +86,14 @@ class Metric:
             row = row_weights(stats.freqs).sqrt()
         elif rows and GRADIENT_ROWS and stats.grad_sq is not None and len(stats.grad_sq) == site.shape[0]:
             row = row_weights(stats.grad_sq).sqrt()
+        left = None
+        if row is not None and not site.is_vocab and FULL_OUTPUT_WEIGHTS and stats.grad_moment is not None:
+            g = stats.grad_moment.double()
+            left = psd_cholesky(g / g.diagonal().mean().clamp_min(1e-300))
         chol = None
         if inputs and stats.moment is not None and stats.moment.shape == (site.shape[1], site.shape[1]):
             chol = psd_cholesky(stats.moment)
-        return cls(row, chol)
+        return cls(row, chol, left)
 
     @property
     def plain(self) -> bool:
@@ -114,14 +122,18 @@ class Metric:
     def whiten(self, w: torch.Tensor) -> torch.Tensor:
         """D W L (float64)."""
         a = w.detach().double()
-        if self.row is not None:
+        if self.left is not None:
+            a = self.left.T.to(a.device) @ a
+        elif self.row is not None:
             a = a * self.row.to(a.device)[:, None]
         if self.chol is not None:
             a = a @ self.chol.to(a.device)
         return a
 
     def unwhiten_rows(self, u: torch.Tensor) -> torch.Tensor:
-        """D^-1 u for a left factor u (m x r)."""
+        """D^-1 u (K^-T u) for a left factor u (m x r)."""
+        if self.left is not None:
+            return torch.linalg.solve_triangular(self.left.T.to(u.device), u.double(), upper=True)
         return u if self.row is None else u / self.row.to(u.device)[:, None]
 
     def unwhiten_cols(self, v: torch.Tensor) -> torch.Tensor:
@@ -133,6 +145,8 @@ class Metric:
 
     def select_rows(self, rows: torch.Tensor) -> "Metric":
         """The metric of a subset of the rows (a GroupReduce block)."""
+        if self.left is not None:
+            raise ValueError("a metric with full output weights has no row subsets")
         return Metric(None if self.row is None else self.row[rows], self.chol)
 
     def error(self, w: torch.Tensor, w_hat: torch.Tensor) -> float:

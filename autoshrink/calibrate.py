@@ -19,8 +19,9 @@ kernel multiplies. Tied sites share one weight: the owner gets its partner's sta
 has none of its own.
 
 The tokens are `tokens` training tokens taken as STREAMS evenly spaced contiguous pieces (more
-varied text than one prefix; 64 steps each keep the probed step loop short), in eval mode (no
-dropout), at most PASS_TOKENS per forward and backward pass. The result is cached under the
+varied text than one prefix; pieces of 32 steps keep the probed step loop short), each after 32
+unrecorded tokens that warm up the recurrent state (run through the model's own fused path), in
+eval mode (no dropout), at most PASS_TOKENS per forward and backward pass. The result is cached under the
 autoshrink cache, keyed by a fingerprint of the model's weights, of the token ids used and the
 token count, as safetensors (nothing is unpickled), so a search computes it once.
 """
@@ -42,8 +43,9 @@ from autoshrink.sites import Site, SiteStats
 DEFAULT_TOKENS = 4096
 STREAMS = 128  # contiguous pieces of the train split, run as one batch
 STEPS = 32  # tokens per piece when more are asked for: the probed step loop stays short
+BURN_IN = 32  # unrecorded tokens before each piece: its recurrent state is warm, not zero
 PASS_TOKENS = 4096  # tokens per forward/backward pass (logits of V words each)
-FORMAT = "autoshrink-calibration/2"
+FORMAT = "autoshrink-calibration/3"
 FIELDS = ("moment", "mean", "grad_sq", "grad_moment", "freqs")
 FULL_GRAD_MAX = 2048  # matrices with at most this many outputs keep the full E[g g^T]
 
@@ -92,15 +94,17 @@ def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def _streams(train_ids: torch.Tensor, tokens: int, streams: int) -> torch.Tensor:
-    """(T + 1, B) ids: `streams` contiguous pieces of the split, evenly spaced, `tokens` inputs in
-    all, each with its next word as the last target."""
+def calibration_ids(train_ids: torch.Tensor, tokens: int, streams: int, burn_in: int = 0) -> torch.Tensor:
+    """(burn_in + T + 1, B) ids: `streams` contiguous pieces of the split, evenly spaced, `tokens`
+    recorded inputs in all, each after `burn_in` unrecorded ones and with its next word as the
+    last target."""
     ids = train_ids.reshape(-1)
     streams = max(streams, tokens // STEPS)  # more tokens: more streams of the same length
     streams = max(1, min(streams, tokens, len(ids) - 1))
     length = max(1, min(tokens, len(ids) - 1) // streams)
-    starts = torch.linspace(0, len(ids) - length - 1, streams).long()
-    return torch.stack([ids[s:s + length + 1] for s in starts.tolist()], dim=1)
+    burn_in = max(0, min(burn_in, len(ids) - length - 1))
+    starts = torch.linspace(0, len(ids) - length - burn_in - 1, streams).long()
+    return torch.stack([ids[s:s + burn_in + length + 1] for s in starts.tolist()], dim=1)
 
 
 def collect(model: nn.Module, train_ids: torch.Tensor, tokens: int = DEFAULT_TOKENS, sites: list[Site] | None = None,
@@ -111,39 +115,48 @@ def collect(model: nn.Module, train_ids: torch.Tensor, tokens: int = DEFAULT_TOK
         freqs = getattr(model.vocab, "freqs", None)
     sums = {s.name: _Sums() for s in sites}
     originals = {s.name: model.get_submodule(s.name) for s in sites}
+    probes = {s.name: _Probe(originals[s.name], sums[s.name], isinstance(originals[s.name], nn.Embedding), s.shape[0])
+              for s in sites}
     was_training = model.training
     grads = {name: p.requires_grad for name, p in model.named_parameters()}
     model.eval()
+    device = next(iter(originals.values())).weight.device
+    ids = calibration_ids(train_ids, tokens, streams, BURN_IN).to(device)
+    burn_in = ids.shape[0] - min(tokens, len(train_ids) - 1) // ids.shape[1] - 1
+    per_pass = max(1, PASS_TOKENS // (ids.shape[0] - burn_in - 1))  # streams per pass: the logits stay small
     try:
         for p in model.parameters():
             p.requires_grad_(False)  # gradients of activations only
-        for site in sites:
-            lookup = isinstance(originals[site.name], nn.Embedding)
-            _swap(model, site.name, _Probe(originals[site.name], sums[site.name], lookup, site.shape[0]))
-        device = next(iter(originals.values())).weight.device
-        ids = _streams(train_ids, tokens, streams).to(device)
-        per_pass = max(1, PASS_TOKENS // (ids.shape[0] - 1))  # streams per pass: the logits stay small
         for first in range(0, ids.shape[1], per_pass):
             part = ids[:, first:first + per_pass]
-            with torch.enable_grad():
-                logits = _forward_with_grad(model, part[:-1])
-                F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), part[1:].reshape(-1),
-                                reduction="sum").backward()
+            state = None
+            if burn_in:  # a warm recurrent state, from the model's own (fused) path, unrecorded
+                with torch.no_grad():
+                    out = model(part[:burn_in])
+                state = out[1] if isinstance(out, (tuple, list)) and len(out) > 1 else None
+            for name, probe in probes.items():
+                _swap(model, name, probe)
+            try:
+                with torch.enable_grad():
+                    logits = _forward_with_grad(model, part[burn_in:-1], state)
+                    F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), part[burn_in + 1:].reshape(-1),
+                                    reduction="sum").backward()
+            finally:
+                for name, module in originals.items():
+                    _swap(model, name, module)
     finally:
-        for site in sites:
-            _swap(model, site.name, originals[site.name])
         for name, p in model.named_parameters():
             p.requires_grad_(grads[name])
         model.train(was_training)
     return _stats(sites, sums, freqs)
 
 
-def _forward_with_grad(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+def _forward_with_grad(model: nn.Module, ids: torch.Tensor, state=None) -> torch.Tensor:
     """Logits whose graph reaches every probe: the embedding's output is made to need a gradient."""
     hooks = [m.register_forward_hook(lambda _m, _a, out: out.requires_grad_(True))
              for m in model.modules() if isinstance(m, nn.Embedding)]
     try:
-        out = model(ids)
+        out = model(ids) if state is None else model(ids, state)
     finally:
         for h in hooks:
             h.remove()
@@ -185,7 +198,7 @@ def fingerprint(model: nn.Module) -> str:
 
 
 def cache_path(model: nn.Module, train_ids: torch.Tensor, tokens: int, streams: int = STREAMS) -> Path:
-    ids = _streams(train_ids, tokens, streams)
+    ids = calibration_ids(train_ids, tokens, streams, BURN_IN)
     data_key = hashlib.sha256(ids.numpy().astype("int64").tobytes()).hexdigest()[:16]
     return cache_root() / "calibration" / f"{fingerprint(model)}-{data_key}-{tokens}.safetensors"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autoshrink.calibrate import _streams, calibrate, collect
+from autoshrink.calibrate import BURN_IN, calibrate, calibration_ids, collect
 from autoshrink.models import discover_sites
 from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
 
@@ -32,17 +32,19 @@ def test_moments_are_those_of_what_each_matrix_multiplies():
     stats = collect(model, ids, tokens=512, freqs=freqs)
     assert set(stats) == {s.name for s in discover_sites(model)}
     # The reference: the model's own fused path, layer by layer.
+    # The reference: the model's own fused path, layer by layer, over the warm-up and the
+    # recorded tokens; only the recorded ones count (hh sees h_{t-1}, the last warm-up output first).
     model.eval()
     with torch.no_grad():
-        x = model.encoder(_streams(ids, 512, 128)[:-1])
+        x = model.encoder(calibration_ids(ids, 512, 128, BURN_IN)[:-1])
         for k, layer in enumerate(model.rnn):
             h0 = torch.zeros(x.shape[1], H)
             out, _ = layer(x, (h0, h0))
-            torch.testing.assert_close(stats[f"rnn.{k}.ih"].moment, _moment(x))
-            torch.testing.assert_close(stats[f"rnn.{k}.hh"].moment, _moment(torch.cat([h0[None], out[:-1]])))
-            torch.testing.assert_close(stats[f"rnn.{k}.ih"].mean, x.reshape(-1, E if k == 0 else H).double().mean(0))
+            torch.testing.assert_close(stats[f"rnn.{k}.ih"].moment, _moment(x[BURN_IN:]))
+            torch.testing.assert_close(stats[f"rnn.{k}.hh"].moment, _moment(out[BURN_IN - 1:-1]))
+            torch.testing.assert_close(stats[f"rnn.{k}.ih"].mean, x[BURN_IN:].reshape(-1, x.shape[-1]).double().mean(0))
             x = out
-        torch.testing.assert_close(stats["decoder"].moment, _moment(x))
+        torch.testing.assert_close(stats["decoder"].moment, _moment(x[BURN_IN:]))
     assert stats["decoder"].tokens == 512
     # Output-gradient statistics: per row for every matrix, full where small; columns of the embedding.
     assert stats["rnn.0.ih"].grad_sq.shape == (4 * H,) and stats["rnn.0.ih"].grad_moment.shape == (4 * H, 4 * H)
@@ -88,10 +90,10 @@ def test_data_aware_compression_uses_the_statistics():
     from autoshrink.plan import compress
     model, ids = _model(), _ids()
     stats = collect(model, ids, tokens=512)
-    x = model.encoder(_streams(ids, 512, 128)[:-1])
+    x = model.encoder(calibration_ids(ids, 512, 128, BURN_IN)[:-1])
     for layer in model.rnn:
         x, _ = layer(x, (torch.zeros(x.shape[1], H),) * 2)
-    x = x.detach()
+    x = x[BURN_IN:].detach()
     errors = {}
     for init in ("plain", "data"):
         small = compress(model, {"decoder": {"method": "lowrank", "rank": 2, "init": init}}, stats=stats)

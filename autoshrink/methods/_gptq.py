@@ -26,6 +26,7 @@ from autoshrink.methods._storage import affine_grid, stored_values
 
 DAMP = 0.01  # GPTQ's dampening: 1% of the mean diagonal of H added before inverting
 BLOCK = 128  # columns per lazy batch update (GPTQ's B)
+ACT_ORDER = True  # one grid per row: round the columns of the largest inputs first (GPTQ's act-order)
 
 
 def _inverse_cholesky(h: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,13 +65,19 @@ def _sequential(w: torch.Tensor, h: torch.Tensor, change, damp: float, block: in
     return out
 
 
-def gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int = 0, damp: float = DAMP) -> torch.Tensor:
+def gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int = 0, damp: float = DAMP,
+         _ordered: bool = False) -> torch.Tensor:
     """Stored values (float32, on the k-bit grid, `stored_values`-stable) of W (rows x cols) for
     inputs of moment H (cols x cols). At 16 or 32 bits W itself."""
     if bits >= 16:
         return w.detach().float().clone()
     rows, cols = w.shape
     width = cols if group_size <= 0 else min(group_size, cols)
+    if width == cols and ACT_ORDER and not _ordered:  # one grid per row: columns may go in any order, the largest inputs first
+        order = torch.argsort(h.detach().diagonal(), descending=True, stable=True)
+        back = torch.argsort(order)
+        return gptq(w[:, order], h[order][:, order], bits, cols, damp, _ordered=True)[:, back]
+
     block = width * max(1, BLOCK // width) if width < cols else BLOCK  # groups never cross a block
     levels = 2 ** bits - 1
     grid: dict[str, torch.Tensor] = {}

@@ -66,7 +66,7 @@ class GroupReduceConfig(MethodConfig):
     roles = VOCAB_ROLES
     blocks: int = field(default=4, metadata={"help": "number of equal-size blocks of words, sorted by frequency (c >= 1)"})
     rank: int = field(default=0, metadata={"help": "rank of the rarest block (r_min); other blocks scale it by their mean frequency; 0 = D / 16 (at least 1)"})
-    refine: int = field(default=0, metadata={"help": "rounds of word reassignment between blocks (swaps; 0 = frequency blocks only)"})
+    refine: int = field(default=0, metadata={"help": "rounds of k-subspace refinement: words swap blocks where that lowers the weighted error (sizes and bytes kept; 0 = frequency blocks only)"})
     alpha: float = field(default=1.0, metadata={"help": "weighted-SVD row weights w = freq^alpha, in [0, 2] (0 = unweighted)"})
 
     def __post_init__(self) -> None:

@@ -70,11 +70,11 @@ def kron_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class KroneckerConfig(MethodConfig):
     method = "kronecker"
     size_knob = "density"  # stored bytes grow with the number of kept values
-    m1: int = field(default=0, metadata={"help": "rows of A (B has m/m1); 0 = the most square-like divisor of m"})
-    n1: int = field(default=0, metadata={"help": "columns of A (B has n/n1); 0 = the most square-like divisor of n"})
+    m1: int = field(default=0, metadata={"help": "rows of A in W ~= A (x) B (must divide m; B has m/m1 rows); 0 = the most square-like divisor of m"})
+    n1: int = field(default=0, metadata={"help": "columns of A (must divide n; B has n/n1 columns); 0 = the most square-like divisor of n"})
     terms: int = field(default=1, metadata={"help": "R, the number of Kronecker products summed"})
     density: float = field(default=0.0, metadata={"help": "doping: fraction of the m x n entries in the sparse overlay S, in [0, 1]"})
-    cmr: float = field(default=0.5, metadata={"help": "co-matrix dropout probability on the S pathway during the doping anneal, in [0, 1)"})
+    cmr: float = field(default=0.5, metadata={"help": "CMR (co-matrix dropout): dropout probability of the overlay S's path while its density anneals, so A (x) B learns to carry the signal, in [0, 1)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -46,7 +46,7 @@ ROW_FLOOR_SHARE = 0.5  # data-aware, vocabulary rows: each keeps at least this s
 class PruneConfig(MethodConfig):
     method = "prune"
     size_knob = "density"  # stored bytes grow with the number of kept values
-    density: float = field(default=0.1, metadata={"help": "fraction of weights kept, in (0, 1]; gradual cubic ramp to it during fine-tuning"})
+    density: float = field(default=0.1, metadata={"help": "fraction of weights kept, in (0, 1], the most salient (|W| or, data-aware, |W| ||X_j||); a cubic ramp to it during fine-tuning"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

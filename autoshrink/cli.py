@@ -142,7 +142,9 @@ def _sites_command(args) -> int:
 
 def _methods_parser(sub) -> None:
     p = sub.add_parser("methods", help="list the compression methods and their knobs",
-                       epilog="example:\n  autoshrink methods", formatter_class=_Formatter)
+                       epilog="example:\n  autoshrink methods\n  autoshrink methods --knobs",
+                       formatter_class=_Formatter)
+    p.add_argument("--knobs", dest="help_knobs", action="store_true", help="also explain every knob, one a line")
     p.set_defaults(handler=_methods_command)
 
 
@@ -151,6 +153,9 @@ def _methods_command(args) -> int:
         name = cls.method
         knobs = ", ".join(f"{k}={v!r}" for k, v, _ in cls.knobs())
         print(f"{name:<12} [{', '.join(cls.roles)}]  {knobs}")
+        if args.help_knobs:
+            for knob, default, text in cls.knobs():
+                print(f"    {knob:<11} {text} (default {default!r})")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 ROLES = ("embedding", "softmax", "recurrent", "attention", "mlp", "linear")
@@ -33,6 +34,28 @@ class Site:
     @property
     def is_vocab(self) -> bool:
         return self.role in VOCAB_ROLES
+
+
+@dataclass(frozen=True)
+class SiteStats:
+    """What one calibration pass learned about a site (docs/methods.md, data-aware initialisation; autoshrink.calibrate).
+
+    moment: the second moment that weighs the matrix's columns (n x n, float64): of its inputs,
+    H = X^T X / tokens, for a matrix that multiplies them; of the loss gradient at its output
+    vectors for an embedding (whose input is one word). None: not calibrated.
+    tokens: how many rows the moment averages.
+    freqs: training-split word counts (V,) for vocabulary sites, else None.
+    mean: the mean input (n,) of a matrix that multiplies inputs, else None.
+    grad_sq: E[g_i^2], the loss gradient's second moment at each output row (m,), else None.
+    grad_moment: E[g g^T] (m x m) where the matrix has few enough outputs to keep it, else None.
+    """
+
+    moment: torch.Tensor | None = None
+    tokens: int = 0
+    freqs: torch.Tensor | None = None
+    mean: torch.Tensor | None = None
+    grad_sq: torch.Tensor | None = None
+    grad_moment: torch.Tensor | None = None
 
 
 class CompressedModule(nn.Module):

@@ -14,6 +14,7 @@ from autoshrink.models.discover import discover_sites
 from autoshrink.models.lstm_lm import LSTMLM
 from autoshrink.models.training import evaluate_perplexity
 from autoshrink.plan import compress
+from autoshrink.sites import SiteStats
 
 from allocate_fixtures import tiny_ids, tiny_lstm
 
@@ -68,17 +69,19 @@ def test_the_callers_model_is_never_changed():
     assert [s.name for s in discover_sites(model)] == list(sites)
 
 
-def test_statistics_reach_a_build_that_takes_them(monkeypatch):
+def test_a_site_s_statistics_reach_its_build(monkeypatch):
     model = tiny_lstm()
     site = next(s for s in discover_sites(model) if s.name == "rnn.0.ih")
     seen = {}
     plain = LowRankWeight.build.__func__
 
-    def build(cls, weight, site, config, freqs=None, stats=None):
+    def build(cls, weight, site, config, stats=None):
         seen["stats"] = stats
-        return plain(cls, weight, site, config, freqs)
+        return plain(cls, weight, site, config, stats)
 
-    build_site(model, site, LowRankConfig(rank=2), stats={"rnn.0.ih": "H"})  # a plain build: no stats keyword
     monkeypatch.setattr(LowRankWeight, "build", classmethod(build))
-    build_site(model, site, LowRankConfig(rank=2), stats={"rnn.0.ih": "H", "decoder": "other"})
-    assert seen["stats"] == "H"
+    mine, other = SiteStats(moment=torch.eye(site.shape[1])), SiteStats(moment=torch.eye(3))
+    build_site(model, site, LowRankConfig(rank=2), stats={"rnn.0.ih": mine, "decoder": other})
+    assert seen["stats"] is mine
+    build_site(model, site, LowRankConfig(rank=2))  # no statistics: a plain build
+    assert seen["stats"].moment is None

@@ -8,7 +8,7 @@ import torch
 from autoshrink.errors import UserError
 from autoshrink.methods._storage import tensors_bytes
 from autoshrink.methods.groupreduce import GroupReduceConfig, GroupReduceWeight
-from autoshrink.sites import Site
+from autoshrink.sites import Site, SiteStats
 
 V, D = 96, 16
 
@@ -55,8 +55,8 @@ def test_uneven_blocks_and_rarest_block_gets_r_min():
 def test_weighted_svd_beats_unweighted_on_weighted_error():
     # One block, so the weights decide the shared basis alone.
     site, w, f = _site(), _dense(), _shuffled_zipf()
-    weighted = GroupReduceWeight.build(w, site, GroupReduceConfig(blocks=1, rank=2, alpha=1.0), freqs=f)
-    plain = GroupReduceWeight.build(w, site, GroupReduceConfig(blocks=1, rank=2, alpha=0.0), freqs=f)
+    weighted = GroupReduceWeight.build(w, site, GroupReduceConfig(blocks=1, rank=2, alpha=1.0), SiteStats(freqs=f))
+    plain = GroupReduceWeight.build(w, site, GroupReduceConfig(blocks=1, rank=2, alpha=0.0), SiteStats(freqs=f))
     assert _weighted_error(weighted, w, f) < 0.9 * _weighted_error(plain, w, f)
     # alpha changes the fit, never the bytes.
     assert tensors_bytes(weighted.export()) == tensors_bytes(plain.export())
@@ -64,7 +64,7 @@ def test_weighted_svd_beats_unweighted_on_weighted_error():
 
 def test_blocks_follow_frequency_order():
     site, f = _site(), _shuffled_zipf()
-    mod = GroupReduceWeight.build(_dense(), site, GroupReduceConfig(blocks=4, rank=2), freqs=f)
+    mod = GroupReduceWeight.build(_dense(), site, GroupReduceConfig(blocks=4, rank=2), SiteStats(freqs=f))
     assert mod.permuted
     first = set(mod.order[:24].tolist())
     assert first == set(torch.topk(f, 24).indices.tolist())
@@ -75,9 +75,9 @@ def test_blocks_follow_frequency_order():
 def test_sorted_freqs_store_no_permutation():
     site = _site()
     f = 1000.0 / torch.arange(1, V + 1, dtype=torch.float32)
-    mod = GroupReduceWeight.build(_dense(), site, GroupReduceConfig(blocks=4, rank=2), freqs=f)
+    mod = GroupReduceWeight.build(_dense(), site, GroupReduceConfig(blocks=4, rank=2), SiteStats(freqs=f))
     assert "perm" not in mod.export()
-    assert GroupReduceWeight.stored_bytes(site, mod.config, freqs=f) == GroupReduceWeight.stored_bytes(site, mod.config)
+    assert GroupReduceWeight.stored_bytes(site, mod.config, f) == GroupReduceWeight.stored_bytes(site, mod.config)
 
 
 def _two_subspace_rows(v: int = 64, d: int = D, seed: int = 0) -> torch.Tensor:
@@ -91,20 +91,20 @@ def _two_subspace_rows(v: int = 64, d: int = D, seed: int = 0) -> torch.Tensor:
 def test_refinement_lowers_weighted_error_and_keeps_bytes():
     w = _two_subspace_rows()
     site, f = _site(v=64), torch.ones(64)
-    base = GroupReduceWeight.build(w, site, GroupReduceConfig(blocks=2, rank=2), freqs=f)
-    refined = GroupReduceWeight.build(w, site, GroupReduceConfig(blocks=2, rank=2, refine=10), freqs=f)
+    base = GroupReduceWeight.build(w, site, GroupReduceConfig(blocks=2, rank=2), SiteStats(freqs=f))
+    refined = GroupReduceWeight.build(w, site, GroupReduceConfig(blocks=2, rank=2, refine=10), SiteStats(freqs=f))
     before, after = _weighted_error(base, w, f), _weighted_error(refined, w, f)
     assert after <= before
     assert after < 1e-6 * before  # swapping separates the two subspaces exactly
     cfg = refined.config
     # Sizes never change, so the bytes are the analytic count, the permutation included.
-    assert tensors_bytes(refined.export()) == GroupReduceWeight.stored_bytes(site, cfg, freqs=f)
+    assert tensors_bytes(refined.export()) == GroupReduceWeight.stored_bytes(site, cfg, f)
     assert tensors_bytes(refined.export()) == tensors_bytes(base.export()) + 64 * 6 // 8
 
 
 def test_refinement_never_increases_error_on_random_rows():
     site, w, f = _site(), _dense(), _shuffled_zipf()
-    errors = [_weighted_error(GroupReduceWeight.build(w, site, GroupReduceConfig(blocks=4, rank=2, refine=t), freqs=f), w, f)
+    errors = [_weighted_error(GroupReduceWeight.build(w, site, GroupReduceConfig(blocks=4, rank=2, refine=t), SiteStats(freqs=f)), w, f)
               for t in (0, 1, 3)]
     assert errors[1] <= errors[0] * (1 + 1e-6) and errors[2] <= errors[1] * (1 + 1e-6)
 
@@ -112,7 +112,7 @@ def test_refinement_never_increases_error_on_random_rows():
 @pytest.mark.parametrize("refine,bits", [(0, 32), (2, 6)])
 def test_matmul_and_lookup_with_unsorted_freqs(refine, bits):
     site, w, f = _site(), _dense(), _shuffled_zipf()
-    mod = GroupReduceWeight.build(w, site, GroupReduceConfig(blocks=4, rank=2, refine=refine, bits=bits), freqs=f)
+    mod = GroupReduceWeight.build(w, site, GroupReduceConfig(blocks=4, rank=2, refine=refine, bits=bits), SiteStats(freqs=f))
     x = torch.randn(2, 3, D)
     torch.testing.assert_close(mod.matmul(x), x @ mod.weight().T, atol=1e-4, rtol=1e-4)
     ids = torch.randint(0, V, (5, 7))
@@ -123,8 +123,8 @@ def test_matmul_and_lookup_with_unsorted_freqs(refine, bits):
 def test_stored_bytes_with_freqs_equals_export(bits, group_size):
     site, f = _site(), _shuffled_zipf()
     cfg = GroupReduceConfig(blocks=4, rank=2, bits=bits, group_size=group_size)
-    mod = GroupReduceWeight.build(_dense(), site, cfg, freqs=f)
-    assert GroupReduceWeight.stored_bytes(site, cfg, freqs=f) == tensors_bytes(mod.export())
+    mod = GroupReduceWeight.build(_dense(), site, cfg, SiteStats(freqs=f))
+    assert GroupReduceWeight.stored_bytes(site, cfg, f) == tensors_bytes(mod.export())
     # Without the counts the analytic count assumes frequency order: no permutation.
     assert GroupReduceWeight.stored_bytes(site, cfg) == tensors_bytes(mod.export()) - V * 7 // 8
     back = GroupReduceWeight.from_export(mod.export(), site, cfg)
@@ -145,4 +145,4 @@ def test_bad_inputs_are_user_errors():
     with pytest.raises(UserError, match="blocks"):
         GroupReduceWeight.build(torch.zeros(4, D), _site(v=4), GroupReduceConfig(blocks=5))
     with pytest.raises(UserError, match="word counts"):
-        GroupReduceWeight.build(_dense(), _site(), GroupReduceConfig(), freqs=torch.ones(V - 1))
+        GroupReduceWeight.build(_dense(), _site(), GroupReduceConfig(), SiteStats(freqs=torch.ones(V - 1)))

@@ -7,8 +7,9 @@ import torch
 from autoshrink.errors import UserError
 from autoshrink.methods import config_from_dict, weight_class
 from autoshrink.methods._storage import tensors_bytes
-from autoshrink.methods.kronecker import kron_sum, nearest_kronecker
-from autoshrink.methods.prune import RAMP_END
+from autoshrink.methods._linalg import nearest_kronecker
+from autoshrink.methods.kronecker import kron_sum
+from autoshrink.methods._sparse import RAMP_END
 from autoshrink.sites import Site
 
 

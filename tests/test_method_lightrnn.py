@@ -8,7 +8,7 @@ from autoshrink.errors import UserError
 from autoshrink.methods import CompressedLinear, config_from_dict, weight_class
 from autoshrink.methods._storage import tensors_bytes
 from autoshrink.methods.lightrnn import LightRNNWeight, greedy_assign
-from autoshrink.sites import Site
+from autoshrink.sites import Site, SiteStats
 
 V, D = 96, 16
 
@@ -20,7 +20,7 @@ def _target(seed=0) -> torch.Tensor:
 
 def _build(role="softmax", w=None, freqs=None, **knobs) -> LightRNNWeight:
     cfg = config_from_dict({"method": "lightrnn", **knobs})
-    return weight_class(cfg).build(_target() if w is None else w, Site(f"toy.{role}", role, (V, D)), cfg, freqs=freqs)
+    return weight_class(cfg).build(_target() if w is None else w, Site(f"toy.{role}", role, (V, D)), cfg, SiteStats(freqs=freqs))
 
 
 def _error(mod, w) -> float:

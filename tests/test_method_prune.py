@@ -7,7 +7,7 @@ import torch
 from autoshrink.errors import UserError
 from autoshrink.methods import config_from_dict, weight_class
 from autoshrink.methods._storage import bitmask_bytes, csr_index_bytes, sparse_bytes, tensors_bytes
-from autoshrink.methods.prune import RAMP_END, cubic_density, topk_mask
+from autoshrink.methods._sparse import RAMP_END, cubic_density, topk_mask
 from autoshrink.sites import Site
 
 SITE = Site(name="toy.rec", role="recurrent", shape=(40, 30))

@@ -156,7 +156,7 @@ def test_a_budget_no_plan_can_meet_is_refused_at_start(tiny_model_dir, text_file
     ("roles: {recurrent: {magic: {}}}", "unknown method"),
     ("roles: {recurrent: {lowrank: {rank: {low: 9, high: 2}}}}", "bad range"),
     ("roles: {recurrent: {lowrank: {colour: [1]}}}", "no knob"),
-    ("roles: {recurrent: {lowrank: {rank: [0]}}}", "not valid"),
+    ("roles: {recurrent: {lowrank: {rank: [-1]}}}", "not valid"),
     ("roles: {convolution: {lowrank: {}}}", "unknown role"),
     ("roles: {recurrent: {groupreduce: {}}}", "does not apply"),
     ("roles: [unclosed", "not valid YAML"),

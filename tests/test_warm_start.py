@@ -60,11 +60,11 @@ def test_the_default_space_seeds_low_rank_pruning_and_quantisation_on_the_refere
 def test_a_new_search_runs_the_seeds_first_and_a_resumed_one_does_not_repeat_them(tiny_model_dir, text_file,
                                                                                   space_file, tmp_path):
     run = tmp_path / "run"
-    result = _search(tiny_model_dir, text_file, space_file, run, trials=2, budget="3x")
+    result = _search(tiny_model_dir, text_file, space_file, run, trials=2, budget="3x", allocate=False)
     first = sorted(result.study.get_trials(), key=lambda t: t.number)
     assert [t.user_attrs.get("warm_start") for t in first] == ["uniform lowrank", None]  # at most half the trials
     assert {cfg["method"] for cfg in first[0].user_attrs["plan"].values()} == {"lowrank"}
-    again = _search(tiny_model_dir, text_file, space_file, run, trials=3, budget="3x")
+    again = _search(tiny_model_dir, text_file, space_file, run, trials=3, budget="3x", allocate=False)
     assert sum("warm_start" in t.user_attrs for t in again.study.get_trials()) == 1
     assert enqueue_uniform_seeds(again.study, [("lowrank", {})]) == 0  # a study with history gets none
 
@@ -92,3 +92,18 @@ def test_a_method_whose_defaults_cannot_reach_the_budget_is_seeded_with_its_rang
                                model.vocab.freqs, stored_bytes(model)))
     assert seeds["groupreduce"]["decoder/groupreduce/blocks"] == 10
     assert seeds["lowrank"]["decoder/method"] == "lowrank"
+
+
+def test_the_allocated_plans_run_first_then_the_uniform_controls(tiny_model_dir, text_file, space_file, tmp_path):
+    """DESIGN's order: allocated plans (profile + knapsack), then the single-method controls, then
+    the sampler; the allocated plans are within the budget and inside the space."""
+    result = _search(tiny_model_dir, text_file, space_file, tmp_path / "run", trials=4, budget="3x")
+    trials = sorted((t for t in result.study.get_trials() if "steps" in t.user_attrs), key=lambda t: t.number)
+    origins = [("allocated" if "allocated" in t.user_attrs else "warm" if "warm_start" in t.user_attrs else "sampled")
+               for t in trials]
+    assert origins[0] == "allocated" and "warm" in origins
+    assert origins.index("warm") > max(i for i, o in enumerate(origins) if o == "allocated")
+    assert (tmp_path / "run" / "profile.csv").is_file()
+    info = __import__("json").loads((tmp_path / "run" / "run.json").read_text())
+    for t in trials:
+        assert t.user_attrs["stored_bytes"] <= info["max_bytes"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -64,11 +64,14 @@ class Allocation:
 
 
 def knapsack_options(table: pd.DataFrame, sites: Sequence, model_bytes: int,
-                     freqs: torch.Tensor | None = None) -> dict[str, list[Option]]:
-    """Per site: dense (its dense bytes, no loss) first, then each profiled option, costed as the
+                     freqs: torch.Tensor | None = None, may_stay_dense: Callable[[str], bool] | None = None
+                     ) -> dict[str, list[Option]]:
+    """Per site: dense (its dense bytes, no loss) first where `may_stay_dense(site)` allows it
+    (every site by default), then each profiled option, costed as the
     bytes the site holds in the whole model (plan_stored_bytes of a plan of that site alone, less
     what the rest of the model stores dense). Whole-model bytes = fixed bytes + the sum of costs."""
-    options = {s.name: [Option(None, float(s.dense_bytes), 0.0)] for s in sites if s.tied_with is None}
+    options = {s.name: [Option(None, float(s.dense_bytes), 0.0)] if may_stay_dense is None or may_stay_dense(s.name)
+               else [] for s in sites if s.tied_with is None}
     for row in table.to_dict("records"):
         config = row_config(row)
         cost = site_cost(sites, row["site"], config, model_bytes, freqs)
@@ -107,14 +110,15 @@ def allocate(model: nn.Module, valid_ids: torch.Tensor,
              levels: int = LEVELS, profile_path: str | Path | None = None, ladder: Sequence[float] = LADDER,
              buckets: int = BUCKETS, top_k: int = TOP_K, max_evals: int = MAX_EVALS, finetune_steps: int = 0,
              train_ids: torch.Tensor | None = None, tokens: int | None = SLICE_TOKENS, seed: int = 0,
-             progress: bool = True) -> Allocation:
+             progress: bool = True, may_stay_dense: Callable[[str], bool] | None = None) -> Allocation:
     """Plans for `model` within `limit` stored bytes, chosen on the first `tokens` of `valid_ids`
     (all of them with None).
 
     `options`: {site name: [configs]} measured as given, or base configs (one list for every
     site, or {role: [configs]}) expanded into `levels` size levels per site. `freqs`: word
     frequencies for vocabulary methods (model.vocab.freqs by default); `stats`: per-site
-    calibration statistics passed to data-aware builds.
+    calibration statistics passed to data-aware builds; `may_stay_dense(site)`: whether a plan may
+    leave the site dense (a search's space may not allow it).
     """
     times: dict[str, float] = {}
     start = time.perf_counter()
@@ -142,7 +146,7 @@ def allocate(model: nn.Module, valid_ids: torch.Tensor,
                     finetune_steps=finetune_steps, train_ids=train_ids, progress=progress)
     times["profile"] = time.perf_counter() - start - times["replay"]
 
-    knap = knapsack_options(table, sites, model_bytes, freqs)
+    knap = knapsack_options(table, sites, model_bytes, freqs, may_stay_dense)
 
     def to_plan(choice: Mapping[str, int]) -> Plan:
         return {name: knap[name][i].config for name, i in choice.items() if knap[name][i].config is not None}

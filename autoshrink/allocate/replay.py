@@ -14,8 +14,7 @@ touched and no dense weight is copied.
 from __future__ import annotations
 
 import copy
-import inspect
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -24,35 +23,19 @@ from torch import nn
 from autoshrink.data import batchify, bptt_windows
 from autoshrink.methods import CompressedWeight, MethodConfig, weight_class
 from autoshrink.models.lstm_lm import LSTMLM
-from autoshrink.plan import place_compressed
-from autoshrink.sites import Site
+from autoshrink.plan import dense_weight, place_compressed
+from autoshrink.sites import Site, SiteStats
 
 LOGIT_ROWS = 4096  # positions per softmax chunk: a 10k-word vocabulary costs 160 MB per chunk
 
 
-def _dense_weight(module: nn.Module) -> torch.Tensor:
-    """W as m x n (y = W x) of an Embedding, Linear or GPT-2 Conv1D (which stores W^T)."""
-    if isinstance(module, (nn.Embedding, nn.Linear)):
-        return module.weight.detach()
-    return module.weight.detach().t()
-
-
 def build_site(model: nn.Module, site: Site, config: MethodConfig, freqs: torch.Tensor | None = None,
-               stats: Mapping[str, Any] | None = None) -> CompressedWeight:
-    """The compressed weight of one site, initialised from the model's dense weight. `stats` (per
-    site calibration statistics, docs/methods.md, data-aware initialisation) reach the method's build when it takes them."""
-    weight = _dense_weight(model.get_submodule(site.name)).float().cpu().contiguous()
-    build = weight_class(config).build
-    kwargs: dict[str, Any] = {"freqs": freqs if site.is_vocab else None}
-    # Data-aware builds are being added to the methods (issue 15): pass the site's statistics
-    # only to a build that declares them, so plain builds keep working unchanged.
-    if stats is not None and site.name in stats:
-        for name in ("stats", "calibration"):
-            if name in inspect.signature(build).parameters:
-                kwargs[name] = stats[site.name]
-                break
-    built = build(weight, site, config, **kwargs)
-    return built.eval()
+               stats: Mapping[str, SiteStats] | None = None) -> CompressedWeight:
+    """The compressed weight of one site, initialised from the model's dense weight and, where
+    `stats` has them, the site's calibration statistics (data-aware builds)."""
+    weight = dense_weight(model.get_submodule(site.name))[0].float().cpu().contiguous()
+    site_stats = (stats or {}).get(site.name) or SiteStats(freqs=freqs if site.is_vocab else None)
+    return weight_class(config).build(weight, site, config, site_stats).eval()
 
 
 def _shallow(module: nn.Module) -> nn.Module:

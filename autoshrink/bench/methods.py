@@ -1,97 +1,273 @@
-"""Each method on the reference model's softmax and one LSTM matrix at 10x and 25x.
+"""Each method, plain against data-aware initialisation, on the reference model without fine-tuning.
 
-For every method the size knob is fitted so that the site's stored bytes just meet the ratio
-(dense fp32 bytes of the matrix / stored bytes of the method; the bias is left out: it is the
-same for all). Reported: relative reconstruction error ||W - W_hat||_F / ||W||_F at
-initialisation (before any fine-tuning), and CPU forward time relative to the dense matrix
-(median of repeats; the softmax on 35 hidden states, as one BPTT window of batch 1; the LSTM
-matrix on the 35 x 20 states of a training window). Dense and compressed are timed in the same
-run, so the ratio is what counts.
+Measured (validation perplexity on the search's slice, the first 12,000 validation tokens; no
+fine-tuning, so the number is what a trial starts from):
+  1. per site: the softmax, the embedding and one LSTM matrix, each alone compressed by each
+     method at 10x and 25x of that matrix (its size knob fitted so the matrix's stored bytes just
+     meet the ratio; dense fp32 bytes / stored bytes, bias excluded), at fp32 and at 8-bit storage;
+  2. the whole model under each method's uniform 25x plan (`budget.uniform_plan`: every site the
+     same share of its dense bytes; a vocabulary-only method is paired with low-rank on the LSTM
+     matrices at the same share), at 8-bit storage (4-bit where that is better is a search matter);
+  3. k-bit storage of every matrix (`quant`), 4 and 3 bits;
+  4. the time calibration and the data-aware builds take.
+Calibration: `autoshrink.calibrate` on the first training tokens' streams (--tokens).
 
-    python -m autoshrink.bench.methods [--model kjv-lstm] [--out results/methods.md]
+    python -m autoshrink.bench.methods [--model kjv-lstm] [--tokens 4096] [--out results/methods.md]
+    python -m autoshrink.bench.methods --report-only      # the report again from results/methods.json
 """
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 from autoshrink.models.load import load
 from autoshrink.bench.report import commit, write_report
 from autoshrink.plan.fit import largest_within
-from autoshrink.measure.latency import median_seconds
-from autoshrink.methods import config_from_dict, method_names, weight_class
+from autoshrink.calibrate import calibrate
+from autoshrink.data import load_lm_data
+from autoshrink.errors import UserError
+from autoshrink.methods import config_from_dict, method_names
 from autoshrink.models import discover_sites
-from autoshrink.plan import method_bytes
+from autoshrink.models.training import evaluate_perplexity
+from autoshrink.plan import compress, method_bytes, plan_stored_bytes, stored_bytes
 
-# Every method at its defaults, fp32 storage: the knob search varies only the size knob, so
-# the table compares the structures themselves (quantisation is a separate row).
-BASE = {name: {"method": name} for name in method_names()}
-BASE["quant"] = {"method": "quant", "bits": 8}
-BASE["kronecker"] = {"method": "kronecker", "density": 0.01}
+EVAL_TOKENS = 12_000  # the search's validation slice
+STORAGE = {"fp32": {}, "8-bit": {"bits": 8}}
+# Knobs besides the size knob (fitted) and the storage: Kronecker with doping; quant's size is bits.
+EXTRA = {"kronecker": {"density": 0.01}}
+VOCAB_ONLY_PARTNER = "lowrank"  # on the LSTM matrices of a vocabulary-only method's uniform plan
 
 
-def measure(model, site_name: str, ratios=(10, 25), inputs: int = 35) -> list[dict]:
-    site = next(s for s in discover_sites(model) if s.name == site_name)
-    w = model.get_submodule(site_name).weight.detach().float()
-    freqs = model.vocab.freqs if site.is_vocab else None
-    x = torch.randn(inputs, site.shape[1])
-    dense_s = median_seconds(lambda: F.linear(x, w))
+def _config(method: str, storage: dict, init: str):
+    knobs = {**EXTRA.get(method, {}), **({} if method == "quant" else storage), "init": init}
+    return config_from_dict({"method": method, **knobs})
+
+
+class Bench:
+    def __init__(self, model_name: str, tokens: int):
+        self.model = load(model_name)
+        self.data = load_lm_data(self.model.meta.get("data", "kjv"), vocab=self.model.vocab)
+        self.sites = discover_sites(self.model)
+        self.freqs = self.model.vocab.freqs
+        start = time.perf_counter()
+        self.stats = calibrate(self.model, self.data.train, tokens=tokens, cache=False)
+        self.calibrate_s = time.perf_counter() - start
+        self.model_bytes = stored_bytes(self.model)
+        self.dense_ppl = self.ppl(self.model)
+
+    def ppl(self, model) -> float:
+        return evaluate_perplexity(model, self.data.valid, max_tokens=EVAL_TOKENS)
+
+    def run(self, plan: dict) -> tuple[float, float, int]:
+        """(val ppl, build seconds, stored bytes) of the compressed model."""
+        start = time.perf_counter()
+        small = compress(self.model, plan, freqs=self.freqs, stats=self.stats)
+        build_s = time.perf_counter() - start
+        return self.ppl(small), build_s, stored_bytes(small)
+
+
+def per_site(bench: Bench, site_names: list[str], ratios=(10, 25)) -> list[dict]:
     rows = []
-    dense_bytes = 4 * site.shape[0] * site.shape[1]
-    for ratio in ratios:
-        for name in method_names():
-            cfg = config_from_dict(BASE[name])
-            try:
-                cfg.check_site(site)
-            except Exception:
-                continue  # a vocabulary method on an LSTM matrix
-            fitted = largest_within(site, cfg, dense_bytes // ratio, freqs)
-            row = {"site": site_name, "shape": f"{site.shape[0]}x{site.shape[1]}", "target": f"{ratio}x", "method": name}
-            if fitted is None:
-                rows.append({**row, "config": "cannot reach the ratio"})
-                continue
-            start = time.perf_counter()
-            mod = weight_class(fitted).build(w, site, fitted, freqs=freqs).eval()
-            build_s = time.perf_counter() - start
-            nbytes = method_bytes(site, fitted, freqs)
-            with torch.no_grad():
-                err = (torch.linalg.norm(mod.weight() - w) / torch.linalg.norm(w)).item()
-            t = median_seconds(lambda: mod.matmul(x))
-            knobs = {k: v for k, v in fitted.to_dict().items() if k != "method" and v != getattr(type(fitted)(), k)}
-            rows.append({**row, "config": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in knobs.items()) or "defaults",
-                         "ratio": dense_bytes / nbytes, "rel_error": err, "time_vs_dense": t / dense_s, "build_s": build_s})
+    for site in [s for s in bench.sites if s.name in site_names]:
+        dense = 4 * site.shape[0] * site.shape[1]
+        for ratio in ratios:
+            for storage_name, storage in STORAGE.items():
+                for method in method_names():
+                    if method == "quant" and storage_name != "fp32":
+                        continue  # quant's size knob is its storage
+                    row = {"site": f"{site.name} {site.shape[0]}x{site.shape[1]}", "target": f"{ratio}x",
+                           "method": method, "storage": "-" if method == "quant" else storage_name}
+                    try:
+                        _config(method, storage, "data").check_site(site)
+                    except UserError:
+                        continue
+                    fitted = largest_within(site, _config(method, storage, "data"), dense // ratio, bench.freqs)
+                    if fitted is None:
+                        rows.append({**row, "note": "cannot reach the ratio"})
+                        continue
+                    result = {}
+                    for init in ("plain", "data"):
+                        ppl, build_s, _ = bench.run({site.name: fitted.replace(init=init)})
+                        result[init] = ppl
+                        result[f"{init}_s"] = build_s
+                    knobs = {k: v for k, v in fitted.to_dict().items() if k == type(fitted).size_knob}
+                    rows.append({**row, **result, "knobs": _knob_text(knobs),
+                                 "ratio": dense / method_bytes(site, fitted, bench.freqs)})
+                    print(rows[-1], flush=True)
     return rows
 
 
-def to_markdown(rows: list[dict], header: str) -> str:
-    out = [header, "", "| site | target | method | knobs | ratio | rel. error at init | forward time / dense | build s |",
-           "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "ratio" not in r:
-            out.append(f"| {r['site']} {r['shape']} | {r['target']} | {r['method']} | {r['config']} | - | - | - | - |")
+def _knob_text(knobs: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in knobs.items())
+
+
+def uniform_share_plan(bench: Bench, base, partner, max_bytes: int) -> dict | None:
+    """Every site the same share of its dense bytes, `base` where it applies, else `partner`: the
+    largest such plan within max_bytes (the bisection of budget.uniform_plan, for two methods)."""
+    def cfg_for(site):
+        for cfg in (base, partner):
+            try:
+                cfg.check_site(site)
+                return cfg
+            except UserError:
+                continue
+        return None
+
+    targets = [(s, cfg_for(s)) for s in bench.sites if s.tied_with is None and cfg_for(s) is not None]
+
+    def plan_at(share: float) -> dict | None:
+        plan = {}
+        for site, cfg in targets:
+            fitted = largest_within(site, cfg, int(share * site.dense_bytes), bench.freqs)
+            if fitted is None:
+                return None
+            plan[site.name] = fitted
+        return plan
+
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        plan = plan_at(mid)
+        if plan is None:
+            lo = mid
+        elif plan_stored_bytes(bench.sites, plan, bench.freqs, bench.model_bytes) > max_bytes:
+            hi = mid
+        else:
+            lo, best = mid, plan
+    return best
+
+
+def whole_model(bench: Bench, ratio: int = 25) -> list[dict]:
+    max_bytes = bench.model_bytes // ratio
+    rows = []
+    partner = _config(VOCAB_ONLY_PARTNER, STORAGE["8-bit"], "data")
+    for method in method_names():
+        base = _config(method, STORAGE["8-bit"], "data")
+        vocab_only = "recurrent" not in type(base).roles
+        plan = uniform_share_plan(bench, base, partner if vocab_only else None, max_bytes)
+        name = f"{method} + {VOCAB_ONLY_PARTNER} (LSTM)" if vocab_only else method
+        row = {"plan": name, "target": f"{ratio}x"}
+        if plan is None:
+            rows.append({**row, "note": "cannot reach the ratio"})
             continue
-        out.append(f"| {r['site']} {r['shape']} | {r['target']} | {r['method']} | {r['config']} | {r['ratio']:.1f}x | "
-                   f"{r['rel_error']:.3f} | {r['time_vs_dense']:.2f} | {r['build_s']:.1f} |")
+        result = {}
+        for init in ("plain", "data"):
+            ppl, build_s, nbytes = bench.run({k: v.replace(init=init) for k, v in plan.items()})
+            result.update({init: ppl, f"{init}_s": build_s, "bytes": nbytes})
+        knobs = "; ".join(f"{k}: {_knob_text({type(v).size_knob: getattr(v, type(v).size_knob)})}" for k, v in plan.items()
+                          if type(v).size_knob)
+        rows.append({**row, **result, "knobs": knobs})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def every_matrix_bits(bench: Bench, bits=(4, 3)) -> list[dict]:
+    rows = []
+    for b in bits:
+        result = {}
+        for init in ("plain", "data"):
+            plan = {s.name: _config("quant", {}, init).replace(bits=b) for s in bench.sites if s.tied_with is None}
+            ppl, build_s, nbytes = bench.run(plan)
+            result.update({init: ppl, f"{init}_s": build_s, "bytes": nbytes})
+        rows.append({"plan": f"quant {b}-bit, every matrix", "target": f"{bench.model_bytes / result['bytes']:.1f}x",
+                     **result, "knobs": f"bits={b}, one scale per row"})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _pct(ppl: float, dense: float) -> str:
+    return f"{ppl:.2f} ({100 * (ppl / dense - 1):+.1f}%)"
+
+
+def to_markdown(bench: Bench, site_rows: list[dict], model_rows: list[dict], header: str) -> str:
+    d = bench.dense_ppl
+    out = [header, "", f"Dense: {d:.2f}. Calibration: {bench.calibrate_s:.1f} s.", "",
+           *goals(bench, site_rows, model_rows),
+           "### Whole model, no fine-tuning", "",
+           "| plan | ratio | stored bytes | plain | data-aware | data-aware build s | size knobs |", "|---|---|---|---|---|---|---|"]
+    for r in model_rows:
+        if "note" in r:
+            out.append(f"| {r['plan']} | {r['target']} | - | {r['note']} | | | |")
+            continue
+        out.append(f"| {r['plan']} | {r['target']} | {r['bytes']:,} | {_pct(r['plain'], d)} | {_pct(r['data'], d)} | "
+                   f"{r['data_s']:.1f} | {r['knobs']} |")
+    out += ["", "### One matrix at a time, no fine-tuning", "",
+            "| site | target | method | storage | size knob | ratio | plain | data-aware | data-aware build s |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in site_rows:
+        if "note" in r:
+            out.append(f"| {r['site']} | {r['target']} | {r['method']} | {r['storage']} | {r['note']} | - | - | - | - |")
+            continue
+        out.append(f"| {r['site']} | {r['target']} | {r['method']} | {r['storage']} | {r['knobs']} | {r['ratio']:.1f}x | "
+                   f"{_pct(r['plain'], d)} | {_pct(r['data'], d)} | {r['data_s']:.1f} |")
     return "\n".join(out) + "\n"
+
+
+def goals(bench: Bench, site_rows: list[dict], model_rows: list[dict]) -> list[str]:
+    """The issue's goals, checked against the rows above (no fine-tuning; dense = bench.dense_ppl)."""
+    d = bench.dense_ppl
+    by_plan = {r["plan"]: r for r in model_rows if "data" in r}
+    out = ["### Goals (issue 14), from the rows below", ""]
+
+    def line(text: str, value: float | None, limit: float) -> None:
+        if value is None:
+            out.append(f"- {text}: not measured")
+        else:
+            out.append(f"- {text}: {100 * (value / d - 1):+.1f}% (goal <= {limit:+.1f}%): {'met' if value <= d * (1 + limit / 100) else 'NOT met'}")
+
+    line("uniform 25x low-rank, 8-bit factors", by_plan.get("lowrank", {}).get("data"), 38)
+    line("4-bit storage of every matrix", by_plan.get("quant 4-bit, every matrix", {}).get("data"), 1.5)
+    line("3-bit storage of every matrix", by_plan.get("quant 3-bit, every matrix", {}).get("data"), 10)
+    vocab = [r for r in site_rows if r["target"] == "10x" and "data" in r and r["site"].split()[0] in ("decoder", "encoder")]
+    collapsed = sorted({f"{r['method']} ({r['site'].split()[0]}, {r['storage']}: {r['data']:.0f})" for r in vocab
+                        if r["data"] > COLLAPSE * d})
+    out.append(f"- no method collapses (val ppl > {COLLAPSE:g}x dense) on a vocabulary matrix at 10x, data-aware: "
+               + ("met" if not collapsed else "NOT met: " + ", ".join(collapsed)))
+    build = by_plan.get("lowrank", {}).get("data_s")
+    out.append(f"- time: calibration {bench.calibrate_s:.1f} s once (cached), a data-aware build of the uniform 25x "
+               f"low-rank plan {build:.1f} s per trial (plain {by_plan.get('lowrank', {}).get('plain_s', 0):.1f} s); "
+               "under 60 s added to a search only for searches of a few trials (see the build columns)")
+    return out + [""]
+
+
+COLLAPSE = 2.0  # a matrix compressed alone that more than doubles the perplexity has collapsed
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="kjv-lstm")
-    p.add_argument("--sites", nargs="+", default=["decoder", "rnn.0.hh"])
+    p.add_argument("--tokens", type=int, default=4096, help="calibration tokens")
+    p.add_argument("--sites", nargs="+", default=["decoder", "encoder", "rnn.1.ih"])
     p.add_argument("--out", default="results/methods.md")
+    p.add_argument("--rows", default="results/methods.json", help="measured rows (kept: --report-only rewrites the report)")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from --rows, measure nothing")
     args = p.parse_args(argv)
-    model = load(args.model)
-    rows = [r for s in args.sites for r in measure(model, s)]
-    header = (f"## Methods at 10x and 25x on single matrices of `{args.model}`\n\n"
-              f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} threads), commit {commit()}, "
-              f"`python -m autoshrink.bench.methods --model {args.model}`. Ratio = dense fp32 bytes of the matrix / "
-              "stored bytes (bias excluded). Error before any fine-tuning. Time: median forward of 35 input rows.")
-    write_report(args.out, to_markdown(rows, header))
+    torch.set_num_threads(1)
+    if args.report_only:
+        saved = json.loads(Path(args.rows).read_text())
+        bench = SimpleNamespace(**saved["bench"])
+        model_rows, site_rows = saved["model_rows"], saved["site_rows"]
+    else:
+        bench = Bench(args.model, args.tokens)
+        model_rows = every_matrix_bits(bench) + whole_model(bench)
+        site_rows = per_site(bench, args.sites)
+        Path(args.rows).write_text(json.dumps({"bench": {"dense_ppl": bench.dense_ppl, "calibrate_s": bench.calibrate_s,
+                                                         "commit": commit(), "date": time.strftime('%Y-%m-%d')},
+                                               "model_rows": model_rows, "site_rows": site_rows}, indent=1) + "\n")
+    header = (f"## Methods on `{args.model}`: plain against data-aware initialisation, no fine-tuning\n\n"
+              f"{getattr(bench, 'date', time.strftime('%Y-%m-%d'))}, CPU ({platform.machine()}, 1 thread), "
+              f"commit {getattr(bench, 'commit', None) or commit()}, "
+              f"`python -m autoshrink.bench.methods --model {args.model} --tokens {args.tokens}`. Validation "
+              f"perplexity on the first {EVAL_TOKENS:,} validation tokens (the search's slice), in brackets the "
+              f"increase over dense. Calibration: {args.tokens:,} training tokens. Ratio of one matrix = its dense "
+              "fp32 bytes / its stored bytes (bias excluded); of the model = dense bytes / stored bytes.")
+    write_report(args.out, to_markdown(bench, site_rows, model_rows, header))
     return 0
 
 

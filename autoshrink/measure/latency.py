@@ -33,7 +33,7 @@ from torch import nn
 from autoshrink.errors import UserError
 from autoshrink.methods import CompressedEmbedding, CompressedLinear, MethodConfig, weight_class
 from autoshrink.models.discover import discover_sites
-from autoshrink.sites import Site
+from autoshrink.sites import Site, SiteStats
 from autoshrink.plan import compress, dense_weight, parse_plan, resolve
 
 
@@ -191,7 +191,7 @@ class LatencyTable:
                             module.bias.copy_(bias)
             else:
                 built = weight_class(cfg).build(weight.float().cpu(), site, cfg,
-                                                freqs=self.freqs if site.is_vocab else None)
+                                                SiteStats(freqs=self.freqs if site.is_vocab else None))
                 module = CompressedEmbedding(built) if embedding else CompressedLinear(built, bias)
                 module = module.to(self.device).eval()
                 return self._time(module.timed_call(x.to(self.device)) if not embedding else lambda: module(x))

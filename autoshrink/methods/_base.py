@@ -4,8 +4,10 @@ A method is one file `methods/<name>.py` with:
   - a frozen config dataclass (subclass of MethodConfig) that checks its knobs in __post_init__;
   - a CompressedWeight subclass registered with `@register(ThatConfig)`, which holds the
     trainable representation of one weight matrix W (m x n, y = W x; rows = words for vocabulary
-    sites) and implements `build` (initialise from the dense W), `weight` (W as stored, with
-    quantisation applied), `stored_bytes` (analytic), `export`/`from_export` (packed tensors).
+    sites) and implements `build(weight, site, config, stats)` (initialise from the dense W and,
+    when `config.init == "data"`, from the site's calibration statistics: docs/methods.md, data-aware initialisation),
+    `weight` (W as stored, with quantisation applied), `stored_bytes(site, config, freqs)`
+    (analytic), `export`/`from_export` (packed tensors).
 CompressedLinear / CompressedEmbedding put a CompressedWeight in a site's place; tied sites share
 one CompressedWeight, so it trains and counts once.
 """
@@ -22,9 +24,24 @@ import torch.nn.functional as F
 
 from autoshrink.errors import UserError
 from autoshrink.methods._storage import check_bits, fake_quant, float_bytes, pack_float, unpack_float
-from autoshrink.sites import ROLES, VOCAB_ROLES, CompressedModule, Site
+from autoshrink.sites import ROLES, VOCAB_ROLES, CompressedModule, Site, SiteStats
 
 ALL_ROLES = ROLES
+INITS = ("data", "plain")
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def calibrated(config: "MethodConfig", stats: SiteStats | None) -> SiteStats | None:
+    """The statistics a data-aware build uses: None under init "plain" (or without any)."""
+    return stats if config.data_aware else None
+
+
+def site_freqs(site: Site, stats: SiteStats | None) -> torch.Tensor | None:
+    """Word counts of a vocabulary site from its statistics (any init), else None."""
+    return stats.freqs if stats is not None and site.is_vocab else None
 
 
 @dataclass(frozen=True)
@@ -41,12 +58,34 @@ class MethodConfig:
     # which measures options untrained, leaves it to the trials.
     judged_after_training: ClassVar[bool] = False
     bits: int = field(default=32, metadata={"help": "storage bits of the method's float tensors: 32, 16 or 2-8 (affine codes, straight-through fine-tuning)"})
-    group_size: int = field(default=0, metadata={"help": "values per quantisation scale; 0 = one scale per row"})
+    group_size: int = field(default=0, metadata={"help": "consecutive values of a row that share one quantisation scale and minimum (4 bytes); 0 = one per row"})
+    init: str = field(default="data", metadata={"help": "initialisation: 'data' fits the site's calibrated inputs and word frequencies (whitened SVD, GPTQ rounding, activation-aware pruning); 'plain' ignores them"})
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
-        if self.group_size < 0:
-            raise UserError(f"{self.method}: group_size must be >= 0, got {self.group_size}")
+        self.check_int("group_size", 0)
+        if self.init not in INITS:
+            raise UserError(f"{self.method}: init must be one of {', '.join(INITS)}, got {self.init!r}")
+
+    def check_int(self, name: str, low: int, high: int | None = None) -> None:
+        """Refuse knob `name` unless it is an integer in [low, high] (one line showing the value)."""
+        value = getattr(self, name)
+        if not is_int(value) or value < low or (high is not None and value > high):
+            where = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise UserError(f"{self.method}: {name} must be an integer {where}, got {value!r}")
+
+    def check_range(self, name: str, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+        """Refuse knob `name` unless it is a number in the range (open ends where asked)."""
+        value = getattr(self, name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        if not ok:
+            span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise UserError(f"{self.method}: {name} must be in {span}, got {value!r}")
+
+    @property
+    def data_aware(self) -> bool:
+        return self.init == "data"
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **dataclasses.asdict(self)}
@@ -64,6 +103,16 @@ class MethodConfig:
         if site.role not in self.roles:
             raise UserError(f"{self.method} does not apply to {site.role} site {site.name!r} (it applies to {', '.join(self.roles)})")
 
+    def check_shrinks(self, site: Site, freqs: torch.Tensor | None = None) -> None:
+        """Refuse a config that stores more than the site's dense weight (fp32, bias excluded)."""
+        self.check_site(site)
+        nbytes = _BY_NAME[self.method].stored_bytes(site, self, freqs if site.is_vocab else None)
+        dense = 4 * site.shape[0] * site.shape[1]
+        if nbytes > dense:
+            knobs = ", ".join(f"{k}={v}" for k, v in self.to_dict().items() if k != "method")
+            raise UserError(f"{self.method} ({knobs}) stores {nbytes:,} bytes on site {site.name!r}, more than its "
+                            f"dense {dense:,}: choose a smaller {type(self).size_knob or 'setting'}")
+
 
 class CompressedWeight(nn.Module, abc.ABC):
     """The compressed form of one weight matrix W (m x n). A method implements the abstract
@@ -78,8 +127,10 @@ class CompressedWeight(nn.Module, abc.ABC):
     @classmethod
     @abc.abstractmethod
     def build(cls, weight: torch.Tensor, site: Site, config: MethodConfig,
-              freqs: torch.Tensor | None = None) -> "CompressedWeight":
-        """A trainable module initialised from the dense weight (m x n, rows = words)."""
+              stats: SiteStats | None = None) -> "CompressedWeight":
+        """A trainable module initialised from the dense weight (m x n, rows = words) and, when
+        config.init is "data", the site's calibration statistics (None: plain initialisation).
+        `stats.freqs` (word counts) shape vocabulary methods whatever the init."""
 
     @abc.abstractmethod
     def weight(self) -> torch.Tensor:
@@ -87,8 +138,9 @@ class CompressedWeight(nn.Module, abc.ABC):
 
     @staticmethod
     @abc.abstractmethod
-    def stored_bytes(site: Site, config: MethodConfig) -> int:
-        """Exact bytes of `export()` for this site and config, computed without building."""
+    def stored_bytes(site: Site, config: MethodConfig, freqs: torch.Tensor | None = None) -> int:
+        """Exact bytes of `export()` for this site and config (and word counts, for methods whose
+        allocation follows them), computed without building."""
 
     @abc.abstractmethod
     def export(self) -> dict[str, torch.Tensor]:

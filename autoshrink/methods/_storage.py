@@ -62,8 +62,9 @@ def _grouped(t: torch.Tensor, group_size: int) -> tuple[torch.Tensor, int]:
     return x.reshape(rows, ngroups, g), pad
 
 
-def _affine(grouped: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp16-rounded scale and minimum per group, so that export and forward agree exactly."""
+def affine_grid(grouped: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp16-rounded scale and minimum per group (over the last dimension), so that export and
+    forward agree exactly: group values are stored as codes * scale + minimum."""
     lo = grouped.amin(dim=-1, keepdim=True).detach()
     hi = grouped.amax(dim=-1, keepdim=True).detach()
     levels = 2**bits - 1
@@ -81,17 +82,24 @@ def fake_quant(t: torch.Tensor, bits: int, group_size: int = 0) -> torch.Tensor:
     """Round `t` to its stored values; gradients pass straight through (STE)."""
     if bits >= 32:
         return t
+    return t + (stored_values(t, bits, group_size) - t).detach()
+
+
+def stored_values(t: torch.Tensor, bits: int, group_size: int = 0) -> torch.Tensor:
+    """The values `t` is stored as (no gradient), exactly: stored_values of them are themselves."""
+    t = t.detach()
+    if bits >= 32:
+        return t
     if bits == 16:
-        return t + (t.to(torch.float16).float() - t).detach()
+        return t.to(torch.float16).float()
     grouped, pad = _grouped(t, group_size)
-    scale16, lo16 = _affine(grouped, bits)
+    scale16, lo16 = affine_grid(grouped, bits)
     deq = _codes(grouped, scale16, lo16, bits) * scale16.float() + lo16.float()
     rows = grouped.shape[0]
     deq = deq.reshape(rows, -1)
     if pad:
         deq = deq[:, :-pad]
-    deq = deq.reshape(t.shape)
-    return t + (deq - t).detach()
+    return deq.reshape(t.shape)
 
 
 def pack_uint(values: torch.Tensor | np.ndarray, bits: int) -> torch.Tensor:
@@ -119,7 +127,7 @@ def pack_float(t: torch.Tensor, bits: int, group_size: int = 0) -> dict[str, tor
     if bits == 16:
         return {"": t.to(torch.float16).contiguous()}
     grouped, _ = _grouped(t, group_size)
-    scale16, lo16 = _affine(grouped, bits)
+    scale16, lo16 = affine_grid(grouped, bits)
     codes = _codes(grouped, scale16, lo16, bits).reshape(grouped.shape[0], -1)
     _, cols = as_rows(tuple(t.shape))
     codes = codes[:, :cols].to(torch.int64)
@@ -202,3 +210,43 @@ def unpack_sparse(packed: dict[str, torch.Tensor], m: int, n: int, bits: int,
 
 def tensors_bytes(tensors: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+# --- the file: safetensors header ---------------------------------------------------------
+# What the user holds is model.safetensors: 8 bytes of header length, a JSON header padded with
+# spaces to a multiple of 8, then the tensor bytes. The header's size follows from the tensor
+# names, dtypes and shapes alone (checked against files written by safetensors 0.8): tensors are
+# laid out by dtype (this order, descending alignment), then by name; "__metadata__" comes first.
+SAFETENSORS_DTYPES = {  # torch dtype -> (header name, rank in safetensors' layout order: higher first)
+    torch.uint64: ("U64", 13), torch.int64: ("I64", 12), torch.float64: ("F64", 11), torch.float32: ("F32", 10),
+    torch.uint32: ("U32", 9), torch.int32: ("I32", 8), torch.bfloat16: ("BF16", 7), torch.float16: ("F16", 6),
+    torch.uint16: ("U16", 5), torch.int16: ("I16", 4), torch.int8: ("I8", 3), torch.uint8: ("U8", 2), torch.bool: ("BOOL", 1),
+}
+
+
+def safetensors_header_bytes(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+                             metadata: dict[str, str] | None = None) -> int:
+    """Bytes before the tensor data of a safetensors file holding tensors name -> (dtype, shape)
+    (and string `metadata`): the 8-byte length plus the padded JSON header."""
+    import json
+
+    def dumps(value) -> str:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+    order = sorted(specs, key=lambda name: (-SAFETENSORS_DTYPES[specs[name][0]][1], name))
+    parts = [f"{dumps('__metadata__')}:{dumps(dict(metadata))}"] if metadata else []
+    offset = 0
+    for name in order:
+        dtype, shape = specs[name]
+        size = int(math.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+        parts.append(f"{dumps(name)}:{{\"dtype\":{dumps(SAFETENSORS_DTYPES[dtype][0])},"
+                     f"\"shape\":{dumps([int(s) for s in shape])},\"data_offsets\":[{offset},{offset + size}]}}")
+        offset += size
+    header = len(("{" + ",".join(parts) + "}").encode("utf-8"))
+    return 8 + header + (-header) % 8
+
+
+def safetensors_file_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> int:
+    """Size on disk of `safetensors.torch.save_file(tensors, path, metadata)`."""
+    specs = {name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()}
+    return safetensors_header_bytes(specs, metadata) + tensors_bytes(tensors)

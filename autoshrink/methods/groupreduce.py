@@ -25,10 +25,18 @@ Stored (export names): per block `b{i}.U` (|V_i| x r_i) and `b{i}.V` (r_i x D, i
 position, bit-packed at ceil(log2 V) bits, only when the positions are not the row order (freqs
 given and not already sorted descending, or refine > 0 with more than one block).
 
-Frequencies are not in a config, so `stored_bytes(site, config, freqs=...)` takes them as an
-optional keyword. Without them (here and in `build`) the rank allocation assumes the rows are
-already in frequency order with a Zipf profile f_j = 1/(j+1) [ours]; `build` then fits with
+Frequencies are not in a config: `stored_bytes(site, config, freqs)` takes them (as every
+method's does), `build` from its statistics. Without them the rank allocation assumes the rows
+are already in frequency order with a Zipf profile f_j = 1/(j+1) [ours]; `build` then fits with
 uniform weights.
+
+Init, data (docs/methods.md, data-aware initialisation): on a softmax the blocks are fitted in the inputs' whitened
+space (rows a_j L, H = L L^T the calibrated moment of the top hidden state), so a block's error is
+sum_j w_j |(a_j - u_j V_i^T) L|^2, the frequency-weighted logit error on the calibration inputs;
+V_i is un-whitened (V_i^T L^-1) at the end, and the refinement compares words in that space too.
+Below 16 bits every block's factors are GPTQ-rounded (`_gptq.gptq_pair`: on a softmax V_i on the
+inputs' moment, then U_i; on an embedding V_i's rows on the w-weighted U_i, then U_i), dense
+blocks of a softmax by GPTQ (an embedding's rows round to nearest).
 """
 from __future__ import annotations
 
@@ -40,12 +48,15 @@ import torch
 from torch import nn
 
 from autoshrink.errors import UserError
-from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, register
+from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, calibrated, register, site_freqs
+from autoshrink.methods._gptq import gptq, gptq_pair
+from autoshrink.methods._linalg import Metric
 from autoshrink.methods._storage import groups_per_row, pack_uint, unpack_uint
 from autoshrink.sites import Site
 
 MOVE_FRACTION = 0.1  # most words moved per refinement round (the DiscBlock code's default)
 MIN_MOVED_FRACTION = 0.01  # stop refining when fewer than max(1, this * V) words moved
+AUTO_RANK_DIVISOR = 16  # rank 0: r_min = D / 16 (16 on a 256-dim table)
 
 
 @dataclass(frozen=True)
@@ -54,18 +65,20 @@ class GroupReduceConfig(MethodConfig):
     size_knob = "rank"
     roles = VOCAB_ROLES
     blocks: int = field(default=4, metadata={"help": "number of equal-size blocks of words, sorted by frequency (c >= 1)"})
-    rank: int = field(default=16, metadata={"help": "rank of the rarest block (r_min >= 1); other blocks scale it by their mean frequency"})
-    refine: int = field(default=0, metadata={"help": "rounds of word reassignment between blocks (swaps; 0 = frequency blocks only)"})
+    rank: int = field(default=0, metadata={"help": "rank of the rarest block (r_min); other blocks scale it by their mean frequency; 0 = D / 16 (at least 1)"})
+    refine: int = field(default=0, metadata={"help": "rounds of k-subspace refinement: words swap blocks where that lowers the weighted error (sizes and bytes kept; 0 = frequency blocks only)"})
     alpha: float = field(default=1.0, metadata={"help": "weighted-SVD row weights w = freq^alpha, in [0, 2] (0 = unweighted)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, low in (("blocks", 1), ("rank", 1), ("refine", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise UserError(f"groupreduce: {name} must be an integer >= {low}, got {value!r}")
-        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not 0.0 <= self.alpha <= 2.0:
-            raise UserError(f"groupreduce: alpha must be in [0, 2], got {self.alpha!r}")
+        self.check_int("blocks", 1)
+        self.check_int("rank", 0)
+        self.check_int("refine", 0)
+        self.check_range("alpha", 0.0, 2.0)
+
+    def min_rank(self, site: Site) -> int:
+        """r_min for this site: `rank`, or D / AUTO_RANK_DIVISOR when it is 0."""
+        return self.rank or max(1, site.shape[1] // AUTO_RANK_DIVISOR)
 
     def check_site(self, site: Site) -> None:
         super().check_site(site)
@@ -110,6 +123,21 @@ def _perm_bits(v: int) -> int:
     return max(1, (v - 1).bit_length())  # ceil(log2 V)
 
 
+def _stored_pair(u: torch.Tensor, vt: torch.Tensor, config: GroupReduceConfig, metric: Metric,
+                 w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A block's factors; data-aware below 16 bits GPTQ-rounded (`_gptq.gptq_pair`)."""
+    if not config.data_aware or config.bits >= 16:
+        return u, vt
+    return gptq_pair(u.float(), vt.float(), config.bits, config.group_size, metric.moment, w)
+
+
+def _stored_rows(rows: torch.Tensor, config: GroupReduceConfig, metric: Metric) -> tuple[torch.Tensor]:
+    """A dense block's rows; GPTQ-rounded where the inputs are known (a softmax)."""
+    if metric.moment is None or config.bits >= 16:
+        return (rows,)
+    return (gptq(rows.float(), metric.moment, config.bits, config.group_size),)
+
+
 @register(GroupReduceConfig)
 class GroupReduceWeight(CompressedWeight):
     def __init__(self, site: Site, config: GroupReduceConfig, blocks: list[Block], parts: list[tuple[torch.Tensor, ...]],
@@ -147,8 +175,9 @@ class GroupReduceWeight(CompressedWeight):
         means[-1] = max(means[-1], 1e-6)  # a rarest block of unseen words: the others hit their caps
         out = []
         for n, mean in zip(sizes, means):
-            proportional = math.floor(config.rank * mean / means[-1] + 1e-9)  # epsilon: rescaled counts give equal ranks
-            r = min(n, d, max(config.rank, proportional))
+            r_min = config.min_rank(site)
+            proportional = math.floor(r_min * mean / means[-1] + 1e-9)  # epsilon: rescaled counts give equal ranks
+            r = min(n, d, max(r_min, proportional))
             out.append(Block(n, r, r * (n + d) >= d * n))
         return out
 
@@ -201,12 +230,15 @@ class GroupReduceWeight(CompressedWeight):
         return swaps
 
     @classmethod
-    def build(cls, weight, site, config, freqs=None):
+    def build(cls, weight, site, config, stats=None):
+        freqs = site_freqs(site, stats)
         blocks = cls.allocation(site, config, freqs)
         v, d = site.shape
         f = _check_freqs(freqs, site)
         order = _order(f, v)
-        a = weight.detach().double().cpu()[order]  # rows in position order
+        original = weight.detach().double().cpu()[order]  # rows in position order
+        metric = Metric.of(site, calibrated(config, stats), rows=False)  # the row weights are w below
+        a = metric.whiten(original)  # data-aware: fitted in the inputs' whitened space (a L)
         if f is None:
             w = torch.ones(v, dtype=torch.float64)
         else:
@@ -230,14 +262,19 @@ class GroupReduceWeight(CompressedWeight):
                 changed = set(block_of[j].tolist()) | set(block_of[k].tolist())
                 perm = torch.arange(v)  # exchange the two words' positions
                 perm[j], perm[k] = k, j
-                a, w, order = a[perm], w[perm], order[perm]
+                a, w, order, original = a[perm], w[perm], order[perm], original[perm]
                 for i in changed:
                     refit(i)
             if 2 * len(swaps) < max(1, MIN_MOVED_FRACTION * v):
                 break
         parts = []
         for i, blk in enumerate(blocks):
-            parts.append((a[block_of == i],) if blk.dense else fits[i][:2])
+            rows = block_of == i
+            if blk.dense:
+                parts.append(_stored_rows(original[rows], config, metric))
+            else:
+                u, vt = fits[i][:2]
+                parts.append(_stored_pair(u, metric.unwhiten_cols(vt), config, metric, w[rows]))
         keep = order if _needs_perm(config, f) else None
         return cls(site, config, blocks, [tuple(t.float() for t in p) for p in parts], keep)
 
@@ -284,7 +321,7 @@ class GroupReduceWeight(CompressedWeight):
 
     # --- storage -------------------------------------------------------------------------
     @staticmethod
-    def stored_bytes(site, config, *, freqs: torch.Tensor | None = None) -> int:
+    def stored_bytes(site, config, freqs: torch.Tensor | None = None) -> int:
         """Exact export bytes; `freqs` (the word counts `build` gets) decide the ranks and the map."""
         d = site.shape[1]
         total = 0

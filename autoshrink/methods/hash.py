@@ -5,14 +5,20 @@ M = min(`pool`, K V) sub-vectors, and word w's row is [P[L(w,0)], ..., P[L(w,K-1
 (K V pool indices) is fixed before training; only the pool is trained. Params M d, compression
 vs dense V K / M.
 
-Map algorithm, version 1 (pitfall 10: import must regenerate exactly this, so keep it stable):
+Map algorithm (pitfall 10: import must regenerate exactly this, so keep it stable):
     base = arange(K V) % M                 # ceil(K V / M) copies of 0..M-1, truncated to K V
     perm = torch.randperm(K V, generator=torch.Generator().manual_seed(seed))   # CPU generator
     L = base[perm].view(V, K)              # L[w, k]: pool index of word w's k-th slot
 so every pool vector is used floor or ceil of K V / M times. Stored: the pool (under `bits`) and
 the seed as one int64 tensor (8 bytes); the map costs nothing else.
-Init [ours]: each pool vector is the mean of the pretrained sub-vectors mapped to it, the least
-squares fit for the fixed map (exact when M = K V: the map is then a permutation).
+Init, plain [ours]: each pool vector is the mean of the pretrained sub-vectors mapped to it, the
+least squares fit for the fixed map (exact when M = K V: the map is then a permutation).
+Init, data: the weighted least squares fit of the site's error ||D (W - W_hat) L|| for the fixed
+map, with H = L L^T kept block-diagonal (one n/K x n/K block H_k per chunk: the pool vectors of
+different chunks of a row are fitted apart): p_m = (sum f_w H_k)^-1 sum f_w H_k a_{w,k} over the
+sub-vectors (w, k) mapped to m, f the word frequencies (a frequency-weighted mean on an
+embedding). As the block-diagonal H is an approximation, the plain fit is kept when it has the
+smaller error on the calibration statistics.
 Forward: lookup gathers K pool vectors per id. A softmax row (logit_w = sum_k <x_k, P[L(w,k)]>)
 first forms the K x M partial dot products x_k . P^T, then gathers and sums: O(M D + V K) per
 position, the V x D matrix is never formed. The gather-and-sum is one sparse product with the
@@ -30,14 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoshrink.errors import UserError
-from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, register
+from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, calibrated, register
+from autoshrink.methods._linalg import Metric
 from autoshrink.sites import Site
 
-MAP_VERSION = 1  # the algorithm in the module docstring
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+AUTO_POOL_RATIO = 8  # pool 0: one pool vector per 8 sub-vectors
 
 
 @dataclass(frozen=True)
@@ -47,17 +50,14 @@ class HashConfig(MethodConfig):
     size_knob = "pool"
     roles = VOCAB_ROLES
     chunks: int = field(default=4, metadata={"help": "K: sub-vectors per word row; must divide the row dimension"})
-    pool: int = field(default=1024, metadata={"help": "M: shared sub-vectors in the pool (clipped to K * vocabulary); compression ~ V K / M"})
+    pool: int = field(default=0, metadata={"help": "M: shared sub-vectors in the pool (clipped to K * vocabulary); compression ~ V K / M; 0 = V K / 8 (about 8x)"})
     seed: int = field(default=0, metadata={"help": "seed of the fixed random word -> pool map (stored, 8 bytes)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not _is_int(self.chunks) or self.chunks < 1:
-            raise UserError(f"hash: chunks must be an integer >= 1, got {self.chunks!r}")
-        if not _is_int(self.pool) or self.pool < 1:
-            raise UserError(f"hash: pool must be an integer >= 1, got {self.pool!r}")
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
-            raise UserError(f"hash: seed must be an integer in [0, 2**63), got {self.seed!r}")
+        self.check_int("chunks", 1)
+        self.check_int("pool", 0)
+        self.check_int("seed", 0, 2**63 - 1)
 
     def check_site(self, site: Site) -> None:
         super().check_site(site)
@@ -65,15 +65,37 @@ class HashConfig(MethodConfig):
             raise UserError(f"hash: chunks={self.chunks} must divide the row dimension {site.shape[1]} of site {site.name!r}")
 
     def pool_size(self, site: Site) -> int:
-        return min(self.pool, self.chunks * site.shape[0])
+        slots = self.chunks * site.shape[0]
+        return min(self.pool or max(1, slots // AUTO_POOL_RATIO), slots)
 
 
 def slim_map(words: int, chunks: int, pool: int, seed: int) -> torch.Tensor:
-    """L (words x chunks) of pool indices, balanced and shuffled (map algorithm version 1)."""
+    """L (words x chunks) of pool indices, balanced and shuffled (the map algorithm above)."""
     n = words * chunks
     base = torch.arange(n) % pool
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return base[perm].view(words, chunks)
+
+
+def _weighted_pool(weight: torch.Tensor, mapping: torch.Tensor, m: int, k: int, metric: Metric) -> torch.Tensor:
+    """Pool vectors minimising sum_w f_w sum_k |(a_{w,k} - p_{L(w,k)}) L_k|^2 (H_k = L_k L_k^T the
+    diagonal blocks of the input moment; identity without one)."""
+    v, dim = weight.shape
+    d = dim // k
+    f = torch.ones(v, dtype=torch.float64) if metric.row is None else metric.row.double() ** 2
+    h = metric.moment
+    blocks = (torch.eye(d, dtype=torch.float64).expand(k, d, d) if h is None
+              else torch.stack([h[i * d:(i + 1) * d, i * d:(i + 1) * d] for i in range(k)]))
+    slot = torch.arange(k).repeat(v)  # chunk of each sub-vector (row-major: word, then chunk)
+    weights = f.repeat_interleave(k)
+    sub = weight.detach().double().reshape(v * k, d)
+    # Normal equations per pool vector: (sum_k c_{m,k} H_k) p_m = sum_k H_k s_{m,k}.
+    c = torch.zeros(m, k, dtype=torch.float64).index_put_((mapping, slot), weights, accumulate=True)
+    sums = torch.zeros(m, k, d, dtype=torch.float64).index_put_((mapping, slot), weights[:, None] * sub, accumulate=True)
+    lhs = torch.einsum("mk,kij->mij", c, blocks)
+    rhs = torch.einsum("kij,mkj->mi", blocks, sums)
+    lhs = lhs + 1e-9 * lhs.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)[:, None, None] * torch.eye(d, dtype=torch.float64)
+    return torch.linalg.solve(lhs, rhs).float()
 
 
 @register(HashConfig)
@@ -87,7 +109,7 @@ class HashWeight(CompressedWeight):
         self.register_buffer("slot_offset", torch.arange(config.chunks) * pool.shape[0], persistent=False)
 
     @classmethod
-    def build(cls, weight, site, config, freqs=None):
+    def build(cls, weight, site, config, stats=None):
         config.check_site(site)
         v, dim = site.shape
         k, m = config.chunks, config.pool_size(site)
@@ -95,7 +117,13 @@ class HashWeight(CompressedWeight):
         sub = weight.detach().float().reshape(v * k, dim // k)
         sums = torch.zeros(m, dim // k).index_add_(0, mapping, sub)
         counts = torch.bincount(mapping, minlength=m).clamp_min(1)  # every count >= 1 since m <= v k
-        return cls(site, config, sums / counts[:, None], config.seed)
+        plain = cls(site, config, sums / counts[:, None], config.seed)
+        metric = Metric.of(site, calibrated(config, stats))
+        if metric.plain:
+            return plain
+        aware = cls(site, config, _weighted_pool(weight, mapping, m, k, metric), config.seed)
+        with torch.no_grad():
+            return aware if metric.error(weight, aware.weight()) <= metric.error(weight, plain.weight()) else plain
 
     def weight(self) -> torch.Tensor:
         return self.q(self.pool)[self.map].reshape(self.site.shape)
@@ -131,7 +159,7 @@ class HashWeight(CompressedWeight):
         return logits.reshape(*lead, v)
 
     @staticmethod
-    def stored_bytes(site, config) -> int:
+    def stored_bytes(site, config, freqs=None) -> int:
         d = site.shape[1] // config.chunks
         return CompressedWeight.float_bytes((config.pool_size(site), d), config) + 8  # + int64 seed
 

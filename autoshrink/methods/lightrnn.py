@@ -22,6 +22,8 @@ r(w) in ceil(log2 R) bits and c(w) in ceil(log2 C) bits per word (docs/methods.m
 Init [ours]: balanced k-means of the pretrained rows into R rows of capacity C, then, within each
 row, distinct columns by a balanced clustering of the residuals; the tables are the least-squares
 fit for that allocation (alternating means), refined by a few reconstruction-cost reallocations.
+Init, data: the same, with every word's squared error weighted by its frequency (`_linalg.row_weights`)
+in the k-means costs, the means and the reallocations, so frequent words get the closer cells.
 A softmax site fits [W | log f] (f = word counts, centred; 0 without counts) so b_r + b_c starts as
 a unigram prior: build() does not see the site's bias.
 Reallocation (the paper's bootstrap step): `reallocate(row_cost, col_cost)` re-matches words to
@@ -46,17 +48,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoshrink.errors import UserError
-from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, register
+from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, calibrated, register, site_freqs
+from autoshrink.methods._linalg import row_weights
 from autoshrink.methods._storage import pack_uint, unpack_uint
 from autoshrink.sites import Site
 
 KMEANS_ITERS = 10  # balanced k-means rounds (rows, then columns); stops early once stable
 FIT_ROUNDS = 5  # alternating least-squares rounds for the tables
 REFINE_ROUNDS = 2  # reconstruction-cost reallocations after the k-means init
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -71,9 +70,7 @@ class LightRNNConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("rows", "cols", "seed"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 0:
-                raise UserError(f"lightrnn: {name} must be an integer >= 0, got {value!r}")
+            self.check_int(name, 0)
 
     def grid(self, site: Site) -> tuple[int, int]:
         """(R, C) of the word table for this site."""
@@ -144,34 +141,43 @@ def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * a).sum(1, keepdim=True) + (b * b).sum(1) - 2 * a @ b.T
 
 
-def _group_mean(values: torch.Tensor, groups: torch.Tensor, count: int, old: torch.Tensor) -> torch.Tensor:
-    """Mean of values per group; a group without members keeps its old value."""
+def _group_mean(values: torch.Tensor, groups: torch.Tensor, count: int, old: torch.Tensor,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(Weighted) mean of values per group; a group without members keeps its old value."""
     index = groups[:, None].expand(-1, values.shape[1])  # scatter_add_: index_add_ is slow on CPU here
+    if weights is not None:
+        values = values * weights[:, None]
     sums = torch.zeros(count, values.shape[1], dtype=values.dtype).scatter_add_(0, index, values)
-    n = torch.bincount(groups, minlength=count)
-    return torch.where(n[:, None] > 0, sums / n.clamp_min(1)[:, None], old)
+    n = torch.bincount(groups, weights=weights, minlength=count).to(values.dtype)
+    return torch.where(n[:, None] > 0, sums / n.clamp_min(1e-300)[:, None], old)
 
 
 def _columns_within_rows(col_cost: torch.Tensor, cell_cost: torch.Tensor | None, row_of: torch.Tensor,
-                         rows: int, cols: int) -> torch.Tensor:
-    """Distinct columns for the words of each row: greedy matching on col_cost (V x C) + cell_cost[r]."""
-    cost = col_cost if cell_cost is None else col_cost + cell_cost[row_of]
+                         rows: int, cols: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Distinct columns for the words of each row: greedy matching on col_cost (V x C) + cell_cost[r]
+    (the cell term times each word's weight when given)."""
+    cell = None if cell_cost is None else cell_cost[row_of] * (1.0 if weights is None else weights[:, None])
+    cost = col_cost if cell is None else col_cost + cell
     return greedy_assign(cost, torch.ones(rows, cols, dtype=torch.long), group=row_of)
 
 
-def _fit_tables(a: torch.Tensor, row_of, col_of, p: torch.Tensor, q: torch.Tensor):
-    """Least squares a[w] ~= p[r(w)] + q[c(w)] by alternating means (each round lowers the error)."""
+def _fit_tables(a: torch.Tensor, row_of, col_of, p: torch.Tensor, q: torch.Tensor, weights: torch.Tensor | None = None):
+    """(Weighted) least squares a[w] ~= p[r(w)] + q[c(w)] by alternating means (each round lowers the error)."""
     for _ in range(FIT_ROUNDS):
-        p = _group_mean(a - q[col_of], row_of, p.shape[0], p)
-        q = _group_mean(a - p[row_of], col_of, q.shape[0], q)
+        p = _group_mean(a - q[col_of], row_of, p.shape[0], p, weights)
+        q = _group_mean(a - p[row_of], col_of, q.shape[0], q, weights)
     return p, q
 
 
-def _split_costs(a: torch.Tensor, p: torch.Tensor, q: torch.Tensor):
-    """(row V x R, col V x C, cell R x C) whose sum is exactly ||a_w - p_r - q_c||^2."""
+def _split_costs(a: torch.Tensor, p: torch.Tensor, q: torch.Tensor, weights: torch.Tensor | None = None):
+    """(row V x R, col V x C, cell R x C[, weights]) whose sum is exactly ||a_w - p_r - q_c||^2
+    (times each word's weight, which the cell term gets where it is used)."""
     shift = q.mean(0)  # the same sums p_r + q_c, gauged so rows are compared with row centres
     p, q = p + shift, q - shift
-    return _sqdist(a, p), (q * q).sum(1) - 2 * a @ q.T, 2 * p @ q.T
+    row, col = _sqdist(a, p), (q * q).sum(1) - 2 * a @ q.T
+    if weights is None:
+        return row, col, 2 * p @ q.T
+    return row * weights[:, None], col * weights[:, None], 2 * p @ q.T, weights
 
 
 @register(LightRNNConfig)
@@ -192,16 +198,20 @@ class LightRNNWeight(CompressedWeight):
             self.uses_site_bias = True
 
     @classmethod
-    def build(cls, weight, site, config, freqs=None):
+    def build(cls, weight, site, config, stats=None):
         config.check_site(site)
         v, d = site.shape
         rows, cols = config.grid(site)
         target = weight.detach().double()
+        freqs = site_freqs(site, stats)
         if site.role == "softmax":
             f = torch.ones(v, dtype=torch.float64) if freqs is None else freqs.detach().double()
             seen = f[f > 0]  # unseen words count as half the rarest seen word, not log 0
             logf = f.clamp_min(float(seen.min()) / 2 if seen.numel() else 1.0).log()
             target = torch.cat([target, (logf - logf.mean())[:, None]], 1)
+        # Data-aware: every word's error weighs by its frequency (plain: all words alike).
+        weights = None if calibrated(config, stats) is None or freqs is None else row_weights(freqs)
+        scale = torch.ones(v, dtype=torch.float64) if weights is None else weights
         g = torch.Generator().manual_seed(config.seed)
         # Rows: balanced k-means of the word vectors into R rows of capacity C.
         p = target[torch.randperm(v, generator=g)[:rows]]
@@ -209,10 +219,10 @@ class LightRNNWeight(CompressedWeight):
             p = torch.cat([p, p.new_zeros(rows - p.shape[0], p.shape[1])])
         row_of = None
         for _ in range(KMEANS_ITERS):
-            new = greedy_assign(_sqdist(target, p), torch.full((rows,), cols))
+            new = greedy_assign(_sqdist(target, p) * scale[:, None], torch.full((rows,), cols))
             if row_of is not None and torch.equal(new, row_of):
                 break
-            row_of, p = new, _group_mean(target, new, rows, p)
+            row_of, p = new, _group_mean(target, new, rows, p, weights)
         # Columns: distinct cells within each row, clustering the residuals.
         resid = target - p[row_of]
         q = resid[torch.randperm(v, generator=g)[:cols]]
@@ -220,14 +230,14 @@ class LightRNNWeight(CompressedWeight):
             q = torch.cat([q, q.new_zeros(cols - q.shape[0], q.shape[1])])
         col_of = None
         for _ in range(KMEANS_ITERS):
-            new = _columns_within_rows(_sqdist(resid, q), None, row_of, rows, cols)
+            new = _columns_within_rows(_sqdist(resid, q) * scale[:, None], None, row_of, rows, cols)
             if col_of is not None and torch.equal(new, col_of):
                 break
-            col_of, q = new, _group_mean(resid, new, cols, q)
-        p, q = _fit_tables(target, row_of, col_of, p, q)
+            col_of, q = new, _group_mean(resid, new, cols, q, weights)
+        p, q = _fit_tables(target, row_of, col_of, p, q, weights)
         for _ in range(REFINE_ROUNDS):  # each step keeps or lowers the reconstruction error
-            row_of, col_of = _reallocated(_split_costs(target, p, q), row_of, col_of, rows, cols)
-            p, q = _fit_tables(target, row_of, col_of, p, q)
+            row_of, col_of = _reallocated(_split_costs(target, p, q, weights), row_of, col_of, rows, cols)
+            p, q = _fit_tables(target, row_of, col_of, p, q, weights)
         p, q = p.float(), q.float()
         if site.role == "embedding":
             tables = {"X_r": p, "X_c": q}
@@ -320,7 +330,7 @@ class LightRNNWeight(CompressedWeight):
 
     # --- storage ---------------------------------------------------------------------------
     @staticmethod
-    def stored_bytes(site, config) -> int:
+    def stored_bytes(site, config, freqs=None) -> int:
         r, c = config.grid(site)
         v = site.shape[0]
         floats = sum(CompressedWeight.float_bytes(s, config) for s in _table_shapes(site, config).values())
@@ -344,19 +354,20 @@ class LightRNNWeight(CompressedWeight):
 
 
 def _allocation_cost(costs, row_of, col_of) -> float:
-    row_cost, col_cost, cell_cost = costs
+    row_cost, col_cost, cell_cost, *weights = costs
     words = torch.arange(len(row_of))
     total = row_cost[words, row_of].sum() + col_cost[words, col_of].sum()
     if cell_cost is not None:
-        total = total + cell_cost[row_of, col_of].sum()
+        cell = cell_cost[row_of, col_of]
+        total = total + (cell * weights[0] if weights else cell).sum()
     return float(total)
 
 
 def _reallocated(costs, row_of, col_of, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The greedy re-matching of words to cells, or the current one if that costs less."""
-    row_cost, col_cost, cell_cost = costs
+    row_cost, col_cost, cell_cost, *weights = costs
     new_rows = greedy_assign(row_cost, torch.full((rows,), cols))
-    new_cols = _columns_within_rows(col_cost, cell_cost, new_rows, rows, cols)
+    new_cols = _columns_within_rows(col_cost, cell_cost, new_rows, rows, cols, weights[0] if weights else None)
     if _allocation_cost(costs, new_rows, new_cols) <= _allocation_cost(costs, row_of, col_of):
         return new_rows, new_cols
     return row_of.clone(), col_of.clone()

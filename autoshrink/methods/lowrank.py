@@ -3,9 +3,15 @@
 Stored: U (m x r) and V (r x n), r = min(rank, m, n); params r(m + n), which only pays off when
 r < mn / (m + n) (the search masks larger ranks, docs/methods.md pitfall 8). Forward y = U (V x): two
 skinny products, W is never formed; an embedding row is U[i] V.
-Init: truncated SVD W ~= U_r S_r V_r^T with S split as U = U_r S^1/2, V = S^1/2 V_r^T, so the two
-factors have matching ranges when they are quantised (pitfall 11). By Eckart-Young the init is the
+Init, plain: truncated SVD W ~= U_r S_r V_r^T with S split as U = U_r S^1/2, V = S^1/2 V_r^T, so
+the two factors have matching ranges when they are quantised (pitfall 11); by Eckart-Young the
 best rank-r approximation in Frobenius norm.
+Init, data (docs/methods.md, data-aware initialisation): the best rank-r fit of the site's output error,
+||D (W - U V) L||, by SVD of D W L (`_linalg.weighted_low_rank`): L whitens the calibrated inputs
+(SVD-LLM) on the LSTM and softmax matrices, D = diag(sqrt f) weights the rows by word frequency
+on the embedding and softmax; each rank-1 term is then rescaled so U and V share one range.
+Below 16 bits the factors are rounded by GPTQ (`_gptq.gptq_pair`): V on the inputs' moment, U on
+that of V x (an embedding: V's rows on the frequency-weighted U, then U's rows).
 """
 from __future__ import annotations
 
@@ -15,42 +21,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoshrink.errors import UserError
-from autoshrink.methods._base import CompressedWeight, MethodConfig, register
+from autoshrink.methods._base import CompressedWeight, MethodConfig, calibrated, register
+from autoshrink.methods._gptq import gptq_pair
+from autoshrink.methods._linalg import Metric, weighted_low_rank
 from autoshrink.sites import Site
+
+AUTO_RANK_SHARE = 0.25  # rank 0: this share of the break-even rank mn / (m + n), about 4x at fp32
 
 
 @dataclass(frozen=True)
 class LowRankConfig(MethodConfig):
     method = "lowrank"
     size_knob = "rank"
-    rank: int = field(default=32, metadata={"help": "rank r of W ~= U V (clipped to min(m, n)); pays off when r < mn/(m+n)"})
+    rank: int = field(default=0, metadata={"help": "rank r of W ~= U V (clipped to min(m, n)); pays off when r < mn/(m+n); 0 = a quarter of that break-even rank"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-            raise UserError(f"lowrank: rank must be an integer >= 1, got {self.rank!r}")
+        self.check_int("rank", 0)
 
     def effective_rank(self, site: Site) -> int:
         m, n = site.shape
-        return min(self.rank, m, n)
+        rank = self.rank or max(1, int(AUTO_RANK_SHARE * m * n / (m + n)))
+        return min(rank, m, n)
 
 
-def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """torch.linalg.svd(a, full_matrices=False), computed on the tall orientation: on the CPU a
-    wide matrix was measured ~20x slower than its transpose (325 x 20000: 30 s vs 1.5 s)."""
-    a = a.detach().float()
-    if a.shape[0] >= a.shape[1]:
-        return torch.linalg.svd(a, full_matrices=False)
-    u, s, vh = torch.linalg.svd(a.T, full_matrices=False)
-    return vh.T, s, u.T
-
-
-def truncated_svd_factors(w: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, V) with U V the best rank-r approximation of w and sqrt(S) on each side."""
-    u, s, vh = thin_svd(w)
-    root = s[:r].sqrt()
-    return u[:, :r] * root, root[:, None] * vh[:r]
+def low_rank_init(weight: torch.Tensor, site: Site, config: MethodConfig, r: int,
+                  metric: Metric) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, V) of rank r for one matrix: the fit under `metric`, then (data-aware, below 16 bits)
+    GPTQ-rounded to the values they are stored as."""
+    u, v = weighted_low_rank(weight, r, metric)
+    if metric.plain or config.bits >= 16:
+        return u, v
+    weights = None if metric.row is None else metric.row ** 2
+    return gptq_pair(u, v, config.bits, config.group_size, metric.moment, weights)
 
 
 @register(LowRankConfig)
@@ -61,10 +64,10 @@ class LowRankWeight(CompressedWeight):
         self.v = nn.Parameter(v.detach().clone().float())
 
     @classmethod
-    def build(cls, weight, site, config, freqs=None):
+    def build(cls, weight, site, config, stats=None):
         config.check_site(site)
-        u, v = truncated_svd_factors(weight, config.effective_rank(site))
-        return cls(site, config, u, v)
+        metric = Metric.of(site, calibrated(config, stats))
+        return cls(site, config, *low_rank_init(weight, site, config, config.effective_rank(site), metric))
 
     def weight(self) -> torch.Tensor:
         return self.q(self.u) @ self.q(self.v)
@@ -79,7 +82,7 @@ class LowRankWeight(CompressedWeight):
         return (rows @ self.q(self.v)).reshape(*ids.shape, self.v.shape[1])
 
     @staticmethod
-    def stored_bytes(site, config) -> int:
+    def stored_bytes(site, config, freqs=None) -> int:
         m, n = site.shape
         r = config.effective_rank(site)
         return CompressedWeight.float_bytes((m, r), config) + CompressedWeight.float_bytes((r, n), config)

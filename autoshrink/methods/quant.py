@@ -4,6 +4,11 @@ Every weight is stored as an affine min-max code per row (or per group of `group
 values): 256 levels at 8 bits, as Grachev did per tensor. Below 6 bits the codes need
 fine-tuning with the straight-through estimator, which `q()` provides. The same storage is
 what every other method's `bits` knob applies to its own tensors.
+Init, plain: round to nearest. Init, data: GPTQ (`_gptq.gptq`) where the matrix multiplies
+calibrated inputs (LSTM and softmax matrices): columns rounded one at a time, each error pushed
+onto the columns not yet rounded through H^-1. An embedding's rows are looked up one at a time,
+so no error can be traded between them: it stays round-to-nearest (which is also the
+frequency-weighted optimum per row on a fixed grid).
 """
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from autoshrink.methods._base import CompressedWeight, MethodConfig, register
+from autoshrink.methods._base import CompressedWeight, MethodConfig, calibrated, register
+from autoshrink.methods._gptq import gptq
+from autoshrink.methods._linalg import Metric
 from autoshrink.sites import Site
 
 
@@ -30,15 +37,18 @@ class QuantWeight(CompressedWeight):
         self.w = nn.Parameter(w.detach().clone().float())
 
     @classmethod
-    def build(cls, weight, site, config, freqs=None):
+    def build(cls, weight, site, config, stats=None):
         config.check_site(site)
+        moment = Metric.of(site, calibrated(config, stats)).moment
+        if moment is not None and config.bits < 16:
+            weight = gptq(weight, moment, config.bits, config.group_size)
         return cls(site, config, weight)
 
     def weight(self) -> torch.Tensor:
         return self.q(self.w)
 
     @staticmethod
-    def stored_bytes(site, config) -> int:
+    def stored_bytes(site, config, freqs=None) -> int:
         return CompressedWeight.float_bytes(site.shape, config)
 
     def export(self):

@@ -8,7 +8,13 @@ Each core is stored as the matrix (r_{k-1} m_k) x (n_k r_k), so `bits` quantises
 mode sizes follow from (m, n, d) and the ranks from (m, n, d, rank) deterministically, so nothing
 else is stored. One shared rank: r_k = min(rank, prod_{i<=k} m_i n_i, prod_{i>k} m_i n_i), the
 largest useful value, so a huge rank is the exact TT decomposition.
-Init: TT-SVD (sequential reshape + truncated SVD, Oseledets 2011) of the permuted W.
+Init, plain: TT-SVD (sequential reshape + truncated SVD, Oseledets 2011) of the permuted W.
+Init, data (docs/methods.md, data-aware initialisation): the site's error ||D (W - W_hat) L|| (inputs' moment H = L L^T,
+word-frequency rows D) does not keep the TT form, but its Kronecker approximation over the TT
+digits does: D ~= D_1 (x) .. (x) D_d (rank-1 fits), H ~= H_1 (x) .. (x) H_d (nearest Kronecker
+products); TT-SVD of the weighted W, then each core un-weighted. As that is an approximation, the
+plain init is built too and the one with the smaller error on the calibration statistics kept.
+Stored cores round to nearest (GPTQ would need each core's inputs, which mix the other cores).
 Forward: x, reshaped to (n_1, ..., n_d), is contracted core by core; W is never formed (pitfall 7).
 An embedding row gathers the row's digit i_k from each core.
 Grachev's TT LSTMs never reached acceptable quality: a low-prior option in the search.
@@ -23,8 +29,8 @@ import torch
 from torch import nn
 
 from autoshrink.errors import UserError
-from autoshrink.methods._base import CompressedWeight, MethodConfig, register
-from autoshrink.methods.lowrank import thin_svd
+from autoshrink.methods._base import CompressedWeight, MethodConfig, calibrated, register
+from autoshrink.methods._linalg import Metric, kronecker_psd, kronecker_rows, psd_cholesky, thin_svd
 from autoshrink.sites import Site
 
 CORES = (2, 3, 4)
@@ -39,10 +45,8 @@ class TTConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.cores not in CORES or isinstance(self.cores, bool):
-            raise UserError(f"tt: cores must be one of {CORES}, got {self.cores!r}")
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-            raise UserError(f"tt: rank must be an integer >= 1, got {self.rank!r}")
+        self.check_int("cores", min(CORES), max(CORES))
+        self.check_int("rank", 1)
 
     def layout(self, site: Site) -> "TTLayout":
         return tt_layout(site.shape[0], site.shape[1], self.cores, self.rank)
@@ -126,6 +130,35 @@ def tt_svd(w: torch.Tensor, layout: TTLayout) -> list[torch.Tensor]:
     return cores
 
 
+def weighted_tt_svd(w: torch.Tensor, layout: TTLayout, metric: Metric) -> list[torch.Tensor]:
+    """TT-SVD under the site's error ||D (W - W_hat) L|| with D and H = L L^T replaced by
+    Kronecker products over the TT digits (D_1 (x) .. (x) D_d, L_1 (x) .. (x) L_d), under which a
+    TT matrix stays one: TT-SVD of the weighted W, then core k un-weighted by D_k^-1 and L_k^-1."""
+    rows = None if metric.row is None else kronecker_rows(metric.row, layout.row_modes)
+    chols = None if metric.chol is None else [psd_cholesky(h) for h in kronecker_psd(metric.moment, layout.col_modes)]
+    t = w.detach().double()
+    if rows is not None:
+        t = t * _kron_all(rows)[:, None]
+    if chols is not None:
+        t = t @ _kron_all(chols)
+    cores = [c.double() for c in tt_svd(t, layout)]
+    for k, core in enumerate(cores):
+        if rows is not None:
+            core = core / rows[k][None, :, None, None]
+        if chols is not None:
+            inverse = torch.linalg.solve_triangular(chols[k], torch.eye(chols[k].shape[0], dtype=torch.float64), upper=False)
+            core = torch.einsum("aijb,jc->aicb", core, inverse)
+        cores[k] = core.float()
+    return cores
+
+
+def _kron_all(factors: list[torch.Tensor]) -> torch.Tensor:
+    out = factors[0]
+    for f in factors[1:]:
+        out = torch.kron(out, f)
+    return out
+
+
 @register(TTConfig)
 class TTWeight(CompressedWeight):
     def __init__(self, site: Site, config: TTConfig, cores: list[torch.Tensor]):
@@ -135,9 +168,16 @@ class TTWeight(CompressedWeight):
                                        for k, c in enumerate(cores)])
 
     @classmethod
-    def build(cls, weight, site, config, freqs=None):
+    def build(cls, weight, site, config, stats=None):
         config.check_site(site)
-        return cls(site, config, tt_svd(weight, config.layout(site)))
+        layout = config.layout(site)
+        plain = cls(site, config, tt_svd(weight, layout))
+        metric = Metric.of(site, calibrated(config, stats))
+        if metric.plain:
+            return plain
+        aware = cls(site, config, weighted_tt_svd(weight, layout, metric))
+        with torch.no_grad():
+            return aware if metric.error(weight, aware.weight()) <= metric.error(weight, plain.weight()) else plain
 
     def _core(self, k: int) -> torch.Tensor:
         """Core k as stored (quantised per row of its (r_{k-1} m_k) x (n_k r_k) matrix)."""
@@ -145,7 +185,8 @@ class TTWeight(CompressedWeight):
         return self.q(g.reshape(self.layout.stored_shape(k))).reshape(g.shape)
 
     def weight(self) -> torch.Tensor:
-        return self.matmul(torch.eye(self.site.shape[1])).T  # for checks only: forms W
+        eye = torch.eye(self.site.shape[1], device=self.cores[0].device, dtype=self.cores[0].dtype)
+        return self.matmul(eye).T  # for checks only: forms W
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         m, n = self.site.shape
@@ -180,7 +221,7 @@ class TTWeight(CompressedWeight):
         return acc.reshape(*ids.shape, self.site.shape[1])
 
     @staticmethod
-    def stored_bytes(site, config) -> int:
+    def stored_bytes(site, config, freqs=None) -> int:
         layout = config.layout(site)
         return sum(CompressedWeight.float_bytes(layout.stored_shape(k), config) for k in range(config.cores))
 

@@ -17,7 +17,7 @@ from autoshrink.errors import UserError
 from autoshrink.methods import (CompressedEmbedding, CompressedLinear, CompressedWeight, MethodConfig,
                                 config_from_dict, weight_class)
 from autoshrink.models.discover import discover_sites
-from autoshrink.sites import Site
+from autoshrink.sites import Site, SiteStats
 
 Plan = dict[str, MethodConfig]
 
@@ -80,17 +80,21 @@ def dense_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def compress(model: nn.Module, plan: Mapping[str, Any] | str | Path, freqs: torch.Tensor | None = None,
-             sites: list[Site] | None = None) -> nn.Module:
-    """A new model whose planned sites are compressed, each initialised from its dense weight."""
+             sites: list[Site] | None = None, stats: dict[str, SiteStats] | None = None) -> nn.Module:
+    """A new model whose planned sites are compressed, each initialised from its dense weight and,
+    where `stats` has them, the site's calibration statistics (data-aware builds)."""
     plan = parse_plan(plan)
     by_name, resolved = resolve(model, plan, sites)
+    for name, cfg in resolved.items():  # a plan entry that stores more than the dense site is a mistake
+        cfg.check_shrinks(by_name[name], freqs)
     model = copy.deepcopy(model)
     shared: dict[str, CompressedWeight] = {}
     for name, cfg in resolved.items():
         site = by_name[name]
         weight, _ = dense_weight(model.get_submodule(name))
         weight = weight.float().cpu().contiguous()  # a Conv1D's transposed view: methods may keep it as a parameter
-        built = weight_class(cfg).build(weight, site, cfg, freqs=freqs if site.is_vocab else None)
+        site_stats = (stats or {}).get(name) or SiteStats(freqs=freqs if site.is_vocab else None)
+        built = weight_class(cfg).build(weight, site, cfg, site_stats)
         for p in built.parameters():  # factors sliced from an SVD may be strided views; checkpoints need dense tensors
             if not p.is_contiguous():
                 p.data = p.data.contiguous()

@@ -1,8 +1,6 @@
 """Stored bytes of plans (analytic, before building) and of built models: the numbers a budget bounds."""
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 
@@ -13,11 +11,7 @@ from autoshrink.sites import Site
 
 def method_bytes(site: Site, cfg: MethodConfig, freqs: torch.Tensor | None = None) -> int:
     """Analytic stored bytes of one site's weight under `cfg` (bias excluded)."""
-    fn = weight_class(cfg).stored_bytes
-    # Vocabulary methods whose allocation follows word frequencies take them (GroupReduce).
-    if "freqs" in inspect.signature(fn).parameters:
-        return fn(site, cfg, freqs=freqs if site.is_vocab else None)
-    return fn(site, cfg)
+    return weight_class(cfg).stored_bytes(site, cfg, freqs if site.is_vocab else None)
 
 
 def plan_stored_bytes(sites: list[Site], plan: Plan, freqs: torch.Tensor | None = None,

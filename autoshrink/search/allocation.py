@@ -96,8 +96,10 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
     if not count_options:
         return []
     log(f"profile: {count_options} options of {len(options)} sites, each alone, no training -> {folder / PROFILE}")
+    by_name = {s.name: s for s in ctx.sites}
     result = allocate(ctx.model, held_out, options, ctx.max_bytes, freqs=ctx.freqs, stats=ctx.stats,
-                      profile_path=folder / PROFILE, seed=ctx.settings.seed, progress=True)
+                      profile_path=folder / PROFILE, seed=ctx.settings.seed, progress=True,
+                      may_stay_dense=lambda name: not options.get(name) or DENSE in ctx.space.methods_for(by_name[name]))
     plans: list[tuple[str, Plan]] = [(f"allocation ({result.best.source})", result.best.plan)]
     for fraction in LADDER:
         entry = result.ladder.get(fraction)

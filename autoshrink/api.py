@@ -28,6 +28,7 @@ from autoshrink.models import discover_sites
 from autoshrink.models import pretrain as _pretrain
 from autoshrink.models.load import load
 from autoshrink.search.config import SearchConfig
+from autoshrink.search.trial import val_slice
 from autoshrink.sites import Site
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
     from autoshrink.final.train import FinalModel
     from autoshrink.search.controller import SearchResult
+
+VAL_SLICE = val_slice()  # the validation tokens of a search's val ppl (named wherever it is printed)
 
 __all__ = ["compress", "dense_bytes", "evaluate", "front", "front_text", "load", "methods", "plot_front", "pretrain",
            "search", "sites", "stored_bytes", "train"]

@@ -37,13 +37,17 @@ def _type_of(field: dataclasses.Field):
 
 def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip: tuple[str, ...] = ()) -> None:
     """One flag per field of a config dataclass: --field-name, its help and default from the field;
-    a boolean that defaults to True becomes --no-field-name."""
+    a boolean that defaults to True becomes --no-field-name; one that defaults to None (not given:
+    the config decides, e.g. from a resumed run) gets both --field-name and --no-field-name."""
     for f in dataclasses.fields(config_cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
         required = f.default is dataclasses.MISSING
+        if f.default is None and str(f.type).startswith("bool"):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            continue
         if isinstance(f.default, bool):
             if f.default:
                 parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
@@ -174,12 +178,13 @@ def _search_command(args) -> int:
     result = api.search(config_from(args, SearchConfig), command=args.command_line)
     front = result.front
     if front.empty:
-        print(f"no feasible completed trial yet in {result.run_dir}; run the same command again to add trials")
-        return 0
-    print(f"Pareto front ({len(front)} trial(s)) of {result.run_dir}:")
-    print(front[["number", "ratio", "stored_bytes", "latency_ms", "val_ppl", "methods"]].to_string(
-        index=False, float_format=lambda v: f"{v:.2f}"))
-    print(f"resume or extend: autoshrink search --budget {args.budget} --run-dir {result.run_dir} --trials N")
+        print(f"no feasible completed trial yet in {result.run_dir}")
+    else:
+        print(f"Pareto front ({len(front)} trial(s)) of {result.run_dir}; val ppl: {api.VAL_SLICE}:")
+        print(front[["number", "ratio", "stored_bytes", "latency_ms", "val_ppl", "methods"]].to_string(
+            index=False, float_format=lambda v: f"{v:.2f}"))
+    print("resume or extend (a larger --trials adds trials): autoshrink search "
+          + " ".join(shlex.quote(a) for a in result.config.flags()))
     return 0
 
 

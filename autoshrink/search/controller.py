@@ -16,13 +16,12 @@ from torch import nn
 
 from autoshrink.plan.repair import repair
 from autoshrink.search.budget import Budget, check_feasible, parse_budget
-from autoshrink.search.config import SearchConfig
+from autoshrink.search.config import SearchConfig, canonical
 from autoshrink.data import LMData, corpus_key, load_lm_data
 from autoshrink.errors import UserError
 from autoshrink.models import discover_sites
 from autoshrink.sites import Site
 from autoshrink.models.load import load
-from autoshrink.models.presets import PRESETS
 from autoshrink.measure.latency import LatencyTable
 from autoshrink.plan import dense_bytes as model_dense_bytes, stored_bytes
 from autoshrink.search import optuna_backend, run_folder
@@ -69,6 +68,7 @@ class SearchResult:
     run_dir: Path
     study: optuna.Study
     front: "object"  # pandas DataFrame of front trials
+    config: SearchConfig | None = None  # every setting as the search ran (a resume's from run.json)
 
 
 def default_run_dir(model_name: str, budget: Budget) -> Path:
@@ -100,7 +100,7 @@ def search(config: SearchConfig, command: str | None = None,
     the log). A new search starts from single-method plans unless `warm_start` is False
     (search/warm_start.py). With `backend="ray"`, `workers` trials run at once through Ray Tune,
     each on `cpus_per_trial` threads, locally or on the cluster at `address`."""
-    c = config
+    c = config.resolved(run_folder.recorded_settings(config.run_dir), config.run_dir)  # a resume keeps its settings
     budget, model, data, space, trials, timeout = c.budget, c.model, c.data, c.space, c.trials, c.timeout
     backend, workers, address, run_dir, device, seed = c.backend, c.workers, c.address, c.run_dir, c.device, c.seed
     sampler, distill, warm_start, cpus_per_trial = c.sampler, c.distill, c.warm_start, c.cpus_per_trial
@@ -114,7 +114,7 @@ def search(config: SearchConfig, command: str | None = None,
             vocab = getattr(model, "vocab", None)
             data = load_lm_data(data, vocab=vocab)
     else:  # a folder is recorded by its absolute path, so `autoshrink train` finds it from anywhere
-        model_name = model if model in PRESETS else str(Path(model).expanduser().resolve())
+        model_name = canonical("model", model)
         dense = load(model, data=data if isinstance(data, str) else "kjv", seed=seed, device=device)
         if not isinstance(data, LMData):
             data = load_lm_data(data, vocab=dense.vocab)
@@ -149,8 +149,9 @@ def search(config: SearchConfig, command: str | None = None,
     run_folder.write_run_json(folder, {
         "command": command or f"search({budget!r})", "budget": b.text, "budget_kind": b.kind, "max_bytes": max_bytes,
         "model": model_name, "data": corpus_key(data.name) if isinstance(data.name, str) else data.name,
-        "data_path": data_path if data_path in (None, "kjv") else str(Path(data_path).expanduser().resolve()),
-        "space": str(spc.source), "seed": seed, "sampler": sampler, "warm_start": warm_start, "trials": trials,
+        "data_path": None if data_path is None else canonical("data", data_path),
+        "space": canonical("space", spc.source), "seed": seed, "sampler": sampler, "distill": distill,
+        "warm_start": warm_start, "trials": trials,
         "backend": backend,
         **({"workers": workers, "cpus_per_trial": cpus_per_trial, "address": address} if backend == "ray" else {}),
         "finetune_steps": settings.finetune_steps, "dense_bytes": nbytes,
@@ -181,7 +182,7 @@ def search(config: SearchConfig, command: str | None = None,
     else:
         optuna_backend.run(ctx, study, trials, timeout, [after_trial])
     front = run_folder.write(folder, study, objective)
-    return SearchResult(folder, study, front)
+    return SearchResult(folder, study, front, replace(c, run_dir=folder))
 
 
 def _ray_version() -> str:

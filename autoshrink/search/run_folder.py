@@ -80,6 +80,20 @@ def read_run(run_dir: str | Path) -> dict:
         raise UserError(f"{path} is corrupt: {e}") from None
 
 
+# run.json key of each setting a resume must keep (search/config.py RECORDED, and the budget)
+_RECORDED_KEYS = {"budget": "budget", "model": "model", "data": "data_path", "space": "space",
+                  "finetune_steps": "finetune_steps", "distill": "distill", "sampler": "sampler", "seed": "seed"}
+
+
+def recorded_settings(run_dir: str | Path | None) -> dict | None:
+    """The settings an existing run was searched with ({config field: value}, from run.json), for
+    `SearchConfig.resolved`; None for a new run folder. Settings an older run.json lacks are left out."""
+    if run_dir is None or not (Path(run_dir) / "run.json").exists():
+        return None
+    info = read_run(run_dir)
+    return {field: info[key] for field, key in _RECORDED_KEYS.items() if info.get(key) is not None}
+
+
 def objective_of(info: dict) -> str:
     return "latency_ms" if info.get("budget_kind") == "latency" else "stored_bytes"
 

@@ -41,6 +41,11 @@ class TrialSettings:
     seed: int = 0
 
 
+def val_slice(tokens: int | None = TrialSettings.eval_tokens) -> str:
+    """The validation tokens a trial's perplexity is over, as headers and progress lines name them."""
+    return "whole valid split" if tokens is None else f"first {tokens:,} valid tokens"
+
+
 @dataclass
 class TrialResult:
     val_ppl: float

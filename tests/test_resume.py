@@ -1,0 +1,94 @@
+"""Resuming a search: the run folder's settings win, contradictions are refused, the hint is complete."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shlex
+
+import pytest
+
+from autoshrink.cli import main
+from autoshrink.errors import UserError
+from autoshrink.search.config import RECORDED, SearchConfig
+from autoshrink.search.study import load_study
+
+SPACE = """
+roles:
+  embedding: &vocab
+    lowrank: {rank: {low: 2, high: 8}}
+  softmax: *vocab
+  recurrent:
+    lowrank: {rank: {low: 2, high: 8}}
+"""
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_model_dir, text_file):
+    """A finished 1-trial search with every recorded setting away from its default; its output."""
+    folder = tmp_path_factory.mktemp("resume")
+    space = folder / "space.yaml"
+    space.write_text(SPACE)
+    run = folder / "run"
+    argv = ["search", "--budget", "4x", "--model", str(tiny_model_dir), "--data", str(text_file), "--space", str(space),
+            "--trials", "1", "--finetune-steps", "3", "--sampler", "random", "--seed", "5", "--run-dir", str(run)]
+    out = io.StringIO()  # a module fixture cannot use capsys
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert main(argv) == 0
+    return run, out.getvalue()
+
+
+def test_a_resume_without_flags_takes_the_recorded_settings(first_run, capsys):
+    run, _ = first_run
+    before = json.loads((run / "run.json").read_text())
+    assert main(["search", "--budget", "4x", "--run-dir", str(run), "--trials", "2"]) == 0
+    after = json.loads((run / "run.json").read_text())
+    for key in ("model", "data_path", "space", "finetune_steps", "sampler", "seed", "distill", "dense_val_ppl"):
+        assert after[key] == before[key], key
+    trials = load_study(run).get_trials()
+    assert len(trials) == 2 and all(t.user_attrs.get("steps") in (3, None) for t in trials)
+    assert trials[1].user_attrs.get("steps") == 3  # the recorded fine-tuning, not the default 80
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--model", "kjv-lstm-tiny"], "--model"),
+    (["--finetune-steps", "80"], "--finetune-steps"),
+    (["--distill"], "--distill"),
+    (["--sampler", "tpe"], "--sampler"),
+    (["--seed", "0"], "--seed"),  # the default, given explicitly, still contradicts the run
+])
+def test_a_flag_that_contradicts_the_run_is_refused_with_one_line(first_run, flags, named, capsys):
+    run, _ = first_run
+    before = (run / "run.json").read_bytes()
+    assert main(["search", "--budget", "4x", "--run-dir", str(run), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0] and "new --run-dir" in err[0], err
+    assert (run / "run.json").read_bytes() == before  # nothing rewritten
+
+
+def test_another_budget_is_refused_and_a_same_budget_spelt_otherwise_is_not():
+    recorded = {"budget": "4x", "model": "kjv-lstm-tiny"}
+    with pytest.raises(UserError, match="--budget 5x contradicts .* --budget 4x"):
+        SearchConfig("5x").resolved(recorded, "R")
+    assert SearchConfig(" 4.0x").resolved(recorded, "R").model == "kjv-lstm-tiny"
+
+
+def test_a_new_run_takes_the_defaults_and_a_path_matches_its_absolute_form(tmp_path, monkeypatch):
+    config = SearchConfig("4x").resolved(None)
+    assert {name: getattr(config, name) for name in RECORDED} == RECORDED
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_text("a b c\n")
+    recorded = {"data": str(tmp_path / "corpus.txt")}
+    assert SearchConfig("4x", data="corpus.txt").resolved(recorded).data == "corpus.txt"
+
+
+def test_the_printed_hint_is_a_complete_command(first_run, tiny_model_dir, text_file):
+    run, out = first_run
+    hint = next(line for line in out.splitlines() if line.startswith("resume or extend"))
+    argv = shlex.split(hint.split(": ", 1)[1])
+    assert argv[:2] == ["autoshrink", "search"]
+    for flag, value in (("--model", str(tiny_model_dir)), ("--data", str(text_file)), ("--finetune-steps", "3"),
+                        ("--sampler", "random"), ("--seed", "5"), ("--run-dir", str(run)), ("--budget", "4x")):
+        assert argv[argv.index(flag) + 1] == value, flag
+    assert "--space" in argv
+    assert "--distill" not in argv and "--backend" not in argv  # defaults are left out

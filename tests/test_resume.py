@@ -4,12 +4,19 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shlex
+import subprocess
+import sys
+import time
 
+import optuna
 import pytest
 
 from autoshrink.cli import main
 from autoshrink.errors import UserError
+from autoshrink.search import owner
+from autoshrink.search import study as study_db
 from autoshrink.search.config import RECORDED, SearchConfig
 from autoshrink.search.study import load_study
 
@@ -92,3 +99,77 @@ def test_the_printed_hint_is_a_complete_command(first_run, tiny_model_dir, text_
         assert argv[argv.index(flag) + 1] == value, flag
     assert "--space" in argv
     assert "--distill" not in argv and "--backend" not in argv  # defaults are left out
+
+
+# --- trials a dead search left RUNNING ------------------------------------------------------
+def _dead_owner() -> dict:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # reaped: the pid names no process now
+    return {**owner.new_owner(), "pid": proc.pid}
+
+
+def test_a_trial_whose_owner_is_gone_is_failed_and_retried_at_once(tmp_path):
+    study = study_db.open_study(tmp_path, "random", 0)
+    lost = study.ask()
+    lost.suggest_float("x", 0, 1)
+    study_db.claim(lost, _dead_owner())
+    alive = study.ask()  # a search of this process that is still running: left alone
+    me = owner.new_owner()
+    study_db.claim(alive, me)
+    with owner.active(me):
+        lines = study_db.fail_orphans(study)
+    assert len(lines) == 1 and f"trial #{lost.number} was left RUNNING by process" in lines[0]
+    assert "retried now" in lines[0]
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states[lost.number] == "FAIL" and states[alive.number] == "RUNNING"
+    retry = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(retry) == 1 and retry[0].params == study.trials[lost.number].params
+
+
+def test_owner_liveness():
+    me = owner.new_owner()
+    assert owner.gone(me)  # this process, but that search is not running
+    with owner.active(me):
+        assert not owner.gone(me)
+    assert owner.gone(_dead_owner())
+    parent = {**me, "pid": os.getppid(), "started": None}
+    assert not owner.gone(parent)  # a running process
+    if me["started"] is not None:  # process start times are readable here (/proc): a reused pid is told apart
+        assert owner.gone({**parent, "started": -1})
+    assert not owner.gone({**me, "host": "another-host"}) and not owner.gone(None)  # cannot tell: the heartbeat decides
+
+
+@pytest.mark.slow  # a real search process, killed mid-trial (~30 s on a busy machine)
+def test_a_killed_search_is_resumed_with_its_trial_failed_and_retried(tiny_model_dir, text_file, tmp_path, capsys):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    run = tmp_path / "run"
+    argv = ["search", "--budget", "4x", "--model", str(tiny_model_dir), "--data", str(text_file), "--space",
+            str(tmp_path / "space.yaml"), "--trials", "1", "--finetune-steps", "60", "--sampler", "random",
+            "--no-warm-start", "--run-dir", str(run)]
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "autoshrink", *argv], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and not _running_trials(run):
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _running_trials(run), "the search never started its trial"
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "trial #0 was left RUNNING by process" in err and "retried now" in err
+    trials = load_study(run).get_trials()
+    assert trials[0].state.name == "FAIL" and trials[1].system_attrs["failed_trial"] == 0
+    assert trials[1].state.name == "COMPLETE" and len(trials) == 2
+
+
+def _running_trials(run) -> list:
+    if not (run / "study.db").exists():
+        return []
+    try:
+        trials = load_study(run).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    except (UserError, KeyError):
+        return []
+    return [t for t in trials if study_db.OWNER in t.system_attrs]

@@ -26,6 +26,7 @@ from autoshrink.measure.latency import LatencyTable
 from autoshrink.plan import dense_bytes as model_dense_bytes, stored_bytes
 from autoshrink.search import optuna_backend, run_folder
 from autoshrink.search import study as study_db
+from autoshrink.search.owner import active, new_owner
 from autoshrink.search.warm_start import enqueue_uniform_seeds, uniform_seeds
 from autoshrink.search.space import DEFAULT_SPACE, SearchSpace, default_space, load_space, smallest_plan
 from autoshrink.search.trial import TrialResult, TrialSettings
@@ -46,6 +47,7 @@ class SearchContext:
     latency: object | None = None  # LatencyTable for latency budgets
     rule: Callable = field(default=lambda nbytes: None)
     fallback: dict = field(default_factory=dict)  # each site's smallest setting in the space
+    owner: dict = field(default_factory=new_owner)  # recorded on every trial this search runs
 
     def repair(self, plan: dict) -> dict | None:
         if self.budget.kind == "latency":
@@ -159,16 +161,14 @@ def search(config: SearchConfig, command: str | None = None,
         "versions": {"autoshrink": __import__("autoshrink").__version__, "torch": torch.__version__,
                      "optuna": optuna.__version__, "python": platform.python_version(),
                      **({"ray": _ray_version()} if backend == "ray" else {})}})
-    if backend == "ray":
-        from autoshrink.search import ray_backend
-        orphans = ray_backend.fail_interrupted(study)
+    orphans = study_db.fail_orphans(study)
     done_before = study_db.counted_trials(study)
     log(f"search {model_name} under {b.text} ({max_bytes:,} bytes) -> {folder}" if max_bytes else
         f"search {model_name} under {b.text} -> {folder}")
     if done_before:
         log(f"resuming: {done_before} trial(s) already finished")
-    if backend == "ray" and orphans:
-        log(f"{orphans} trial(s) the last run left unfinished marked failed (a plan is retried once)")
+    for line in orphans:
+        log(line)
     started = time.time()
     objective = "latency_ms" if b.kind == "latency" else "stored_bytes"
 
@@ -176,11 +176,13 @@ def search(config: SearchConfig, command: str | None = None,
         front = run_folder.write(folder, st, objective)  # the front once, for the files and the line
         log(_progress_line(st, trial, trials, started, done_before, front))
 
-    if backend == "ray":
-        ray_backend.run(ctx, study, trials, timeout, [after_trial], workers=workers, address=address,
-                        threads=cpus_per_trial, run_dir=folder, log=log)
-    else:
-        optuna_backend.run(ctx, study, trials, timeout, [after_trial])
+    with active(ctx.owner):
+        if backend == "ray":
+            from autoshrink.search import ray_backend
+            ray_backend.run(ctx, study, trials, timeout, [after_trial], workers=workers, address=address,
+                            threads=cpus_per_trial, run_dir=folder, log=log)
+        else:
+            optuna_backend.run(ctx, study, trials, timeout, [after_trial])
     front = run_folder.write(folder, study, objective)
     return SearchResult(folder, study, front, replace(c, run_dir=folder))
 

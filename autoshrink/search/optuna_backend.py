@@ -11,10 +11,9 @@ import time
 from typing import Callable
 
 import optuna
-from optuna.storages import fail_stale_trials
 
 from autoshrink.models.training import DivergedError
-from autoshrink.search.study import TrialCap, counted_trials, prepare_plan, record_result, record_stopped
+from autoshrink.search.study import TrialCap, counted_trials, fail_orphans, prepare_plan, record_result, record_stopped
 from autoshrink.search.trial import StopTrial, run_trial
 
 
@@ -43,7 +42,7 @@ def make_objective(ctx) -> Callable[[optuna.Trial], tuple[float, float]]:
 
 def run(ctx, study: optuna.Study, trials: int, timeout: float | None, callbacks: list) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    fail_stale_trials(study)  # a trial a crash left RUNNING: FAIL it now, its retry is queued
+    fail_orphans(study)  # a trial a crash left RUNNING: FAIL it now, its retry is queued (and runs first)
     if counted_trials(study) >= trials:
         return
     study.optimize(make_objective(ctx), n_trials=None, timeout=timeout, callbacks=[TrialCap(trials)] + callbacks,

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from autoshrink.errors import UserError
 from autoshrink.plan import plan_stored_bytes, plan_to_json
+from autoshrink.search import owner as owners
 from autoshrink.search.space import sample_plan
 from autoshrink.search.trial import TrialResult
 
@@ -28,6 +29,7 @@ STUDY_NAME = "autoshrink"
 # A crashed trial is noticed two heartbeats after its last one, when the search resumes.
 HEARTBEAT_S = int(os.environ.get("AUTOSHRINK_HEARTBEAT_S", "15"))
 SAMPLERS = ("tpe", "nsga2", "random")
+OWNER = "autoshrink:owner"  # system attr: the search that runs the trial (search/owner.py)
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -82,9 +84,48 @@ class WeakTrialRule:
         return should_stop
 
 
+def claim(trial: optuna.Trial, owner: dict) -> None:
+    """Record which search runs the trial (search/owner.py), so a resume knows when it is gone."""
+    trial.study._storage.set_trial_system_attr(trial._trial_id, OWNER, owner)
+
+
+def interrupt(study: optuna.Study, number: int, note: str) -> bool:
+    """FAIL a RUNNING trial and queue its parameters again (the retry Optuna's heartbeat makes),
+    so `counted_trials` counts the retry, not the interrupted try. True when a retry was queued
+    (a plan is retried once)."""
+    storage = study._storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    storage.set_trial_user_attr(trial_id, "note", note)
+    storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    retry = storage.get_heartbeat_stale_trial_callback()
+    if retry is None:
+        return False
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    retry(study, storage.get_trial(trial_id))
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > waiting
+
+
+def fail_orphans(study: optuna.Study) -> list[str]:
+    """Fail the trials a dead search left RUNNING and queue their retries, which run first; one
+    line for the log per trial. The owner of each is known (search/owner.py): no need to wait for
+    the heartbeat's grace period. Trials whose owner cannot be checked (another host) are left to
+    the heartbeat (`fail_stale_trials`), as before. Both backends start with this."""
+    lines = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.system_attrs.get(OWNER)
+        if owners.gone(owner):
+            retried = interrupt(study, t.number, f"interrupted: {owners.describe(owner)} ended while it ran")
+            lines.append(f"trial #{t.number} was left RUNNING by {owners.describe(owner)}, which has ended: "
+                         f"marked FAIL" + (", its plan is retried now" if retried else " (already retried once)"))
+    fail_stale_trials(study)  # an owner this host cannot check: after the heartbeat's grace period
+    return lines
+
+
 def prepare_plan(trial: optuna.Trial, ctx) -> tuple[dict, int] | None:
-    """Sample the trial's plan and repair it to the budget, recording plan, bytes and ratio.
-    None when no repair fits: the plan is noted and must not be trained. Both backends use this."""
+    """Sample the trial's plan and repair it to the budget, recording plan, bytes and ratio (and
+    the trial's owner, `claim`). None when no repair fits: the plan is noted and must not be
+    trained. Both backends use this."""
+    claim(trial, ctx.owner)
     plan = sample_plan(trial, ctx.space, ctx.sites)
     fixed = ctx.repair(plan)
     if fixed is None:

@@ -24,7 +24,7 @@ from autoshrink import plan as _plan
 from autoshrink.final import export as _export  # noqa: F401  (registers the compressed format with load)
 from autoshrink.final.config import TrainConfig
 from autoshrink.methods import MethodConfig, config_class, method_names
-from autoshrink.models import discover_sites
+from autoshrink.models import all_sites
 from autoshrink.models import pretrain as _pretrain
 from autoshrink.models.load import load
 from autoshrink.search.config import SearchConfig
@@ -44,10 +44,11 @@ __all__ = ["compress", "dense_bytes", "evaluate", "front", "front_text", "load",
 
 
 def sites(model: nn.Module | str) -> list[Site]:
-    """The compressible sites of a model (or of a preset / model folder by name)."""
+    """Every site of a model (or of a preset / model folder by name): the dense ones a plan may
+    compress, and those already compressed, with their `method` and `stored_bytes` set."""
     if isinstance(model, str):
         model = load(model)
-    return discover_sites(model)
+    return all_sites(model)
 
 
 def _freqs(model: nn.Module) -> torch.Tensor | None:

@@ -126,8 +126,11 @@ def _pretrain_command(args) -> int:
 # --- sites, methods ---------------------------------------------------------------------
 def _sites_parser(sub) -> None:
     p = sub.add_parser("sites", help="list the compressible sites of a model",
-                       description="Each site: name, role, shape (out x in; words x dim), dense bytes, tie partner.",
+                       description="Each site: name, role, shape (out x in; words x dim), dense bytes, the method "
+                                   "and stored bytes of a compressed one, tie partner. Works on dense models, "
+                                   "presets and compressed exports (RUN_DIR/final).",
                        epilog="examples:\n  autoshrink sites --model kjv-lstm\n"
+                              "  autoshrink sites --model results/runs/<run>/final   # an export: method and bytes per site\n"
                               "  autoshrink sites --model path/to/hf-model   # a local Hugging Face causal LM folder",
                        formatter_class=_Formatter)
     p.add_argument("--model", default="kjv-lstm", help="preset name, model folder or Hugging Face folder")
@@ -139,10 +142,16 @@ def _sites_command(args) -> int:
     model = api.load(args.model, data=args.data)
     found = api.sites(model)
     w = max([14] + [len(s.name) for s in found])
-    print(f"{'site':<{w}} {'role':<10} {'shape':>12} {'dense bytes':>12}  tied with")
+    print(f"{'site':<{w}} {'role':<10} {'shape':>12} {'dense bytes':>12}  {'method':<12} {'stored bytes':>12}  tied with")
     for s in found:
-        print(f"{s.name:<{w}} {s.role:<10} {f'{s.shape[0]}x{s.shape[1]}':>12} {s.dense_bytes:>12,}  {s.tied_with or '-'}")
-    print(f"whole model: {api.dense_bytes(model):,} bytes fp32 ({sum(p.numel() for p in model.parameters()):,} parameters)")
+        stored = f"{s.stored_bytes:>12,}" if s.stored_bytes is not None else f"{'-':>12}"
+        print(f"{s.name:<{w}} {s.role:<10} {f'{s.shape[0]}x{s.shape[1]}':>12} {s.dense_bytes:>12,}  "
+              f"{s.method or 'dense':<12} {stored}  {s.tied_with or '-'}")
+    if any(s.method for s in found):
+        print(f"whole model: {api.stored_bytes(model):,} stored bytes")
+    else:
+        print(f"whole model: {api.dense_bytes(model):,} bytes fp32 ({sum(p.numel() for p in model.parameters()):,} "
+              "parameters)")
     return 0
 
 

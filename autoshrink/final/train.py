@@ -33,7 +33,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from autoshrink.data import LMData, batchify, bptt_windows, load_lm_data, num_windows
-from autoshrink.errors import UserError
+from autoshrink.errors import UserError, read_user_json
 from autoshrink.methods import CompressedLinear
 from autoshrink.final.evaluate import corpus_source, measure
 from autoshrink.final.export import save_compressed
@@ -134,12 +134,14 @@ def _read_checkpoint(folder: Path, model: nn.Module, number: int, plan: dict) ->
     if not path.is_file():
         return None
     try:
-        state = json.loads(path.read_text())
-        if state.get("trial") != number or state.get("plan") != plan:
-            raise UserError(f"{folder} holds the training of {state.get('trial')!r}, not {number!r}: "
-                            "use another --out, or delete it to start over")
-    except json.JSONDecodeError as e:
-        raise UserError(f"checkpoint {path} cannot be read ({e}): delete {folder} to start over") from None
+        state = read_user_json(path, "checkpoint")
+    except UserError as e:
+        raise UserError(f"{e}: delete {folder} to start over") from None
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {path} is corrupt (not a JSON object): delete {folder} to start over")
+    if state.get("trial") != number or state.get("plan") != plan:
+        raise UserError(f"{folder} holds the training of {state.get('trial')!r}, not {number!r}: "
+                        "use another --out, or delete it to start over")
     _load_weights(model, folder / "model.safetensors")
     return state
 

@@ -110,13 +110,16 @@ def search(config: SearchConfig, command: str | None = None,
     b = parse_budget(budget)
     spc = space if isinstance(space, SearchSpace) or space is None else load_space(space)  # bad input fails first
     data_path = data if isinstance(data, str) else None
+    model_name = canonical("model", model)  # a folder by its absolute path: `autoshrink train` finds it from anywhere
+    folder = Path(run_dir) if run_dir else default_run_dir(model_name, b)
+    # A resumed run's study is opened first: a corrupt study.db is refused before anything is loaded.
+    study = study_db.open_study(folder, sampler, seed) if (folder / "study.db").exists() else None
     if isinstance(model, nn.Module):
-        dense, model_name = model, type(model).__name__
+        dense = model
         if not isinstance(data, LMData):
             vocab = getattr(model, "vocab", None)
             data = load_lm_data(data, vocab=vocab)
-    else:  # a folder is recorded by its absolute path, so `autoshrink train` finds it from anywhere
-        model_name = canonical("model", model)
+    else:
         dense = load(model, data=data if isinstance(data, str) else "kjv", seed=seed, device=device)
         if not isinstance(data, LMData):
             data = load_lm_data(data, vocab=dense.vocab)
@@ -131,7 +134,6 @@ def search(config: SearchConfig, command: str | None = None,
     model_bytes = stored_bytes(dense)
     max_bytes = check_feasible(b, spc, sites, nbytes, freqs, model_bytes)
     settings = TrialSettings(finetune_steps=c.finetune_steps, device=device, seed=seed, distill=distill)
-    folder = Path(run_dir) if run_dir else default_run_dir(model_name, b)
     folder.mkdir(parents=True, exist_ok=True)
     latency = LatencyTable(dense, device="cpu", path=folder / "latency_cache.json", freqs=freqs) if b.kind == "latency" else None
     smallest = smallest_plan(spc, sites, freqs)
@@ -140,7 +142,7 @@ def search(config: SearchConfig, command: str | None = None,
         if fastest > b.value:
             raise UserError(f"latency budget {b.text} cannot be met: the dense model takes {latency.dense_ms:.2f} ms "
                             f"and the smallest plan of the space about {latency.estimate_ms(smallest):.2f} ms")
-    study = study_db.open_study(folder, sampler, seed)
+    study = study or study_db.open_study(folder, sampler, seed)
     if warm_start and max_bytes is not None and not study.get_trials(deepcopy=False):  # fitting only for a new study
         seeds = uniform_seeds(spc, sites, max_bytes, freqs, model_bytes)[:max(1, trials // 2)]
         if enqueue_uniform_seeds(study, seeds):

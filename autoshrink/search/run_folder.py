@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from autoshrink.errors import UserError
+from autoshrink.errors import UserError, read_user_json
 from autoshrink.search.pareto import pareto_mask
 from autoshrink.search.study import load_study
 
@@ -61,7 +61,7 @@ def write(run_dir: Path, study: optuna.Study, objective: str = "stored_bytes") -
 
 def write_run_json(run_dir: Path, info: dict) -> None:
     path = run_dir / "run.json"
-    runs = json.loads(path.read_text()).get("invocations", []) if path.exists() else []
+    runs = read_run(run_dir).get("invocations", []) if path.exists() else []
     info = {**info, "invocations": runs + [info["command"]]}
     path.write_text(json.dumps(info, indent=1))
 
@@ -74,10 +74,10 @@ def read_run(run_dir: str | Path) -> dict:
     path = run_dir / "run.json"
     if not path.is_file():
         raise UserError(f"{run_dir} has no run.json: not an autoshrink run folder (autoshrink search --run-dir ...)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is corrupt: {e}") from None
+    info = read_user_json(path, "run file")
+    if not isinstance(info, dict):
+        raise UserError(f"run file {path} is corrupt (not a JSON object)")
+    return info
 
 
 # run.json key of each setting a resume must keep (search/config.py RECORDED, and the budget)

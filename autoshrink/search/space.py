@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from autoshrink.errors import UserError
+from autoshrink.errors import UserError, read_user_text
 from autoshrink.methods import MethodConfig, config_class
 from autoshrink.plan.bytes import method_bytes
 from autoshrink.sites import ROLES, Site
@@ -140,9 +140,7 @@ def load_space(path: str | Path) -> SearchSpace:
     if not p.is_file() and (SHIPPED / p.name).is_file() and p.parent.name in ("search_spaces", ""):
         p = SHIPPED / p.name
     try:
-        doc = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"no search space file {path}") from None
+        doc = yaml.safe_load(read_user_text(p, "search space file"))
     except yaml.YAMLError as e:
         raise UserError(f"space {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     return parse_space(doc, str(path))

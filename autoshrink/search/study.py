@@ -49,12 +49,17 @@ def open_study(run_dir: Path, sampler: str, seed: int) -> optuna.Study:
     # on them knowingly, and the progress lines are our own: keep the user's terminal clean.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = RDBStorage(f"sqlite:///{run_dir / 'study.db'}", heartbeat_interval=HEARTBEAT_S,
-                         grace_period=2 * HEARTBEAT_S,
-                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=["minimize", "minimize"],
-                                sampler=make_sampler(sampler, seed), load_if_exists=True)
-    done = len(study.get_trials(deepcopy=False))
+    from sqlalchemy.exc import SQLAlchemyError
+
+    db = run_dir / "study.db"
+    try:
+        storage = RDBStorage(f"sqlite:///{db}", heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S,
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+        study = optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=["minimize", "minimize"],
+                                    sampler=make_sampler(sampler, seed), load_if_exists=True)
+        done = len(study.get_trials(deepcopy=False))
+    except (SQLAlchemyError, ValueError) as e:  # ValueError: an Optuna study of other directions
+        raise _unreadable(db, e, "move it away, or use a new --run-dir") from None
     if done:  # a resumed search: a sampler seeded as before would draw its first plans again
         study.sampler = make_sampler(sampler, seed + done)
     return study
@@ -195,4 +200,9 @@ def load_study(run_dir: str | Path) -> "optuna.Study":
     except KeyError:
         raise UserError(f"{db} holds no autoshrink study") from None
     except SQLAlchemyError as e:
-        raise UserError(f"{db} cannot be read: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise _unreadable(db, e) from None
+
+
+def _unreadable(db: Path, error: Exception, fix: str = "") -> UserError:
+    reason = str(getattr(error, "orig", None) or error).splitlines()[0]  # sqlite's own words, not SQLAlchemy's
+    return UserError(f"{db} cannot be read as an autoshrink study ({reason})" + (f": {fix}" if fix else ""))

@@ -14,6 +14,7 @@ import sys
 from autoshrink import api
 from autoshrink.errors import UserError
 from autoshrink.final.config import TrainConfig
+from autoshrink.models.progress import TrainingProgress
 from autoshrink.search.config import SearchConfig
 
 
@@ -71,23 +72,9 @@ def _fmt_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-class _Progress:
-    """A tqdm bar fed by training records (step, loss, tokens/s); quiet when not a terminal."""
-
-    def __init__(self, desc: str):
-        self.desc, self.bar = desc, None
-
-    def __call__(self, record: dict) -> None:
-        from tqdm import tqdm
-        if self.bar is None:
-            self.bar = tqdm(total=record["steps"], desc=self.desc, unit="step", file=sys.stderr,
-                            mininterval=2.0, disable=None)
-        self.bar.update(record["step"] - self.bar.n)
-        self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _Progress(desc: str) -> TrainingProgress:
+    """A bar on a terminal, a line every 30 s otherwise (models/progress.py), kept when done."""
+    return TrainingProgress(desc, leave=True)
 
 
 # --- pretrain ---------------------------------------------------------------------------

@@ -93,6 +93,7 @@ class TrainConfig:
     seed: int = 0
     distill_from: nn.Module | None = field(default=None, repr=False)  # teacher for soft targets
     distill_weight: float = 0.5
+    log_every: int = 50  # steps between on_log records (a short trial asks for more)
 
 
 @dataclass
@@ -167,7 +168,7 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor,
         scaler.update()
         result.steps = step
         result.tokens += y.numel()
-        if on_log is not None and (step % 50 == 0 or step == total_steps):
+        if on_log is not None and (step % cfg.log_every == 0 or step == total_steps):
             elapsed = time.perf_counter() - start
             on_log({"step": step, "steps": total_steps, "loss": loss.item(), "tokens_per_s": result.tokens / elapsed,
                     "eta_s": elapsed / step * (total_steps - step)})

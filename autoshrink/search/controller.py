@@ -22,6 +22,7 @@ from autoshrink.errors import UserError
 from autoshrink.models import discover_sites
 from autoshrink.sites import Site
 from autoshrink.models.load import load
+from autoshrink.models.progress import TrainingProgress, duration
 from autoshrink.measure.latency import LatencyTable
 from autoshrink.plan import dense_bytes as model_dense_bytes, stored_bytes
 from autoshrink.search import optuna_backend, run_folder
@@ -29,7 +30,7 @@ from autoshrink.search import study as study_db
 from autoshrink.search.owner import active, new_owner
 from autoshrink.search.warm_start import enqueue_uniform_seeds, uniform_seeds
 from autoshrink.search.space import DEFAULT_SPACE, SearchSpace, default_space, load_space, smallest_plan
-from autoshrink.search.trial import TrialResult, TrialSettings
+from autoshrink.search.trial import TrialResult, TrialSettings, val_slice
 
 
 @dataclass
@@ -48,6 +49,7 @@ class SearchContext:
     rule: Callable = field(default=lambda nbytes: None)
     fallback: dict = field(default_factory=dict)  # each site's smallest setting in the space
     owner: dict = field(default_factory=new_owner)  # recorded on every trial this search runs
+    progress: Callable[[int], TrainingProgress | None] = field(default=lambda number: None)  # per trial number
 
     def repair(self, plan: dict) -> dict | None:
         if self.budget.kind == "latency":
@@ -85,11 +87,14 @@ def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: 
     eta = (time.time() - started) / this_session * max(0, total - k)
     best = f"best {front['val_ppl'].min():.2f}" if not front.empty else "no front yet"
     ratio = f"{a['ratio']:.1f}x" if a.get("ratio") else "-"
-    ppl = f"ppl {a['val_ppl']:.2f}" if a.get("val_ppl") else "ppl -"
+    ppl = f"val ppl {a['val_ppl']:.2f}" if a.get("val_ppl") else "val ppl -"
     secs = f"{a.get('seconds', 0) or 0:.0f}s"
-    state = trial.state.name if trial.state != optuna.trial.TrialState.COMPLETE else ("ok" if a.get("feasible") else "over budget")
+    state = trial.state.name  # Optuna's, as in trials.csv
+    if trial.state == optuna.trial.TrialState.COMPLETE and not a.get("feasible"):
+        state += " over budget"
     mix = run_folder.method_mix(a.get("plan", {}))
-    return f"trial {k}/{total} #{trial.number} {state:<8} {ratio:>7} {ppl:<10} {secs:>5}  {best}  ETA {eta / 60:.0f} min  [{mix}]"
+    return (f"trial {k}/{total} #{trial.number} {state:<8} {ratio:>7} {ppl:<14} {secs:>5}  {best}  "
+            f"ETA {duration(eta)}  [{mix}]")
 
 
 def search(config: SearchConfig, command: str | None = None,
@@ -149,7 +154,8 @@ def search(config: SearchConfig, command: str | None = None,
             log(f"warm start: the first {len(seeds)} trial(s) put one method on every site "
                 f"({', '.join(m for m, _ in seeds)}), fitted to the budget")
     ctx = SearchContext(dense, data, sites, spc, b, nbytes, settings, freqs, max_bytes, model_bytes, latency,
-                        rule=study_db.WeakTrialRule(study), fallback=smallest)
+                        rule=study_db.WeakTrialRule(study), fallback=smallest,
+                        progress=lambda number: TrainingProgress(f"trial #{number}", log=log))
     run_folder.write_run_json(folder, {
         "command": command or f"search({budget!r})", "budget": b.text, "budget_kind": b.kind, "max_bytes": max_bytes,
         "model": model_name, "data": corpus_key(data.name) if isinstance(data.name, str) else data.name,
@@ -159,7 +165,7 @@ def search(config: SearchConfig, command: str | None = None,
         "backend": backend,
         **({"workers": workers, "cpus_per_trial": cpus_per_trial, "address": address} if backend == "ray" else {}),
         "finetune_steps": settings.finetune_steps, "dense_bytes": nbytes,
-        "dense_val_ppl": _dense_val(dense, data, settings, folder),
+        "dense_val_ppl": (dense_val := _dense_val(dense, data, settings, folder)),
         "versions": {"autoshrink": __import__("autoshrink").__version__, "torch": torch.__version__,
                      "optuna": optuna.__version__, "python": platform.python_version(),
                      **({"ray": _ray_version()} if backend == "ray" else {})}})
@@ -167,6 +173,8 @@ def search(config: SearchConfig, command: str | None = None,
     done_before = study_db.counted_trials(study)
     log(f"search {model_name} under {b.text} ({max_bytes:,} bytes) -> {folder}" if max_bytes else
         f"search {model_name} under {b.text} -> {folder}")
+    log(f"each trial fine-tunes {settings.finetune_steps} steps{' with distillation' if distill else ''}; "
+        f"val ppl: {val_slice(settings.eval_tokens)} (dense model: {dense_val:.2f})")
     if done_before:
         log(f"resuming: {done_before} trial(s) already finished")
     for line in orphans:

@@ -27,14 +27,19 @@ def make_objective(ctx) -> Callable[[optuna.Trial], tuple[float, float]]:
             raise optuna.TrialPruned("infeasible plan")
         fixed, nbytes = prepared
         settings = ctx.settings_for(trial.number)
+        progress = ctx.progress(trial.number)
         try:
-            result = run_trial(ctx.model, fixed, ctx.data, settings, ctx.dense_bytes, should_stop=ctx.rule(nbytes))
+            result = run_trial(ctx.model, fixed, ctx.data, settings, ctx.dense_bytes, should_stop=ctx.rule(nbytes),
+                               progress=progress)
         except StopTrial as stop:
             record_stopped(trial, stop.step, stop.val_ppl, time.perf_counter() - start, f"stopped early: {stop}")
             raise optuna.TrialPruned(str(stop)) from None
         except DivergedError as e:
             trial.set_user_attr("note", f"failed: {e}")
             raise
+        finally:
+            if progress is not None:
+                progress.close()  # before the trial's line (the search's callback) is printed
         return record_result(trial, ctx, result, nbytes)
 
     return objective

@@ -16,6 +16,7 @@ from torch import nn
 
 from autoshrink.data import LMData
 from autoshrink.measure.latency import measure_latency_ms, reference_input
+from autoshrink.models.progress import TrainingProgress
 from autoshrink.models.training import TrainConfig, evaluate_perplexity, pick_device, train_lm
 from autoshrink.plan import compress, stored_bytes
 
@@ -59,7 +60,9 @@ class TrialResult:
 
 
 def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSettings, dense_bytes: int,
-              should_stop: Callable[[int, float], str | None] | None = None) -> TrialResult:
+              should_stop: Callable[[int, float], str | None] | None = None,
+              progress: TrainingProgress | None = None) -> TrialResult:
+    """`progress` (models/progress.py) follows the fine-tuning: steps, loss, ETA, the last validation."""
     start = time.perf_counter()
     torch.manual_seed(settings.seed)
     model = compress(dense, plan, freqs=data.vocab.freqs)
@@ -68,6 +71,8 @@ def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSetting
 
     def on_eval(step: int, val: float) -> None:
         curve[step] = val
+        if progress is not None:
+            progress.note(f"val ppl {val:.2f} at step {step}")
         reason = should_stop(step, val) if should_stop is not None and step < settings.finetune_steps else None
         if reason:
             raise StopTrial(step, val, reason)
@@ -79,8 +84,9 @@ def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSetting
         cfg = TrainConfig(steps=steps, batch_size=settings.batch_size, bptt=settings.bptt, lr=settings.lr,
                           eval_every=max(1, steps // max(1, settings.evals)), eval_tokens=settings.eval_tokens,
                           device=settings.device, seed=settings.seed,
-                          distill_from=copy.deepcopy(dense) if settings.distill else None)
-        result = train_lm(model, data.train, data.valid, cfg, on_eval=on_eval)
+                          distill_from=copy.deepcopy(dense) if settings.distill else None,
+                          log_every=max(1, steps // 20))
+        result = train_lm(model, data.train, data.valid, cfg, on_eval=on_eval, on_log=progress)
         finetune_s = result.seconds - result.eval_seconds
         val = result.best_val_ppl  # the restored state's validation, on the same tokens
     else:

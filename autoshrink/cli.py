@@ -229,11 +229,11 @@ def _train_command(args) -> int:
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
         final = api.train(args.run_dir, config, on_log=progress, log=log,
-                          on_eval=lambda step, ppl: log(f"step {step}: valid perplexity {ppl:.2f}"))
+                          on_eval=lambda step, ppl: log(f"step {step}: val ppl {ppl:.2f} (whole valid split)"))
     finally:
         progress.close()
     m = final.metrics
-    print(f"trial {m['trial']}: val ppl {m['val_ppl']:.2f}, test ppl {m['test_ppl']:.2f}, "
+    print(f"trial {m['trial']}: val ppl {m['val_ppl']:.2f} (whole valid split), test ppl {m['test_ppl']:.2f}, "
           f"{_fmt_bytes(m['stored_bytes'])} ({m['ratio']:.1f}x), {m['latency_ms']:.2f} ms, "
           f"{m['steps']} steps -> {final.out}")
     return 0

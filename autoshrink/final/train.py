@@ -185,6 +185,24 @@ def _resumed_schedules(model: nn.Module, start: float):
             m.__dict__.update(saved)
 
 
+def _start_from(model: nn.Module, weights: Path | None, state: dict, ckpt: Path, lm: LMData, name: str,
+                log: Callable[[str], None]) -> None:
+    """Load the trial's fine-tuned weights when they were kept, and validate them as the state to
+    beat: the final training then never ends worse than the trial it came from. Say which start it is."""
+    if weights is not None:
+        try:
+            _load_weights(model, weights)
+        except UserError:
+            log(f"{name}: its kept weights {weights} do not match the plan: starting from the dense model")
+            return
+        val = evaluate_perplexity(model, lm.valid)
+        state.update(fraction=1.0, best_val_ppl=val, history=[{"step": 0, "val_ppl": val}])  # schedules have run
+        _write_checkpoint(ckpt, model, state, best=True)
+        log(f"{name}: starting from its fine-tuned weights ({weights}; val ppl {val:.2f}, whole valid split)")
+    else:
+        log(f"{name}: starting from the dense model, compressed afresh (no fine-tuned weights kept for it)")
+
+
 # --- final training -------------------------------------------------------------------------
 REPLAY_TOKENS = 100_000  # training text a method's on_validation hook sees (a prefix, said in its log)
 
@@ -243,17 +261,19 @@ def train_trial(run_dir: str | Path, config: TrainConfig | None = None,
     return train_plan(dense, lm, plan_json, Path(out) if out else run_dir / "final", steps, label=number,
                       corpus=corpus, device=device, distill=distill, seed=seed, evals=evals,
                       info={"run_dir": str(run_dir), "trial": number}, dense_val_ppl=info.get("dense_val_ppl"),
-                      on_log=on_log, on_eval=on_eval, log=log)
+                      on_log=on_log, on_eval=on_eval, log=log, start_weights=run_folder.kept_weights(run_dir, number))
 
 
 def train_plan(dense: nn.Module, lm: LMData, plan_json: dict, out: Path, steps: int, label: int | str = "plan",
                corpus: str = "kjv", device: str = "auto", distill: bool = False, seed: int = 0, evals: int = EVALS,
                info: dict | None = None, dense_val_ppl: float | None = None,
                on_log: Callable[[dict], None] | None = None, on_eval: Callable[[int, float], None] | None = None,
-               log: Callable[[str], None] | None = None) -> FinalModel:
+               log: Callable[[str], None] | None = None, start_weights: Path | None = None) -> FinalModel:
     """Compress `dense` by `plan_json` ({} keeps it dense), train it `steps` steps with the
     trials' batch, bptt and learning rate, resumably in OUT/checkpoint, and export it to OUT
-    with metrics.json. `label` names the training in its checkpoint (a trial number)."""
+    with metrics.json. `label` names the training in its checkpoint (a trial number).
+    `start_weights`: the trial's fine-tuned weights (search/run_folder.py kept_weights) to start
+    from instead of the freshly compressed dense weights."""
     log = log or (lambda line: None)
     name = f"trial {label}" if isinstance(label, int) else str(label)
     plan = parse_plan(plan_json)
@@ -264,6 +284,8 @@ def train_plan(dense: nn.Module, lm: LMData, plan_json: dict, out: Path, steps: 
     state = _read_checkpoint(ckpt, small, label, plan_json) or {
         "trial": label, "plan": plan_json, "step": 0, "fraction": 0.0, "best_val_ppl": None, "seconds": 0.0,
         "history": []}
+    if not state["step"]:
+        _start_from(small, start_weights, state, ckpt, lm, name, log)
     done, start = state["step"], state["fraction"]  # the schedules' position: a finished run stays finished
     if done:
         log(f"resuming {name} from step {done} ({ckpt}); training up to step {steps}")

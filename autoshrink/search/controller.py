@@ -49,6 +49,7 @@ class SearchContext:
     rule: Callable = field(default=lambda nbytes: None)
     fallback: dict = field(default_factory=dict)  # each site's smallest setting in the space
     owner: dict = field(default_factory=new_owner)  # recorded on every trial this search runs
+    run_dir: Path | None = None  # where front trials keep their fine-tuned weights (None: nowhere)
     progress: Callable[[int], TrainingProgress | None] = field(default=lambda number: None)  # per trial number
 
     def repair(self, plan: dict) -> dict | None:
@@ -155,7 +156,7 @@ def search(config: SearchConfig, command: str | None = None,
                 f"({', '.join(m for m, _ in seeds)}), fitted to the budget")
     ctx = SearchContext(dense, data, sites, spc, b, nbytes, settings, freqs, max_bytes, model_bytes, latency,
                         rule=study_db.WeakTrialRule(study), fallback=smallest,
-                        progress=lambda number: TrainingProgress(f"trial #{number}", log=log))
+                        progress=lambda number: TrainingProgress(f"trial #{number}", log=log), run_dir=folder)
     run_folder.write_run_json(folder, {
         "command": command or f"search({budget!r})", "budget": b.text, "budget_kind": b.kind, "max_bytes": max_bytes,
         "model": model_name, "data": corpus_key(data.name) if isinstance(data.name, str) else data.name,

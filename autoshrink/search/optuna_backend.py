@@ -14,6 +14,7 @@ import optuna
 
 from autoshrink.models.training import DivergedError
 from autoshrink.search.study import TrialCap, counted_trials, fail_orphans, prepare_plan, record_result, record_stopped
+from autoshrink.search.run_folder import keep_weights
 from autoshrink.search.trial import StopTrial, run_trial
 
 
@@ -40,7 +41,10 @@ def make_objective(ctx) -> Callable[[optuna.Trial], tuple[float, float]]:
         finally:
             if progress is not None:
                 progress.close()  # before the trial's line (the search's callback) is printed
-        return record_result(trial, ctx, result, nbytes)
+        values = record_result(trial, ctx, result, nbytes)
+        if ctx.run_dir is not None and ctx.constraint(result) <= 0:  # it may land on the front: keep its weights
+            keep_weights(ctx.run_dir, trial.number, result.model)
+        return values
 
     return objective
 

@@ -57,6 +57,7 @@ class TrialResult:
     finetune_seconds: float  # time in fine-tuning steps (forward, backward, update), validation excluded
     steps: int
     curve: dict[int, float] = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False)  # the fine-tuned compressed model (CPU)
 
 
 def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSettings, dense_bytes: int,
@@ -94,4 +95,5 @@ def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSetting
     model.cpu()
     latency = measure_latency_ms(model, reference_input(len(data.vocab)))
     return TrialResult(val_ppl=val, stored_bytes=nbytes, ratio=dense_bytes / nbytes, latency_ms=latency,
-                       seconds=time.perf_counter() - start, finetune_seconds=finetune_s, steps=steps, curve=curve)
+                       seconds=time.perf_counter() - start, finetune_seconds=finetune_s, steps=steps, curve=curve,
+                       model=model)

@@ -14,6 +14,7 @@ import sys
 from autoshrink import api
 from autoshrink.errors import UserError
 from autoshrink.final.config import TrainConfig
+from autoshrink.measure.timing import Spread
 from autoshrink.models.progress import TrainingProgress
 from autoshrink.search.config import SearchConfig
 
@@ -63,6 +64,13 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip: tuple[st
 def config_from(args: argparse.Namespace, config_cls):
     """The config whose fields the parsed flags give."""
     return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)})
+
+
+def _spread(metrics: dict, key: str, unit: str, digits: int) -> str:
+    """"3.52 ms (median of 20, IQR 3.41-3.70)" from metrics that record a spread (measure/timing.py)."""
+    if f"{key}_iqr" not in metrics:  # an older metrics.json: the median alone
+        return f"{metrics[key]:,.{digits}f} {unit}"
+    return Spread(metrics[key], *metrics[f"{key}_iqr"], metrics[f"{key}_repeats"]).describe(unit, digits)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -234,7 +242,7 @@ def _train_command(args) -> int:
         progress.close()
     m = final.metrics
     print(f"trial {m['trial']}: val ppl {m['val_ppl']:.2f} (whole valid split), test ppl {m['test_ppl']:.2f}, "
-          f"{_fmt_bytes(m['stored_bytes'])} ({m['ratio']:.1f}x), {m['latency_ms']:.2f} ms, "
+          f"{_fmt_bytes(m['stored_bytes'])} ({m['ratio']:.1f}x), latency {_spread(m, 'latency_ms', 'ms', 2)}, "
           f"{m['steps']} steps -> {final.out}")
     return 0
 
@@ -262,7 +270,8 @@ def _eval_command(args) -> int:
         return 0
     print(f"{r['model']}: test ppl {r['test_ppl']:.2f} ({r['test_tokens']:,} tokens of {r['data']}), "
           f"{r['stored_bytes']:,} stored bytes ({_fmt_bytes(r['stored_bytes'])}, {r['ratio']:.1f}x smaller than dense "
-          f"fp32), latency {r['latency_ms']:.2f} ms (CPU, batch 1, 35 tokens), {r['tokens_per_s']:,.0f} tokens/s")
+          f"fp32), latency {_spread(r, 'latency_ms', 'ms', 2)} (CPU, batch 1, 35 tokens), "
+          f"{_spread(r, 'tokens_per_s', 'tokens/s', 0)} (batch 10)")
     return 0
 
 

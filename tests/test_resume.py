@@ -173,3 +173,19 @@ def _running_trials(run) -> list:
     except (UserError, KeyError):
         return []
     return [t for t in trials if study_db.OWNER in t.system_attrs]
+
+
+def test_a_space_file_edited_since_the_run_began_is_refused(tiny_model_dir, text_file, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    run = tmp_path / "run"
+    argv = ["search", "--budget", "4x", "--model", str(tiny_model_dir), "--data", str(text_file), "--space", str(space),
+            "--trials", "1", "--finetune-steps", "0", "--sampler", "random", "--run-dir", str(run)]
+    assert main(argv) == 0
+    space.write_text(SPACE + "\n# a comment changes nothing\n")
+    assert main(argv + ["--trials", "1"]) == 0
+    space.write_text(SPACE.replace("high: 8", "high: 6"))  # other ranks: other trials
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "allows other choices" in err[0] and "new --run-dir" in err[0]

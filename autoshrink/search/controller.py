@@ -29,7 +29,8 @@ from autoshrink.search import optuna_backend, run_folder
 from autoshrink.search import study as study_db
 from autoshrink.search.owner import active, new_owner
 from autoshrink.search.warm_start import enqueue_uniform_seeds, uniform_seeds
-from autoshrink.search.space import DEFAULT_SPACE, SearchSpace, default_space, load_space, smallest_plan
+from autoshrink.search.space import (DEFAULT_SPACE, SearchSpace, default_space, load_space, smallest_plan,
+                                     space_digest)
 from autoshrink.search.trial import TrialResult, TrialSettings, val_slice
 
 
@@ -108,7 +109,8 @@ def search(config: SearchConfig, command: str | None = None,
     the log). A new search starts from single-method plans unless `warm_start` is False
     (search/warm_start.py). With `backend="ray"`, `workers` trials run at once through Ray Tune,
     each on `cpus_per_trial` threads, locally or on the cluster at `address`."""
-    c = config.resolved(run_folder.recorded_settings(config.run_dir), config.run_dir)  # a resume keeps its settings
+    recorded = run_folder.recorded_settings(config.run_dir) or {}
+    c = config.resolved(recorded, config.run_dir)  # a resume keeps its settings
     budget, model, data, space, trials, timeout = c.budget, c.model, c.data, c.space, c.trials, c.timeout
     backend, workers, address, run_dir, device, seed = c.backend, c.workers, c.address, c.run_dir, c.device, c.seed
     sampler, distill, warm_start, cpus_per_trial = c.sampler, c.distill, c.warm_start, c.cpus_per_trial
@@ -135,6 +137,9 @@ def search(config: SearchConfig, command: str | None = None,
         spc = load_space(default_space(sites))
         if spc.source != DEFAULT_SPACE:
             log(f"space: {spc.source} (the model has transformer sites; --space chooses another)")
+    if recorded.get("space_digest", space_digest(spc)) != space_digest(spc):
+        raise UserError(f"search space {spc.source} allows other choices than when the run in {folder} began: "
+                        "restore it, or use a new --run-dir")
     nbytes = model_dense_bytes(dense)
     freqs = data.vocab.freqs
     model_bytes = stored_bytes(dense)
@@ -161,7 +166,7 @@ def search(config: SearchConfig, command: str | None = None,
         "command": command or f"search({budget!r})", "budget": b.text, "budget_kind": b.kind, "max_bytes": max_bytes,
         "model": model_name, "data": corpus_key(data.name) if isinstance(data.name, str) else data.name,
         "data_path": None if data_path is None else canonical("data", data_path),
-        "space": canonical("space", spc.source), "seed": seed, "sampler": sampler, "distill": distill,
+        "space": canonical("space", spc.source), "space_digest": space_digest(spc), "seed": seed, "sampler": sampler, "distill": distill,
         "warm_start": warm_start, "trials": trials,
         "backend": backend,
         **({"workers": workers, "cpus_per_trial": cpus_per_trial, "address": address} if backend == "ray" else {}),

@@ -109,7 +109,8 @@ def read_run(run_dir: str | Path) -> dict:
 
 # run.json key of each setting a resume must keep (search/config.py RECORDED, and the budget)
 _RECORDED_KEYS = {"budget": "budget", "model": "model", "data": "data_path", "space": "space",
-                  "finetune_steps": "finetune_steps", "distill": "distill", "sampler": "sampler", "seed": "seed"}
+                  "finetune_steps": "finetune_steps", "distill": "distill", "sampler": "sampler", "seed": "seed",
+                  "space_digest": "space_digest"}  # not a flag: what the space allowed (search/space.py)
 
 
 def recorded_settings(run_dir: str | Path | None) -> dict | None:

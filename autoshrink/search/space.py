@@ -8,6 +8,7 @@ method (TPE and NSGA-II both handle such conditional spaces).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,12 @@ def default_space(sites: list[Site]) -> str:
     """The shipped space for a model: transformer.yaml when it has attention or mlp sites (a
     transformer), default.yaml otherwise."""
     return TRANSFORMER_SPACE if any(s.role in ("attention", "mlp") for s in sites) else DEFAULT_SPACE
+
+
+def space_digest(space: SearchSpace) -> str:
+    """A fingerprint of what a space allows (not of its file's comments or layout): a resumed run
+    refuses a space that changed under the same name."""
+    return hashlib.sha256(repr(space.roles).encode()).hexdigest()[:16]
 
 
 def load_space(path: str | Path) -> SearchSpace:

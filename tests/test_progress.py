@@ -19,7 +19,8 @@ def test_off_a_terminal_progress_is_a_periodic_line_and_one_at_the_end():
     quiet = TrainingProgress("trial #3", log=lines.append, every_s=3600, bar=False)
     for step in range(4, 81, 4):
         quiet(_record(step))
-    assert lines == ["trial #3: step 80/80, loss 4.500, 1,234 tokens/s, ETA 0 s"]  # only the end: the interval never passed
+    # only the end: the interval never passed
+    assert lines == ["trial #3: step 80/80, loss 4.500, 1,234 tokens/s, ETA 0 s"]
     lines.clear()
     chatty = TrainingProgress("trial #3", log=lines.append, every_s=0, bar=False)
     chatty(_record(20))

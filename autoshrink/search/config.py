@@ -24,8 +24,9 @@ SAMPLERS = ("tpe", "nsga2", "random")
 
 
 # What a run is: a resume takes these from run.json (None: not given). Defaults of a new run.
-RECORDED: dict[str, Any] = {"model": "kjv-lstm", "data": "kjv", "space": None, "finetune_steps": TrialSettings.finetune_steps,
-                            "distill": False, "sampler": "nsga2", "seed": 0}
+RECORDED: dict[str, Any] = {"model": "kjv-lstm", "data": "kjv", "space": None,
+                            "finetune_steps": TrialSettings.finetune_steps, "distill": False, "sampler": "nsga2",
+                            "seed": 0}
 SHIPPED_SPACES = (DEFAULT_SPACE, TRANSFORMER_SPACE)  # named as is: they are found from any folder
 
 
@@ -109,7 +110,8 @@ class SearchConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             default = RECORDED.get(f.name, f.default)
-            if f.name == "budget" or value is None or value == default or not isinstance(value, (str, int, float, Path)):
+            plain = isinstance(value, (str, int, float, Path))  # not a torch module or a SearchSpace given in Python
+            if f.name == "budget" or value is None or value == default or not plain:
                 continue
             if f.name == "space" and str(value) == DEFAULT_SPACE:
                 continue

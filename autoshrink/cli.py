@@ -80,7 +80,7 @@ def _fmt_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def _Progress(desc: str) -> TrainingProgress:
+def _progress_bar(desc: str) -> TrainingProgress:
     """A bar on a terminal, a line every 30 s otherwise (models/progress.py), kept when done."""
     return TrainingProgress(desc, leave=True)
 
@@ -105,7 +105,7 @@ def _pretrain_parser(sub) -> None:
 def _pretrain_command(args) -> int:
     import json
     from pathlib import Path
-    progress = _Progress(f"pretrain {args.model}")
+    progress = _progress_bar(f"pretrain {args.model}")
     try:
         folder = api.pretrain(args.model, args.data, epochs=args.epochs, device=args.device, seed=args.seed,
                           out=Path(args.out) if args.out else None, command=args.command_line, on_log=progress,
@@ -233,7 +233,7 @@ def _train_parser(sub) -> None:
 
 def _train_command(args) -> int:
     config = config_from(args, TrainConfig)
-    progress = _Progress(f"train {config.trial}")
+    progress = _progress_bar(f"train {config.trial}")
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
         final = api.train(args.run_dir, config, on_log=progress, log=log,

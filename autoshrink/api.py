@@ -24,10 +24,11 @@ from autoshrink import plan as _plan
 from autoshrink.final import export as _export  # noqa: F401  (registers the compressed format with load)
 from autoshrink.final.config import TrainConfig
 from autoshrink.methods import MethodConfig, config_class, method_names
-from autoshrink.models import discover_sites
+from autoshrink.models import all_sites
 from autoshrink.models import pretrain as _pretrain
 from autoshrink.models.load import load
 from autoshrink.search.config import SearchConfig
+from autoshrink.search.trial import val_slice
 from autoshrink.sites import Site
 
 if TYPE_CHECKING:
@@ -36,15 +37,18 @@ if TYPE_CHECKING:
     from autoshrink.final.train import FinalModel
     from autoshrink.search.controller import SearchResult
 
+VAL_SLICE = val_slice()  # the validation tokens of a search's val ppl (named wherever it is printed)
+
 __all__ = ["compress", "dense_bytes", "evaluate", "front", "front_text", "load", "methods", "plot_front", "pretrain",
            "search", "sites", "stored_bytes", "train"]
 
 
 def sites(model: nn.Module | str) -> list[Site]:
-    """The compressible sites of a model (or of a preset / model folder by name)."""
+    """Every site of a model (or of a preset / model folder by name): the dense ones a plan may
+    compress, and those already compressed, with their `method` and `stored_bytes` set."""
     if isinstance(model, str):
         model = load(model)
-    return discover_sites(model)
+    return all_sites(model)
 
 
 def _freqs(model: nn.Module) -> torch.Tensor | None:

@@ -14,6 +14,8 @@ import sys
 from autoshrink import api
 from autoshrink.errors import UserError
 from autoshrink.final.config import TrainConfig
+from autoshrink.measure.timing import Spread
+from autoshrink.models.progress import TrainingProgress
 from autoshrink.search.config import SearchConfig
 from autoshrink.threads import set_default_threads
 
@@ -38,13 +40,17 @@ def _type_of(field: dataclasses.Field):
 
 def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip: tuple[str, ...] = ()) -> None:
     """One flag per field of a config dataclass: --field-name, its help and default from the field;
-    a boolean is a pair --field-name / --no-field-name."""
+    a boolean is a pair --field-name / --no-field-name (with no default when the field's default is
+    None: not given, the config decides, e.g. from a resumed run)."""
     for f in dataclasses.fields(config_cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
         required = f.default is dataclasses.MISSING
+        if f.default is None and str(f.type).startswith("bool"):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            continue
         if isinstance(f.default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=f"{help_text} [{'on' if f.default else 'off'}]")
@@ -58,6 +64,13 @@ def config_from(args: argparse.Namespace, config_cls):
     return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)})
 
 
+def _spread(metrics: dict, key: str, unit: str, digits: int) -> str:
+    """"3.52 ms (median of 20, IQR 3.41-3.70)" from metrics that record a spread (measure/timing.py)."""
+    if f"{key}_iqr" not in metrics:  # an older metrics.json: the median alone
+        return f"{metrics[key]:,.{digits}f} {unit}"
+    return Spread(metrics[key], *metrics[f"{key}_iqr"], metrics[f"{key}_repeats"]).describe(unit, digits)
+
+
 def _fmt_bytes(n: float) -> str:
     for unit, size in (("MB", 1e6), ("KB", 1e3)):
         if n >= size:
@@ -65,23 +78,9 @@ def _fmt_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-class _Progress:
-    """A tqdm bar fed by training records (step, loss, tokens/s); quiet when not a terminal."""
-
-    def __init__(self, desc: str):
-        self.desc, self.bar = desc, None
-
-    def __call__(self, record: dict) -> None:
-        from tqdm import tqdm
-        if self.bar is None:
-            self.bar = tqdm(total=record["steps"], desc=self.desc, unit="step", file=sys.stderr,
-                            mininterval=2.0, disable=None)
-        self.bar.update(record["step"] - self.bar.n)
-        self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _progress_bar(desc: str) -> TrainingProgress:
+    """A bar on a terminal, a line every 30 s otherwise (models/progress.py), kept when done."""
+    return TrainingProgress(desc, leave=True)
 
 
 # --- pretrain ---------------------------------------------------------------------------
@@ -104,7 +103,7 @@ def _pretrain_parser(sub) -> None:
 def _pretrain_command(args) -> int:
     import json
     from pathlib import Path
-    progress = _Progress(f"pretrain {args.model}")
+    progress = _progress_bar(f"pretrain {args.model}")
     try:
         folder = api.pretrain(args.model, args.data, epochs=args.epochs, device=args.device, seed=args.seed,
                           out=Path(args.out) if args.out else None, command=args.command_line, on_log=progress,
@@ -120,8 +119,11 @@ def _pretrain_command(args) -> int:
 # --- sites, methods ---------------------------------------------------------------------
 def _sites_parser(sub) -> None:
     p = sub.add_parser("sites", help="list the compressible sites of a model",
-                       description="Each site: name, role, shape (out x in; words x dim), dense bytes, tie partner.",
+                       description="Each site: name, role, shape (out x in; words x dim), dense bytes, the method "
+                                   "and stored bytes of a compressed one, tie partner. Works on dense models, "
+                                   "presets and compressed exports (RUN_DIR/final).",
                        epilog="examples:\n  autoshrink sites --model kjv-lstm\n"
+                              "  autoshrink sites --model results/runs/<run>/final   # an export: method and bytes per site\n"
                               "  autoshrink sites --model path/to/hf-model   # a local Hugging Face causal LM folder",
                        formatter_class=_Formatter)
     p.add_argument("--model", default="kjv-lstm", help="preset name, model folder or Hugging Face folder")
@@ -133,10 +135,16 @@ def _sites_command(args) -> int:
     model = api.load(args.model, data=args.data)
     found = api.sites(model)
     w = max([14] + [len(s.name) for s in found])
-    print(f"{'site':<{w}} {'role':<10} {'shape':>12} {'dense bytes':>12}  tied with")
+    print(f"{'site':<{w}} {'role':<10} {'shape':>12} {'dense bytes':>12}  {'method':<12} {'stored bytes':>12}  tied with")
     for s in found:
-        print(f"{s.name:<{w}} {s.role:<10} {f'{s.shape[0]}x{s.shape[1]}':>12} {s.dense_bytes:>12,}  {s.tied_with or '-'}")
-    print(f"whole model: {api.dense_bytes(model):,} bytes fp32 ({sum(p.numel() for p in model.parameters()):,} parameters)")
+        stored = f"{s.stored_bytes:>12,}" if s.stored_bytes is not None else f"{'-':>12}"
+        print(f"{s.name:<{w}} {s.role:<10} {f'{s.shape[0]}x{s.shape[1]}':>12} {s.dense_bytes:>12,}  "
+              f"{s.method or 'dense':<12} {stored}  {s.tied_with or '-'}")
+    if any(s.method for s in found):
+        print(f"whole model: {api.stored_bytes(model):,} stored bytes")
+    else:
+        print(f"whole model: {api.dense_bytes(model):,} bytes fp32 ({sum(p.numel() for p in model.parameters()):,} "
+              "parameters)")
     return 0
 
 
@@ -177,12 +185,13 @@ def _search_command(args) -> int:
     result = api.search(config_from(args, SearchConfig), command=args.command_line)
     front = result.front
     if front.empty:
-        print(f"no feasible completed trial yet in {result.run_dir}; run the same command again to add trials")
-        return 0
-    print(f"Pareto front ({len(front)} trial(s)) of {result.run_dir}:")
-    print(front[["number", "ratio", "stored_bytes", "latency_ms", "val_ppl", "methods"]].to_string(
-        index=False, float_format=lambda v: f"{v:.2f}"))
-    print(f"resume or extend: autoshrink search --budget {args.budget} --run-dir {result.run_dir} --trials N")
+        print(f"no feasible completed trial yet in {result.run_dir}")
+    else:
+        print(f"Pareto front ({len(front)} trial(s)) of {result.run_dir}; val ppl: {api.VAL_SLICE}:")
+        print(front[["number", "ratio", "stored_bytes", "latency_ms", "val_ppl", "methods"]].to_string(
+            index=False, float_format=lambda v: f"{v:.2f}"))
+    print("resume or extend (a larger --trials adds trials): autoshrink search "
+          + " ".join(shlex.quote(a) for a in result.config.flags()))
     return 0
 
 
@@ -227,16 +236,16 @@ def _train_parser(sub) -> None:
 
 def _train_command(args) -> int:
     config = config_from(args, TrainConfig)
-    progress = _Progress(f"train {config.trial}")
+    progress = _progress_bar(f"train {config.trial}")
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
         final = api.train(args.run_dir, config, on_log=progress, log=log,
-                          on_eval=lambda step, ppl: log(f"step {step}: valid perplexity {ppl:.2f}"))
+                          on_eval=lambda step, ppl: log(f"step {step}: val ppl {ppl:.2f} (whole valid split)"))
     finally:
         progress.close()
     m = final.metrics
-    print(f"trial {m['trial']}: val ppl {m['val_ppl']:.2f}, test ppl {m['test_ppl']:.2f}, "
-          f"{_fmt_bytes(m['stored_bytes'])} ({m['ratio']:.1f}x), {m['latency_ms']:.2f} ms, "
+    print(f"trial {m['trial']}: val ppl {m['val_ppl']:.2f} (whole valid split), test ppl {m['test_ppl']:.2f}, "
+          f"{_fmt_bytes(m['stored_bytes'])} ({m['ratio']:.1f}x), latency {_spread(m, 'latency_ms', 'ms', 2)}, "
           f"{m['steps']} steps -> {final.out}")
     return 0
 
@@ -264,7 +273,8 @@ def _eval_command(args) -> int:
         return 0
     print(f"{r['model']}: test ppl {r['test_ppl']:.2f} ({r['test_tokens']:,} tokens of {r['data']}), "
           f"{r['stored_bytes']:,} stored bytes ({_fmt_bytes(r['stored_bytes'])}, {r['ratio']:.1f}x smaller than dense "
-          f"fp32), latency {r['latency_ms']:.2f} ms (CPU, batch 1, 35 tokens), {r['tokens_per_s']:,.0f} tokens/s")
+          f"fp32), latency {_spread(r, 'latency_ms', 'ms', 2)} (CPU, batch 1, 35 tokens), "
+          f"{_spread(r, 'tokens_per_s', 'tokens/s', 0)} (batch 10)")
     return 0
 
 

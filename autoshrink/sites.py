@@ -24,6 +24,8 @@ class Site:
     shape: tuple[int, int]  # (out, in) of y = W x; (words, dim) for embedding and softmax
     bias: bool = False
     tied_with: str | None = None  # another site sharing this weight; compressed and counted once
+    method: str | None = None  # the method of a site found already compressed (models/discover.py); None: dense
+    stored_bytes: int | None = None  # what such a site stores (weight and bias), exactly
 
     @property
     def dense_bytes(self) -> int:
@@ -60,4 +62,24 @@ class SiteStats:
 
 class CompressedModule(nn.Module):
     """Base of the modules that stand in a compressed site's place (the methods define them):
-    site discovery knows a compressed site by this type, without knowing any method."""
+    site discovery knows a compressed site by this type, without knowing any method. What it
+    lists of one, each subclass answers."""
+
+    @property
+    def site(self) -> Site:
+        """The site as it was compressed (its name under the plan; role, shape and bias of the dense weight)."""
+        raise NotImplementedError
+
+    @property
+    def method(self) -> str:
+        """The name of the method that compressed it."""
+        raise NotImplementedError
+
+    @property
+    def storage(self) -> nn.Module:
+        """The module that holds the stored tensors: tied sites share one, so it counts once."""
+        raise NotImplementedError
+
+    def stored_bytes(self) -> int:
+        """Exact bytes the site stores (its share of model.safetensors)."""
+        raise NotImplementedError

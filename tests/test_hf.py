@@ -151,6 +151,13 @@ def test_compress_bytes_analytic_equal_built_and_export_round_trip(which, gpt2_d
     assert file_bytes(out) == sum(t.numel() * t.element_size() for t in export_tensors(small).values()) == analytic
     loaded = autoshrink.load(str(out))
     assert stored_bytes(loaded) == analytic
+    listed = {s.name: s for s in autoshrink.sites(loaded)}  # compressed sites are listed, with method and bytes
+    for name, cfg in plan.items():
+        assert listed[name].method == cfg["method"] and listed[name].stored_bytes > 0, name
+    assert set(listed) == {s.name for s in sites}
+    if which == "gpt2":
+        assert listed["lm_head"].tied_with == "transformer.wte" and listed["transformer.wte"].tied_with is None
+    assert sum(s.stored_bytes for s in listed.values() if s.method and not s.tied_with) <= analytic
     assert [s["name"] for s in json.loads((out / "model.json").read_text())["sites"]] == [s.name for s in sites]
     ids = torch.randint(len(dense.vocab), (40, 3), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -117,7 +117,7 @@ def test_a_trial_left_running_is_failed_and_its_plan_retried(ctx, study):
     first = StudySearcher(ctx, study, trials=2)
     lost = first.suggest("x")  # the driver dies here: the trial stays RUNNING in study.db
     assert study.trials[lost["number"]].state.name == "RUNNING"
-    assert ray_backend.fail_interrupted(study) == 1
+    assert len(study_db.fail_orphans(study)) == 1  # its search (`first`) is no longer active
     assert study.trials[lost["number"]].state.name == "FAIL"
     again = StudySearcher(ctx, study, trials=2)
     retry = again.suggest("y")

@@ -73,17 +73,31 @@ def load_kjv() -> RawCorpus:
     return RawCorpus("kjv", **{s: _nonblank(t) for s, t in splits.items()})
 
 
+def read_corpus_file(path: Path) -> str:
+    """A corpus file's text. A stray undecodable byte becomes U+FFFD, as real corpora have a few;
+    a file that is mostly not UTF-8 text (NUL bytes, or over 1% undecodable) is refused."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"corpus file {path} cannot be read: {e.strerror or e}") from None
+    text = data.decode("utf-8", errors="replace")
+    if b"\x00" in data or text.count("\ufffd") > 0.01 * max(1, len(text)):
+        raise UserError(f"corpus file {path} is not UTF-8 text (binary bytes): a corpus is one text file, or a folder "
+                        "of train.txt, valid.txt and test.txt")
+    return text
+
+
 def load_folder(path: Path) -> RawCorpus:
     missing = [f"{s}.txt" for s in SPLITS if not (path / f"{s}.txt").is_file()]
     if missing:
         raise UserError(f"corpus folder {path} lacks {', '.join(missing)} (expected train.txt, valid.txt, test.txt)")
-    return RawCorpus(path.name, **{s: _nonblank((path / f"{s}.txt").read_text(encoding="utf-8", errors="replace").splitlines())
+    return RawCorpus(path.name, **{s: _nonblank(read_corpus_file(path / f"{s}.txt").splitlines())
                                    for s in SPLITS})
 
 
 def load_text_file(path: Path) -> RawCorpus:
     """One text file, split 90/5/5 by lines in order (the last 10% held out)."""
-    lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    lines = [ln for ln in read_corpus_file(path).splitlines() if ln.strip()]
     n = len(lines)
     a, b = int(n * 0.9), int(n * 0.95)
     if n and (a == b or b == n):  # tiny files still get non-empty held-out splits

@@ -4,21 +4,22 @@
     stored_bytes  from the loaded model (autoshrink.stored_bytes), checked against the tensors
                   in its model.safetensors
     ratio         dense fp32 bytes of the base architecture / stored bytes
-    latency_ms    median CPU wall time of one forward pass, batch 1, 35 tokens (docs/design.md, Budgets and bytes)
-    tokens_per_s  test-evaluation throughput
+    latency_ms    median CPU wall time of one forward pass, batch 1, 35 tokens (docs/design.md, Budgets),
+                  of 20 passes; latency_ms_iqr its interquartile range
+    tokens_per_s  evaluation throughput (batch 10 x 35-token windows of the test split), median
+                  of 20 windows; tokens_per_s_iqr its interquartile range
 
 `measure` is shared with final training (train.py), so metrics.json and `eval` agree.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from torch import nn
 
 from autoshrink.data import LMData, load_lm_data
 from autoshrink.errors import UserError
-from autoshrink.measure.latency import measure_latency_ms, reference_input
+from autoshrink.measure.latency import measure_latency, measure_throughput, reference_input
 from autoshrink.models.lstm_lm import LSTMLM
 from autoshrink.models.training import evaluate_perplexity
 from autoshrink.plan import dense_bytes, stored_bytes
@@ -34,14 +35,12 @@ def base_dense_bytes(model: nn.Module) -> int:
 def measure(model: nn.Module, data: LMData, device: str = "cpu") -> dict:
     """test_ppl, stored_bytes, ratio, latency_ms (CPU) and tokens_per_s of a model on `data`."""
     model.eval()
-    start = time.perf_counter()
     test = evaluate_perplexity(model, data.test, device=device)
-    seconds = time.perf_counter() - start
     model.cpu()
     nbytes = stored_bytes(model)
     return {"test_ppl": test, "stored_bytes": nbytes, "ratio": base_dense_bytes(model) / nbytes,
-            "latency_ms": measure_latency_ms(model, reference_input(len(data.vocab))),
-            "tokens_per_s": len(data.test) / seconds if seconds > 0 else 0.0, "test_tokens": len(data.test)}
+            **measure_latency(model, reference_input(len(data.vocab))).record("latency_ms"),
+            **measure_throughput(model, data.test).record("tokens_per_s"), "test_tokens": len(data.test)}
 
 
 def corpus_source(name: str | None) -> str | None:

@@ -33,7 +33,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from autoshrink.data import LMData, batchify, bptt_windows, load_lm_data, num_windows
-from autoshrink.errors import UserError
+from autoshrink.errors import UserError, read_user_json
 from autoshrink.methods import CompressedLinear
 from autoshrink.final.evaluate import corpus_source, measure
 from autoshrink.final.export import save_compressed
@@ -134,12 +134,14 @@ def _read_checkpoint(folder: Path, model: nn.Module, number: int, plan: dict) ->
     if not path.is_file():
         return None
     try:
-        state = json.loads(path.read_text())
-        if state.get("trial") != number or state.get("plan") != plan:
-            raise UserError(f"{folder} holds the training of {state.get('trial')!r}, not {number!r}: "
-                            "use another --out, or delete it to start over")
-    except json.JSONDecodeError as e:
-        raise UserError(f"checkpoint {path} cannot be read ({e}): delete {folder} to start over") from None
+        state = read_user_json(path, "checkpoint")
+    except UserError as e:
+        raise UserError(f"{e}: delete {folder} to start over") from None
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {path} is corrupt (not a JSON object): delete {folder} to start over")
+    if state.get("trial") != number or state.get("plan") != plan:
+        raise UserError(f"{folder} holds the training of {state.get('trial')!r}, not {number!r}: "
+                        "use another --out, or delete it to start over")
     _load_weights(model, folder / "model.safetensors")
     return state
 
@@ -181,6 +183,24 @@ def _resumed_schedules(model: nn.Module, start: float):
         for m, saved in patched:
             del m.on_progress, m.settles_at
             m.__dict__.update(saved)
+
+
+def _start_from(model: nn.Module, weights: Path | None, state: dict, ckpt: Path, lm: LMData, name: str,
+                log: Callable[[str], None]) -> None:
+    """Load the trial's fine-tuned weights when they were kept, and validate them as the state to
+    beat: the final training then never ends worse than the trial it came from. Say which start it is."""
+    if weights is not None:
+        try:
+            _load_weights(model, weights)
+        except UserError:
+            log(f"{name}: its kept weights {weights} do not match the plan: starting from the dense model")
+            return
+        val = evaluate_perplexity(model, lm.valid)
+        state.update(fraction=1.0, best_val_ppl=val, history=[{"step": 0, "val_ppl": val}])  # schedules have run
+        _write_checkpoint(ckpt, model, state, best=True)
+        log(f"{name}: starting from its fine-tuned weights ({weights}; val ppl {val:.2f}, whole valid split)")
+    else:
+        log(f"{name}: starting from the dense model, compressed afresh (no fine-tuned weights kept for it)")
 
 
 # --- final training -------------------------------------------------------------------------
@@ -241,7 +261,7 @@ def train_trial(run_dir: str | Path, config: TrainConfig | None = None,
     return train_plan(dense, lm, plan_json, Path(out) if out else run_dir / "final", steps, label=number,
                       corpus=corpus, device=device, distill=distill, seed=seed, evals=evals, time_limit=time_limit,
                       info={"run_dir": str(run_dir), "trial": number}, dense_val_ppl=info.get("dense_val_ppl"),
-                      on_log=on_log, on_eval=on_eval, log=log)
+                      on_log=on_log, on_eval=on_eval, log=log, start_weights=run_folder.kept_weights(run_dir, number))
 
 
 def train_plan(dense: nn.Module, lm: LMData, plan_json: dict, out: Path, steps: int, label: int | str = "plan",
@@ -249,11 +269,13 @@ def train_plan(dense: nn.Module, lm: LMData, plan_json: dict, out: Path, steps: 
                info: dict | None = None, dense_val_ppl: float | None = None, time_limit: float | None = None,
                options: dict | None = None,
                on_log: Callable[[dict], None] | None = None, on_eval: Callable[[int, float], None] | None = None,
-               log: Callable[[str], None] | None = None) -> FinalModel:
+               log: Callable[[str], None] | None = None, start_weights: Path | None = None) -> FinalModel:
     """Compress `dense` by `plan_json` ({} keeps it dense), train it up to `steps` steps (and
     `time_limit` seconds, across resumes) with train_lm's recipe and the trials' batch and bptt,
     resumably in OUT/checkpoint, and export it to OUT with metrics.json. `label` names the
-    training in its checkpoint (a trial number); `options` are further training-loop settings."""
+    training in its checkpoint (a trial number); `options` are further training-loop settings.
+    `start_weights`: the trial's fine-tuned weights (search/run_folder.py kept_weights) to start
+    from instead of the freshly compressed dense weights."""
     log = log or (lambda line: None)
     name = f"trial {label}" if isinstance(label, int) else str(label)
     plan = parse_plan(plan_json)
@@ -264,6 +286,8 @@ def train_plan(dense: nn.Module, lm: LMData, plan_json: dict, out: Path, steps: 
     state = _read_checkpoint(ckpt, small, label, plan_json) or {
         "trial": label, "plan": plan_json, "step": 0, "fraction": 0.0, "best_val_ppl": None, "seconds": 0.0,
         "history": []}
+    if not state["step"]:
+        _start_from(small, start_weights, state, ckpt, lm, name, log)
     done, start = state["step"], state["fraction"]  # the schedules' position: a finished run stays finished
     if done:
         log(f"resuming {name} from step {done} ({ckpt}); training up to step {steps}")

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autoshrink.search.trial import val_slice
 from autoshrink.errors import UserError
 from autoshrink.search.run_folder import COLUMNS, RunRecord, read
 
@@ -66,6 +67,7 @@ def render_table(f: Front) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         lines.append("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) + "  " + row[5])
+    lines.append(f"val ppl: {val_slice()}, after {info.get('finetune_steps', '?')} fine-tuning steps")
     best = f.front.sort_values("val_ppl").iloc[0]
     lines.append(f"best (lowest val ppl): trial {best['number']}  ->  autoshrink train {f.run_dir} --trial best")
     if (f.trials["state"] == "RUNNING").any():

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import statistics
-import time
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -30,7 +28,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from autoshrink.data import batchify
 from autoshrink.errors import UserError
+from autoshrink.measure.timing import Spread, timings
 from autoshrink.methods import CompressedEmbedding, CompressedLinear, MethodConfig, weight_class
 from autoshrink.models.discover import discover_sites
 from autoshrink.sites import Site, SiteStats
@@ -38,15 +38,12 @@ from autoshrink.plan import compress, dense_weight, parse_plan, resolve
 
 
 @torch.no_grad()
+def spread_seconds(fn: Callable[[], object], repeats: int = 30, warmup: int = 5) -> Spread:
+    return Spread.of(timings(fn, repeats=repeats, warmup=warmup))
+
+
 def median_seconds(fn: Callable[[], object], repeats: int = 30, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return spread_seconds(fn, repeats=repeats, warmup=warmup).median
 
 
 Key = tuple[str, str, tuple[int, int], str]
@@ -66,22 +63,44 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
-    """median_seconds, synchronising an accelerator after each call."""
+def _spread(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> Spread:
+    """spread_seconds, synchronising an accelerator after each call."""
     if device.type == "cuda":
         def run():
             fn()
             torch.cuda.synchronize(device)
-        return median_seconds(run, repeats=repeats, warmup=warmup)
-    return median_seconds(fn, repeats=repeats, warmup=warmup)
+        return spread_seconds(run, repeats=repeats, warmup=warmup)
+    return spread_seconds(fn, repeats=repeats, warmup=warmup)
 
 
-def measure_latency_ms(model: nn.Module, ids: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time in ms of one forward pass (eval mode, no grad) on the model's device."""
+def _seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
+    return _spread(fn, device, repeats, warmup).median
+
+
+def measure_latency(model: nn.Module, ids: torch.Tensor, repeats: int = 20, warmup: int = 3) -> Spread:
+    """Wall time in ms of one forward pass (eval mode, no grad) on the model's device: median and
+    IQR of `repeats` passes."""
     model.eval()
     device = _device_of(model)
     ids = ids.to(device)
-    return 1e3 * _seconds(lambda: model(ids), device, repeats, warmup)
+    return _spread(lambda: model(ids), device, repeats, warmup).scaled(1e3)
+
+
+def measure_latency_ms(model: nn.Module, ids: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time in ms of one forward pass (measure_latency's median)."""
+    return measure_latency(model, ids, repeats=repeats, warmup=warmup).median
+
+
+def measure_throughput(model: nn.Module, ids: torch.Tensor, batch_size: int = 10, bptt: int = 35, repeats: int = 20,
+                       warmup: int = 3) -> Spread:
+    """Tokens per second of evaluation forwards (batch_size x bptt windows of `ids`, as the
+    perplexity pass runs them) on the model's device: median and IQR over `repeats` windows."""
+    model.eval()
+    device = _device_of(model)
+    columns = batchify(ids, batch_size).to(device)
+    window = columns[:bptt] if len(columns) > bptt else columns
+    seconds = _spread(lambda: model(window), device, repeats, warmup)
+    return seconds.inverted(window.numel())
 
 
 def _vocab_size(model: nn.Module, sites: list[Site]) -> int:

@@ -241,7 +241,30 @@ class CompressedWeight(nn.Module, abc.ABC):
         return f"site={self.site.name!r}, shape={self.site.shape}, config={self.config}"
 
 
-class CompressedLinear(CompressedModule):
+class _Compressed(CompressedModule):
+    """What site discovery asks of a compressed site (autoshrink.sites.CompressedModule), answered
+    from the CompressedWeight in `self.compressed`."""
+
+    compressed: CompressedWeight
+
+    @property
+    def site(self) -> Site:
+        return self.compressed.site
+
+    @property
+    def method(self) -> str:
+        return self.compressed.config.method
+
+    @property
+    def storage(self) -> nn.Module:
+        return self.compressed
+
+    def stored_bytes(self) -> int:
+        bias = getattr(self, "bias", None)
+        return self.compressed.nbytes() + (bias.numel() * bias.element_size() if bias is not None else 0)
+
+
+class CompressedLinear(_Compressed):
     """A compressed weight used as y = W x + b in a Linear's place."""
 
     def __init__(self, weight: CompressedWeight, bias: torch.Tensor | None):
@@ -268,7 +291,7 @@ class CompressedLinear(CompressedModule):
         return lambda: self(x)
 
 
-class CompressedEmbedding(CompressedModule):
+class CompressedEmbedding(_Compressed):
     """A compressed weight used as a word-vector table in an Embedding's place."""
 
     def __init__(self, weight: CompressedWeight):

@@ -11,7 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from autoshrink.data.vocab import Vocab
-from autoshrink.errors import UserError
+from autoshrink.errors import UserError, read_user_json
 from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
 
 WEIGHTS = "model.safetensors"
@@ -34,12 +34,11 @@ def is_dense_checkpoint(folder: Path) -> bool:
 
 
 def read_meta(folder: Path) -> dict:
-    try:
-        meta = json.loads((folder / META).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{folder} has no {META}: not an autoshrink model folder") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{folder / META} is corrupt: {e}") from None
+    if not (folder / META).is_file():
+        raise UserError(f"{folder} has no {META}: not an autoshrink model folder")
+    meta = read_user_json(folder / META, "model description")
+    if not isinstance(meta, dict):
+        raise UserError(f"model description {folder / META} is corrupt (not a JSON object)")
     return meta
 
 

@@ -1,5 +1,8 @@
-"""Site discovery: the compressible sites of any torch module (see autoshrink.sites)."""
+"""Site discovery: the compressible sites of any torch module (see autoshrink.sites), and the
+sites a plan already compressed (`compressed_sites`, `all_sites`)."""
 from __future__ import annotations
+
+import dataclasses
 
 from torch import nn
 
@@ -53,3 +56,25 @@ def module_sites(model: nn.Module, vocab_size: int | None = None) -> list[Site]:
         owner_of_weight.setdefault(id(weight), name)
         sites.append(Site(name=name, role=role, shape=(int(shape[0]), int(shape[1])), bias=bias, tied_with=tied))
     return sites
+
+
+def compressed_sites(model: nn.Module) -> list[Site]:
+    """The sites a plan already compressed, each with its method and stored bytes (what the
+    compressed module says of itself: autoshrink.sites.CompressedModule). A site sharing its
+    stored tensors with an earlier one is marked tied to it."""
+    out: list[Site] = []
+    owner_of_storage: dict[int, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if not isinstance(module, CompressedModule):
+            continue
+        owner = owner_of_storage.setdefault(id(module.storage), name)
+        out.append(dataclasses.replace(module.site, name=name, tied_with=None if owner == name else owner,
+                                       method=module.method, stored_bytes=module.stored_bytes()))
+    return out
+
+
+def all_sites(model: nn.Module) -> list[Site]:
+    """Every site of a model, dense or compressed, in the model's module order."""
+    order = {name: k for k, (name, _) in enumerate(model.named_modules(remove_duplicate=False))}
+    found = discover_sites(model) + compressed_sites(model)
+    return sorted(found, key=lambda s: order.get(s.name, len(order)))

@@ -109,8 +109,8 @@ class LSTMLM(nn.Module):
         Sites already compressed are not sites any more."""
         c = self.config
         sites = [Site("encoder", "embedding", (c.vocab_size, c.emb_dim))]
-        for k, layer in enumerate(self.rnn):
-            n_in = layer.ih.in_features
+        for k in range(c.layers):
+            n_in = c.emb_dim if k == 0 else c.hidden  # from the config: a compressed ih has no in_features
             sites.append(Site(f"rnn.{k}.ih", "recurrent", (4 * c.hidden, n_in), bias=True))
             sites.append(Site(f"rnn.{k}.hh", "recurrent", (4 * c.hidden, c.hidden), bias=True))
         sites.append(Site("decoder", "softmax", (c.vocab_size, c.hidden), bias=True))

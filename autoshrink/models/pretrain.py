@@ -18,6 +18,7 @@ from autoshrink.data.cache import cache_root
 from autoshrink.models.checkpoint import is_dense_checkpoint, load_dense, save_dense
 from autoshrink.models.lstm_lm import LSTMLM
 from autoshrink.models.presets import get_preset
+from autoshrink.models.progress import TrainingProgress
 from autoshrink.models.training import TrainConfig, evaluate_perplexity, pick_device, train_lm
 from autoshrink.data.vocab import Vocab
 
@@ -43,7 +44,7 @@ def pretrain(name: str = "kjv-lstm", data: str = "kjv", epochs: float | None = N
     lm = load_lm_data(data, max_words=preset.max_words)
     torch.manual_seed(seed)
     model = preset.build(len(lm.vocab))
-    cfg = TrainConfig(**{**preset.train.__dict__, "device": device, "seed": seed})
+    cfg = TrainConfig(**{**preset.train.__dict__, "device": device, "seed": seed, "log_every": 10})
     if epochs is not None:
         cfg.epochs = epochs
     result = train_lm(model, lm.train, lm.valid, cfg, on_log=on_log, on_eval=on_eval)
@@ -62,9 +63,22 @@ def pretrain(name: str = "kjv-lstm", data: str = "kjv", epochs: float | None = N
 
 def pretrained(name: str = "kjv-lstm", data: str = "kjv", seed: int = 0, device: str = "auto",
                on_log: Callable[[dict], None] | None = None) -> tuple[LSTMLM, Vocab, dict]:
-    """A pretrained preset: cached, shipped, or trained now (and cached)."""
+    """A pretrained preset: cached, shipped, or trained now (and cached). Pretraining on first use
+    is announced on stderr and followed by `on_log`, or else by its own progress bar (lines when
+    stderr is not a terminal)."""
     get_preset(name)
     folder = cache_dir(name, data, seed)
     if not is_dense_checkpoint(folder):
-        folder = shipped_dir(name, data, seed) or pretrain(name, data, device=device, seed=seed, on_log=on_log)
+        folder = shipped_dir(name, data, seed)
+    if folder is None:
+        progress = None
+        if on_log is None:
+            progress = on_log = TrainingProgress(f"pretraining {name}", leave=True)
+            progress.log(f"{name} on {corpus_key(data)} (seed {seed}) is not in the cache yet: pretraining it once, "
+                         f"then it is kept in {cache_dir(name, data, seed)}")
+        try:
+            folder = pretrain(name, data, device=device, seed=seed, on_log=on_log)
+        finally:
+            if progress is not None:
+                progress.close()
     return load_dense(folder)

@@ -112,6 +112,7 @@ class TrainConfig:
     seed: int = 0
     distill_from: nn.Module | None = field(default=None, repr=False)  # teacher for soft targets
     distill_weight: float = DEFAULT_DISTILL_WEIGHT
+    log_every: int = 50  # steps between on_log records (a short trial asks for more)
 
     def horizon(self, per_epoch: int) -> int:
         """The schedule's length in steps (what `steps`/`epochs` allow; one epoch when neither says)."""
@@ -226,7 +227,7 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor,
         scaler.update()
         result.steps = step
         result.tokens += y.numel()
-        if on_log is not None and (step % 50 == 0 or step == total_steps):
+        if on_log is not None and (step % cfg.log_every == 0 or step == total_steps):
             elapsed = time.perf_counter() - start
             eta = elapsed / step * (total_steps - step)
             if cfg.time is not None:

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from autoshrink.errors import UserError
+from autoshrink.errors import UserError, read_user_json
 from autoshrink.methods import (CompressedEmbedding, CompressedLinear, CompressedWeight, MethodConfig,
                                 config_from_dict, weight_class)
 from autoshrink.models.discover import discover_sites
@@ -26,12 +26,7 @@ def parse_plan(plan: Mapping[str, Any] | str | Path) -> Plan:
     """A plan from a dict of dicts/configs, a JSON string or a JSON file."""
     if isinstance(plan, (str, Path)) and not str(plan).lstrip().startswith("{"):
         path = Path(plan)
-        try:
-            plan = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"no plan file {path}") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"plan file {path} is not valid JSON: {e}") from None
+        plan = read_user_json(path, "plan file")
     elif isinstance(plan, str):
         try:
             plan = json.loads(plan)

@@ -16,22 +16,24 @@ from torch import nn
 
 from autoshrink.plan.repair import repair
 from autoshrink.search.budget import Budget, check_feasible, parse_budget
-from autoshrink.search.config import SearchConfig
+from autoshrink.search.config import SearchConfig, canonical
 from autoshrink.calibrate import calibrate
 from autoshrink.data import LMData, corpus_key, load_lm_data
 from autoshrink.errors import UserError
 from autoshrink.models import discover_sites
 from autoshrink.sites import Site
 from autoshrink.models.load import load
-from autoshrink.models.presets import PRESETS
+from autoshrink.models.progress import TrainingProgress, duration
 from autoshrink.measure.latency import LatencyTable
 from autoshrink.plan import dense_bytes as model_dense_bytes, stored_bytes
 from autoshrink.search import optuna_backend, run_folder
 from autoshrink.search import study as study_db
 from autoshrink.search.allocation import allocated_plans
+from autoshrink.search.owner import active, new_owner
 from autoshrink.search.warm_start import enqueue_uniform_seeds, uniform_seeds
-from autoshrink.search.space import DEFAULT_SPACE, SearchSpace, default_space, load_space, smallest_plan
-from autoshrink.search.trial import TrialResult, TrialSettings
+from autoshrink.search.space import (DEFAULT_SPACE, SearchSpace, default_space, load_space, smallest_plan,
+                                     space_digest)
+from autoshrink.search.trial import TrialResult, TrialSettings, val_slice
 
 
 @dataclass
@@ -50,6 +52,9 @@ class SearchContext:
     rule: Callable = field(default=lambda nbytes: None)
     fallback: dict = field(default_factory=dict)  # each site's smallest setting in the space
     stats: dict | None = None  # per-site calibration statistics for data-aware builds (calibrate.py)
+    owner: dict = field(default_factory=new_owner)  # recorded on every trial this search runs
+    run_dir: Path | None = None  # where front trials keep their fine-tuned weights (None: nowhere)
+    progress: Callable[[int], TrainingProgress | None] = field(default=lambda number: None)  # per trial number
 
     def repair(self, plan: dict) -> dict | None:
         if self.budget.kind == "latency":
@@ -73,6 +78,7 @@ class SearchResult:
     run_dir: Path
     study: optuna.Study
     front: "object"  # pandas DataFrame of front trials
+    config: SearchConfig | None = None  # every setting as the search ran (a resume's from run.json)
 
 
 def default_run_dir(model_name: str, budget: Budget) -> Path:
@@ -87,11 +93,14 @@ def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: 
     eta = (time.time() - started) / this_session * max(0, total - k)
     best = f"best {front['val_ppl'].min():.2f}" if not front.empty else "no front yet"
     ratio = f"{a['ratio']:.1f}x" if a.get("ratio") else "-"
-    ppl = f"ppl {a['val_ppl']:.2f}" if a.get("val_ppl") else "ppl -"
+    ppl = f"val ppl {a['val_ppl']:.2f}" if a.get("val_ppl") else "val ppl -"
     secs = f"{a.get('seconds', 0) or 0:.0f}s"
-    state = trial.state.name if trial.state != optuna.trial.TrialState.COMPLETE else ("ok" if a.get("feasible") else "over budget")
+    state = trial.state.name  # Optuna's, as in trials.csv
+    if trial.state == optuna.trial.TrialState.COMPLETE and not a.get("feasible"):
+        state += " over budget"
     mix = run_folder.method_mix(a.get("plan", {}))
-    return f"trial {k}/{total} #{trial.number} {state:<8} {ratio:>7} {ppl:<10} {secs:>5}  {best}  ETA {eta / 60:.0f} min  [{mix}]"
+    return (f"trial {k}/{total} #{trial.number} {state:<8} {ratio:>7} {ppl:<14} {secs:>5}  {best}  "
+            f"ETA {duration(eta)}  [{mix}]")
 
 
 def search(config: SearchConfig, command: str | None = None,
@@ -105,7 +114,8 @@ def search(config: SearchConfig, command: str | None = None,
     the log). A new search starts from single-method plans unless `warm_start` is False
     (search/warm_start.py). With `backend="ray"`, `workers` trials run at once through Ray Tune,
     each on `cpus_per_trial` threads, locally or on the cluster at `address`."""
-    c = config
+    recorded = run_folder.recorded_settings(config.run_dir) or {}
+    c = config.resolved(recorded, config.run_dir)  # a resume keeps its settings
     budget, model, data, space, trials, timeout = c.budget, c.model, c.data, c.space, c.trials, c.timeout
     backend, workers, address, run_dir, device, seed = c.backend, c.workers, c.address, c.run_dir, c.device, c.seed
     sampler, distill, warm_start, cpus_per_trial = c.sampler, c.distill, c.warm_start, c.cpus_per_trial
@@ -113,13 +123,16 @@ def search(config: SearchConfig, command: str | None = None,
     b = parse_budget(budget)
     spc = space if isinstance(space, SearchSpace) or space is None else load_space(space)  # bad input fails first
     data_path = data if isinstance(data, str) else None
+    model_name = canonical("model", model)  # a folder by its absolute path: `autoshrink train` finds it from anywhere
+    folder = Path(run_dir) if run_dir else default_run_dir(model_name, b)
+    # A resumed run's study is opened first: a corrupt study.db is refused before anything is loaded.
+    study = study_db.open_study(folder, sampler, seed) if (folder / "study.db").exists() else None
     if isinstance(model, nn.Module):
-        dense, model_name = model, type(model).__name__
+        dense = model
         if not isinstance(data, LMData):
             vocab = getattr(model, "vocab", None)
             data = load_lm_data(data, vocab=vocab)
-    else:  # a folder is recorded by its absolute path, so `autoshrink train` finds it from anywhere
-        model_name = model if model in PRESETS else str(Path(model).expanduser().resolve())
+    else:
         dense = load(model, data=data if isinstance(data, str) else "kjv", seed=seed, device=device)
         if not isinstance(data, LMData):
             data = load_lm_data(data, vocab=dense.vocab)
@@ -129,12 +142,14 @@ def search(config: SearchConfig, command: str | None = None,
         spc = load_space(default_space(sites))
         if spc.source != DEFAULT_SPACE:
             log(f"space: {spc.source} (the model has transformer sites; --space chooses another)")
+    if recorded.get("space_digest", space_digest(spc)) != space_digest(spc):
+        raise UserError(f"search space {spc.source} allows other choices than when the run in {folder} began: "
+                        "restore it, or use a new --run-dir")
     nbytes = model_dense_bytes(dense)
     freqs = data.vocab.freqs
     model_bytes = stored_bytes(dense)
     max_bytes = check_feasible(b, spc, sites, nbytes, freqs, model_bytes)
     settings = TrialSettings(finetune_steps=c.finetune_steps, device=device, seed=seed, distill=distill)
-    folder = Path(run_dir) if run_dir else default_run_dir(model_name, b)
     folder.mkdir(parents=True, exist_ok=True)
     latency = LatencyTable(dense, device="cpu", path=folder / "latency_cache.json", freqs=freqs) if b.kind == "latency" else None
     smallest = smallest_plan(spc, sites, freqs)
@@ -143,7 +158,7 @@ def search(config: SearchConfig, command: str | None = None,
         if fastest > b.value:
             raise UserError(f"latency budget {b.text} cannot be met: the dense model takes {latency.dense_ms:.2f} ms "
                             f"and the smallest plan of the space about {latency.estimate_ms(smallest):.2f} ms")
-    study = study_db.open_study(folder, sampler, seed)
+    study = study or study_db.open_study(folder, sampler, seed)
     stats = None
     if c.calibration_tokens:
         started_calibration = time.time()
@@ -151,7 +166,8 @@ def search(config: SearchConfig, command: str | None = None,
         log(f"calibration: input statistics of {len(stats)} sites over {c.calibration_tokens:,} training tokens, "
             f"{time.time() - started_calibration:.0f} s (cached)")
     ctx = SearchContext(dense, data, sites, spc, b, nbytes, settings, freqs, max_bytes, model_bytes, latency,
-                        rule=study_db.WeakTrialRule(study), fallback=smallest, stats=stats)
+                        rule=study_db.WeakTrialRule(study), fallback=smallest, stats=stats,
+                        progress=lambda number: TrainingProgress(f"trial #{number}", log=log), run_dir=folder)
     if not study.get_trials(deepcopy=False):  # a new study: its first trials are chosen, not sampled
         allocated = allocated_plans(ctx, folder, max(1, trials // 2), log) if c.allocate else []
         for source, plan in allocated:
@@ -164,26 +180,26 @@ def search(config: SearchConfig, command: str | None = None,
     run_folder.write_run_json(folder, {
         "command": command or f"search({budget!r})", "budget": b.text, "budget_kind": b.kind, "max_bytes": max_bytes,
         "model": model_name, "data": corpus_key(data.name) if isinstance(data.name, str) else data.name,
-        "data_path": data_path if data_path in (None, "kjv") else str(Path(data_path).expanduser().resolve()),
-        "space": str(spc.source), "seed": seed, "sampler": sampler, "warm_start": warm_start, "trials": trials,
-        "backend": backend,
+        "data_path": None if data_path is None else canonical("data", data_path),
+        "space": canonical("space", spc.source), "space_digest": space_digest(spc), "seed": seed, "sampler": sampler,
+        "distill": distill, "warm_start": warm_start, "trials": trials, "backend": backend,
         **({"workers": workers, "cpus_per_trial": cpus_per_trial, "address": address} if backend == "ray" else {}),
         "finetune_steps": settings.finetune_steps, "eval_tokens": settings.eval_tokens, "allocate": c.allocate,
         "calibration_tokens": c.calibration_tokens, "dense_bytes": nbytes,
-        "dense_val_ppl": _dense_val(dense, data, settings, folder),
+        "dense_val_ppl": (dense_val := _dense_val(dense, data, settings, folder)),
         "versions": {"autoshrink": __import__("autoshrink").__version__, "torch": torch.__version__,
                      "optuna": optuna.__version__, "python": platform.python_version(),
                      **({"ray": _ray_version()} if backend == "ray" else {})}})
-    if backend == "ray":
-        from autoshrink.search import ray_backend
-        orphans = ray_backend.fail_interrupted(study)
+    orphans = study_db.fail_orphans(study)
     done_before = study_db.counted_trials(study)
     log(f"search {model_name} under {b.text} ({max_bytes:,} bytes) -> {folder}" if max_bytes else
         f"search {model_name} under {b.text} -> {folder}")
+    log(f"each trial fine-tunes {settings.finetune_steps} steps{' with distillation' if distill else ''}; "
+        f"val ppl: {val_slice(settings.eval_tokens)} (dense model: {dense_val:.2f})")
     if done_before:
         log(f"resuming: {done_before} trial(s) already finished")
-    if backend == "ray" and orphans:
-        log(f"{orphans} trial(s) the last run left unfinished marked failed (a plan is retried once)")
+    for line in orphans:
+        log(line)
     started = time.time()
     objective = "latency_ms" if b.kind == "latency" else "stored_bytes"
 
@@ -192,13 +208,15 @@ def search(config: SearchConfig, command: str | None = None,
         if not trial.user_attrs.get(study_db.REPAIRED):  # a draw repaired into a new trial is not one
             log(_progress_line(st, trial, trials, started, done_before, front))
 
-    if backend == "ray":
-        ray_backend.run(ctx, study, trials, timeout, [after_trial], workers=workers, address=address,
-                        threads=cpus_per_trial, run_dir=folder, log=log)
-    else:
-        optuna_backend.run(ctx, study, trials, timeout, [after_trial])
+    with active(ctx.owner):
+        if backend == "ray":
+            from autoshrink.search import ray_backend
+            ray_backend.run(ctx, study, trials, timeout, [after_trial], workers=workers, address=address,
+                            threads=cpus_per_trial, run_dir=folder, log=log)
+        else:
+            optuna_backend.run(ctx, study, trials, timeout, [after_trial])
     front = run_folder.write(folder, study, objective)
-    return SearchResult(folder, study, front)
+    return SearchResult(folder, study, front, replace(c, run_dir=folder))
 
 
 def _ray_version() -> str:

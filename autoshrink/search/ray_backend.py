@@ -13,8 +13,9 @@ stopped lands on the front with under-trained values. Here a trial is COMPLETE o
 worker reported the end of all its steps; one ASHA stopped is PRUNED with the steps it trained.
 
 Early stopping is Tune's ASHA on intermediate validation perplexity (time in fine-tuning steps).
-Resume is the study's: finished trials stay told; a trial the search left RUNNING (a crash, Ctrl-C,
-the time budget) is failed and its plan queued again, as the Optuna backend's heartbeat does.
+Resume is the study's: finished trials stay told; a trial the search left RUNNING (Ctrl-C, the time
+budget) is failed and its plan queued again, and one a dead driver left RUNNING is failed and retried
+on resume by the mechanism both backends share (search/study.py `fail_orphans`).
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ from ray.tune.search import Searcher
 from autoshrink.errors import UserError
 from autoshrink.models.training import DivergedError
 from autoshrink.plan import plan_to_json
-from autoshrink.search.study import counted_trials, prepare_plan, record_result, record_stopped
+from autoshrink.search.study import (counted_trials, fail_orphans, interrupt, prepare_plan, record_result,
+                                     record_stopped)
 from autoshrink.search.trial import TrialResult, run_trial
 
 STEP = "finetune_step"  # ASHA's time attribute: fine-tuning steps done (Tune's own keys are reserved)
@@ -167,27 +169,6 @@ class StudySearcher(Searcher):
         pass
 
 
-def interrupt(study: optuna.Study, number: int, note: str) -> None:
-    """FAIL a RUNNING trial and queue its parameters again (the retry Optuna's heartbeat makes),
-    so `counted_trials` counts the retry, not the interrupted try."""
-    storage = study._storage
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    storage.set_trial_user_attr(trial_id, "note", note)
-    storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-    retry = storage.get_heartbeat_stale_trial_callback()
-    if retry is not None:
-        retry(study, storage.get_trial(trial_id))
-
-
-def fail_interrupted(study: optuna.Study) -> int:
-    """Trials left RUNNING by a search that died: with the Ray backend only this driver writes the
-    study, so any RUNNING trial at start is orphaned. Returns how many were failed."""
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for t in running:
-        interrupt(study, t.number, "interrupted: the search stopped while it ran (a plan is retried once)")
-    return len(running)
-
-
 def _trainable(config: dict, dense, data, settings, dense_bytes: int, threads: int, stats=None) -> None:
     """One trial on a Ray worker: fine-tune the plan, reporting each validation to Tune (ASHA
     decides there), then the full result with `complete` set."""
@@ -249,7 +230,7 @@ def run(ctx, study: optuna.Study, trials: int, timeout: float | None, callbacks:
     from ray import tune
 
     logging.getLogger("ray.tune").setLevel(logging.ERROR)  # e.g. "resume with Tuner.restore": here the study resumes
-    fail_interrupted(study)
+    fail_orphans(study)
     if counted_trials(study) >= trials:
         return
     started = _start_ray(address, workers, threads)

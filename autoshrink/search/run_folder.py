@@ -2,23 +2,30 @@
 
 Written after every trial: run.json (what the search was asked: model, data, space, fidelity,
 seed, versions), trials.csv, front.csv; study.db is the Optuna study (search/study.py opens it).
+trials/<number>/model.safetensors: the fine-tuned weights of a trial on the front, which
+`autoshrink train` starts from (`keep_weights`, `kept_weights`); a trial that leaves the front
+loses them (`write`), so the disk holds at most one model per front trial.
 Read: `read_run` (run.json), `read` (run.json + every trial + the front, from the study itself,
 so a resumed or still running search and `autoshrink front` all see the same thing).
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import optuna
 import pandas as pd
+from safetensors.torch import save_model
+from torch import nn
 
-from autoshrink.errors import UserError
+from autoshrink.errors import UserError, read_user_json
 from autoshrink.search.pareto import pareto_mask
 from autoshrink.search.study import REPAIRED, load_study
 
+TRIALS, WEIGHTS = "trials", "model.safetensors"  # RUN/trials/<number>/model.safetensors
 COLUMNS = ["number", "state", "stored_bytes", "ratio", "latency_ms", "val_ppl", "seconds", "steps", "methods", "plan"]
 
 
@@ -55,16 +62,36 @@ def front_rows(trials: pd.DataFrame, objective: str = "stored_bytes") -> pd.Data
 
 
 def write(run_dir: Path, study: optuna.Study, objective: str = "stored_bytes") -> pd.DataFrame:
+    """trials.csv and front.csv from the study; kept weights of trials off the front are deleted."""
     trials = trial_rows(study)
     trials[COLUMNS].to_csv(run_dir / "trials.csv", index=False)
     front = front_rows(trials, objective)
     front[COLUMNS].to_csv(run_dir / "front.csv", index=False)
+    on_front = {str(n) for n in front["number"]}
+    for folder in (run_dir / TRIALS).glob("*") if (run_dir / TRIALS).is_dir() else ():
+        if folder.name not in on_front:
+            shutil.rmtree(folder, ignore_errors=True)
     return front
+
+
+def keep_weights(run_dir: Path, number: int, model: nn.Module) -> Path:
+    """Save a trial's fine-tuned weights (its compressed model's state) for `autoshrink train`."""
+    folder = run_dir / TRIALS / str(number)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (WEIGHTS + ".tmp")
+    save_model(model, str(tmp))
+    return tmp.replace(folder / WEIGHTS)
+
+
+def kept_weights(run_dir: str | Path, number: int) -> Path | None:
+    """The kept fine-tuned weights of trial `number`, or None (not on the front, or an older run)."""
+    path = Path(run_dir) / TRIALS / str(number) / WEIGHTS
+    return path if path.is_file() else None
 
 
 def write_run_json(run_dir: Path, info: dict) -> None:
     path = run_dir / "run.json"
-    runs = json.loads(path.read_text()).get("invocations", []) if path.exists() else []
+    runs = read_run(run_dir).get("invocations", []) if path.exists() else []
     info = {**info, "invocations": runs + [info["command"]]}
     path.write_text(json.dumps(info, indent=1))
 
@@ -77,10 +104,25 @@ def read_run(run_dir: str | Path) -> dict:
     path = run_dir / "run.json"
     if not path.is_file():
         raise UserError(f"{run_dir} has no run.json: not an autoshrink run folder (autoshrink search --run-dir ...)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is corrupt: {e}") from None
+    info = read_user_json(path, "run file")
+    if not isinstance(info, dict):
+        raise UserError(f"run file {path} is corrupt (not a JSON object)")
+    return info
+
+
+# run.json key of each setting a resume must keep (search/config.py RECORDED, and the budget)
+_RECORDED_KEYS = {"budget": "budget", "model": "model", "data": "data_path", "space": "space",
+                  "finetune_steps": "finetune_steps", "distill": "distill", "sampler": "sampler", "seed": "seed",
+                  "calibration_tokens": "calibration_tokens", "space_digest": "space_digest"}  # not a flag: what the space allowed (search/space.py)
+
+
+def recorded_settings(run_dir: str | Path | None) -> dict | None:
+    """The settings an existing run was searched with ({config field: value}, from run.json), for
+    `SearchConfig.resolved`; None for a new run folder. Settings an older run.json lacks are left out."""
+    if run_dir is None or not (Path(run_dir) / "run.json").exists():
+        return None
+    info = read_run(run_dir)
+    return {field: info[key] for field, key in _RECORDED_KEYS.items() if info.get(key) is not None}
 
 
 def objective_of(info: dict) -> str:

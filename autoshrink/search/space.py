@@ -8,6 +8,7 @@ method (TPE and NSGA-II both handle such conditional spaces).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from autoshrink.errors import UserError
+from autoshrink.errors import UserError, read_user_text
 from autoshrink.methods import MethodConfig, config_class
 from autoshrink.plan.bytes import method_bytes
 from autoshrink.sites import ROLES, Site
@@ -202,15 +203,19 @@ def default_space(sites: list[Site]) -> str:
     return TRANSFORMER_SPACE if any(s.role in ("attention", "mlp") for s in sites) else DEFAULT_SPACE
 
 
+def space_digest(space: SearchSpace) -> str:
+    """A fingerprint of what a space allows (not of its file's comments or layout): a resumed run
+    refuses a space that changed under the same name."""
+    return hashlib.sha256(repr(space.roles).encode()).hexdigest()[:16]
+
+
 def load_space(path: str | Path) -> SearchSpace:
     """A space from a YAML file; `search_spaces/default.yaml` also resolves to the shipped copy."""
     p = Path(path)
     if not p.is_file() and (SHIPPED / p.name).is_file() and p.parent.name in ("search_spaces", ""):
         p = SHIPPED / p.name
     try:
-        doc = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"no search space file {path}") from None
+        doc = yaml.safe_load(read_user_text(p, "search space file"))
     except yaml.YAMLError as e:
         raise UserError(f"space {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     return parse_space(doc, str(path))

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from autoshrink.errors import UserError
 from autoshrink.plan import plan_stored_bytes, plan_to_json
+from autoshrink.search import owner as owners
 from autoshrink.search.space import sample_plan
 from autoshrink.search.trial import TrialResult
 
@@ -28,6 +29,7 @@ STUDY_NAME = "autoshrink"
 # A crashed trial is noticed two heartbeats after its last one, when the search resumes.
 HEARTBEAT_S = int(os.environ.get("AUTOSHRINK_HEARTBEAT_S", "15"))
 SAMPLERS = ("tpe", "nsga2", "random")
+OWNER = "autoshrink:owner"  # system attr: the search that runs the trial (search/owner.py)
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -47,12 +49,17 @@ def open_study(run_dir: Path, sampler: str, seed: int) -> optuna.Study:
     # on them knowingly, and the progress lines are our own: keep the user's terminal clean.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = RDBStorage(f"sqlite:///{run_dir / 'study.db'}", heartbeat_interval=HEARTBEAT_S,
-                         grace_period=2 * HEARTBEAT_S,
-                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=["minimize", "minimize"],
-                                sampler=make_sampler(sampler, seed), load_if_exists=True)
-    done = len(study.get_trials(deepcopy=False))
+    from sqlalchemy.exc import SQLAlchemyError
+
+    db = run_dir / "study.db"
+    try:
+        storage = RDBStorage(f"sqlite:///{db}", heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S,
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+        study = optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=["minimize", "minimize"],
+                                    sampler=make_sampler(sampler, seed), load_if_exists=True)
+        done = len(study.get_trials(deepcopy=False))
+    except (SQLAlchemyError, ValueError) as e:  # ValueError: an Optuna study of other directions
+        raise _unreadable(db, e, "move it away, or use a new --run-dir") from None
     if done:  # a resumed search: a sampler seeded as before would draw its first plans again
         study.sampler = make_sampler(sampler, seed + done)
     return study
@@ -82,12 +89,50 @@ class WeakTrialRule:
         return should_stop
 
 
+def claim(trial: optuna.Trial, owner: dict) -> None:
+    """Record which search runs the trial (search/owner.py), so a resume knows when it is gone."""
+    trial.study._storage.set_trial_system_attr(trial._trial_id, OWNER, owner)
+
+
+def interrupt(study: optuna.Study, number: int, note: str) -> bool:
+    """FAIL a RUNNING trial and queue its parameters again (the retry Optuna's heartbeat makes),
+    so `counted_trials` counts the retry, not the interrupted try. True when a retry was queued
+    (a plan is retried once)."""
+    storage = study._storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    storage.set_trial_user_attr(trial_id, "note", note)
+    storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    retry = storage.get_heartbeat_stale_trial_callback()
+    if retry is None:
+        return False
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    retry(study, storage.get_trial(trial_id))
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > waiting
+
+
+def fail_orphans(study: optuna.Study) -> list[str]:
+    """Fail the trials a dead search left RUNNING and queue their retries, which run first; one
+    line for the log per trial. The owner of each is known (search/owner.py): no need to wait for
+    the heartbeat's grace period. Trials whose owner cannot be checked (another host) are left to
+    the heartbeat (`fail_stale_trials`), as before. Both backends start with this."""
+    lines = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.system_attrs.get(OWNER)
+        if owners.gone(owner):
+            retried = interrupt(study, t.number, f"interrupted: {owners.describe(owner)} ended while it ran")
+            lines.append(f"trial #{t.number} was left RUNNING by {owners.describe(owner)}, which has ended: "
+                         f"marked FAIL" + (", its plan is retried now" if retried else " (already retried once)"))
+    fail_stale_trials(study)  # an owner this host cannot check: after the heartbeat's grace period
+    return lines
+
+
 def prepare_plan(trial: optuna.Trial, ctx) -> tuple[dict, int] | None:
     """Sample the trial's plan and check it against the budget, recording plan, bytes and ratio.
     None when it must not be trained: a plan over the budget is repaired inside the space, and the
     repaired plan is queued as a trial of its own (so the study records what was trained, under the
     parameters that draw it, and the sampler learns from that) while this one is noted
     "repaired into" and not counted; a plan no repair fits is noted infeasible. Both backends use this."""
+    claim(trial, ctx.owner)
     plan = sample_plan(trial, ctx.space, ctx.sites)
     fixed = ctx.repair(plan)
     if fixed is None:
@@ -174,4 +219,9 @@ def load_study(run_dir: str | Path) -> "optuna.Study":
     except KeyError:
         raise UserError(f"{db} holds no autoshrink study") from None
     except SQLAlchemyError as e:
-        raise UserError(f"{db} cannot be read: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise _unreadable(db, e) from None
+
+
+def _unreadable(db: Path, error: Exception, fix: str = "") -> UserError:
+    reason = str(getattr(error, "orig", None) or error).splitlines()[0]  # sqlite's own words, not SQLAlchemy's
+    return UserError(f"{db} cannot be read as an autoshrink study ({reason})" + (f": {fix}" if fix else ""))

@@ -17,6 +17,7 @@ from torch import nn
 
 from autoshrink.data import LMData
 from autoshrink.measure.latency import measure_latency_ms, reference_input
+from autoshrink.models.progress import TrainingProgress
 from autoshrink.models.training import TrainConfig, evaluate_perplexity, pick_device, settles_at, train_lm
 from autoshrink.plan import compress, stored_bytes
 
@@ -42,6 +43,11 @@ class TrialSettings:
     seed: int = 0
 
 
+def val_slice(tokens: int | None = TrialSettings.eval_tokens) -> str:
+    """The validation tokens a trial's perplexity is over, as headers and progress lines name them."""
+    return "whole valid split" if tokens is None else f"first {tokens:,} valid tokens"
+
+
 @dataclass
 class TrialResult:
     val_ppl: float
@@ -52,10 +58,14 @@ class TrialResult:
     finetune_seconds: float  # time in fine-tuning steps (forward, backward, update), validation excluded
     steps: int
     curve: dict[int, float] = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False)  # the fine-tuned compressed model (CPU)
 
 
 def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSettings, dense_bytes: int,
-              should_stop: Callable[[int, float], str | None] | None = None, stats: dict | None = None) -> TrialResult:
+              should_stop: Callable[[int, float], str | None] | None = None,
+              progress: TrainingProgress | None = None, stats: dict | None = None) -> TrialResult:
+    """`progress` (models/progress.py) follows the fine-tuning: steps, loss, ETA, the last validation;
+    `stats` are the sites' calibration statistics for data-aware builds."""
     start = time.perf_counter()
     torch.manual_seed(settings.seed)
     model = compress(dense, plan, freqs=data.vocab.freqs, stats=stats)
@@ -67,6 +77,8 @@ def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSetting
         if step < settle * settings.finetune_steps:
             return  # mid-ramp (denser than stored): not a measurement of this plan, never compared
         curve[step] = val
+        if progress is not None:
+            progress.note(f"val ppl {val:.2f} at step {step}")
         reason = should_stop(step, val) if should_stop is not None and step < settings.finetune_steps else None
         if reason:
             raise StopTrial(step, val, reason)
@@ -79,8 +91,9 @@ def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSetting
                           eval_every=max(1, steps // max(1, settings.evals)), eval_tokens=settings.eval_tokens,
                           patience=None, validate_start=False,  # fixed fidelity: every trial trains its steps
                           device=settings.device, seed=settings.seed,
-                          distill_from=copy.deepcopy(dense) if settings.distill else None)
-        result = train_lm(model, data.train, data.valid, cfg, on_eval=on_eval)
+                          distill_from=copy.deepcopy(dense) if settings.distill else None,
+                          log_every=max(1, steps // 20))
+        result = train_lm(model, data.train, data.valid, cfg, on_eval=on_eval, on_log=progress)
         finetune_s = result.seconds - result.eval_seconds
         val = result.best_val_ppl  # the restored state's validation, on the same tokens
     else:
@@ -88,4 +101,5 @@ def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSetting
     model.cpu()
     latency = measure_latency_ms(model, reference_input(len(data.vocab)))
     return TrialResult(val_ppl=val, stored_bytes=nbytes, ratio=dense_bytes / nbytes, latency_ms=latency,
-                       seconds=time.perf_counter() - start, finetune_seconds=finetune_s, steps=steps, curve=curve)
+                       seconds=time.perf_counter() - start, finetune_seconds=finetune_s, steps=steps, curve=curve,
+                       model=model)

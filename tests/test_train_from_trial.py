@@ -1,0 +1,56 @@
+"""`autoshrink train` starts from the fine-tuned weights the search kept for front trials."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from autoshrink.final.config import TrainConfig
+from autoshrink.final.train import train_trial
+from autoshrink.search import run_folder
+from autoshrink.search.config import SearchConfig
+from autoshrink.search.controller import search
+from autoshrink.search.study import load_study
+from test_search import SPACE
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_model_dir, text_file):
+    folder = tmp_path_factory.mktemp("from-trial")
+    (folder / "space.yaml").write_text(SPACE)
+    config = SearchConfig("4x", model=str(tiny_model_dir), data=str(text_file), space=str(folder / "space.yaml"),
+                          trials=4, finetune_steps=6, sampler="random", run_dir=folder / "run")
+    return search(config, log=lambda line: None)
+
+
+def _kept(run_dir) -> set[int]:
+    return {int(p.name) for p in (run_dir / "trials").iterdir()} if (run_dir / "trials").is_dir() else set()
+
+
+def test_front_trials_keep_their_weights_and_only_they(run):
+    assert _kept(run.run_dir) == set(run.front["number"]) and _kept(run.run_dir)
+    stray = run.run_dir / "trials" / "999"  # a trial that has left the front
+    stray.mkdir()
+    (stray / "model.safetensors").write_bytes(b"x")
+    run_folder.write(run.run_dir, load_study(run.run_dir))
+    assert _kept(run.run_dir) == set(run.front["number"])
+
+
+def test_train_starts_from_the_trial_and_ends_no_worse(run, tmp_path):
+    best = int(run.front.sort_values("val_ppl").iloc[0]["number"])
+    trial_ppl = load_study(run.run_dir).trials[best].user_attrs["val_ppl"]
+    lines = []
+    final = train_trial(run.run_dir, TrainConfig(steps=3, evals=3, out=str(tmp_path / "final")), log=lines.append)
+    assert any(f"trial {best}: starting from its fine-tuned weights" in line for line in lines), lines
+    # The tiny corpus's valid split is shorter than the search's 12,000-token slice: the same tokens.
+    assert final.metrics["val_ppl"] <= trial_ppl * (1 + 1e-4)
+    assert json.loads((tmp_path / "final" / "metrics.json").read_text())["history"][0]["step"] == 0
+
+
+def test_without_kept_weights_train_says_it_starts_from_the_dense_model(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run.run_dir, copy, ignore=shutil.ignore_patterns("trials"))
+    lines = []
+    train_trial(copy, TrainConfig(steps=2, evals=1), log=lines.append)
+    assert any("starting from the dense model" in line for line in lines), lines

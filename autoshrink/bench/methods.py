@@ -250,6 +250,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default="results/methods.json", help="measured rows (kept: --report-only rewrites the report)")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from --rows, measure nothing")
     p.add_argument("--methods", nargs="+", help="measure only these methods again; the other rows of --rows are kept")
+    p.add_argument("--sites-only", action="store_true", help="only the one-matrix rows of --sites (a part to merge)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.report_only:
@@ -263,6 +264,8 @@ def main(argv=None) -> int:
             keep = lambda r: r.get("method", r.get("plan", "").split()[0]) not in args.methods  # noqa: E731
             model_rows = [r for r in saved["model_rows"] if keep(r)] + whole_model(bench, methods=args.methods)
             site_rows = [r for r in saved["site_rows"] if keep(r)] + per_site(bench, args.sites, methods=args.methods)
+        elif args.sites_only:
+            model_rows, site_rows = [], per_site(bench, args.sites)
         else:
             model_rows = every_matrix_bits(bench) + whole_model(bench)
             site_rows = per_site(bench, args.sites)

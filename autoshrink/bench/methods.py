@@ -232,9 +232,10 @@ def goals(bench: Bench, site_rows: list[dict], model_rows: list[dict]) -> list[s
     out.append(f"- no method collapses (val ppl > {COLLAPSE:g}x dense) on a vocabulary matrix at 10x, data-aware: "
                + ("met" if not collapsed else "NOT met: " + ", ".join(collapsed)))
     build = by_plan.get("lowrank", {}).get("data_s")
-    out.append(f"- time: calibration {bench.calibrate_s:.1f} s once (cached), a data-aware build of the uniform 25x "
-               f"low-rank plan {build:.1f} s per trial (plain {by_plan.get('lowrank', {}).get('plain_s', 0):.1f} s); "
-               "under 60 s added to a search only for searches of a few trials (see the build columns)")
+    if build is not None:
+        out.append(f"- time: calibration {bench.calibrate_s:.1f} s once (cached), a data-aware build of the uniform 25x "
+                   f"low-rank plan {build:.1f} s per trial (plain {by_plan['lowrank']['plain_s']:.1f} s); "
+                   "under 60 s added to a search only for searches of a few trials (see the build columns)")
     return out + [""]
 
 
@@ -269,8 +270,9 @@ def main(argv=None) -> int:
         else:
             model_rows = every_matrix_bits(bench) + whole_model(bench)
             site_rows = per_site(bench, args.sites)
+        measured = commit() if not args.methods else f"{saved['bench']['commit']}; {', '.join(args.methods)} rows: {commit()}"
         Path(args.rows).write_text(json.dumps({"bench": {"dense_ppl": bench.dense_ppl, "calibrate_s": bench.calibrate_s,
-                                                         "commit": commit(), "date": time.strftime('%Y-%m-%d')},
+                                                         "commit": measured, "date": time.strftime('%Y-%m-%d')},
                                                "model_rows": model_rows, "site_rows": site_rows}, indent=1) + "\n")
     header = (f"## Methods on `{args.model}`: plain against data-aware initialisation, no fine-tuning\n\n"
               f"{getattr(bench, 'date', time.strftime('%Y-%m-%d'))}, CPU ({platform.machine()}, 1 thread), "

@@ -262,7 +262,10 @@ def main(argv=None) -> int:
         bench = Bench(args.model, args.tokens)
         if args.methods:  # measure these methods again, keep the other rows
             saved = json.loads(Path(args.rows).read_text())
-            keep = lambda r: r.get("method", r.get("plan", "").split()[0]) not in args.methods  # noqa: E731
+
+            def keep(row: dict) -> bool:
+                return (row["method"] if "method" in row else row["plan"].split()[0]) not in args.methods
+
             model_rows = [r for r in saved["model_rows"] if keep(r)] + whole_model(bench, methods=args.methods)
             site_rows = [r for r in saved["site_rows"] if keep(r)] + per_site(bench, args.sites, methods=args.methods)
         elif args.sites_only:

@@ -72,13 +72,13 @@ class Bench:
         return self.ppl(small), build_s, stored_bytes(small)
 
 
-def per_site(bench: Bench, site_names: list[str], ratios=(10, 25)) -> list[dict]:
+def per_site(bench: Bench, site_names: list[str], ratios=(10, 25), methods: list[str] | None = None) -> list[dict]:
     rows = []
     for site in [s for s in bench.sites if s.name in site_names]:
         dense = 4 * site.shape[0] * site.shape[1]
         for ratio in ratios:
             for storage_name, storage in STORAGE.items():
-                for method in method_names():
+                for method in methods or method_names():
                     if method == "quant" and storage_name != "fp32":
                         continue  # quant's size knob is its storage
                     row = {"site": f"{site.name} {site.shape[0]}x{site.shape[1]}", "target": f"{ratio}x",
@@ -90,6 +90,7 @@ def per_site(bench: Bench, site_names: list[str], ratios=(10, 25)) -> list[dict]
                     fitted = largest_within(site, _config(method, storage, "data"), dense // ratio, bench.freqs)
                     if fitted is None:
                         rows.append({**row, "note": "cannot reach the ratio"})
+                        print(rows[-1], flush=True)
                         continue
                     result = {}
                     for init in ("plain", "data"):
@@ -143,11 +144,11 @@ def uniform_share_plan(bench: Bench, base, partner, max_bytes: int) -> dict | No
     return best
 
 
-def whole_model(bench: Bench, ratio: int = 25) -> list[dict]:
+def whole_model(bench: Bench, ratio: int = 25, methods: list[str] | None = None) -> list[dict]:
     max_bytes = bench.model_bytes // ratio
     rows = []
     partner = _config(VOCAB_ONLY_PARTNER, STORAGE["8-bit"], "data")
-    for method in method_names():
+    for method in methods or method_names():
         base = _config(method, STORAGE["8-bit"], "data")
         vocab_only = "recurrent" not in type(base).roles
         plan = uniform_share_plan(bench, base, partner if vocab_only else None, max_bytes)
@@ -155,6 +156,7 @@ def whole_model(bench: Bench, ratio: int = 25) -> list[dict]:
         row = {"plan": name, "target": f"{ratio}x"}
         if plan is None:
             rows.append({**row, "note": "cannot reach the ratio"})
+            print(rows[-1], flush=True)
             continue
         result = {}
         for init in ("plain", "data"):
@@ -230,9 +232,10 @@ def goals(bench: Bench, site_rows: list[dict], model_rows: list[dict]) -> list[s
     out.append(f"- no method collapses (val ppl > {COLLAPSE:g}x dense) on a vocabulary matrix at 10x, data-aware: "
                + ("met" if not collapsed else "NOT met: " + ", ".join(collapsed)))
     build = by_plan.get("lowrank", {}).get("data_s")
-    out.append(f"- time: calibration {bench.calibrate_s:.1f} s once (cached), a data-aware build of the uniform 25x "
-               f"low-rank plan {build:.1f} s per trial (plain {by_plan.get('lowrank', {}).get('plain_s', 0):.1f} s); "
-               "under 60 s added to a search only for searches of a few trials (see the build columns)")
+    if build is not None:
+        out.append(f"- time: calibration {bench.calibrate_s:.1f} s once (cached), a data-aware build of the uniform 25x "
+                   f"low-rank plan {build:.1f} s per trial (plain {by_plan['lowrank']['plain_s']:.1f} s); "
+                   "under 60 s added to a search only for searches of a few trials (see the build columns)")
     return out + [""]
 
 
@@ -247,6 +250,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/methods.md")
     p.add_argument("--rows", default="results/methods.json", help="measured rows (kept: --report-only rewrites the report)")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from --rows, measure nothing")
+    p.add_argument("--methods", nargs="+", help="measure only these methods again; the other rows of --rows are kept")
+    p.add_argument("--sites-only", action="store_true", help="only the one-matrix rows of --sites (a part to merge)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.report_only:
@@ -255,10 +260,22 @@ def main(argv=None) -> int:
         model_rows, site_rows = saved["model_rows"], saved["site_rows"]
     else:
         bench = Bench(args.model, args.tokens)
-        model_rows = every_matrix_bits(bench) + whole_model(bench)
-        site_rows = per_site(bench, args.sites)
+        if args.methods:  # measure these methods again, keep the other rows
+            saved = json.loads(Path(args.rows).read_text())
+
+            def keep(row: dict) -> bool:
+                return (row["method"] if "method" in row else row["plan"].split()[0]) not in args.methods
+
+            model_rows = [r for r in saved["model_rows"] if keep(r)] + whole_model(bench, methods=args.methods)
+            site_rows = [r for r in saved["site_rows"] if keep(r)] + per_site(bench, args.sites, methods=args.methods)
+        elif args.sites_only:
+            model_rows, site_rows = [], per_site(bench, args.sites)
+        else:
+            model_rows = every_matrix_bits(bench) + whole_model(bench)
+            site_rows = per_site(bench, args.sites)
+        measured = commit() if not args.methods else f"{saved['bench']['commit']}; {', '.join(args.methods)} rows: {commit()}"
         Path(args.rows).write_text(json.dumps({"bench": {"dense_ppl": bench.dense_ppl, "calibrate_s": bench.calibrate_s,
-                                                         "commit": commit(), "date": time.strftime('%Y-%m-%d')},
+                                                         "commit": measured, "date": time.strftime('%Y-%m-%d')},
                                                "model_rows": model_rows, "site_rows": site_rows}, indent=1) + "\n")
     header = (f"## Methods on `{args.model}`: plain against data-aware initialisation, no fine-tuning\n\n"
               f"{getattr(bench, 'date', time.strftime('%Y-%m-%d'))}, CPU ({platform.machine()}, 1 thread), "

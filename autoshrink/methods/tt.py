@@ -28,7 +28,6 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from autoshrink.errors import UserError
 from autoshrink.methods._base import CompressedWeight, MethodConfig, calibrated, register
 from autoshrink.methods._linalg import Metric, kronecker_psd, kronecker_rows, psd_cholesky, thin_svd
 from autoshrink.sites import Site

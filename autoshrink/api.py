@@ -109,10 +109,11 @@ def train(run_dir: str | Path, config: TrainConfig | None = None, on_log: Callab
     return train_trial(run_dir, config or TrainConfig(), on_log=on_log, on_eval=on_eval, log=log)
 
 
-def evaluate(path: str | Path, data: str | None = None, device: str = "cpu") -> dict:
-    """test_ppl, stored_bytes, ratio, latency_ms, tokens_per_s of an export, a dense model folder or a preset."""
+def evaluate(path: str | Path, data: str | None = None, device: str = "cpu", model: Any = None) -> dict:
+    """test_ppl, stored_bytes, ratio, latency_ms, tokens_per_s of an export, a dense model folder or a preset
+    (`model`: for the export of your own torch model, a fresh instance of its class)."""
     from autoshrink.final.evaluate import evaluate_dir
-    return evaluate_dir(path, data=data, device=device)
+    return evaluate_dir(path, data=data, device=device, model=model)
 
 
 def pretrain(model: str = "kjv-lstm", data: str = "kjv", epochs: float | None = None, device: str = "auto",

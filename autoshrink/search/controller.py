@@ -21,6 +21,7 @@ from autoshrink.data import LMData, corpus_key, load_lm_data
 from autoshrink.errors import UserError
 from autoshrink.models import discover_sites
 from autoshrink.sites import Site
+from autoshrink.models.adapter import adapt
 from autoshrink.models.load import load
 from autoshrink.models.presets import PRESETS
 from autoshrink.measure.latency import LatencyTable
@@ -94,8 +95,8 @@ def search(config: SearchConfig, command: str | None = None,
            log: Callable[[str], None] | None = None) -> SearchResult:
     """Per-layer search to a Pareto front under `config.budget` ("25x", "1.5MB", "4ms").
     Returns the run folder, the study and the front. `config.model` may be a preset name, a
-    model folder (autoshrink's or a local Hugging Face causal LM), or any torch LM module
-    (forward(ids (T, B), state) -> (logits, state)) with `config.data` given. `space` None:
+    model folder (autoshrink's or a local Hugging Face causal LM), or any torch LM module with
+    `config.data` given (its forward conventions found or declared by models/adapter.py `adapt`). `space` None:
     search_spaces/default.yaml, or transformer.yaml for a model with attention/mlp sites (said in
     the log). A new search starts from single-method plans unless `warm_start` is False
     (search/warm_start.py). With `backend="ray"`, `workers` trials run at once through Ray Tune,
@@ -113,6 +114,7 @@ def search(config: SearchConfig, command: str | None = None,
         if not isinstance(data, LMData):
             vocab = getattr(model, "vocab", None)
             data = load_lm_data(data, vocab=vocab)
+        dense = adapt(model, data.vocab)  # a user's own LM, read by its forward conventions (models/adapter.py)
     else:  # a folder is recorded by its absolute path, so `autoshrink train` finds it from anywhere
         model_name = model if model in PRESETS else str(Path(model).expanduser().resolve())
         dense = load(model, data=data if isinstance(data, str) else "kjv", seed=seed, device=device)

@@ -198,6 +198,15 @@ class CompressedLinear(CompressedModule):
         y = self.compressed.matmul(x)
         return y + self.bias if self.bias is not None else y
 
+    # A user's forward may read the sizes of the Linear it replaced (`self.decoder.out_features`).
+    @property
+    def out_features(self) -> int:
+        return self.compressed.site.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.compressed.site.shape[1]
+
     def dense_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W, b) for a whole sequence: what a recurrent layer feeds its fused kernel."""
         w = self.compressed.sequence_weight()
@@ -221,6 +230,15 @@ class CompressedEmbedding(CompressedModule):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.compressed.lookup(ids)
+
+    # A user's forward may read the sizes of the Embedding it replaced.
+    @property
+    def num_embeddings(self) -> int:
+        return self.compressed.site.shape[0]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.compressed.site.shape[1]
 
 
 # --- registry ---------------------------------------------------------------------------

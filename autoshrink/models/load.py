@@ -54,12 +54,12 @@ def load(name_or_path: str, data: str = "kjv", seed: int = 0, device: str = "aut
     `model`: for the export of your own torch model, a fresh instance of its class (or a function
     that makes one); it is compressed in place and returned wrapped (models/adapter.py; `.module`).
     """
-    if model is not None and folder_format(Path(name_or_path).expanduser()) not in _TAKES_MODEL:
+    path = Path(name_or_path).expanduser()
+    if model is not None and (name_or_path in PRESETS or path.exists() and folder_format(path) not in _TAKES_MODEL):
         raise UserError(f"{name_or_path} is not the export of your own torch model: load it without model=")
     if name_or_path in PRESETS:
         model, vocab, meta = pretrain.pretrained(name_or_path, data, seed=seed, device=device, on_log=on_log)
     else:
-        path = Path(name_or_path).expanduser()
         if not path.exists():
             raise UserError(f"no model {name_or_path!r}: use a preset ({', '.join(PRESETS)}) or a model folder")
         if is_hf_folder(path):

@@ -26,6 +26,7 @@ from autoshrink.final.config import TrainConfig
 from autoshrink.methods import MethodConfig, config_class, method_names
 from autoshrink.models import discover_sites
 from autoshrink.models import pretrain as _pretrain
+from autoshrink.models.adapter import adapt
 from autoshrink.models.load import load
 from autoshrink.search.config import SearchConfig
 from autoshrink.sites import Site
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
     from autoshrink.final.train import FinalModel
     from autoshrink.search.controller import SearchResult
 
-__all__ = ["compress", "dense_bytes", "evaluate", "front", "front_text", "load", "methods", "plot_front", "pretrain",
-           "search", "sites", "stored_bytes", "train"]
+__all__ = ["adapt", "compress", "dense_bytes", "evaluate", "front", "front_text", "load", "methods", "plot_front",
+           "pretrain", "search", "sites", "stored_bytes", "train"]
 
 
 def sites(model: nn.Module | str) -> list[Site]:

@@ -15,9 +15,11 @@ import autoshrink
 from autoshrink import SearchConfig, TrainConfig, UserError
 from autoshrink.api import search
 from autoshrink.data import load_lm_data
-from autoshrink.final.export import file_bytes
+from autoshrink.final.export import file_bytes, save_compressed
 from autoshrink.measure.latency import LatencyTable
 from autoshrink.models.adapter import TorchLM, adapt
+from autoshrink.models.discover import recurrent_weight_names
+from autoshrink.models.site_inputs import attention_inputs, recurrent_inputs
 from autoshrink.plan import compress, dense_bytes, plan_stored_bytes, stored_bytes
 
 
@@ -233,7 +235,6 @@ def test_load_of_an_own_model_export_needs_that_model(lm_data, tiny_model_dir, t
     vocab_size = len(lm_data.vocab)
     lm = adapt(RNNModel("GRU", vocab_size), lm_data.vocab)
     plan = {"rnn.weight_hh_l1": {"method": "lowrank", "rank": 2}}
-    from autoshrink.final.export import save_compressed
     save_compressed(compress(lm, plan), plan, tmp_path / "x", lm.meta, {}, sites=autoshrink.sites(lm))
     with pytest.raises(UserError, match=r"model=RNNModel|pass your model"):
         autoshrink.load(str(tmp_path / "x"))
@@ -252,7 +253,6 @@ def test_a_bidirectional_lstm_is_refused_as_an_lm_but_compresses_and_exports_whe
     assert names == [n for n, _, _ in _lstm_sites(48, 16, 12, proj=8, suffixes=("", "_reverse"))]
     plan = {n: {"method": "lowrank", "rank": 2, "bits": 8} for n in names}
     small = compress(lm, plan)
-    from autoshrink.final.export import save_compressed
     save_compressed(small, plan, tmp_path / "bi", lm.meta, {}, sites=autoshrink.sites(lm))
     loaded = autoshrink.load(str(tmp_path / "bi"), model=RNNModel("LSTM", 30, nhid=12, proj=8, bidirectional=True))
     ids = torch.randint(30, (5, 2))
@@ -322,3 +322,41 @@ def test_latency_table_times_in_place_sites():
     plan = {"rnn.weight_hh_l0": {"method": "lowrank", "rank": 2}, "decoder": {"method": "lowrank", "rank": 2}}
     assert table.site_seconds(next(s for s in table.sites if s.name == "rnn.weight_hh_l0"), None) == 0.0
     assert table.estimate_ms(plan) > 0
+
+
+@pytest.mark.parametrize("mode, proj, bidirectional", [("LSTM", 0, False), ("LSTM", 4, True), ("GRU", 0, True),
+                                                        ("RNN", 0, False)])
+def test_the_inputs_of_recurrent_matrices_are_replayed_for_calibration(mode, proj, bidirectional):
+    torch.manual_seed(0)
+    extra = {"proj_size": proj} if proj else {}
+    rnn = getattr(nn, mode)(5, 6, 2, bidirectional=bidirectional, batch_first=True, **extra).eval()
+    x = torch.randn(3, 7, 5)  # (B, T, in)
+    out, _ = rnn(x)
+    rows = recurrent_inputs(rnn, x)
+    assert set(rows) == set(recurrent_weight_names(rnn))
+    for name, r in rows.items():
+        assert r.shape == (21, getattr(rnn, name).shape[1])
+    width = proj or 6
+    top = out.transpose(0, 1)[:, :, :width]  # (T, B, width): the top layer's forward direction
+    hh = rows["weight_hh_l1"].reshape(7, 3, width)  # h_{t-1}: h0 = 0, then the outputs shifted by one step
+    torch.testing.assert_close(hh[1:], top[:-1])
+    assert hh[0].abs().max() == 0
+    if proj:  # weight_hr multiplies the unprojected state: projecting it gives the next step's h
+        h = F.linear(rows["weight_hr_l1"].reshape(7, 3, 6), rnn.weight_hr_l1)
+        torch.testing.assert_close(h[:-1], hh[1:])
+    single = getattr(nn, mode)(5, 6, 1, bidirectional=bidirectional, **extra).eval()
+    single.load_state_dict({k: v for k, v in rnn.state_dict().items() if "_l0" in k})
+    torch.testing.assert_close(rows["weight_ih_l1"].reshape(7, 3, -1), single(x.transpose(0, 1))[0])
+
+
+def test_the_inputs_of_attention_matrices_are_replayed_for_calibration():
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(2, 5, 8)
+    mask = nn.Transformer.generate_square_subsequent_mask(5)
+    with torch.no_grad():
+        out, _ = mha(x, x, x, attn_mask=mask, need_weights=False)
+    rows = attention_inputs(mha, x, x, x, attn_mask=mask)
+    torch.testing.assert_close(rows["in_proj_weight"], x.transpose(0, 1).reshape(-1, 8))
+    projected = F.linear(rows["out_proj"], mha.out_proj.weight, mha.out_proj.bias).reshape(5, 2, 8)
+    torch.testing.assert_close(projected, out.transpose(0, 1))

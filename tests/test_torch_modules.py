@@ -86,7 +86,8 @@ def _transformer_sites(d: int = 16, layers: int = 2):
     out = []
     for k in range(layers):
         p = f"encoder.layers.{k}"
-        out += [(f"{p}.self_attn.in_proj_weight", "attention", (3 * d, d)), (f"{p}.self_attn.out_proj", "attention", (d, d)),
+        out += [(f"{p}.self_attn.in_proj_weight", "attention", (3 * d, d)),
+                (f"{p}.self_attn.out_proj", "attention", (d, d)),
                 (f"{p}.linear1", "mlp", (2 * d, d)), (f"{p}.linear2", "mlp", (d, 2 * d))]
     return out
 

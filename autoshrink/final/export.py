@@ -96,7 +96,7 @@ def save_compressed(model: nn.Module, plan: Plan | Mapping[str, Any], folder: st
     own = base_meta.get("format") == adapter.FORMAT  # a user's own torch model (models/adapter.py)
     if sites is None:
         if hf or own:
-            raise ValueError("save_compressed: the export of a Hugging Face or torch model needs the dense model's sites")
+            raise ValueError("save_compressed: a Hugging Face or own torch model's export needs the dense sites")
         sites = LSTMLM(LSTMLMConfig(**base_meta["config"])).autoshrink_sites()
     site_rows = [{"name": s.name, "role": s.role, "shape": list(s.shape), "bias": s.bias, "tied_with": s.tied_with,
                   "method": plan_json.get(s.tied_with or s.name, {}).get("method", "dense")} for s in sites]

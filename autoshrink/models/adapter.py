@@ -195,7 +195,8 @@ def _probe(module: nn.Module, batch_first: bool, state: bool, vocab_size: int) -
         try:
             out = module(*args)
         except Exception as e:  # the user's code: any failure is one line, not a traceback
-            return None, f"forward failed ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})", None
+            first = (str(e).strip().splitlines() or [""])[0]
+            return None, f"forward failed ({type(e).__name__}: {first})", None
         scores, _ = _split(out)
         if not isinstance(scores, torch.Tensor):
             return None, f"forward returned {type(scores).__name__}, not a tensor of scores", None

@@ -7,7 +7,10 @@ hook sees their inputs; a hook on the owning module sees the module's input and 
 functions replay the module from them:
 
     def hook(module, args, kwargs, output):          # register_forward_hook(hook, with_kwargs=True)
-        rows = recurrent_inputs(module, *args) if isinstance(module, nn.RNNBase) else attention_inputs(module, *args, **kwargs)
+        if isinstance(module, nn.RNNBase):
+            rows = recurrent_inputs(module, *args)
+        else:                                        # nn.MultiheadAttention
+            rows = attention_inputs(module, *args, **kwargs)
         for tensor_name, x in rows.items():          # site name: f"{module_name}.{tensor_name}"
             ...                                      # x: (N, in) rows that W (out, in) multiplies
 
@@ -62,14 +65,15 @@ def recurrent_inputs(rnn: nn.RNNBase, input: torch.Tensor, hx=None) -> dict[str,
     c0 = hx[1] if isinstance(hx, tuple) else None
     zeros = x.new_zeros(rnn.num_layers * dirs, batch, out_size)
     h0 = zeros if h0 is None else h0.reshape(rnn.num_layers * dirs, batch, out_size)
-    c0 = x.new_zeros(rnn.num_layers * dirs, batch, rnn.hidden_size) if c0 is None else c0.reshape(-1, batch, rnn.hidden_size)
+    cells = x.new_zeros(rnn.num_layers * dirs, batch, rnn.hidden_size)
+    c0 = cells if c0 is None else c0.reshape(cells.shape)
     rows: dict[str, torch.Tensor] = {}
     layer_in = x
     for k in range(rnn.num_layers):
         outputs = []
         for d in range(dirs):
             sfx = f"_l{k}" + ("_reverse" if d else "")
-            w = {n: getattr(rnn, f"{n}{sfx}", None) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
+            w = {n: getattr(rnn, n + sfx, None) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
             h, c = h0[k * dirs + d], c0[k * dirs + d]
             order = range(steps - 1, -1, -1) if d else range(steps)
             hs, prev, full = [None] * steps, [], []

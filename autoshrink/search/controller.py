@@ -96,9 +96,9 @@ def search(config: SearchConfig, command: str | None = None,
     """Per-layer search to a Pareto front under `config.budget` ("25x", "1.5MB", "4ms").
     Returns the run folder, the study and the front. `config.model` may be a preset name, a
     model folder (autoshrink's or a local Hugging Face causal LM), or any torch LM module with
-    `config.data` given (its forward conventions found or declared by models/adapter.py `adapt`). `space` None:
-    search_spaces/default.yaml, or transformer.yaml for a model with attention/mlp sites (said in
-    the log). A new search starts from single-method plans unless `warm_start` is False
+    `config.data` given (its forward conventions found or declared: models/adapter.py `adapt`).
+    `space` None: search_spaces/default.yaml, or transformer.yaml for a model with attention/mlp
+    sites (said in the log). A new search starts from single-method plans unless `warm_start` is False
     (search/warm_start.py). With `backend="ray"`, `workers` trials run at once through Ray Tune,
     each on `cpus_per_trial` threads, locally or on the cluster at `address`."""
     c = config

@@ -26,6 +26,7 @@ from autoshrink.final.config import TrainConfig
 from autoshrink.methods import MethodConfig, config_class, method_names
 from autoshrink.models import all_sites
 from autoshrink.models import pretrain as _pretrain
+from autoshrink.models.adapter import adapt
 from autoshrink.models.load import load
 from autoshrink.search.config import SearchConfig
 from autoshrink.search.trial import val_slice
@@ -39,8 +40,8 @@ if TYPE_CHECKING:
 
 VAL_SLICE = val_slice()  # the validation tokens of a search's val ppl (named wherever it is printed)
 
-__all__ = ["compress", "dense_bytes", "evaluate", "front", "front_text", "load", "methods", "plot_front", "pretrain",
-           "search", "sites", "stored_bytes", "train"]
+__all__ = ["adapt", "compress", "dense_bytes", "evaluate", "front", "front_text", "load", "methods", "plot_front",
+           "pretrain", "search", "sites", "stored_bytes", "train"]
 
 
 def sites(model: nn.Module | str) -> list[Site]:
@@ -113,10 +114,11 @@ def train(run_dir: str | Path, config: TrainConfig | None = None, on_log: Callab
     return train_trial(run_dir, config or TrainConfig(), on_log=on_log, on_eval=on_eval, log=log)
 
 
-def evaluate(path: str | Path, data: str | None = None, device: str = "cpu") -> dict:
-    """test_ppl, stored_bytes, ratio, latency_ms, tokens_per_s of an export, a dense model folder or a preset."""
+def evaluate(path: str | Path, data: str | None = None, device: str = "cpu", model: Any = None) -> dict:
+    """test_ppl, stored_bytes, ratio, latency_ms, tokens_per_s of an export, a dense model folder or a preset
+    (`model`: for the export of your own torch model, a fresh instance of its class)."""
     from autoshrink.final.evaluate import evaluate_dir
-    return evaluate_dir(path, data=data, device=device)
+    return evaluate_dir(path, data=data, device=device, model=model)
 
 
 def pretrain(model: str = "kjv-lstm", data: str = "kjv", epochs: float | None = None, device: str = "auto",

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from autoshrink.data.cache import cache_root
-from autoshrink.models.discover import discover_sites
+from autoshrink.models.discover import discover_sites, in_place_target
 from autoshrink.sites import Site, SiteStats
 
 DEFAULT_TOKENS = 4096
@@ -80,6 +80,13 @@ class _Probe(nn.Module):
         self.inner, self.sums, self.lookup = inner, sums, lookup
         self.full = lookup or outputs <= FULL_GRAD_MAX  # keep E[g g^T], not only its diagonal
 
+    def __getattr__(self, name: str):
+        """What the model reads of its module (`decoder.out_features`, `encoder.weight`) comes from it."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
     def forward(self, x, *args, **kwargs):
         if not self.lookup:
             self.sums.add_input(x)
@@ -107,10 +114,20 @@ def calibration_ids(train_ids: torch.Tensor, tokens: int, streams: int, burn_in:
     return torch.stack([ids[s:s + burn_in + length + 1] for s in starts.tolist()], dim=1)
 
 
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
 def collect(model: nn.Module, train_ids: torch.Tensor, tokens: int = DEFAULT_TOKENS, sites: list[Site] | None = None,
             freqs: torch.Tensor | None = None, streams: int = STREAMS) -> dict[str, SiteStats]:
     """The statistics of one forward and backward pass (no cache): {site name: SiteStats}."""
     sites = sites if sites is not None else discover_sites(model)
+    # Sites a standard torch module multiplies in place inside its own kernel (nn.LSTM's
+    # weight_ih_l0, attention's in_proj_weight) have no module to probe: they build plain.
+    sites = [s for s in sites if _submodule(model, s.name) is not None and in_place_target(model, s.name) is None]
     if freqs is None and getattr(model, "vocab", None) is not None:
         freqs = getattr(model.vocab, "freqs", None)
     sums = {s.name: _Sums() for s in sites}

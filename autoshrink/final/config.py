@@ -22,7 +22,7 @@ class TrainConfig:
     out: str | None = field(default=None, metadata={"help": "export folder (default: RUN_DIR/final)"})
     data: str | None = field(default=None, metadata={"help": "the corpus of the search (default: the one run.json names)"})
     model: str | None = field(default=None, metadata={"help": (
-        "the dense model of the search (default: the one run.json names)")})
+        "the dense model of the search (default: the one run.json names; from Python also your own torch model)")})
     distill: bool = field(default=True, metadata={"help": (
         "distil: mix KL to the dense model's next-word distribution into the loss (results/recipe.md)")})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})

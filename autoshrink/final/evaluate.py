@@ -51,16 +51,17 @@ def corpus_source(name: str | None) -> str | None:
     return name if name == "kjv" or Path(name).expanduser().exists() else None
 
 
-def evaluate_dir(path: str | Path, data: str | None = None, device: str = "cpu") -> dict:
+def evaluate_dir(path: str | Path, data: str | None = None, device: str = "cpu", model=None) -> dict:
     """Evaluate a compressed export (`autoshrink train`), a dense model folder, or a preset name
-    (pretrained on `data`, kjv by default). The corpus is `data`, else the one model.json names."""
+    (pretrained on `data`, kjv by default). The corpus is `data`, else the one model.json names.
+    `model`: for the export of your own torch model, a fresh instance of its class (see `load`)."""
     from autoshrink.models.load import load
     from autoshrink.final.export import file_bytes
     from autoshrink.models.hf import FORMAT as HF_FORMAT
     from autoshrink.models.presets import PRESETS
 
     name = str(path)
-    model = load(name, data=data or "kjv")
+    model = load(name, data=data or "kjv", model=model)
     meta = getattr(model, "meta", {}) or {}
     corpus = data or corpus_source(meta.get("data")) or ("kjv" if name in PRESETS else None)
     if corpus is None:

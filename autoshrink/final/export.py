@@ -7,13 +7,15 @@
                           compressed weight shared by tied sites is stored once
       plan.json           the plan, as users write it
       model.json          format "autoshrink-compressed/1", the base LSTM config and vocabulary
-                          (or, for a Hugging Face model, "architecture": "hf"), the site list,
-                          provenance
+                          (or, for a Hugging Face model, "architecture": "hf"; for a user's
+                          own torch model, "architecture": "torch" with its class, forward
+                          conventions and vocabulary), the site list, provenance
       metrics.json        what final training measured
       base/               Hugging Face models only: the config and tokenizer files (no weights)
 
 Loading rebuilds the base model (the LSTM from model.json; a Hugging Face model from base/
-through AutoModelForCausalLM.from_config), puts `from_export` modules in the planned sites and
+through AutoModelForCausalLM.from_config; a user's own model from the fresh instance of its class
+passed as `load(folder, model=...)`), puts `from_export` modules in the planned sites and
 copies the remaining parameters: safetensors only, nothing is unpickled. A missing, corrupt or
 mismatched file is one UserError.
 """
@@ -31,10 +33,12 @@ from torch import nn
 from autoshrink.data.vocab import Vocab
 from autoshrink.errors import UserError
 from autoshrink.methods import CompressedWeight, tensors_bytes, weight_class
+from autoshrink.models import adapter
 from autoshrink.models.checkpoint import META, WEIGHTS, read_meta
 from autoshrink.models.hf import FORMAT as HF_FORMAT, hf_skeleton
 from autoshrink.models.load import register_format
 from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
+from autoshrink.models.discover import discover_sites
 from autoshrink.sites import Site
 from autoshrink.plan import Plan, parse_plan, place_compressed, plan_to_json, resolve, stored_bytes
 
@@ -89,14 +93,16 @@ def save_compressed(model: nn.Module, plan: Plan | Mapping[str, Any], folder: st
         raise RuntimeError(f"export holds {tensors_bytes(tensors)} bytes but the model stores {nbytes}")
     plan_json = plan_to_json(parse_plan(plan))
     hf = base_meta.get("format") == HF_FORMAT
+    own = base_meta.get("format") == adapter.FORMAT  # a user's own torch model (models/adapter.py)
     if sites is None:
-        if hf:
-            raise ValueError("save_compressed: a Hugging Face model's export needs the dense model's sites")
+        if hf or own:
+            raise ValueError("save_compressed: a Hugging Face or own torch model's export needs the dense sites")
         sites = LSTMLM(LSTMLMConfig(**base_meta["config"])).autoshrink_sites()
     site_rows = [{"name": s.name, "role": s.role, "shape": list(s.shape), "bias": s.bias, "tied_with": s.tied_with,
                   "method": plan_json.get(s.tied_with or s.name, {}).get("method", "dense")} for s in sites]
     base = {k: v for k, v in base_meta.items() if k not in ("format", "config", "vocab")}
-    described = {"architecture": HF} if hf else {"config": base_meta["config"], "vocab": base_meta["vocab"]}
+    described = ({"architecture": HF} if hf else adapter.describe(model) if own else
+                 {"config": base_meta["config"], "vocab": base_meta["vocab"]})
     meta = {"format": FORMAT, **described, "sites": site_rows, "stored_bytes": nbytes, "base": base, **(info or {})}
     if hf:
         model.save_base(folder / BASE)
@@ -123,8 +129,14 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"cannot read {path}: {e}") from None
 
 
-def _base_model(folder: Path, meta: dict) -> tuple[nn.Module, Any]:
-    """The uncompressed skeleton (fresh weights) and vocabulary an export was made from."""
+def _base_model(folder: Path, meta: dict, model=None) -> tuple[nn.Module, Any]:
+    """The uncompressed skeleton (fresh weights) and vocabulary an export was made from; for a
+    user's own torch model, `model` is a fresh instance of its class (or a function making one)."""
+    if meta.get("architecture") == "torch":
+        vocab = meta.get("vocab")
+        return adapter.rebuild(meta, model, str(folder)), Vocab.from_json(vocab) if vocab else None
+    if model is not None:
+        raise UserError(f"{folder} is not the export of your own torch model: load it without model=")
     if meta.get("architecture") == HF:
         if not (folder / BASE).is_dir():
             raise UserError(f"{folder} has no {BASE}/ (the Hugging Face config and tokenizer): an incomplete export")
@@ -135,16 +147,21 @@ def _base_model(folder: Path, meta: dict) -> tuple[nn.Module, Any]:
         raise UserError(f"{folder / META} lacks a valid config or vocabulary: {e!r}") from None
 
 
-def load_compressed(folder: str | Path) -> tuple[nn.Module, Any, dict]:
-    """(model, vocabulary, model.json) of an export folder written by save_compressed."""
+def load_compressed(folder: str | Path, model=None) -> tuple[nn.Module, Any, dict]:
+    """(model, vocabulary, model.json) of an export folder written by save_compressed. An export
+    of a user's own model needs `model`: a fresh instance of its class (or a function making one),
+    which is compressed in place."""
     folder = Path(folder)
     meta = read_meta(folder)
     if meta.get("format") != FORMAT:
         raise UserError(f"{folder / META}: format {meta.get('format')!r} is not {FORMAT!r}")
-    model, vocab = _base_model(folder, meta)
+    model, vocab = _base_model(folder, meta, model)
     plan = _read_plan(folder)
     tensors = _read_tensors(folder / WEIGHTS)
-    by_name, resolved = resolve(model, plan, model.autoshrink_sites())
+    sites = discover_sites(model)
+    if meta.get("architecture") == "torch":
+        _check_sites(folder, meta, sites)
+    by_name, resolved = resolve(model, plan, sites)
     unused = set(tensors)
     built: dict[str, CompressedWeight] = {}
     for owner, cfg in resolved.items():
@@ -169,7 +186,17 @@ def load_compressed(folder: str | Path) -> tuple[nn.Module, Any, dict]:
     return model.eval(), vocab, meta
 
 
-register_format(FORMAT, load_compressed)
+register_format(FORMAT, load_compressed, takes_model=True)
+
+
+def _check_sites(folder: Path, meta: dict, sites: list[Site]) -> None:
+    """The user's model to load into has the sites the export was made from."""
+    saved = {row["name"]: tuple(row["shape"]) for row in meta.get("sites", [])}
+    found = {s.name: s.shape for s in sites}
+    if saved and saved != found:
+        differ = sorted(set(saved.items()) ^ set(found.items()))[:3]
+        raise UserError(f"{folder}: the model to load into does not match the export's sites (differing: "
+                        f"{', '.join(f'{n} {tuple(s)}' for n, s in differ)}); build it as the compressed one was built")
 
 
 def _from_export(path: Path, tensors: dict[str, torch.Tensor], site: Site, cfg) -> CompressedWeight:

@@ -43,6 +43,7 @@ from autoshrink.models import training
 from autoshrink.models.training import evaluate_perplexity, pick_device, settles_at, train_lm
 from autoshrink.plan import compress, parse_plan, stored_bytes
 from autoshrink.final.config import DEFAULT_EPOCHS, TrainConfig
+from autoshrink.models.adapter import adapt
 from autoshrink.models.load import load
 from autoshrink.search import run_folder
 from autoshrink.search.trial import TrialSettings
@@ -252,8 +253,12 @@ def train_trial(run_dir: str | Path, config: TrainConfig | None = None,
     info = run_folder.read_run(run_dir)
     number, plan_json = choose_trial(run_dir, trial)
     corpus = _data_of(info, data)
-    dense = load(_model_of(info, model), data=corpus, seed=info.get("seed", 0), device=device)
-    lm = load_lm_data(corpus, vocab=dense.vocab)
+    if isinstance(model, nn.Module):  # the user's own torch model the search compressed (models/adapter.py)
+        lm = load_lm_data(corpus, vocab=getattr(model, "vocab", None))
+        dense = adapt(model, lm.vocab)
+    else:
+        dense = load(_model_of(info, model), data=corpus, seed=info.get("seed", 0), device=device)
+        lm = load_lm_data(corpus, vocab=dense.vocab)
     if steps is None:
         settings = TrialSettings()
         per_epoch = num_windows(batchify(lm.train, settings.batch_size), settings.bptt)

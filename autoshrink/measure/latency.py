@@ -35,6 +35,7 @@ from autoshrink.methods import CompressedEmbedding, CompressedLinear, MethodConf
 from autoshrink.models.discover import discover_sites
 from autoshrink.sites import Site, SiteStats
 from autoshrink.plan import compress, dense_weight, parse_plan, resolve
+from autoshrink.plan.parametrize import CompressedParameter, in_place_weight
 
 
 @torch.no_grad()
@@ -193,10 +194,15 @@ class LatencyTable:
 
     def site_seconds(self, site: Site, cfg: MethodConfig | None) -> float:
         """Time of the site's module over one reference forward; cfg None: the dense module."""
-        if cfg is None and site.role == "recurrent":
-            return 0.0  # multiplied inside the fused recurrent kernel: no time of its own to remove
+        in_place = in_place_weight(self.model, site.name)  # a standard module's own matrix (nn.LSTM, attention)
+        if cfg is None and (site.role == "recurrent" or in_place is not None):
+            return 0.0  # multiplied inside the fused kernel: no time of its own to remove
 
         def measure() -> float:
+            if in_place is not None:  # the module's kernel stays; building W is what the compressed form adds
+                built = weight_class(cfg).build(in_place.float().cpu(), site, cfg)
+                module = CompressedParameter(built).to(self.device).eval()
+                return self._time(module.timed_call(None))
             weight, bias = dense_weight(self.model.get_submodule(site.name))
             x = self._site_input(site)
             embedding = site.role == "embedding" and isinstance(self.model.get_submodule(site.name), nn.Embedding)

@@ -241,7 +241,7 @@ class CompressedWeight(nn.Module, abc.ABC):
         return f"site={self.site.name!r}, shape={self.site.shape}, config={self.config}"
 
 
-class _Compressed(CompressedModule):
+class CompressedStandIn(CompressedModule):
     """What site discovery asks of a compressed site (autoshrink.sites.CompressedModule), answered
     from the CompressedWeight in `self.compressed`."""
 
@@ -264,7 +264,7 @@ class _Compressed(CompressedModule):
         return self.compressed.nbytes() + (bias.numel() * bias.element_size() if bias is not None else 0)
 
 
-class CompressedLinear(_Compressed):
+class CompressedLinear(CompressedStandIn):
     """A compressed weight used as y = W x + b in a Linear's place."""
 
     def __init__(self, weight: CompressedWeight, bias: torch.Tensor | None):
@@ -276,6 +276,15 @@ class CompressedLinear(_Compressed):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.compressed.matmul(x)
         return y + self.bias if self.bias is not None else y
+
+    # A user's forward may read the sizes of the Linear it replaced (`self.decoder.out_features`).
+    @property
+    def out_features(self) -> int:
+        return self.compressed.site.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.compressed.site.shape[1]
 
     def dense_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W, b) for a whole sequence: what a recurrent layer feeds its fused kernel."""
@@ -291,7 +300,7 @@ class CompressedLinear(_Compressed):
         return lambda: self(x)
 
 
-class CompressedEmbedding(_Compressed):
+class CompressedEmbedding(CompressedStandIn):
     """A compressed weight used as a word-vector table in an Embedding's place."""
 
     def __init__(self, weight: CompressedWeight):
@@ -300,6 +309,15 @@ class CompressedEmbedding(_Compressed):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.compressed.lookup(ids)
+
+    # A user's forward may read the sizes of the Embedding it replaced.
+    @property
+    def num_embeddings(self) -> int:
+        return self.compressed.site.shape[0]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.compressed.site.shape[1]
 
 
 # --- registry ---------------------------------------------------------------------------

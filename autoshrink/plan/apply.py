@@ -17,6 +17,7 @@ from autoshrink.errors import UserError, read_user_json
 from autoshrink.methods import (CompressedEmbedding, CompressedLinear, CompressedWeight, MethodConfig,
                                 config_from_dict, weight_class)
 from autoshrink.models.discover import discover_sites
+from autoshrink.plan.parametrize import in_place_weight, place_in_place
 from autoshrink.sites import Site, SiteStats
 
 Plan = dict[str, MethodConfig]
@@ -86,7 +87,8 @@ def compress(model: nn.Module, plan: Mapping[str, Any] | str | Path, freqs: torc
     shared: dict[str, CompressedWeight] = {}
     for name, cfg in resolved.items():
         site = by_name[name]
-        weight, _ = dense_weight(model.get_submodule(name))
+        weight = in_place_weight(model, name)  # a standard module's own matrix (nn.LSTM, attention), or None
+        weight = weight if weight is not None else dense_weight(model.get_submodule(name))[0]
         weight = weight.float().cpu().contiguous()  # a Conv1D's transposed view: methods may keep it as a parameter
         site_stats = (stats or {}).get(name) or SiteStats(freqs=freqs if site.is_vocab else None)
         built = weight_class(cfg).build(weight, site, cfg, site_stats)
@@ -102,8 +104,8 @@ def place_compressed(model: nn.Module, by_name: dict[str, Site], built: dict[str
     """Put each compressed weight in its site's place, and in its tie partners' (shared)."""
     for site in by_name.values():
         owner = site.tied_with or site.name
-        if owner not in built:
-            continue
+        if owner not in built or place_in_place(model, site.name, built[owner]):
+            continue  # not planned, or compressed in place: the module keeps running its own kernel
         module = model.get_submodule(site.name)
         if site.role == "embedding" and isinstance(module, nn.Embedding):
             _set_module(model, site.name, CompressedEmbedding(built[owner]))

@@ -22,6 +22,7 @@ from autoshrink.allocate import allocate, site_options
 from autoshrink.allocate.pipeline import level_caps
 from autoshrink.errors import UserError
 from autoshrink.methods import MethodConfig, config_class
+from autoshrink.models.discover import in_place_target
 from autoshrink.plan import Plan, plan_stored_bytes
 from autoshrink.search.space import DENSE, SearchSpace
 from autoshrink.sites import ROLES, Site
@@ -85,6 +86,11 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
     knapsack's plans for fractions of the limit. Selection uses validation tokens after the trials'
     slice, so a trial's validation is not the tokens its plan was chosen on."""
     if ctx.max_bytes is None or count < 1:
+        return []
+    in_place = [s.name for s in ctx.sites if in_place_target(ctx.model, s.name) is not None]
+    if in_place:  # the profile's replay swaps modules on a shallow copy; a parametrized weight would leak
+        log(f"allocation skipped: {len(in_place)} site(s) are compressed in place inside torch modules "
+            f"({in_place[0]}, ...); the search starts from the uniform plans and the sampler")
         return []
     start = time.perf_counter()
     valid = ctx.data.valid.reshape(-1)

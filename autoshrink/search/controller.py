@@ -22,6 +22,7 @@ from autoshrink.data import LMData, corpus_key, load_lm_data
 from autoshrink.errors import UserError
 from autoshrink.models import discover_sites
 from autoshrink.sites import Site
+from autoshrink.models.adapter import adapt
 from autoshrink.models.load import load
 from autoshrink.models.progress import TrainingProgress, duration
 from autoshrink.measure.latency import LatencyTable
@@ -108,10 +109,10 @@ def search(config: SearchConfig, command: str | None = None,
     """Per-layer search to a Pareto front under `config.budget` ("25x", "1.5MB", "4ms"); see
     docs/how-it-works.md.
     Returns the run folder, the study and the front. `config.model` may be a preset name, a
-    model folder (autoshrink's or a local Hugging Face causal LM), or any torch LM module
-    (forward(ids (T, B), state) -> (logits, state)) with `config.data` given. `space` None:
-    search_spaces/default.yaml, or transformer.yaml for a model with attention/mlp sites (said in
-    the log). A new search starts from single-method plans unless `warm_start` is False
+    model folder (autoshrink's or a local Hugging Face causal LM), or any torch LM module with
+    `config.data` given (its forward conventions found or declared: models/adapter.py `adapt`).
+    `space` None: search_spaces/default.yaml, or transformer.yaml for a model with attention/mlp
+    sites (said in the log). A new search starts from single-method plans unless `warm_start` is False
     (search/warm_start.py). With `backend="ray"`, `workers` trials run at once through Ray Tune,
     each on `cpus_per_trial` threads, locally or on the cluster at `address`."""
     recorded = run_folder.recorded_settings(config.run_dir) or {}
@@ -128,10 +129,10 @@ def search(config: SearchConfig, command: str | None = None,
     # A resumed run's study is opened first: a corrupt study.db is refused before anything is loaded.
     study = study_db.open_study(folder, sampler, seed) if (folder / "study.db").exists() else None
     if isinstance(model, nn.Module):
-        dense = model
         if not isinstance(data, LMData):
             vocab = getattr(model, "vocab", None)
             data = load_lm_data(data, vocab=vocab)
+        dense = adapt(model, data.vocab)  # a user's own LM, read by its forward conventions (models/adapter.py)
     else:
         dense = load(model, data=data if isinstance(data, str) else "kjv", seed=seed, device=device)
         if not isinstance(data, LMData):

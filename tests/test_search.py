@@ -272,3 +272,18 @@ def test_mid_ramp_validations_are_neither_recorded_nor_compared(tiny_model_dir, 
     result = run_trial(model, plan, data, settings, dense_bytes(model), should_stop=never_stop)
     assert asked and min(asked) >= 6  # validations at steps 2 and 4 came before the ramp settled
     assert min(result.curve) >= 6 and set(asked) <= set(result.curve)
+
+
+def test_repair_steps_an_entry_that_stores_more_than_its_dense_site_below_it():
+    """compress refuses a config storing more than its dense site; a sampled one is repaired."""
+    from autoshrink.methods import config_class
+    from autoshrink.plan.repair import below_dense
+    model = PRESETS["kjv-lstm-tiny"].build(2_002)
+    sites = discover_sites(model)
+    site = next(s for s in sites if s.name == "rnn.0.hh")
+    big = config_class("lowrank")(rank=min(site.shape))  # full rank at fp32: more than dense
+    fixed = below_dense({site.name: big}, sites)
+    assert fixed[site.name].rank < big.rank
+    fixed[site.name].check_shrinks(site)  # no longer refused
+    repaired = repair({site.name: big}, sites, 10**9)  # a generous budget still repairs it
+    repaired[site.name].check_shrinks(site)

@@ -46,6 +46,7 @@ def repair(plan: dict, sites: list, max_bytes: int | None, freqs=None, fits=None
     to its `fallback` (the space's smallest setting for it). With the fallbacks of a feasible
     space this always ends feasible; None only when even they cannot make it fit."""
     step = step or (lambda site, config: shrink(config))
+    plan = below_dense(plan, sites, freqs, step, fallback or {})
     if fits is None:
         def fits(p):
             return plan_stored_bytes(sites, p, freqs, model_bytes) <= max_bytes
@@ -79,3 +80,31 @@ def repair(plan: dict, sites: list, max_bytes: int | None, freqs=None, fits=None
         switched.add(name)
         stuck.discard(name)
     return plan
+
+
+def _shrinks(config, site, freqs) -> bool:
+    try:
+        config.check_shrinks(site, freqs)
+        return True
+    except UserError:
+        return False
+
+
+def below_dense(plan: dict, sites: list, freqs=None, step=None, fallback: dict | None = None) -> dict:
+    """Every entry stepped down until it stores less than its dense site (compress refuses one
+    that does not): by `step`, else the site's `fallback`, else the site stays dense."""
+    step = step or (lambda site, config: shrink(config))
+    by_name = {s.name: s for s in sites}
+    out = {}
+    for name, config in plan.items():
+        site = by_name.get(name)
+        if site is None:
+            out[name] = config
+            continue
+        while config is not None and not _shrinks(config, site, freqs):
+            config = step(site, config)
+        if config is None and fallback and name in fallback and _shrinks(fallback[name], site, freqs):
+            config = fallback[name]
+        if config is not None:
+            out[name] = config
+    return out

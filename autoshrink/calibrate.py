@@ -25,6 +25,7 @@ eval mode (no dropout), at most PASS_TOKENS per forward and backward pass. The r
 autoshrink cache, keyed by a fingerprint of the model's weights, of the token ids used and the
 token count, as safetensors (nothing is unpickled), so a search computes it once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -111,7 +112,7 @@ def calibration_ids(train_ids: torch.Tensor, tokens: int, streams: int, burn_in:
     length = max(1, min(tokens, len(ids) - 1) // streams)
     burn_in = max(0, min(burn_in, len(ids) - length - 1))
     starts = torch.linspace(0, len(ids) - length - burn_in - 1, streams).long()
-    return torch.stack([ids[s:s + burn_in + length + 1] for s in starts.tolist()], dim=1)
+    return torch.stack([ids[s : s + burn_in + length + 1] for s in starts.tolist()], dim=1)
 
 
 def _submodule(model: nn.Module, name: str) -> nn.Module | None:
@@ -121,8 +122,14 @@ def _submodule(model: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
-def collect(model: nn.Module, train_ids: torch.Tensor, tokens: int = DEFAULT_TOKENS, sites: list[Site] | None = None,
-            freqs: torch.Tensor | None = None, streams: int = STREAMS) -> dict[str, SiteStats]:
+def collect(
+    model: nn.Module,
+    train_ids: torch.Tensor,
+    tokens: int = DEFAULT_TOKENS,
+    sites: list[Site] | None = None,
+    freqs: torch.Tensor | None = None,
+    streams: int = STREAMS,
+) -> dict[str, SiteStats]:
     """The statistics of one forward and backward pass (no cache): {site name: SiteStats}."""
     sites = sites if sites is not None else discover_sites(model)
     # Sites a standard torch module multiplies in place inside its own kernel (nn.LSTM's
@@ -132,8 +139,10 @@ def collect(model: nn.Module, train_ids: torch.Tensor, tokens: int = DEFAULT_TOK
         freqs = getattr(model.vocab, "freqs", None)
     sums = {s.name: _Sums() for s in sites}
     originals = {s.name: model.get_submodule(s.name) for s in sites}
-    probes = {s.name: _Probe(originals[s.name], sums[s.name], isinstance(originals[s.name], nn.Embedding), s.shape[0])
-              for s in sites}
+    probes = {
+        s.name: _Probe(originals[s.name], sums[s.name], isinstance(originals[s.name], nn.Embedding), s.shape[0])
+        for s in sites
+    }
     was_training = model.training
     grads = {name: p.requires_grad for name, p in model.named_parameters()}
     model.eval()
@@ -145,7 +154,7 @@ def collect(model: nn.Module, train_ids: torch.Tensor, tokens: int = DEFAULT_TOK
         for p in model.parameters():
             p.requires_grad_(False)  # gradients of activations only
         for first in range(0, ids.shape[1], per_pass):
-            part = ids[:, first:first + per_pass]
+            part = ids[:, first : first + per_pass]
             state = None
             if burn_in:  # a warm recurrent state, from the model's own (fused) path, unrecorded
                 with torch.no_grad():
@@ -156,8 +165,9 @@ def collect(model: nn.Module, train_ids: torch.Tensor, tokens: int = DEFAULT_TOK
             try:
                 with torch.enable_grad():
                     logits = _forward_with_grad(model, part[burn_in:-1], state)
-                    F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), part[burn_in + 1:].reshape(-1),
-                                    reduction="sum").backward()
+                    F.cross_entropy(
+                        logits.float().reshape(-1, logits.shape[-1]), part[burn_in + 1 :].reshape(-1), reduction="sum"
+                    ).backward()
             finally:
                 for name, module in originals.items():
                     _swap(model, name, module)
@@ -170,8 +180,11 @@ def collect(model: nn.Module, train_ids: torch.Tensor, tokens: int = DEFAULT_TOK
 
 def _forward_with_grad(model: nn.Module, ids: torch.Tensor, state=None) -> torch.Tensor:
     """Logits whose graph reaches every probe: the embedding's output is made to need a gradient."""
-    hooks = [m.register_forward_hook(lambda _m, _a, out: out.requires_grad_(True))
-             for m in model.modules() if isinstance(m, nn.Embedding)]
+    hooks = [
+        m.register_forward_hook(lambda _m, _a, out: out.requires_grad_(True))
+        for m in model.modules()
+        if isinstance(m, nn.Embedding)
+    ]
     try:
         out = model(ids) if state is None else model(ids, state)
     finally:
@@ -187,20 +200,34 @@ def _stats(sites: list[Site], sums: dict[str, _Sums], freqs: torch.Tensor | None
         grad = None if acc.gg is None else (acc.gg / max(1, acc.grad_count)).cpu()
         grad_moment = grad if grad is not None and grad.dim() == 2 and acc.count else None
         grad_sq = grad.diagonal().clone() if grad_moment is not None else grad
-        site_freqs = (freqs.detach().double().cpu() if site.is_vocab and freqs is not None
-                      and len(freqs) == site.shape[0] else None)
+        site_freqs = (
+            freqs.detach().double().cpu()
+            if site.is_vocab and freqs is not None and len(freqs) == site.shape[0]
+            else None
+        )
         if acc.count:  # a matrix that multiplies inputs
-            out[site.name] = SiteStats(moment=(acc.xx / acc.count).cpu(), tokens=acc.count, freqs=site_freqs,
-                                       mean=(acc.x / acc.count).cpu(), grad_sq=grad_sq, grad_moment=grad_moment)
+            out[site.name] = SiteStats(
+                moment=(acc.xx / acc.count).cpu(),
+                tokens=acc.count,
+                freqs=site_freqs,
+                mean=(acc.x / acc.count).cpu(),
+                grad_sq=grad_sq,
+                grad_moment=grad_moment,
+            )
         else:  # an embedding: its output gradient's moment weighs its columns
             out[site.name] = SiteStats(moment=grad, tokens=acc.grad_count, freqs=site_freqs)
     for site in sites:  # a tied owner without inputs takes its partner's
         partner = out[site.name]
         owner = out.get(site.tied_with) if site.tied_with else None
         if owner is not None and owner.mean is None and partner.mean is not None:
-            out[site.tied_with] = SiteStats(partner.moment, partner.tokens,
-                                            owner.freqs if owner.freqs is not None else partner.freqs,
-                                            partner.mean, partner.grad_sq, partner.grad_moment)
+            out[site.tied_with] = SiteStats(
+                partner.moment,
+                partner.tokens,
+                owner.freqs if owner.freqs is not None else partner.freqs,
+                partner.mean,
+                partner.grad_sq,
+                partner.grad_moment,
+            )
     return out
 
 
@@ -220,8 +247,14 @@ def cache_path(model: nn.Module, train_ids: torch.Tensor, tokens: int, streams: 
     return cache_root() / "calibration" / f"{fingerprint(model)}-{data_key}-{tokens}.safetensors"
 
 
-def calibrate(model: nn.Module, train_ids: torch.Tensor, tokens: int = DEFAULT_TOKENS, sites: list[Site] | None = None,
-              freqs: torch.Tensor | None = None, cache: bool = True) -> dict[str, SiteStats]:
+def calibrate(
+    model: nn.Module,
+    train_ids: torch.Tensor,
+    tokens: int = DEFAULT_TOKENS,
+    sites: list[Site] | None = None,
+    freqs: torch.Tensor | None = None,
+    cache: bool = True,
+) -> dict[str, SiteStats]:
     """Per-site statistics of `model` on `tokens` training tokens, computed once per (model
     weights, tokens used) and then read from the cache."""
     path = cache_path(model, train_ids, tokens) if cache else None
@@ -239,19 +272,28 @@ def calibrate(model: nn.Module, train_ids: torch.Tensor, tokens: int = DEFAULT_T
 def _write(path: Path, stats: dict[str, SiteStats]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # clone: tied sites share one statistics object, and safetensors refuses shared storage
-    tensors = {f"{name}/{key}": getattr(s, key).contiguous().clone() for name, s in stats.items() for key in FIELDS
-               if getattr(s, key) is not None}
+    tensors = {
+        f"{name}/{key}": getattr(s, key).contiguous().clone()
+        for name, s in stats.items()
+        for key in FIELDS
+        if getattr(s, key) is not None
+    }
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "tokens": json.dumps({n: s.tokens for n, s in stats.items()})})
+    save_file(
+        tensors, str(tmp), metadata={"format": FORMAT, "tokens": json.dumps({n: s.tokens for n, s in stats.items()})}
+    )
     tmp.replace(path)
 
 
 def _read(path: Path) -> dict[str, SiteStats]:
     from safetensors import safe_open
+
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a calibration file of format {FORMAT}")
     tensors = load_file(str(path))
-    return {name: SiteStats(tokens=int(count), **{key: tensors.get(f"{name}/{key}") for key in FIELDS})
-            for name, count in json.loads(meta["tokens"]).items()}
+    return {
+        name: SiteStats(tokens=int(count), **{key: tensors.get(f"{name}/{key}") for key in FIELDS})
+        for name, count in json.loads(meta["tokens"]).items()
+    }

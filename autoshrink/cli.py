@@ -4,6 +4,7 @@ Every command has --help with examples and its defaults. Bad input (UserError) i
 stderr and exit 2. The flags of `search` and `train` are generated from SearchConfig and
 TrainConfig, so each default and its help is written once, in the config.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,13 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "%(default)" in text or default is None or default is argparse.SUPPRESS or isinstance(default, bool) \
-                or not action.option_strings:
+        if (
+            "%(default)" in text
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or not action.option_strings
+        ):
             return text
         return text + " [%(default)s]"
 
@@ -52,20 +58,34 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip: tuple[st
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue
         if isinstance(f.default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=f"{help_text} [{'on' if f.default else 'off'}]")
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=f.default,
+                help=f"{help_text} [{'on' if f.default else 'off'}]",
+            )
             continue
-        parser.add_argument(flag, dest=f.name, type=_type_of(f), required=required, choices=f.metadata.get("choices"),
-                            default=None if required else f.default, help=help_text)
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            type=_type_of(f),
+            required=required,
+            choices=f.metadata.get("choices"),
+            default=None if required else f.default,
+            help=help_text,
+        )
 
 
 def config_from(args: argparse.Namespace, config_cls):
     """The config whose fields the parsed flags give."""
-    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)})
+    return config_cls(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)}
+    )
 
 
 def _spread(metrics: dict, key: str, unit: str, digits: int) -> str:
-    """"3.52 ms (median of 20, IQR 3.41-3.70)" from metrics that record a spread (measure/timing.py)."""
+    """ "3.52 ms (median of 20, IQR 3.41-3.70)" from metrics that record a spread (measure/timing.py)."""
     if f"{key}_iqr" not in metrics:  # an older metrics.json: the median alone
         return f"{metrics[key]:,.{digits}f} {unit}"
     return Spread(metrics[key], *metrics[f"{key}_iqr"], metrics[f"{key}_repeats"]).describe(unit, digits)
@@ -85,12 +105,15 @@ def _progress_bar(desc: str) -> TrainingProgress:
 
 # --- pretrain ---------------------------------------------------------------------------
 def _pretrain_parser(sub) -> None:
-    p = sub.add_parser("pretrain", help="train and cache a dense reference LM",
-                       description="Pretrain a preset on a corpus (early-stopped on validation perplexity) and cache it "
-                                   "in $AUTOSHRINK_CACHE or ~/.cache/autoshrink.",
-                       epilog="examples:\n  autoshrink pretrain --model kjv-lstm-tiny\n"
-                              "  autoshrink pretrain --model kjv-lstm --epochs 8 --out autoshrink/pretrained/kjv-lstm",
-                       formatter_class=_Formatter)
+    p = sub.add_parser(
+        "pretrain",
+        help="train and cache a dense reference LM",
+        description="Pretrain a preset on a corpus (early-stopped on validation perplexity) and cache it "
+        "in $AUTOSHRINK_CACHE or ~/.cache/autoshrink.",
+        epilog="examples:\n  autoshrink pretrain --model kjv-lstm-tiny\n"
+        "  autoshrink pretrain --model kjv-lstm --epochs 8 --out autoshrink/pretrained/kjv-lstm",
+        formatter_class=_Formatter,
+    )
     p.add_argument("--model", default="kjv-lstm", help="preset: kjv-lstm | kjv-lstm-tiny")
     p.add_argument("--data", default="kjv", help="kjv, a folder with train/valid/test.txt, or a text file")
     p.add_argument("--epochs", type=float, default=None, help="maximum epochs (default: the preset's)")
@@ -103,29 +126,43 @@ def _pretrain_parser(sub) -> None:
 def _pretrain_command(args) -> int:
     import json
     from pathlib import Path
+
     progress = _progress_bar(f"pretrain {args.model}")
     try:
-        folder = api.pretrain(args.model, args.data, epochs=args.epochs, device=args.device, seed=args.seed,
-                          out=Path(args.out) if args.out else None, command=args.command_line, on_log=progress,
-                          on_eval=lambda step, ppl: print(f"step {step}: valid perplexity {ppl:.2f}", file=sys.stderr))
+        folder = api.pretrain(
+            args.model,
+            args.data,
+            epochs=args.epochs,
+            device=args.device,
+            seed=args.seed,
+            out=Path(args.out) if args.out else None,
+            command=args.command_line,
+            on_log=progress,
+            on_eval=lambda step, ppl: print(f"step {step}: valid perplexity {ppl:.2f}", file=sys.stderr),
+        )
     finally:
         progress.close()
     info = json.loads((folder / "model.json").read_text())["pretrain"]
-    print(f"{args.model}: valid ppl {info['val_ppl']:.2f}, test ppl {info['test_ppl']:.2f}, "
-          f"{info['seconds']:.0f} s, {info['tokens_per_s']} tokens/s -> {folder}")
+    print(
+        f"{args.model}: valid ppl {info['val_ppl']:.2f}, test ppl {info['test_ppl']:.2f}, "
+        f"{info['seconds']:.0f} s, {info['tokens_per_s']} tokens/s -> {folder}"
+    )
     return 0
 
 
 # --- sites, methods ---------------------------------------------------------------------
 def _sites_parser(sub) -> None:
-    p = sub.add_parser("sites", help="list the compressible sites of a model",
-                       description="Each site: name, role, shape (out x in; words x dim), dense bytes, the method "
-                                   "and stored bytes of a compressed one, tie partner. Works on dense models, "
-                                   "presets and compressed exports (RUN_DIR/final).",
-                       epilog="examples:\n  autoshrink sites --model kjv-lstm\n"
-                              "  autoshrink sites --model results/runs/<run>/final   # an export: method and bytes per site\n"
-                              "  autoshrink sites --model path/to/hf-model   # a local Hugging Face causal LM folder",
-                       formatter_class=_Formatter)
+    p = sub.add_parser(
+        "sites",
+        help="list the compressible sites of a model",
+        description="Each site: name, role, shape (out x in; words x dim), dense bytes, the method "
+        "and stored bytes of a compressed one, tie partner. Works on dense models, "
+        "presets and compressed exports (RUN_DIR/final).",
+        epilog="examples:\n  autoshrink sites --model kjv-lstm\n"
+        "  autoshrink sites --model results/runs/<run>/final   # an export: method and bytes per site\n"
+        "  autoshrink sites --model path/to/hf-model   # a local Hugging Face causal LM folder",
+        formatter_class=_Formatter,
+    )
     p.add_argument("--model", default="kjv-lstm", help="preset name, model folder or Hugging Face folder")
     p.add_argument("--data", default="kjv", help="corpus the preset is pretrained on")
     p.set_defaults(handler=_sites_command)
@@ -135,23 +172,32 @@ def _sites_command(args) -> int:
     model = api.load(args.model, data=args.data)
     found = api.sites(model)
     w = max([14] + [len(s.name) for s in found])
-    print(f"{'site':<{w}} {'role':<10} {'shape':>12} {'dense bytes':>12}  {'method':<12} {'stored bytes':>12}  tied with")
+    print(
+        f"{'site':<{w}} {'role':<10} {'shape':>12} {'dense bytes':>12}  {'method':<12} {'stored bytes':>12}  tied with"
+    )
     for s in found:
         stored = f"{s.stored_bytes:>12,}" if s.stored_bytes is not None else f"{'-':>12}"
-        print(f"{s.name:<{w}} {s.role:<10} {f'{s.shape[0]}x{s.shape[1]}':>12} {s.dense_bytes:>12,}  "
-              f"{s.method or 'dense':<12} {stored}  {s.tied_with or '-'}")
+        print(
+            f"{s.name:<{w}} {s.role:<10} {f'{s.shape[0]}x{s.shape[1]}':>12} {s.dense_bytes:>12,}  "
+            f"{s.method or 'dense':<12} {stored}  {s.tied_with or '-'}"
+        )
     if any(s.method for s in found):
         print(f"whole model: {api.stored_bytes(model):,} stored bytes")
     else:
-        print(f"whole model: {api.dense_bytes(model):,} bytes fp32 ({sum(p.numel() for p in model.parameters()):,} "
-              "parameters)")
+        print(
+            f"whole model: {api.dense_bytes(model):,} bytes fp32 ({sum(p.numel() for p in model.parameters()):,} "
+            "parameters)"
+        )
     return 0
 
 
 def _methods_parser(sub) -> None:
-    p = sub.add_parser("methods", help="list the compression methods and their knobs",
-                       epilog="example:\n  autoshrink methods\n  autoshrink methods --knobs",
-                       formatter_class=_Formatter)
+    p = sub.add_parser(
+        "methods",
+        help="list the compression methods and their knobs",
+        epilog="example:\n  autoshrink methods\n  autoshrink methods --knobs",
+        formatter_class=_Formatter,
+    )
     p.add_argument("--knobs", dest="help_knobs", action="store_true", help="also explain every knob, one a line")
     p.set_defaults(handler=_methods_command)
 
@@ -169,14 +215,17 @@ def _methods_command(args) -> int:
 
 # --- search ------------------------------------------------------------------------------
 def _search_parser(sub) -> None:
-    p = sub.add_parser("search", help="per-layer search to a Pareto front under a budget",
-                       description="Search per-site compression choices that meet the budget.",
-                       epilog="examples:\n  autoshrink search --budget 25x\n  autoshrink search --budget 1.5MB --trials 40\n"
-                              "  autoshrink search --budget 10x --model kjv-lstm-tiny --trials 4   # a quick look\n"
-                              "  autoshrink search --budget 4ms\n"
-                              "  autoshrink search --budget 25x --backend ray --workers 2          # Ray Tune, this machine\n"
-                              "  autoshrink search --budget 25x --backend ray --address auto --workers 8   # a Ray cluster",
-                       formatter_class=_Formatter)
+    p = sub.add_parser(
+        "search",
+        help="per-layer search to a Pareto front under a budget",
+        description="Search per-site compression choices that meet the budget.",
+        epilog="examples:\n  autoshrink search --budget 25x\n  autoshrink search --budget 1.5MB --trials 40\n"
+        "  autoshrink search --budget 10x --model kjv-lstm-tiny --trials 4   # a quick look\n"
+        "  autoshrink search --budget 4ms\n"
+        "  autoshrink search --budget 25x --backend ray --workers 2          # Ray Tune, this machine\n"
+        "  autoshrink search --budget 25x --backend ray --address auto --workers 8   # a Ray cluster",
+        formatter_class=_Formatter,
+    )
     add_config_flags(p, SearchConfig)
     p.set_defaults(handler=_search_command)
 
@@ -188,26 +237,38 @@ def _search_command(args) -> int:
         print(f"no feasible completed trial yet in {result.run_dir}")
     else:
         print(f"Pareto front ({len(front)} trial(s)) of {result.run_dir}; val ppl: {api.VAL_SLICE}:")
-        print(front[["number", "ratio", "stored_bytes", "latency_ms", "val_ppl", "methods"]].to_string(
-            index=False, float_format=lambda v: f"{v:.2f}"))
-    print("resume or extend (a larger --trials adds trials): autoshrink search "
-          + " ".join(shlex.quote(a) for a in result.config.flags()))
+        print(
+            front[["number", "ratio", "stored_bytes", "latency_ms", "val_ppl", "methods"]].to_string(
+                index=False, float_format=lambda v: f"{v:.2f}"
+            )
+        )
+    print(
+        "resume or extend (a larger --trials adds trials): autoshrink search "
+        + " ".join(shlex.quote(a) for a in result.config.flags())
+    )
     return 0
 
 
 # --- front, train, eval -------------------------------------------------------------------
 def _front_parser(sub) -> None:
-    p = sub.add_parser("front", help="show the Pareto front of a run",
-                       description="The Pareto front (feasible completed trials) of a run folder, read from its "
-                                   "study.db: it works while the search is still running.",
-                       epilog="examples:\n  autoshrink front results/runs/kjv-lstm-25x-20250101-120000\n"
-                              "  autoshrink front RUN_DIR --format csv > front.csv\n"
-                              "  autoshrink front RUN_DIR --format json --plot RUN_DIR/front.png",
-                       formatter_class=_Formatter)
+    p = sub.add_parser(
+        "front",
+        help="show the Pareto front of a run",
+        description="The Pareto front (feasible completed trials) of a run folder, read from its "
+        "study.db: it works while the search is still running.",
+        epilog="examples:\n  autoshrink front results/runs/kjv-lstm-25x-20250101-120000\n"
+        "  autoshrink front RUN_DIR --format csv > front.csv\n"
+        "  autoshrink front RUN_DIR --format json --plot RUN_DIR/front.png",
+        formatter_class=_Formatter,
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of `autoshrink search`")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
-    p.add_argument("--plot", default=None, metavar="PATH",
-                   help="also draw val ppl against stored bytes (or latency) to a PNG, the front highlighted")
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="PATH",
+        help="also draw val ppl against stored bytes (or latency) to a PNG, the front highlighted",
+    )
     p.set_defaults(handler=_front_command)
 
 
@@ -219,16 +280,19 @@ def _front_command(args) -> int:
 
 
 def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train one front configuration longer and export it",
-                       description="Final training of one plan of a run: compress the dense model with it, train "
-                                   "longer (the methods' schedules run over the whole training), keep the best "
-                                   "validated state, and export it (model.safetensors, plan.json, model.json, "
-                                   "metrics.json). Every validation writes OUT/checkpoint; running the same command "
-                                   "again continues from it (weights and schedules; the optimizer restarts).",
-                       epilog="examples:\n  autoshrink train results/runs/kjv-lstm-25x-20250101-120000\n"
-                              "  autoshrink train RUN_DIR --trial 7 --steps 3000 --distill\n"
-                              "  autoshrink train RUN_DIR --trial smallest:150 --epochs 2 --out final-150",
-                       formatter_class=_Formatter)
+    p = sub.add_parser(
+        "train",
+        help="train one front configuration longer and export it",
+        description="Final training of one plan of a run: compress the dense model with it, train "
+        "longer (the methods' schedules run over the whole training), keep the best "
+        "validated state, and export it (model.safetensors, plan.json, model.json, "
+        "metrics.json). Every validation writes OUT/checkpoint; running the same command "
+        "again continues from it (weights and schedules; the optimizer restarts).",
+        epilog="examples:\n  autoshrink train results/runs/kjv-lstm-25x-20250101-120000\n"
+        "  autoshrink train RUN_DIR --trial 7 --steps 3000 --distill\n"
+        "  autoshrink train RUN_DIR --trial smallest:150 --epochs 2 --out final-150",
+        formatter_class=_Formatter,
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of `autoshrink search`")
     add_config_flags(p, TrainConfig)
     p.set_defaults(handler=_train_command)
@@ -239,25 +303,35 @@ def _train_command(args) -> int:
     progress = _progress_bar(f"train {config.trial}")
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        final = api.train(args.run_dir, config, on_log=progress, log=log,
-                          on_eval=lambda step, ppl: log(f"step {step}: val ppl {ppl:.2f} (whole valid split)"))
+        final = api.train(
+            args.run_dir,
+            config,
+            on_log=progress,
+            log=log,
+            on_eval=lambda step, ppl: log(f"step {step}: val ppl {ppl:.2f} (whole valid split)"),
+        )
     finally:
         progress.close()
     m = final.metrics
-    print(f"trial {m['trial']}: val ppl {m['val_ppl']:.2f} (whole valid split), test ppl {m['test_ppl']:.2f}, "
-          f"{_fmt_bytes(m['stored_bytes'])} ({m['ratio']:.1f}x), latency {_spread(m, 'latency_ms', 'ms', 2)}, "
-          f"{m['steps']} steps -> {final.out}")
+    print(
+        f"trial {m['trial']}: val ppl {m['val_ppl']:.2f} (whole valid split), test ppl {m['test_ppl']:.2f}, "
+        f"{_fmt_bytes(m['stored_bytes'])} ({m['ratio']:.1f}x), latency {_spread(m, 'latency_ms', 'ms', 2)}, "
+        f"{m['steps']} steps -> {final.out}"
+    )
     return 0
 
 
 def _eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="test perplexity, bytes, ratio and latency of an exported model",
-                       description="Evaluate a compressed export, a dense model folder or a preset: test perplexity "
-                                   "(whole test split), stored bytes (checked against the file), ratio to the dense "
-                                   "fp32 model, CPU latency (batch 1, 35 tokens, median) and tokens/s.",
-                       epilog="examples:\n  autoshrink eval results/runs/kjv-lstm-25x-20250101-120000/final\n"
-                              "  autoshrink eval kjv-lstm --json\n  autoshrink eval my-model/ --data corpus/",
-                       formatter_class=_Formatter)
+    p = sub.add_parser(
+        "eval",
+        help="test perplexity, bytes, ratio and latency of an exported model",
+        description="Evaluate a compressed export, a dense model folder or a preset: test perplexity "
+        "(whole test split), stored bytes (checked against the file), ratio to the dense "
+        "fp32 model, CPU latency (batch 1, 35 tokens, median) and tokens/s.",
+        epilog="examples:\n  autoshrink eval results/runs/kjv-lstm-25x-20250101-120000/final\n"
+        "  autoshrink eval kjv-lstm --json\n  autoshrink eval my-model/ --data corpus/",
+        formatter_class=_Formatter,
+    )
     p.add_argument("dir", metavar="DIR", help="an export folder, a dense model folder, or a preset name")
     p.add_argument("--data", default=None, help="corpus (default: the one the model's model.json names, or kjv)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -267,24 +341,29 @@ def _eval_parser(sub) -> None:
 
 def _eval_command(args) -> int:
     import json
+
     r = api.evaluate(args.dir, data=args.data, device=args.device)
     if args.json:
         print(json.dumps(r))
         return 0
-    print(f"{r['model']}: test ppl {r['test_ppl']:.2f} ({r['test_tokens']:,} tokens of {r['data']}), "
-          f"{r['stored_bytes']:,} stored bytes ({_fmt_bytes(r['stored_bytes'])}, {r['ratio']:.1f}x smaller than dense "
-          f"fp32), latency {_spread(r, 'latency_ms', 'ms', 2)} (CPU, batch 1, 35 tokens), "
-          f"{_spread(r, 'tokens_per_s', 'tokens/s', 0)} (batch 10)")
+    print(
+        f"{r['model']}: test ppl {r['test_ppl']:.2f} ({r['test_tokens']:,} tokens of {r['data']}), "
+        f"{r['stored_bytes']:,} stored bytes ({_fmt_bytes(r['stored_bytes'])}, {r['ratio']:.1f}x smaller than dense "
+        f"fp32), latency {_spread(r, 'latency_ms', 'ms', 2)} (CPU, batch 1, 35 tokens), "
+        f"{_spread(r, 'tokens_per_s', 'tokens/s', 0)} (batch 10)"
+    )
     return 0
 
 
-PARSERS = [_pretrain_parser, _sites_parser, _methods_parser, _search_parser, _front_parser, _train_parser,
-           _eval_parser]
+PARSERS = [_pretrain_parser, _sites_parser, _methods_parser, _search_parser, _front_parser, _train_parser, _eval_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoshrink", description="AutoML compression of language models.",
-                                     epilog="start with:  autoshrink search --budget 25x")
+    parser = argparse.ArgumentParser(
+        prog="autoshrink",
+        description="AutoML compression of language models.",
+        epilog="start with:  autoshrink search --budget 25x",
+    )
     parser.add_argument("--version", action="version", version=f"autoshrink {__import__('autoshrink').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in PARSERS:

@@ -5,6 +5,7 @@ keeps its traceback. Messages show the bad value, as torchao's config checks do.
 gives are read through `read_user_text` / `read_user_json`, so a missing, unreadable or garbage
 file is such a line too, never a UnicodeDecodeError.
 """
+
 from __future__ import annotations
 
 import json

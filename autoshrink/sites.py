@@ -6,6 +6,7 @@ paths. Roles: embedding (word table), softmax (output layer over the vocabulary)
 (an LSTM's input-to-hidden or hidden-to-hidden matrix), attention (a transformer's query, key,
 value or output projection), mlp (a transformer's feed-forward matrices), linear (any other matrix).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -14,6 +14,7 @@ left idle costs under half the run; a crowded second thread can cost nine tenths
 
 The command line calls `set_default_threads()` once at start-up, before any work.
 """
+
 from __future__ import annotations
 
 import os

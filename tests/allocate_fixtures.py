@@ -1,4 +1,5 @@
 """Tiny LSTM LMs and token streams for the allocate tests (built in the test, in about a second)."""
+
 from __future__ import annotations
 
 import functools

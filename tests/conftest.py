@@ -1,4 +1,5 @@
 """Shared fixtures: a private model cache and tiny corpora made in the test."""
+
 from __future__ import annotations
 
 import random
@@ -52,4 +53,5 @@ def corpus_folder(tmp_path_factory):
 def tiny_model_dir(tmp_path_factory, text_file):
     """kjv-lstm-tiny pretrained on the tiny text file (seconds)."""
     from autoshrink.models.pretrain import pretrain
+
     return pretrain("kjv-lstm-tiny", str(text_file), epochs=30, out=tmp_path_factory.mktemp("models") / "tiny")

@@ -1,4 +1,5 @@
 """Multiple-choice knapsack: optimal against brute force, always within the capacity, a ladder."""
+
 from __future__ import annotations
 
 import itertools
@@ -66,8 +67,10 @@ def test_ladder_losses_fall_as_the_capacity_grows_and_infeasible_is_none():
 
 
 def test_spend_slack_buys_the_best_upgrade_that_fits():
-    options = {"a": [Option("a0", 10, 1.0), Option("a1", 15, 0.2), Option("a2", 30, 0.0)],
-               "b": [Option("b0", 10, 0.5), Option("b1", 12, 0.4)]}
+    options = {
+        "a": [Option("a0", 10, 1.0), Option("a1", 15, 0.2), Option("a2", 30, 0.0)],
+        "b": [Option("b0", 10, 0.5), Option("b1", 12, 0.4)],
+    }
     upgraded = spend_slack(options, {"a": 0, "b": 0}, capacity=27)
     assert upgraded == {"a": 1, "b": 1}  # a1 gains 0.8 (cost 25), then b1 still fits (27)
 

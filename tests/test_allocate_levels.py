@@ -1,4 +1,5 @@
 """Option levels: geometric in bytes, each the largest setting within its target, no duplicates."""
+
 from __future__ import annotations
 
 import pytest

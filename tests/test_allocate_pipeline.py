@@ -1,4 +1,5 @@
 """allocate(): profile -> knapsack -> joint refinement on a tiny LM; plans fit and losses are real."""
+
 from __future__ import annotations
 
 import math
@@ -57,6 +58,7 @@ def test_a_rerun_reuses_the_profile_and_exact_options_are_measured_as_given(allo
     model, valid, limit, path, result = allocated
     from autoshrink.allocate import profile as _  # noqa: F401  (the module is loaded)
     import sys
+
     module = sys.modules["autoshrink.allocate.profile"]
     calls = []
     real = module.build_site
@@ -77,6 +79,7 @@ def test_a_limit_below_any_plan_is_a_user_error():
 def test_level_caps_leave_room_for_every_other_site_at_its_cheapest():
     from autoshrink.allocate.levels import site_options
     from autoshrink.allocate.pipeline import fixed_bytes, level_caps, site_cost
+
     model, _, _ = trained_lstm()
     sites = discover_sites(model)
     model_bytes = stored_bytes(model)

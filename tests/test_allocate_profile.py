@@ -1,4 +1,5 @@
 """Profile: one row per site option, measured alone, resumed from profile.csv, optional fine-tune."""
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,10 @@ from autoshrink.plan import compress, method_bytes
 
 from allocate_fixtures import trained_lstm
 
-OPTIONS = {"rnn.0.hh": [LowRankConfig(rank=2), LowRankConfig(rank=8), QuantConfig(bits=16)],
-           "decoder": [LowRankConfig(rank=3)]}
+OPTIONS = {
+    "rnn.0.hh": [LowRankConfig(rank=2), LowRankConfig(rank=8), QuantConfig(bits=16)],
+    "decoder": [LowRankConfig(rank=3)],
+}
 
 
 def _count_builds(monkeypatch) -> list:

@@ -1,5 +1,6 @@
 """Refinement: diverse knapsack candidates, bounded joint evaluations, never over the limit, and
 better plans where the per-site losses do not add up."""
+
 from __future__ import annotations
 
 import random
@@ -81,6 +82,7 @@ def _per_token(options, noise: float, penalty_for=None, tokens: int = 200, salt:
         key = zlib.crc32(repr((salt, sorted(choice.items()))).encode())  # stable across runs (hash() is salted)
         base = _additive(options)(choice) + (5.0 if penalty_for is not None and penalty_for(choice) else 0.0)
         return base + noise * np.random.default_rng(key).standard_normal(tokens)
+
     return evaluate
 
 
@@ -91,8 +93,9 @@ def test_with_per_token_losses_only_a_significant_win_replaces_the_knapsack_plan
     # and must not win, on any of ten slices.
     fooled = 0
     for salt in range(10):
-        noisy = refine(options, 150.0, _per_token(options, noise=3.0, salt=salt), [(knap, "knapsack")],
-                       max_evals=30, seed=0)
+        noisy = refine(
+            options, 150.0, _per_token(options, noise=3.0, salt=salt), [(knap, "knapsack")], max_evals=30, seed=0
+        )
         assert noisy[0].choice == knap, f"slice {salt}: noise crowned a plan"
         fooled += min(r.loss for r in noisy) < noisy[0].loss  # a lower mean was seen, and not believed
     assert fooled >= 3

@@ -1,4 +1,5 @@
 """Replay: losses from cached activations equal full evaluations; the caller's model is untouched."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """Every file a user passes that is not what it should be (garbage bytes, a truncated SQLite file,
 the wrong JSON) is answered with one line on stderr and exit 2, never a traceback."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,28 @@ def made(tmp_path_factory, tiny_model_dir, text_file):
     """A finished run with an export, made once; each test breaks a copy."""
     root = tmp_path_factory.mktemp("bad")
     run = root / "run"
-    assert main(["search", "--budget", "4x", "--model", str(tiny_model_dir), "--data", str(text_file), "--trials", "1",
-                 "--finetune-steps", "2", "--sampler", "random", "--run-dir", str(run)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--budget",
+                "4x",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(text_file),
+                "--trials",
+                "1",
+                "--finetune-steps",
+                "2",
+                "--sampler",
+                "random",
+                "--run-dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert main(["train", str(run), "--steps", "2", "--evals", "1"]) == 0
     return run
 
@@ -50,8 +71,12 @@ CASES = [  # (name, file under the copy, how it is broken, command after the cop
     ("eval, garbage model.json", "final/model.json", _garbage, ["eval", "{run}/final"]),
     ("sites, garbage model.json", "final/model.json", _garbage, ["sites", "--model", "{run}/final"]),
     ("train, garbage checkpoint state", "final/checkpoint/state.json", _garbage, ["train", "{run}", "--steps", "3"]),
-    ("train, checkpoint state not an object", "final/checkpoint/state.json", _not_an_object,
-     ["train", "{run}", "--steps", "3"]),
+    (
+        "train, checkpoint state not an object",
+        "final/checkpoint/state.json",
+        _not_an_object,
+        ["train", "{run}", "--steps", "3"],
+    ),
 ]
 
 
@@ -72,7 +97,9 @@ def test_a_garbage_space_or_corpus_file_is_one_line(tiny_model_dir, text_file, t
     bad = tmp_path / "bad.bin"
     bad.write_bytes(GARBAGE)
     argv = {"--model": str(tiny_model_dir), "--data": str(text_file), flag: str(bad)}
-    assert main(["search", "--budget", "4x", "--run-dir", str(tmp_path / "run"),
-                 *[x for kv in argv.items() for x in kv]]) == 2
+    assert (
+        main(["search", "--budget", "4x", "--run-dir", str(tmp_path / "run"), *[x for kv in argv.items() for x in kv]])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and "not" in err[0], err

@@ -1,4 +1,5 @@
 """The reference benchmark's parts: uniform single-method plans, entrants, and the report."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ from autoshrink.plan import plan_stored_bytes
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, text_file, tmp_path_factory):
-    return Setup(str(tiny_model_dir), steps=2, trials=1, finetune_steps=2,
-                 work=tmp_path_factory.mktemp("bench"), data=str(text_file))
+    return Setup(
+        str(tiny_model_dir),
+        steps=2,
+        trials=1,
+        finetune_steps=2,
+        work=tmp_path_factory.mktemp("bench"),
+        data=str(text_file),
+    )
 
 
 @pytest.mark.parametrize("method", ["lowrank", "prune", "tt", "kronecker"])
@@ -36,20 +43,31 @@ def test_uniform_plan_just_meets_the_limit_on_every_site(setup, method, ratio):
 
 def test_uniform_plan_keeps_sites_outside_the_scope_dense(setup):
     row = Row("lstm", 5, frozenset({"recurrent"}), "", "LSTM")
-    plan = uniform_plan(config_from_dict({"method": "lowrank"}), setup.sites, setup.max_bytes(row),
-                        setup.lm.vocab.freqs, setup.model_bytes, row.roles)
+    plan = uniform_plan(
+        config_from_dict({"method": "lowrank"}),
+        setup.sites,
+        setup.max_bytes(row),
+        setup.lm.vocab.freqs,
+        setup.model_bytes,
+        row.roles,
+    )
     recurrent = {s.name for s in setup.sites if s.role == "recurrent"}
     assert set(plan) == recurrent
     lstm_stored = plan_stored_bytes(setup.sites, plan, setup.lm.vocab.freqs, setup.model_bytes) - (
-        setup.model_bytes - setup.scope_bytes(row))
+        setup.model_bytes - setup.scope_bytes(row)
+    )
     assert setup.scope_bytes(row) / lstm_stored >= 5
 
 
 def test_a_vocabulary_method_cannot_reach_a_whole_model_budget_the_dense_lstm_exceeds(setup):
     lstm = sum(s.dense_bytes for s in setup.sites if s.role == "recurrent")
     limit = lstm // 2  # below what the dense LSTM layers alone store
-    assert uniform_plan(config_from_dict({"method": "groupreduce"}), setup.sites, limit,
-                        setup.lm.vocab.freqs, setup.model_bytes) is None
+    assert (
+        uniform_plan(
+            config_from_dict({"method": "groupreduce"}), setup.sites, limit, setup.lm.vocab.freqs, setup.model_bytes
+        )
+        is None
+    )
 
 
 def test_work_items_put_the_dense_control_first_and_every_entrant_of_a_row(setup):
@@ -57,8 +75,14 @@ def test_work_items_put_the_dense_control_first_and_every_entrant_of_a_row(setup
     assert items[0] == ("dense", "dense")
     assert [e for _, e in items[1:]] == list(ROWS["25x"].singles) + ["small-dense", "autoshrink"]
     converged = work_items(["25x", "50x", "lstm-25x"], "converged")
-    assert converged == [("dense", "dense"), ("25x", "best-uniform"), ("25x", "small-dense"), ("25x", "autoshrink"),
-                         ("lstm-25x", "best-uniform"), ("lstm-25x", "autoshrink")]
+    assert converged == [
+        ("dense", "dense"),
+        ("25x", "best-uniform"),
+        ("25x", "small-dense"),
+        ("25x", "autoshrink"),
+        ("lstm-25x", "best-uniform"),
+        ("lstm-25x", "autoshrink"),
+    ]
 
 
 def test_entrants_train_export_and_land_in_the_report(setup, tmp_path):
@@ -69,10 +93,11 @@ def test_entrants_train_export_and_land_in_the_report(setup, tmp_path):
     assert single["stored_bytes"] == file_bytes(out) <= setup.max_bytes(row)
     assert single["steps"] == dense["steps"] == 2
     assert reference.run_single(setup, row, "lightrnn") == {
-        "unreachable": "lightrnn alone cannot reach 3x on the whole model"}
+        "unreachable": "lightrnn alone cannot reach 3x on the whole model"
+    }
     assert result_of(setup.work, "3x", "lowrank") == json.loads((out / "bench.json").read_text())
     text = markdown(setup, [row], "python -m autoshrink.bench", tmp_path)
-    line = next(l for l in text.splitlines() if l.startswith("| 3x | lowrank |"))
+    line = next(x for x in text.splitlines() if x.startswith("| 3x | lowrank |"))
     increase = 100 * (single["test_ppl"] / dense["test_ppl"] - 1)
     assert f"{single['test_ppl']:.2f} | {increase:+.1f}% | {single['stored_bytes']:,} |" in line
     assert "| 3x | lightrnn | cannot reach" in text
@@ -89,9 +114,29 @@ def test_bad_part_is_a_usage_error(capsys):
 @pytest.mark.slow
 def test_the_whole_benchmark_on_a_tiny_model(tiny_model_dir, text_file, tmp_path):
     out = tmp_path / "results"
-    assert reference_main.main(["--model", str(tiny_model_dir), "--data", str(text_file), "--rows", "10x",
-                           "--steps", "2", "--trials", "2", "--finetune-steps", "2", "--work", str(tmp_path / "w"),
-                           "--out", str(out)]) == 0
+    assert (
+        reference_main.main(
+            [
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(text_file),
+                "--rows",
+                "10x",
+                "--steps",
+                "2",
+                "--trials",
+                "2",
+                "--finetune-steps",
+                "2",
+                "--work",
+                str(tmp_path / "w"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = (out / "BENCHMARK.md").read_text()
     assert "not run yet" not in text and "| 10x | **autoshrink** |" in text
     assert (out / "benchmark.png").stat().st_size > 0
@@ -102,6 +147,7 @@ def test_the_whole_benchmark_on_a_tiny_model(tiny_model_dir, text_file, tmp_path
 
 def test_a_single_method_is_stored_at_its_best_width(setup):
     from autoshrink.bench.entrants import STORAGE_BITS, best_storage_plan
+
     row = Row("3x", 3, None, "search_spaces/default.yaml", "whole model", reference.SINGLES)
     plan, tried = best_storage_plan(setup, row, {"method": "lowrank"})
     assert [t["bits"] for t in tried] == list(STORAGE_BITS)  # every width reaches 3x with low-rank
@@ -115,6 +161,7 @@ def test_a_single_method_is_stored_at_its_best_width(setup):
 def test_small_dense_is_the_largest_8bit_model_within_the_budget(setup):
     from autoshrink.bench.entrants import _small_model, small_dense, small_dense_plan
     from autoshrink.plan import compress, stored_bytes
+
     row = Row("6x", 6, None, "search_spaces/default.yaml", "whole model", reference.SINGLES)  # beyond 8 bits' 4x
     model, plan, dim = small_dense(setup, row)
     assert {cfg["bits"] for cfg in plan.values()} == {8}
@@ -126,6 +173,7 @@ def test_small_dense_is_the_largest_8bit_model_within_the_budget(setup):
 
 def test_new_entrants_record_commit_and_plan_and_the_report_compares_them(setup, tmp_path):
     from autoshrink.bench.report import commit
+
     row = Row("3x", 3, None, "search_spaces/default.yaml", "whole model", {"lowrank": {"method": "lowrank"}})
     reference.run_dense(setup)
     single = reference.run_single(setup, row, "lowrank")
@@ -138,18 +186,34 @@ def test_new_entrants_record_commit_and_plan_and_the_report_compares_them(setup,
     auto_dir.mkdir(parents=True, exist_ok=True)
     (auto_dir / "bench.json").write_text(json.dumps({**single, "trials": 1}))
     text = markdown(setup, [row], "python -m autoshrink.bench", tmp_path)
-    assert "**autoshrink** (no warm start) (= the uniform lowrank plan)" in text or \
-        "**autoshrink** (= the uniform lowrank plan)" in text
-    goals = [l for l in text.splitlines() if l.startswith("| 3x | ") and l.count("|") == 9]  # the goals table's row
+    assert (
+        "**autoshrink** (no warm start) (= the uniform lowrank plan)" in text
+        or "**autoshrink** (= the uniform lowrank plan)" in text
+    )
+    goals = [x for x in text.splitlines() if x.startswith("| 3x | ") and x.count("|") == 9]  # the goals table's row
     assert len(goals) == 1 and "| tie |" in goals[0]  # equal test perplexity: neither leads
     assert "best uniform = lowrank" in text and "small dense (" in text
 
 
 def test_the_converged_tier_trains_to_a_plateau_with_distillation(tiny_model_dir, text_file, tmp_path):
-    setup = Setup(str(tiny_model_dir), steps=2, trials=1, finetune_steps=2, work=tmp_path / "quick", data=str(text_file),
-                  tier="converged", converged_work=tmp_path / "converged")
-    row = Row("3x", 3, None, "search_spaces/default.yaml", "whole model", {"lowrank": {"method": "lowrank"},
-                                                                          "prune": {"method": "prune"}})
+    setup = Setup(
+        str(tiny_model_dir),
+        steps=2,
+        trials=1,
+        finetune_steps=2,
+        work=tmp_path / "quick",
+        data=str(text_file),
+        tier="converged",
+        converged_work=tmp_path / "converged",
+    )
+    row = Row(
+        "3x",
+        3,
+        None,
+        "search_spaces/default.yaml",
+        "whole model",
+        {"lowrank": {"method": "lowrank"}, "prune": {"method": "prune"}},
+    )
     dense = reference.run_dense(setup)
     best = reference.run_best_uniform(setup, row)
     small = reference.run_small_dense(setup, row)

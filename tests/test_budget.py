@@ -6,9 +6,19 @@ from autoshrink.search.budget import parse_budget
 from autoshrink.errors import UserError
 
 
-@pytest.mark.parametrize("text,kind,value", [
-    ("25x", "ratio", 25.0), ("1.5x", "ratio", 1.5), ("1.5MB", "bytes", 1_500_000), ("800KB", "bytes", 800_000),
-    ("2MiB", "bytes", 2 * 2**20), ("4ms", "latency", 4.0), ("500us", "latency", 0.5), (" 10X ", "ratio", 10.0)])
+@pytest.mark.parametrize(
+    "text,kind,value",
+    [
+        ("25x", "ratio", 25.0),
+        ("1.5x", "ratio", 1.5),
+        ("1.5MB", "bytes", 1_500_000),
+        ("800KB", "bytes", 800_000),
+        ("2MiB", "bytes", 2 * 2**20),
+        ("4ms", "latency", 4.0),
+        ("500us", "latency", 0.5),
+        (" 10X ", "ratio", 10.0),
+    ],
+)
 def test_valid_budgets(text, kind, value):
     b = parse_budget(text)
     assert (b.kind, b.value) == (kind, pytest.approx(value))

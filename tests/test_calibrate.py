@@ -1,4 +1,5 @@
 """Calibration: per-site input moments, output-gradient moments and word counts, cached."""
+
 from __future__ import annotations
 
 import torch
@@ -41,7 +42,7 @@ def test_moments_are_those_of_what_each_matrix_multiplies():
             h0 = torch.zeros(x.shape[1], H)
             out, _ = layer(x, (h0, h0))
             torch.testing.assert_close(stats[f"rnn.{k}.ih"].moment, _moment(x[BURN_IN:]))
-            torch.testing.assert_close(stats[f"rnn.{k}.hh"].moment, _moment(out[BURN_IN - 1:-1]))
+            torch.testing.assert_close(stats[f"rnn.{k}.hh"].moment, _moment(out[BURN_IN - 1 : -1]))
             torch.testing.assert_close(stats[f"rnn.{k}.ih"].mean, x[BURN_IN:].reshape(-1, x.shape[-1]).double().mean(0))
             x = out
         torch.testing.assert_close(stats["decoder"].moment, _moment(x[BURN_IN:]))
@@ -88,6 +89,7 @@ def test_data_aware_compression_uses_the_statistics():
     """A whitened low-rank decoder beats the plain one on what it is fitted for: its outputs
     on the calibration inputs."""
     from autoshrink.plan import compress
+
     model, ids = _model(), _ids()
     stats = collect(model, ids, tokens=512)
     x = model.encoder(calibration_ids(ids, 512, 128, BURN_IN)[:-1])

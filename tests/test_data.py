@@ -9,7 +9,21 @@ from autoshrink.errors import UserError
 
 def test_tokenize_lowercases_words_and_splits_punctuation():
     assert tokenize("And God said, Let there be light: and there was light.") == [
-        "and", "god", "said", ",", "let", "there", "be", "light", ":", "and", "there", "was", "light", "."]
+        "and",
+        "god",
+        "said",
+        ",",
+        "let",
+        "there",
+        "be",
+        "light",
+        ":",
+        "and",
+        "there",
+        "was",
+        "light",
+        ".",
+    ]
     assert tokenize("the <unk> man's 12 sheep") == ["the", "<unk>", "man's", "12", "sheep"]
 
 

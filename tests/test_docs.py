@@ -1,5 +1,6 @@
 """The repository carries its own documentation: nothing points outside it, every link in the
 README and docs/ resolves, and docs/methods.md explains every registered method and knob."""
+
 from __future__ import annotations
 
 import re
@@ -23,8 +24,11 @@ def _texts():
 
 
 def test_nothing_refers_to_pages_outside_the_repository():
-    bad = [f"{p.relative_to(ROOT)}:{text[:m.start()].count(chr(10)) + 1}: {m.group(0)}"
-           for p, text in _texts() for m in OUTSIDE.finditer(text)]
+    bad = [
+        f"{p.relative_to(ROOT)}:{text[: m.start()].count(chr(10)) + 1}: {m.group(0)}"
+        for p, text in _texts()
+        for m in OUTSIDE.finditer(text)
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -41,14 +45,14 @@ def test_relative_links_resolve(page):
 def _section(text: str, method: str) -> str:
     start = text.index(f"(`{method}`)")
     end = text.find("\n## ", start)
-    return text[start:end if end >= 0 else None]
+    return text[start : end if end >= 0 else None]
 
 
 @pytest.mark.parametrize("method", method_names())
 def test_methods_page_explains_every_knob(method):
     text = (ROOT / "docs" / "methods.md").read_text()
     assert f"(`{method}`)" in text, f"docs/methods.md has no section for {method}"
-    shared = text[:text.index("\n## Low-rank")]  # "What every method shares": bits, group_size
+    shared = text[: text.index("\n## Low-rank")]  # "What every method shares": bits, group_size
     section = _section(text, method)
     for name, _default, _help in config_class(method).knobs():
         assert f"`{name}`" in section or f"**`{name}`**" in shared, f"docs/methods.md does not explain {method}.{name}"

@@ -1,5 +1,6 @@
 """Export and load of compressed models: bytes on disk == claimed bytes == the plan's, exact round trip,
 and bad folders as one UserError."""
+
 from __future__ import annotations
 
 import json
@@ -17,16 +18,20 @@ from autoshrink.methods._storage import tensors_bytes
 from autoshrink.models import discover_sites
 from autoshrink.plan import compress, parse_plan, plan_stored_bytes, stored_bytes
 
-MIXED = {"encoder": {"method": "lowrank", "rank": 4, "bits": 8},
-         "rnn.0.ih": {"method": "quant", "bits": 3},
-         "rnn.0.hh": {"method": "prune", "density": 0.3, "bits": 8},
-         "rnn.1.ih": {"method": "kronecker", "density": 0.05, "bits": 8},
-         "rnn.1.hh": {"method": "lowrank", "rank": 4, "bits": 6},
-         "decoder": {"method": "groupreduce", "blocks": 3, "rank": 4, "bits": 6}}
-OTHERS = {"encoder": {"method": "hash", "chunks": 2, "pool": 64, "bits": 8},
-          "rnn.0.ih": {"method": "tt", "cores": 2, "rank": 3, "bits": 16},
-          "rnn.1.hh": {"method": "quant", "bits": 4, "group_size": 8},
-          "decoder": {"method": "lightrnn", "bits": 8}}  # rnn.0.hh and rnn.1.ih stay dense
+MIXED = {
+    "encoder": {"method": "lowrank", "rank": 4, "bits": 8},
+    "rnn.0.ih": {"method": "quant", "bits": 3},
+    "rnn.0.hh": {"method": "prune", "density": 0.3, "bits": 8},
+    "rnn.1.ih": {"method": "kronecker", "density": 0.05, "bits": 8},
+    "rnn.1.hh": {"method": "lowrank", "rank": 4, "bits": 6},
+    "decoder": {"method": "groupreduce", "blocks": 3, "rank": 4, "bits": 6},
+}
+OTHERS = {
+    "encoder": {"method": "hash", "chunks": 2, "pool": 64, "bits": 8},
+    "rnn.0.ih": {"method": "tt", "cores": 2, "rank": 3, "bits": 16},
+    "rnn.1.hh": {"method": "quant", "bits": 4, "group_size": 8},
+    "decoder": {"method": "lightrnn", "bits": 8},
+}  # rnn.0.hh and rnn.1.ih stay dense
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +81,24 @@ def test_a_weight_shared_by_tied_sites_is_exported_once():
     small = compress(model, {"emb": {"method": "lowrank", "rank": 2, "bits": 8}})
     tensors = export_tensors(small)
     assert tensors_bytes(tensors) == stored_bytes(small)
-    assert sorted(tensors) == ["emb.U.codes", "emb.U.min", "emb.U.scale", "emb.V.codes", "emb.V.min", "emb.V.scale",
-                               "mid.bias", "mid.weight"]
+    assert sorted(tensors) == [
+        "emb.U.codes",
+        "emb.U.min",
+        "emb.U.scale",
+        "emb.V.codes",
+        "emb.V.min",
+        "emb.V.scale",
+        "mid.bias",
+        "mid.weight",
+    ]
     dense_tensors = export_tensors(model)  # a dense tied weight: once, under its first name
     assert sorted(dense_tensors) == ["emb.weight", "mid.bias", "mid.weight"]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing_weights", "missing_plan", "edited_plan",
-                                    "bad_model_json", "extra_tensor"])
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated", "garbage", "missing_weights", "missing_plan", "edited_plan", "bad_model_json", "extra_tensor"],
+)
 def test_a_damaged_export_is_one_user_error(dense, damage, tmp_path, capsys):
     out = tmp_path / "out"
     _export(dense, MIXED, out)
@@ -102,6 +117,7 @@ def test_a_damaged_export_is_one_user_error(dense, damage, tmp_path, capsys):
         (out / "model.json").write_text("{not json")
     elif damage == "extra_tensor":
         from safetensors.torch import save_file
+
         save_file({**load_file(str(weights)), "rnn.9.extra": torch.zeros(3)}, str(weights))
     with pytest.raises(UserError):
         load_compressed(out)

@@ -1,4 +1,5 @@
 """`autoshrink front`: the front of a finished and of a running study, csv/json/table, the plot."""
+
 from __future__ import annotations
 
 import io
@@ -37,8 +38,17 @@ def make_run(run_dir, trials: list[dict], **info) -> optuna.Study:
         attrs.setdefault("plan", {"rnn.0.hh": {"method": "lowrank", "rank": 4}})
         values = [attrs["val_ppl"], float(attrs[objective])] if state == optuna.trial.TrialState.COMPLETE else None
         study.add_trial(optuna.trial.create_trial(state=state, values=values, user_attrs=attrs))
-    run_info = {"budget": "4x", "budget_kind": "ratio", "max_bytes": 5000, "dense_bytes": 20000,
-                "dense_val_ppl": 30.0, "model": "kjv-lstm-tiny", "data": "kjv", "seed": 0, **info}
+    run_info = {
+        "budget": "4x",
+        "budget_kind": "ratio",
+        "max_bytes": 5000,
+        "dense_bytes": 20000,
+        "dense_val_ppl": 30.0,
+        "model": "kjv-lstm-tiny",
+        "data": "kjv",
+        "seed": 0,
+        **info,
+    }
     (run_dir / "run.json").write_text(json.dumps(run_info))
     return study
 
@@ -57,8 +67,16 @@ def searched(tiny_model_dir, text_file, tmp_path_factory):
     """A real (tiny) search: 2 trials."""
     space = tmp_path_factory.mktemp("space") / "space.yaml"
     space.write_text(SPACE)
-    config = SearchConfig("4x", model=str(tiny_model_dir), data=str(text_file), space=str(space), trials=2,
-                          finetune_steps=4, run_dir=tmp_path_factory.mktemp("runs") / "run", sampler="random")
+    config = SearchConfig(
+        "4x",
+        model=str(tiny_model_dir),
+        data=str(text_file),
+        space=str(space),
+        trials=2,
+        finetune_steps=4,
+        run_dir=tmp_path_factory.mktemp("runs") / "run",
+        sampler="random",
+    )
     return search(config, log=lambda line: None).run_dir
 
 
@@ -84,7 +102,9 @@ def test_csv_and_json_outputs_parse(tmp_path, capsys):
     assert main(["front", str(tmp_path / "run"), "--format", "csv"]) == 0
     frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert list(frame["number"]) == [0, 1]
-    assert {"number", "state", "stored_bytes", "ratio", "latency_ms", "val_ppl", "seconds", "plan"} <= set(frame.columns)
+    assert {"number", "state", "stored_bytes", "ratio", "latency_ms", "val_ppl", "seconds", "plan"} <= set(
+        frame.columns
+    )
     assert main(["front", str(tmp_path / "run"), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["number"] for r in rows] == [0, 1]

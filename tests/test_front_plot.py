@@ -1,6 +1,7 @@
 """`autoshrink front --plot`: readable with outliers (log perplexity axis, outliers clipped and
 labelled), units on the byte and latency ticks, the dense perplexity on its marker, no two labels
 on top of each other."""
+
 from __future__ import annotations
 
 import itertools
@@ -19,18 +20,42 @@ DENSE_BYTES, DENSE_PPL = 24_734_792, 35.48
 
 def make_front(points: list[tuple[str, float, float]], objective: str = "stored_bytes", **info) -> Front:
     """A Front from (state, x, val ppl) points, numbered in order; no study needed."""
-    rows = [{"number": n, "state": state, "stored_bytes": x if objective == "stored_bytes" else 900_000,
-             "ratio": 25.0, "latency_ms": x if objective == "latency_ms" else 5.0, "val_ppl": ppl, "seconds": 60.0,
-             "steps": 80, "methods": "", "plan": "{}", "feasible": True, "note": ""}
-            for n, (state, x, ppl) in enumerate(points)]
+    rows = [
+        {
+            "number": n,
+            "state": state,
+            "stored_bytes": x if objective == "stored_bytes" else 900_000,
+            "ratio": 25.0,
+            "latency_ms": x if objective == "latency_ms" else 5.0,
+            "val_ppl": ppl,
+            "seconds": 60.0,
+            "steps": 80,
+            "methods": "",
+            "plan": "{}",
+            "feasible": True,
+            "note": "",
+        }
+        for n, (state, x, ppl) in enumerate(points)
+    ]
     trials = pd.DataFrame(rows)
-    run_info = {"budget": "25x", "budget_kind": "ratio", "max_bytes": 989_391, "dense_bytes": DENSE_BYTES,
-                "dense_val_ppl": DENSE_PPL, "model": "kjv-lstm", **info}
+    run_info = {
+        "budget": "25x",
+        "budget_kind": "ratio",
+        "max_bytes": 989_391,
+        "dense_bytes": DENSE_BYTES,
+        "dense_val_ppl": DENSE_PPL,
+        "model": "kjv-lstm",
+        **info,
+    }
     return Front(Path("run"), run_info, trials, front_rows(trials, objective).reset_index(drop=True), objective)
 
 
-FRONT = [("COMPLETE", 600_000, 120.0), ("COMPLETE", 700_000, 90.0), ("COMPLETE", 980_000, 57.0),
-         ("PRUNED", 900_000, 140.0)]
+FRONT = [
+    ("COMPLETE", 600_000, 120.0),
+    ("COMPLETE", 700_000, 90.0),
+    ("COMPLETE", 980_000, 57.0),
+    ("PRUNED", 900_000, 140.0),
+]
 OUTLIER = ("COMPLETE", 985_000, 120.0 * 40)  # dominated, 40x the front's worst perplexity
 
 

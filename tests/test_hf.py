@@ -1,6 +1,7 @@
 """Hugging Face causal LMs from a local folder (issue 8): a tiny GPT-2 (Conv1D, tied LM head, BPE
 tokenizer) and a tiny Llama (Linear projections, untied LM head, word-level tokenizer), built and
 saved here; sites, compression bytes, export round trip, search, train and eval on them."""
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ tokenizers = pytest.importorskip("tokenizers")
 def _tokenizer(kind: str):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
     if kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token="[UNK]"))
         trainer = trainers.BpeTrainer(vocab_size=80, special_tokens=["[UNK]", "<eos>"])
@@ -45,23 +47,39 @@ def _save(folder, model, tokenizer):
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel
+
     tok = _tokenizer("bpe")
     torch.manual_seed(0)
     eos = tok.eos_token_id
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                                       bos_token_id=eos, eos_token_id=eos))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=eos, eos_token_id=eos
+        )
+    )
     return _save(tmp_path_factory.mktemp("hf") / "gpt2", model, tok)
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
+
     tok = _tokenizer("wordlevel")
     torch.manual_seed(0)
     eos = tok.eos_token_id
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                                         tie_word_embeddings=False, bos_token_id=eos, eos_token_id=eos))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            tie_word_embeddings=False,
+            bos_token_id=eos,
+            eos_token_id=eos,
+        )
+    )
     return _save(tmp_path_factory.mktemp("hf") / "llama", model, tok)
 
 
@@ -79,7 +97,10 @@ def test_gpt2_sites_conv1d_transposed_and_tied_head_counted_once(gpt2_dir):
     # Conv1D stores its weight in x out; a site's shape is (out, in) as y = W x.
     c_attn = model.get_submodule("transformer.h.0.attn.c_attn")
     assert tuple(c_attn.weight.shape) == (32, 96) and sites["transformer.h.0.attn.c_attn"].shape == (96, 32)
-    assert sites["transformer.h.0.mlp.c_fc"].shape == (128, 32) and sites["transformer.h.0.mlp.c_proj"].shape == (32, 128)
+    assert sites["transformer.h.0.mlp.c_fc"].shape == (128, 32) and sites["transformer.h.0.mlp.c_proj"].shape == (
+        32,
+        128,
+    )
     assert {s.role for n, s in sites.items() if ".attn." in n} == {"attention"}
     assert {s.role for n, s in sites.items() if ".mlp." in n} == {"mlp"}
     # Tied weights count once: stored bytes are the unique parameters', the shared table once.
@@ -114,23 +135,29 @@ def test_tokenized_corpus_keeps_tokenizer_ids_and_counts_them(gpt2_dir, text_fil
     tok = model.vocab.tokenizer
     first = text_file.read_text().splitlines()[0]
     expected = tok(first, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    assert lm.train[:len(expected)].tolist() == expected
+    assert lm.train[: len(expected)].tolist() == expected
     assert isinstance(lm.vocab, SubwordVocab) and lm.vocab.freqs.shape == (len(model.vocab),)
     assert lm.vocab.freqs.sum().item() == lm.train.numel()
-    assert lm.vocab.freqs[tok.eos_token_id].item() == int(600 * 0.9)  # one per train line (conftest: 600 lines, 90% train)
+    assert lm.vocab.freqs[tok.eos_token_id].item() == int(
+        600 * 0.9
+    )  # one per train line (conftest: 600 lines, 90% train)
     again = load_lm_data(str(text_file), vocab=model.vocab)  # from the tokenisation cache
     assert torch.equal(again.train, lm.train) and torch.equal(again.test, lm.test)
 
 
-GPT2_PLAN = {"lm_head": {"method": "groupreduce", "blocks": 2, "rank": 4, "bits": 8},  # the tied pair, once
-             "transformer.h.0.attn.c_attn": {"method": "lowrank", "rank": 4, "bits": 8},
-             "transformer.h.0.mlp.c_fc": {"method": "kronecker", "density": 0.05},
-             "transformer.h.1.mlp.c_proj": {"method": "prune", "density": 0.2, "bits": 8},
-             "transformer.h.1.attn.c_proj": {"method": "quant", "bits": 4}}
-LLAMA_PLAN = {"model.embed_tokens": {"method": "hash", "chunks": 2, "pool": 32, "bits": 8},
-              "lm_head": {"method": "lightrnn", "bits": 8},
-              "model.layers.0.self_attn.q_proj": {"method": "tt", "cores": 2, "rank": 3},
-              "model.layers.1.mlp.down_proj": {"method": "lowrank", "rank": 3, "bits": 6}}
+GPT2_PLAN = {
+    "lm_head": {"method": "groupreduce", "blocks": 2, "rank": 4, "bits": 8},  # the tied pair, once
+    "transformer.h.0.attn.c_attn": {"method": "lowrank", "rank": 4, "bits": 8},
+    "transformer.h.0.mlp.c_fc": {"method": "kronecker", "density": 0.05},
+    "transformer.h.1.mlp.c_proj": {"method": "prune", "density": 0.2, "bits": 8},
+    "transformer.h.1.attn.c_proj": {"method": "quant", "bits": 4},
+}
+LLAMA_PLAN = {
+    "model.embed_tokens": {"method": "hash", "chunks": 2, "pool": 32, "bits": 8},
+    "lm_head": {"method": "lightrnn", "bits": 8},
+    "model.layers.0.self_attn.q_proj": {"method": "tt", "cores": 2, "rank": 3},
+    "model.layers.1.mlp.down_proj": {"method": "lowrank", "rank": 3, "bits": 6},
+}
 
 
 @pytest.mark.parametrize("which", ["gpt2", "llama"])
@@ -170,8 +197,30 @@ def test_compress_bytes_analytic_equal_built_and_export_round_trip(which, gpt2_d
 def test_search_train_eval(which, gpt2_dir, llama_dir, text_file, tmp_path, capsys):
     folder = gpt2_dir if which == "gpt2" else llama_dir
     run = tmp_path / "run"
-    assert main(["search", "--budget", "3x", "--model", str(folder), "--data", str(text_file), "--trials", "2",
-                 "--finetune-steps", "4", "--run-dir", str(run), "--device", "cpu", "--sampler", "random"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--budget",
+                "3x",
+                "--model",
+                str(folder),
+                "--data",
+                str(text_file),
+                "--trials",
+                "2",
+                "--finetune-steps",
+                "4",
+                "--run-dir",
+                str(run),
+                "--device",
+                "cpu",
+                "--sampler",
+                "random",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "transformer.yaml" in err  # the transformer space, picked and said
     for name in ("study.db", "run.json", "trials.csv", "front.csv"):
@@ -198,6 +247,7 @@ def test_search_train_eval(which, gpt2_dir, llama_dir, text_file, tmp_path, caps
 
 def test_bad_folders_are_one_line_exit_2(gpt2_dir, tmp_path, capsys):
     import shutil
+
     empty = tmp_path / "empty"
     empty.mkdir()
     no_tok = tmp_path / "no_tok"
@@ -205,13 +255,18 @@ def test_bad_folders_are_one_line_exit_2(gpt2_dir, tmp_path, capsys):
     for name in ("config.json", "model.safetensors"):
         shutil.copy(gpt2_dir / name, no_tok / name)
     from transformers import ViTConfig
+
     vit = tmp_path / "vit"
     ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(vit)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text('{"model_type": "no-such-model"}')
-    for folder, words in ((empty, "neither"), (no_tok, "no tokenizer"), (vit, "not a causal language model"),
-                          (broken, "config")):
+    for folder, words in (
+        (empty, "neither"),
+        (no_tok, "no tokenizer"),
+        (vit, "not a causal language model"),
+        (broken, "config"),
+    ):
         assert main(["sites", "--model", str(folder)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err, err

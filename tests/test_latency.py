@@ -1,4 +1,5 @@
 """Latency: the reference input, the measured forward, and the cached per-site estimate."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """GroupReduce-specific properties (docs/methods.md, GroupReduce): rank allocation, weighted SVD,
 frequency blocks, refinement by swaps, the permutation path and its exact byte count."""
+
 from __future__ import annotations
 
 import pytest
@@ -104,15 +105,21 @@ def test_refinement_lowers_weighted_error_and_keeps_bytes():
 
 def test_refinement_never_increases_error_on_random_rows():
     site, w, f = _site(), _dense(), _shuffled_zipf()
-    errors = [_weighted_error(GroupReduceWeight.build(w, site, GroupReduceConfig(blocks=4, rank=2, refine=t), SiteStats(freqs=f)), w, f)
-              for t in (0, 1, 3)]
+    errors = [
+        _weighted_error(
+            GroupReduceWeight.build(w, site, GroupReduceConfig(blocks=4, rank=2, refine=t), SiteStats(freqs=f)), w, f
+        )
+        for t in (0, 1, 3)
+    ]
     assert errors[1] <= errors[0] * (1 + 1e-6) and errors[2] <= errors[1] * (1 + 1e-6)
 
 
 @pytest.mark.parametrize("refine,bits", [(0, 32), (2, 6)])
 def test_matmul_and_lookup_with_unsorted_freqs(refine, bits):
     site, w, f = _site(), _dense(), _shuffled_zipf()
-    mod = GroupReduceWeight.build(w, site, GroupReduceConfig(blocks=4, rank=2, refine=refine, bits=bits), SiteStats(freqs=f))
+    mod = GroupReduceWeight.build(
+        w, site, GroupReduceConfig(blocks=4, rank=2, refine=refine, bits=bits), SiteStats(freqs=f)
+    )
     x = torch.randn(2, 3, D)
     torch.testing.assert_close(mod.matmul(x), x @ mod.weight().T, atol=1e-4, rtol=1e-4)
     ids = torch.randint(0, V, (5, 7))

@@ -1,4 +1,5 @@
 """Slim embeddings (`hash`): the fixed random map, its regeneration from the seed, and the forward."""
+
 from __future__ import annotations
 
 import copy

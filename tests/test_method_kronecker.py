@@ -1,4 +1,5 @@
 """Doped Kronecker products: NKP exactness (pitfall 5), the factored forward, doping anneal, CMR."""
+
 from __future__ import annotations
 
 import pytest

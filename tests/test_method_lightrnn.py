@@ -1,4 +1,5 @@
 """LightRNN (`lightrnn`): the word allocation table, the factorised softmax and the reallocation step."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,7 +21,9 @@ def _target(seed=0) -> torch.Tensor:
 
 def _build(role="softmax", w=None, freqs=None, **knobs) -> LightRNNWeight:
     cfg = config_from_dict({"method": "lightrnn", **knobs})
-    return weight_class(cfg).build(_target() if w is None else w, Site(f"toy.{role}", role, (V, D)), cfg, SiteStats(freqs=freqs))
+    return weight_class(cfg).build(
+        _target() if w is None else w, Site(f"toy.{role}", role, (V, D)), cfg, SiteStats(freqs=freqs)
+    )
 
 
 def _error(mod, w) -> float:
@@ -122,7 +125,9 @@ def test_reallocation_lowers_or_keeps_the_given_cost():
         assert float(now) == pytest.approx(after)
     # Costs that favour the current cells leave the table as it is.
     rows, cols = mod.row_of.clone(), mod.col_of.clone()
-    mod.reallocate(1 - torch.nn.functional.one_hot(rows, mod.rows).float(), 1 - torch.nn.functional.one_hot(cols, mod.cols).float())
+    mod.reallocate(
+        1 - torch.nn.functional.one_hot(rows, mod.rows).float(), 1 - torch.nn.functional.one_hot(cols, mod.cols).float()
+    )
     assert torch.equal(mod.row_of, rows) and torch.equal(mod.col_of, cols)
 
 

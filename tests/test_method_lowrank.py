@@ -1,4 +1,5 @@
 """lowrank: truncated-SVD init with sqrt(S) split, rank clipping, skinny forward (docs/methods.md, Low-rank)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Magnitude pruning: exact counts, the cubic ramp, revival, sparse format choice (docs/methods.md, Pruning)."""
+
 from __future__ import annotations
 
 import pytest
@@ -134,6 +135,7 @@ def test_bad_density_names_the_method(density):
 
 def test_a_module_with_a_cached_csr_can_be_copied():
     import copy
+
     mod, _, _ = _build(density=0.05)
     x = torch.randn(2, 30)
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """tt: balanced factorisation, TT-SVD init, core-by-core forward (docs/methods.md, Tensor-train)."""
+
 from __future__ import annotations
 
 import itertools

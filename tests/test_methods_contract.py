@@ -4,6 +4,7 @@ Each method has a row in CASES: a config that does not compress (it must reprodu
 matrix, or None where the method has no such setting, like LightRNN's row/column structure), a
 config that compresses, the site roles to try, and bad knobs that must be refused.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,7 @@ import pytest
 import torch
 
 from autoshrink.errors import UserError
-from autoshrink.methods import (CompressedEmbedding, CompressedLinear, config_from_dict, method_names,
-                                weight_class)
+from autoshrink.methods import CompressedEmbedding, CompressedLinear, config_from_dict, method_names, weight_class
 from autoshrink.methods._storage import tensors_bytes
 from autoshrink.sites import Site, SiteStats
 
@@ -21,21 +21,48 @@ V, D = 96, 16  # vocabulary-like site: rows = words
 M, N = 48, 24  # recurrent-like site
 
 CASES = {
-    "quant": dict(exact={"bits": 32}, compress={"bits": 4, "group_size": 8}, roles=("embedding", "softmax", "recurrent"),
-                  bad=[{"bits": 1}, {"bits": 33}, {"group_size": -1}]),
-    "lowrank": dict(exact={"rank": 64}, compress={"rank": 4, "bits": 8}, roles=("embedding", "softmax", "recurrent"),
-                    bad=[{"rank": -1}, {"bits": 1}, {"init": "magic"}]),
-    "groupreduce": dict(exact={"blocks": 3, "rank": 16}, compress={"blocks": 4, "rank": 2, "refine": 2, "bits": 6},
-                        roles=("embedding", "softmax"), bad=[{"blocks": 0}, {"rank": -1}, {"alpha": -1.0}]),
-    "kronecker": dict(exact={"density": 1.0}, compress={"m1": 8, "n1": 4, "terms": 2, "density": 0.05},
-                      roles=("embedding", "softmax", "recurrent"),
-                      bad=[{"density": 1.5}, {"terms": 0}, {"m1": 7, "n1": 4}, {"cmr": 1.0}]),
-    "prune": dict(exact={"density": 1.0}, compress={"density": 0.2, "bits": 8}, roles=("embedding", "softmax", "recurrent"),
-                  bad=[{"density": 0.0}, {"density": 1.5}]),
-    "tt": dict(exact={"cores": 2, "rank": 1024}, compress={"cores": 3, "rank": 3}, roles=("embedding", "softmax", "recurrent"),
-               bad=[{"cores": 1}, {"rank": 0}]),
-    "hash": dict(exact={"chunks": 2, "pool": 2 * V, "_only": "vocab"}, compress={"chunks": 4, "pool": 64},
-                 roles=("embedding", "softmax"), bad=[{"chunks": 0}, {"pool": -1}, {"chunks": 3}]),
+    "quant": dict(
+        exact={"bits": 32},
+        compress={"bits": 4, "group_size": 8},
+        roles=("embedding", "softmax", "recurrent"),
+        bad=[{"bits": 1}, {"bits": 33}, {"group_size": -1}],
+    ),
+    "lowrank": dict(
+        exact={"rank": 64},
+        compress={"rank": 4, "bits": 8},
+        roles=("embedding", "softmax", "recurrent"),
+        bad=[{"rank": -1}, {"bits": 1}, {"init": "magic"}],
+    ),
+    "groupreduce": dict(
+        exact={"blocks": 3, "rank": 16},
+        compress={"blocks": 4, "rank": 2, "refine": 2, "bits": 6},
+        roles=("embedding", "softmax"),
+        bad=[{"blocks": 0}, {"rank": -1}, {"alpha": -1.0}],
+    ),
+    "kronecker": dict(
+        exact={"density": 1.0},
+        compress={"m1": 8, "n1": 4, "terms": 2, "density": 0.05},
+        roles=("embedding", "softmax", "recurrent"),
+        bad=[{"density": 1.5}, {"terms": 0}, {"m1": 7, "n1": 4}, {"cmr": 1.0}],
+    ),
+    "prune": dict(
+        exact={"density": 1.0},
+        compress={"density": 0.2, "bits": 8},
+        roles=("embedding", "softmax", "recurrent"),
+        bad=[{"density": 0.0}, {"density": 1.5}],
+    ),
+    "tt": dict(
+        exact={"cores": 2, "rank": 1024},
+        compress={"cores": 3, "rank": 3},
+        roles=("embedding", "softmax", "recurrent"),
+        bad=[{"cores": 1}, {"rank": 0}],
+    ),
+    "hash": dict(
+        exact={"chunks": 2, "pool": 2 * V, "_only": "vocab"},
+        compress={"chunks": 4, "pool": 64},
+        roles=("embedding", "softmax"),
+        bad=[{"chunks": 0}, {"pool": -1}, {"chunks": 3}],
+    ),
     "lightrnn": dict(exact=None, compress={}, roles=("embedding", "softmax"), bad=[{"rows": 2, "cols": 2}]),
 }
 
@@ -50,7 +77,9 @@ def _dense(role: str, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     m, n = SHAPES[role]
     # Low-rank-ish plus noise, like trained weights: compression has something to keep.
-    return (torch.randn(m, 4, generator=g) @ torch.randn(4, n, generator=g) + 0.3 * torch.randn(m, n, generator=g)) / n**0.5
+    return (
+        torch.randn(m, 4, generator=g) @ torch.randn(4, n, generator=g) + 0.3 * torch.randn(m, n, generator=g)
+    ) / n**0.5
 
 
 def _freqs() -> torch.Tensor:
@@ -132,7 +161,7 @@ def test_gradients_reach_every_trainable_tensor(name, role, knobs):
         out = mod.lookup(torch.arange(site.shape[0]))
     else:
         out = mod.matmul(torch.randn(4, site.shape[1]))
-    (out ** 2).sum().backward()
+    (out**2).sum().backward()
     params = [(n, p) for n, p in mod.named_parameters() if p.requires_grad]
     assert params, "a compressed weight must have trainable tensors"
     for pname, p in params:
@@ -147,15 +176,19 @@ def test_short_fine_tune_lowers_the_loss(name, role, knobs):
     target = _dense(role, seed=1)  # a different matrix: fitting it must make progress
     x = torch.randn(64, site.shape[1])
     if role == "embedding":
+
         def loss_fn():
             return ((mod.lookup(torch.arange(site.shape[0])) - target) ** 2).mean()
     elif mod.uses_site_bias:
+
         def loss_fn():
             return ((mod.matmul(x) - x @ target.T) ** 2).mean()
     else:  # output distribution methods: fit the target's next-word distribution
+
         def loss_fn():
             p = torch.softmax(x @ target.T, dim=-1)
             return -(p * torch.log_softmax(mod.matmul(x), dim=-1)).sum(-1).mean()
+
     mod.train()
     opt = torch.optim.Adam([p for p in mod.parameters() if p.requires_grad], lr=1e-2)
     first = loss_fn().item()
@@ -291,6 +324,7 @@ def test_moves_with_its_tensors(name, role, knobs):
 def test_moves_to_another_device(name, role, knobs, monkeypatch):
     """A move to the 'meta' device (no data): a tensor made on the CPU in a forward would clash."""
     import torch.fx.experimental._config as fx_config
+
     monkeypatch.setattr(fx_config, "meta_nonzero_assume_all_nonzero", True)  # masks index by value
     mod, w, site, _ = _build_with(name, knobs, role, _stats(role))
     mod = mod.to("meta").train()
@@ -319,6 +353,7 @@ def test_default_knobs_shrink_every_site_they_apply_to(name):
 def test_a_config_storing_more_than_the_dense_site_is_one_clear_error():
     from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
     from autoshrink.plan import compress
+
     model = LSTMLM(LSTMLMConfig(V, D, D, 1, 0.0))
     with pytest.raises(UserError, match=r"lowrank.*stores .* more than its dense"):
         compress(model, {"encoder": {"method": "lowrank", "rank": 16}})

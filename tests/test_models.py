@@ -78,9 +78,12 @@ def test_generic_discovery_of_any_torch_module_with_ties():
 
 def test_compressed_lstm_matrices_run_fused_with_the_same_result_and_gradients():
     from autoshrink.plan import compress
+
     torch.manual_seed(0)
-    model = compress(LSTMLM(LSTMLMConfig(30, 8, 8, 1, 0.0)),
-                     {"rnn.0.hh": {"method": "lowrank", "rank": 3}, "rnn.0.ih": {"method": "quant", "bits": 6}})
+    model = compress(
+        LSTMLM(LSTMLMConfig(30, 8, 8, 1, 0.0)),
+        {"rnn.0.hh": {"method": "lowrank", "rank": 3}, "rnn.0.ih": {"method": "quant", "bits": 6}},
+    )
     ids = torch.randint(0, 30, (6, 2))
     fused, _ = model(ids)
 

@@ -18,8 +18,11 @@ def _model():
     return LSTMLM(LSTMLMConfig(64, 16, 16, 2, 0.0))
 
 
-PLAN = {"encoder": {"method": "quant", "bits": 4}, "rnn.0.hh": {"method": "quant", "bits": 8},
-        "decoder": {"method": "quant", "bits": 6, "group_size": 8}}
+PLAN = {
+    "encoder": {"method": "quant", "bits": 4},
+    "rnn.0.hh": {"method": "quant", "bits": 8},
+    "decoder": {"method": "quant", "bits": 6, "group_size": 8},
+}
 
 
 def test_compress_replaces_only_planned_sites_and_keeps_the_original():

@@ -47,10 +47,18 @@ def test_cli_pretrain_tiny_then_sites(text_file, tmp_path, capsys):
     assert "softmax" in printed and "recurrent" in printed
 
 
-@pytest.mark.parametrize("argv", [
-    ["search", "--budget", "abc"], ["search", "--budget", "0x"], ["search", "--budget", "-5MB"],
-    ["search", "--budget", "25"], ["sites", "--model", "/no/such/model"], ["pretrain", "--model", "gpt-17"],
-    ["pretrain", "--model", "kjv-lstm-tiny", "--data", "/no/such/corpus.txt"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["search", "--budget", "abc"],
+        ["search", "--budget", "0x"],
+        ["search", "--budget", "-5MB"],
+        ["search", "--budget", "25"],
+        ["sites", "--model", "/no/such/model"],
+        ["pretrain", "--model", "gpt-17"],
+        ["pretrain", "--model", "kjv-lstm-tiny", "--data", "/no/such/corpus.txt"],
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -60,8 +68,11 @@ def test_bad_input_is_one_line_and_exit_2(argv, capsys):
 def test_empty_corpus_from_the_command_line(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
-    proc = subprocess.run([sys.executable, "-m", "autoshrink", "pretrain", "--model", "kjv-lstm-tiny", "--data", str(empty)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoshrink", "pretrain", "--model", "kjv-lstm-tiny", "--data", str(empty)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "empty" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -1,7 +1,7 @@
 """Progress everywhere a user waits: inside each trial, on first-use pretraining, in the search's lines."""
+
 from __future__ import annotations
 
-import pytest
 
 from autoshrink.models.pretrain import pretrained
 from autoshrink.models.progress import TrainingProgress, duration
@@ -47,8 +47,16 @@ def test_first_use_pretraining_is_announced_with_its_progress(text_file, tmp_pat
 def test_search_lines_name_the_validation_slice_and_optunas_states(tiny_model_dir, text_file, tmp_path):
     (tmp_path / "space.yaml").write_text(SPACE)
     lines = []
-    config = SearchConfig("4x", model=str(tiny_model_dir), data=str(text_file), space=str(tmp_path / "space.yaml"),
-                          trials=2, finetune_steps=4, sampler="random", run_dir=tmp_path / "run")
+    config = SearchConfig(
+        "4x",
+        model=str(tiny_model_dir),
+        data=str(text_file),
+        space=str(tmp_path / "space.yaml"),
+        trials=2,
+        finetune_steps=4,
+        sampler="random",
+        run_dir=tmp_path / "run",
+    )
     result = search(config, log=lines.append)
     assert any("val ppl: first 12,000 valid tokens (dense model: " in line for line in lines)
     trial_lines = [line for line in lines if line.startswith("trial ") and "/2 #" in line]

@@ -1,4 +1,5 @@
 """Resuming a search: the run folder's settings win, contradictions are refused, the hint is complete."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,27 @@ def first_run(tmp_path_factory, tiny_model_dir, text_file):
     space = folder / "space.yaml"
     space.write_text(SPACE)
     run = folder / "run"
-    argv = ["search", "--budget", "4x", "--model", str(tiny_model_dir), "--data", str(text_file), "--space", str(space),
-            "--trials", "1", "--finetune-steps", "3", "--sampler", "random", "--seed", "5", "--run-dir", str(run)]
+    argv = [
+        "search",
+        "--budget",
+        "4x",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(text_file),
+        "--space",
+        str(space),
+        "--trials",
+        "1",
+        "--finetune-steps",
+        "3",
+        "--sampler",
+        "random",
+        "--seed",
+        "5",
+        "--run-dir",
+        str(run),
+    ]
     out = io.StringIO()  # a module fixture cannot use capsys
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         assert main(argv) == 0
@@ -58,13 +78,16 @@ def test_a_resume_without_flags_takes_the_recorded_settings(first_run, capsys):
     assert all(1 <= t.user_attrs.get("steps", 0) <= 3 for t in trials)
 
 
-@pytest.mark.parametrize("flags, named", [
-    (["--model", "kjv-lstm-tiny"], "--model"),
-    (["--finetune-steps", "80"], "--finetune-steps"),
-    (["--distill"], "--distill"),
-    (["--sampler", "tpe"], "--sampler"),
-    (["--seed", "0"], "--seed"),  # the default, given explicitly, still contradicts the run
-])
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--model", "kjv-lstm-tiny"], "--model"),
+        (["--finetune-steps", "80"], "--finetune-steps"),
+        (["--distill"], "--distill"),
+        (["--sampler", "tpe"], "--sampler"),
+        (["--seed", "0"], "--seed"),  # the default, given explicitly, still contradicts the run
+    ],
+)
 def test_a_flag_that_contradicts_the_run_is_refused_with_one_line(first_run, flags, named, capsys):
     run, _ = first_run
     before = (run / "run.json").read_bytes()
@@ -95,8 +118,15 @@ def test_the_printed_hint_is_a_complete_command(first_run, tiny_model_dir, text_
     hint = next(line for line in out.splitlines() if line.startswith("resume or extend"))
     argv = shlex.split(hint.split(": ", 1)[1])
     assert argv[:2] == ["autoshrink", "search"]
-    for flag, value in (("--model", str(tiny_model_dir)), ("--data", str(text_file)), ("--finetune-steps", "3"),
-                        ("--sampler", "random"), ("--seed", "5"), ("--run-dir", str(run)), ("--budget", "4x")):
+    for flag, value in (
+        ("--model", str(tiny_model_dir)),
+        ("--data", str(text_file)),
+        ("--finetune-steps", "3"),
+        ("--sampler", "random"),
+        ("--seed", "5"),
+        ("--run-dir", str(run)),
+        ("--budget", "4x"),
+    ):
         assert argv[argv.index(flag) + 1] == value, flag
     assert "--space" in argv
     assert "--distill" not in argv and "--backend" not in argv  # defaults are left out
@@ -144,12 +174,30 @@ def test_owner_liveness():
 def test_a_killed_search_is_resumed_with_its_trial_failed_and_retried(tiny_model_dir, text_file, tmp_path, capsys):
     (tmp_path / "space.yaml").write_text(SPACE)
     run = tmp_path / "run"
-    argv = ["search", "--budget", "4x", "--model", str(tiny_model_dir), "--data", str(text_file), "--space",
-            str(tmp_path / "space.yaml"), "--trials", "1", "--finetune-steps", "60", "--sampler", "random",
-            "--no-warm-start", "--run-dir", str(run)]
+    argv = [
+        "search",
+        "--budget",
+        "4x",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(text_file),
+        "--space",
+        str(tmp_path / "space.yaml"),
+        "--trials",
+        "1",
+        "--finetune-steps",
+        "60",
+        "--sampler",
+        "random",
+        "--no-warm-start",
+        "--run-dir",
+        str(run),
+    ]
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "autoshrink", *argv], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoshrink", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     try:
         while time.time() < deadline and not _running_trials(run):
@@ -180,8 +228,25 @@ def test_a_space_file_edited_since_the_run_began_is_refused(tiny_model_dir, text
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     run = tmp_path / "run"
-    argv = ["search", "--budget", "4x", "--model", str(tiny_model_dir), "--data", str(text_file), "--space", str(space),
-            "--trials", "1", "--finetune-steps", "0", "--sampler", "random", "--run-dir", str(run)]
+    argv = [
+        "search",
+        "--budget",
+        "4x",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(text_file),
+        "--space",
+        str(space),
+        "--trials",
+        "1",
+        "--finetune-steps",
+        "0",
+        "--sampler",
+        "random",
+        "--run-dir",
+        str(run),
+    ]
     assert main(argv) == 0
     space.write_text(SPACE + "\n# a comment changes nothing\n")
     assert main(argv + ["--trials", "1"]) == 0

@@ -1,4 +1,5 @@
 """The search controller on a tiny pretrained model: budgets met, run folder, resume, failures."""
+
 from __future__ import annotations
 
 import time
@@ -44,8 +45,16 @@ def space_file(tmp_path):
 
 
 def _search(tiny_model_dir, text_file, space_file, run_dir, **kw):
-    args = dict(budget="4x", model=str(tiny_model_dir), data=str(text_file), space=str(space_file), trials=3,
-                finetune_steps=4, run_dir=run_dir, sampler="random")
+    args = dict(
+        budget="4x",
+        model=str(tiny_model_dir),
+        data=str(text_file),
+        space=str(space_file),
+        trials=3,
+        finetune_steps=4,
+        run_dir=run_dir,
+        sampler="random",
+    )
     args.update(kw)
     return search(SearchConfig(**args), log=lambda line: None)
 
@@ -55,7 +64,9 @@ def test_tiny_search_meets_the_budget_and_writes_the_run_folder(tiny_model_dir, 
     for name in ("study.db", "run.json", "trials.csv", "front.csv"):
         assert (result.run_dir / name).is_file(), name
     trials = pd.read_csv(result.run_dir / "trials.csv")
-    assert {"number", "state", "stored_bytes", "ratio", "latency_ms", "val_ppl", "seconds", "plan"} <= set(trials.columns)
+    assert {"number", "state", "stored_bytes", "ratio", "latency_ms", "val_ppl", "seconds", "plan"} <= set(
+        trials.columns
+    )
     assert len(trials) == 3
     limit = pd.read_json(result.run_dir / "run.json", typ="series")["max_bytes"]
     trained = trials[trials["state"].isin(["COMPLETE", "PRUNED"]) & trials["steps"].notna()]
@@ -94,8 +105,9 @@ def test_a_crashed_trial_is_failed_and_retried(tiny_model_dir, text_file, space_
     assert study_db.counted_trials(result.study) == 2
 
 
-def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(tiny_model_dir, text_file, space_file,
-                                                                       tmp_path, monkeypatch):
+def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(
+    tiny_model_dir, text_file, space_file, tmp_path, monkeypatch
+):
     real = optuna_backend.run_trial
     calls = []
 
@@ -114,8 +126,9 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(tiny_mod
 
 def test_weak_trials_stop_against_smaller_better_peers(tmp_path):
     study = optuna.create_study(directions=["minimize", "minimize"])
-    good = optuna.trial.create_trial(values=[50.0, 1000.0], user_attrs={"feasible": True, "stored_bytes": 1000,
-                                                                       "curve": {"10": 60.0, "20": 50.0}})
+    good = optuna.trial.create_trial(
+        values=[50.0, 1000.0], user_attrs={"feasible": True, "stored_bytes": 1000, "curve": {"10": 60.0, "20": 50.0}}
+    )
     study.add_trial(good)
     rule = study_db.WeakTrialRule(study, margin=0.05)
     assert rule(2000)(10, 70.0) is not None  # bigger and worse than a finished peer: stop
@@ -148,20 +161,39 @@ def test_repair_always_yields_a_feasible_plan_on_the_reference_model():
 def test_a_budget_no_plan_can_meet_is_refused_at_start(tiny_model_dir, text_file, space_file, tmp_path):
     with pytest.raises(UserError, match="cannot be met"):
         _search(tiny_model_dir, text_file, space_file, tmp_path / "run", budget="10000x")
-    assert main(["search", "--budget", "10000x", "--model", str(tiny_model_dir), "--data", str(text_file),
-                 "--space", str(space_file), "--run-dir", str(tmp_path / "r2")]) == 2
+    assert (
+        main(
+            [
+                "search",
+                "--budget",
+                "10000x",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(text_file),
+                "--space",
+                str(space_file),
+                "--run-dir",
+                str(tmp_path / "r2"),
+            ]
+        )
+        == 2
+    )
 
 
-@pytest.mark.parametrize("text,match", [
-    ("roles: {recurrent: {magic: {}}}", "unknown method"),
-    ("roles: {recurrent: {lowrank: {rank: {low: 9, high: 2}}}}", "bad range"),
-    ("roles: {recurrent: {lowrank: {colour: [1]}}}", "no knob"),
-    ("roles: {recurrent: {lowrank: {rank: [-1]}}}", "not valid"),
-    ("roles: {convolution: {lowrank: {}}}", "unknown role"),
-    ("roles: {recurrent: {groupreduce: {}}}", "does not apply"),
-    ("roles: [unclosed", "not valid YAML"),
-    ("- just a list", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("roles: {recurrent: {magic: {}}}", "unknown method"),
+        ("roles: {recurrent: {lowrank: {rank: {low: 9, high: 2}}}}", "bad range"),
+        ("roles: {recurrent: {lowrank: {colour: [1]}}}", "no knob"),
+        ("roles: {recurrent: {lowrank: {rank: [-1]}}}", "not valid"),
+        ("roles: {convolution: {lowrank: {}}}", "unknown role"),
+        ("roles: {recurrent: {groupreduce: {}}}", "does not apply"),
+        ("roles: [unclosed", "not valid YAML"),
+        ("- just a list", "expected a mapping"),
+    ],
+)
 def test_space_validation_is_one_clear_error(tmp_path, text, match, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -178,16 +210,44 @@ def test_the_shipped_default_space_loads_and_samples_every_site():
     assert set(plan) == {s.name for s in sites}
 
 
-def test_cli_search_prints_the_front_and_the_api_takes_a_torch_module(tiny_model_dir, text_file, space_file, tmp_path, capsys):
-    argv = ["search", "--budget", "4x", "--model", str(tiny_model_dir), "--data", str(text_file), "--space", str(space_file),
-            "--trials", "2", "--finetune-steps", "4", "--sampler", "random", "--run-dir", str(tmp_path / "cli")]
+def test_cli_search_prints_the_front_and_the_api_takes_a_torch_module(
+    tiny_model_dir, text_file, space_file, tmp_path, capsys
+):
+    argv = [
+        "search",
+        "--budget",
+        "4x",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(text_file),
+        "--space",
+        str(space_file),
+        "--trials",
+        "2",
+        "--finetune-steps",
+        "4",
+        "--sampler",
+        "random",
+        "--run-dir",
+        str(tmp_path / "cli"),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "Pareto front" in out or "no feasible completed trial" in out
     import autoshrink
+
     module = autoshrink.load(str(tiny_model_dir))  # an nn.Module carrying its vocabulary
-    config = autoshrink.SearchConfig("4x", model=module, data=str(text_file), space=str(space_file), trials=1,
-                                     finetune_steps=2, run_dir=tmp_path / "api", sampler="random")
+    config = autoshrink.SearchConfig(
+        "4x",
+        model=module,
+        data=str(text_file),
+        space=str(space_file),
+        trials=1,
+        finetune_steps=2,
+        run_dir=tmp_path / "api",
+        sampler="random",
+    )
     result = autoshrink.api.search(config, log=lambda line: None)
     assert study_db.counted_trials(result.study) == 1
 
@@ -240,8 +300,10 @@ def test_an_over_budget_draw_is_trained_as_its_repair_and_not_counted(tiny_model
     """The study records the plan that was trained: an over-budget draw is noted and its in-space
     repair queued as its own trial, whose parameters are the trained plan's."""
     space = tmp_path / "space.yaml"
-    space.write_text("roles:\n  embedding: &v\n    lowrank: {rank: [2, 16], bits: [8, 32]}\n  softmax: *v\n"
-                     "  recurrent:\n    lowrank: {rank: [2, 16], bits: [8, 32]}\n")
+    space.write_text(
+        "roles:\n  embedding: &v\n    lowrank: {rank: [2, 16], bits: [8, 32]}\n  softmax: *v\n"
+        "  recurrent:\n    lowrank: {rank: [2, 16], bits: [8, 32]}\n"
+    )
     result = _search(tiny_model_dir, text_file, space, tmp_path / "run", trials=3, budget="6x", warm_start=False)
     trials = result.study.get_trials()
     repaired = [t for t in trials if t.user_attrs.get("repaired_into_new_trial")]
@@ -249,8 +311,11 @@ def test_an_over_budget_draw_is_trained_as_its_repair_and_not_counted(tiny_model
     assert len(trained) == 3  # --trials counts trained plans, not repaired draws
     assert repaired, "a 6x budget with ranks {2, 16} and fp32 storage forces repairs"
     for t in trained:
-        drawn = sample_plan(optuna.trial.FixedTrial(t.params), load_space(str(space)), discover_sites(
-            __import__("autoshrink").load(str(tiny_model_dir))))
+        drawn = sample_plan(
+            optuna.trial.FixedTrial(t.params),
+            load_space(str(space)),
+            discover_sites(__import__("autoshrink").load(str(tiny_model_dir))),
+        )
         assert {k: v.to_dict() for k, v in drawn.items()} == t.user_attrs["plan"]
 
 
@@ -259,6 +324,7 @@ def test_mid_ramp_validations_are_neither_recorded_nor_compared(tiny_model_dir, 
     must not stop it, nor stand in its curve for other trials to be compared against."""
     from autoshrink.data import load_lm_data
     from autoshrink.search.trial import TrialSettings, run_trial
+
     model = __import__("autoshrink").load(str(tiny_model_dir))
     data = load_lm_data(str(text_file), vocab=model.vocab)
     asked = []
@@ -278,6 +344,7 @@ def test_repair_steps_an_entry_that_stores_more_than_its_dense_site_below_it():
     """compress refuses a config storing more than its dense site; a sampled one is repaired."""
     from autoshrink.methods import config_class
     from autoshrink.plan.repair import below_dense
+
     model = PRESETS["kjv-lstm-tiny"].build(2_002)
     sites = discover_sites(model)
     site = next(s for s in sites if s.name == "rnn.0.hh")

@@ -1,5 +1,6 @@
 """The Ray backend: the searcher's bookkeeping without a cluster (fed the calls Tune makes), and
 one real 2-worker local search on kjv-lstm-tiny."""
+
 from __future__ import annotations
 
 import json
@@ -30,14 +31,26 @@ from test_search import SPACE
 def ctx(tiny_model_dir, text_file, tmp_path):
     """The search context the controller builds, for a 4x budget on the tiny model."""
     import autoshrink
+
     dense = autoshrink.load(str(tiny_model_dir)).cpu().eval()
     data = load_lm_data(str(text_file), vocab=dense.vocab)
     (tmp_path / "space.yaml").write_text(SPACE)
     space, sites, freqs = load_space(tmp_path / "space.yaml"), discover_sites(dense), data.vocab.freqs
     budget, nbytes, model_bytes = parse_budget("4x"), dense_bytes(dense), stored_bytes(dense)
     max_bytes = check_feasible(budget, space, sites, nbytes, freqs, model_bytes)
-    return SearchContext(dense, data, sites, space, budget, nbytes, TrialSettings(finetune_steps=10), freqs,
-                         max_bytes, model_bytes, fallback=smallest_plan(space, sites, freqs))
+    return SearchContext(
+        dense,
+        data,
+        sites,
+        space,
+        budget,
+        nbytes,
+        TrialSettings(finetune_steps=10),
+        freqs,
+        max_bytes,
+        model_bytes,
+        fallback=smallest_plan(space, sites, freqs),
+    )
 
 
 @pytest.fixture
@@ -49,20 +62,34 @@ def study(tmp_path):
 def _complete(study, config, val_ppl=50.0):
     """The final report of a worker that trained all its steps."""
     nbytes = study.trials[config["number"]].user_attrs["stored_bytes"]
-    return {"complete": True, STEP: 10, "val_ppl": val_ppl, "stored_bytes": nbytes, "ratio": 4.5,
-            "latency_ms": 1.0, "seconds": 2.0, "finetune_seconds": 1.5, "steps": 10,
-            "curve": json.dumps({"5": val_ppl + 10, "10": val_ppl})}
+    return {
+        "complete": True,
+        STEP: 10,
+        "val_ppl": val_ppl,
+        "stored_bytes": nbytes,
+        "ratio": 4.5,
+        "latency_ms": 1.0,
+        "seconds": 2.0,
+        "finetune_seconds": 1.5,
+        "steps": 10,
+        "curve": json.dumps({"5": val_ppl + 10, "10": val_ppl}),
+    }
 
 
 def test_an_asha_stopped_trial_is_pruned_with_its_steps_and_never_on_the_front(ctx, study, tmp_path):
     told = []
-    searcher = StudySearcher(ctx, study, trials=3, callbacks=[
-        lambda st, t: None if t.user_attrs.get(study_db.REPAIRED) else told.append((t.number, t.state.name))])
+    searcher = StudySearcher(
+        ctx,
+        study,
+        trials=3,
+        callbacks=[
+            lambda st, t: None if t.user_attrs.get(study_db.REPAIRED) else told.append((t.number, t.state.name))
+        ],
+    )
     done, stopped, broken = (searcher.suggest(i) for i in ("done", "stopped", "broken"))
     assert searcher.suggest("more") == searcher.FINISHED  # three trials asked for, three live
     for config in (done, stopped, broken):
-        assert plan_stored_bytes(ctx.sites, parse_plan(config["plan"]), ctx.freqs,
-                                 ctx.model_bytes) <= ctx.max_bytes
+        assert plan_stored_bytes(ctx.sites, parse_plan(config["plan"]), ctx.freqs, ctx.model_bytes) <= ctx.max_bytes
     searcher.on_trial_result("done", {STEP: 5, "val_ppl": 60.0})
     searcher.on_trial_complete("done", _complete(study, done, 50.0))
     # ASHA stops the trial at step 5 with a *better* perplexity than the complete one: as Ray's
@@ -96,8 +123,12 @@ def test_infeasible_plans_are_told_pruned_and_never_suggested(ctx, study):
 
     ctx.repair = repair
     told = []
-    searcher = StudySearcher(ctx, study, trials=4, callbacks=[
-        lambda st, t: None if t.user_attrs.get(study_db.REPAIRED) else told.append(t.number)])
+    searcher = StudySearcher(
+        ctx,
+        study,
+        trials=4,
+        callbacks=[lambda st, t: None if t.user_attrs.get(study_db.REPAIRED) else told.append(t.number)],
+    )
     config = searcher.suggest("a")
     assert config["number"] >= 2 and told == [0, 1]  # later draws over the budget are repaired into new trials
     for t in study.get_trials()[:2]:
@@ -109,6 +140,7 @@ def test_infeasible_plans_are_told_pruned_and_never_suggested(ctx, study):
 
 def test_no_trial_starts_after_the_timeout(ctx, study):
     import time
+
     late = StudySearcher(ctx, study, trials=4, deadline=time.time() - 1)
     assert late.suggest("a") == late.FINISHED and study.get_trials() == []
 
@@ -130,8 +162,9 @@ def test_a_trial_left_running_is_failed_and_its_plan_retried(ctx, study):
     cut = again.suggest("z")
     again.on_trial_complete("z", {STEP: 5, "val_ppl": 30.0})
     assert study.trials[cut["number"]].state.name == "FAIL"
-    assert [t.params for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))] == \
-        [study.trials[cut["number"]].params]
+    assert [t.params for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))] == [
+        study.trials[cut["number"]].params
+    ]
 
 
 def test_asha_stops_the_worse_trial_at_half_the_steps_and_remembers_it():
@@ -149,10 +182,24 @@ def test_asha_stops_the_worse_trial_at_half_the_steps_and_remembers_it():
 def test_bad_worker_and_backend_flags_are_one_line_errors(tiny_model_dir, text_file, tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
-    common = ["search", "--budget", "4x", "--model", str(tiny_model_dir), "--data", str(text_file),
-              "--space", str(space), "--run-dir", str(tmp_path / "r")]
-    for extra, match in ((["--backend", "ray", "--workers", "0"], "at least 1"),
-                         (["--address", "auto"], "--backend ray"), (["--workers", "2"], "--backend ray")):
+    common = [
+        "search",
+        "--budget",
+        "4x",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(text_file),
+        "--space",
+        str(space),
+        "--run-dir",
+        str(tmp_path / "r"),
+    ]
+    for extra, match in (
+        (["--backend", "ray", "--workers", "0"], "at least 1"),
+        (["--address", "auto"], "--backend ray"),
+        (["--workers", "2"], "--backend ray"),
+    ):
         assert main(common + extra) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0]
@@ -161,18 +208,40 @@ def test_bad_worker_and_backend_flags_are_one_line_errors(tiny_model_dir, text_f
     with pytest.raises(UserError, match="HOST:PORT"):
         ray_backend._start_ray("nowhere", 1, 1)
     with pytest.raises(UserError, match="at least 1"):
-        SearchConfig("4x", model=str(tiny_model_dir), data=str(text_file), space=str(space), backend="ray",
-                     cpus_per_trial=0)
+        SearchConfig(
+            "4x", model=str(tiny_model_dir), data=str(text_file), space=str(space), backend="ray", cpus_per_trial=0
+        )
 
 
 @pytest.mark.slow
-def test_two_workers_search_meets_the_budget_writes_the_run_folder_and_resumes(tiny_model_dir, text_file, tmp_path,
-                                                                           capsys):
+def test_two_workers_search_meets_the_budget_writes_the_run_folder_and_resumes(
+    tiny_model_dir, text_file, tmp_path, capsys
+):
     (tmp_path / "space.yaml").write_text(SPACE)
     run = tmp_path / "run"
-    argv = ["search", "--budget", "4x", "--model", str(tiny_model_dir), "--data", str(text_file), "--space", str(tmp_path / "space.yaml"),
-            "--trials", "4", "--finetune-steps", "10", "--sampler", "random", "--backend", "ray", "--workers", "2",
-            "--run-dir", str(run)]
+    argv = [
+        "search",
+        "--budget",
+        "4x",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(text_file),
+        "--space",
+        str(tmp_path / "space.yaml"),
+        "--trials",
+        "4",
+        "--finetune-steps",
+        "10",
+        "--sampler",
+        "random",
+        "--backend",
+        "ray",
+        "--workers",
+        "2",
+        "--run-dir",
+        str(run),
+    ]
     assert main(argv) == 0
     for name in ("study.db", "run.json", "trials.csv", "front.csv"):
         assert (run / name).is_file(), name
@@ -191,6 +260,6 @@ def test_two_workers_search_meets_the_budget_writes_the_run_folder_and_resumes(t
     capsys.readouterr()
     assert main(["front", str(run), "--format", "csv"]) == 0
     assert set(pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))["number"]) == set(front["number"])
-    assert main(argv[:argv.index("--trials") + 1] + ["5"] + argv[argv.index("--trials") + 2:]) == 0  # resume: +1
+    assert main(argv[: argv.index("--trials") + 1] + ["5"] + argv[argv.index("--trials") + 2 :]) == 0  # resume: +1
     again = pd.read_csv(run / "trials.csv")
     assert len(again) == 5 and again.iloc[:4]["state"].tolist() == trials["state"].tolist()

@@ -1,4 +1,5 @@
 """`sites` on dense, compressed and exported models: a compressed site is listed with its method and bytes."""
+
 from __future__ import annotations
 
 import pytest

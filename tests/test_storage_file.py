@@ -1,4 +1,5 @@
 """The budget bounds the file: the safetensors header size follows from names, dtypes and shapes."""
+
 from __future__ import annotations
 
 import os
@@ -11,10 +12,20 @@ from autoshrink.methods._storage import SAFETENSORS_DTYPES, safetensors_file_byt
 
 CASES = [
     ({"w": torch.zeros(3, 4)}, None),
-    ({"decoder.b0.U.codes": torch.zeros(17, dtype=torch.uint8), "decoder.b0.U.scale": torch.zeros(9, dtype=torch.float16),
-      "rnn.0.ih.bias": torch.zeros(1024), "encoder.perm": torch.zeros(5, dtype=torch.int16), "z": torch.zeros(0)},
-     {"format": "autoshrink-compressed/1"}),
-    ({name: torch.zeros(2, 3, dtype=dtype) for name, dtype in zip("abcdefghijklm", SAFETENSORS_DTYPES)}, {"k": "v", "x": "é"}),
+    (
+        {
+            "decoder.b0.U.codes": torch.zeros(17, dtype=torch.uint8),
+            "decoder.b0.U.scale": torch.zeros(9, dtype=torch.float16),
+            "rnn.0.ih.bias": torch.zeros(1024),
+            "encoder.perm": torch.zeros(5, dtype=torch.int16),
+            "z": torch.zeros(0),
+        },
+        {"format": "autoshrink-compressed/1"},
+    ),
+    (
+        {name: torch.zeros(2, 3, dtype=dtype) for name, dtype in zip("abcdefghijklm", SAFETENSORS_DTYPES)},
+        {"k": "v", "x": "é"},
+    ),
     ({f"t{i}": torch.zeros(i + 1, 7) for i in range(40)}, {"format": "x"}),  # offsets of growing width
 ]
 

@@ -1,4 +1,5 @@
 """The default torch thread count: one on small machines, the user's choice respected."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,11 +15,19 @@ def restore_threads():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("cores,load,expected", [
-    (1, 0.0, 1), (2, 0.0, 1), (2, 5.0, 1), (4, 0.2, 1),  # small machines: one thread, busy or not
-    (16, 0.0, 16), (16, 5.4, 11), (16, 40.0, 1),  # larger ones leave the busy cores alone
-    (64, 0.0, 32),  # never more than torch's own default
-])
+@pytest.mark.parametrize(
+    "cores,load,expected",
+    [
+        (1, 0.0, 1),
+        (2, 0.0, 1),
+        (2, 5.0, 1),
+        (4, 0.2, 1),  # small machines: one thread, busy or not
+        (16, 0.0, 16),
+        (16, 5.4, 11),
+        (16, 40.0, 1),  # larger ones leave the busy cores alone
+        (64, 0.0, 32),  # never more than torch's own default
+    ],
+)
 def test_choose_threads(cores, load, expected):
     assert threads.choose_threads(cores, load, torch_default=min(cores, 32)) == expected
 

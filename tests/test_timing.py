@@ -1,4 +1,5 @@
 """Latency and tokens/s as a median of repeats with their spread (IQR)."""
+
 from __future__ import annotations
 
 import re

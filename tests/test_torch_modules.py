@@ -1,6 +1,7 @@
 """A user's own LM built on standard torch modules (nn.LSTM / nn.GRU / nn.TransformerEncoder):
 sites named after the module's parameters, compression in place (the module keeps its own
 kernel), the forward conventions read by adapt(), search, exact bytes, export and load."""
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,17 @@ class RNNModel(nn.Module):
     """As in pytorch/examples word_language_model: forward(input (T, B), hidden) with a required
     hidden state and init_hidden(batch) -> (log-probabilities flattened to (T*B, V), hidden)."""
 
-    def __init__(self, rnn_type: str, ntoken: int, ninp: int = 16, nhid: int = 16, nlayers: int = 2,
-                 tie: bool = False, proj: int = 0, bidirectional: bool = False):
+    def __init__(
+        self,
+        rnn_type: str,
+        ntoken: int,
+        ninp: int = 16,
+        nhid: int = 16,
+        nlayers: int = 2,
+        tie: bool = False,
+        proj: int = 0,
+        bidirectional: bool = False,
+    ):
         super().__init__()
         self.encoder = nn.Embedding(ntoken, ninp)
         extra = {"proj_size": proj} if proj else {}
@@ -75,8 +85,10 @@ def _lstm_sites(h4: int, n_in: int, h: int, layers: int = 2, proj: int = 0, suff
     out = []
     for k in range(layers):
         for suffix in suffixes:
-            out += [(f"rnn.weight_ih_l{k}{suffix}", "recurrent", (h4, n_in if k == 0 else (proj or h) * len(suffixes))),
-                    (f"rnn.weight_hh_l{k}{suffix}", "recurrent", (h4, proj or h))]
+            out += [
+                (f"rnn.weight_ih_l{k}{suffix}", "recurrent", (h4, n_in if k == 0 else (proj or h) * len(suffixes))),
+                (f"rnn.weight_hh_l{k}{suffix}", "recurrent", (h4, proj or h)),
+            ]
             if proj:
                 out.append((f"rnn.weight_hr_l{k}{suffix}", "recurrent", (proj, h)))
     return out
@@ -86,9 +98,12 @@ def _transformer_sites(d: int = 16, layers: int = 2):
     out = []
     for k in range(layers):
         p = f"encoder.layers.{k}"
-        out += [(f"{p}.self_attn.in_proj_weight", "attention", (3 * d, d)),
-                (f"{p}.self_attn.out_proj", "attention", (d, d)),
-                (f"{p}.linear1", "mlp", (2 * d, d)), (f"{p}.linear2", "mlp", (d, 2 * d))]
+        out += [
+            (f"{p}.self_attn.in_proj_weight", "attention", (3 * d, d)),
+            (f"{p}.self_attn.out_proj", "attention", (d, d)),
+            (f"{p}.linear1", "mlp", (2 * d, d)),
+            (f"{p}.linear2", "mlp", (d, 2 * d)),
+        ]
     return out
 
 
@@ -100,8 +115,11 @@ CASES = {
     "lstm-tied": (lambda v: RNNModel("LSTM", v, tie=True), _lstm_sites(64, 16, 16), FLAT),
     "gru": (lambda v: RNNModel("GRU", v), _lstm_sites(48, 16, 16), FLAT),
     "lstm-proj": (lambda v: RNNModel("LSTM", v, nhid=24, proj=16), _lstm_sites(96, 16, 24, proj=16), FLAT),
-    "transformer": (lambda v: TransformerLM(v), _transformer_sites(),
-                    dict(batch_first=True, output="btv", scores="logits", state=False)),
+    "transformer": (
+        lambda v: TransformerLM(v),
+        _transformer_sites(),
+        dict(batch_first=True, output="btv", scores="logits", state=False),
+    ),
 }
 VOCAB_SITES = {"transformer": ("emb", "head")}
 
@@ -170,8 +188,9 @@ def test_adapt_finds_the_forward_conventions_and_reads_time_first_scores(case):
 def test_full_rank_compression_in_place_keeps_outputs_kernel_and_gradients(case):
     lm = adapt(_model(case, 40)).eval()
     # full rank at 16 bits: exact up to fp16 rounding, and smaller than the fp32 site (compress refuses more)
-    plan = {s.name: {"method": "lowrank", "rank": min(s.shape), "bits": 16} for s in autoshrink.sites(lm)
-            if not s.is_vocab}
+    plan = {
+        s.name: {"method": "lowrank", "rank": min(s.shape), "bits": 16} for s in autoshrink.sites(lm) if not s.is_vocab
+    }
     small = compress(lm, plan)
     ids = torch.randint(40, (9, 2))
     with torch.no_grad():
@@ -211,8 +230,19 @@ def test_search_compresses_the_modules_and_the_export_loads_into_the_users_class
     model = _model(case, vocab_size)
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
-    result = search(SearchConfig("2x", model=model, data=str(text_file), space=str(space), trials=2, finetune_steps=3,
-                                 sampler="random", run_dir=tmp_path / "run"), log=lambda line: None)
+    result = search(
+        SearchConfig(
+            "2x",
+            model=model,
+            data=str(text_file),
+            space=str(space),
+            trials=2,
+            finetune_steps=3,
+            sampler="random",
+            run_dir=tmp_path / "run",
+        ),
+        log=lambda line: None,
+    )
     inner = [s.name for s in autoshrink.sites(adapt(model)) if s.role in ("recurrent", "attention", "mlp")]
     trials = result.study.get_trials()
     assert len(trials) == 2 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}  # a weak one may stop early
@@ -289,9 +319,15 @@ class _Words(_Probs):
         return {"text": "hello"}
 
 
-@pytest.mark.parametrize("cls, message", [
-    (_Probs, "probabilities"), (_Shape, r"scores of shape \(6, 4, 10\)"), (_Fails, "forward failed .*expected a mask"),
-    (_Words, "returned dict")])
+@pytest.mark.parametrize(
+    "cls, message",
+    [
+        (_Probs, "probabilities"),
+        (_Shape, r"scores of shape \(6, 4, 10\)"),
+        (_Fails, "forward failed .*expected a mask"),
+        (_Words, "returned dict"),
+    ],
+)
 def test_outputs_that_are_not_next_token_scores_are_one_user_error(cls, message):
     with pytest.raises(UserError, match=message) as info:
         adapt(cls())
@@ -328,8 +364,9 @@ def test_latency_table_times_in_place_sites():
     assert table.estimate_ms(plan) > 0
 
 
-@pytest.mark.parametrize("mode, proj, bidirectional", [("LSTM", 0, False), ("LSTM", 4, True), ("GRU", 0, True),
-                                                        ("RNN", 0, False)])
+@pytest.mark.parametrize(
+    "mode, proj, bidirectional", [("LSTM", 0, False), ("LSTM", 4, True), ("GRU", 0, True), ("RNN", 0, False)]
+)
 def test_the_inputs_of_recurrent_matrices_are_replayed_for_calibration(mode, proj, bidirectional):
     torch.manual_seed(0)
     extra = {"proj_size": proj} if proj else {}

@@ -1,5 +1,6 @@
 """`autoshrink train` and `autoshrink eval`: final training of a front plan, export round trip,
 resume from a checkpoint, trial choice, and bad input as exit 2."""
+
 from __future__ import annotations
 
 import json
@@ -32,13 +33,33 @@ def _run(folder, tiny_model_dir, text_file):
     sites, freqs = discover_sites(dense), dense.vocab.freqs
     small_plan = {**MIXED, "rnn.0.hh": {"method": "quant", "bits": 2}}
     trials = []
-    for plan, ppl, extra in ((MIXED, 8.0, {}), (MIXED, 30.0, {"state": "PRUNED"}), (small_plan, 9.0, {}),
-                             (MIXED, 7.0, {"feasible": False})):
+    for plan, ppl, extra in (
+        (MIXED, 8.0, {}),
+        (MIXED, 30.0, {"state": "PRUNED"}),
+        (small_plan, 9.0, {}),
+        (MIXED, 7.0, {"feasible": False}),
+    ):
         nbytes = plan_stored_bytes(sites, parse_plan(plan), freqs)
-        trials.append({"plan": plan_to_json(parse_plan(plan)), "stored_bytes": nbytes, "val_ppl": ppl,
-                       "ratio": dense_bytes(dense) / nbytes, "latency_ms": 1.0, "feasible": True, **extra})
-    make_run(folder, trials, model=str(tiny_model_dir), data=str(text_file), budget="2x",
-             max_bytes=dense_bytes(dense) // 2, dense_bytes=dense_bytes(dense))
+        trials.append(
+            {
+                "plan": plan_to_json(parse_plan(plan)),
+                "stored_bytes": nbytes,
+                "val_ppl": ppl,
+                "ratio": dense_bytes(dense) / nbytes,
+                "latency_ms": 1.0,
+                "feasible": True,
+                **extra,
+            }
+        )
+    make_run(
+        folder,
+        trials,
+        model=str(tiny_model_dir),
+        data=str(text_file),
+        budget="2x",
+        max_bytes=dense_bytes(dense) // 2,
+        dense_bytes=dense_bytes(dense),
+    )
     return folder
 
 
@@ -105,8 +126,14 @@ def test_train_resumes_from_its_checkpoint(tiny_model_dir, text_file, tmp_path, 
     lengths = []
     train_module = sys.modules["autoshrink.final.train"]
     real = train_module.train_lm
-    monkeypatch.setattr(train_module, "train_lm", lambda model, tr, va, cfg, **kw: (lengths.append(cfg.steps - cfg.schedule_from),
-                                                                                    real(model, tr, va, cfg, **kw))[1])
+    monkeypatch.setattr(
+        train_module,
+        "train_lm",
+        lambda model, tr, va, cfg, **kw: (
+            lengths.append(cfg.steps - cfg.schedule_from),
+            real(model, tr, va, cfg, **kw),
+        )[1],
+    )
     again = train_trial(run, TrainConfig(steps=12, evals=4, out=out))
     assert lengths == [6] and again.metrics["resumed_from"] == 6 and again.metrics["steps"] == 12
     assert [h["step"] for h in again.metrics["history"] if h["step"]] == [3, 6, 9, 12]  # continued, not restarted
@@ -120,15 +147,28 @@ def test_trial_choice(tiny_model_dir, text_file, tmp_path):
     assert choose_trial(run, "best")[0] == 0  # lowest val ppl on the front (3 is lower but over budget)
     assert choose_trial(run, 2)[0] == 2 and choose_trial(run, "2")[0] == 2
     assert choose_trial(run, "smallest:8.5")[0] == 0 and choose_trial(run, "smallest:100")[0] == 2
-    for bad, match in ((1, "PRUNED"), (3, "over budget"), (9, "no trial 9"), ("smallest:1", "val ppl <= 1"),
-                       ("worst", "use best")):
+    for bad, match in (
+        (1, "PRUNED"),
+        (3, "over budget"),
+        (9, "no trial 9"),
+        ("smallest:1", "val ppl <= 1"),
+        ("worst", "use best"),
+    ):
         with pytest.raises(UserError, match=match):
             choose_trial(run, bad)
 
 
-@pytest.mark.parametrize("argv", [["train", "{run}", "--trial", "1"], ["train", "{run}", "--trial", "7"],
-                                  ["train", "{tmp}/nowhere"], ["train", "{tmp}"], ["eval", "{tmp}/nowhere"],
-                                  ["train", "{run}", "--steps", "0"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "{run}", "--trial", "1"],
+        ["train", "{run}", "--trial", "7"],
+        ["train", "{tmp}/nowhere"],
+        ["train", "{tmp}"],
+        ["eval", "{tmp}/nowhere"],
+        ["train", "{run}", "--steps", "0"],
+    ],
+)
 def test_bad_train_and_eval_input_is_one_line_and_exit_2(argv, tiny_model_dir, text_file, tmp_path, capsys):
     run = _run(tmp_path / "run", tiny_model_dir, text_file)
     argv = [a.format(run=run, tmp=tmp_path) for a in argv]
@@ -139,8 +179,24 @@ def test_bad_train_and_eval_input_is_one_line_and_exit_2(argv, tiny_model_dir, t
 
 def test_cli_train_then_eval(tiny_model_dir, text_file, tmp_path, capsys):
     run = _run(tmp_path / "run", tiny_model_dir, text_file)
-    assert main(["train", str(run), "--trial", "2", "--steps", "3", "--out", str(tmp_path / "out"), "--device", "cpu",
-                 "--distill"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(run),
+                "--trial",
+                "2",
+                "--steps",
+                "3",
+                "--out",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+                "--distill",
+            ]
+        )
+        == 0
+    )
     assert "trial 2" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["trial"] == 2
     assert main(["eval", str(tmp_path / "out")]) == 0
@@ -153,6 +209,7 @@ def test_lightrnn_reallocation_rematches_words_from_training_loss(tiny_model_dir
     from autoshrink.data import load_lm_data
     from autoshrink.methods import CompressedWeight
     from autoshrink.final.train import tell_validation
+
     model = autoshrink.load(str(tiny_model_dir))
     data = load_lm_data(str(text_file), vocab=model.vocab)
     small = autoshrink.compress(model, {"decoder": {"method": "lightrnn"}})
@@ -165,4 +222,6 @@ def test_lightrnn_reallocation_rematches_words_from_training_loss(tiny_model_dir
     cells = head.row_of * head.cols + head.col_of
     assert len(set(cells.tolist())) == len(cells)  # still one word per cell
     # The allocation is model state: checkpoints and the best-state restore carry it.
-    assert any(k.endswith("row_of") for k in small.state_dict()) and any(k.endswith("col_of") for k in small.state_dict())
+    assert any(k.endswith("row_of") for k in small.state_dict()) and any(
+        k.endswith("col_of") for k in small.state_dict()
+    )

@@ -1,4 +1,5 @@
 """`autoshrink train` starts from the fine-tuned weights the search kept for front trials."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,16 @@ from test_search import SPACE
 def run(tmp_path_factory, tiny_model_dir, text_file):
     folder = tmp_path_factory.mktemp("from-trial")
     (folder / "space.yaml").write_text(SPACE)
-    config = SearchConfig("4x", model=str(tiny_model_dir), data=str(text_file), space=str(folder / "space.yaml"),
-                          trials=4, finetune_steps=6, sampler="random", run_dir=folder / "run")
+    config = SearchConfig(
+        "4x",
+        model=str(tiny_model_dir),
+        data=str(text_file),
+        space=str(folder / "space.yaml"),
+        trials=4,
+        finetune_steps=6,
+        sampler="random",
+        run_dir=folder / "run",
+    )
     return search(config, log=lambda line: None)
 
 

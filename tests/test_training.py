@@ -28,7 +28,9 @@ def _model(vocab_size):
 def test_training_lowers_validation_perplexity_and_keeps_the_best(data):
     model = _model(len(data.vocab))
     before = evaluate_perplexity(model, data.valid)
-    result = train_lm(model, data.train, data.valid, TrainConfig(steps=120, batch_size=8, bptt=10, lr=2e-2, eval_every=30))
+    result = train_lm(
+        model, data.train, data.valid, TrainConfig(steps=120, batch_size=8, bptt=10, lr=2e-2, eval_every=30)
+    )
     after = evaluate_perplexity(model, data.valid)
     assert after < before / 2
     assert after == pytest.approx(result.best_val_ppl, rel=1e-5)
@@ -39,7 +41,9 @@ def test_training_lowers_validation_perplexity_and_keeps_the_best(data):
 def test_best_state_is_never_taken_mid_ramp(data):
     """A pruned model restored from a validation before its ramp ended would be denser than stored."""
     model = compress(_model(len(data.vocab)), {"decoder": {"method": "prune", "density": 0.1}})
-    result = train_lm(model, data.train, data.valid, TrainConfig(steps=40, batch_size=8, bptt=10, lr=1e-2, eval_every=5))
+    result = train_lm(
+        model, data.train, data.valid, TrainConfig(steps=40, batch_size=8, bptt=10, lr=1e-2, eval_every=5)
+    )
     pruned = next(m for m in model.modules() if isinstance(m, CompressedWeight))
     assert int(pruned.mask.count_nonzero()) == pruned.k
     settled = [h for h in result.history if h["step"] / 40 >= 0.75]
@@ -58,8 +62,21 @@ def test_divergence_is_reported_not_hidden(data):
 def _converged(data):
     """A tiny model trained until validation stops improving (the plateau recipe of pretraining)."""
     model = _model(len(data.vocab))
-    train_lm(model, data.train, data.valid, TrainConfig(epochs=40, batch_size=8, bptt=10, lr=1e-2, eval_every=40,
-                                                       schedule="plateau", patience=3, validate_start=False))
+    train_lm(
+        model,
+        data.train,
+        data.valid,
+        TrainConfig(
+            epochs=40,
+            batch_size=8,
+            bptt=10,
+            lr=1e-2,
+            eval_every=40,
+            schedule="plateau",
+            patience=3,
+            validate_start=False,
+        ),
+    )
     return model
 
 
@@ -76,8 +93,12 @@ def test_a_run_that_only_hurts_gives_back_the_starting_weights(data):
     model = _converged(data)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     before = evaluate_perplexity(model, data.valid)
-    result = train_lm(model, data.train, data.valid, TrainConfig(steps=30, batch_size=8, bptt=10, lr=1.0, clip=100.0,
-                                                               eval_every=10, patience=None))
+    result = train_lm(
+        model,
+        data.train,
+        data.valid,
+        TrainConfig(steps=30, batch_size=8, bptt=10, lr=1.0, clip=100.0, eval_every=10, patience=None),
+    )
     assert max(h["val_ppl"] for h in result.history[1:]) > before  # training did hurt
     assert result.best_step == 0
     assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
@@ -88,40 +109,70 @@ def test_warmup_then_cosine_decay_to_the_step_cap(data):
     factors = [cosine_factor(s, 40, 0.25) for s in range(10, 41)]
     assert all(a > b for a, b in zip(factors, factors[1:])) and factors[-1] == pytest.approx(0.0, abs=1e-12)
     model = _model(len(data.vocab))
-    result = train_lm(model, data.train, data.valid, TrainConfig(steps=40, batch_size=8, bptt=10, lr=1e-2, warmup=0.25,
-                                                               eval_every=10, patience=None))
-    assert [h["lr"] for h in result.history] == pytest.approx([1e-2 * f for f in (0, 1.0, cosine_factor(20, 40, 0.25),
-                                                                                   cosine_factor(30, 40, 0.25), 0.0)], abs=1e-12)
+    result = train_lm(
+        model,
+        data.train,
+        data.valid,
+        TrainConfig(steps=40, batch_size=8, bptt=10, lr=1e-2, warmup=0.25, eval_every=10, patience=None),
+    )
+    assert [h["lr"] for h in result.history] == pytest.approx(
+        [1e-2 * f for f in (0, 1.0, cosine_factor(20, 40, 0.25), cosine_factor(30, 40, 0.25), 0.0)], abs=1e-12
+    )
 
 
 def test_a_resumed_run_continues_the_schedule(data):
-    result = train_lm(_model(len(data.vocab)), data.train, data.valid,
-                      TrainConfig(steps=40, schedule_from=30, batch_size=8, bptt=10, lr=1e-2, eval_every=5, patience=None,
-                                  validate_start=False))
+    result = train_lm(
+        _model(len(data.vocab)),
+        data.train,
+        data.valid,
+        TrainConfig(
+            steps=40,
+            schedule_from=30,
+            batch_size=8,
+            bptt=10,
+            lr=1e-2,
+            eval_every=5,
+            patience=None,
+            validate_start=False,
+        ),
+    )
     assert result.steps == 10
     assert [h["step"] for h in result.history] == [35, 40]
     assert result.history[0]["lr"] == pytest.approx(1e-2 * cosine_factor(35, 40, 0.05))
 
 
 def test_stops_after_patience_validations_without_improvement(data):
-    result = train_lm(_model(len(data.vocab)), data.train, data.valid,
-                      TrainConfig(steps=1000, batch_size=8, bptt=10, lr=0.0, eval_every=5, patience=2))
+    result = train_lm(
+        _model(len(data.vocab)),
+        data.train,
+        data.valid,
+        TrainConfig(steps=1000, batch_size=8, bptt=10, lr=0.0, eval_every=5, patience=2),
+    )
     assert result.stopped == "plateau" and result.steps == 10
     assert result.best_step == 0
 
 
 def test_epochs_cap_the_schedule(data):
     per_epoch = num_windows(batchify(data.train, 8), 10)
-    result = train_lm(_model(len(data.vocab)), data.train, data.valid,
-                      TrainConfig(epochs=0.5, steps=10_000, batch_size=8, bptt=10, patience=None))
+    result = train_lm(
+        _model(len(data.vocab)),
+        data.train,
+        data.valid,
+        TrainConfig(epochs=0.5, steps=10_000, batch_size=8, bptt=10, patience=None),
+    )
     assert result.steps == round(0.5 * per_epoch)
 
 
 def test_time_caps_the_run_and_its_end_is_validated(data):
     import time
+
     started = time.perf_counter()
-    result = train_lm(_model(len(data.vocab)), data.train, data.valid,
-                      TrainConfig(steps=10**6, time=1.0, batch_size=8, bptt=10, lr=1e-2, eval_every=10**5))
+    result = train_lm(
+        _model(len(data.vocab)),
+        data.train,
+        data.valid,
+        TrainConfig(steps=10**6, time=1.0, batch_size=8, bptt=10, lr=1e-2, eval_every=10**5),
+    )
     assert time.perf_counter() - started < 5
     assert result.stopped == "time" and 0 < result.steps < 10**6
     assert result.history[-1]["step"] == result.steps  # the last steps were judged, not thrown away
@@ -154,8 +205,21 @@ def test_distillation_pulls_the_student_toward_the_teacher(data, weight):
     token = data.vocab.index["<unk>"]  # every word of the tiny corpus is in its vocabulary
     teacher = _biased_teacher(data, token)
     student = compress(_model(len(data.vocab)), {"decoder": {"method": "lowrank", "rank": 4}})
-    train_lm(student, data.train, data.valid, TrainConfig(steps=40, batch_size=8, bptt=10, lr=1e-2, distill_from=teacher,
-                                                        distill_weight=weight, patience=None, validate_start=False))
+    train_lm(
+        student,
+        data.train,
+        data.valid,
+        TrainConfig(
+            steps=40,
+            batch_size=8,
+            bptt=10,
+            lr=1e-2,
+            distill_from=teacher,
+            distill_weight=weight,
+            patience=None,
+            validate_start=False,
+        ),
+    )
     if weight:
         assert _mean_prob(student, data.valid, token) > 0.2
     else:  # the control: without the teacher the student learns the data, which never has `token`

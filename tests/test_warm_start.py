@@ -1,4 +1,5 @@
 """Warm start: a new search first tries each single method on every site, fitted to the budget."""
+
 from __future__ import annotations
 
 import optuna
@@ -50,15 +51,21 @@ def test_seeds_are_one_method_on_every_site_within_the_space_and_the_budget(tiny
 def test_the_default_space_seeds_low_rank_pruning_and_quantisation_on_the_reference_model():
     model = load("kjv-lstm")
     sites = discover_sites(model)
-    seeds = uniform_seeds(load_space("search_spaces/default.yaml"), sites, dense_bytes(model) // 10,
-                          model.vocab.freqs, stored_bytes(model))
+    seeds = uniform_seeds(
+        load_space("search_spaces/default.yaml"),
+        sites,
+        dense_bytes(model) // 10,
+        model.vocab.freqs,
+        stored_bytes(model),
+    )
     assert sorted(m for m, _ in seeds) == ["lowrank", "prune", "quant"]
     quant = dict(seeds)["quant"]
     assert {v for k, v in quant.items() if k.endswith("/bits")} == {3}  # 3-bit codes just meet 10x
 
 
-def test_a_new_search_runs_the_seeds_first_and_a_resumed_one_does_not_repeat_them(tiny_model_dir, text_file,
-                                                                                  space_file, tmp_path):
+def test_a_new_search_runs_the_seeds_first_and_a_resumed_one_does_not_repeat_them(
+    tiny_model_dir, text_file, space_file, tmp_path
+):
     run = tmp_path / "run"
     result = _search(tiny_model_dir, text_file, space_file, run, trials=2, budget="3x", allocate=False)
     first = sorted(result.study.get_trials(), key=lambda t: t.number)
@@ -88,8 +95,11 @@ def test_a_method_whose_defaults_cannot_reach_the_budget_is_seeded_with_its_rang
     sites = discover_sites(model)
     vocab = sum(s.dense_bytes for s in sites if s.is_vocab)
     limit = int(stored_bytes(model) - vocab + vocab / 6.6)
-    seeds = dict(uniform_seeds(load_space("search_spaces/vocab-only-fp32.yaml"), sites, limit,
-                               model.vocab.freqs, stored_bytes(model)))
+    seeds = dict(
+        uniform_seeds(
+            load_space("search_spaces/vocab-only-fp32.yaml"), sites, limit, model.vocab.freqs, stored_bytes(model)
+        )
+    )
     assert seeds["groupreduce"]["decoder/groupreduce/blocks"] == 10
     assert seeds["lowrank"]["decoder/method"] == "lowrank"
 
@@ -99,8 +109,10 @@ def test_the_allocated_plans_run_first_then_the_uniform_controls(tiny_model_dir,
     the sampler; the allocated plans are within the budget and inside the space."""
     result = _search(tiny_model_dir, text_file, space_file, tmp_path / "run", trials=4, budget="3x")
     trials = sorted((t for t in result.study.get_trials() if "steps" in t.user_attrs), key=lambda t: t.number)
-    origins = [("allocated" if "allocated" in t.user_attrs else "warm" if "warm_start" in t.user_attrs else "sampled")
-               for t in trials]
+    origins = [
+        ("allocated" if "allocated" in t.user_attrs else "warm" if "warm_start" in t.user_attrs else "sampled")
+        for t in trials
+    ]
     assert origins[0] == "allocated" and "warm" in origins
     assert origins.index("warm") > max(i for i, o in enumerate(origins) if o == "allocated")
     assert (tmp_path / "run" / "profile.csv").is_file()

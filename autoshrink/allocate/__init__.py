@@ -10,10 +10,21 @@
 
 (`profile` is imported from its module: a package attribute of that name would hide the module.)
 """
+
 from autoshrink.allocate.knapsack import Option, Selection, solve, solve_ladder
 from autoshrink.allocate.levels import site_levels, site_options
 from autoshrink.allocate.pipeline import Allocated, Allocation, allocate
 from autoshrink.allocate.replay import Replay
 
-__all__ = ["Allocated", "Allocation", "Option", "Replay", "Selection", "allocate", "site_levels",
-           "site_options", "solve", "solve_ladder"]
+__all__ = [
+    "Allocated",
+    "Allocation",
+    "Option",
+    "Replay",
+    "Selection",
+    "allocate",
+    "site_levels",
+    "site_options",
+    "solve",
+    "solve_ladder",
+]

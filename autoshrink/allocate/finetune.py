@@ -10,6 +10,7 @@ are the caller's: gradients are taken for the site's parameters only (autograd.g
 `.grad` lands on the caller's weights, and the model stays in eval mode, so no shared dropout
 module changes mode.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,14 @@ FINETUNE_BPTT = 35
 GRAD_CLIP = 0.25
 
 
-def finetune_site(model: nn.Module, built: CompressedWeight, train_ids: torch.Tensor, steps: int,
-                  lr: float = FINETUNE_LR, seed: int = 0) -> None:
+def finetune_site(
+    model: nn.Module,
+    built: CompressedWeight,
+    train_ids: torch.Tensor,
+    steps: int,
+    lr: float = FINETUNE_LR,
+    seed: int = 0,
+) -> None:
     """`steps` Adam steps on `built`'s tensors through `model` (which holds it), in place."""
     if steps <= 0:
         return

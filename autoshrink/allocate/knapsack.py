@@ -9,6 +9,7 @@ rounding leaves is then spent exactly, by the upgrade that buys the most loss pe
 fits. One DP answers every capacity up to the largest, so a ladder of budgets (for a front) costs
 one pass.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,9 @@ def spend_slack(options: Mapping[str, Sequence[Option]], choice: dict[str, int],
         choice[best[0]] = best[1]
 
 
-def solve_ladder(options: Mapping[str, Sequence[Option]], capacities: Sequence[float],
-                 buckets: int = BUCKETS) -> list[Selection | None]:
+def solve_ladder(
+    options: Mapping[str, Sequence[Option]], capacities: Sequence[float], buckets: int = BUCKETS
+) -> list[Selection | None]:
     """The least-loss selection within each capacity (None where no selection fits)."""
     names = [name for name in options if options[name]]
     if len(names) != len(options):
@@ -90,7 +92,7 @@ def solve_ladder(options: Mapping[str, Sequence[Option]], capacities: Sequence[f
             if w > buckets:
                 continue
             shifted = np.full(buckets + 1, np.inf)
-            shifted[w:] = best[:buckets + 1 - w] + loss
+            shifted[w:] = best[: buckets + 1 - w] + loss
             better = shifted < new
             new[better], pick[better] = shifted[better], i
         best = new
@@ -98,10 +100,10 @@ def solve_ladder(options: Mapping[str, Sequence[Option]], capacities: Sequence[f
     results: list[Selection | None] = []
     for capacity in capacities:
         limit = min(buckets, int(math.floor(capacity / step + 1e-9)))
-        if limit < 0 or not np.isfinite(best[:limit + 1]).any():
+        if limit < 0 or not np.isfinite(best[: limit + 1]).any():
             results.append(None)
             continue
-        weight = int(np.argmin(best[:limit + 1]))
+        weight = int(np.argmin(best[: limit + 1]))
         choice: dict[str, int] = {}
         for name, pick in zip(reversed(names), reversed(picks)):
             choice[name] = int(pick[weight])

@@ -7,6 +7,7 @@ just under them; each is the largest setting of the method's size knob within it
 level (a rank clipped at min(m, n) does not grow any more), written with the smallest knob value
 that gives those bytes, so a plan reads `rank=256`, not `rank=16777216`.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -54,9 +55,15 @@ def takes(config: MethodConfig, site: Site) -> bool:
         return False
 
 
-def site_levels(site: Site, base: MethodConfig, levels: int = LEVELS, freqs: torch.Tensor | None = None,
-                smallest: float = SMALLEST_FRACTION, largest: float = LARGEST_FRACTION,
-                cap: int | None = None) -> list[MethodConfig]:
+def site_levels(
+    site: Site,
+    base: MethodConfig,
+    levels: int = LEVELS,
+    freqs: torch.Tensor | None = None,
+    smallest: float = SMALLEST_FRACTION,
+    largest: float = LARGEST_FRACTION,
+    cap: int | None = None,
+) -> list[MethodConfig]:
     """Up to `levels` configs of `base` on `site`, geometric in bytes from `smallest` to `largest`
     times the site's dense bytes (or to `cap` bytes, if lower: no larger option can be part of a
     plan within the budget), smallest first, without duplicates (empty if the method does not
@@ -83,9 +90,13 @@ def site_levels(site: Site, base: MethodConfig, levels: int = LEVELS, freqs: tor
     return [found[b] for b in sorted(found)]
 
 
-def site_options(sites: Sequence[Site], bases: Sequence[MethodConfig] | Mapping[str, Sequence[MethodConfig]],
-                 levels: int = LEVELS, freqs: torch.Tensor | None = None,
-                 caps: Mapping[str, int] | None = None) -> dict[str, list[MethodConfig]]:
+def site_options(
+    sites: Sequence[Site],
+    bases: Sequence[MethodConfig] | Mapping[str, Sequence[MethodConfig]],
+    levels: int = LEVELS,
+    freqs: torch.Tensor | None = None,
+    caps: Mapping[str, int] | None = None,
+) -> dict[str, list[MethodConfig]]:
     """{site name: its levels under every base config that applies to it}, for the sites a plan
     can name (a tied partner is its owner's). `bases` is one list for every site, or a list per
     site role ("embedding", "softmax", "recurrent", ...); `caps` bounds each site's levels in bytes."""

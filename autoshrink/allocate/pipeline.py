@@ -6,6 +6,7 @@ Costs are whole-model stored bytes as `plan_stored_bytes` counts them: the model
 it keeps) or, left dense, its dense bytes. Every returned plan is checked against the limit with
 `plan_stored_bytes` itself.
 """
+
 from __future__ import annotations
 
 import time
@@ -45,8 +46,13 @@ class Allocated:
     source: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plan": {n: c.to_dict() for n, c in self.plan.items()}, "bytes": self.bytes,
-                "profile_loss": self.profile_loss, "joint_loss": self.joint_loss, "source": self.source}
+        return {
+            "plan": {n: c.to_dict() for n, c in self.plan.items()},
+            "bytes": self.bytes,
+            "profile_loss": self.profile_loss,
+            "joint_loss": self.joint_loss,
+            "source": self.source,
+        }
 
 
 @dataclass
@@ -63,15 +69,22 @@ class Allocation:
         return self.plans[0]
 
 
-def knapsack_options(table: pd.DataFrame, sites: Sequence, model_bytes: int,
-                     freqs: torch.Tensor | None = None, may_stay_dense: Callable[[str], bool] | None = None
-                     ) -> dict[str, list[Option]]:
+def knapsack_options(
+    table: pd.DataFrame,
+    sites: Sequence,
+    model_bytes: int,
+    freqs: torch.Tensor | None = None,
+    may_stay_dense: Callable[[str], bool] | None = None,
+) -> dict[str, list[Option]]:
     """Per site: dense (its dense bytes, no loss) first where `may_stay_dense(site)` allows it
     (every site by default), then each profiled option, costed as the
     bytes the site holds in the whole model (plan_stored_bytes of a plan of that site alone, less
     what the rest of the model stores dense). Whole-model bytes = fixed bytes + the sum of costs."""
-    options = {s.name: [Option(None, float(s.dense_bytes), 0.0)] if may_stay_dense is None or may_stay_dense(s.name)
-               else [] for s in sites if s.tied_with is None}
+    options = {
+        s.name: [Option(None, float(s.dense_bytes), 0.0)] if may_stay_dense is None or may_stay_dense(s.name) else []
+        for s in sites
+        if s.tied_with is None
+    }
     for row in table.to_dict("records"):
         config = row_config(row)
         cost = site_cost(sites, row["site"], config, model_bytes, freqs)
@@ -86,14 +99,20 @@ def site_cost(sites: Sequence, name: str, config: MethodConfig, model_bytes: int
     return plan_stored_bytes(sites, {name: config}, freqs, model_bytes) - (model_bytes - dense)
 
 
-def level_caps(sites: Sequence, options: Mapping[str, Sequence[MethodConfig]], capacity: int, model_bytes: int,
-               freqs: torch.Tensor | None) -> dict[str, int]:
+def level_caps(
+    sites: Sequence,
+    options: Mapping[str, Sequence[MethodConfig]],
+    capacity: int,
+    model_bytes: int,
+    freqs: torch.Tensor | None,
+) -> dict[str, int]:
     """Per site, the most method bytes an option can have and still be part of a plan within the
     capacity: what is left when every other site takes its cheapest option (and this one its bias)."""
     by_name = {s.name: s for s in sites}
-    cheapest = {name: min([by_name[name].dense_bytes]
-                          + [site_cost(sites, name, c, model_bytes, freqs) for c in configs])
-                for name, configs in options.items()}
+    cheapest = {
+        name: min([by_name[name].dense_bytes] + [site_cost(sites, name, c, model_bytes, freqs) for c in configs])
+        for name, configs in options.items()
+    }
     total = sum(cheapest.values())
     bias = {name: 4 * by_name[name].shape[0] if by_name[name].bias else 0 for name in options}
     return {name: capacity - (total - cheapest[name]) - bias[name] for name in options}
@@ -104,13 +123,27 @@ def fixed_bytes(sites: Sequence, model_bytes: int) -> int:
     return model_bytes - sum(s.dense_bytes for s in sites if s.tied_with is None)
 
 
-def allocate(model: nn.Module, valid_ids: torch.Tensor,
-             options: Mapping[str, Sequence[MethodConfig]] | Sequence[MethodConfig] | Mapping[str, Any],
-             limit: int, *, freqs: torch.Tensor | None = None, stats: Mapping[str, Any] | None = None,
-             levels: int = LEVELS, profile_path: str | Path | None = None, ladder: Sequence[float] = LADDER,
-             buckets: int = BUCKETS, top_k: int = TOP_K, max_evals: int = MAX_EVALS, finetune_steps: int = 0,
-             train_ids: torch.Tensor | None = None, tokens: int | None = SLICE_TOKENS, seed: int = 0,
-             progress: bool = True, may_stay_dense: Callable[[str], bool] | None = None) -> Allocation:
+def allocate(
+    model: nn.Module,
+    valid_ids: torch.Tensor,
+    options: Mapping[str, Sequence[MethodConfig]] | Sequence[MethodConfig] | Mapping[str, Any],
+    limit: int,
+    *,
+    freqs: torch.Tensor | None = None,
+    stats: Mapping[str, Any] | None = None,
+    levels: int = LEVELS,
+    profile_path: str | Path | None = None,
+    ladder: Sequence[float] = LADDER,
+    buckets: int = BUCKETS,
+    top_k: int = TOP_K,
+    max_evals: int = MAX_EVALS,
+    finetune_steps: int = 0,
+    train_ids: torch.Tensor | None = None,
+    tokens: int | None = SLICE_TOKENS,
+    seed: int = 0,
+    progress: bool = True,
+    may_stay_dense: Callable[[str], bool] | None = None,
+) -> Allocation:
     """Plans for `model` within `limit` stored bytes, chosen on the first `tokens` of `valid_ids`
     (all of them with None).
 
@@ -142,8 +175,18 @@ def allocate(model: nn.Module, valid_ids: torch.Tensor,
 
     replay = Replay(model, valid_ids)
     times["replay"] = time.perf_counter() - start
-    table = profile(model, valid_ids, per_site, freqs=freqs, stats=stats, path=profile_path, replay=replay,
-                    finetune_steps=finetune_steps, train_ids=train_ids, progress=progress)
+    table = profile(
+        model,
+        valid_ids,
+        per_site,
+        freqs=freqs,
+        stats=stats,
+        path=profile_path,
+        replay=replay,
+        finetune_steps=finetune_steps,
+        train_ids=train_ids,
+        progress=progress,
+    )
     times["profile"] = time.perf_counter() - start - times["replay"]
 
     knap = knapsack_options(table, sites, model_bytes, freqs, may_stay_dense)
@@ -181,8 +224,9 @@ def allocate(model: nn.Module, valid_ids: torch.Tensor,
 
     t = time.perf_counter()
     bar = _bar(max_evals, progress)
-    scored: list[Scored] = refine(knap, capacity, joint, starts, max_evals=max_evals, seed=seed,
-                                  on_eval=lambda s: bar.update(1))
+    scored: list[Scored] = refine(
+        knap, capacity, joint, starts, max_evals=max_evals, seed=seed, on_eval=lambda s: bar.update(1)
+    )
     bar.close()
     times["refine"] = time.perf_counter() - t
     plans = [allocated(s.choice, s.loss, s.source) for s in scored]
@@ -202,4 +246,5 @@ def allocate(model: nn.Module, valid_ids: torch.Tensor,
 
 def _bar(total: int, enabled: bool):
     from tqdm import tqdm
+
     return tqdm(total=total, desc="refine", unit="plan", disable=not enabled, leave=False)

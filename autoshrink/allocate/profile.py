@@ -8,6 +8,7 @@ interrupted profile resumes and a later search of the same model, data and space
 activations entering each stage are cached once (replay.py), so a softmax option costs its logits
 and an LSTM option its layer and those above.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -79,11 +80,19 @@ def _read(path: Path | None) -> pd.DataFrame:
     return table[COLUMNS]
 
 
-def profile(model: nn.Module, valid_ids: torch.Tensor, options: Mapping[str, Sequence[MethodConfig]],
-            freqs: torch.Tensor | None = None, stats: Mapping[str, Any] | None = None,
-            path: str | Path | None = None, finetune_steps: int = 0, train_ids: torch.Tensor | None = None,
-            finetune_methods: Sequence[str] = NEEDS_TRAINING, replay: Replay | None = None,
-            progress: bool = True) -> pd.DataFrame:
+def profile(
+    model: nn.Module,
+    valid_ids: torch.Tensor,
+    options: Mapping[str, Sequence[MethodConfig]],
+    freqs: torch.Tensor | None = None,
+    stats: Mapping[str, Any] | None = None,
+    path: str | Path | None = None,
+    finetune_steps: int = 0,
+    train_ids: torch.Tensor | None = None,
+    finetune_methods: Sequence[str] = NEEDS_TRAINING,
+    replay: Replay | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """One row per (site, option) of `options` ({site name: configs}): bytes, loss_delta, seconds.
 
     With `finetune_steps` > 0, options of `finetune_methods` get that many steps of training
@@ -97,8 +106,11 @@ def profile(model: nn.Module, valid_ids: torch.Tensor, options: Mapping[str, Seq
     if unknown:
         raise UserError(f"options name unknown site(s) {', '.join(unknown)}; sites: {', '.join(sites)}")
     replay = replay or Replay(model, valid_ids)
-    ident = {"model": fingerprint(model), "data": fingerprint(replay.columns),
-             "build": fingerprint(stats) if stats is not None else "plain"}
+    ident = {
+        "model": fingerprint(model),
+        "data": fingerprint(replay.columns),
+        "build": fingerprint(stats) if stats is not None else "plain",
+    }
     path = Path(path) if path is not None else None
     table = _read(path)
     done = set(map(tuple, table[KEY].astype(str).values.tolist()))
@@ -119,9 +131,16 @@ def profile(model: nn.Module, valid_ids: torch.Tensor, options: Mapping[str, Seq
         if steps:
             finetune_site(with_compressed(model, sites, {name: built}), built, train_ids, steps)
         loss = replay.loss(sites, {name: built})
-        row = {**ident, "site": name, "method": config.method, "knobs": option_key(config), "finetune_steps": steps,
-               "bytes": method_bytes(sites[name], config, freqs), "loss_delta": loss - replay.dense_loss,
-               "seconds": round(time.perf_counter() - start, 3)}
+        row = {
+            **ident,
+            "site": name,
+            "method": config.method,
+            "knobs": option_key(config),
+            "finetune_steps": steps,
+            "bytes": method_bytes(sites[name], config, freqs),
+            "loss_delta": loss - replay.dense_loss,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
         rows.append(row)
         if path is not None:  # one row at a time: an interrupted profile keeps what it measured
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +149,11 @@ def profile(model: nn.Module, valid_ids: torch.Tensor, options: Mapping[str, Seq
     bar.close()
     table = pd.concat([table, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True) if rows else table
     # This call's rows only: a shared file also holds other models, slices, options and steps.
-    wanted = {(*ident.values(), name, option_key(c), finetune_steps if c.method in finetune_methods else 0)
-              for name, configs in options.items() for c in configs}
+    wanted = {
+        (*ident.values(), name, option_key(c), finetune_steps if c.method in finetune_methods else 0)
+        for name, configs in options.items()
+        for c in configs
+    }
     keep = [(m, d, b, s, k, int(f)) in wanted for m, d, b, s, k, f in table[KEY].values.tolist()]
     return table[keep].reset_index(drop=True)
 
@@ -143,4 +165,5 @@ def row_config(row: Mapping[str, Any]) -> MethodConfig:
 
 def _bar(total: int, enabled: bool):
     from tqdm import tqdm
+
     return tqdm(total=total, desc="profile", unit="option", disable=not enabled or total == 0, leave=False)

@@ -5,7 +5,8 @@ keep it within the limit, still without training.
 Candidates (SPDY's idea): the knapsack solution, then the knapsack re-solved with each site's
 losses scaled by a random factor in [1/2, 2], which gives other plans that fit the limit and are
 near-optimal for the profile. The best of them (the knapsack's own unless another is better by
-more than the slice's noise) seeds an elitist (1 + lambda) evolutionary loop as in EvoPress: an offspring moves one to three random sites one level up their ladder (the site's
+more than the slice's noise) seeds an elitist (1 + lambda) evolutionary loop as in EvoPress: an
+offspring moves one to three random sites one level up their ladder (the site's
 options that no other option of the site beats on both cost and loss), then random other sites
 one level down until it fits again; offspring that spend less than 80% of what they freed, or
 change more than ten levels, are dropped unevaluated (EvoPress's filters). Every plan is
@@ -14,6 +15,7 @@ wins by more than two standard errors of the per-token loss difference: measured
 25x, the plan with the lowest mean on a 4,000-token slice (by 0.003 nats) was 2% worse in
 perplexity than the knapsack's on 12,000 other validation tokens (results/allocate.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -69,8 +71,9 @@ def ladders(options: Mapping[str, Sequence[Option]], keep: Sequence[Choice] = ()
     return result
 
 
-def candidates(options: Mapping[str, Sequence[Option]], capacity: float, count: int, seed: int = 0,
-               buckets: int = BUCKETS) -> list[tuple[Choice, str]]:
+def candidates(
+    options: Mapping[str, Sequence[Option]], capacity: float, count: int, seed: int = 0, buckets: int = BUCKETS
+) -> list[tuple[Choice, str]]:
     """Up to `count` distinct knapsack plans within `capacity`: the plain one first, then ones
     solved with randomly reweighted site losses."""
     rng = random.Random(seed)
@@ -82,16 +85,22 @@ def candidates(options: Mapping[str, Sequence[Option]], capacity: float, count: 
         if len(found) >= count:
             break
         scale = {name: math.exp(rng.uniform(-math.log(COEF_RANGE), math.log(COEF_RANGE))) for name in options}
-        scaled = {name: [Option(o.config, o.cost, o.loss * scale[name]) for o in opts]
-                  for name, opts in options.items()}
+        scaled = {
+            name: [Option(o.config, o.cost, o.loss * scale[name]) for o in opts] for name, opts in options.items()
+        }
         other = solve(scaled, capacity, buckets)
         if other is not None and all(other.choice != c for c, _ in found):
             found.append((other.choice, "reweighted"))
     return found
 
 
-def _mutate(options: Mapping[str, Sequence[Option]], steps: dict[str, list[int]], parent: Choice,
-            capacity: float, rng: random.Random) -> Choice | None:
+def _mutate(
+    options: Mapping[str, Sequence[Option]],
+    steps: dict[str, list[int]],
+    parent: Choice,
+    capacity: float,
+    rng: random.Random,
+) -> Choice | None:
     child = dict(parent)
     position = {name: steps[name].index(i) for name, i in parent.items()}
     flips = min(rng.randint(1, MAX_FLIPS), rng.randint(1, MAX_FLIPS))  # fewer flips more often
@@ -139,10 +148,17 @@ def _key(choice: Mapping[str, int]) -> tuple:
     return tuple(sorted(choice.items()))
 
 
-def refine(options: Mapping[str, Sequence[Option]], capacity: float,
-           evaluate: Callable[[Choice], float | Sequence[float]], starts: Sequence[tuple[Choice, str]],
-           max_evals: int = 48, offspring: int = 4, seed: int = 0, z: float | None = None,
-           on_eval: Callable[[Scored], None] | None = None) -> list[Scored]:
+def refine(
+    options: Mapping[str, Sequence[Option]],
+    capacity: float,
+    evaluate: Callable[[Choice], float | Sequence[float]],
+    starts: Sequence[tuple[Choice, str]],
+    max_evals: int = 48,
+    offspring: int = 4,
+    seed: int = 0,
+    z: float | None = None,
+    on_eval: Callable[[Scored], None] | None = None,
+) -> list[Scored]:
     """Every plan evaluated: the one the refinement stands by first, then the others by joint loss.
 
     `evaluate(choice)` is the joint loss of a whole plan, or the loss of each token of a fixed

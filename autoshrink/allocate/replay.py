@@ -11,6 +11,7 @@ The model with compressed sites is a shallow copy: the modules on the way to eac
 and the compressed module put in the copy, so the caller's model and its parameters are never
 touched and no dense weight is copied.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,13 @@ from autoshrink.sites import Site, SiteStats
 LOGIT_ROWS = 4096  # positions per softmax chunk: a 10k-word vocabulary costs 160 MB per chunk
 
 
-def build_site(model: nn.Module, site: Site, config: MethodConfig, freqs: torch.Tensor | None = None,
-               stats: Mapping[str, SiteStats] | None = None) -> CompressedWeight:
+def build_site(
+    model: nn.Module,
+    site: Site,
+    config: MethodConfig,
+    freqs: torch.Tensor | None = None,
+    stats: Mapping[str, SiteStats] | None = None,
+) -> CompressedWeight:
     """The compressed weight of one site, initialised from the model's dense weight and, where
     `stats` has them, the site's calibration statistics (data-aware builds)."""
     weight = dense_weight(model.get_submodule(site.name))[0].float().cpu().contiguous()
@@ -61,13 +67,21 @@ def with_compressed(model: nn.Module, sites: Mapping[str, Site], built: Mapping[
     return root
 
 
-def _token_nll(logits_of: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor,
-               targets: torch.Tensor) -> torch.Tensor:
+def _token_nll(
+    logits_of: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """NLL of each target (time-major) given the top hidden states, the softmax in chunks of positions."""
     flat_h, flat_y = hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)
-    return torch.cat([F.cross_entropy(logits_of(flat_h[start:start + LOGIT_ROWS]).float(),
-                                      flat_y[start:start + LOGIT_ROWS], reduction="none")
-                      for start in range(0, flat_y.numel(), LOGIT_ROWS)])
+    return torch.cat(
+        [
+            F.cross_entropy(
+                logits_of(flat_h[start : start + LOGIT_ROWS]).float(),
+                flat_y[start : start + LOGIT_ROWS],
+                reduction="none",
+            )
+            for start in range(0, flat_y.numel(), LOGIT_ROWS)
+        ]
+    )
 
 
 class Replay:
@@ -109,8 +123,9 @@ class Replay:
             losses, state = [], None
             for x, y in bptt_windows(self.columns, self.bptt):
                 logits, state = model(x, state)
-                losses.append(F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                              reduction="none"))
+                losses.append(
+                    F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+                )
             return torch.cat(losses)
         layers = len(model.rnn)
         x = model.encoder(self.columns[:-1]) if start == 0 else self.inputs[start - 1]

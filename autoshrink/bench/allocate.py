@@ -8,6 +8,7 @@ calibration statistics); the profile goes to `<run-dir>/profile.csv` and is reus
 
     python -m autoshrink.bench.allocate [--budget 25x] [--slice 4000] [--evals 48] [--out results/allocate.md]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,17 @@ GROUP = 64  # values per quantisation scale of the allocated options (scales cou
 # The options: low-rank at 4 and 8 bits everywhere, quantisation where its bits fit, GroupReduce
 # on the vocabulary matrices.
 BASES = {
-    "embedding": [LowRankConfig(bits=4, group_size=GROUP), LowRankConfig(bits=8, group_size=GROUP),
-                  QuantConfig(group_size=GROUP), GroupReduceConfig(blocks=8, bits=8, group_size=GROUP)],
-    "recurrent": [LowRankConfig(bits=4, group_size=GROUP), LowRankConfig(bits=8, group_size=GROUP),
-                  QuantConfig(group_size=GROUP)],
+    "embedding": [
+        LowRankConfig(bits=4, group_size=GROUP),
+        LowRankConfig(bits=8, group_size=GROUP),
+        QuantConfig(group_size=GROUP),
+        GroupReduceConfig(blocks=8, bits=8, group_size=GROUP),
+    ],
+    "recurrent": [
+        LowRankConfig(bits=4, group_size=GROUP),
+        LowRankConfig(bits=8, group_size=GROUP),
+        QuantConfig(group_size=GROUP),
+    ],
 }
 BASES["softmax"] = BASES["embedding"]
 
@@ -58,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="kjv-lstm")
     parser.add_argument("--budget", default="25x")
-    parser.add_argument("--slice", type=int, default=4000,
-                        help="validation tokens the allocation sees (after the reported ones)")
+    parser.add_argument(
+        "--slice", type=int, default=4000, help="validation tokens the allocation sees (after the reported ones)"
+    )
     parser.add_argument("--evals", type=int, default=48, help="joint evaluations of the refinement")
     parser.add_argument("--run-dir", default="results/runs/allocate-bench")
     parser.add_argument("--out", default="results/allocate.md")
@@ -74,20 +83,34 @@ def main(argv: list[str] | None = None) -> int:
     model_bytes = stored_bytes(model)
 
     start = time.perf_counter()
-    result = allocate(model, data.valid[REPORT_TOKENS:], BASES, limit, freqs=freqs, tokens=args.slice,
-                      max_evals=args.evals, profile_path=f"{args.run_dir}/profile.csv", progress=False)
+    result = allocate(
+        model,
+        data.valid[REPORT_TOKENS:],
+        BASES,
+        limit,
+        freqs=freqs,
+        tokens=args.slice,
+        max_evals=args.evals,
+        profile_path=f"{args.run_dir}/profile.csv",
+        progress=False,
+    )
     wall = time.perf_counter() - start
 
     def ppl(plan: dict) -> tuple[float, float]:
         compressed = compress(model, plan, freqs=freqs)
-        return (evaluate_perplexity(compressed, data.valid, max_tokens=REPORT_TOKENS),
-                evaluate_perplexity(compressed, data.test))
+        return (
+            evaluate_perplexity(compressed, data.valid, max_tokens=REPORT_TOKENS),
+            evaluate_perplexity(compressed, data.test),
+        )
 
     uniform = uniform_plan(LowRankConfig(bits=PREFERRED_BITS), sites, limit, freqs, model_bytes)
     knapsack = next(p for p in result.plans if p.source == "knapsack")
-    rows = [("dense", {}, None), ("uniform plain low-rank, 8 bits (the warm start's seed)", uniform, None),
-            ("knapsack over the profile", knapsack.plan, knapsack.joint_loss),
-            ("refined (the refinement's choice)", result.best.plan, result.best.joint_loss)]
+    rows = [
+        ("dense", {}, None),
+        ("uniform plain low-rank, 8 bits (the warm start's seed)", uniform, None),
+        ("knapsack over the profile", knapsack.plan, knapsack.joint_loss),
+        ("refined (the refinement's choice)", result.best.plan, result.best.joint_loss),
+    ]
     slice_dense = math.exp(result.dense_loss)
     lines = [
         f"# Allocation without training: {args.model} at {args.budget}",
@@ -110,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         nbytes = plan_stored_bytes(sites, plan, freqs, model_bytes)
         val, test = ppl(plan)
         joint_text = f"{math.exp(result.dense_loss + joint):.2f}" if joint is not None else ""
-        lines.append(f"| {label} | {nbytes:,} | {dense_bytes(model) / nbytes:.1f}x | {val:.2f} | {test:.2f} | "
-                     f"{joint_text} | {_describe(plan)} |")
+        lines.append(
+            f"| {label} | {nbytes:,} | {dense_bytes(model) / nbytes:.1f}x | {val:.2f} | {test:.2f} | "
+            f"{joint_text} | {_describe(plan)} |"
+        )
     t = result.seconds
     lower = sum(p.joint_loss < result.best.joint_loss for p in result.plans)
     lines += [
@@ -130,11 +155,20 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for fraction, plan in result.ladder.items():
         if plan is not None:
-            lines.append(f"| {fraction:g} | {plan.bytes:,} | {plan.profile_loss:.4f} | {plan.joint_loss:.4f} | "
-                         f"{math.exp(result.dense_loss + plan.joint_loss):.2f} | {_describe(plan.plan)} |")
-    lines += ["", "Regenerate:", "", "```bash",
-              f"PYTHONPATH=$PWD OMP_NUM_THREADS=1 python -m autoshrink.bench.allocate --budget {args.budget} "
-              f"--slice {args.slice} --evals {args.evals} --out {args.out}", "```", ""]
+            lines.append(
+                f"| {fraction:g} | {plan.bytes:,} | {plan.profile_loss:.4f} | {plan.joint_loss:.4f} | "
+                f"{math.exp(result.dense_loss + plan.joint_loss):.2f} | {_describe(plan.plan)} |"
+            )
+    lines += [
+        "",
+        "Regenerate:",
+        "",
+        "```bash",
+        f"PYTHONPATH=$PWD OMP_NUM_THREADS=1 python -m autoshrink.bench.allocate --budget {args.budget} "
+        f"--slice {args.slice} --evals {args.evals} --out {args.out}",
+        "```",
+        "",
+    ]
     write_report(args.out, "\n".join(lines))
     return 0
 

@@ -9,6 +9,7 @@
   every site stored in 8 bits (quantisation-aware from the start), the largest that fits the
   budget; trained from scratch by the same recipe, distilled from the dense model.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,6 +28,7 @@ def best_storage_plan(setup, row, base_cfg: dict) -> tuple[dict | None, list[dic
     from autoshrink.methods import config_from_dict
     from autoshrink.models.training import evaluate_perplexity
     from autoshrink.plan import compress, plan_stored_bytes
+
     widths = (base_cfg["bits"],) if base_cfg["method"] == "quant" or "bits" in base_cfg else STORAGE_BITS
     tried, best = [], None
     for bits in widths:
@@ -38,8 +40,13 @@ def best_storage_plan(setup, row, base_cfg: dict) -> tuple[dict | None, list[dic
         model = compress(setup.dense, plan, freqs=setup.lm.vocab.freqs)
         val = evaluate_perplexity(model, setup.lm.valid, max_tokens=SELECT_TOKENS)
         plan_json = {k: v.to_dict() for k, v in plan.items()}
-        tried.append({"bits": bits, "init_val_ppl": val,
-                      "stored_bytes": plan_stored_bytes(setup.sites, plan, setup.lm.vocab.freqs, setup.model_bytes)})
+        tried.append(
+            {
+                "bits": bits,
+                "init_val_ppl": val,
+                "stored_bytes": plan_stored_bytes(setup.sites, plan, setup.lm.vocab.freqs, setup.model_bytes),
+            }
+        )
         if best is None or val < best[0]:
             best = (val, plan_json)
     return (best[1] if best else None), tried
@@ -47,6 +54,7 @@ def best_storage_plan(setup, row, base_cfg: dict) -> tuple[dict | None, list[dic
 
 def _small_model(dense: nn.Module, dim: int) -> nn.Module:
     from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
+
     cfg = dense.config
     torch.manual_seed(0)
     model = LSTMLM(LSTMLMConfig(cfg.vocab_size, dim, dim, cfg.layers, SMALL_DENSE_DROPOUT))
@@ -57,6 +65,7 @@ def _small_model(dense: nn.Module, dim: int) -> nn.Module:
 
 def small_dense_plan(model: nn.Module) -> dict:
     from autoshrink.models import discover_sites
+
     return {s.name: {"method": "quant", "bits": SMALL_DENSE_BITS} for s in discover_sites(model) if s.tied_with is None}
 
 
@@ -64,6 +73,7 @@ def small_dense(setup, row) -> tuple[nn.Module, dict, int] | None:
     """(untrained small model, its 8-bit plan, dim): the largest equal embedding/hidden size
     whose stored bytes fit the row's limit (whole-model rows only)."""
     from autoshrink.plan import compress, stored_bytes
+
     if row.roles is not None or not hasattr(setup.dense, "config"):
         return None
     limit = setup.max_bytes(row)

@@ -6,6 +6,7 @@ checks that keep it the one-way flow of the architecture (docs/design.md):
 
 Layers, lowest first; a module may import its own layer and those below it, never one above.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,23 @@ PACKAGE = Path(__file__).resolve().parents[1]
 # The data flow: errors/sites (shared vocabulary) -> data -> models -> methods -> calibrate -> plan ->
 # measure -> allocate -> search -> front -> final; bench measures all of them; the API calls them;
 # the CLI calls the API. Nothing but the CLI (and the package's front doors) imports the API.
-LAYERS = ["errors", "sites", "data", "models", "methods", "calibrate", "plan", "measure", "allocate", "search",
-          "front", "final", "bench", "api", "cli"]
+LAYERS = [
+    "errors",
+    "sites",
+    "data",
+    "models",
+    "methods",
+    "calibrate",
+    "plan",
+    "measure",
+    "allocate",
+    "search",
+    "front",
+    "final",
+    "bench",
+    "api",
+    "cli",
+]
 ENTRY = {"autoshrink", "autoshrink.__main__"}  # the package's front doors: they may import api and cli
 
 
@@ -51,7 +67,9 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> dict[str, set[str]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             if not base.startswith("autoshrink"):
                 continue
             for alias in node.names:
@@ -82,7 +100,7 @@ def cycles(g: dict[str, dict[str, set[str]]]) -> list[list[str]]:
         state[node] = "open"
         for nxt in sorted(g.get(node, {})):
             if state.get(nxt) == "open":
-                found.append(stack[stack.index(nxt):] + [nxt])
+                found.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"
@@ -111,7 +129,12 @@ def problems(g: dict[str, dict[str, set[str]]] | None = None) -> list[str]:
             if private:
                 out.append(f"{name} imports private name(s) {', '.join(private)} of {target}")
             owner, _, last = target.rpartition(".")
-            if last.startswith("_") and not last.startswith("__") and name != owner and not name.startswith(owner + "."):
+            if (
+                last.startswith("_")
+                and not last.startswith("__")
+                and name != owner
+                and not name.startswith(owner + ".")
+            ):
                 out.append(f"{name} imports {target}, a private module of {owner}")
     return out
 

@@ -6,6 +6,7 @@ actually compressed under the plan (the reference input: 35 tokens, batch 1).
 
     python -m autoshrink.bench.latency_check [--model kjv-lstm-tiny] [--plans 6] [--out results/latency_check.md]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,10 @@ def random_plans(site_names: list[str], count: int, seed: int = 0) -> list[dict]
 
 
 def _describe(plan: dict) -> str:
-    return "; ".join(f"{site}: {cfg['method']} " + ",".join(f"{k}={v}" for k, v in cfg.items() if k != "method")
-                     for site, cfg in plan.items())
+    return "; ".join(
+        f"{site}: {cfg['method']} " + ",".join(f"{k}={v}" for k, v in cfg.items() if k != "method")
+        for site, cfg in plan.items()
+    )
 
 
 def main(argv=None) -> int:
@@ -70,15 +73,20 @@ def main(argv=None) -> int:
         rows.append((plan, est, measured, est_s))
         print(f"{est:8.3f} ms est  {measured:8.3f} ms measured  {est / measured:5.2f}  {_describe(plan)}", flush=True)
     dense_measured = measure_plan_ms(model, {})
-    out = [f"## LatencyTable estimate vs measured latency on `{args.model}`", "",
-           f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} thread(s), machine shared "
-           f"with other jobs), commit {commit()}, `python -m autoshrink.bench.latency_check --model {args.model}`. "
-           "Latency: median of 20 forward passes of 35 tokens, batch 1. Estimate: dense latency + per-site "
-           "deltas (a compressed LSTM matrix: the time to build it once per forward).", "",
-           f"Dense: table {table.dense_ms:.3f} ms, measured again {dense_measured:.3f} ms. "
-           f"Table measurements: {table.measurements} for {len(plans)} plans.", "",
-           "| # | plan | estimate ms | measured ms | estimate / measured |",
-           "|---|---|---|---|---|"]
+    out = [
+        f"## LatencyTable estimate vs measured latency on `{args.model}`",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} thread(s), machine shared "
+        f"with other jobs), commit {commit()}, `python -m autoshrink.bench.latency_check --model {args.model}`. "
+        "Latency: median of 20 forward passes of 35 tokens, batch 1. Estimate: dense latency + per-site "
+        "deltas (a compressed LSTM matrix: the time to build it once per forward).",
+        "",
+        f"Dense: table {table.dense_ms:.3f} ms, measured again {dense_measured:.3f} ms. "
+        f"Table measurements: {table.measurements} for {len(plans)} plans.",
+        "",
+        "| # | plan | estimate ms | measured ms | estimate / measured |",
+        "|---|---|---|---|---|",
+    ]
     for i, (plan, est, measured, _) in enumerate(rows, 1):
         out.append(f"| {i} | {_describe(plan)} | {est:.3f} | {measured:.3f} | {est / measured:.2f} |")
     write_report(args.out, "\n".join(out) + "\n")

@@ -15,6 +15,7 @@ Calibration: `autoshrink.calibrate` on the first training tokens' streams (--tok
     python -m autoshrink.bench.methods [--model kjv-lstm] [--tokens 4096] [--out results/methods.md]
     python -m autoshrink.bench.methods --report-only      # the report again from results/methods.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,12 @@ def per_site(bench: Bench, site_names: list[str], ratios=(10, 25), methods: list
                 for method in methods or method_names():
                     if method == "quant" and storage_name != "fp32":
                         continue  # quant's size knob is its storage
-                    row = {"site": f"{site.name} {site.shape[0]}x{site.shape[1]}", "target": f"{ratio}x",
-                           "method": method, "storage": "-" if method == "quant" else storage_name}
+                    row = {
+                        "site": f"{site.name} {site.shape[0]}x{site.shape[1]}",
+                        "target": f"{ratio}x",
+                        "method": method,
+                        "storage": "-" if method == "quant" else storage_name,
+                    }
                     try:
                         _config(method, storage, "data").check_site(site)
                     except UserError:
@@ -98,8 +103,14 @@ def per_site(bench: Bench, site_names: list[str], ratios=(10, 25), methods: list
                         result[init] = ppl
                         result[f"{init}_s"] = build_s
                     knobs = {k: v for k, v in fitted.to_dict().items() if k == type(fitted).size_knob}
-                    rows.append({**row, **result, "knobs": _knob_text(knobs),
-                                 "ratio": dense / method_bytes(site, fitted, bench.freqs)})
+                    rows.append(
+                        {
+                            **row,
+                            **result,
+                            "knobs": _knob_text(knobs),
+                            "ratio": dense / method_bytes(site, fitted, bench.freqs),
+                        }
+                    )
                     print(rows[-1], flush=True)
     return rows
 
@@ -111,6 +122,7 @@ def _knob_text(knobs: dict) -> str:
 def uniform_share_plan(bench: Bench, base, partner, max_bytes: int) -> dict | None:
     """Every site the same share of its dense bytes, `base` where it applies, else `partner`: the
     largest such plan within max_bytes (the bisection of budget.uniform_plan, for two methods)."""
+
     def cfg_for(site):
         for cfg in (base, partner):
             try:
@@ -162,8 +174,11 @@ def whole_model(bench: Bench, ratio: int = 25, methods: list[str] | None = None)
         for init in ("plain", "data"):
             ppl, build_s, nbytes = bench.run({k: v.replace(init=init) for k, v in plan.items()})
             result.update({init: ppl, f"{init}_s": build_s, "bytes": nbytes})
-        knobs = "; ".join(f"{k}: {_knob_text({type(v).size_knob: getattr(v, type(v).size_knob)})}" for k, v in plan.items()
-                          if type(v).size_knob)
+        knobs = "; ".join(
+            f"{k}: {_knob_text({type(v).size_knob: getattr(v, type(v).size_knob)})}"
+            for k, v in plan.items()
+            if type(v).size_knob
+        )
         rows.append({**row, **result, "knobs": knobs})
         print(rows[-1], flush=True)
     return rows
@@ -177,8 +192,14 @@ def every_matrix_bits(bench: Bench, bits=(4, 3)) -> list[dict]:
             plan = {s.name: _config("quant", {}, init).replace(bits=b) for s in bench.sites if s.tied_with is None}
             ppl, build_s, nbytes = bench.run(plan)
             result.update({init: ppl, f"{init}_s": build_s, "bytes": nbytes})
-        rows.append({"plan": f"quant {b}-bit, every matrix", "target": f"{bench.model_bytes / result['bytes']:.1f}x",
-                     **result, "knobs": f"bits={b}, one scale per row"})
+        rows.append(
+            {
+                "plan": f"quant {b}-bit, every matrix",
+                "target": f"{bench.model_bytes / result['bytes']:.1f}x",
+                **result,
+                "knobs": f"bits={b}, one scale per row",
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -189,25 +210,42 @@ def _pct(ppl: float, dense: float) -> str:
 
 def to_markdown(bench: Bench, site_rows: list[dict], model_rows: list[dict], header: str) -> str:
     d = bench.dense_ppl
-    out = [header, "", f"Dense: {d:.2f}. Calibration: {bench.calibrate_s:.1f} s.", "",
-           *goals(bench, site_rows, model_rows),
-           "### Whole model, no fine-tuning", "",
-           "| plan | ratio | stored bytes | plain | data-aware | data-aware build s | size knobs |", "|---|---|---|---|---|---|---|"]
+    out = [
+        header,
+        "",
+        f"Dense: {d:.2f}. Calibration: {bench.calibrate_s:.1f} s.",
+        "",
+        *goals(bench, site_rows, model_rows),
+        "### Whole model, no fine-tuning",
+        "",
+        "| plan | ratio | stored bytes | plain | data-aware | data-aware build s | size knobs |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in model_rows:
         if "note" in r:
             out.append(f"| {r['plan']} | {r['target']} | - | {r['note']} | | | |")
             continue
-        out.append(f"| {r['plan']} | {r['target']} | {r['bytes']:,} | {_pct(r['plain'], d)} | {_pct(r['data'], d)} | "
-                   f"{r['data_s']:.1f} | {r['knobs']} |")
-    out += ["", "### One matrix at a time, no fine-tuning", "",
-            "| site | target | method | storage | size knob | ratio | plain | data-aware | data-aware build s |",
-            "|---|---|---|---|---|---|---|---|---|"]
+        out.append(
+            f"| {r['plan']} | {r['target']} | {r['bytes']:,} | {_pct(r['plain'], d)} | {_pct(r['data'], d)} | "
+            f"{r['data_s']:.1f} | {r['knobs']} |"
+        )
+    out += [
+        "",
+        "### One matrix at a time, no fine-tuning",
+        "",
+        "| site | target | method | storage | size knob | ratio | plain | data-aware | data-aware build s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in site_rows:
         if "note" in r:
-            out.append(f"| {r['site']} | {r['target']} | {r['method']} | {r['storage']} | {r['note']} | - | - | - | - |")
+            out.append(
+                f"| {r['site']} | {r['target']} | {r['method']} | {r['storage']} | {r['note']} | - | - | - | - |"
+            )
             continue
-        out.append(f"| {r['site']} | {r['target']} | {r['method']} | {r['storage']} | {r['knobs']} | {r['ratio']:.1f}x | "
-                   f"{_pct(r['plain'], d)} | {_pct(r['data'], d)} | {r['data_s']:.1f} |")
+        out.append(
+            f"| {r['site']} | {r['target']} | {r['method']} | {r['storage']} | {r['knobs']} | {r['ratio']:.1f}x | "
+            f"{_pct(r['plain'], d)} | {_pct(r['data'], d)} | {r['data_s']:.1f} |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -221,21 +259,34 @@ def goals(bench: Bench, site_rows: list[dict], model_rows: list[dict]) -> list[s
         if value is None:
             out.append(f"- {text}: not measured")
         else:
-            out.append(f"- {text}: {100 * (value / d - 1):+.1f}% (goal <= {limit:+.1f}%): {'met' if value <= d * (1 + limit / 100) else 'NOT met'}")
+            out.append(
+                f"- {text}: {100 * (value / d - 1):+.1f}% (goal <= {limit:+.1f}%): {'met' if value <= d * (1 + limit / 100) else 'NOT met'}"
+            )
 
     line("uniform 25x low-rank, 8-bit factors", by_plan.get("lowrank", {}).get("data"), 38)
     line("4-bit storage of every matrix", by_plan.get("quant 4-bit, every matrix", {}).get("data"), 1.5)
     line("3-bit storage of every matrix", by_plan.get("quant 3-bit, every matrix", {}).get("data"), 10)
-    vocab = [r for r in site_rows if r["target"] == "10x" and "data" in r and r["site"].split()[0] in ("decoder", "encoder")]
-    collapsed = sorted({f"{r['method']} ({r['site'].split()[0]}, {r['storage']}: {r['data']:.0f})" for r in vocab
-                        if r["data"] > COLLAPSE * d})
-    out.append(f"- no method collapses (val ppl > {COLLAPSE:g}x dense) on a vocabulary matrix at 10x, data-aware: "
-               + ("met" if not collapsed else "NOT met: " + ", ".join(collapsed)))
+    vocab = [
+        r for r in site_rows if r["target"] == "10x" and "data" in r and r["site"].split()[0] in ("decoder", "encoder")
+    ]
+    collapsed = sorted(
+        {
+            f"{r['method']} ({r['site'].split()[0]}, {r['storage']}: {r['data']:.0f})"
+            for r in vocab
+            if r["data"] > COLLAPSE * d
+        }
+    )
+    out.append(
+        f"- no method collapses (val ppl > {COLLAPSE:g}x dense) on a vocabulary matrix at 10x, data-aware: "
+        + ("met" if not collapsed else "NOT met: " + ", ".join(collapsed))
+    )
     build = by_plan.get("lowrank", {}).get("data_s")
     if build is not None:
-        out.append(f"- time: calibration {bench.calibrate_s:.1f} s once (cached), a data-aware build of the uniform 25x "
-                   f"low-rank plan {build:.1f} s per trial (plain {by_plan['lowrank']['plain_s']:.1f} s); "
-                   "under 60 s added to a search only for searches of a few trials (see the build columns)")
+        out.append(
+            f"- time: calibration {bench.calibrate_s:.1f} s once (cached), a data-aware build of the uniform 25x "
+            f"low-rank plan {build:.1f} s per trial (plain {by_plan['lowrank']['plain_s']:.1f} s); "
+            "under 60 s added to a search only for searches of a few trials (see the build columns)"
+        )
     return out + [""]
 
 
@@ -248,7 +299,9 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=4096, help="calibration tokens")
     p.add_argument("--sites", nargs="+", default=["decoder", "encoder", "rnn.1.ih"])
     p.add_argument("--out", default="results/methods.md")
-    p.add_argument("--rows", default="results/methods.json", help="measured rows (kept: --report-only rewrites the report)")
+    p.add_argument(
+        "--rows", default="results/methods.json", help="measured rows (kept: --report-only rewrites the report)"
+    )
     p.add_argument("--report-only", action="store_true", help="rewrite the report from --rows, measure nothing")
     p.add_argument("--methods", nargs="+", help="measure only these methods again; the other rows of --rows are kept")
     p.add_argument("--sites-only", action="store_true", help="only the one-matrix rows of --sites (a part to merge)")
@@ -273,17 +326,34 @@ def main(argv=None) -> int:
         else:
             model_rows = every_matrix_bits(bench) + whole_model(bench)
             site_rows = per_site(bench, args.sites)
-        measured = commit() if not args.methods else f"{saved['bench']['commit']}; {', '.join(args.methods)} rows: {commit()}"
-        Path(args.rows).write_text(json.dumps({"bench": {"dense_ppl": bench.dense_ppl, "calibrate_s": bench.calibrate_s,
-                                                         "commit": measured, "date": time.strftime('%Y-%m-%d')},
-                                               "model_rows": model_rows, "site_rows": site_rows}, indent=1) + "\n")
-    header = (f"## Methods on `{args.model}`: plain against data-aware initialisation, no fine-tuning\n\n"
-              f"{getattr(bench, 'date', time.strftime('%Y-%m-%d'))}, CPU ({platform.machine()}, 1 thread), "
-              f"commit {getattr(bench, 'commit', None) or commit()}, "
-              f"`python -m autoshrink.bench.methods --model {args.model} --tokens {args.tokens}`. Validation "
-              f"perplexity on the first {EVAL_TOKENS:,} validation tokens (the search's slice), in brackets the "
-              f"increase over dense. Calibration: {args.tokens:,} training tokens. Ratio of one matrix = its dense "
-              "fp32 bytes / its stored bytes (bias excluded); of the model = dense bytes / stored bytes.")
+        measured = (
+            commit() if not args.methods else f"{saved['bench']['commit']}; {', '.join(args.methods)} rows: {commit()}"
+        )
+        Path(args.rows).write_text(
+            json.dumps(
+                {
+                    "bench": {
+                        "dense_ppl": bench.dense_ppl,
+                        "calibrate_s": bench.calibrate_s,
+                        "commit": measured,
+                        "date": time.strftime("%Y-%m-%d"),
+                    },
+                    "model_rows": model_rows,
+                    "site_rows": site_rows,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
+    header = (
+        f"## Methods on `{args.model}`: plain against data-aware initialisation, no fine-tuning\n\n"
+        f"{getattr(bench, 'date', time.strftime('%Y-%m-%d'))}, CPU ({platform.machine()}, 1 thread), "
+        f"commit {getattr(bench, 'commit', None) or commit()}, "
+        f"`python -m autoshrink.bench.methods --model {args.model} --tokens {args.tokens}`. Validation "
+        f"perplexity on the first {EVAL_TOKENS:,} validation tokens (the search's slice), in brackets the "
+        f"increase over dense. Calibration: {args.tokens:,} training tokens. Ratio of one matrix = its dense "
+        "fp32 bytes / its stored bytes (bias excluded); of the model = dense bytes / stored bytes."
+    )
     write_report(args.out, to_markdown(bench, site_rows, model_rows, header))
     return 0
 

@@ -9,6 +9,7 @@ the number of workers, so the fine-tuning steps trained differ too: the report g
 trained per wall second beside the wall time. Wall time counts everything the user waits for:
 loading the model and data, starting Ray, the trials.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,17 @@ def measure(args, backend: str, workers: int) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)  # timings need a fresh search, not a resumed one
     load = os.getloadavg()[0]
     start = time.time()
-    config = SearchConfig(args.budget, model=args.model, trials=args.trials, finetune_steps=args.finetune_steps,
-                          backend=backend, workers=workers, cpus_per_trial=1, run_dir=run_dir, seed=args.seed)
+    config = SearchConfig(
+        args.budget,
+        model=args.model,
+        trials=args.trials,
+        finetune_steps=args.finetune_steps,
+        backend=backend,
+        workers=workers,
+        cpus_per_trial=1,
+        run_dir=run_dir,
+        seed=args.seed,
+    )
     result = search(config, log=lambda line: print(line, flush=True))
     wall = time.time() - start
     trials = result.study.get_trials()
@@ -40,9 +50,17 @@ def measure(args, backend: str, workers: int) -> dict:
     trained = [t for t in trials if t.user_attrs.get("steps")]
     steps = sum(t.user_attrs["steps"] for t in trained)
     busy = sum(t.user_attrs.get("seconds") or 0 for t in trained)  # trial wall seconds, overlapping when parallel
-    return {"backend": backend, "workers": workers, "wall": wall, "states": states, "steps": steps, "busy": busy,
-            "trial_s": statistics.median(t.user_attrs["seconds"] for t in trained) if trained else float("nan"),
-            "load": load, "front": len(result.front)}
+    return {
+        "backend": backend,
+        "workers": workers,
+        "wall": wall,
+        "states": states,
+        "steps": steps,
+        "busy": busy,
+        "trial_s": statistics.median(t.user_attrs["seconds"] for t in trained) if trained else float("nan"),
+        "load": load,
+        "front": len(result.front),
+    }
 
 
 def main(argv=None) -> int:
@@ -61,28 +79,40 @@ def main(argv=None) -> int:
     rows = [] if args.no_optuna else [measure(args, "optuna", 1)]
     rows += [measure(args, "ray", w) for w in args.workers]
     ray_one = next((r for r in rows if r["backend"] == "ray" and r["workers"] == 1), None)
-    command = (f"python -m autoshrink.bench.ray_scaling --model {args.model} --budget {args.budget} "
-               f"--trials {args.trials} --finetune-steps {args.finetune_steps} --seed {args.seed} "
-               f"--workers {' '.join(map(str, args.workers))}" + (" --no-optuna" if args.no_optuna else ""))
-    lines = [f"## Ray backend: wall time against workers ({args.model}, budget {args.budget}, {args.trials} trials)", "",
-             f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}, "
-             f"commit {commit()}, `{command}`. One torch thread per trial. The machine's cores are shared "
-             "with other jobs: the load average at the start of each run is given, and timings are noisy.", "",
-             "| backend | workers | wall s | speed-up vs ray 1 | states (complete/pruned/fail) | steps trained "
-             "| steps / wall s | median trial s | trials running at once (sum of trial s / wall s) | load avg at start |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    command = (
+        f"python -m autoshrink.bench.ray_scaling --model {args.model} --budget {args.budget} "
+        f"--trials {args.trials} --finetune-steps {args.finetune_steps} --seed {args.seed} "
+        f"--workers {' '.join(map(str, args.workers))}" + (" --no-optuna" if args.no_optuna else "")
+    )
+    lines = [
+        f"## Ray backend: wall time against workers ({args.model}, budget {args.budget}, {args.trials} trials)",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}, "
+        f"commit {commit()}, `{command}`. One torch thread per trial. The machine's cores are shared "
+        "with other jobs: the load average at the start of each run is given, and timings are noisy.",
+        "",
+        "| backend | workers | wall s | speed-up vs ray 1 | states (complete/pruned/fail) | steps trained "
+        "| steps / wall s | median trial s | trials running at once (sum of trial s / wall s) | load avg at start |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         speedup = f"{ray_one['wall'] / r['wall']:.2f}x" if ray_one else "-"
         s = r["states"]
-        lines.append(f"| {r['backend']} | {r['workers']} | {r['wall']:.1f} | {speedup} | "
-                     f"{s['COMPLETE']}/{s['PRUNED']}/{s['FAIL']} | {r['steps']} | {r['steps'] / r['wall']:.2f} | "
-                     f"{r['trial_s']:.1f} | {r['busy'] / r['wall']:.2f} | {r['load']:.2f} |")
-    lines += ["", "Wall time includes loading the model and data and, for Ray, starting a local Ray (about 10 s "
-                  "here) and one worker process per concurrent trial (actors are reused between trials). Early "
-                  "stopping differs: ASHA (Ray) stops a trial at half its steps when it is worse than half of those "
-                  "that reached that point; the Optuna backend compares it with smaller finished peers. So the runs "
-                  "train different numbers of steps; steps / wall s compares throughput. Trials running at once shows "
-                  "whether trials overlapped; the speed-up shows whether the machine had free cores for them.", ""]
+        lines.append(
+            f"| {r['backend']} | {r['workers']} | {r['wall']:.1f} | {speedup} | "
+            f"{s['COMPLETE']}/{s['PRUNED']}/{s['FAIL']} | {r['steps']} | {r['steps'] / r['wall']:.2f} | "
+            f"{r['trial_s']:.1f} | {r['busy'] / r['wall']:.2f} | {r['load']:.2f} |"
+        )
+    lines += [
+        "",
+        "Wall time includes loading the model and data and, for Ray, starting a local Ray (about 10 s "
+        "here) and one worker process per concurrent trial (actors are reused between trials). Early "
+        "stopping differs: ASHA (Ray) stops a trial at half its steps when it is worse than half of those "
+        "that reached that point; the Optuna backend compares it with smaller finished peers. So the runs "
+        "train different numbers of steps; steps / wall s compares throughput. Trials running at once shows "
+        "whether trials overlapped; the speed-up shows whether the machine had free cores for them.",
+        "",
+    ]
     write_report(args.out, "\n".join(lines))
     return 0
 

@@ -13,6 +13,7 @@ model; then the dense control with the best of those settings. Each run is final
 finished run is kept in WORK/<run>.json and skipped when the command runs again. Writes results/recipe.md and
 results/recipe.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,13 @@ class Run:
     distill: float | None  # distillation weight; None: the best setting of the 25x runs
 
 
-RUNS = [Run("25x-lr2e-3-distill", "25x", 2e-3, 0.5), Run("25x-lr2e-3-plain", "25x", 2e-3, 0.0),
-        Run("25x-lr5e-4-distill", "25x", 5e-4, 0.5), Run("25x-lr5e-4-plain", "25x", 5e-4, 0.0),
-        Run("dense-best", "dense", None, None)]
+RUNS = [
+    Run("25x-lr2e-3-distill", "25x", 2e-3, 0.5),
+    Run("25x-lr2e-3-plain", "25x", 2e-3, 0.0),
+    Run("25x-lr5e-4-distill", "25x", 5e-4, 0.5),
+    Run("25x-lr5e-4-plain", "25x", 5e-4, 0.0),
+    Run("dense-best", "dense", None, None),
+]
 
 
 def plan_25x(dense, lm) -> dict:
@@ -52,8 +57,11 @@ def plan_25x(dense, lm) -> dict:
     from autoshrink.models import discover_sites
     from autoshrink.plan import dense_bytes, stored_bytes
     from autoshrink.search.warm_start import PREFERRED_BITS
+
     base = config_class("lowrank")(bits=PREFERRED_BITS)
-    plan = uniform_plan(base, discover_sites(dense), int(dense_bytes(dense) // BUDGET), lm.vocab.freqs, stored_bytes(dense))
+    plan = uniform_plan(
+        base, discover_sites(dense), int(dense_bytes(dense) // BUDGET), lm.vocab.freqs, stored_bytes(dense)
+    )
     return {name: cfg.to_dict() for name, cfg in plan.items()}
 
 
@@ -72,6 +80,7 @@ def run_one(run: Run, results: dict, work: Path, steps: int, model_name: str = "
     from autoshrink.models.load import load
     from autoshrink.data import load_lm_data
     from autoshrink.final.train import train_plan
+
     dense = load(model_name, data=data)
     lm = load_lm_data(data, vocab=dense.vocab)
     chosen = best_of(results)
@@ -79,21 +88,50 @@ def run_one(run: Run, results: dict, work: Path, steps: int, model_name: str = "
     distill = run.distill if run.distill is not None else chosen[1]
     plan = plan_25x(dense, lm) if run.plan == "25x" else {}
     print(f"== {run.name}: lr {lr:g}, distill {distill:g}", flush=True)
-    final = train_plan(dense, lm, plan, work / run.name, steps, label=run.name, corpus=data, device="cpu",
-                       distill=bool(distill), evals=max(1, steps // EVAL_EVERY),
-                       options={"lr": lr, "distill_weight": distill},
-                       on_log=lambda r: print(f"step {r['step']}/{r['steps']} loss {r['loss']:.3f} lr {r['lr']:.2e} "
-                                              f"{r['tokens_per_s']:.0f} tok/s eta {r['eta_s'] / 60:.1f} min", flush=True),
-                       on_eval=lambda step, ppl: print(f"step {step}: val {ppl:.2f}", flush=True),
-                       log=lambda line: print(line, flush=True))
+    final = train_plan(
+        dense,
+        lm,
+        plan,
+        work / run.name,
+        steps,
+        label=run.name,
+        corpus=data,
+        device="cpu",
+        distill=bool(distill),
+        evals=max(1, steps // EVAL_EVERY),
+        options={"lr": lr, "distill_weight": distill},
+        on_log=lambda r: print(
+            f"step {r['step']}/{r['steps']} loss {r['loss']:.3f} lr {r['lr']:.2e} "
+            f"{r['tokens_per_s']:.0f} tok/s eta {r['eta_s'] / 60:.1f} min",
+            flush=True,
+        ),
+        on_eval=lambda step, ppl: print(f"step {step}: val {ppl:.2f}", flush=True),
+        log=lambda line: print(line, flush=True),
+    )
     m = final.metrics
     history = m["history"]
     best = min((h for h in history), key=lambda h: h["val_ppl"])
-    record = {"name": run.name, "plan": run.plan, "plan_json": plan, "lr": lr, "distill": distill, "steps_cap": steps,
-              "steps": m["steps"], "stopped": m.get("stopped"), "best_step": best["step"], "best_val_ppl": m["val_ppl"],
-              "start_val_ppl": history[0]["val_ppl"], "test_ppl": m["test_ppl"], "stored_bytes": m["stored_bytes"],
-              "seconds": m["seconds"], "step_seconds": m["seconds"] / max(1, m["steps"]), "history": history,
-              "commit": commit(), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    record = {
+        "name": run.name,
+        "plan": run.plan,
+        "plan_json": plan,
+        "lr": lr,
+        "distill": distill,
+        "steps_cap": steps,
+        "steps": m["steps"],
+        "stopped": m.get("stopped"),
+        "best_step": best["step"],
+        "best_val_ppl": m["val_ppl"],
+        "start_val_ppl": history[0]["val_ppl"],
+        "test_ppl": m["test_ppl"],
+        "stored_bytes": m["stored_bytes"],
+        "seconds": m["seconds"],
+        "step_seconds": m["seconds"] / max(1, m["steps"]),
+        "history": history,
+        "commit": commit(),
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     (work / f"{run.name}.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 
@@ -114,16 +152,22 @@ def in_progress(work: Path) -> dict[str, dict]:
 
 def plot(results: dict[str, dict], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, kind in zip(axes, ("25x", "dense")):
         for r in results.values():
             if r["plan"] != kind:
                 continue
             steps = [h["step"] for h in r["history"]]
-            ax.plot(steps, [h["val_ppl"] for h in r["history"]], marker=".",
-                    label=f"lr {r['lr']:g}, {'distill ' + format(r['distill'], 'g') if r['distill'] else 'no distillation'}")
+            ax.plot(
+                steps,
+                [h["val_ppl"] for h in r["history"]],
+                marker=".",
+                label=f"lr {r['lr']:g}, {'distill ' + format(r['distill'], 'g') if r['distill'] else 'no distillation'}",
+            )
         ax.set_xlabel("training steps (batch 32 x 35 tokens)")
         ax.set_ylabel("validation perplexity")
         ax.set_title("kjv-lstm, uniform low-rank 8-bit at 25x" if kind == "25x" else "kjv-lstm dense control")
@@ -138,51 +182,86 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
 
 def markdown(results: dict[str, dict], command: str, running: dict[str, dict] | None = None) -> str:
-    rows = ["| run | lr | distillation | start val | best val (step) | test | steps (stopped by) | s/step (with validation) |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| run | lr | distillation | start val | best val (step) | test | steps (stopped by) | s/step (with validation) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for run in RUNS:
         r = results.get(run.name)
         if r is None and run.name in (running or {}):
             h = running[run.name]["history"]
             best = min(h, key=lambda e: e["val_ppl"])
-            rows.append(f"| {run.name} | {run.lr if run.lr is not None else '?'} | {run.distill if run.distill is not None else '?'} | "
-                        f"{h[0]['val_ppl']:.2f} | {best['val_ppl']:.2f} ({best['step']}) so far | | in progress: step "
-                        f"{running[run.name]['step']} | |")
+            rows.append(
+                f"| {run.name} | {run.lr if run.lr is not None else '?'} | {run.distill if run.distill is not None else '?'} | "
+                f"{h[0]['val_ppl']:.2f} | {best['val_ppl']:.2f} ({best['step']}) so far | | in progress: step "
+                f"{running[run.name]['step']} | |"
+            )
             continue
         if r is None:
             rows.append(f"| {run.name} | | | not run yet | | | | |")
             continue
-        rows.append(f"| {run.name} | {r['lr']:g} | {r['distill']:g} | {r['start_val_ppl']:.2f} | "
-                    f"{r['best_val_ppl']:.2f} ({r['best_step']}) | {r['test_ppl']:.2f} | {r['steps']} ({r['stopped']}) | "
-                    f"{r['step_seconds']:.2f} |")
+        rows.append(
+            f"| {run.name} | {r['lr']:g} | {r['distill']:g} | {r['start_val_ppl']:.2f} | "
+            f"{r['best_val_ppl']:.2f} ({r['best_step']}) | {r['test_ppl']:.2f} | {r['steps']} ({r['stopped']}) | "
+            f"{r['step_seconds']:.2f} |"
+        )
     chosen = best_of(results)
-    verdict = ("No 25x run has finished yet." if chosen is None else
-               f"Best 25x setting (lowest best validation perplexity): lr {chosen[0]:g}, distillation weight "
-               f"{chosen[1]:g}; the defaults of `train_lm` (models/training.py DEFAULT_LR, DEFAULT_DISTILL_WEIGHT) "
-               "are set from this line.")
+    verdict = (
+        "No 25x run has finished yet."
+        if chosen is None
+        else f"Best 25x setting (lowest best validation perplexity): lr {chosen[0]:g}, distillation weight "
+        f"{chosen[1]:g}; the defaults of `train_lm` (models/training.py DEFAULT_LR, DEFAULT_DISTILL_WEIGHT) "
+        "are set from this line."
+    )
     dense = results.get("dense-best")
-    dense_line = ("The dense control has not run yet." if dense is None else
-                  f"The dense control starts at val {dense['start_val_ppl']:.2f} and ends at val {dense['best_val_ppl']:.2f} "
-                  f"(best state at step {dense['best_step']}; test {dense['test_ppl']:.2f}): "
-                  + ("not worse than its checkpoint." if dense["best_val_ppl"] <= dense["start_val_ppl"] else "WORSE than its checkpoint."))
+    dense_line = (
+        "The dense control has not run yet."
+        if dense is None
+        else f"The dense control starts at val {dense['start_val_ppl']:.2f} and ends at val {dense['best_val_ppl']:.2f} "
+        f"(best state at step {dense['best_step']}; test {dense['test_ppl']:.2f}): "
+        + (
+            "not worse than its checkpoint."
+            if dense["best_val_ppl"] <= dense["start_val_ppl"]
+            else "WORSE than its checkpoint."
+        )
+    )
     commits = sorted({r["commit"] for r in results.values()})
-    return "\n".join([
-        "# The final-training recipe, measured", "",
-        f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, 1 thread per run; a shared 2-core machine, so "
-        f"s/step is indicative), torch {torch.__version__}, commit(s) {', '.join(commits) or '-'}, `{command}`.", "",
-        f"`kjv-lstm` compressed by the uniform low-rank plan at {BUDGET}x with 8-bit factors (the search's first "
-        "warm-start seed, plain SVD initialisation), trained by `train_lm`: Adam, batch 32 x 35, 5% warm-up then "
-        f"cosine decay to the step cap ({', '.join(sorted({str(r['steps_cap']) for r in results.values()})) or STEPS}), validation on the whole valid split every {EVAL_EVERY} steps, stop after 3 "
-        "validations without improvement, best validated state restored (the starting weights included). "
-        "Distillation: (1 - w) CE + w KL(teacher || student) at temperature 1 against the dense model, which carries "
-        "its own state across windows.", "",
-        *rows, "", verdict, "", dense_line, "",
-        "![validation perplexity against steps](recipe.png)", ""]) + "\n"
+    return (
+        "\n".join(
+            [
+                "# The final-training recipe, measured",
+                "",
+                f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, 1 thread per run; a shared 2-core machine, so "
+                f"s/step is indicative), torch {torch.__version__}, commit(s) {', '.join(commits) or '-'}, `{command}`.",
+                "",
+                f"`kjv-lstm` compressed by the uniform low-rank plan at {BUDGET}x with 8-bit factors (the search's first "
+                "warm-start seed, plain SVD initialisation), trained by `train_lm`: Adam, batch 32 x 35, 5% warm-up then "
+                f"cosine decay to the step cap ({', '.join(sorted({str(r['steps_cap']) for r in results.values()})) or STEPS}), "
+                f"validation on the whole valid split every {EVAL_EVERY} steps, stop after 3 "
+                "validations without improvement, best validated state restored (the starting weights included). "
+                "Distillation: (1 - w) CE + w KL(teacher || student) at temperature 1 against the dense model, which carries "
+                "its own state across windows.",
+                "",
+                *rows,
+                "",
+                verdict,
+                "",
+                dense_line,
+                "",
+                "![validation perplexity against steps](recipe.png)",
+                "",
+            ]
+        )
+        + "\n"
+    )
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m autoshrink.bench.recipe", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m autoshrink.bench.recipe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--runs", nargs="+", default=[r.name for r in RUNS], choices=[r.name for r in RUNS], metavar="RUN")
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("--work", default=str(WORK))

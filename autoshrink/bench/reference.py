@@ -24,6 +24,7 @@ plateau, at most 3 epochs, distilled from the dense model; WORK = results/runs/b
 Single methods are stored at their best width (bench/entrants.py); the small dense model is the
 reference architecture shrunk to the budget, 8-bit, trained from scratch.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,25 +64,58 @@ class Row:
 # reach the budget"); Kronecker doped at 1% as in the paper;
 # GroupReduce with docs/methods.md's largest block count (10): with 4 blocks the frequency-scaled
 # ranks leave the head block dense and the softmax cannot go below 4x.
-SINGLES = {"lowrank": {"method": "lowrank"}, "groupreduce": {"method": "groupreduce", "blocks": 10},
-           "kronecker": {"method": "kronecker", "density": 0.01}, "prune": {"method": "prune"},
-           "quant": {"method": "quant", "bits": 8}, "tt": {"method": "tt"}, "hash": {"method": "hash"},
-           "lightrnn": {"method": "lightrnn"}}
+SINGLES = {
+    "lowrank": {"method": "lowrank"},
+    "groupreduce": {"method": "groupreduce", "blocks": 10},
+    "kronecker": {"method": "kronecker", "density": 0.01},
+    "prune": {"method": "prune"},
+    "quant": {"method": "quant", "bits": 8},
+    "tt": {"method": "tt"},
+    "hash": {"method": "hash"},
+    "lightrnn": {"method": "lightrnn"},
+}
 VOCAB = frozenset({"embedding", "softmax"})
-ROWS = {r.name: r for r in [
-    *(Row(f"{k}x", k, WHOLE, "search_spaces/default.yaml", "whole model", SINGLES) for k in (10, 25, 50, 100)),
-    Row("lstm-25x", 25, frozenset({"recurrent"}), "search_spaces/lstm-only.yaml", "LSTM layers only",
-        {k: SINGLES[k] for k in ("kronecker", "prune", "lowrank", "tt", "quant")}),
-    Row("vocab-6.6x", 6.6, VOCAB, "search_spaces/vocab-only-fp32.yaml", "embedding + softmax, fp32",
-        {k: SINGLES[k] for k in ("groupreduce", "lowrank", "hash", "lightrnn", "prune", "kronecker")}),
-    Row("vocab-26x", 26, VOCAB, "search_spaces/vocab-only.yaml", "embedding + softmax, quantised",
-        # 8-bit GroupReduce reaches 26x only with 16 blocks (10 blocks: 26.4x on the softmax before its bias)
-        {"groupreduce-8bit": {"method": "groupreduce", "blocks": 16, "bits": 8}, "lowrank-8bit": {"method": "lowrank", "bits": 8},
-         "hash-8bit": {"method": "hash", "bits": 8}, "quant": SINGLES["quant"]}),
-]}
-PAPER = {"lstm-25x": "Doped Kronecker paper at this scope: doped KP +1.4%, pruning +7.9%, HMD +15%, low-rank +27%",
-         "vocab-6.6x": "GroupReduce paper: 6.6x on embedding + softmax with little loss",
-         "vocab-26x": "GroupReduce paper: 26x with quantisation"}
+ROWS = {
+    r.name: r
+    for r in [
+        *(Row(f"{k}x", k, WHOLE, "search_spaces/default.yaml", "whole model", SINGLES) for k in (10, 25, 50, 100)),
+        Row(
+            "lstm-25x",
+            25,
+            frozenset({"recurrent"}),
+            "search_spaces/lstm-only.yaml",
+            "LSTM layers only",
+            {k: SINGLES[k] for k in ("kronecker", "prune", "lowrank", "tt", "quant")},
+        ),
+        Row(
+            "vocab-6.6x",
+            6.6,
+            VOCAB,
+            "search_spaces/vocab-only-fp32.yaml",
+            "embedding + softmax, fp32",
+            {k: SINGLES[k] for k in ("groupreduce", "lowrank", "hash", "lightrnn", "prune", "kronecker")},
+        ),
+        Row(
+            "vocab-26x",
+            26,
+            VOCAB,
+            "search_spaces/vocab-only.yaml",
+            "embedding + softmax, quantised",
+            # 8-bit GroupReduce reaches 26x only with 16 blocks (10 blocks: 26.4x on the softmax before its bias)
+            {
+                "groupreduce-8bit": {"method": "groupreduce", "blocks": 16, "bits": 8},
+                "lowrank-8bit": {"method": "lowrank", "bits": 8},
+                "hash-8bit": {"method": "hash", "bits": 8},
+                "quant": SINGLES["quant"],
+            },
+        ),
+    ]
+}
+PAPER = {
+    "lstm-25x": "Doped Kronecker paper at this scope: doped KP +1.4%, pruning +7.9%, HMD +15%, low-rank +27%",
+    "vocab-6.6x": "GroupReduce paper: 6.6x on embedding + softmax with little loss",
+    "vocab-26x": "GroupReduce paper: 26x with quantisation",
+}
 
 
 @dataclass
@@ -108,6 +142,7 @@ class Setup:
         from autoshrink.data import load_lm_data
         from autoshrink.models import discover_sites
         from autoshrink.plan import dense_bytes, stored_bytes
+
         self.dense = load(self.model_name, data=self.data, seed=self.seed)
         self.lm = load_lm_data(self.data, vocab=self.dense.vocab)
         self.sites = discover_sites(self.dense)
@@ -115,12 +150,18 @@ class Setup:
         self.model_bytes = stored_bytes(self.dense)
 
     def scope_bytes(self, row: Row) -> int:
-        return sum(s.dense_bytes for s in self.sites if s.tied_with is None and (row.roles is None or s.role in row.roles))
+        return sum(
+            s.dense_bytes for s in self.sites if s.tied_with is None and (row.roles is None or s.role in row.roles)
+        )
 
     def max_bytes(self, row: Row) -> int:
         """The row's limit for the whole model: the scope at 1/ratio, everything else dense."""
         scope = self.scope_bytes(row)
-        return int(self.model_bytes - scope + scope / row.ratio) if row.roles is not None else int(self.dense_bytes // row.ratio)
+        return (
+            int(self.model_bytes - scope + scope / row.ratio)
+            if row.roles is not None
+            else int(self.dense_bytes // row.ratio)
+        )
 
 
 # --- running entrants ---------------------------------------------------------------------------
@@ -130,6 +171,7 @@ def _train(setup: Setup, plan_json: dict, out: Path, label: str, extra: dict, mo
     from autoshrink.data import batchify, num_windows
     from autoshrink.final.export import file_bytes
     from autoshrink.final.train import train_plan
+
     started = time.time()
     options = {}
     if model is not None:  # trained from scratch: the teacher is still the dense model
@@ -140,16 +182,37 @@ def _train(setup: Setup, plan_json: dict, out: Path, label: str, extra: dict, mo
     else:
         steps = round(CONVERGED_EPOCHS * num_windows(batchify(setup.lm.train, 32), 35))
         evals, distill = CONVERGED_EVALS, True
-    final = train_plan(model if model is not None else setup.dense, setup.lm, plan_json, out, steps, label=label,
-                       corpus=setup.data, seed=setup.seed, evals=evals, distill=distill and model is None,
-                       options=options, info={"bench": label}, log=lambda line: print(line, flush=True))
+    final = train_plan(
+        model if model is not None else setup.dense,
+        setup.lm,
+        plan_json,
+        out,
+        steps,
+        label=label,
+        corpus=setup.data,
+        seed=setup.seed,
+        evals=evals,
+        distill=distill and model is None,
+        options=options,
+        info={"bench": label},
+        log=lambda line: print(line, flush=True),
+    )
     in_file = file_bytes(out)
     if in_file != final.metrics["stored_bytes"]:
         raise RuntimeError(f"{out}: the file holds {in_file} bytes, the model {final.metrics['stored_bytes']}")
-    result = {**{k: final.metrics[k] for k in ("test_ppl", "val_ppl", "stored_bytes", "latency_ms", "tokens_per_s", "steps")},
-              "train_seconds": final.metrics["seconds"], "file_bytes": in_file, "plan": plan_json,
-              "session_seconds": time.time() - started, "commit": commit(), "tier": setup.tier, "protocol": PROTOCOL,
-              "stopped": final.metrics.get("stopped"), "distill": distill, **extra}
+    result = {
+        **{k: final.metrics[k] for k in ("test_ppl", "val_ppl", "stored_bytes", "latency_ms", "tokens_per_s", "steps")},
+        "train_seconds": final.metrics["seconds"],
+        "file_bytes": in_file,
+        "plan": plan_json,
+        "session_seconds": time.time() - started,
+        "commit": commit(),
+        "tier": setup.tier,
+        "protocol": PROTOCOL,
+        "stopped": final.metrics.get("stopped"),
+        "distill": distill,
+        **extra,
+    }
     (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -172,6 +235,7 @@ def run_dense(setup: Setup) -> dict:
 
 def run_single(setup: Setup, row: Row, name: str) -> dict:
     from autoshrink.bench.entrants import best_storage_plan
+
     out = entrant_dir(setup.tier_work, row.name, name)
     base = row.singles[name]
     plan, tried = best_storage_plan(setup, row, base)
@@ -189,6 +253,7 @@ def choose_best_uniform(setup: Setup, row: Row) -> tuple[str, dict, str] | None:
         name, r = min(trained.items(), key=lambda kv: kv[1]["val_ppl"])
         return name, r["plan"], f"lowest val ppl of the quick tier ({r['val_ppl']:.2f})"
     from autoshrink.bench.entrants import best_storage_plan
+
     best = None
     for name, base in row.singles.items():
         plan, tried = best_storage_plan(setup, row, base)
@@ -209,6 +274,7 @@ def run_best_uniform(setup: Setup, row: Row) -> dict:
 
 def run_small_dense(setup: Setup, row: Row) -> dict:
     from autoshrink.bench.entrants import small_dense
+
     out = entrant_dir(setup.tier_work, row.name, SMALL_DENSE)
     built = small_dense(setup, row)
     if built is None:
@@ -221,12 +287,34 @@ def run_autoshrink(setup: Setup, row: Row) -> dict:
     """`autoshrink search` as a user runs it (a subprocess, so its peak memory is its own), then
     final training of the front's best plan for the same steps as every other entrant."""
     from autoshrink.final.train import choose_trial
+
     out = entrant_dir(setup.tier_work, row.name, "autoshrink")
     run_dir = out / "search"
-    run_dir = entrant_dir(setup.work, row.name, "autoshrink") / "search"  # the converged tier trains the quick tier's search
-    cmd = [sys.executable, "-m", "autoshrink", "search", "--budget", f"{setup.max_bytes(row)}B",
-           "--model", setup.model_name, "--data", setup.data, "--space", row.space, "--trials", str(setup.trials),
-           "--finetune-steps", str(setup.finetune_steps), "--seed", str(setup.seed), "--run-dir", str(run_dir)]
+    run_dir = (
+        entrant_dir(setup.work, row.name, "autoshrink") / "search"
+    )  # the converged tier trains the quick tier's search
+    cmd = [
+        sys.executable,
+        "-m",
+        "autoshrink",
+        "search",
+        "--budget",
+        f"{setup.max_bytes(row)}B",
+        "--model",
+        setup.model_name,
+        "--data",
+        setup.data,
+        "--space",
+        row.space,
+        "--trials",
+        str(setup.trials),
+        "--finetune-steps",
+        str(setup.finetune_steps),
+        "--seed",
+        str(setup.seed),
+        "--run-dir",
+        str(run_dir),
+    ]
     record = run_dir.parent / "search.json"  # written once the search has finished: a resumed benchmark skips it
     if record.is_file():
         searched = json.loads(record.read_text())
@@ -238,16 +326,28 @@ def run_autoshrink(setup: Setup, row: Row) -> dict:
             return _unreachable(out, f"autoshrink search refused the budget (see {run_dir})")
         if done.returncode != 0:
             raise RuntimeError(f"{shlex.join(cmd)} failed with exit status {done.returncode}")
-        searched = {"search_seconds": time.time() - started,
-                    # ru_maxrss of children: the largest search this process has run so far
-                    "search_peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
-                    "search_command": shlex.join(["autoshrink"] + cmd[3:])}
+        searched = {
+            "search_seconds": time.time() - started,
+            # ru_maxrss of children: the largest search this process has run so far
+            "search_peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+            "search_command": shlex.join(["autoshrink"] + cmd[3:]),
+        }
         record.write_text(json.dumps(searched, indent=1) + "\n")
     number, plan_json = choose_trial(run_dir, "best")
     info = json.loads((run_dir / "run.json").read_text())
-    return _train(setup, plan_json, out, f"{row.name} autoshrink", {
-        **searched, "trial": number, "trials": setup.trials, "finetune_steps": setup.finetune_steps,
-        "search_dense_val_ppl": info.get("dense_val_ppl")})
+    return _train(
+        setup,
+        plan_json,
+        out,
+        f"{row.name} autoshrink",
+        {
+            **searched,
+            "trial": number,
+            "trials": setup.trials,
+            "finetune_steps": setup.finetune_steps,
+            "search_dense_val_ppl": info.get("dense_val_ppl"),
+        },
+    )
 
 
 def entrants_of(row: Row, tier: str = "quick") -> list[str]:

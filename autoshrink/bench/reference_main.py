@@ -3,6 +3,7 @@
 Apart from bench/reference.py (the entrants) and bench/reference_report.py (the report), which
 both need the rows and entrants' folders, so that neither imports the other's caller.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,24 +16,51 @@ from autoshrink.bench.report import write_report
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m autoshrink.bench", description=reference.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", nargs="+", default=list(reference.ROWS), choices=list(reference.ROWS), metavar="ROW",
-                   help=f"rows to run [{' '.join(reference.ROWS)}]")
-    p.add_argument("--entrants", nargs="+", default=None, metavar="NAME",
-                   help="only these entrants of the rows (dense, a method name, autoshrink) [all]")
+    p = argparse.ArgumentParser(
+        prog="python -m autoshrink.bench",
+        description=reference.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=list(reference.ROWS),
+        choices=list(reference.ROWS),
+        metavar="ROW",
+        help=f"rows to run [{' '.join(reference.ROWS)}]",
+    )
+    p.add_argument(
+        "--entrants",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="only these entrants of the rows (dense, a method name, autoshrink) [all]",
+    )
     p.add_argument("--model", default="kjv-lstm", help="the reference model [kjv-lstm]")
     p.add_argument("--data", default="kjv", help="its corpus [kjv]")
-    p.add_argument("--tier", choices=("quick", "converged"), default="quick",
-                   help="quick: --steps for every entrant of every row; converged: the rows "
-                        f"{' and '.join(reference.CONVERGED_ROWS)} trained to a plateau (at most {reference.CONVERGED_EPOCHS:g} epochs), distilled [quick]")
-    p.add_argument("--steps", type=int, default=200, help="final-training steps of every entrant in the quick tier [200]")
+    p.add_argument(
+        "--tier",
+        choices=("quick", "converged"),
+        default="quick",
+        help="quick: --steps for every entrant of every row; converged: the rows "
+        f"{' and '.join(reference.CONVERGED_ROWS)} trained to a plateau (at most {reference.CONVERGED_EPOCHS:g} epochs), distilled [quick]",
+    )
+    p.add_argument(
+        "--steps", type=int, default=200, help="final-training steps of every entrant in the quick tier [200]"
+    )
     p.add_argument("--trials", type=int, default=8, help="autoshrink's search trials per row [8]")
     p.add_argument("--finetune-steps", type=int, default=80, help="fine-tuning steps per search trial [80]")
     p.add_argument("--part", default="0/1", help="K/N: run every N-th work item from the K-th (parallel parts) [0/1]")
-    p.add_argument("--work", default=str(reference.WORK), help=f"where the quick tier's entrants are trained and kept [{reference.WORK}]")
-    p.add_argument("--converged-work", default=str(reference.WORKS["converged"]),
-                   help=f"where the converged tier's entrants are kept [{reference.WORKS['converged']}]")
+    p.add_argument(
+        "--work",
+        default=str(reference.WORK),
+        help=f"where the quick tier's entrants are trained and kept [{reference.WORK}]",
+    )
+    p.add_argument(
+        "--converged-work",
+        default=str(reference.WORKS["converged"]),
+        help=f"where the converged tier's entrants are kept [{reference.WORKS['converged']}]",
+    )
     p.add_argument("--out", default="results", help="folder of BENCHMARK.md and benchmark.png [results]")
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from what was measured")
     args = p.parse_args(argv)
@@ -43,8 +71,16 @@ def main(argv=None) -> int:
         p.error(f"--part must be K/N with 0 <= K < N, got {args.part!r}")
     if args.steps < 1 or args.trials < 1:
         p.error("--steps and --trials must be at least 1")
-    setup = reference.Setup(args.model, args.steps, args.trials, args.finetune_steps, Path(args.work), data=args.data,
-                  tier=args.tier, converged_work=Path(args.converged_work))
+    setup = reference.Setup(
+        args.model,
+        args.steps,
+        args.trials,
+        args.finetune_steps,
+        Path(args.work),
+        data=args.data,
+        tier=args.tier,
+        converged_work=Path(args.converged_work),
+    )
     command = "python -m autoshrink.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = [reference.ROWS[name] for name in reference.ROWS if name in args.rows]
     if not args.report_only:

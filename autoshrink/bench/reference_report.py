@@ -1,4 +1,5 @@
 """results/BENCHMARK.md and results/benchmark.png from the entrants measured so far (reference.py)."""
+
 from __future__ import annotations
 
 import json
@@ -8,18 +9,30 @@ from pathlib import Path
 
 import torch
 
-from autoshrink.bench.reference import (BEST_UNIFORM, CONVERGED_EPOCHS, CONVERGED_ROWS, PAPER, PROTOCOL, SMALL_DENSE,
-                                        Row, entrant_dir, entrants_of, result_of)
+from autoshrink.bench.reference import (
+    BEST_UNIFORM,
+    CONVERGED_EPOCHS,
+    CONVERGED_ROWS,
+    PAPER,
+    PROTOCOL,
+    SMALL_DENSE,
+    Row,
+    entrant_dir,
+    entrants_of,
+    result_of,
+)
 from autoshrink.bench.report import commit
 
 # Goals for autoshrink: % perplexity over the dense control at each row. The quick tier holds
 # the compass's (docs/benchmark.md); the converged tier issue 16's (the papers trained to convergence).
 GOALS = {"25x": 1.0, "50x": 5.0, "100x": 15.0, "lstm-25x": 1.4}
 CONVERGED_GOALS = {"25x": 10.0, "lstm-25x": 5.0}
-INCLUDED = [("search.md", "Sampler comparison, trial overhead, infeasible plans trained"),
-            ("ray_scaling.md", "Ray backend: 1 against 2 workers"),
-            ("latency_check.md", "The latency table against measured latency"),
-            ("methods.md", "Each method on single matrices at 10x and 25x")]
+INCLUDED = [
+    ("search.md", "Sampler comparison, trial overhead, infeasible plans trained"),
+    ("ray_scaling.md", "Ray backend: 1 against 2 workers"),
+    ("latency_check.md", "The latency table against measured latency"),
+    ("methods.md", "Each method on single matrices at 10x and 25x"),
+]
 
 
 def _warm(work: Path, row: str, entrant: str = "autoshrink") -> bool:
@@ -58,8 +71,11 @@ def best_uniform(row: Row, work: Path, tier: str = "quick") -> tuple[str, dict] 
 
 def _same_plan_as(row: Row, work: Path, plan: dict, tier: str) -> str | None:
     """The single method whose uniform plan equals `plan`, if any."""
-    singles = {e: result_of(work, row.name, e) for e in row.singles} if tier == "quick" else {
-        BEST_UNIFORM: result_of(work, row.name, BEST_UNIFORM)}
+    singles = (
+        {e: result_of(work, row.name, e) for e in row.singles}
+        if tier == "quick"
+        else {BEST_UNIFORM: result_of(work, row.name, BEST_UNIFORM)}
+    )
     for e, r in singles.items():
         if r and r.get("plan") == plan:
             return r.get("method", e)
@@ -73,7 +89,11 @@ def _storage(r: dict) -> str:
 
 def _label(row: Row, entrant: str, r: dict | None, work: Path, tier: str) -> str:
     if entrant == "autoshrink":
-        label = "**autoshrink**" if r is None or _warm(work if tier == "quick" else work, row.name) else "**autoshrink** (no warm start)"
+        label = (
+            "**autoshrink**"
+            if r is None or _warm(work if tier == "quick" else work, row.name)
+            else "**autoshrink** (no warm start)"
+        )
         same = r and "plan" in r and _same_plan_as(row, work, r["plan"], tier)
         return label + (f" (= the uniform {same} plan)" if same else "")
     if entrant == COLD:
@@ -85,8 +105,16 @@ def _label(row: Row, entrant: str, r: dict | None, work: Path, tier: str) -> str
     return entrant
 
 
-def _entrant_row(row: Row, entrant: str, r: dict | None, dense_ppl: float | None, scope_bytes: int, out_of_scope: int,
-                 work: Path, tier: str = "quick") -> str:
+def _entrant_row(
+    row: Row,
+    entrant: str,
+    r: dict | None,
+    dense_ppl: float | None,
+    scope_bytes: int,
+    out_of_scope: int,
+    work: Path,
+    tier: str = "quick",
+) -> str:
     label = _label(row, entrant, r, work, tier)
     if r is None:
         return f"| {row.name} | {label} | not run yet | | | | | | | | |"
@@ -98,24 +126,41 @@ def _entrant_row(row: Row, entrant: str, r: dict | None, dense_ppl: float | None
     measured = r.get("commit", "before protocol 2" if r.get("protocol") != PROTOCOL else "?")
     if r.get("protocol") != PROTOCOL:
         measured = "earlier protocol (fp32 singles, old recipe)"
-    return (f"| {row.name} | {label} | {r['test_ppl']:.2f} | {inc} | {r['stored_bytes']:,} | {ratio:.1f}x | {_storage(r)} | "
-            f"{r['tokens_per_s']:,.0f} | {r['latency_ms']:.2f} | {_minutes(wall)} | {measured} |")
+    return (
+        f"| {row.name} | {label} | {r['test_ppl']:.2f} | {inc} | {r['stored_bytes']:,} | {ratio:.1f}x | {_storage(r)} | "
+        f"{r['tokens_per_s']:,.0f} | {r['latency_ms']:.2f} | {_minutes(wall)} | {measured} |"
+    )
 
 
 def _table(setup_bytes: dict, rows: list[Row], work: Path, dense: dict | None, tier: str = "quick") -> list[str]:
     dense_ppl = dense["test_ppl"] if dense and "test_ppl" in dense else None
-    out = ["| budget | entrant | test ppl | vs dense control | stored bytes | ratio | storage | CPU tokens/s | latency ms | wall time | measured at |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| budget | entrant | test ppl | vs dense control | stored bytes | ratio | storage | CPU tokens/s "
+        "| latency ms | wall time | measured at |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         scope, rest = setup_bytes[row.name]
         if dense:
             out.append(_entrant_row(row, "dense", dense, dense_ppl, scope + rest, 0, work, tier))
         for entrant in _entrants(row, work, tier):
-            out.append(_entrant_row(row, entrant, result_of(work, row.name, entrant), dense_ppl, scope,
-                                    rest if row.roles is not None else 0, work, tier))
+            out.append(
+                _entrant_row(
+                    row,
+                    entrant,
+                    result_of(work, row.name, entrant),
+                    dense_ppl,
+                    scope,
+                    rest if row.roles is not None else 0,
+                    work,
+                    tier,
+                )
+            )
         if tier == "quick" and (best := best_uniform(row, work)):
-            out.append(f"| {row.name} | best uniform = {best[0]} (lowest val ppl) | {best[1]['test_ppl']:.2f} | "
-                       f"{_increase(best[1]['test_ppl'], dense_ppl) if dense_ppl else '-'} | | | | | | | |")
+            out.append(
+                f"| {row.name} | best uniform = {best[0]} (lowest val ppl) | {best[1]['test_ppl']:.2f} | "
+                f"{_increase(best[1]['test_ppl'], dense_ppl) if dense_ppl else '-'} | | | | | | | |"
+            )
     return out
 
 
@@ -124,8 +169,10 @@ def _goals(rows: list[Row], work: Path, dense: dict | None, tier: str = "quick")
     if not dense or "test_ppl" not in dense:
         return ["The dense control has not run yet."]
     goals = GOALS if tier == "quick" else CONVERGED_GOALS
-    out = ["| budget | autoshrink | best uniform | small dense | beats best uniform | beats small dense | goal | met |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| budget | autoshrink | best uniform | small dense | beats best uniform | beats small dense | goal | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         auto = result_of(work, row.name, "autoshrink")
         auto = auto if auto and "test_ppl" in auto else None
@@ -133,9 +180,16 @@ def _goals(rows: list[Row], work: Path, dense: dict | None, tier: str = "quick")
         small = result_of(work, row.name, SMALL_DENSE)
         small = small if small and "test_ppl" in small else None
         a = _increase(auto["test_ppl"], dense["test_ppl"]) if auto else "not run"
-        b = "none reaches it or not run" if best is None else (
-            f"{best[1].get('method', best[0])} {_increase(best[1]['test_ppl'], dense['test_ppl'])}")
-        c = "-" if row.roles is not None else ("not run" if small is None else _increase(small["test_ppl"], dense["test_ppl"]))
+        b = (
+            "none reaches it or not run"
+            if best is None
+            else (f"{best[1].get('method', best[0])} {_increase(best[1]['test_ppl'], dense['test_ppl'])}")
+        )
+        c = (
+            "-"
+            if row.roles is not None
+            else ("not run" if small is None else _increase(small["test_ppl"], dense["test_ppl"]))
+        )
 
         def beats(other: dict | None) -> str:
             if auto is None or other is None:
@@ -145,17 +199,25 @@ def _goals(rows: list[Row], work: Path, dense: dict | None, tier: str = "quick")
             return "yes" if auto["test_ppl"] < other["test_ppl"] else "no"
 
         goal = goals.get(row.name)
-        met = "-" if goal is None or auto is None else ("yes" if auto["test_ppl"] / dense["test_ppl"] - 1 <= goal / 100 else "no")
-        out.append(f"| {row.name} | {a} | {b} | {c} | {beats(best[1] if best else None)} | {beats(small)} | "
-                   f"{'-' if goal is None else f'within {goal:g}%'} | {met} |")
+        met = (
+            "-"
+            if goal is None or auto is None
+            else ("yes" if auto["test_ppl"] / dense["test_ppl"] - 1 <= goal / 100 else "no")
+        )
+        out.append(
+            f"| {row.name} | {a} | {b} | {c} | {beats(best[1] if best else None)} | {beats(small)} | "
+            f"{'-' if goal is None else f'within {goal:g}%'} | {met} |"
+        )
     return out
 
 
 def plot(rows: list[Row], work: Path, dense: dict | None, path: Path, title: str = "kjv-lstm") -> bool:
     """Test perplexity against stored bytes for the whole-model rows, one marker per entrant."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     points: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
         if row.roles is not None:
@@ -191,9 +253,13 @@ def converged(setup, rows: list[Row], sizes: dict) -> list[str]:
     dense = result_of(work, "dense", "dense")
     if not rows:
         return ["No converged row was asked for."]
-    return [f"Entrants in {work}; `python -m autoshrink.bench --tier converged` trains what is missing (resumable).", "",
-            *_table(sizes, rows, work, dense, tier="converged"), "",
-            *_goals(rows, work, dense, tier="converged")]
+    return [
+        f"Entrants in {work}; `python -m autoshrink.bench --tier converged` trains what is missing (resumable).",
+        "",
+        *_table(sizes, rows, work, dense, tier="converged"),
+        "",
+        *_goals(rows, work, dense, tier="converged"),
+    ]
 
 
 def markdown(setup, rows: list[Row], command: str, out_dir: Path) -> str:
@@ -206,12 +272,15 @@ def markdown(setup, rows: list[Row], command: str, out_dir: Path) -> str:
     searches = [result_of(work, r.name, "autoshrink") for r in rows]
     peaks = [s["search_peak_rss"] for s in searches if s and "search_peak_rss" in s]
     lines = [
-        "# autoshrink benchmark results", "",
+        "# autoshrink benchmark results",
+        "",
         f"The protocol is docs/benchmark.md: the reference model `{setup.model_name}` on the KJV corpus. This file is "
-        "written by one command; each included report names its own.", "",
+        "written by one command; each included report names its own.",
+        "",
         f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} thread(s) per process; "
         f"this 2-core machine also ran other jobs, so times are indicative), torch {torch.__version__}, commit {commit()}, "
-        f"`{command}`.", "",
+        f"`{command}`.",
+        "",
         "Two tiers of final training (protocol 2, issue 16). **Quick:** every trained entrant, the dense control "
         f"included, gets **{setup.steps} steps** (batch 32 x 35 tokens, train_lm's recipe: Adam with warm-up and cosine "
         "decay, 5 validations, best validated state kept, the starting weights included) without distillation. "
@@ -229,33 +298,52 @@ def markdown(setup, rows: list[Row], command: str, out_dir: Path) -> str:
         f"({len(setup.lm.test):,} tokens); "
         "stored bytes are checked against the exported file; ratio is of the scope (dense fp32 bytes of its sites / "
         "their stored bytes); latency is batch 1 x 35 tokens on the CPU; tokens/s is test-evaluation throughput; wall "
-        "time is search + final training.", "",
-        f"## The reference model `{setup.model_name}`", "",
+        "time is search + final training.",
+        "",
+        f"## The reference model `{setup.model_name}`",
+        "",
         f"{setup.model_bytes:,} bytes fp32 ({sum(p.numel() for p in setup.dense.parameters()):,} parameters); "
         f"pretrained by `{pre.get('command', 'autoshrink pretrain')}`: validation perplexity {pre.get('val_ppl', '?')}, "
         f"test {pre.get('test_ppl', '?')} after {pre.get('epochs', '?')} epochs ({pre.get('steps', '?')} steps, "
-        f"{pre.get('seconds', 0) / 60:.1f} min at {pre.get('tokens_per_s', '?')} tokens/s on {pre.get('threads', '?')} thread(s)).", "",
-        "## Whole model at 10x, 25x, 50x, 100x", "",
-        *_table(sizes, whole, work, dense), "",
-        "![test perplexity against stored bytes](benchmark.png)", "",
-        "## At the papers' own scopes", "",
-        *_table(sizes, scoped, work, dense), "",
-        *[f"- {r.name}: {PAPER[r.name]}." for r in scoped if r.name in PAPER], "",
-        "## Against the goals (quick tier)", "",
-        *_goals(rows, work, dense), "",
-        "## Converged tier", "",
-        *converged(setup, [r for r in rows if r.name in CONVERGED_ROWS], sizes), "",
-        "## Search cost", "",
-        f"- Peak RSS of a search on the reference model: "
-        f"{max(peaks) / 1e9:.2f} GB (largest of {len(peaks)} searches)." if peaks else "- No search has run yet.",
-        *[f"- {r.name}: {s['search_seconds'] / 60:.1f} min for {s['trials']} trials, "
-          f"{'with' if _warm(work, r.name) else 'without'} warm start (`{s['search_command']}`)"
-          for r, s in zip(rows, searches) if s and "search_seconds" in s], "",
+        f"{pre.get('seconds', 0) / 60:.1f} min at {pre.get('tokens_per_s', '?')} tokens/s on {pre.get('threads', '?')} thread(s)).",
+        "",
+        "## Whole model at 10x, 25x, 50x, 100x",
+        "",
+        *_table(sizes, whole, work, dense),
+        "",
+        "![test perplexity against stored bytes](benchmark.png)",
+        "",
+        "## At the papers' own scopes",
+        "",
+        *_table(sizes, scoped, work, dense),
+        "",
+        *[f"- {r.name}: {PAPER[r.name]}." for r in scoped if r.name in PAPER],
+        "",
+        "## Against the goals (quick tier)",
+        "",
+        *_goals(rows, work, dense),
+        "",
+        "## Converged tier",
+        "",
+        *converged(setup, [r for r in rows if r.name in CONVERGED_ROWS], sizes),
+        "",
+        "## Search cost",
+        "",
+        f"- Peak RSS of a search on the reference model: {max(peaks) / 1e9:.2f} GB (largest of {len(peaks)} searches)."
+        if peaks
+        else "- No search has run yet.",
+        *[
+            f"- {r.name}: {s['search_seconds'] / 60:.1f} min for {s['trials']} trials, "
+            f"{'with' if _warm(work, r.name) else 'without'} warm start (`{s['search_command']}`)"
+            for r, s in zip(rows, searches)
+            if s and "search_seconds" in s
+        ],
+        "",
     ]
     for name, title in INCLUDED:
         path = out_dir / name
         if path.is_file():
             body = path.read_text().strip().splitlines()
-            body = [("#" + l if l.startswith("#") else l) for l in body]  # nest its headings under ours
+            body = [("#" + line if line.startswith("#") else line) for line in body]  # nest its headings under ours
             lines += [f"## {title} ([{name}]({name}))", "", *body, ""]
     return "\n".join(lines) + "\n"

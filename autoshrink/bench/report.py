@@ -1,4 +1,5 @@
 """What every benchmark report shares: the commit it measured, and writing the markdown."""
+
 from __future__ import annotations
 
 import subprocess

@@ -8,6 +8,7 @@ val ppl / dense val ppl), against the reference point (1 / budget ratio, 2): the
 that box the front dominates. Each finished run folder is reused, so an interrupted benchmark
 resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,14 +28,20 @@ from autoshrink.search.config import SearchConfig
 from autoshrink.search.controller import search
 
 
-def hypervolume_curve(trials: pd.DataFrame, dense_bytes: int, dense_ppl: float, ref: tuple[float, float]) -> list[float]:
+def hypervolume_curve(
+    trials: pd.DataFrame, dense_bytes: int, dense_ppl: float, ref: tuple[float, float]
+) -> list[float]:
     """Hypervolume after each trial (by trial number)."""
     curve = []
     trials = trials.sort_values("number")
     for k in range(1, len(trials) + 1):
         done = trials.iloc[:k]
         ok = done[(done["state"] == "COMPLETE") & done["feasible"].astype(bool)]
-        pts = np.column_stack([ok["stored_bytes"].astype(float) / dense_bytes, ok["val_ppl"].astype(float) / dense_ppl]) if len(ok) else np.zeros((0, 2))
+        pts = (
+            np.column_stack([ok["stored_bytes"].astype(float) / dense_bytes, ok["val_ppl"].astype(float) / dense_ppl])
+            if len(ok)
+            else np.zeros((0, 2))
+        )
         curve.append(hypervolume_2d(pts, ref))
     return curve
 
@@ -51,42 +58,64 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/search.md")
     args = p.parse_args(argv)
     from autoshrink.search.run_folder import trial_rows
+
     curves: dict[str, list[list[float]]] = {}
     overhead, trained_over, wall = [], 0, 0.0
     for sampler in args.samplers:
         for seed in args.seeds:
             run_dir = Path(args.runs) / f"{args.model}-{args.budget}-{sampler}-seed{seed}"
             start = time.time()
-            config = SearchConfig(args.budget, model=args.model, trials=args.trials,
-                                  finetune_steps=args.finetune_steps, run_dir=run_dir, seed=seed, sampler=sampler)
+            config = SearchConfig(
+                args.budget,
+                model=args.model,
+                trials=args.trials,
+                finetune_steps=args.finetune_steps,
+                run_dir=run_dir,
+                seed=seed,
+                sampler=sampler,
+            )
             result = search(config, log=lambda line: print(line, flush=True))
             wall += time.time() - start
             info = json.loads((run_dir / "run.json").read_text())
             trials = trial_rows(result.study)
             trials["feasible"] = trials["feasible"].astype(bool)
             ref = (1.0 / float(args.budget.rstrip("x")), 2.0)
-            curves.setdefault(sampler, []).append(hypervolume_curve(trials, info["dense_bytes"], info["dense_val_ppl"], ref))
+            curves.setdefault(sampler, []).append(
+                hypervolume_curve(trials, info["dense_bytes"], info["dense_val_ppl"], ref)
+            )
             complete = [t for t in result.study.get_trials() if t.state.name == "COMPLETE"]
             overhead += [1 - t.user_attrs["finetune_seconds"] / t.user_attrs["seconds"] for t in complete]
-            trained_over += sum(1 for t in result.study.get_trials()
-                                if t.user_attrs.get("steps") and t.user_attrs.get("stored_bytes", 0) > info["max_bytes"])
+            trained_over += sum(
+                1
+                for t in result.study.get_trials()
+                if t.user_attrs.get("steps") and t.user_attrs.get("stored_bytes", 0) > info["max_bytes"]
+            )
     ks = sorted({k for k in (3, 6, 12, 18, args.trials) if k <= args.trials})
-    lines = [f"## Search quality: hypervolume against trials ({args.model}, budget {args.budget})", "",
-             f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} threads), commit {commit()}, "
-             f"`python -m autoshrink.bench.samplers --model {args.model} --budget {args.budget} --trials {args.trials} "
-             f"--finetune-steps {args.finetune_steps}`. Mean ± std over seeds {args.seeds}; higher is better. "
-             "Hypervolume of the front in (bytes/dense, ppl/dense ppl) against the point (1/budget, 2).", "",
-             "| sampler | " + " | ".join(f"HV after {k} trials" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    lines = [
+        f"## Search quality: hypervolume against trials ({args.model}, budget {args.budget})",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} threads), commit {commit()}, "
+        f"`python -m autoshrink.bench.samplers --model {args.model} --budget {args.budget} --trials {args.trials} "
+        f"--finetune-steps {args.finetune_steps}`. Mean ± std over seeds {args.seeds}; higher is better. "
+        "Hypervolume of the front in (bytes/dense, ppl/dense ppl) against the point (1/budget, 2).",
+        "",
+        "| sampler | " + " | ".join(f"HV after {k} trials" for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
+    ]
     for sampler, cs in curves.items():
         cells = []
         for k in ks:
             vals = [c[k - 1] for c in cs]
             cells.append(f"{statistics.mean(vals):.4f} ± {statistics.pstdev(vals):.4f}")
         lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
-    lines += ["", f"Trial overhead (share of a completed trial's wall time outside fine-tuning steps: compress, "
-                  f"byte accounting, validation, latency, bookkeeping): median {statistics.median(overhead):.0%} "
-                  f"over {len(overhead)} trials, each with {args.finetune_steps} fine-tuning steps.",
-              f"Infeasible plans trained: {trained_over}. Wall time of all runs: {wall / 60:.1f} min.", ""]
+    lines += [
+        "",
+        f"Trial overhead (share of a completed trial's wall time outside fine-tuning steps: compress, "
+        f"byte accounting, validation, latency, bookkeeping): median {statistics.median(overhead):.0%} "
+        f"over {len(overhead)} trials, each with {args.finetune_steps} fine-tuning steps.",
+        f"Infeasible plans trained: {trained_over}. Wall time of all runs: {wall / 60:.1f} min.",
+        "",
+    ]
     write_report(args.out, "\n".join(lines))
     return 0
 

@@ -8,6 +8,7 @@ round is recorded: on a shared machine it decides the answer.
 
     python -m autoshrink.bench.threads [--models kjv-lstm-tiny kjv-lstm] [--threads 1 2] [--rounds 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,15 +49,24 @@ def measure(model_name: str, threads: int) -> dict:
         evaluate_perplexity(model, data.valid, device="cpu", max_tokens=EVAL_TOKENS)
         passes += 1
     eval_s = time.perf_counter() - start
-    return {"model": model_name, "threads": threads, "load_before": load_before,
-            "train_steps_per_s": steps / train_s,
-            "eval_tokens_per_s": passes * min(EVAL_TOKENS, len(data.valid)) / eval_s}
+    return {
+        "model": model_name,
+        "threads": threads,
+        "load_before": load_before,
+        "train_steps_per_s": steps / train_s,
+        "eval_tokens_per_s": passes * min(EVAL_TOKENS, len(data.valid)) / eval_s,
+    }
 
 
 def _spawn(model_name: str, threads: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    out = subprocess.run([sys.executable, "-m", "autoshrink.bench.threads", "--one", model_name, str(threads)],
-                         capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "autoshrink.bench.threads", "--one", model_name, str(threads)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -98,7 +108,8 @@ def report(rows: list[dict]) -> str:
             f"{one['train_steps_per_s']:,.2f} / {two['train_steps_per_s']:,.2f} | "
             f"{two['train_steps_per_s'] / one['train_steps_per_s']:.2f}x | "
             f"{one['eval_tokens_per_s']:,.0f} / {two['eval_tokens_per_s']:,.0f} | "
-            f"{two['eval_tokens_per_s'] / one['eval_tokens_per_s']:.2f}x | {notes} |")
+            f"{two['eval_tokens_per_s'] / one['eval_tokens_per_s']:.2f}x | {notes} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -124,8 +135,14 @@ def main(argv=None) -> int:
             for round_ in range(args.rounds):
                 order = args.threads if round_ % 2 == 0 else args.threads[::-1]
                 for threads in order:
-                    row = {"run": run, "command": command, "commit": commit(), "round": round_, "cores": os.cpu_count(),
-                           **_spawn(model_name, threads)}
+                    row = {
+                        "run": run,
+                        "command": command,
+                        "commit": commit(),
+                        "round": round_,
+                        "cores": os.cpu_count(),
+                        **_spawn(model_name, threads),
+                    }
                     rows.append(row)
                     store.parent.mkdir(parents=True, exist_ok=True)
                     store.write_text(json.dumps(rows, indent=1))  # each round kept: a cut-off run loses nothing

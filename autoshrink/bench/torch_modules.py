@@ -11,6 +11,7 @@ pytorch/examples word_language_model) carrying the pretrained weights of the ref
 
 Searches are resumed from their run folders; only the latency is measured afresh.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,56 +109,97 @@ def main(argv=None) -> int:
         same = (dense(ids)[0] - F.log_softmax(ref.eval()(ids)[0], -1)).abs().max().item()
     sites = discover_sites(dense)
     lstm_sites = [s.name for s in sites if s.role == "recurrent"]
-    rows, notes = [], []
+    rows = []
     for budget in args.budgets:
         run_dir = Path(args.run_root) / budget
-        result = search(SearchConfig(budget, model=user, data="kjv", trials=args.trials,
-                                     finetune_steps=args.finetune_steps, run_dir=run_dir))
+        result = search(
+            SearchConfig(
+                budget, model=user, data="kjv", trials=args.trials, finetune_steps=args.finetune_steps, run_dir=run_dir
+            )
+        )
         number, plan_json = choose_trial(result.run_dir, "best")
         out = run_dir / "final"
-        final = train_plan(dense, data, plan_json, out, args.final_steps, label=number, corpus="kjv",
-                           device="cpu", info={"run_dir": str(run_dir), "trial": number})
+        final = train_plan(
+            dense,
+            data,
+            plan_json,
+            out,
+            args.final_steps,
+            label=number,
+            corpus="kjv",
+            device="cpu",
+            info={"run_dir": str(run_dir), "trial": number},
+        )
         analytic = plan_stored_bytes(sites, parse_plan(plan_json), data.vocab.freqs, model_bytes=stored_bytes(dense))
         loaded = load(str(out), model=WordLSTM(len(data.vocab)))
-        rows.append({"budget": budget, "trial": number, "plan": plan_json, "analytic": analytic,
-                     "model": stored_bytes(final.model), "loaded": stored_bytes(loaded), "tensors": file_bytes(out),
-                     "file": os.path.getsize(out / "model.safetensors"), "ratio": final.metrics["ratio"],
-                     "test_ppl": final.metrics["test_ppl"], "model_obj": loaded,
-                     "lstm_methods": sorted({plan_json[n]["method"] for n in lstm_sites if n in plan_json}),
-                     "lstm_compressed": all(n in plan_json for n in lstm_sites)})
+        rows.append(
+            {
+                "budget": budget,
+                "trial": number,
+                "plan": plan_json,
+                "analytic": analytic,
+                "model": stored_bytes(final.model),
+                "loaded": stored_bytes(loaded),
+                "tensors": file_bytes(out),
+                "file": os.path.getsize(out / "model.safetensors"),
+                "ratio": final.metrics["ratio"],
+                "test_ppl": final.metrics["test_ppl"],
+                "model_obj": loaded,
+                "lstm_methods": sorted({plan_json[n]["method"] for n in lstm_sites if n in plan_json}),
+                "lstm_compressed": all(n in plan_json for n in lstm_sites),
+            }
+        )
     same_shapes = compress(dense, {s.name: {"method": "quant", "bits": 8} for s in sites}).eval()
-    models = {"dense nn.LSTM LM": dense, "reference LSTMLM (autoshrink's own)": ref.eval(),
-              "8-bit quant on every site (same shapes)": same_shapes}
+    models = {
+        "dense nn.LSTM LM": dense,
+        "reference LSTMLM (autoshrink's own)": ref.eval(),
+        "8-bit quant on every site (same shapes)": same_shapes,
+    }
     models.update({f"best plan at {r['budget']} (loaded export)": r["model_obj"].eval() for r in rows})
     latency = interleaved_ms(models, ids, args.rounds, args.repeats)
     base = latency["dense nn.LSTM LM"]
-    lines = [f"## A user's own nn.LSTM LM (issue 18)", "",
-             f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} thread(s), machine shared "
-             f"with other jobs), commit {commit()}, torch {torch.__version__}:",
-             f"`python -m autoshrink.bench.torch_modules --budgets {' '.join(args.budgets)} --trials {args.trials} "
-             f"--finetune-steps {args.finetune_steps} --final-steps {args.final_steps} --rounds {args.rounds}` "
-             f"({(time.perf_counter() - started) / 60:.0f} min).", "",
-             "The model: `WordLSTM` (nn.Embedding -> nn.LSTM(256, 256, 2) -> nn.Linear, log-softmax outputs flattened "
-             "to (T*B, V), a required hidden state with init_hidden) holding the pretrained `kjv-lstm` weights; "
-             f"its log-probabilities equal the reference model's to {same:.1e}. `adapt` found "
-             f"`{dense.conventions}`. Sites: {', '.join(s.name for s in sites)}.", "",
-             "### Search at budgets that need the LSTM compressed", "",
-             f"The LSTM matrices alone are {sum(s.dense_bytes for s in sites if s.role == 'recurrent'):,} bytes in "
-             f"fp32, more than the whole model may hold at 10x ({stored_bytes(dense) // 10:,}). Each search: "
-             f"{args.trials} trials of {args.finetune_steps} fine-tuning steps (default space, warm start); its best "
-             f"front plan then trained {args.final_steps} steps and exported.", "",
-             "| budget | best trial | LSTM compressed (methods) | ratio | test ppl | analytic bytes | model bytes | "
-             "export tensor bytes | loaded bytes | model.safetensors size |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## A user's own nn.LSTM LM (issue 18)",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} thread(s), machine shared "
+        f"with other jobs), commit {commit()}, torch {torch.__version__}:",
+        f"`python -m autoshrink.bench.torch_modules --budgets {' '.join(args.budgets)} --trials {args.trials} "
+        f"--finetune-steps {args.finetune_steps} --final-steps {args.final_steps} --rounds {args.rounds}` "
+        f"({(time.perf_counter() - started) / 60:.0f} min).",
+        "",
+        "The model: `WordLSTM` (nn.Embedding -> nn.LSTM(256, 256, 2) -> nn.Linear, log-softmax outputs flattened "
+        "to (T*B, V), a required hidden state with init_hidden) holding the pretrained `kjv-lstm` weights; "
+        f"its log-probabilities equal the reference model's to {same:.1e}. `adapt` found "
+        f"`{dense.conventions}`. Sites: {', '.join(s.name for s in sites)}.",
+        "",
+        "### Search at budgets that need the LSTM compressed",
+        "",
+        f"The LSTM matrices alone are {sum(s.dense_bytes for s in sites if s.role == 'recurrent'):,} bytes in "
+        f"fp32, more than the whole model may hold at 10x ({stored_bytes(dense) // 10:,}). Each search: "
+        f"{args.trials} trials of {args.finetune_steps} fine-tuning steps (default space, warm start); its best "
+        f"front plan then trained {args.final_steps} steps and exported.",
+        "",
+        "| budget | best trial | LSTM compressed (methods) | ratio | test ppl | analytic bytes | model bytes | "
+        "export tensor bytes | loaded bytes | model.safetensors size |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['budget']} | {r['trial']} | {'yes' if r['lstm_compressed'] else 'NO'} "
-                     f"({', '.join(r['lstm_methods'])}) | {r['ratio']:.1f}x | {r['test_ppl']:.1f} | {r['analytic']:,} | "
-                     f"{r['model']:,} | {r['tensors']:,} | {r['loaded']:,} | {r['file']:,} |")
+        lines.append(
+            f"| {r['budget']} | {r['trial']} | {'yes' if r['lstm_compressed'] else 'NO'} "
+            f"({', '.join(r['lstm_methods'])}) | {r['ratio']:.1f}x | {r['test_ppl']:.1f} | {r['analytic']:,} | "
+            f"{r['model']:,} | {r['tensors']:,} | {r['loaded']:,} | {r['file']:,} |"
+        )
     lines += ["", "Plans:", ""] + [f"- {r['budget']}: `{json.dumps(r['plan'], sort_keys=True)}`" for r in rows]
-    lines += ["", "### Latency at batch 1", "",
-              f"One forward pass of 35 tokens at batch 1 (`measure_latency_ms`, median of {args.repeats}), the "
-              f"models taking turns over {args.rounds} rounds; median over rounds.", "",
-              "| model | ms | / dense |", "|---|---|---|"]
+    lines += [
+        "",
+        "### Latency at batch 1",
+        "",
+        f"One forward pass of 35 tokens at batch 1 (`measure_latency_ms`, median of {args.repeats}), the "
+        f"models taking turns over {args.rounds} rounds; median over rounds.",
+        "",
+        "| model | ms | / dense |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {ms:.3f} | {ms / base:.2f} |" for name, ms in latency.items()]
     write_report(args.out, "\n".join(lines) + "\n")
     return 0

@@ -1,5 +1,6 @@
 """Data: corpora (kjv, PTB-layout folder, text file), word vocabulary with frequencies, a Hugging
 Face tokenizer as vocabulary (subword.py), batching."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,12 +35,34 @@ def load_lm_data(name_or_path: str, vocab: Vocab | SubwordVocab | None = None, m
     carries the train split's token counts."""
     if isinstance(vocab, SubwordVocab):
         ids = encode_corpus(load_corpus_text(name_or_path), vocab, cache_root())
-        return LMData(corpus_key(name_or_path), vocab.with_counts(ids["train"]), ids["train"], ids["valid"], ids["test"])
+        return LMData(
+            corpus_key(name_or_path), vocab.with_counts(ids["train"]), ids["train"], ids["valid"], ids["test"]
+        )
     corpus = load_corpus(name_or_path)
     vocab = vocab or Vocab.build(corpus.train, max_words=max_words)
-    return LMData(corpus_key(name_or_path), vocab, vocab.encode(corpus.train), vocab.encode(corpus.valid),
-                  vocab.encode(corpus.test))
+    return LMData(
+        corpus_key(name_or_path),
+        vocab,
+        vocab.encode(corpus.train),
+        vocab.encode(corpus.valid),
+        vocab.encode(corpus.test),
+    )
 
 
-__all__ = ["EOS", "UNK", "LMData", "RawCorpus", "SubwordVocab", "TextCorpus", "Vocab", "batchify", "bptt_windows", "corpus_key",
-           "load_corpus", "load_corpus_text", "load_lm_data", "num_windows", "tokenize"]
+__all__ = [
+    "EOS",
+    "UNK",
+    "LMData",
+    "RawCorpus",
+    "SubwordVocab",
+    "TextCorpus",
+    "Vocab",
+    "batchify",
+    "bptt_windows",
+    "corpus_key",
+    "load_corpus",
+    "load_corpus_text",
+    "load_lm_data",
+    "num_windows",
+    "tokenize",
+]

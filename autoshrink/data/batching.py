@@ -1,4 +1,5 @@
 """Batching for LM training: a token stream cut into B parallel streams, read in BPTT windows."""
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -18,7 +19,7 @@ def bptt_windows(columns: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tenso
     """(input, target) windows of at most `bptt` steps; targets are inputs shifted by one."""
     for start in range(0, columns.size(0) - 1, bptt):
         length = min(bptt, columns.size(0) - 1 - start)
-        yield columns[start:start + length], columns[start + 1:start + 1 + length]
+        yield columns[start : start + length], columns[start + 1 : start + 1 + length]
 
 
 def num_windows(columns: torch.Tensor, bptt: int) -> int:

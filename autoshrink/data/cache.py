@@ -1,4 +1,5 @@
 """The model/data cache of docs/design.md (Run folder): `$AUTOSHRINK_CACHE`, else ~/.cache/autoshrink."""
+
 from __future__ import annotations
 
 import os

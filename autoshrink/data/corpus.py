@@ -4,6 +4,7 @@ Every corpus is first three lists of raw text lines (train/valid/test: `load_cor
 Hugging Face tokenizer reads), then, for the word-level models, three lists of token lines, each
 line ending in <eos> (`load_corpus`).
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -82,8 +83,10 @@ def read_corpus_file(path: Path) -> str:
         raise UserError(f"corpus file {path} cannot be read: {e.strerror or e}") from None
     text = data.decode("utf-8", errors="replace")
     if b"\x00" in data or text.count("\ufffd") > 0.01 * max(1, len(text)):
-        raise UserError(f"corpus file {path} is not UTF-8 text (binary bytes): a corpus is one text file, or a folder "
-                        "of train.txt, valid.txt and test.txt")
+        raise UserError(
+            f"corpus file {path} is not UTF-8 text (binary bytes): a corpus is one text file, or a folder "
+            "of train.txt, valid.txt and test.txt"
+        )
     return text
 
 
@@ -91,8 +94,7 @@ def load_folder(path: Path) -> RawCorpus:
     missing = [f"{s}.txt" for s in SPLITS if not (path / f"{s}.txt").is_file()]
     if missing:
         raise UserError(f"corpus folder {path} lacks {', '.join(missing)} (expected train.txt, valid.txt, test.txt)")
-    return RawCorpus(path.name, **{s: _nonblank(read_corpus_file(path / f"{s}.txt").splitlines())
-                                   for s in SPLITS})
+    return RawCorpus(path.name, **{s: _nonblank(read_corpus_file(path / f"{s}.txt").splitlines()) for s in SPLITS})
 
 
 def load_text_file(path: Path) -> RawCorpus:
@@ -116,7 +118,9 @@ def load_corpus_text(name_or_path: str) -> RawCorpus:
         elif path.is_file():
             corpus = load_text_file(path)
         else:
-            raise UserError(f"no corpus {name_or_path!r}: give 'kjv', a folder with train/valid/test.txt, or a text file")
+            raise UserError(
+                f"no corpus {name_or_path!r}: give 'kjv', a folder with train/valid/test.txt, or a text file"
+            )
     empty = [s for s in SPLITS if not corpus.split(s)]
     if empty:
         raise UserError(f"corpus {name_or_path!r} is empty (no text in: {', '.join(empty)})")

@@ -14,6 +14,7 @@ Encoded splits are cached under the model/data cache (`$AUTOSHRINK_CACHE`, else
 ~/.cache/autoshrink), keyed by the tokenizer's files and the corpus text, so a search, its final
 training and `eval` tokenise a corpus once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,7 +56,7 @@ class SubwordVocab:
         tail = [eos] if isinstance(eos, int) else []
         ids: list[int] = []
         for start in range(0, len(lines), 1024):  # batched: the fast tokenizers encode in parallel
-            for row in self.tokenizer(lines[start:start + 1024], add_special_tokens=False)["input_ids"]:
+            for row in self.tokenizer(lines[start : start + 1024], add_special_tokens=False)["input_ids"]:
                 ids.extend(row)
                 ids.extend(tail)
         return torch.tensor(ids, dtype=torch.long)
@@ -106,6 +107,14 @@ def tokenizer_fingerprint(folder: Path) -> str:
 
 
 # The files a saved tokenizer consists of (save_pretrained writes some of them).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model")
-
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+)

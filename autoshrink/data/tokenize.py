@@ -2,6 +2,7 @@
 
 Tags such as `<unk>` (PTB layout) stay one token; digits group into one token.
 """
+
 from __future__ import annotations
 
 import re

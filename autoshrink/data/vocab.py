@@ -1,4 +1,5 @@
 """Word vocabulary with training frequencies (the vocabulary methods need them)."""
+
 from __future__ import annotations
 
 from collections import Counter

@@ -1,5 +1,6 @@
 """TrainConfig: every setting of a final training (`autoshrink train`), each default defined once
 (the CLI's flags and `--help` are generated from these fields)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,20 +12,44 @@ DEFAULT_EPOCHS = 3.0  # the cap; validation-driven stopping usually ends it soon
 
 @dataclass
 class TrainConfig:
-    trial: str = field(default="best", metadata={"help": (
-        "best (lowest val ppl on the front), a trial number, or smallest:PPL (fewest bytes on the front with "
-        "val ppl <= PPL)")})
-    steps: int | None = field(default=None, metadata={"help": (
-        f"training steps in all, counted across resumes (default: {DEFAULT_EPOCHS:g} epochs, fewer when "
-        "validation stops improving)")})
+    trial: str = field(
+        default="best",
+        metadata={
+            "help": (
+                "best (lowest val ppl on the front), a trial number, or smallest:PPL (fewest bytes on the front with "
+                "val ppl <= PPL)"
+            )
+        },
+    )
+    steps: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                f"training steps in all, counted across resumes (default: {DEFAULT_EPOCHS:g} epochs, fewer when "
+                "validation stops improving)"
+            )
+        },
+    )
     epochs: float | None = field(default=None, metadata={"help": "training length in epochs of the train split"})
     time: float | None = field(default=None, metadata={"help": "wall-clock cap in seconds, counted across resumes"})
     out: str | None = field(default=None, metadata={"help": "export folder (default: RUN_DIR/final)"})
-    data: str | None = field(default=None, metadata={"help": "the corpus of the search (default: the one run.json names)"})
-    model: str | None = field(default=None, metadata={"help": (
-        "the dense model of the search (default: the one run.json names; from Python also your own torch model)")})
-    distill: bool = field(default=True, metadata={"help": (
-        "distil: mix KL to the dense model's next-word distribution into the loss (results/recipe.md)")})
+    data: str | None = field(
+        default=None, metadata={"help": "the corpus of the search (default: the one run.json names)"}
+    )
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "the dense model of the search (default: the one run.json names; from Python also your own torch model)"
+            )
+        },
+    )
+    distill: bool = field(
+        default=True,
+        metadata={
+            "help": ("distil: mix KL to the dense model's next-word distribution into the loss (results/recipe.md)")
+        },
+    )
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     seed: int = field(default=0, metadata={"help": "training seed"})
     evals: int = field(default=10, metadata={"help": "validations (and checkpoints) over the training"})

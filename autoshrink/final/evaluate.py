@@ -11,6 +11,7 @@
 
 `measure` is shared with final training (train.py), so metrics.json and `eval` agree.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,9 +39,14 @@ def measure(model: nn.Module, data: LMData, device: str = "cpu") -> dict:
     test = evaluate_perplexity(model, data.test, device=device)
     model.cpu()
     nbytes = stored_bytes(model)
-    return {"test_ppl": test, "stored_bytes": nbytes, "ratio": base_dense_bytes(model) / nbytes,
-            **measure_latency(model, reference_input(len(data.vocab))).record("latency_ms"),
-            **measure_throughput(model, data.test).record("tokens_per_s"), "test_tokens": len(data.test)}
+    return {
+        "test_ppl": test,
+        "stored_bytes": nbytes,
+        "ratio": base_dense_bytes(model) / nbytes,
+        **measure_latency(model, reference_input(len(data.vocab))).record("latency_ms"),
+        **measure_throughput(model, data.test).record("tokens_per_s"),
+        "test_tokens": len(data.test),
+    }
 
 
 def corpus_source(name: str | None) -> str | None:
@@ -65,13 +71,17 @@ def evaluate_dir(path: str | Path, data: str | None = None, device: str = "cpu",
     meta = getattr(model, "meta", {}) or {}
     corpus = data or corpus_source(meta.get("data")) or ("kjv" if name in PRESETS else None)
     if corpus is None:
-        raise UserError(f"{name}: its model.json names the corpus {meta.get('data')!r}, which is not a path here: "
-                        f"pass --data (the corpus it was trained on)")
+        raise UserError(
+            f"{name}: its model.json names the corpus {meta.get('data')!r}, which is not a path here: "
+            f"pass --data (the corpus it was trained on)"
+        )
     lm = load_lm_data(corpus, vocab=model.vocab)
     result = measure(model, lm, device=device)
     if name not in PRESETS and meta.get("format") != HF_FORMAT:  # a Hugging Face folder keeps its own dtype and shards
         in_file = file_bytes(name)
         if in_file != result["stored_bytes"]:
-            raise UserError(f"{name}: model.safetensors holds {in_file:,} bytes of tensors but the model stores "
-                            f"{result['stored_bytes']:,}: the export does not match its plan")
+            raise UserError(
+                f"{name}: model.safetensors holds {in_file:,} bytes of tensors but the model stores "
+                f"{result['stored_bytes']:,}: the export does not match its plan"
+            )
     return {**result, "model": name, "format": meta.get("format"), "data": corpus}

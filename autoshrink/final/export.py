@@ -19,6 +19,7 @@ passed as `load(folder, model=...)`), puts `from_export` modules in the planned 
 copies the remaining parameters: safetensors only, nothing is unpickled. A missing, corrupt or
 mismatched file is one UserError.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,15 @@ def export_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_compressed(model: nn.Module, plan: Plan | Mapping[str, Any], folder: str | Path, base_meta: dict,
-                    metrics: dict, info: dict | None = None, sites: list[Site] | None = None) -> Path:
+def save_compressed(
+    model: nn.Module,
+    plan: Plan | Mapping[str, Any],
+    folder: str | Path,
+    base_meta: dict,
+    metrics: dict,
+    info: dict | None = None,
+    sites: list[Site] | None = None,
+) -> Path:
     """Write the export folder. `base_meta` is the dense model's meta (model.json of a checkpoint:
     config, vocab, provenance; or a Hugging Face model's); `sites` those of the dense model (a
     Hugging Face model needs them; the LSTM's follow from its config); `info` adds provenance of
@@ -98,11 +106,25 @@ def save_compressed(model: nn.Module, plan: Plan | Mapping[str, Any], folder: st
         if hf or own:
             raise ValueError("save_compressed: a Hugging Face or own torch model's export needs the dense sites")
         sites = LSTMLM(LSTMLMConfig(**base_meta["config"])).autoshrink_sites()
-    site_rows = [{"name": s.name, "role": s.role, "shape": list(s.shape), "bias": s.bias, "tied_with": s.tied_with,
-                  "method": plan_json.get(s.tied_with or s.name, {}).get("method", "dense")} for s in sites]
+    site_rows = [
+        {
+            "name": s.name,
+            "role": s.role,
+            "shape": list(s.shape),
+            "bias": s.bias,
+            "tied_with": s.tied_with,
+            "method": plan_json.get(s.tied_with or s.name, {}).get("method", "dense"),
+        }
+        for s in sites
+    ]
     base = {k: v for k, v in base_meta.items() if k not in ("format", "config", "vocab")}
-    described = ({"architecture": HF} if hf else adapter.describe(model) if own else
-                 {"config": base_meta["config"], "vocab": base_meta["vocab"]})
+    described = (
+        {"architecture": HF}
+        if hf
+        else adapter.describe(model)
+        if own
+        else {"config": base_meta["config"], "vocab": base_meta["vocab"]}
+    )
     meta = {"format": FORMAT, **described, "sites": site_rows, "stored_bytes": nbytes, "base": base, **(info or {})}
     if hf:
         model.save_base(folder / BASE)
@@ -168,7 +190,7 @@ def load_compressed(folder: str | Path, model=None) -> tuple[nn.Module, Any, dic
         site = by_name[owner]
         bias_key = f"{owner}.bias" if site.bias and weight_class(cfg).uses_site_bias else None  # a plain parameter
         prefix = owner + "."
-        sub = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix) and k != bias_key}
+        sub = {k[len(prefix) :]: t for k, t in tensors.items() if k.startswith(prefix) and k != bias_key}
         built[owner] = _from_export(folder / WEIGHTS, sub, site, cfg)
         unused -= {prefix + k for k in sub}
     place_compressed(model, by_name, built)
@@ -176,8 +198,9 @@ def load_compressed(folder: str | Path, model=None) -> tuple[nn.Module, Any, dic
         t = tensors.get(name)
         if t is None or t.shape != p.shape:
             found = "missing" if t is None else f"shape {tuple(t.shape)}"
-            raise UserError(f"{folder / WEIGHTS} does not match its plan: parameter {name} of shape "
-                            f"{tuple(p.shape)} is {found}")
+            raise UserError(
+                f"{folder / WEIGHTS} does not match its plan: parameter {name} of shape {tuple(p.shape)} is {found}"
+            )
         with torch.no_grad():
             p.copy_(t.to(p.dtype))
         unused.discard(name)
@@ -195,8 +218,10 @@ def _check_sites(folder: Path, meta: dict, sites: list[Site]) -> None:
     found = {s.name: s.shape for s in sites}
     if saved and saved != found:
         differ = sorted(set(saved.items()) ^ set(found.items()))[:3]
-        raise UserError(f"{folder}: the model to load into does not match the export's sites (differing: "
-                        f"{', '.join(f'{n} {tuple(s)}' for n, s in differ)}); build it as the compressed one was built")
+        raise UserError(
+            f"{folder}: the model to load into does not match the export's sites (differing: "
+            f"{', '.join(f'{n} {tuple(s)}' for n, s in differ)}); build it as the compressed one was built"
+        )
 
 
 def _from_export(path: Path, tensors: dict[str, torch.Tensor], site: Site, cfg) -> CompressedWeight:
@@ -205,7 +230,9 @@ def _from_export(path: Path, tensors: dict[str, torch.Tensor], site: Site, cfg) 
     except UserError:
         raise
     except (KeyError, RuntimeError, ValueError, IndexError, TypeError) as e:
-        raise UserError(f"{path}: the tensors of site {site.name!r} do not match its plan ({cfg.method}): {e!r}") from None
+        raise UserError(
+            f"{path}: the tensors of site {site.name!r} do not match its plan ({cfg.method}): {e!r}"
+        ) from None
 
 
 def file_bytes(folder: str | Path) -> int:

@@ -16,6 +16,7 @@ carry over; the optimizer state (Adam moments, learning-rate cuts) and the posit
 stream start afresh. Then the model is exported to OUT (RUN_DIR/final by default) with
 metrics.json: val_ppl, test_ppl, stored_bytes, ratio, latency_ms, tokens_per_s, steps, seconds, trial.
 """
+
 from __future__ import annotations
 
 import copy
@@ -74,8 +75,10 @@ def choose_trial(run_dir: str | Path, trial: str | int = "best") -> tuple[int, d
                 raise UserError(f"--trial {spec!r}: expected smallest:<val ppl>, e.g. smallest:150") from None
             front = front[front["val_ppl"] <= limit]
             if front.empty:
-                raise UserError(f"{run_dir}: no front trial has val ppl <= {limit:g} "
-                                f"(the front's best is {f.front['val_ppl'].min():.2f})")
+                raise UserError(
+                    f"{run_dir}: no front trial has val ppl <= {limit:g} "
+                    f"(the front's best is {f.front['val_ppl'].min():.2f})"
+                )
             row = front.sort_values("stored_bytes").iloc[0]
         else:
             row = front.sort_values("val_ppl").iloc[0]
@@ -89,8 +92,9 @@ def choose_trial(run_dir: str | Path, trial: str | int = "best") -> tuple[int, d
     row = rows.iloc[0]
     if row["state"] != "COMPLETE" or not bool(row["feasible"]):
         what = row["state"] if row["state"] != "COMPLETE" else "COMPLETE but over budget"
-        raise UserError(f"{run_dir}: trial {number} is {what}; pick a feasible completed trial "
-                        f"(autoshrink front {run_dir})")
+        raise UserError(
+            f"{run_dir}: trial {number} is {what}; pick a feasible completed trial (autoshrink front {run_dir})"
+        )
     return number, json.loads(row["plan"])
 
 
@@ -103,8 +107,10 @@ def _data_of(info: dict, data: str | None) -> str:
     for candidate in (info.get("data_path"), info.get("data"), _flag(info.get("command", ""), "--data")):
         if corpus_source(candidate):
             return candidate
-    raise UserError(f"run.json records the corpus {info.get('data')!r}, which is not a path here: "
-                    "pass --data (the corpus the search used)")
+    raise UserError(
+        f"run.json records the corpus {info.get('data')!r}, which is not a path here: "
+        "pass --data (the corpus the search used)"
+    )
 
 
 def _flag(command: str, flag: str) -> str | None:
@@ -123,8 +129,10 @@ def _flag(command: str, flag: str) -> str | None:
 def _model_of(info: dict, model: str | None) -> str:
     name = model or info.get("model")
     if not name or (name not in PRESETS and not Path(name).expanduser().exists()):
-        raise UserError(f"run.json records the model {name!r}, which is neither a preset nor a folder here: "
-                        "pass --model (the dense model the search compressed)")
+        raise UserError(
+            f"run.json records the model {name!r}, which is neither a preset nor a folder here: "
+            "pass --model (the dense model the search compressed)"
+        )
     return name
 
 
@@ -141,8 +149,10 @@ def _read_checkpoint(folder: Path, model: nn.Module, number: int, plan: dict) ->
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} is corrupt (not a JSON object): delete {folder} to start over")
     if state.get("trial") != number or state.get("plan") != plan:
-        raise UserError(f"{folder} holds the training of {state.get('trial')!r}, not {number!r}: "
-                        "use another --out, or delete it to start over")
+        raise UserError(
+            f"{folder} holds the training of {state.get('trial')!r}, not {number!r}: "
+            "use another --out, or delete it to start over"
+        )
     _load_weights(model, folder / "model.safetensors")
     return state
 
@@ -172,11 +182,14 @@ def _resumed_schedules(model: nn.Module, start: float):
     if start <= 0:
         yield
         return
-    patched = [(m, {k: m.__dict__[k] for k in ("on_progress", "settles_at") if k in m.__dict__})
-               for m in model.modules() if m is not model and callable(getattr(m, "on_progress", None))]
+    patched = [
+        (m, {k: m.__dict__[k] for k in ("on_progress", "settles_at") if k in m.__dict__})
+        for m in model.modules()
+        if m is not model and callable(getattr(m, "on_progress", None))
+    ]
     for m, _ in patched:  # instance attributes shadow the class's for this run only
         hook, settle = m.on_progress, getattr(m, "settles_at", 0.0)
-        m.on_progress = (lambda f, hook=hook: hook(start + (1.0 - start) * f))
+        m.on_progress = lambda f, hook=hook: hook(start + (1.0 - start) * f)
         m.settles_at = max(0.0, (settle - start) / (1.0 - start)) if start < 1 else 0.0
     try:
         yield
@@ -186,8 +199,9 @@ def _resumed_schedules(model: nn.Module, start: float):
             m.__dict__.update(saved)
 
 
-def _start_from(model: nn.Module, weights: Path | None, state: dict, ckpt: Path, lm: LMData, name: str,
-                log: Callable[[str], None]) -> None:
+def _start_from(
+    model: nn.Module, weights: Path | None, state: dict, ckpt: Path, lm: LMData, name: str, log: Callable[[str], None]
+) -> None:
     """Load the trial's fine-tuned weights when they were kept, and validate them as the state to
     beat: the final training then never ends worse than the trial it came from. Say which start it is."""
     if weights is not None:
@@ -209,8 +223,14 @@ REPLAY_TOKENS = 100_000  # training text a method's on_validation hook sees (a p
 
 
 @torch.no_grad()
-def site_inputs(model: nn.Module, module: nn.Module, ids: torch.Tensor, batch_size: int = 32, bptt: int = 35,
-                max_tokens: int = REPLAY_TOKENS) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def site_inputs(
+    model: nn.Module,
+    module: nn.Module,
+    ids: torch.Tensor,
+    batch_size: int = 32,
+    bptt: int = 35,
+    max_tokens: int = REPLAY_TOKENS,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(rows entering `module`, next words) per window of the model run over a prefix of `ids`."""
     seen: list[torch.Tensor] = []
     hook = module.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
@@ -229,22 +249,28 @@ def site_inputs(model: nn.Module, module: nn.Module, ids: torch.Tensor, batch_si
         model.train(was_training)
 
 
-def tell_validation(model: nn.Module, ids: torch.Tensor, fraction: float, batch_size: int = 32,
-                    bptt: int = 35) -> list[str]:
+def tell_validation(
+    model: nn.Module, ids: torch.Tensor, fraction: float, batch_size: int = 32, bptt: int = 35
+) -> list[str]:
     """Call every compressed weight's `on_validation` hook (the method contract); their log lines."""
     lines = []
     for module in model.modules():
         if isinstance(module, CompressedLinear):
             line = module.compressed.on_validation(
-                fraction, lambda m=module: site_inputs(model, m, ids, batch_size, bptt))
+                fraction, lambda m=module: site_inputs(model, m, ids, batch_size, bptt)
+            )
             if line:
                 lines.append(line)
     return lines
 
 
-def train_trial(run_dir: str | Path, config: TrainConfig | None = None,
-                on_log: Callable[[dict], None] | None = None, on_eval: Callable[[int, float], None] | None = None,
-                log: Callable[[str], None] | None = None) -> FinalModel:
+def train_trial(
+    run_dir: str | Path,
+    config: TrainConfig | None = None,
+    on_log: Callable[[dict], None] | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> FinalModel:
     """Train one plan of a run longer, resumably, and export it (see the module docstring)."""
     c = config or TrainConfig()
     trial, steps, epochs, out, data, model = c.trial, c.steps, c.epochs, c.out, c.data, c.model
@@ -263,18 +289,49 @@ def train_trial(run_dir: str | Path, config: TrainConfig | None = None,
         settings = TrialSettings()
         per_epoch = num_windows(batchify(lm.train, settings.batch_size), settings.bptt)
         steps = max(1, round((epochs if epochs is not None else DEFAULT_EPOCHS) * per_epoch))
-    return train_plan(dense, lm, plan_json, Path(out) if out else run_dir / "final", steps, label=number,
-                      corpus=corpus, device=device, distill=distill, seed=seed, evals=evals, time_limit=time_limit,
-                      info={"run_dir": str(run_dir), "trial": number}, dense_val_ppl=info.get("dense_val_ppl"),
-                      on_log=on_log, on_eval=on_eval, log=log, start_weights=run_folder.kept_weights(run_dir, number))
+    return train_plan(
+        dense,
+        lm,
+        plan_json,
+        Path(out) if out else run_dir / "final",
+        steps,
+        label=number,
+        corpus=corpus,
+        device=device,
+        distill=distill,
+        seed=seed,
+        evals=evals,
+        time_limit=time_limit,
+        info={"run_dir": str(run_dir), "trial": number},
+        dense_val_ppl=info.get("dense_val_ppl"),
+        on_log=on_log,
+        on_eval=on_eval,
+        log=log,
+        start_weights=run_folder.kept_weights(run_dir, number),
+    )
 
 
-def train_plan(dense: nn.Module, lm: LMData, plan_json: dict, out: Path, steps: int, label: int | str = "plan",
-               corpus: str = "kjv", device: str = "auto", distill: bool = True, seed: int = 0, evals: int = EVALS,
-               info: dict | None = None, dense_val_ppl: float | None = None, time_limit: float | None = None,
-               options: dict | None = None,
-               on_log: Callable[[dict], None] | None = None, on_eval: Callable[[int, float], None] | None = None,
-               log: Callable[[str], None] | None = None, start_weights: Path | None = None) -> FinalModel:
+def train_plan(
+    dense: nn.Module,
+    lm: LMData,
+    plan_json: dict,
+    out: Path,
+    steps: int,
+    label: int | str = "plan",
+    corpus: str = "kjv",
+    device: str = "auto",
+    distill: bool = True,
+    seed: int = 0,
+    evals: int = EVALS,
+    info: dict | None = None,
+    dense_val_ppl: float | None = None,
+    time_limit: float | None = None,
+    options: dict | None = None,
+    on_log: Callable[[dict], None] | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    start_weights: Path | None = None,
+) -> FinalModel:
     """Compress `dense` by `plan_json` ({} keeps it dense), train it up to `steps` steps (and
     `time_limit` seconds, across resumes) with train_lm's recipe and the trials' batch and bptt,
     resumably in OUT/checkpoint, and export it to OUT with metrics.json. `label` names the
@@ -289,8 +346,14 @@ def train_plan(dense: nn.Module, lm: LMData, plan_json: dict, out: Path, steps: 
     settings = TrialSettings()  # the trials' batch, bptt and learning rate
     ckpt = out / "checkpoint"
     state = _read_checkpoint(ckpt, small, label, plan_json) or {
-        "trial": label, "plan": plan_json, "step": 0, "fraction": 0.0, "best_val_ppl": None, "seconds": 0.0,
-        "history": []}
+        "trial": label,
+        "plan": plan_json,
+        "step": 0,
+        "fraction": 0.0,
+        "best_val_ppl": None,
+        "seconds": 0.0,
+        "history": [],
+    }
     if not state["step"]:
         _start_from(small, start_weights, state, ckpt, lm, name, log)
     done, start = state["step"], state["fraction"]  # the schedules' position: a finished run stays finished
@@ -315,24 +378,46 @@ def train_plan(dense: nn.Module, lm: LMData, plan_json: dict, out: Path, steps: 
 
     if remaining:
         time_left = None if time_limit is None else max(0.0, time_limit - prior_seconds)
-        cfg = training.TrainConfig(**{
-            "steps": steps, "schedule_from": done, "time": time_left, "batch_size": settings.batch_size,
-            "bptt": settings.bptt, "eval_every": max(1, steps // max(1, evals)), "device": device,
-            "seed": seed + done, "distill_from": copy.deepcopy(dense) if distill else None,
-            "validate_start": not done, **(options or {})})
+        cfg = training.TrainConfig(
+            **{
+                "steps": steps,
+                "schedule_from": done,
+                "time": time_left,
+                "batch_size": settings.batch_size,
+                "bptt": settings.bptt,
+                "eval_every": max(1, steps // max(1, evals)),
+                "device": device,
+                "seed": seed + done,
+                "distill_from": copy.deepcopy(dense) if distill else None,
+                "validate_start": not done,
+                **(options or {}),
+            }
+        )
         with _resumed_schedules(small, start):
             state["stopped"] = train_lm(small, lm.train, lm.valid, cfg, on_log=on_log, on_eval=checkpoint).stopped
     if (ckpt / "best.safetensors").is_file():  # the best validated state over every segment
         _load_weights(small, ckpt / "best.safetensors")
     small.cpu().eval()
     val = evaluate_perplexity(small, lm.valid)
-    metrics = {**measure(small, lm), "val_ppl": val, "steps": state["step"], "seconds": state["seconds"],
-               "trial": label, "resumed_from": done, "device": str(pick_device(device)), "distill": distill,
-               "stopped": state.get("stopped"),
-               "dense_val_ppl": dense_val_ppl, "history": state["history"]}
+    metrics = {
+        **measure(small, lm),
+        "val_ppl": val,
+        "steps": state["step"],
+        "seconds": state["seconds"],
+        "trial": label,
+        "resumed_from": done,
+        "device": str(pick_device(device)),
+        "distill": distill,
+        "stopped": state.get("stopped"),
+        "dense_val_ppl": dense_val_ppl,
+        "history": state["history"],
+    }
     corpus_path = corpus if corpus == "kjv" else str(Path(corpus).expanduser().resolve())
-    save_compressed(small, plan, out, dense.meta, metrics, info={"data": corpus_path, **(info or {})},
-                    sites=discover_sites(dense))
-    log(f"{name}: val ppl {val:.2f}, test ppl {metrics['test_ppl']:.2f}, "
-        f"{stored_bytes(small):,} bytes ({metrics['ratio']:.1f}x) -> {out}")
+    save_compressed(
+        small, plan, out, dense.meta, metrics, info={"data": corpus_path, **(info or {})}, sites=discover_sites(dense)
+    )
+    log(
+        f"{name}: val ppl {val:.2f}, test ppl {metrics['test_ppl']:.2f}, "
+        f"{stored_bytes(small):,} bytes ({metrics['ratio']:.1f}x) -> {out}"
+    )
     return FinalModel(out, metrics, small)

@@ -3,6 +3,7 @@ highlighted, the dense model and the budget marked. Drawing is apart from comput
 Optuna's visualization: `plot_data` prepares the points, `draw` hands them to matplotlib (Agg,
 imported only when a plot is asked for).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,13 @@ from autoshrink.search.trial import TrialSettings
 
 
 CLIP_FACTOR = 3.0  # a trial this many times worse than the front (or the dense model) is drawn at the top edge
-_TICK_STEPS = (tuple(k / 2 for k in range(2, 20)), (1, 1.5, 2, 3, 4, 5, 6, 7, 8), (1, 2, 3, 5, 7), (1, 2, 5), (1,))  # finest first
+_TICK_STEPS = (
+    tuple(k / 2 for k in range(2, 20)),
+    (1, 1.5, 2, 3, 4, 5, 6, 7, 8),
+    (1, 2, 3, 5, 7),
+    (1, 2, 5),
+    (1,),
+)  # finest first
 
 
 class PlotData(NamedTuple):
@@ -69,12 +76,20 @@ def _validation_label(info: dict) -> str:
 
 def plot_data(f: Front) -> PlotData:
     x = f.objective
-    measured = [(float(r[x]), float(r["val_ppl"]), r["state"], int(r["number"])) for _, r in f.trials.iterrows()
-                if r["state"] in ("COMPLETE", "PRUNED") and _finite(r[x], r["val_ppl"])]
+    measured = [
+        (float(r[x]), float(r["val_ppl"]), r["state"], int(r["number"]))
+        for _, r in f.trials.iterrows()
+        if r["state"] in ("COMPLETE", "PRUNED") and _finite(r[x], r["val_ppl"])
+    ]
     front = [(float(r[x]), float(r["val_ppl"]), int(r["number"])) for _, r in f.front.iterrows()]
     info = f.info
     if x == "latency_ms":
-        dense_x, budget, xlabel, xunit = _dense_latency_ms(f.run_dir), parse_budget(info["budget"]).value, "latency (log)", "ms"
+        dense_x, budget, xlabel, xunit = (
+            _dense_latency_ms(f.run_dir),
+            parse_budget(info["budget"]).value,
+            "latency (log)",
+            "ms",
+        )
         budget_label = f"budget {info['budget']}"
     else:
         dense_x, budget, xlabel, xunit = info.get("dense_bytes"), info.get("max_bytes"), "stored bytes (log)", "bytes"
@@ -84,9 +99,22 @@ def plot_data(f: Front) -> PlotData:
     anchors = [y for _, y, _ in front] + ([dense[1]] if dense else [])
     ylim, ceiling = _ppl_axis([y for _, y, _, _ in measured], anchors)
     clipped = tuple(sorted((mx, my, n) for mx, my, _, n in measured if my > ceiling))
-    title = f"{info.get('model', '?')} under {info.get('budget', '?')}: {len(front)} on the front of {len(f.trials)} trials"
-    return PlotData(xlabel, [(mx, my, s) for mx, my, s, _ in measured], sorted(front), dense, budget, title,
-                    xunit=xunit, ylabel=_validation_label(info), ylim=ylim, clipped=clipped, budget_label=budget_label)
+    title = (
+        f"{info.get('model', '?')} under {info.get('budget', '?')}: {len(front)} on the front of {len(f.trials)} trials"
+    )
+    return PlotData(
+        xlabel,
+        [(mx, my, s) for mx, my, s, _ in measured],
+        sorted(front),
+        dense,
+        budget,
+        title,
+        xunit=xunit,
+        ylabel=_validation_label(info),
+        ylim=ylim,
+        clipped=clipped,
+        budget_label=budget_label,
+    )
 
 
 def _tick_label(value: float, unit: str) -> str:
@@ -105,7 +133,7 @@ def nice_ticks(low: float, high: float, most: int = 8) -> list[float]:
     that has at most `most` of them."""
     decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
     for steps in _TICK_STEPS:
-        ticks = [m * 10.0 ** k for k in decades for m in steps if low <= m * 10.0 ** k <= high]
+        ticks = [m * 10.0**k for k in decades for m in steps if low <= m * 10.0**k <= high]
         if len(ticks) <= most:
             return ticks
     return []
@@ -113,6 +141,7 @@ def nice_ticks(low: float, high: float, most: int = 8) -> list[float]:
 
 def _set_log_ticks(axis, low: float, high: float, unit: str) -> None:
     from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
+
     ticks = nice_ticks(low, high)
     axis.set_major_locator(FixedLocator(ticks))
     axis.set_major_formatter(FixedFormatter([_tick_label(t, unit) for t in ticks]))
@@ -139,7 +168,9 @@ def _declutter(fig, ax, labels: list) -> None:
         dx, dy = label.xyann
         height = text_box(label).height * 72 / fig.dpi + 1
         shifts = (0, -1, 1, -2, 2, -3, 3, -4, 4, -5, 5, -6, 6, -8, 8, -10, 10)  # down first: labels come top to bottom
-        free = [k for k in shifts if not any(_shifted(label, dx, dy + k * height, text_box).overlaps(o) for o in placed)]
+        free = [
+            k for k in shifts if not any(_shifted(label, dx, dy + k * height, text_box).overlaps(o) for o in placed)
+        ]
         best = next((k for k in free if inside(_shifted(label, dx, dy + k * height, text_box))), free[0] if free else 0)
         label.xyann = (dx, dy + best * height)
         placed.append(text_box(label))
@@ -167,30 +198,77 @@ def figure(d: PlotData):
     labels = []
     if d.budget:
         ax.axvline(d.budget, color="C2", ls="--", lw=1, label="budget")
-        labels.append(ax.annotate(d.budget_label, (d.budget, 1), xycoords=("data", "axes fraction"),
-                                  textcoords="offset points", xytext=(-3, -4), rotation=90, ha="right", va="top",
-                                  fontsize=8, color="C2"))
+        labels.append(
+            ax.annotate(
+                d.budget_label,
+                (d.budget, 1),
+                xycoords=("data", "axes fraction"),
+                textcoords="offset points",
+                xytext=(-3, -4),
+                rotation=90,
+                ha="right",
+                va="top",
+                fontsize=8,
+                color="C2",
+            )
+        )
     if d.front:
         xs, ys, numbers = zip(*d.front)
         ax.step(xs, ys, where="post", color="C0", lw=1.5)
         ax.scatter(xs, ys, color="C0", s=40, zorder=3, label="Pareto front")
         leader = dict(arrowstyle="-", color="C0", lw=0.5, alpha=0.6, shrinkA=0, shrinkB=4)
         # Below-left of its point: the step line leaves a front point to the right and reaches it from above.
-        labels += [ax.annotate(f"#{n}", (x, y), textcoords="offset points", xytext=(-4, -4), fontsize=8, color="C0",
-                               ha="right", va="top", arrowprops=leader)
-                   for x, y, n in sorted(d.front, key=lambda p: -p[1])]  # top to bottom, as _declutter shifts down
+        labels += [
+            ax.annotate(
+                f"#{n}",
+                (x, y),
+                textcoords="offset points",
+                xytext=(-4, -4),
+                fontsize=8,
+                color="C0",
+                ha="right",
+                va="top",
+                arrowprops=leader,
+            )
+            for x, y, n in sorted(d.front, key=lambda p: -p[1])
+        ]  # top to bottom, as _declutter shifts down
     if d.dense is not None:
         ax.scatter([d.dense[0]], [d.dense[1]], marker="*", s=160, color="C3", zorder=4, label="dense")
-        labels.append(ax.annotate(f"dense {d.dense[1]:.2f}", d.dense, textcoords="offset points", xytext=(-8, 6),
-                                  ha="right", fontsize=8, color="C3"))
+        labels.append(
+            ax.annotate(
+                f"dense {d.dense[1]:.2f}",
+                d.dense,
+                textcoords="offset points",
+                xytext=(-8, 6),
+                ha="right",
+                fontsize=8,
+                color="C3",
+            )
+        )
     if d.clipped:
         xs = [x for x, _, _ in d.clipped]
-        ax.scatter(xs, [top] * len(xs), marker="^", color="grey", s=30, clip_on=False, zorder=3,
-                   label=f"above {d.ylim[1]:,.0f} (clipped)")
-        labels += [ax.annotate(f"#{n}: {y:,.0f}", (x, top), textcoords="offset points", xytext=(4, -12), fontsize=7,
-                               color="grey") for x, y, n in d.clipped]
-    xs = [x for x, _, _ in d.trials] + [x for x, _, _ in d.front] + ([d.dense[0]] if d.dense else []) + \
-        ([d.budget] if d.budget else [])
+        ax.scatter(
+            xs,
+            [top] * len(xs),
+            marker="^",
+            color="grey",
+            s=30,
+            clip_on=False,
+            zorder=3,
+            label=f"above {d.ylim[1]:,.0f} (clipped)",
+        )
+        labels += [
+            ax.annotate(
+                f"#{n}: {y:,.0f}", (x, top), textcoords="offset points", xytext=(4, -12), fontsize=7, color="grey"
+            )
+            for x, y, n in d.clipped
+        ]
+    xs = (
+        [x for x, _, _ in d.trials]
+        + [x for x, _, _ in d.front]
+        + ([d.dense[0]] if d.dense else [])
+        + ([d.budget] if d.budget else [])
+    )
     if xs:
         ax.set_xscale("log")
         ax.set_xlim(min(xs) / 1.3, max(xs) * 1.3)
@@ -204,7 +282,9 @@ def figure(d: PlotData):
     ax.set_title(d.title, fontsize=10)
     ax.grid(True, which="both", alpha=0.2)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: no label under it
+        ax.legend(
+            fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0
+        )  # outside: no label under it
     fig.tight_layout()
     _declutter(fig, ax, labels)
     return fig

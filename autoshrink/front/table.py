@@ -4,6 +4,7 @@ The front is read from the run's study.db through search/run_folder.py, not from
 a search that is still going shows what it has finished so far. This module only renders it;
 the plot is front/plot.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,17 +54,30 @@ def _state_counts(trials: "pd.DataFrame") -> str:
 def render_table(f: Front) -> str:
     info = f.info
     limit = f" (<= {info['max_bytes']:,} bytes)" if info.get("max_bytes") else ""
-    dense = (f"; dense {_bytes(info['dense_bytes'])}, val ppl {_num(info.get('dense_val_ppl'), '.2f')}"
-             if info.get("dense_bytes") else "")
-    lines = [f"{f.run_dir}: budget {info.get('budget', '?')}{limit}, {len(f.trials)} trial(s): "
-             f"{_state_counts(f.trials) or 'none yet'}{dense}"]
+    dense = (
+        f"; dense {_bytes(info['dense_bytes'])}, val ppl {_num(info.get('dense_val_ppl'), '.2f')}"
+        if info.get("dense_bytes")
+        else ""
+    )
+    lines = [
+        f"{f.run_dir}: budget {info.get('budget', '?')}{limit}, {len(f.trials)} trial(s): "
+        f"{_state_counts(f.trials) or 'none yet'}{dense}"
+    ]
     if f.front.empty:
         lines.append("no feasible completed trial yet: the front is empty")
         return "\n".join(lines) + "\n"
     rows = [("trial", "ratio", "bytes", "latency ms", "val ppl", "methods")]
     for r in f.front.itertuples():
-        rows.append((str(r.number), f"{_num(r.ratio, '.1f')}x", _bytes(r.stored_bytes), _num(r.latency_ms, ".2f"),
-                     _num(r.val_ppl, ".2f"), r.methods))
+        rows.append(
+            (
+                str(r.number),
+                f"{_num(r.ratio, '.1f')}x",
+                _bytes(r.stored_bytes),
+                _num(r.latency_ms, ".2f"),
+                _num(r.val_ppl, ".2f"),
+                r.methods,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         lines.append("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) + "  " + row[5])

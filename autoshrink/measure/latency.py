@@ -17,6 +17,7 @@ and, given a path, persisted as JSON after every new measurement, so a resumed s
 The device context names the device, CPU threads and input shape: timings taken under another
 context are not reused.
 """
+
 from __future__ import annotations
 
 import copy
@@ -67,9 +68,11 @@ def _device_of(model: nn.Module) -> torch.device:
 def _spread(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> Spread:
     """spread_seconds, synchronising an accelerator after each call."""
     if device.type == "cuda":
+
         def run():
             fn()
             torch.cuda.synchronize(device)
+
         return spread_seconds(run, repeats=repeats, warmup=warmup)
     return spread_seconds(fn, repeats=repeats, warmup=warmup)
 
@@ -92,8 +95,9 @@ def measure_latency_ms(model: nn.Module, ids: torch.Tensor, repeats: int = 20, w
     return measure_latency(model, ids, repeats=repeats, warmup=warmup).median
 
 
-def measure_throughput(model: nn.Module, ids: torch.Tensor, batch_size: int = 10, bptt: int = 35, repeats: int = 20,
-                       warmup: int = 3) -> Spread:
+def measure_throughput(
+    model: nn.Module, ids: torch.Tensor, batch_size: int = 10, bptt: int = 35, repeats: int = 20, warmup: int = 3
+) -> Spread:
     """Tokens per second of evaluation forwards (batch_size x bptt windows of `ids`, as the
     perplexity pass runs them) on the model's device: median and IQR over `repeats` windows."""
     model.eval()
@@ -119,8 +123,15 @@ def _model_freqs(model: nn.Module, freqs: torch.Tensor | None) -> torch.Tensor |
     return freqs if freqs is not None else getattr(vocab, "freqs", None)
 
 
-def measure_plan_ms(model: nn.Module, plan: Mapping[str, Any] | str | Path, freqs: torch.Tensor | None = None,
-                    tokens: int = 35, batch: int = 1, repeats: int = 20, warmup: int = 3) -> float:
+def measure_plan_ms(
+    model: nn.Module,
+    plan: Mapping[str, Any] | str | Path,
+    freqs: torch.Tensor | None = None,
+    tokens: int = 35,
+    batch: int = 1,
+    repeats: int = 20,
+    warmup: int = 3,
+) -> float:
     """Ground truth for LatencyTable: compress the model under `plan` and time the reference forward."""
     small = compress(model, plan, freqs=_model_freqs(model, freqs)).to(_device_of(model))
     ids = reference_input(_vocab_size(model, discover_sites(model)), tokens, batch)
@@ -130,9 +141,17 @@ def measure_plan_ms(model: nn.Module, plan: Mapping[str, Any] | str | Path, freq
 class LatencyTable:
     """Whole-model latency of plans estimated from cached per-site timings (see module doc)."""
 
-    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", path: str | Path | None = None,
-                 freqs: torch.Tensor | None = None, tokens: int = 35, batch: int = 1,
-                 repeats: int = 20, warmup: int = 3):
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device = "cpu",
+        path: str | Path | None = None,
+        freqs: torch.Tensor | None = None,
+        tokens: int = 35,
+        batch: int = 1,
+        repeats: int = 20,
+        warmup: int = 3,
+    ):
         self.device = torch.device(device)
         self.model = model if _device_of(model) == self.device else copy.deepcopy(model).to(self.device)
         self.model.eval()
@@ -152,15 +171,19 @@ class LatencyTable:
             data = json.loads(self.path.read_text())
             if data.get("format") != _FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}, not {_FORMAT!r}")
-            return {(e["device"], e["site"], tuple(e["shape"]), e["config"]): float(e["seconds"]) for e in data["entries"]}
+            return {
+                (e["device"], e["site"], tuple(e["shape"]), e["config"]): float(e["seconds"]) for e in data["entries"]
+            }
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(f"latency table {self.path} cannot be read: {e}") from None
 
     def save(self) -> None:
         if self.path is None:
             return
-        entries = [{"device": d, "site": s, "shape": list(shape), "config": c, "seconds": v}
-                   for (d, s, shape, c), v in sorted(self.cache.items())]
+        entries = [
+            {"device": d, "site": s, "shape": list(shape), "config": c, "seconds": v}
+            for (d, s, shape, c), v in sorted(self.cache.items())
+        ]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
         tmp.write_text(json.dumps({"format": _FORMAT, "version": 1, "entries": entries}, indent=1) + "\n")
@@ -182,8 +205,9 @@ class LatencyTable:
     def dense_ms(self) -> float:
         """Measured latency of the dense model."""
         arch = json.dumps([type(self.model).__name__] + [[s.name, list(s.shape), s.bias] for s in self.sites])
-        return 1e3 * self._cached("<model>", (self.tokens, self.batch), arch,
-                                  lambda: self._time(lambda: self.model(self.ids)))
+        return 1e3 * self._cached(
+            "<model>", (self.tokens, self.batch), arch, lambda: self._time(lambda: self.model(self.ids))
+        )
 
     def _site_input(self, site: Site) -> torch.Tensor:
         """The input a site sees in the reference forward."""
@@ -208,15 +232,20 @@ class LatencyTable:
             embedding = site.role == "embedding" and isinstance(self.model.get_submodule(site.name), nn.Embedding)
             if cfg is None:
                 w = weight.float()
-                module = nn.Embedding.from_pretrained(w) if embedding else nn.Linear(site.shape[1], site.shape[0], bias=bias is not None)
+                module = (
+                    nn.Embedding.from_pretrained(w)
+                    if embedding
+                    else nn.Linear(site.shape[1], site.shape[0], bias=bias is not None)
+                )
                 if not embedding:
                     with torch.no_grad():
                         module.weight.copy_(w)
                         if bias is not None:
                             module.bias.copy_(bias)
             else:
-                built = weight_class(cfg).build(weight.float().cpu(), site, cfg,
-                                                SiteStats(freqs=self.freqs if site.is_vocab else None))
+                built = weight_class(cfg).build(
+                    weight.float().cpu(), site, cfg, SiteStats(freqs=self.freqs if site.is_vocab else None)
+                )
                 module = CompressedEmbedding(built) if embedding else CompressedLinear(built, bias)
                 module = module.to(self.device).eval()
                 return self._time(module.timed_call(x.to(self.device)) if not embedding else lambda: module(x))

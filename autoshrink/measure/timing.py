@@ -4,6 +4,7 @@ A single timing on a shared CPU says little (the same export measured 3.5 ms, th
 every figure autoshrink reports is a median of repeats, with its interquartile range beside it:
 `Spread.describe()` -> "3.52 ms (median of 20, IQR 3.41-3.70)".
 """
+
 from __future__ import annotations
 
 import statistics

@@ -2,9 +2,19 @@
 
 Adding a method is one file and one import line below.
 """
-from autoshrink.methods._base import (CompressedEmbedding, CompressedLinear, CompressedStandIn, CompressedWeight,
-                                      MethodConfig,
-                                      config_class, config_from_dict, method_names, register, weight_class)
+
+from autoshrink.methods._base import (
+    CompressedEmbedding,
+    CompressedLinear,
+    CompressedStandIn,
+    CompressedWeight,
+    MethodConfig,
+    config_class,
+    config_from_dict,
+    method_names,
+    register,
+    weight_class,
+)
 from autoshrink.methods._storage import FLOAT_BITS, tensors_bytes
 
 # One import per method: importing registers it.
@@ -17,5 +27,17 @@ from autoshrink.methods import tt  # noqa: E402,F401
 from autoshrink.methods import hash  # noqa: E402,F401
 from autoshrink.methods import lightrnn  # noqa: E402,F401
 
-__all__ = ["FLOAT_BITS", "CompressedEmbedding", "CompressedLinear", "CompressedStandIn", "CompressedWeight", "MethodConfig", "config_class",
-           "config_from_dict", "method_names", "register", "tensors_bytes", "weight_class"]
+__all__ = [
+    "FLOAT_BITS",
+    "CompressedEmbedding",
+    "CompressedLinear",
+    "CompressedStandIn",
+    "CompressedWeight",
+    "MethodConfig",
+    "config_class",
+    "config_from_dict",
+    "method_names",
+    "register",
+    "tensors_bytes",
+    "weight_class",
+]

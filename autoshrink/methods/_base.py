@@ -11,6 +11,7 @@ A method is one file `methods/<name>.py` with:
 CompressedLinear / CompressedEmbedding put a CompressedWeight in a site's place; tied sites share
 one CompressedWeight, so it trains and counts once.
 """
+
 from __future__ import annotations
 
 import abc
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from autoshrink.errors import UserError
 from autoshrink.methods._storage import check_bits, fake_quant, float_bytes, pack_float, unpack_float
-from autoshrink.sites import ROLES, VOCAB_ROLES, CompressedModule, Site, SiteStats
+from autoshrink.sites import ROLES, CompressedModule, Site, SiteStats
 
 ALL_ROLES = ROLES
 INITS = ("data", "plain")
@@ -57,9 +58,25 @@ class MethodConfig:
     # hashing or word re-matching run during it; docs/methods.md pitfall 12): a search's profile,
     # which measures options untrained, leaves it to the trials.
     judged_after_training: ClassVar[bool] = False
-    bits: int = field(default=32, metadata={"help": "storage bits of the method's float tensors: 32, 16 or 2-8 (affine codes, straight-through fine-tuning)"})
-    group_size: int = field(default=0, metadata={"help": "consecutive values of a row that share one quantisation scale and minimum (4 bytes); 0 = one per row"})
-    init: str = field(default="data", metadata={"help": "initialisation: 'data' fits the site's calibrated inputs and word frequencies (whitened SVD, GPTQ rounding, activation-aware pruning); 'plain' ignores them"})
+    bits: int = field(
+        default=32,
+        metadata={
+            "help": "storage bits of the method's float tensors: 32, 16 or 2-8 (affine codes, straight-through fine-tuning)"
+        },
+    )
+    group_size: int = field(
+        default=0,
+        metadata={
+            "help": "consecutive values of a row that share one quantisation scale and minimum (4 bytes); 0 = one per row"
+        },
+    )
+    init: str = field(
+        default="data",
+        metadata={
+            "help": "initialisation: 'data' fits the site's calibrated inputs and word frequencies (whitened SVD, GPTQ "
+            "rounding, activation-aware pruning); 'plain' ignores them"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -101,7 +118,9 @@ class MethodConfig:
     def check_site(self, site: Site) -> None:
         """Refuse sites the method cannot compress; methods add shape checks."""
         if site.role not in self.roles:
-            raise UserError(f"{self.method} does not apply to {site.role} site {site.name!r} (it applies to {', '.join(self.roles)})")
+            raise UserError(
+                f"{self.method} does not apply to {site.role} site {site.name!r} (it applies to {', '.join(self.roles)})"
+            )
 
     def check_shrinks(self, site: Site, freqs: torch.Tensor | None = None) -> None:
         """Refuse a config that stores more than the site's dense weight (fp32, bias excluded)."""
@@ -110,8 +129,10 @@ class MethodConfig:
         dense = 4 * site.shape[0] * site.shape[1]
         if nbytes > dense:
             knobs = ", ".join(f"{k}={v}" for k, v in self.to_dict().items() if k != "method")
-            raise UserError(f"{self.method} ({knobs}) stores {nbytes:,} bytes on site {site.name!r}, more than its "
-                            f"dense {dense:,}: choose a smaller {type(self).size_knob or 'setting'}")
+            raise UserError(
+                f"{self.method} ({knobs}) stores {nbytes:,} bytes on site {site.name!r}, more than its "
+                f"dense {dense:,}: choose a smaller {type(self).size_knob or 'setting'}"
+            )
 
 
 class CompressedWeight(nn.Module, abc.ABC):
@@ -126,8 +147,9 @@ class CompressedWeight(nn.Module, abc.ABC):
     # --- what a method implements -------------------------------------------------------
     @classmethod
     @abc.abstractmethod
-    def build(cls, weight: torch.Tensor, site: Site, config: MethodConfig,
-              stats: SiteStats | None = None) -> "CompressedWeight":
+    def build(
+        cls, weight: torch.Tensor, site: Site, config: MethodConfig, stats: SiteStats | None = None
+    ) -> "CompressedWeight":
         """A trainable module initialised from the dense weight (m x n, rows = words) and, when
         config.init is "data", the site's calibration statistics (None: plain initialisation).
         `stats.freqs` (word counts) shape vocabulary methods whatever the init."""
@@ -189,8 +211,9 @@ class CompressedWeight(nn.Module, abc.ABC):
     def on_progress(self, fraction: float) -> None:
         """Told how far fine-tuning has gone (0..1): pruning ramps, doping anneals, CMR."""
 
-    def on_validation(self, fraction: float, replay: "Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]"
-                      ) -> str | None:
+    def on_validation(
+        self, fraction: float, replay: "Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]"
+    ) -> str | None:
         """Told at each validation of a final training, `fraction` (0..1) of the way through.
         `replay()` runs the model over a prefix of the training text and yields, per window, the
         rows that enter this site (N x in) and the next words (N): a method may refit itself
@@ -228,9 +251,14 @@ class CompressedWeight(nn.Module, abc.ABC):
         return {f"{name}.{k}" if k else name: v for k, v in packed.items()}
 
     @staticmethod
-    def unpack(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], config: MethodConfig) -> torch.Tensor:
-        sub = {k[len(name) + 1:] if k != name else "": v for k, v in tensors.items()
-               if k == name or k.startswith(name + ".")}
+    def unpack(
+        tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], config: MethodConfig
+    ) -> torch.Tensor:
+        sub = {
+            k[len(name) + 1 :] if k != name else "": v
+            for k, v in tensors.items()
+            if k == name or k.startswith(name + ".")
+        }
         return unpack_float(sub, shape, config.bits, config.group_size)
 
     @staticmethod

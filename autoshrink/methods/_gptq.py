@@ -18,6 +18,7 @@ values' min and max, so the group's smallest and largest entries (at the group's
 pinned to the lowest and highest codes: the stored values then reproduce the grid exactly, and
 `stored_values` of the result is the result (no second rounding).
 """
+
 from __future__ import annotations
 
 import torch
@@ -59,27 +60,30 @@ def _sequential(w: torch.Tensor, h: torch.Tensor, change, damp: float, block: in
             new = change(start + i, part[:, i:])
             out[:, start + i] = new
             err = (part[:, i] - new) / u[start + i, start + i]
-            part[:, i:] -= err[:, None] * u[start + i, start + i:end][None, :]
+            part[:, i:] -= err[:, None] * u[start + i, start + i : end][None, :]
             errors[:, i] = err
         work[:, end:] -= errors @ u[start:end, end:]
     return out
 
 
-def gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int = 0, damp: float = DAMP,
-         _ordered: bool = False) -> torch.Tensor:
+def gptq(
+    w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int = 0, damp: float = DAMP, _ordered: bool = False
+) -> torch.Tensor:
     """Stored values (float32, on the k-bit grid, `stored_values`-stable) of W (rows x cols) for
     inputs of moment H (cols x cols). At 16 or 32 bits W itself."""
     if bits >= 16:
         return w.detach().float().clone()
     rows, cols = w.shape
     width = cols if group_size <= 0 else min(group_size, cols)
-    if width == cols and ACT_ORDER and not _ordered:  # one grid per row: columns may go in any order, the largest inputs first
+    if (
+        width == cols and ACT_ORDER and not _ordered
+    ):  # one grid per row: columns may go in any order, the largest inputs first
         order = torch.argsort(h.detach().diagonal(), descending=True, stable=True)
         back = torch.argsort(order)
         return gptq(w[:, order], h[order][:, order], bits, cols, damp, _ordered=True)[:, back]
 
     block = width * max(1, BLOCK // width) if width < cols else BLOCK  # groups never cross a block
-    levels = 2 ** bits - 1
+    levels = 2**bits - 1
     grid: dict[str, torch.Tensor] = {}
     everything = torch.arange(rows, device=w.device)
 
@@ -90,9 +94,13 @@ def gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int = 0, damp:
             if width == cols and j == 0:
                 group = w.detach().float()  # one group per row: the whole row, before any update
             scale, lo = affine_grid(group[:, None, :], bits)
-            grid.update(scale=scale.reshape(-1).float(), lo=lo.reshape(-1).float(),
-                        low_at=group.argmin(1), high_at=group.argmax(1),
-                        spread=group.amax(1) > group.amin(1))
+            grid.update(
+                scale=scale.reshape(-1).float(),
+                lo=lo.reshape(-1).float(),
+                low_at=group.argmin(1),
+                high_at=group.argmax(1),
+                spread=group.amax(1) > group.amin(1),
+            )
         col = rest[:, 0]
         codes = torch.clamp(torch.round((col.float() - grid["lo"]) / grid["scale"]), 0, levels)
         codes[everything[grid["low_at"] == offset]] = 0  # pin the extremes: the grid is reproduced
@@ -127,7 +135,7 @@ def obs_prune(w: torch.Tensor, mask: torch.Tensor, h: torch.Tensor, damp: float 
 
 def output_error(w: torch.Tensor, w_hat: torch.Tensor, h: torch.Tensor) -> float:
     """tr((W - W_hat) H (W - W_hat)^T): the summed squared output error on inputs of moment H."""
-    e = (w.detach().double() - w_hat.detach().double())
+    e = w.detach().double() - w_hat.detach().double()
     return float(((e @ h.double()) * e).sum())
 
 
@@ -136,9 +144,14 @@ def column_norms(h: torch.Tensor) -> torch.Tensor:
     return h.detach().double().diagonal().clamp_min(0).sqrt()
 
 
-
-def gptq_pair(u: torch.Tensor, v: torch.Tensor, bits: int, group_size: int, moment: torch.Tensor | None,
-              row_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def gptq_pair(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    bits: int,
+    group_size: int,
+    moment: torch.Tensor | None,
+    row_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stored values of a factor pair W ~= U V, the factor nearest the input first.
 
     With an input moment H (a matmul site): V by GPTQ on H, then U by GPTQ on the moment of its

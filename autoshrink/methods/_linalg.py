@@ -13,6 +13,7 @@ its error is the row-weighted one; a softmax has both (its logit errors weighted
 each word is the target). `Metric` holds D and L; `weighted_low_rank` is the closed-form best
 rank-r fit under it (SVD-LLM's whitened SVD with row weights: Eckart-Young on D W L).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -6,6 +6,7 @@ gradual cubic schedule of Zhu & Gupta that ramps a mask's density during fine-tu
 recompute it; the overlay as stored (quantised like pack_sparse); and a product that uses a CSR
 copy in inference where that is faster on a CPU.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -82,8 +83,16 @@ class RampClock:
 
 
 @torch.no_grad()
-def ramp_mask(mask: torch.Tensor, score: torch.Tensor, k: int, fraction: float, clock: "RampClock",
-              start: float, target: float, row_floor: int = 0) -> None:
+def ramp_mask(
+    mask: torch.Tensor,
+    score: torch.Tensor,
+    k: int,
+    fraction: float,
+    clock: "RampClock",
+    start: float,
+    target: float,
+    row_floor: int = 0,
+) -> None:
     """Set `mask` in place to the largest entries of `score`, as many as the cubic schedule from
     density `start` to `target` allows at `fraction`, and exactly k from RAMP_END on. After the
     ramp the mask is held, unless a mid-ramp state was loaded (its count is then not k)."""

@@ -10,6 +10,7 @@ Float storage (`bits` of a method config):
 Sparse storage (pruning masks, doping overlays): the cheaper of CSR (int32 row pointers, uint16
 or int32 column indices) and a bitmask (one bit per element), values stored as above.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,7 +70,9 @@ def affine_grid(grouped: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.T
     hi = grouped.amax(dim=-1, keepdim=True).detach()
     levels = 2**bits - 1
     lo16 = lo.to(torch.float16)
-    scale16 = ((hi - lo16.float()) / levels).clamp_min(2.0**-24).to(torch.float16)  # fp16 smallest subnormal: 1e-8 rounded to 0 (NaN codes for a constant group)
+    scale16 = (
+        ((hi - lo16.float()) / levels).clamp_min(2.0**-24).to(torch.float16)
+    )  # fp16 smallest subnormal: 1e-8 rounded to 0 (NaN codes for a constant group)
     scale16 = torch.where(torch.isfinite(scale16), scale16, torch.full_like(scale16, 65504.0))
     return scale16, lo16
 
@@ -114,7 +117,7 @@ def pack_uint(values: torch.Tensor | np.ndarray, bits: int) -> torch.Tensor:
 
 def unpack_uint(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     bitplanes = np.unpackbits(packed.cpu().numpy(), bitorder="little")[: n * bits]
-    weights = (np.uint64(1) << np.arange(bits, dtype=np.uint64))
+    weights = np.uint64(1) << np.arange(bits, dtype=np.uint64)
     values = (bitplanes.reshape(n, bits).astype(np.uint64) * weights).sum(axis=1)
     return torch.from_numpy(values.astype(np.int64))
 
@@ -131,12 +134,16 @@ def pack_float(t: torch.Tensor, bits: int, group_size: int = 0) -> dict[str, tor
     codes = _codes(grouped, scale16, lo16, bits).reshape(grouped.shape[0], -1)
     _, cols = as_rows(tuple(t.shape))
     codes = codes[:, :cols].to(torch.int64)
-    return {"codes": pack_uint(codes, bits), "scale": scale16.reshape(-1).contiguous(),
-            "min": lo16.reshape(-1).contiguous()}
+    return {
+        "codes": pack_uint(codes, bits),
+        "scale": scale16.reshape(-1).contiguous(),
+        "min": lo16.reshape(-1).contiguous(),
+    }
 
 
-def unpack_float(packed: dict[str, torch.Tensor], shape: tuple[int, ...], bits: int,
-                 group_size: int = 0) -> torch.Tensor:
+def unpack_float(
+    packed: dict[str, torch.Tensor], shape: tuple[int, ...], bits: int, group_size: int = 0
+) -> torch.Tensor:
     if bits >= 16:
         return packed[""].float().reshape(shape)
     rows, cols = as_rows(shape)
@@ -172,7 +179,11 @@ def pack_sparse(dense: torch.Tensor, mask: torch.Tensor, bits: int, group_size: 
     m, n = dense.shape
     mask = mask.bool().cpu()
     values = dense.detach().float().cpu()[mask]  # row-major order, as CSR and the bitmask both use
-    out = {f"values{'.' + k if k else ''}": v for k, v in pack_float(values, bits, group_size).items()} if values.numel() else {}
+    out = (
+        {f"values{'.' + k if k else ''}": v for k, v in pack_float(values, bits, group_size).items()}
+        if values.numel()
+        else {}
+    )
     nnz = int(mask.sum())
     if csr_index_bytes(m, n, nnz) <= bitmask_bytes(m, n):
         rows, cols = mask.nonzero(as_tuple=True)
@@ -188,11 +199,14 @@ def pack_sparse(dense: torch.Tensor, mask: torch.Tensor, bits: int, group_size: 
     return out
 
 
-def unpack_sparse(packed: dict[str, torch.Tensor], m: int, n: int, bits: int,
-                  group_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def unpack_sparse(
+    packed: dict[str, torch.Tensor], m: int, n: int, bits: int, group_size: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(dense m x n tensor, bool mask) from pack_sparse output."""
     if "bitmask" in packed:
-        mask = torch.from_numpy(np.unpackbits(packed["bitmask"].numpy(), bitorder="little")[: m * n].astype(bool)).reshape(m, n)
+        mask = torch.from_numpy(
+            np.unpackbits(packed["bitmask"].numpy(), bitorder="little")[: m * n].astype(bool)
+        ).reshape(m, n)
     else:
         row_ptr = packed["row_ptr"].long()
         col = packed["col"]
@@ -203,7 +217,11 @@ def unpack_sparse(packed: dict[str, torch.Tensor], m: int, n: int, bits: int,
     nnz = int(mask.sum())
     dense = torch.zeros(m, n)
     if nnz:
-        vals = {k[len("values."):] if k.startswith("values.") else "": v for k, v in packed.items() if k.startswith("values")}
+        vals = {
+            k[len("values.") :] if k.startswith("values.") else "": v
+            for k, v in packed.items()
+            if k.startswith("values")
+        }
         dense[mask] = unpack_float(vals, (nnz,), bits, group_size)
     return dense, mask
 
@@ -218,14 +236,25 @@ def tensors_bytes(tensors: dict[str, torch.Tensor]) -> int:
 # names, dtypes and shapes alone (checked against files written by safetensors 0.8): tensors are
 # laid out by dtype (this order, descending alignment), then by name; "__metadata__" comes first.
 SAFETENSORS_DTYPES = {  # torch dtype -> (header name, rank in safetensors' layout order: higher first)
-    torch.uint64: ("U64", 13), torch.int64: ("I64", 12), torch.float64: ("F64", 11), torch.float32: ("F32", 10),
-    torch.uint32: ("U32", 9), torch.int32: ("I32", 8), torch.bfloat16: ("BF16", 7), torch.float16: ("F16", 6),
-    torch.uint16: ("U16", 5), torch.int16: ("I16", 4), torch.int8: ("I8", 3), torch.uint8: ("U8", 2), torch.bool: ("BOOL", 1),
+    torch.uint64: ("U64", 13),
+    torch.int64: ("I64", 12),
+    torch.float64: ("F64", 11),
+    torch.float32: ("F32", 10),
+    torch.uint32: ("U32", 9),
+    torch.int32: ("I32", 8),
+    torch.bfloat16: ("BF16", 7),
+    torch.float16: ("F16", 6),
+    torch.uint16: ("U16", 5),
+    torch.int16: ("I16", 4),
+    torch.int8: ("I8", 3),
+    torch.uint8: ("U8", 2),
+    torch.bool: ("BOOL", 1),
 }
 
 
-def safetensors_header_bytes(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
-                             metadata: dict[str, str] | None = None) -> int:
+def safetensors_header_bytes(
+    specs: dict[str, tuple[torch.dtype, tuple[int, ...]]], metadata: dict[str, str] | None = None
+) -> int:
     """Bytes before the tensor data of a safetensors file holding tensors name -> (dtype, shape)
     (and string `metadata`): the 8-byte length plus the padded JSON header."""
     import json
@@ -239,8 +268,10 @@ def safetensors_header_bytes(specs: dict[str, tuple[torch.dtype, tuple[int, ...]
     for name in order:
         dtype, shape = specs[name]
         size = int(math.prod(shape)) * torch.empty((), dtype=dtype).element_size()
-        parts.append(f"{dumps(name)}:{{\"dtype\":{dumps(SAFETENSORS_DTYPES[dtype][0])},"
-                     f"\"shape\":{dumps([int(s) for s in shape])},\"data_offsets\":[{offset},{offset + size}]}}")
+        parts.append(
+            f'{dumps(name)}:{{"dtype":{dumps(SAFETENSORS_DTYPES[dtype][0])},'
+            f'"shape":{dumps([int(s) for s in shape])},"data_offsets":[{offset},{offset + size}]}}'
+        )
         offset += size
     header = len(("{" + ",".join(parts) + "}").encode("utf-8"))
     return 8 + header + (-header) % 8

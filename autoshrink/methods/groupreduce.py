@@ -38,6 +38,7 @@ Below 16 bits every block's factors are GPTQ-rounded (`_gptq.gptq_pair`: on a so
 inputs' moment, then U_i; on an embedding V_i's rows on the w-weighted U_i, then U_i), dense
 blocks of a softmax by GPTQ (an embedding's rows round to nearest).
 """
+
 from __future__ import annotations
 
 import math
@@ -48,11 +49,11 @@ import torch
 from torch import nn
 
 from autoshrink.errors import UserError
-from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, calibrated, register, site_freqs
+from autoshrink.methods._base import CompressedWeight, MethodConfig, calibrated, register, site_freqs
 from autoshrink.methods._gptq import gptq, gptq_pair
 from autoshrink.methods._linalg import Metric
 from autoshrink.methods._storage import groups_per_row, pack_uint, unpack_uint
-from autoshrink.sites import Site
+from autoshrink.sites import VOCAB_ROLES, Site
 
 MOVE_FRACTION = 0.1  # most words moved per refinement round (the DiscBlock code's default)
 MIN_MOVED_FRACTION = 0.01  # stop refining when fewer than max(1, this * V) words moved
@@ -64,10 +65,25 @@ class GroupReduceConfig(MethodConfig):
     method = "groupreduce"
     size_knob = "rank"
     roles = VOCAB_ROLES
-    blocks: int = field(default=4, metadata={"help": "number of equal-size blocks of words, sorted by frequency (c >= 1)"})
-    rank: int = field(default=0, metadata={"help": "rank of the rarest block (r_min); other blocks scale it by their mean frequency; 0 = D / 16 (at least 1)"})
-    refine: int = field(default=0, metadata={"help": "rounds of k-subspace refinement: words swap blocks where that lowers the weighted error (sizes and bytes kept; 0 = frequency blocks only)"})
-    alpha: float = field(default=1.0, metadata={"help": "weighted-SVD row weights w = freq^alpha, in [0, 2] (0 = unweighted)"})
+    blocks: int = field(
+        default=4, metadata={"help": "number of equal-size blocks of words, sorted by frequency (c >= 1)"}
+    )
+    rank: int = field(
+        default=0,
+        metadata={
+            "help": "rank of the rarest block (r_min); other blocks scale it by their mean frequency; 0 = D / 16 (at least 1)"
+        },
+    )
+    refine: int = field(
+        default=0,
+        metadata={
+            "help": "rounds of k-subspace refinement: words swap blocks where that lowers the weighted error (sizes and "
+            "bytes kept; 0 = frequency blocks only)"
+        },
+    )
+    alpha: float = field(
+        default=1.0, metadata={"help": "weighted-SVD row weights w = freq^alpha, in [0, 2] (0 = unweighted)"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,7 +99,9 @@ class GroupReduceConfig(MethodConfig):
     def check_site(self, site: Site) -> None:
         super().check_site(site)
         if self.blocks > site.shape[0]:
-            raise UserError(f"groupreduce: blocks={self.blocks} exceeds the {site.shape[0]} words of site {site.name!r}")
+            raise UserError(
+                f"groupreduce: blocks={self.blocks} exceeds the {site.shape[0]} words of site {site.name!r}"
+            )
 
 
 class Block(NamedTuple):
@@ -101,8 +119,10 @@ def _check_freqs(freqs: torch.Tensor | None, site: Site) -> torch.Tensor | None:
         return None
     f = torch.as_tensor(freqs).detach().double().cpu().reshape(-1)
     if f.numel() != site.shape[0] or not torch.isfinite(f).all() or (f < 0).any():
-        raise UserError(f"groupreduce: site {site.name!r} needs {site.shape[0]} finite non-negative word counts, "
-                        f"got {f.numel()} values")
+        raise UserError(
+            f"groupreduce: site {site.name!r} needs {site.shape[0]} finite non-negative word counts, "
+            f"got {f.numel()} values"
+        )
     return f
 
 
@@ -123,8 +143,9 @@ def _perm_bits(v: int) -> int:
     return max(1, (v - 1).bit_length())  # ceil(log2 V)
 
 
-def _stored_pair(u: torch.Tensor, vt: torch.Tensor, config: GroupReduceConfig, metric: Metric,
-                 w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _stored_pair(
+    u: torch.Tensor, vt: torch.Tensor, config: GroupReduceConfig, metric: Metric, w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A block's factors; data-aware below 16 bits GPTQ-rounded (`_gptq.gptq_pair`)."""
     if not config.data_aware or config.bits >= 16:
         return u, vt
@@ -140,8 +161,14 @@ def _stored_rows(rows: torch.Tensor, config: GroupReduceConfig, metric: Metric) 
 
 @register(GroupReduceConfig)
 class GroupReduceWeight(CompressedWeight):
-    def __init__(self, site: Site, config: GroupReduceConfig, blocks: list[Block], parts: list[tuple[torch.Tensor, ...]],
-                 order: torch.Tensor | None):
+    def __init__(
+        self,
+        site: Site,
+        config: GroupReduceConfig,
+        blocks: list[Block],
+        parts: list[tuple[torch.Tensor, ...]],
+        order: torch.Tensor | None,
+    ):
         super().__init__(site, config)
         self.blocks = blocks
         self.factors = nn.ParameterDict()
@@ -194,8 +221,10 @@ class GroupReduceWeight(CompressedWeight):
     def _errors(a: torch.Tensor, w: torch.Tensor, bases: list[torch.Tensor | None]) -> torch.Tensor:
         """c x V weighted projection errors w_j |a_j - P_i a_j|^2 (0 in a dense block)."""
         norms = (a * a).sum(1)  # |a - P a|^2 = |a|^2 - |a B|^2 for an orthonormal basis B (float64)
-        rows = [torch.zeros_like(norms) if basis is None else w * (norms - ((a @ basis) ** 2).sum(1)).clamp_min(0)
-                for basis in bases]
+        rows = [
+            torch.zeros_like(norms) if basis is None else w * (norms - ((a @ basis) ** 2).sum(1)).clamp_min(0)
+            for basis in bases
+        ]
         return torch.stack(rows)
 
     @classmethod
@@ -337,9 +366,12 @@ class GroupReduceWeight(CompressedWeight):
 
     def nbytes(self) -> int:
         d = self.site.shape[1]
-        total = sum(self.float_bytes((b.size, d), self.config) if b.dense else
-                    self.float_bytes((b.size, b.rank), self.config) + self.float_bytes((b.rank, d), self.config)
-                    for b in self.blocks)
+        total = sum(
+            self.float_bytes((b.size, d), self.config)
+            if b.dense
+            else self.float_bytes((b.size, b.rank), self.config) + self.float_bytes((b.rank, d), self.config)
+            for b in self.blocks
+        )
         if self.permuted:
             total += math.ceil(self.site.shape[0] * _perm_bits(self.site.shape[0]) / 8)
         return total
@@ -363,9 +395,14 @@ class GroupReduceWeight(CompressedWeight):
                 parts.append((cls.unpack(tensors, f"b{i}.W", (n, d), config),))
                 continue
             # The rank is the row count of V^T: its shape at 16/32 bits, else its number of scales.
-            r = (tensors[f"b{i}.V"].shape[0] if config.bits >= 16
-                 else tensors[f"b{i}.V.scale"].numel() // groups_per_row(d, config.group_size))
+            r = (
+                tensors[f"b{i}.V"].shape[0]
+                if config.bits >= 16
+                else tensors[f"b{i}.V.scale"].numel() // groups_per_row(d, config.group_size)
+            )
             blocks.append(Block(n, r, False))
-            parts.append((cls.unpack(tensors, f"b{i}.U", (n, r), config), cls.unpack(tensors, f"b{i}.V", (r, d), config)))
+            parts.append(
+                (cls.unpack(tensors, f"b{i}.U", (n, r), config), cls.unpack(tensors, f"b{i}.V", (r, d), config))
+            )
         order = unpack_uint(tensors["perm"], _perm_bits(v), v) if "perm" in tensors else None
         return cls(site, config, blocks, parts, order)

@@ -26,6 +26,7 @@ position, the V x D matrix is never formed. The gather-and-sum is one sparse pro
 D=400, K=8, M=4096 it beats x @ W^T 7x for 1 position, 2.3x forward+backward for 35, and ties at
 700 (where an index_select gather is 2x slower than dense); other dtypes use the index_select loop.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -36,9 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoshrink.errors import UserError
-from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, calibrated, register
+from autoshrink.methods._base import CompressedWeight, MethodConfig, calibrated, register
 from autoshrink.methods._linalg import Metric
-from autoshrink.sites import Site
+from autoshrink.sites import VOCAB_ROLES, Site
 
 AUTO_POOL_RATIO = 8  # pool 0: one pool vector per 8 sub-vectors
 
@@ -50,7 +51,12 @@ class HashConfig(MethodConfig):
     size_knob = "pool"
     roles = VOCAB_ROLES
     chunks: int = field(default=4, metadata={"help": "K: sub-vectors per word row; must divide the row dimension"})
-    pool: int = field(default=0, metadata={"help": "M: shared sub-vectors in the pool (clipped to K * vocabulary); compression ~ V K / M; 0 = V K / 8 (about 8x)"})
+    pool: int = field(
+        default=0,
+        metadata={
+            "help": "M: shared sub-vectors in the pool (clipped to K * vocabulary); compression ~ V K / M; 0 = V K / 8 (about 8x)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of the fixed random word -> pool map (stored, 8 bytes)"})
 
     def __post_init__(self) -> None:
@@ -62,7 +68,9 @@ class HashConfig(MethodConfig):
     def check_site(self, site: Site) -> None:
         super().check_site(site)
         if site.shape[1] % self.chunks:
-            raise UserError(f"hash: chunks={self.chunks} must divide the row dimension {site.shape[1]} of site {site.name!r}")
+            raise UserError(
+                f"hash: chunks={self.chunks} must divide the row dimension {site.shape[1]} of site {site.name!r}"
+            )
 
     def pool_size(self, site: Site) -> int:
         slots = self.chunks * site.shape[0]
@@ -84,17 +92,24 @@ def _weighted_pool(weight: torch.Tensor, mapping: torch.Tensor, m: int, k: int, 
     d = dim // k
     f = torch.ones(v, dtype=torch.float64) if metric.row is None else metric.row.double() ** 2
     h = metric.moment
-    blocks = (torch.eye(d, dtype=torch.float64).expand(k, d, d) if h is None
-              else torch.stack([h[i * d:(i + 1) * d, i * d:(i + 1) * d] for i in range(k)]))
+    blocks = (
+        torch.eye(d, dtype=torch.float64).expand(k, d, d)
+        if h is None
+        else torch.stack([h[i * d : (i + 1) * d, i * d : (i + 1) * d] for i in range(k)])
+    )
     slot = torch.arange(k).repeat(v)  # chunk of each sub-vector (row-major: word, then chunk)
     weights = f.repeat_interleave(k)
     sub = weight.detach().double().reshape(v * k, d)
     # Normal equations per pool vector: (sum_k c_{m,k} H_k) p_m = sum_k H_k s_{m,k}.
     c = torch.zeros(m, k, dtype=torch.float64).index_put_((mapping, slot), weights, accumulate=True)
-    sums = torch.zeros(m, k, d, dtype=torch.float64).index_put_((mapping, slot), weights[:, None] * sub, accumulate=True)
+    sums = torch.zeros(m, k, d, dtype=torch.float64).index_put_(
+        (mapping, slot), weights[:, None] * sub, accumulate=True
+    )
     lhs = torch.einsum("mk,kij->mij", c, blocks)
     rhs = torch.einsum("kij,mkj->mi", blocks, sums)
-    lhs = lhs + 1e-9 * lhs.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)[:, None, None] * torch.eye(d, dtype=torch.float64)
+    lhs = lhs + 1e-9 * lhs.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)[:, None, None] * torch.eye(
+        d, dtype=torch.float64
+    )
     return torch.linalg.solve(lhs, rhs).float()
 
 
@@ -150,8 +165,12 @@ class HashWeight(CompressedWeight):
             with warnings.catch_warnings():  # torch's one-time "sparse CSR is in beta" notice
                 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
                 spread = torch.sparse_csr_tensor(
-                    torch.arange(0, v * k + 1, k, device=x.device), (self.map + self.slot_offset).reshape(-1),
-                    torch.ones(v * k, dtype=partial.dtype, device=x.device), (v, k * m), check_invariants=False)
+                    torch.arange(0, v * k + 1, k, device=x.device),
+                    (self.map + self.slot_offset).reshape(-1),
+                    torch.ones(v * k, dtype=partial.dtype, device=x.device),
+                    (v, k * m),
+                    check_invariants=False,
+                )
             return (spread @ partial.reshape(-1, k * m).T).T.reshape(*lead, v)
         logits = partial[:, 0, :].index_select(-1, self.map[:, 0])
         for j in range(1, k):  # gather-and-sum one slot at a time: no (N, V, K) temporary

@@ -33,6 +33,7 @@ Set `kp_only = True` (or call kp_only_weight()) to evaluate with S zeroed and de
 Stored: A (R m1 x n1, rows quantised) and B (R m2 x n2) at `bits`, plus S as a sparse overlay
 (cheaper of CSR and bitmask, values at `bits`) when k > 0.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,15 @@ from autoshrink.methods import _storage
 from autoshrink.methods._base import CompressedWeight, MethodConfig, calibrated, register
 from autoshrink.methods._gptq import obs_prune
 from autoshrink.methods._linalg import Metric, kronecker_psd, kronecker_rows, nearest_kronecker, psd_cholesky
-from autoshrink.methods._sparse import (RAMP_END, RampClock, SparseProduct, masked_quantised, ramp_mask, stored_mask,
-                                        topk_mask)
+from autoshrink.methods._sparse import (
+    RAMP_END,
+    RampClock,
+    SparseProduct,
+    masked_quantised,
+    ramp_mask,
+    stored_mask,
+    topk_mask,
+)
 
 DOPING_ROUNDS = 3  # alternations of KP <- NKP(W - S), S <- top-k(W - KP)
 RAMP_START_FACTOR = 10.0  # the anneal starts at min(1, 10 x target density)
@@ -71,11 +79,27 @@ class KroneckerConfig(MethodConfig):
     judged_after_training = True  # a one-shot proxy misjudges it (pitfall 12)
     method = "kronecker"
     size_knob = "density"  # stored bytes grow with the number of kept values
-    m1: int = field(default=0, metadata={"help": "rows of A in W ~= A (x) B (must divide m; B has m/m1 rows); 0 = the most square-like divisor of m"})
-    n1: int = field(default=0, metadata={"help": "columns of A (must divide n; B has n/n1 columns); 0 = the most square-like divisor of n"})
+    m1: int = field(
+        default=0,
+        metadata={
+            "help": "rows of A in W ~= A (x) B (must divide m; B has m/m1 rows); 0 = the most square-like divisor of m"
+        },
+    )
+    n1: int = field(
+        default=0,
+        metadata={"help": "columns of A (must divide n; B has n/n1 columns); 0 = the most square-like divisor of n"},
+    )
     terms: int = field(default=1, metadata={"help": "R, the number of Kronecker products summed"})
-    density: float = field(default=0.0, metadata={"help": "doping: fraction of the m x n entries in the sparse overlay S, in [0, 1]"})
-    cmr: float = field(default=0.5, metadata={"help": "CMR (co-matrix dropout): dropout probability of the overlay S's path while its density anneals, so A (x) B learns to carry the signal, in [0, 1)"})
+    density: float = field(
+        default=0.0, metadata={"help": "doping: fraction of the m x n entries in the sparse overlay S, in [0, 1]"}
+    )
+    cmr: float = field(
+        default=0.5,
+        metadata={
+            "help": "CMR (co-matrix dropout): dropout probability of the overlay S's path while its density anneals, so "
+            "A (x) B learns to carry the signal, in [0, 1)"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,12 +123,16 @@ class KroneckerConfig(MethodConfig):
         super().check_site(site)
         m, n = site.shape
         if (self.m1 and m % self.m1) or (self.n1 and n % self.n1):
-            raise UserError(f"kronecker: A of {self.m1 or 'auto'} x {self.n1 or 'auto'} does not factor the "
-                            f"{m} x {n} matrix of {site.name!r} (m1 must divide {m} and n1 must divide {n})")
+            raise UserError(
+                f"kronecker: A of {self.m1 or 'auto'} x {self.n1 or 'auto'} does not factor the "
+                f"{m} x {n} matrix of {site.name!r} (m1 must divide {m} and n1 must divide {n})"
+            )
         m1, m2, n1, n2 = self.factors(site.shape)
         if self.terms > min(m1 * n1, m2 * n2):
-            raise UserError(f"kronecker: terms={self.terms} exceeds the rank {min(m1 * n1, m2 * n2)} of the "
-                            f"rearranged {m} x {n} matrix of {site.name!r} with A {m1} x {n1}, B {m2} x {n2}")
+            raise UserError(
+                f"kronecker: terms={self.terms} exceeds the rank {min(m1 * n1, m2 * n2)} of the "
+                f"rearranged {m} x {n} matrix of {site.name!r} with A {m1} x {n1}, B {m2} x {n2}"
+            )
 
 
 def _fit(w: torch.Tensor, config: KroneckerConfig, metric: Metric, factored) -> tuple:
@@ -150,8 +178,16 @@ def _weighted_nkp(w: torch.Tensor, m1: int, n1: int, terms: int, rows, chols) ->
 @register(KroneckerConfig)
 class KroneckerWeight(CompressedWeight):
     settles_at = RAMP_END  # the doping reaches its stored density here
-    def __init__(self, site, config: KroneckerConfig, a: torch.Tensor, b: torch.Tensor,
-                 s: torch.Tensor | None, mask: torch.Tensor | None):
+
+    def __init__(
+        self,
+        site,
+        config: KroneckerConfig,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        s: torch.Tensor | None,
+        mask: torch.Tensor | None,
+    ):
         super().__init__(site, config)
         self.k = config.nnz(site.shape)
         self.a = nn.Parameter(a.detach().clone().float())
@@ -176,8 +212,10 @@ class KroneckerWeight(CompressedWeight):
         if metric.plain:
             return plain
         m1, m2, n1, n2 = config.factors(site.shape)
-        factored = (None if metric.row is None else kronecker_rows(metric.row, (m1, m2)),
-                    None if metric.chol is None else [psd_cholesky(h) for h in kronecker_psd(metric.moment, (n1, n2))])
+        factored = (
+            None if metric.row is None else kronecker_rows(metric.row, (m1, m2)),
+            None if metric.chol is None else [psd_cholesky(h) for h in kronecker_psd(metric.moment, (n1, n2))],
+        )
         aware = cls(site, config, *_fit(w, config, metric, factored))
         with torch.no_grad():
             return aware if metric.error(w, aware.weight()) <= metric.error(w, plain.weight()) else plain

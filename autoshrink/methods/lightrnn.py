@@ -34,6 +34,7 @@ never exact Hungarian (pitfall 9); the new table is kept only if it costs no mor
 error against a target matrix, exact with an optional R x C `cell_cost` for the cross term
 2 <A_r, B_c>, so reallocating with it never increases that error).
 """
+
 from __future__ import annotations
 
 import heapq
@@ -48,10 +49,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoshrink.errors import UserError
-from autoshrink.methods._base import VOCAB_ROLES, CompressedWeight, MethodConfig, calibrated, register, site_freqs
+from autoshrink.methods._base import CompressedWeight, MethodConfig, calibrated, register, site_freqs
 from autoshrink.methods._linalg import row_weights
 from autoshrink.methods._storage import pack_uint, unpack_uint
-from autoshrink.sites import Site
+from autoshrink.sites import VOCAB_ROLES, Site
 
 KMEANS_ITERS = 10  # balanced k-means rounds (rows, then columns); stops early once stable
 FIT_ROUNDS = 5  # alternating least-squares rounds for the tables
@@ -64,7 +65,9 @@ class LightRNNConfig(MethodConfig):
     method = "lightrnn"
     roles = VOCAB_ROLES
     rows: int = field(default=0, metadata={"help": "R: rows of the word table; 0 = ceil(sqrt(V)) (or ceil(V / cols))"})
-    cols: int = field(default=0, metadata={"help": "C: columns of the word table; 0 = ceil(V / rows); rows * cols must be >= V"})
+    cols: int = field(
+        default=0, metadata={"help": "C: columns of the word table; 0 = ceil(V / rows); rows * cols must be >= V"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of the k-means initialisation of the allocation"})
 
     def __post_init__(self) -> None:
@@ -88,7 +91,9 @@ class LightRNNConfig(MethodConfig):
         super().check_site(site)
         r, c = self.grid(site)
         if r * c < site.shape[0]:
-            raise UserError(f"lightrnn: rows={r} x cols={c} = {r * c} cells cannot hold the {site.shape[0]} words of site {site.name!r}")
+            raise UserError(
+                f"lightrnn: rows={r} x cols={c} = {r * c} cells cannot hold the {site.shape[0]} words of site {site.name!r}"
+            )
 
 
 def _bits(count: int) -> int:
@@ -141,8 +146,9 @@ def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * a).sum(1, keepdim=True) + (b * b).sum(1) - 2 * a @ b.T
 
 
-def _group_mean(values: torch.Tensor, groups: torch.Tensor, count: int, old: torch.Tensor,
-                weights: torch.Tensor | None = None) -> torch.Tensor:
+def _group_mean(
+    values: torch.Tensor, groups: torch.Tensor, count: int, old: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """(Weighted) mean of values per group; a group without members keeps its old value."""
     index = groups[:, None].expand(-1, values.shape[1])  # scatter_add_: index_add_ is slow on CPU here
     if weights is not None:
@@ -152,8 +158,14 @@ def _group_mean(values: torch.Tensor, groups: torch.Tensor, count: int, old: tor
     return torch.where(n[:, None] > 0, sums / n.clamp_min(1e-300)[:, None], old)
 
 
-def _columns_within_rows(col_cost: torch.Tensor, cell_cost: torch.Tensor | None, row_of: torch.Tensor,
-                         rows: int, cols: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+def _columns_within_rows(
+    col_cost: torch.Tensor,
+    cell_cost: torch.Tensor | None,
+    row_of: torch.Tensor,
+    rows: int,
+    cols: int,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Distinct columns for the words of each row: greedy matching on col_cost (V x C) + cell_cost[r]
     (the cell term times each word's weight when given)."""
     cell = None if cell_cost is None else cell_cost[row_of] * (1.0 if weights is None else weights[:, None])
@@ -184,8 +196,14 @@ def _split_costs(a: torch.Tensor, p: torch.Tensor, q: torch.Tensor, weights: tor
 class LightRNNWeight(CompressedWeight):
     uses_site_bias = False
 
-    def __init__(self, site: Site, config: LightRNNConfig, tables: dict[str, torch.Tensor],
-                 row_of: torch.Tensor, col_of: torch.Tensor):
+    def __init__(
+        self,
+        site: Site,
+        config: LightRNNConfig,
+        tables: dict[str, torch.Tensor],
+        row_of: torch.Tensor,
+        col_of: torch.Tensor,
+    ):
         super().__init__(site, config)
         self.rows, self.cols = config.grid(site)
         self.names = tuple(_table_shapes(site, config))
@@ -316,8 +334,9 @@ class LightRNNWeight(CompressedWeight):
         return _split_costs(weight.detach().double(), first.double(), second.double())
 
     @torch.no_grad()
-    def reallocate(self, row_cost: torch.Tensor, col_cost: torch.Tensor,
-                   cell_cost: torch.Tensor | None = None) -> tuple[float, float]:
+    def reallocate(
+        self, row_cost: torch.Tensor, col_cost: torch.Tensor, cell_cost: torch.Tensor | None = None
+    ) -> tuple[float, float]:
         """Move words to cells minimising sum_w row_cost[w, r] + col_cost[w, c] (+ cell_cost[r, c]),
         greedily (rows, then columns within rows); the new table is kept only if it costs no more.
         Returns (cost before, cost after)."""
@@ -350,7 +369,13 @@ class LightRNNWeight(CompressedWeight):
         r, c = config.grid(site)
         v = site.shape[0]
         tables = {n: cls.unpack(tensors, n, s, config) for n, s in _table_shapes(site, config).items()}
-        return cls(site, config, tables, unpack_uint(tensors["row_of"], _bits(r), v), unpack_uint(tensors["col_of"], _bits(c), v))
+        return cls(
+            site,
+            config,
+            tables,
+            unpack_uint(tensors["row_of"], _bits(r), v),
+            unpack_uint(tensors["col_of"], _bits(c), v),
+        )
 
 
 def _allocation_cost(costs, row_of, col_of) -> float:

@@ -13,6 +13,7 @@ on the embedding and softmax; each rank-1 term is then rescaled so U and V share
 Below 16 bits the factors are rounded by GPTQ (`_gptq.gptq_pair`): V on the inputs' moment, U on
 that of V x (an embedding: V's rows on the frequency-weighted U, then U's rows).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,7 +34,12 @@ AUTO_RANK_SHARE = 0.25  # rank 0: this share of the break-even rank mn / (m + n)
 class LowRankConfig(MethodConfig):
     method = "lowrank"
     size_knob = "rank"
-    rank: int = field(default=0, metadata={"help": "rank r of W ~= U V (clipped to min(m, n)); pays off when r < mn/(m+n); 0 = a quarter of that break-even rank"})
+    rank: int = field(
+        default=0,
+        metadata={
+            "help": "rank r of W ~= U V (clipped to min(m, n)); pays off when r < mn/(m+n); 0 = a quarter of that break-even rank"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -45,14 +51,15 @@ class LowRankConfig(MethodConfig):
         return min(rank, m, n)
 
 
-def low_rank_init(weight: torch.Tensor, site: Site, config: MethodConfig, r: int,
-                  metric: Metric) -> tuple[torch.Tensor, torch.Tensor]:
+def low_rank_init(
+    weight: torch.Tensor, site: Site, config: MethodConfig, r: int, metric: Metric
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, V) of rank r for one matrix: the fit under `metric`, then (data-aware, below 16 bits)
     GPTQ-rounded to the values they are stored as."""
     u, v = weighted_low_rank(weight, r, metric)
     if metric.plain or config.bits >= 16:
         return u, v
-    weights = None if metric.row is None else metric.row ** 2
+    weights = None if metric.row is None else metric.row**2
     return gptq_pair(u, v, config.bits, config.group_size, metric.moment, weights)
 
 

@@ -28,6 +28,7 @@ loaded from mid-ramp is brought back to exactly k by the next on_progress(f >= 0
 The forward is a dense masked matmul while training, a cached CSR product in inference where
 that is faster (`_sparse.SparseProduct`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -40,7 +41,15 @@ from autoshrink.methods import _storage
 from autoshrink.methods._base import CompressedWeight, MethodConfig, calibrated, register
 from autoshrink.methods._gptq import obs_prune
 from autoshrink.methods._linalg import Metric
-from autoshrink.methods._sparse import RAMP_END, RampClock, SparseProduct, masked_quantised, ramp_mask, stored_mask, topk_mask
+from autoshrink.methods._sparse import (
+    RAMP_END,
+    RampClock,
+    SparseProduct,
+    masked_quantised,
+    ramp_mask,
+    stored_mask,
+    topk_mask,
+)
 
 ROW_FLOOR_SHARE = 0.5  # data-aware, vocabulary rows: each keeps at least this share of k / m
 
@@ -49,7 +58,13 @@ ROW_FLOOR_SHARE = 0.5  # data-aware, vocabulary rows: each keeps at least this s
 class PruneConfig(MethodConfig):
     method = "prune"
     size_knob = "density"  # stored bytes grow with the number of kept values
-    density: float = field(default=0.1, metadata={"help": "fraction of weights kept, in (0, 1], the most salient (|W| or, data-aware, |W| ||X_j||); a cubic ramp to it during fine-tuning"})
+    density: float = field(
+        default=0.1,
+        metadata={
+            "help": "fraction of weights kept, in (0, 1], the most salient (|W| or, data-aware, |W| ||X_j||); a cubic "
+            "ramp to it during fine-tuning"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

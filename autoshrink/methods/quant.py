@@ -10,6 +10,7 @@ onto the columns not yet rounded through H^-1. An embedding's rows are looked up
 so no error can be traded between them: it stays round-to-nearest (which is also the
 frequency-weighted optimum per row on a fixed grid).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -19,6 +19,7 @@ Forward: x, reshaped to (n_1, ..., n_d), is contracted core by core; W is never 
 An embedding row gathers the row's digit i_k from each core.
 Grachev's TT LSTMs never reached acceptable quality: a low-prior option in the search.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,13 @@ CORES = (2, 3, 4)
 class TTConfig(MethodConfig):
     method = "tt"
     size_knob = "rank"
-    cores: int = field(default=3, metadata={"help": "number of TT cores d (2, 3 or 4); m and n are each factored into d balanced factors"})
-    rank: int = field(default=8, metadata={"help": "shared TT-rank of every core boundary (clipped to its largest useful value)"})
+    cores: int = field(
+        default=3,
+        metadata={"help": "number of TT cores d (2, 3 or 4); m and n are each factored into d balanced factors"},
+    )
+    rank: int = field(
+        default=8, metadata={"help": "shared TT-rank of every core boundary (clipped to its largest useful value)"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,7 +84,7 @@ def balanced_factors(x: int, d: int) -> tuple[int, ...]:
         for f in divs:
             if f > cap or f > rest:
                 break
-            if rest % f or f ** k < rest:
+            if rest % f or f**k < rest:
                 continue
             search(rest // f, k - 1, f, acc + (f,))
             if best is not None and best[: len(acc) + 1] < acc + (f,):
@@ -108,13 +114,13 @@ def tt_layout(m: int, n: int, d: int, rank: int) -> TTLayout:
     output digits while many input digits remain (fewer FLOPs), and the modes m_k n_k even out."""
     rows, cols = balanced_factors(m, d)[::-1], balanced_factors(n, d)
     modes = [a * b for a, b in zip(rows, cols)]
-    ranks = [1] + [min(rank, math.prod(modes[: k + 1]), math.prod(modes[k + 1:])) for k in range(d - 1)] + [1]
+    ranks = [1] + [min(rank, math.prod(modes[: k + 1]), math.prod(modes[k + 1 :])) for k in range(d - 1)] + [1]
     return TTLayout(rows, cols, tuple(ranks))
 
 
 def tt_svd(w: torch.Tensor, layout: TTLayout) -> list[torch.Tensor]:
     """TT-SVD of the m x n matrix permuted to modes (m_k n_k): cores r_{k-1} x m_k x n_k x r_k."""
-    rows, cols, ranks = layout.row_modes, layout.col_modes, layout.ranks
+    rows, cols = layout.row_modes, layout.col_modes
     d = len(rows)
     t = w.detach().float().reshape(*rows, *cols)
     t = t.permute(*[p for k in range(d) for p in (k, d + k)])  # (m_1, n_1, m_2, n_2, ...)
@@ -145,7 +151,9 @@ def weighted_tt_svd(w: torch.Tensor, layout: TTLayout, metric: Metric) -> list[t
         if rows is not None:
             core = core / rows[k][None, :, None, None]
         if chols is not None:
-            inverse = torch.linalg.solve_triangular(chols[k], torch.eye(chols[k].shape[0], dtype=torch.float64), upper=False)
+            inverse = torch.linalg.solve_triangular(
+                chols[k], torch.eye(chols[k].shape[0], dtype=torch.float64), upper=False
+            )
             core = torch.einsum("aijb,jc->aicb", core, inverse)
         cores[k] = core.float()
     return cores
@@ -163,8 +171,9 @@ class TTWeight(CompressedWeight):
     def __init__(self, site: Site, config: TTConfig, cores: list[torch.Tensor]):
         super().__init__(site, config)
         self.layout = config.layout(site)
-        self.cores = nn.ParameterList([nn.Parameter(c.detach().clone().float().reshape(self.layout.core_shape(k)))
-                                       for k, c in enumerate(cores)])
+        self.cores = nn.ParameterList(
+            [nn.Parameter(c.detach().clone().float().reshape(self.layout.core_shape(k))) for k, c in enumerate(cores)]
+        )
 
     @classmethod
     def build(cls, weight, site, config, stats=None):
@@ -189,7 +198,7 @@ class TTWeight(CompressedWeight):
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         m, n = self.site.shape
-        rows, cols, d = self.layout.row_modes, self.layout.col_modes, len(self.cores)
+        cols, d = self.layout.col_modes, len(self.cores)
         lead = x.shape[:-1]
         # The state is a matrix (j_{k+1}..j_d, batch, i_1..i_{k-1}) x (j_k, r_{k-1}): each core is
         # one GEMM with the small (n_k r_{k-1}) x (m_k r_k) core, then the next input digit j_{k+1}
@@ -233,5 +242,6 @@ class TTWeight(CompressedWeight):
     @classmethod
     def from_export(cls, tensors, site, config):
         layout = config.layout(site)
-        return cls(site, config, [cls.unpack(tensors, f"core{k}", layout.stored_shape(k), config)
-                                  for k in range(config.cores)])
+        return cls(
+            site, config, [cls.unpack(tensors, f"core{k}", layout.stored_shape(k), config) for k in range(config.cores)]
+        )

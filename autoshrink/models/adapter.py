@@ -20,6 +20,7 @@ as next-token scores is one UserError line: a forward that fails, an output that
 vocabulary, probabilities, non-finite values, or scores that change before the changed token (a
 model that sees the future: a bidirectional RNN, attention without a causal mask).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -55,8 +56,9 @@ class Conventions:
         if self.output not in OUTPUTS:
             raise UserError(f"output={self.output!r}: use one of {', '.join(OUTPUTS)}")
         if self.scores not in SCORES:
-            raise UserError(f"scores={self.scores!r}: use logits or log_probs (return log-probabilities, not "
-                            "probabilities)")
+            raise UserError(
+                f"scores={self.scores!r}: use logits or log_probs (return log-probabilities, not probabilities)"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,8 +176,9 @@ def _vocab_size(module: nn.Module, declared: int | None) -> int:
         return declared
     rows = [m.num_embeddings for m in module.modules() if isinstance(m, nn.Embedding)]
     if not rows:
-        raise UserError(f"{class_name(module)} has no nn.Embedding, so its vocabulary size is unknown: "
-                        "pass vocab_size= to adapt()")
+        raise UserError(
+            f"{class_name(module)} has no nn.Embedding, so its vocabulary size is unknown: pass vocab_size= to adapt()"
+        )
     return max(rows)
 
 
@@ -204,8 +207,14 @@ def _probe(module: nn.Module, batch_first: bool, state: bool, vocab_size: int) -
     shape = tuple(outs[0].shape)
     layouts = _layouts(shape, _PROBE_T, _PROBE_B)
     if not layouts or shape[-1] != vocab_size:
-        return None, (f"scores of shape {shape} for ids of shape {tuple(x.shape)}; expected (T, B, {vocab_size}), "
-                      f"(B, T, {vocab_size}) or (T*B, {vocab_size})"), None
+        return (
+            None,
+            (
+                f"scores of shape {shape} for ids of shape {tuple(x.shape)}; expected (T, B, {vocab_size}), "
+                f"(B, T, {vocab_size}) or (T*B, {vocab_size})"
+            ),
+            None,
+        )
     why = "no layout fits"
     for layout in layouts:
         a, b = (_time_first(o, layout, _PROBE_T, _PROBE_B) for o in outs)
@@ -214,8 +223,14 @@ def _probe(module: nn.Module, batch_first: bool, state: bool, vocab_size: int) -
             why = "changing one token changed other sequences' scores (or not its own)"
             continue
         if diff[:t0, b0].any():
-            return None, (f"{_SEES_FUTURE} (a bidirectional RNN, or attention without a causal mask): scores before "
-                          "a changed token changed too"), None
+            return (
+                None,
+                (
+                    f"{_SEES_FUTURE} (a bidirectional RNN, or attention without a causal mask): scores before "
+                    "a changed token changed too"
+                ),
+                None,
+            )
         return layout, "", a
     return None, why, None
 
@@ -225,13 +240,20 @@ def _scores_kind(scores: torch.Tensor, name: str) -> str:
         raise UserError(f"{name}: the scores of a probe forward are not finite")
     lse = torch.logsumexp(scores, -1)
     if scores.min() >= 0 and (scores.sum(-1) - 1).abs().max() < 1e-4:
-        raise UserError(f"{name}: its outputs are probabilities (rows sum to 1): return logits or log-probabilities "
-                        "(log_softmax)")
+        raise UserError(
+            f"{name}: its outputs are probabilities (rows sum to 1): return logits or log-probabilities (log_softmax)"
+        )
     return "log_probs" if lse.abs().max() < 1e-4 else "logits"
 
 
-def detect(module: nn.Module, vocab_size: int, batch_first: bool | None = None, output: str | None = None,
-           scores: str | None = None, state: bool | None = None) -> Conventions:
+def detect(
+    module: nn.Module,
+    vocab_size: int,
+    batch_first: bool | None = None,
+    output: str | None = None,
+    scores: str | None = None,
+    state: bool | None = None,
+) -> Conventions:
     """The conventions of `module`; what is declared is kept, the rest found by the probe."""
     name = class_name(module)
     state = _wants_state(module) if state is None else state
@@ -248,15 +270,29 @@ def detect(module: nn.Module, vocab_size: int, batch_first: bool | None = None, 
     found = [(bf, layout, s) for bf, layout, _, s in tried if layout is not None and (output in (None, layout))]
     if not found:
         why = next((w for _, _, w, _ in tried if w.startswith(_SEES_FUTURE)), tried[0][2])
-        hint = "" if why.startswith(_SEES_FUTURE) else ("; declare how to call it: adapt(model, batch_first=..., "
-                                                        "output=..., state=...) (README: Your own model)")
+        hint = (
+            ""
+            if why.startswith(_SEES_FUTURE)
+            else (
+                "; declare how to call it: adapt(model, batch_first=..., "
+                "output=..., state=...) (README: Your own model)"
+            )
+        )
         raise UserError(f"{name}: its outputs cannot be read as next-token scores: {why}{hint}")
     bf, layout, probe_scores = found[0]  # both layouts fit only a model that looks at one token: then the guess
     return Conventions(batch_first=bf, output=layout, scores=scores or _scores_kind(probe_scores, name), state=state)
 
 
-def adapt(model: nn.Module, vocab=None, *, batch_first: bool | None = None, output: str | None = None,
-          scores: str | None = None, state: bool | None = None, vocab_size: int | None = None) -> nn.Module:
+def adapt(
+    model: nn.Module,
+    vocab=None,
+    *,
+    batch_first: bool | None = None,
+    output: str | None = None,
+    scores: str | None = None,
+    state: bool | None = None,
+    vocab_size: int | None = None,
+) -> nn.Module:
     """`model` as autoshrink trains and measures it (module doc). autoshrink's own models (and a
     model adapted before) come back as they are. `vocab` (the corpus's word vocabulary) is kept
     as `lm.vocab` of a wrapped model; a vocabulary larger than the model's scores is refused."""
@@ -268,8 +304,10 @@ def adapt(model: nn.Module, vocab=None, *, batch_first: bool | None = None, outp
         lm = TorchLM(model, conventions, size)
     if vocab is not None and isinstance(lm, TorchLM):
         if len(vocab) > lm.vocab_size:
-            raise UserError(f"the corpus vocabulary has {len(vocab):,} words but {class_name(lm.module)} scores "
-                            f"{lm.vocab_size:,}: build the model with len(vocab) words")
+            raise UserError(
+                f"the corpus vocabulary has {len(vocab):,} words but {class_name(lm.module)} scores "
+                f"{lm.vocab_size:,}: build the model with len(vocab) words"
+            )
         lm.vocab = vocab
     return lm
 
@@ -278,22 +316,30 @@ def _native(model: nn.Module) -> bool:
     """autoshrink's own models already follow its conventions."""
     from autoshrink.models.hf import HFCausalLM
     from autoshrink.models.lstm_lm import LSTMLM
+
     return isinstance(model, (LSTMLM, HFCausalLM))
 
 
 def describe(lm: TorchLM) -> dict:
     """What model.json records of a compressed user model: its class, conventions and vocabulary."""
     vocab = getattr(lm, "vocab", None)
-    return {"architecture": "torch", "class": lm.meta["class"], "conventions": lm.conventions.to_dict(),
-            "vocab_size": lm.vocab_size, "vocab": vocab.to_json() if hasattr(vocab, "to_json") else None}
+    return {
+        "architecture": "torch",
+        "class": lm.meta["class"],
+        "conventions": lm.conventions.to_dict(),
+        "vocab_size": lm.vocab_size,
+        "vocab": vocab.to_json() if hasattr(vocab, "to_json") else None,
+    }
 
 
 def rebuild(meta: dict, model: nn.Module | Callable[[], nn.Module] | None, where: str) -> TorchLM:
     """The adapted dense model a compressed export of a user model is loaded into: `model` is a
     fresh instance of the user's class (or a function that makes one)."""
     if model is None:
-        raise UserError(f"{where} holds a compressed {meta.get('class', 'torch model')}: pass your model to load it, "
-                        f"autoshrink.load({where!r}, model=YourLM(...)) with the constructor arguments of the original")
+        raise UserError(
+            f"{where} holds a compressed {meta.get('class', 'torch model')}: pass your model to load it, "
+            f"autoshrink.load({where!r}, model=YourLM(...)) with the constructor arguments of the original"
+        )
     if not isinstance(model, nn.Module):
         model = model() if callable(model) else model
         if not isinstance(model, nn.Module):

@@ -2,6 +2,7 @@
 
 Weights are read with safetensors only: nothing from a user file is ever unpickled.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,5 +54,7 @@ def load_dense(folder: Path) -> tuple[LSTMLM, Vocab, dict]:
         raise UserError(f"cannot read {folder / WEIGHTS}: {e}") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise UserError(f"{folder / WEIGHTS} does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(
+            f"{folder / WEIGHTS} does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model, Vocab.from_json(meta["vocab"]), meta

@@ -14,6 +14,7 @@ Two kinds of site, by where the weight lives:
 A site's name follows the module's own parameter names, so a plan reads like the model. Biases
 stay plain parameters of the module; a site covers its weight matrix only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -146,8 +147,15 @@ def compressed_sites(model: nn.Module) -> list[Site]:
         if ".parametrizations." in name:  # an in-place site (plan/parametrize.py): named as the plan named it
             name = module.site.name
         owner = owner_of_storage.setdefault(id(module.storage), name)
-        out.append(dataclasses.replace(module.site, name=name, tied_with=None if owner == name else owner,
-                                       method=module.method, stored_bytes=module.stored_bytes()))
+        out.append(
+            dataclasses.replace(
+                module.site,
+                name=name,
+                tied_with=None if owner == name else owner,
+                method=module.method,
+                stored_bytes=module.stored_bytes(),
+            )
+        )
     return out
 
 

@@ -12,6 +12,7 @@ the train split (755 windows, about 170 s) and 217 MB at k=64. It pays only afte
 epoch of steps (never for trials, little for a 3-epoch cap) and top-k drops the tail of the
 teacher's distribution, so the teacher runs each step.
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,6 +46,7 @@ def kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> 
     return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
 
 
-def mixed_loss(ce: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-               weight: float) -> torch.Tensor:
+def mixed_loss(
+    ce: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor, weight: float
+) -> torch.Tensor:
     return (1.0 - weight) * ce + weight * kl_per_token(student_logits, teacher_logits)

@@ -17,6 +17,7 @@ linear otherwise. Position tables (GPT-2's wpe) are not sites: they stay dense.
 Weights are loaded in fp32 (the training loop's dtype; the stored bytes of dense parameters
 follow it). transformers is imported only when a Hugging Face folder is used.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,6 +43,7 @@ _MLP_LAST = ("c_fc", "fc1", "fc2", "w1", "w2", "w3")
 def is_hf_folder(path: Path) -> bool:
     """A folder with a Hugging Face config.json (an autoshrink folder has model.json instead)."""
     from autoshrink.models.checkpoint import META
+
     return path.is_dir() and (path / CONFIG).is_file() and not (path / META).is_file()
 
 
@@ -120,6 +122,7 @@ def transformer_sites(model: HFCausalLM) -> list[Site]:
 def _quiet_transformers():
     """No progress bars or config warnings on stderr while loading; errors still raise."""
     from transformers.utils import logging
+
     level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
     logging.disable_progress_bar()
@@ -133,6 +136,7 @@ def _quiet_transformers():
 
 def _config(folder: Path):
     from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -150,20 +154,25 @@ def _vocab(folder: Path, hf: nn.Module) -> SubwordVocab:
 
 def _tokenizer(folder: Path, vocab_size: int):
     from transformers import AutoTokenizer
+
     _check_tokenizer_files(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{folder}: the tokenizer cannot be loaded ({_first_line(e)})") from None
     if len(tokenizer) > vocab_size:
-        raise UserError(f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model only {vocab_size} embeddings")
+        raise UserError(
+            f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model only {vocab_size} embeddings"
+        )
     return tokenizer
 
 
 def _check_tokenizer_files(folder: Path) -> None:
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise UserError(f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...): "
-                        "save it there too (tokenizer.save_pretrained(folder))")
+        raise UserError(
+            f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...): "
+            "save it there too (tokenizer.save_pretrained(folder))"
+        )
 
 
 def _first_line(e: Exception) -> str:
@@ -172,9 +181,12 @@ def _first_line(e: Exception) -> str:
 
 def _causal_class(folder: Path, config):
     from transformers import AutoModelForCausalLM
+
     if type(config) not in AutoModelForCausalLM._model_mapping:
-        raise UserError(f"{folder}: {type(config).__name__} ({config.model_type}) is not a causal language model "
-                        "(AutoModelForCausalLM has no class for it)")
+        raise UserError(
+            f"{folder}: {type(config).__name__} ({config.model_type}) is not a causal language model "
+            "(AutoModelForCausalLM has no class for it)"
+        )
     return AutoModelForCausalLM
 
 
@@ -186,17 +198,24 @@ def load_hf(folder: Path) -> tuple[HFCausalLM, SubwordVocab, dict]:
         auto = _causal_class(folder, config)
         _check_tokenizer_files(folder)  # before the weights: a big model loads for a while
         try:
-            hf, info = auto.from_pretrained(folder, config=config, local_files_only=True, dtype=torch.float32,
-                                            output_loading_info=True)
+            hf, info = auto.from_pretrained(
+                folder, config=config, local_files_only=True, dtype=torch.float32, output_loading_info=True
+            )
         except (OSError, ValueError, RuntimeError) as e:
             raise UserError(f"{folder}: the model weights cannot be loaded ({_first_line(e)})") from None
         if info.get("missing_keys") or info.get("mismatched_keys"):
             missing = sorted(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
-            raise UserError(f"{folder}: the weights do not match config.json (missing or mismatched: {', '.join(missing[:3])})")
+            raise UserError(
+                f"{folder}: the weights do not match config.json (missing or mismatched: {', '.join(missing[:3])})"
+            )
         vocab = _vocab(folder, hf)
     model = HFCausalLM(hf, vocab, str(folder))
-    meta = {"format": FORMAT, "source": str(folder.resolve()), "model_type": config.model_type,
-            "architecture": type(hf).__name__}
+    meta = {
+        "format": FORMAT,
+        "source": str(folder.resolve()),
+        "model_type": config.model_type,
+        "architecture": type(hf).__name__,
+    }
     return model, vocab, meta
 
 

@@ -4,6 +4,7 @@ A model folder is told apart by the "format" of its model.json. Formats written 
 (the compressed export of final/export.py) register their loader here with `register_format`,
 so this module never imports them: data flows one way (docs/design.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,14 @@ def folder_format(path: Path) -> str | None:
         return None
 
 
-def load(name_or_path: str, data: str = "kjv", seed: int = 0, device: str = "auto",
-         on_log: Callable[[dict], None] | None = None, model: Any = None) -> nn.Module:
+def load(
+    name_or_path: str,
+    data: str = "kjv",
+    seed: int = 0,
+    device: str = "auto",
+    on_log: Callable[[dict], None] | None = None,
+    model: Any = None,
+) -> nn.Module:
     """A ready model: a preset name (pretrained on `data`, cached), a saved autoshrink model
     folder (a dense checkpoint or a compressed export, by the "format" of its model.json), or a
     local Hugging Face causal LM folder (config.json, weights and tokenizer, as
@@ -68,8 +75,10 @@ def load(name_or_path: str, data: str = "kjv", seed: int = 0, device: str = "aut
             loader = _LOADERS.get(folder_format(path), load_dense)  # load_dense names a format it does not know
             model, vocab, meta = loader(path, model=model) if model is not None else loader(path)
         else:
-            raise UserError(f"{path} is neither an autoshrink model folder (model.json) nor a Hugging Face model "
-                            f"folder (config.json)")
+            raise UserError(
+                f"{path} is neither an autoshrink model folder (model.json) nor a Hugging Face model "
+                f"folder (config.json)"
+            )
     model.vocab = vocab
     model.meta = meta
     return model.eval()

@@ -4,6 +4,7 @@ Each LSTM layer keeps its input-to-hidden and hidden-to-hidden matrices as separ
 (`rnn.<k>.ih`, `rnn.<k>.hh`), so a plan can replace either with a compressed module. Gate order
 i, f, g, o as in torch.nn.LSTM.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -41,8 +42,17 @@ class LSTMLayer(nn.Module):
             # torch's fused kernel, as nn.LSTM uses; ~10x faster on a CPU than the step loop.
             # A compressed matrix is built once per sequence for it (dense_parameters).
             h0, c0 = state
-            out, h, c = torch.lstm(x, (h0.unsqueeze(0), c0.unsqueeze(0)), [ih[0], hh[0], ih[1], hh[1]],
-                                   True, 1, 0.0, self.training, False, False)
+            out, h, c = torch.lstm(
+                x,
+                (h0.unsqueeze(0), c0.unsqueeze(0)),
+                [ih[0], hh[0], ih[1], hh[1]],
+                True,
+                1,
+                0.0,
+                self.training,
+                False,
+                False,
+            )
             return out, (h.squeeze(0), c.squeeze(0))
         gates_x = self.ih(x)  # any other module: one product for all steps, then step by step
         h, c = state
@@ -81,12 +91,12 @@ class LSTMLM(nn.Module):
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
         for layer in self.rnn:
-            bound = layer.hidden ** -0.5
+            bound = layer.hidden**-0.5
             for lin in (layer.ih, layer.hh):
                 nn.init.uniform_(lin.weight, -bound, bound)
                 nn.init.zeros_(lin.bias)
             with torch.no_grad():  # forget-gate bias 1: remember by default early in training
-                layer.ih.bias[layer.hidden:2 * layer.hidden] = 1.0
+                layer.ih.bias[layer.hidden : 2 * layer.hidden] = 1.0
 
     def init_state(self, batch_size: int, device=None) -> State:
         z = torch.zeros(batch_size, self.config.hidden, device=device)

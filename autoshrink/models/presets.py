@@ -1,4 +1,5 @@
 """Built-in model presets: the reference `kjv-lstm` and its quick sibling `kjv-lstm-tiny`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,13 +27,25 @@ class Preset:
 PRESETS = {
     # docs/benchmark.md: 2 x 256 LSTM, untied 10,002-word embedding and softmax, 6,183,698 parameters.
     # Dropout 0.4: 6.2M parameters on 846k tokens overfit quickly without it.
-    "kjv-lstm": Preset("kjv-lstm", 10_000, 256, 256, 2, 0.4,
-                       TrainConfig(epochs=12, batch_size=32, bptt=35, lr=2e-3, patience=2, schedule="plateau",
-                                   validate_start=False)),
+    "kjv-lstm": Preset(
+        "kjv-lstm",
+        10_000,
+        256,
+        256,
+        2,
+        0.4,
+        TrainConfig(epochs=12, batch_size=32, bptt=35, lr=2e-3, patience=2, schedule="plateau", validate_start=False),
+    ),
     # Same architecture, small enough to pretrain in well under a minute on 2 CPU cores.
-    "kjv-lstm-tiny": Preset("kjv-lstm-tiny", 2_000, 32, 32, 2, 0.1,
-                            TrainConfig(epochs=0.4, batch_size=64, bptt=35, lr=1e-2, patience=2, schedule="plateau",
-                                        validate_start=False)),
+    "kjv-lstm-tiny": Preset(
+        "kjv-lstm-tiny",
+        2_000,
+        32,
+        32,
+        2,
+        0.1,
+        TrainConfig(epochs=0.4, batch_size=64, bptt=35, lr=1e-2, patience=2, schedule="plateau", validate_start=False),
+    ),
 }
 
 

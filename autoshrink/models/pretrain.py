@@ -4,6 +4,7 @@
 (`$AUTOSHRINK_CACHE` or ~/.cache/autoshrink), the weights shipped in the package (kjv-lstm on
 kjv, seed 0), or a fresh pretraining run that is then cached.
 """
+
 from __future__ import annotations
 
 import platform
@@ -36,9 +37,17 @@ def shipped_dir(name: str, data: str, seed: int) -> Path | None:
     return None
 
 
-def pretrain(name: str = "kjv-lstm", data: str = "kjv", epochs: float | None = None, device: str = "auto",
-             seed: int = 0, out: Path | None = None, command: str | None = None, on_log: Callable[[dict], None] | None = None,
-             on_eval: Callable[[int, float], None] | None = None) -> Path:
+def pretrain(
+    name: str = "kjv-lstm",
+    data: str = "kjv",
+    epochs: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    out: Path | None = None,
+    command: str | None = None,
+    on_log: Callable[[dict], None] | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
+) -> Path:
     """Train preset `name` on `data` from scratch; save to the cache (or `out`); return the folder."""
     preset = get_preset(name)
     lm = load_lm_data(data, max_words=preset.max_words)
@@ -51,18 +60,36 @@ def pretrain(name: str = "kjv-lstm", data: str = "kjv", epochs: float | None = N
     dev = pick_device(device)
     val = evaluate_perplexity(model, lm.valid, device=dev)
     test = evaluate_perplexity(model, lm.test, device=dev)
-    info = {"preset": name, "data": corpus_key(data), "seed": seed,
-            "pretrain": {"command": command or f"pretrain({name!r}, {data!r}, seed={seed})",
-                         "epochs": cfg.epochs, "steps": result.steps, "seconds": round(result.seconds, 1),
-                         "tokens_per_s": round(result.tokens_per_s), "val_ppl": round(val, 3), "test_ppl": round(test, 3),
-                         "history": result.history, "device": str(dev), "torch": torch.__version__,
-                         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                         "date": time.strftime("%Y-%m-%d")}}
+    info = {
+        "preset": name,
+        "data": corpus_key(data),
+        "seed": seed,
+        "pretrain": {
+            "command": command or f"pretrain({name!r}, {data!r}, seed={seed})",
+            "epochs": cfg.epochs,
+            "steps": result.steps,
+            "seconds": round(result.seconds, 1),
+            "tokens_per_s": round(result.tokens_per_s),
+            "val_ppl": round(val, 3),
+            "test_ppl": round(test, 3),
+            "history": result.history,
+            "device": str(dev),
+            "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d"),
+        },
+    }
     return save_dense(out or cache_dir(name, data, seed), model.cpu(), lm.vocab, info)
 
 
-def pretrained(name: str = "kjv-lstm", data: str = "kjv", seed: int = 0, device: str = "auto",
-               on_log: Callable[[dict], None] | None = None) -> tuple[LSTMLM, Vocab, dict]:
+def pretrained(
+    name: str = "kjv-lstm",
+    data: str = "kjv",
+    seed: int = 0,
+    device: str = "auto",
+    on_log: Callable[[dict], None] | None = None,
+) -> tuple[LSTMLM, Vocab, dict]:
     """A pretrained preset: cached, shipped, or trained now (and cached). Pretraining on first use
     is announced on stderr and followed by `on_log`, or else by its own progress bar (lines when
     stderr is not a terminal)."""
@@ -74,8 +101,10 @@ def pretrained(name: str = "kjv-lstm", data: str = "kjv", seed: int = 0, device:
         progress = None
         if on_log is None:
             progress = on_log = TrainingProgress(f"pretraining {name}", leave=True)
-            progress.log(f"{name} on {corpus_key(data)} (seed {seed}) is not in the cache yet: pretraining it once, "
-                         f"then it is kept in {cache_dir(name, data, seed)}")
+            progress.log(
+                f"{name} on {corpus_key(data)} (seed {seed}) is not in the cache yet: pretraining it once, "
+                f"then it is kept in {cache_dir(name, data, seed)}"
+            )
         try:
             folder = pretrain(name, data, device=device, seed=seed, on_log=on_log)
         finally:

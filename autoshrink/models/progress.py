@@ -5,6 +5,7 @@ stderr) it is quiet except for one line every `every_s` seconds and one at the e
 wait never looks like a hang and a log never fills with bar redraws. Pretraining on first use,
 each trial of a search and final training all use it.
 """
+
 from __future__ import annotations
 
 import sys
@@ -30,8 +31,14 @@ class TrainingProgress:
     """Call it with each record of train_lm's `on_log`; `close()` when the run ends. `note(text)`
     adds a remark (a validation) to the bar and the next line."""
 
-    def __init__(self, desc: str, log: Callable[[str], None] | None = None, every_s: float = 30.0,
-                 bar: bool | None = None, leave: bool = False):
+    def __init__(
+        self,
+        desc: str,
+        log: Callable[[str], None] | None = None,
+        every_s: float = 30.0,
+        bar: bool | None = None,
+        leave: bool = False,
+    ):
         self.desc, self.log, self.every_s, self.leave = desc, log or _stderr, every_s, leave
         self.use_bar = sys.stderr.isatty() if bar is None else bar
         self.bar = None
@@ -53,8 +60,10 @@ class TrainingProgress:
             self.bar.set_postfix_str(self._postfix(self.record), refresh=False)
 
     def line(self, record: dict) -> str:
-        return (f"{self.desc}: step {record['step']}/{record['steps']}, {self._postfix(record)}, "
-                f"ETA {duration(record.get('eta_s', 0.0))}")
+        return (
+            f"{self.desc}: step {record['step']}/{record['steps']}, {self._postfix(record)}, "
+            f"ETA {duration(record.get('eta_s', 0.0))}"
+        )
 
     def _postfix(self, record: dict | None) -> str:
         parts = [] if record is None else [f"loss {record['loss']:.3f}", f"{record['tokens_per_s']:,.0f} tokens/s"]
@@ -62,9 +71,17 @@ class TrainingProgress:
 
     def _draw(self, record: dict) -> None:
         from tqdm import tqdm
+
         if self.bar is None:
-            self.bar = tqdm(total=record["steps"], desc=self.desc, unit="step", file=sys.stderr, mininterval=1.0,
-                            leave=self.leave, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=record["steps"],
+                desc=self.desc,
+                unit="step",
+                file=sys.stderr,
+                mininterval=1.0,
+                leave=self.leave,
+                dynamic_ncols=True,
+            )
         self.bar.update(record["step"] - self.bar.n)
         self.bar.set_postfix_str(self._postfix(record), refresh=False)
 

@@ -6,6 +6,7 @@
 - "plateau" (pretraining from scratch): constant, divided by 4 at every validation that does
   not improve (the classic LSTM LM recipe; `train_lm` applies the cuts).
 """
+
 from __future__ import annotations
 
 import math

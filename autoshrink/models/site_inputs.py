@@ -25,6 +25,7 @@ output before it, replayed with an identity output projection. A hook on a modul
 fused fast path of nn.TransformerEncoderLayer, so its `linear1`/`linear2` are then called as
 modules and plain hooks on them see their inputs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -79,8 +80,17 @@ def recurrent_inputs(rnn: nn.RNNBase, input: torch.Tensor, hx=None) -> dict[str,
             hs, prev, full = [None] * steps, [], []
             for t in order:
                 prev.append(h)
-                h, c, unprojected = _gates(rnn.mode, layer_in[t], h, c, w["weight_ih"], w["weight_hh"], w["bias_ih"],
-                                           w["bias_hh"], w["weight_hr"])
+                h, c, unprojected = _gates(
+                    rnn.mode,
+                    layer_in[t],
+                    h,
+                    c,
+                    w["weight_ih"],
+                    w["weight_hh"],
+                    w["bias_ih"],
+                    w["bias_hh"],
+                    w["weight_hr"],
+                )
                 hs[t] = h
                 if unprojected is not None:
                     full.append(unprojected)
@@ -94,23 +104,54 @@ def recurrent_inputs(rnn: nn.RNNBase, input: torch.Tensor, hx=None) -> dict[str,
 
 
 @torch.no_grad()
-def attention_inputs(mha: nn.MultiheadAttention, query, key, value, key_padding_mask=None, need_weights=True,
-                     attn_mask=None, average_attn_weights=True, is_causal=False) -> dict[str, torch.Tensor]:
+def attention_inputs(
+    mha: nn.MultiheadAttention,
+    query,
+    key,
+    value,
+    key_padding_mask=None,
+    need_weights=True,
+    attn_mask=None,
+    average_attn_weights=True,
+    is_causal=False,
+) -> dict[str, torch.Tensor]:
     """{site tensor: (N, in) rows it multiplies} of an nn.MultiheadAttention called with these
     arguments: the projections' inputs, and `out_proj` (under the site name `out_proj`) the
     attention output that enters it."""
     q, k, v = (t.transpose(0, 1) if mha.batch_first else t for t in (query, key, value))
     if mha._qkv_same_embed_dim:
         same = query is key and key is value
-        rows = {"in_proj_weight": q.reshape(-1, q.shape[-1]) if same
-                else torch.cat([t.reshape(-1, t.shape[-1]) for t in (q, k, v)])}
+        rows = {
+            "in_proj_weight": q.reshape(-1, q.shape[-1])
+            if same
+            else torch.cat([t.reshape(-1, t.shape[-1]) for t in (q, k, v)])
+        }
     else:
         rows = {f"{n}_proj_weight": t.reshape(-1, t.shape[-1]) for n, t in zip("qkv", (q, k, v))}
     eye = torch.eye(mha.embed_dim, dtype=q.dtype, device=q.device)
     context, _ = F.multi_head_attention_forward(
-        q, k, v, mha.embed_dim, mha.num_heads, mha.in_proj_weight, mha.in_proj_bias, mha.bias_k, mha.bias_v,
-        mha.add_zero_attn, 0.0, eye, None, training=False, key_padding_mask=key_padding_mask, need_weights=False,
-        attn_mask=attn_mask, use_separate_proj_weight=not mha._qkv_same_embed_dim, q_proj_weight=mha.q_proj_weight,
-        k_proj_weight=mha.k_proj_weight, v_proj_weight=mha.v_proj_weight, is_causal=is_causal)
+        q,
+        k,
+        v,
+        mha.embed_dim,
+        mha.num_heads,
+        mha.in_proj_weight,
+        mha.in_proj_bias,
+        mha.bias_k,
+        mha.bias_v,
+        mha.add_zero_attn,
+        0.0,
+        eye,
+        None,
+        training=False,
+        key_padding_mask=key_padding_mask,
+        need_weights=False,
+        attn_mask=attn_mask,
+        use_separate_proj_weight=not mha._qkv_same_embed_dim,
+        q_proj_weight=mha.q_proj_weight,
+        k_proj_weight=mha.k_proj_weight,
+        v_proj_weight=mha.v_proj_weight,
+        is_causal=is_causal,
+    )
     rows["out_proj"] = context.reshape(-1, mha.embed_dim)
     return rows

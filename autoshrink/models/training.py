@@ -10,6 +10,7 @@ at DEFAULT_DISTILL_WEIGHT where a teacher is given, validation every `eval_every
 after `patience` validations without improvement, and the best validated state restored, the
 starting weights included: a converged model comes out no worse than it went in.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,8 +59,14 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
-def evaluate_perplexity(model: nn.Module, ids: torch.Tensor, batch_size: int = 10, bptt: int = 35,
-                        device: torch.device | str = "cpu", max_tokens: int | None = None) -> float:
+def evaluate_perplexity(
+    model: nn.Module,
+    ids: torch.Tensor,
+    batch_size: int = 10,
+    bptt: int = 35,
+    device: torch.device | str = "cpu",
+    max_tokens: int | None = None,
+) -> float:
     """Perplexity over a 1-D id stream (the first `max_tokens` of it when given)."""
     device = torch.device(device)
     if max_tokens is not None:
@@ -116,8 +123,11 @@ class TrainConfig:
 
     def horizon(self, per_epoch: int) -> int:
         """The schedule's length in steps (what `steps`/`epochs` allow; one epoch when neither says)."""
-        caps = [c for c in (self.steps, None if self.epochs is None else max(1, round(self.epochs * per_epoch)))
-                if c is not None]
+        caps = [
+            c
+            for c in (self.steps, None if self.epochs is None else max(1, round(self.epochs * per_epoch)))
+            if c is not None
+        ]
         return min(caps) if caps else per_epoch
 
 
@@ -142,9 +152,14 @@ def _windows(columns: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, t
         yield from bptt_windows(columns, bptt)
 
 
-def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor, cfg: TrainConfig,
-             on_log: Callable[[dict], None] | None = None,
-             on_eval: Callable[[int, float], None] | None = None) -> TrainResult:
+def train_lm(
+    model: nn.Module,
+    train_ids: torch.Tensor,
+    valid_ids: torch.Tensor,
+    cfg: TrainConfig,
+    on_log: Callable[[dict], None] | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
+) -> TrainResult:
     """Train with Adam and truncated BPTT; keep the weights of the best validation perplexity.
 
     `on_log` gets progress records (step, steps, loss, lr, tokens/s, eta_s); `on_eval(step, val_ppl)`
@@ -179,8 +194,9 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor,
         val = evaluate_perplexity(model, valid_ids, device=device, max_tokens=cfg.eval_tokens, bptt=cfg.bptt)
         last_eval_s = time.perf_counter() - eval_start
         result.eval_seconds += last_eval_s
-        result.history.append({"step": cfg.schedule_from + step, "val_ppl": val,
-                               "lr": opt.param_groups[0]["lr"] if step else 0.0})  # the lr of the last step
+        result.history.append(
+            {"step": cfg.schedule_from + step, "val_ppl": val, "lr": opt.param_groups[0]["lr"] if step else 0.0}
+        )  # the lr of the last step
         if total_steps and step / total_steps < settle:
             pass  # mid-ramp: a denser model than the one stored; neither best nor a plateau
         elif val < result.best_val_ppl:
@@ -203,7 +219,9 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor,
             result.stopped = "time"  # the closing validation below still fits in the cap
             break
         set_progress(model, (step - 1) / total_steps)
-        factor = cosine_factor(cfg.schedule_from + step, horizon, cfg.warmup) if cfg.schedule == "cosine" else plateau_scale
+        factor = (
+            cosine_factor(cfg.schedule_from + step, horizon, cfg.warmup) if cfg.schedule == "cosine" else plateau_scale
+        )
         for group in opt.param_groups:
             group["lr"] = cfg.lr * factor
         x, y = next(windows)
@@ -232,14 +250,26 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, valid_ids: torch.Tensor,
             eta = elapsed / step * (total_steps - step)
             if cfg.time is not None:
                 eta = min(eta, max(0.0, cfg.time - elapsed))
-            on_log({"step": cfg.schedule_from + step, "steps": horizon, "loss": loss.item(),
-                    "lr": opt.param_groups[0]["lr"], "tokens_per_s": result.tokens / elapsed, "eta_s": eta})
+            on_log(
+                {
+                    "step": cfg.schedule_from + step,
+                    "steps": horizon,
+                    "loss": loss.item(),
+                    "lr": opt.param_groups[0]["lr"],
+                    "tokens_per_s": result.tokens / elapsed,
+                    "eta_s": eta,
+                }
+            )
         if step % eval_every == 0 or step == total_steps:
             validate(step)
             if cfg.patience is not None and bad_evals >= cfg.patience:
                 result.stopped = "plateau"
                 break
-    if result.stopped == "time" and result.steps and (not result.history or result.history[-1]["step"] != cfg.schedule_from + result.steps):
+    if (
+        result.stopped == "time"
+        and result.steps
+        and (not result.history or result.history[-1]["step"] != cfg.schedule_from + result.steps)
+    ):
         validate(result.steps)  # the steps since the last validation are judged too
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -3,6 +3,7 @@
 A plan is plain JSON users can read and edit: {"decoder": {"method": "groupreduce", "blocks": 4}}.
 Sites not named stay dense. Tied sites share one compressed weight, counted once.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,14 @@ import torch
 from torch import nn
 
 from autoshrink.errors import UserError, read_user_json
-from autoshrink.methods import (CompressedEmbedding, CompressedLinear, CompressedWeight, MethodConfig,
-                                config_from_dict, weight_class)
+from autoshrink.methods import (
+    CompressedEmbedding,
+    CompressedLinear,
+    CompressedWeight,
+    MethodConfig,
+    config_from_dict,
+    weight_class,
+)
 from autoshrink.models.discover import discover_sites
 from autoshrink.plan.parametrize import in_place_weight, place_in_place
 from autoshrink.sites import Site, SiteStats
@@ -75,8 +82,13 @@ def dense_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return module.weight.detach().t(), getattr(module, "bias", None)  # Conv1D stores W^T
 
 
-def compress(model: nn.Module, plan: Mapping[str, Any] | str | Path, freqs: torch.Tensor | None = None,
-             sites: list[Site] | None = None, stats: dict[str, SiteStats] | None = None) -> nn.Module:
+def compress(
+    model: nn.Module,
+    plan: Mapping[str, Any] | str | Path,
+    freqs: torch.Tensor | None = None,
+    sites: list[Site] | None = None,
+    stats: dict[str, SiteStats] | None = None,
+) -> nn.Module:
     """A new model whose planned sites are compressed, each initialised from its dense weight and,
     where `stats` has them, the site's calibration statistics (data-aware builds)."""
     plan = parse_plan(plan)
@@ -111,5 +123,3 @@ def place_compressed(model: nn.Module, by_name: dict[str, Site], built: dict[str
             _set_module(model, site.name, CompressedEmbedding(built[owner]))
         else:
             _set_module(model, site.name, CompressedLinear(built[owner], dense_weight(module)[1]))
-
-

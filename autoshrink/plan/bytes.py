@@ -1,4 +1,5 @@
 """Stored bytes of plans (analytic, before building) and of built models: the numbers a budget bounds."""
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,9 @@ def method_bytes(site: Site, cfg: MethodConfig, freqs: torch.Tensor | None = Non
     return weight_class(cfg).stored_bytes(site, cfg, freqs if site.is_vocab else None)
 
 
-def plan_stored_bytes(sites: list[Site], plan: Plan, freqs: torch.Tensor | None = None,
-                      model_bytes: int | None = None) -> int:
+def plan_stored_bytes(
+    sites: list[Site], plan: Plan, freqs: torch.Tensor | None = None, model_bytes: int | None = None
+) -> int:
     """Stored bytes of the whole model under `plan`, without building it.
 
     `model_bytes` is the dense model's stored bytes (every parameter, shared ones once); the

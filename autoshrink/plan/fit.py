@@ -1,10 +1,12 @@
 """Fitting a method's size knob to a byte target: one site (largest_within) or every site at
 once, uniformly (uniform_plan: the benchmark's single-method baselines and the search's warm start)."""
+
 from __future__ import annotations
 
 from autoshrink.errors import UserError
 from autoshrink.methods import FLOAT_BITS
 from autoshrink.plan.bytes import method_bytes, plan_stored_bytes
+
 
 def _bytes_of(site, config, freqs) -> int:
     return method_bytes(site, config, freqs)
@@ -67,8 +69,9 @@ def _takes(cfg, site) -> bool:
         return False
 
 
-def uniform_plan(base, sites: list, max_bytes: int, freqs=None, model_bytes: int | None = None,
-                 roles: set[str] | None = None) -> dict | None:
+def uniform_plan(
+    base, sites: list, max_bytes: int, freqs=None, model_bytes: int | None = None, roles: set[str] | None = None
+) -> dict | None:
     """The plan giving `base` (its size knob fitted per site) to every site of `roles` (all when
     None) that takes it, the largest such plan within `max_bytes` for the whole model; None when
     even the smallest setting does not fit."""

@@ -13,6 +13,7 @@ nn.RNNBase keeps the weights it last read in `_flat_weights` and refreshes them 
 returns another tensor (`_update_flat_weights`, at every forward), so a rebuilt weight reaches the
 fused kernel; on a GPU, `flatten_parameters` then packs them for cuDNN as it does for dense ones.
 """
+
 from __future__ import annotations
 
 import torch

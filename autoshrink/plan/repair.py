@@ -1,12 +1,15 @@
 """Repair of an over-budget plan, as AMC and HAQ clip their actions: shrink the largest site
 along its size knob, then its bits, then switch it to the space's smallest setting."""
+
 from __future__ import annotations
 
 from autoshrink.errors import UserError
 from autoshrink.methods import FLOAT_BITS
 from autoshrink.plan.bytes import method_bytes, plan_stored_bytes
 
-MIN_REPAIR_BITS = 4  # repair does not push a method's storage below 4 bits (quality falls off, docs/methods.md, Quantisation)
+MIN_REPAIR_BITS = (
+    4  # repair does not push a method's storage below 4 bits (quality falls off, docs/methods.md, Quantisation)
+)
 
 
 def _lower_bits(config, floor: int = MIN_REPAIR_BITS):
@@ -37,8 +40,16 @@ def shrink(config):
         return _lower_bits(config)
 
 
-def repair(plan: dict, sites: list, max_bytes: int | None, freqs=None, fits=None,
-           fallback: dict | None = None, model_bytes: int | None = None, step=None) -> dict | None:
+def repair(
+    plan: dict,
+    sites: list,
+    max_bytes: int | None,
+    freqs=None,
+    fits=None,
+    fallback: dict | None = None,
+    model_bytes: int | None = None,
+    step=None,
+) -> dict | None:
     """Shrink a plan until it fits `max_bytes` (or until `fits(plan)`, for latency budgets), as
     AMC and HAQ clip their actions: the largest compressed site shrinks first, by `step(site,
     config)` (default: `shrink`; a search passes its space's, so a repaired plan keeps to the
@@ -48,8 +59,10 @@ def repair(plan: dict, sites: list, max_bytes: int | None, freqs=None, fits=None
     step = step or (lambda site, config: shrink(config))
     plan = below_dense(plan, sites, freqs, step, fallback or {})
     if fits is None:
+
         def fits(p):
             return plan_stored_bytes(sites, p, freqs, model_bytes) <= max_bytes
+
     by_name = {s.name: s for s in sites}
     fallback = fallback or {}
 

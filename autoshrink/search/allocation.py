@@ -10,6 +10,7 @@ among PROFILE_BITS, its other knobs at their defaults brought into the space, an
 at up to LEVELS sizes, each brought into the space too, so every allocated plan is a plan the
 sampler could draw.
 """
+
 from __future__ import annotations
 
 import time
@@ -43,10 +44,16 @@ def profile_bases(space: SearchSpace, role: str) -> list[MethodConfig]:
         if cls.judged_after_training:
             continue
         defaults = cls()
-        fixed = {name: knob.nearest(getattr(defaults, name)) for name, knob in knobs.items()
-                 if name not in (cls.size_knob, "bits")}
-        widths = sorted({knobs["bits"].nearest(b) for b in PROFILE_BITS}) if "bits" in knobs and cls.size_knob != "bits" \
+        fixed = {
+            name: knob.nearest(getattr(defaults, name))
+            for name, knob in knobs.items()
+            if name not in (cls.size_knob, "bits")
+        }
+        widths = (
+            sorted({knobs["bits"].nearest(b) for b in PROFILE_BITS})
+            if "bits" in knobs and cls.size_knob != "bits"
             else [None]
+        )
         for bits in widths:
             try:
                 bases.append(cls(**fixed, **({"bits": bits} if bits is not None else {})))
@@ -67,8 +74,9 @@ def into_space(space: SearchSpace, site: Site, config: MethodConfig) -> MethodCo
         return None
 
 
-def space_options(space: SearchSpace, sites: list[Site], capacity: int, model_bytes: int,
-                  freqs: torch.Tensor | None) -> dict[str, list[MethodConfig]]:
+def space_options(
+    space: SearchSpace, sites: list[Site], capacity: int, model_bytes: int, freqs: torch.Tensor | None
+) -> dict[str, list[MethodConfig]]:
     """{site: the configs to profile}: levels of every base within what the site can hold, in the space."""
     bases = {role: profile_bases(space, role) for role in ROLES}
     full = site_options(sites, bases, LEVELS, freqs)
@@ -89,8 +97,10 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
         return []
     in_place = [s.name for s in ctx.sites if in_place_target(ctx.model, s.name) is not None]
     if in_place:  # the profile's replay swaps modules on a shallow copy; a parametrized weight would leak
-        log(f"allocation skipped: {len(in_place)} site(s) are compressed in place inside torch modules "
-            f"({in_place[0]}, ...); the search starts from the uniform plans and the sampler")
+        log(
+            f"allocation skipped: {len(in_place)} site(s) are compressed in place inside torch modules "
+            f"({in_place[0]}, ...); the search starts from the uniform plans and the sampler"
+        )
         return []
     start = time.perf_counter()
     valid = ctx.data.valid.reshape(-1)
@@ -103,9 +113,18 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
         return []
     log(f"profile: {count_options} options of {len(options)} sites, each alone, no training -> {folder / PROFILE}")
     by_name = {s.name: s for s in ctx.sites}
-    result = allocate(ctx.model, held_out, options, ctx.max_bytes, freqs=ctx.freqs, stats=ctx.stats,
-                      profile_path=folder / PROFILE, seed=ctx.settings.seed, progress=True,
-                      may_stay_dense=lambda name: not options.get(name) or DENSE in ctx.space.methods_for(by_name[name]))
+    result = allocate(
+        ctx.model,
+        held_out,
+        options,
+        ctx.max_bytes,
+        freqs=ctx.freqs,
+        stats=ctx.stats,
+        profile_path=folder / PROFILE,
+        seed=ctx.settings.seed,
+        progress=True,
+        may_stay_dense=lambda name: not options.get(name) or DENSE in ctx.space.methods_for(by_name[name]),
+    )
     plans: list[tuple[str, Plan]] = [(f"allocation ({result.best.source})", result.best.plan)]
     for fraction in LADDER:
         entry = result.ladder.get(fraction)
@@ -115,9 +134,11 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
     best = result.best
     dense_ppl = float(torch.tensor(result.dense_loss).exp())
     ppl = float(torch.tensor(result.dense_loss + best.joint_loss).exp()) if best.joint_loss is not None else None
-    log(f"allocation: {best.bytes:,} bytes, ppl {ppl:.2f} on {held_out.numel():,} held-out valid tokens before "
+    log(
+        f"allocation: {best.bytes:,} bytes, ppl {ppl:.2f} on {held_out.numel():,} held-out valid tokens before "
         f"training (dense {dense_ppl:.2f}); {len(plans)} allocated plan(s) first, "
-        f"{time.perf_counter() - start:.0f} s")
+        f"{time.perf_counter() - start:.0f} s"
+    )
     for source, plan in plans:
         assert plan_stored_bytes(ctx.sites, plan, ctx.freqs, ctx.model_bytes) <= ctx.max_bytes, source
     return plans

@@ -3,6 +3,7 @@
 Parsing, and the byte limit a budget sets for a model and space (check_feasible). Fitting
 a method to bytes is plan/fit.py; repairing a plan is plan/repair.py.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,8 +41,10 @@ def parse_budget(text: str) -> Budget:
     """Parse a budget string; anything else is a UserError that shows the value."""
     m = _BUDGET.match(str(text))
     if not m:
-        raise UserError(f"budget {text!r} is not understood: use a ratio such as 25x, a size such as 1.5MB, "
-                        "800KB or 2MiB, or a latency such as 4ms")
+        raise UserError(
+            f"budget {text!r} is not understood: use a ratio such as 25x, a size such as 1.5MB, "
+            "800KB or 2MiB, or a latency such as 4ms"
+        )
     number, unit = float(m.group(1)), m.group(2).lower()
     if number <= 0:
         raise UserError(f"budget {text!r} must be positive")
@@ -57,8 +60,9 @@ def parse_budget(text: str) -> Budget:
     return Budget("bytes", size, text.strip())
 
 
-def check_feasible(budget: Budget, space, sites: list, dense_bytes: int, freqs=None,
-                   model_bytes: int | None = None) -> int | None:
+def check_feasible(
+    budget: Budget, space, sites: list, dense_bytes: int, freqs=None, model_bytes: int | None = None
+) -> int | None:
     """The byte limit of a ratio/size budget; a UserError if no plan of the space can meet it.
     `dense_bytes` is the fp32 size (the ratio's numerator), `model_bytes` the stored size of
     the dense model (the same for fp32 models)."""
@@ -67,6 +71,8 @@ def check_feasible(budget: Budget, space, sites: list, dense_bytes: int, freqs=N
         return None
     floor = plan_stored_bytes(sites, smallest_plan(space, sites, freqs), freqs, model_bytes)
     if floor > limit:
-        raise UserError(f"budget {budget.text} ({limit:,} bytes) cannot be met: the smallest plan of space "
-                        f"{space.source} stores {floor:,} bytes ({dense_bytes / floor:.1f}x)")
+        raise UserError(
+            f"budget {budget.text} ({limit:,} bytes) cannot be met: the smallest plan of space "
+            f"{space.source} stores {floor:,} bytes ({dense_bytes / floor:.1f}x)"
+        )
     return limit

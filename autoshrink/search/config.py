@@ -6,6 +6,7 @@ distillation, sampler, seed, calibration tokens) default to None, "not given": a
 resumed run the value its run.json records (`SearchConfig.resolved`). A given value that
 contradicts the record is refused, so a study never mixes trials of two settings.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +26,16 @@ SAMPLERS = ("tpe", "nsga2", "random")
 
 
 # What a run is: a resume takes these from run.json (None: not given). Defaults of a new run.
-RECORDED: dict[str, Any] = {"model": "kjv-lstm", "data": "kjv", "space": None,
-                            "finetune_steps": TrialSettings.finetune_steps, "distill": False, "sampler": "nsga2",
-                            "seed": 0, "calibration_tokens": DEFAULT_TOKENS}
+RECORDED: dict[str, Any] = {
+    "model": "kjv-lstm",
+    "data": "kjv",
+    "space": None,
+    "finetune_steps": TrialSettings.finetune_steps,
+    "distill": False,
+    "sampler": "nsga2",
+    "seed": 0,
+    "calibration_tokens": DEFAULT_TOKENS,
+}
 SHIPPED_SPACES = (DEFAULT_SPACE, TRANSFORMER_SPACE)  # named as is: they are found from any folder
 
 
@@ -43,37 +51,73 @@ def _recorded_help(text: str, name: str, **extra: Any) -> dict:
 
 @dataclass
 class SearchConfig:
-    budget: str = field(metadata=_help("25x (whole-model ratio), 1.5MB / 800KB / 2MiB (stored bytes), or 4ms (latency)"))
-    model: Any = field(default=None, metadata=_recorded_help(
-        "preset, model folder (autoshrink's or a local Hugging Face causal LM), or (Python) a torch LM module",
-        "model"))
-    data: Any = field(default=None, metadata=_recorded_help(
-        "kjv, a folder with train/valid/test.txt, or a text file", "data"))
-    space: Any = field(default=None, metadata=_recorded_help(
-        "search space YAML; default: search_spaces/default.yaml, or transformer.yaml for a transformer", "space"))
+    budget: str = field(
+        metadata=_help("25x (whole-model ratio), 1.5MB / 800KB / 2MiB (stored bytes), or 4ms (latency)")
+    )
+    model: Any = field(
+        default=None,
+        metadata=_recorded_help(
+            "preset, model folder (autoshrink's or a local Hugging Face causal LM), or (Python) a torch LM module",
+            "model",
+        ),
+    )
+    data: Any = field(
+        default=None, metadata=_recorded_help("kjv, a folder with train/valid/test.txt, or a text file", "data")
+    )
+    space: Any = field(
+        default=None,
+        metadata=_recorded_help(
+            "search space YAML; default: search_spaces/default.yaml, or transformer.yaml for a transformer", "space"
+        ),
+    )
     trials: int = field(default=8, metadata=_help("trials in all, counted across resumes"))
     timeout: float | None = field(default=None, metadata=_help("stop starting trials after this many seconds"))
-    finetune_steps: int | None = field(default=None, metadata=_recorded_help(
-        "fine-tuning steps per trial (short: enough to rank plans on a CPU)", "finetune_steps"))
+    finetune_steps: int | None = field(
+        default=None,
+        metadata=_recorded_help("fine-tuning steps per trial (short: enough to rank plans on a CPU)", "finetune_steps"),
+    )
     sampler: str | None = field(default=None, metadata=_recorded_help("Optuna sampler", "sampler", choices=SAMPLERS))
-    distill: bool | None = field(default=None, metadata=_recorded_help(
-        "fine-tune trials on soft targets of the dense model too", "distill"))
-    allocate: bool = field(default=True, metadata=_help(
-        "profile each site's options untrained and start from the knapsack's plans for the budget (byte budgets)"))
-    calibration_tokens: int | None = field(default=None, metadata=_recorded_help(
-        "training tokens of the calibration pass that data-aware builds use (0: plain builds)", "calibration_tokens"))
-    warm_start: bool = field(default=True, metadata=_help(
-        "start a new search from single-method plans (low-rank, pruning or quantisation on every site, fitted to "
-        "the budget)"))
-    backend: str = field(default="optuna", metadata=_help(
-        "optuna (one process) | ray (parallel trials through Ray Tune, ASHA early stopping)", choices=BACKENDS))
+    distill: bool | None = field(
+        default=None, metadata=_recorded_help("fine-tune trials on soft targets of the dense model too", "distill")
+    )
+    allocate: bool = field(
+        default=True,
+        metadata=_help(
+            "profile each site's options untrained and start from the knapsack's plans for the budget (byte budgets)"
+        ),
+    )
+    calibration_tokens: int | None = field(
+        default=None,
+        metadata=_recorded_help(
+            "training tokens of the calibration pass that data-aware builds use (0: plain builds)", "calibration_tokens"
+        ),
+    )
+    warm_start: bool = field(
+        default=True,
+        metadata=_help(
+            "start a new search from single-method plans (low-rank, pruning or quantisation on every site, fitted to "
+            "the budget)"
+        ),
+    )
+    backend: str = field(
+        default="optuna",
+        metadata=_help(
+            "optuna (one process) | ray (parallel trials through Ray Tune, ASHA early stopping)", choices=BACKENDS
+        ),
+    )
     workers: int = field(default=1, metadata=_help("trials at once (Ray backend)"))
-    cpus_per_trial: int = field(default=1, metadata=_help(
-        "CPU threads per trial (Ray backend; GPUs, when the cluster has them, are shared evenly)"))
-    address: str | None = field(default=None, metadata=_help(
-        "join this Ray cluster (auto, or HEAD_HOST:6379) instead of starting Ray locally (Ray backend)"))
-    run_dir: Any = field(default=None, metadata=_help(
-        "run folder (default: results/runs/<model>-<budget>-<time>); an existing one is resumed"))
+    cpus_per_trial: int = field(
+        default=1,
+        metadata=_help("CPU threads per trial (Ray backend; GPUs, when the cluster has them, are shared evenly)"),
+    )
+    address: str | None = field(
+        default=None,
+        metadata=_help("join this Ray cluster (auto, or HEAD_HOST:6379) instead of starting Ray locally (Ray backend)"),
+    )
+    run_dir: Any = field(
+        default=None,
+        metadata=_help("run folder (default: results/runs/<model>-<budget>-<time>); an existing one is resumed"),
+    )
     device: str = field(default="auto", metadata=_help("auto (CUDA with mixed precision when present) | cpu | cuda"))
     seed: int | None = field(default=None, metadata=_recorded_help("sampler and fine-tuning seed", "seed"))
 
@@ -83,8 +127,9 @@ class SearchConfig:
         if self.sampler is not None and self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}: use {', '.join(SAMPLERS)}")
         if self.workers < 1 or self.cpus_per_trial < 1:
-            raise UserError(f"--workers and --cpus-per-trial must be at least 1, got {self.workers} and "
-                            f"{self.cpus_per_trial}")
+            raise UserError(
+                f"--workers and --cpus-per-trial must be at least 1, got {self.workers} and {self.cpus_per_trial}"
+            )
         if self.backend == "optuna" and (self.workers > 1 or self.address or self.cpus_per_trial != 1):
             raise UserError("--workers, --cpus-per-trial and --address run trials through Ray: add --backend ray")
         if self.trials < 1:
@@ -153,5 +198,7 @@ def canonical(name: str, value: Any) -> Any:
 def _contradiction(name: str, given: Any, was: Any, run_dir: Path | str | None) -> UserError:
     flag = "--" + name.replace("_", "-")
     shown = lambda v: ("on" if v else "off") if isinstance(v, bool) else v  # noqa: E731
-    return UserError(f"{flag} {shown(given)} contradicts the run in {run_dir}, which was searched with {flag} "
-                     f"{shown(was)}: leave the flag out to resume that run, or use a new --run-dir")
+    return UserError(
+        f"{flag} {shown(given)} contradicts the run in {run_dir}, which was searched with {flag} "
+        f"{shown(was)}: leave the flag out to resume that run, or use a new --run-dir"
+    )

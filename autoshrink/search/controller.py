@@ -1,5 +1,6 @@
 """`search()`: set up a run (model, data, space, budget), check feasibility, run a backend,
 keep the run folder current and report progress, then return the front."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,7 @@ from autoshrink.search import study as study_db
 from autoshrink.search.allocation import allocated_plans
 from autoshrink.search.owner import active, new_owner
 from autoshrink.search.warm_start import enqueue_uniform_seeds, uniform_seeds
-from autoshrink.search.space import (DEFAULT_SPACE, SearchSpace, default_space, load_space, smallest_plan,
-                                     space_digest)
+from autoshrink.search.space import DEFAULT_SPACE, SearchSpace, default_space, load_space, smallest_plan, space_digest
 from autoshrink.search.trial import TrialResult, TrialSettings, val_slice
 
 
@@ -59,10 +59,24 @@ class SearchContext:
 
     def repair(self, plan: dict) -> dict | None:
         if self.budget.kind == "latency":
-            return repair(plan, self.sites, None, self.freqs, fallback=self.fallback, step=self.space.shrink,
-                          fits=lambda p: self.latency.estimate_ms(p) <= self.budget.value)
-        return repair(plan, self.sites, self.max_bytes, self.freqs, fallback=self.fallback, model_bytes=self.model_bytes,
-                      step=self.space.shrink)
+            return repair(
+                plan,
+                self.sites,
+                None,
+                self.freqs,
+                fallback=self.fallback,
+                step=self.space.shrink,
+                fits=lambda p: self.latency.estimate_ms(p) <= self.budget.value,
+            )
+        return repair(
+            plan,
+            self.sites,
+            self.max_bytes,
+            self.freqs,
+            fallback=self.fallback,
+            model_bytes=self.model_bytes,
+            step=self.space.shrink,
+        )
 
     def constraint(self, result: TrialResult) -> float:
         """<= 0 when the measured trial meets the budget (Optuna's constraint convention)."""
@@ -86,8 +100,9 @@ def default_run_dir(model_name: str, budget: Budget) -> Path:
     return Path("results/runs") / f"{Path(model_name).name}-{budget.slug}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: int, started: float, done_before: int,
-                   front) -> str:
+def _progress_line(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial, total: int, started: float, done_before: int, front
+) -> str:
     a = trial.user_attrs
     k = study_db.counted_trials(study)  # a failed try that was retried does not count
     this_session = max(1, k - done_before)
@@ -100,12 +115,13 @@ def _progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: 
     if trial.state == optuna.trial.TrialState.COMPLETE and not a.get("feasible"):
         state += " over budget"
     mix = run_folder.method_mix(a.get("plan", {}))
-    return (f"trial {k}/{total} #{trial.number} {state:<8} {ratio:>7} {ppl:<14} {secs:>5}  {best}  "
-            f"ETA {duration(eta)}  [{mix}]")
+    return (
+        f"trial {k}/{total} #{trial.number} {state:<8} {ratio:>7} {ppl:<14} {secs:>5}  {best}  "
+        f"ETA {duration(eta)}  [{mix}]"
+    )
 
 
-def search(config: SearchConfig, command: str | None = None,
-           log: Callable[[str], None] | None = None) -> SearchResult:
+def search(config: SearchConfig, command: str | None = None, log: Callable[[str], None] | None = None) -> SearchResult:
     """Per-layer search to a Pareto front under `config.budget` ("25x", "1.5MB", "4ms"); see
     docs/how-it-works.md.
     Returns the run folder, the study and the front. `config.model` may be a preset name, a
@@ -144,59 +160,112 @@ def search(config: SearchConfig, command: str | None = None,
         if spc.source != DEFAULT_SPACE:
             log(f"space: {spc.source} (the model has transformer sites; --space chooses another)")
     if recorded.get("space_digest", space_digest(spc)) != space_digest(spc):
-        raise UserError(f"search space {spc.source} allows other choices than when the run in {folder} began: "
-                        "restore it, or use a new --run-dir")
+        raise UserError(
+            f"search space {spc.source} allows other choices than when the run in {folder} began: "
+            "restore it, or use a new --run-dir"
+        )
     nbytes = model_dense_bytes(dense)
     freqs = data.vocab.freqs
     model_bytes = stored_bytes(dense)
     max_bytes = check_feasible(b, spc, sites, nbytes, freqs, model_bytes)
     settings = TrialSettings(finetune_steps=c.finetune_steps, device=device, seed=seed, distill=distill)
     folder.mkdir(parents=True, exist_ok=True)
-    latency = LatencyTable(dense, device="cpu", path=folder / "latency_cache.json", freqs=freqs) if b.kind == "latency" else None
+    latency = (
+        LatencyTable(dense, device="cpu", path=folder / "latency_cache.json", freqs=freqs)
+        if b.kind == "latency"
+        else None
+    )
     smallest = smallest_plan(spc, sites, freqs)
     if latency is not None:
         fastest = min(latency.dense_ms, latency.estimate_ms(smallest))
         if fastest > b.value:
-            raise UserError(f"latency budget {b.text} cannot be met: the dense model takes {latency.dense_ms:.2f} ms "
-                            f"and the smallest plan of the space about {latency.estimate_ms(smallest):.2f} ms")
+            raise UserError(
+                f"latency budget {b.text} cannot be met: the dense model takes {latency.dense_ms:.2f} ms "
+                f"and the smallest plan of the space about {latency.estimate_ms(smallest):.2f} ms"
+            )
     study = study or study_db.open_study(folder, sampler, seed)
     stats = None
     if c.calibration_tokens:
         started_calibration = time.time()
         stats = calibrate(dense, data.train, tokens=c.calibration_tokens, freqs=freqs)
-        log(f"calibration: input statistics of {len(stats)} sites over {c.calibration_tokens:,} training tokens, "
-            f"{time.time() - started_calibration:.0f} s (cached)")
-    ctx = SearchContext(dense, data, sites, spc, b, nbytes, settings, freqs, max_bytes, model_bytes, latency,
-                        rule=study_db.WeakTrialRule(study), fallback=smallest, stats=stats,
-                        progress=lambda number: TrainingProgress(f"trial #{number}", log=log), run_dir=folder)
+        log(
+            f"calibration: input statistics of {len(stats)} sites over {c.calibration_tokens:,} training tokens, "
+            f"{time.time() - started_calibration:.0f} s (cached)"
+        )
+    ctx = SearchContext(
+        dense,
+        data,
+        sites,
+        spc,
+        b,
+        nbytes,
+        settings,
+        freqs,
+        max_bytes,
+        model_bytes,
+        latency,
+        rule=study_db.WeakTrialRule(study),
+        fallback=smallest,
+        stats=stats,
+        progress=lambda number: TrainingProgress(f"trial #{number}", log=log),
+        run_dir=folder,
+    )
     if not study.get_trials(deepcopy=False):  # a new study: its first trials are chosen, not sampled
         allocated = allocated_plans(ctx, folder, max(1, trials // 2), log) if c.allocate else []
         for source, plan in allocated:
             study.enqueue_trial(spc.params_of(plan, sites), user_attrs={"allocated": source})
         if warm_start and max_bytes is not None:
-            seeds = uniform_seeds(spc, sites, max_bytes, freqs, model_bytes)[:max(1, trials // 2)]
+            seeds = uniform_seeds(spc, sites, max_bytes, freqs, model_bytes)[: max(1, trials // 2)]
             if enqueue_uniform_seeds(study, seeds, after=len(allocated)):
-                log(f"warm start: {len(seeds)} trial(s) put one method on every site "
-                    f"({', '.join(m for m, _ in seeds)}), fitted to the budget: the controls to beat")
-    run_folder.write_run_json(folder, {
-        "command": command or f"search({budget!r})", "budget": b.text, "budget_kind": b.kind, "max_bytes": max_bytes,
-        "model": model_name, "data": corpus_key(data.name) if isinstance(data.name, str) else data.name,
-        "data_path": None if data_path is None else canonical("data", data_path),
-        "space": canonical("space", spc.source), "space_digest": space_digest(spc), "seed": seed, "sampler": sampler,
-        "distill": distill, "warm_start": warm_start, "trials": trials, "backend": backend,
-        **({"workers": workers, "cpus_per_trial": cpus_per_trial, "address": address} if backend == "ray" else {}),
-        "finetune_steps": settings.finetune_steps, "eval_tokens": settings.eval_tokens, "allocate": c.allocate,
-        "calibration_tokens": c.calibration_tokens, "dense_bytes": nbytes,
-        "dense_val_ppl": (dense_val := _dense_val(dense, data, settings, folder)),
-        "versions": {"autoshrink": __import__("autoshrink").__version__, "torch": torch.__version__,
-                     "optuna": optuna.__version__, "python": platform.python_version(),
-                     **({"ray": _ray_version()} if backend == "ray" else {})}})
+                log(
+                    f"warm start: {len(seeds)} trial(s) put one method on every site "
+                    f"({', '.join(m for m, _ in seeds)}), fitted to the budget: the controls to beat"
+                )
+    run_folder.write_run_json(
+        folder,
+        {
+            "command": command or f"search({budget!r})",
+            "budget": b.text,
+            "budget_kind": b.kind,
+            "max_bytes": max_bytes,
+            "model": model_name,
+            "data": corpus_key(data.name) if isinstance(data.name, str) else data.name,
+            "data_path": None if data_path is None else canonical("data", data_path),
+            "space": canonical("space", spc.source),
+            "space_digest": space_digest(spc),
+            "seed": seed,
+            "sampler": sampler,
+            "distill": distill,
+            "warm_start": warm_start,
+            "trials": trials,
+            "backend": backend,
+            **({"workers": workers, "cpus_per_trial": cpus_per_trial, "address": address} if backend == "ray" else {}),
+            "finetune_steps": settings.finetune_steps,
+            "eval_tokens": settings.eval_tokens,
+            "allocate": c.allocate,
+            "calibration_tokens": c.calibration_tokens,
+            "dense_bytes": nbytes,
+            "dense_val_ppl": (dense_val := _dense_val(dense, data, settings, folder)),
+            "versions": {
+                "autoshrink": __import__("autoshrink").__version__,
+                "torch": torch.__version__,
+                "optuna": optuna.__version__,
+                "python": platform.python_version(),
+                **({"ray": _ray_version()} if backend == "ray" else {}),
+            },
+        },
+    )
     orphans = study_db.fail_orphans(study)
     done_before = study_db.counted_trials(study)
-    log(f"search {model_name} under {b.text} ({max_bytes:,} bytes) -> {folder}" if max_bytes else
-        f"search {model_name} under {b.text} -> {folder}")
-    log(f"each trial fine-tunes {settings.finetune_steps} steps{' with distillation' if distill else ''}; "
-        f"val ppl: {val_slice(settings.eval_tokens)} (dense model: {dense_val:.2f})")
+    log(
+        f"search {model_name} under {b.text} ({max_bytes:,} bytes) -> {folder}"
+        if max_bytes
+        else f"search {model_name} under {b.text} -> {folder}"
+    )
+    log(
+        f"each trial fine-tunes {settings.finetune_steps} steps{' with distillation' if distill else ''}; "
+        f"val ppl: {val_slice(settings.eval_tokens)} (dense model: {dense_val:.2f})"
+    )
     if done_before:
         log(f"resuming: {done_before} trial(s) already finished")
     for line in orphans:
@@ -212,8 +281,19 @@ def search(config: SearchConfig, command: str | None = None,
     with active(ctx.owner):
         if backend == "ray":
             from autoshrink.search import ray_backend
-            ray_backend.run(ctx, study, trials, timeout, [after_trial], workers=workers, address=address,
-                            threads=cpus_per_trial, run_dir=folder, log=log)
+
+            ray_backend.run(
+                ctx,
+                study,
+                trials,
+                timeout,
+                [after_trial],
+                workers=workers,
+                address=address,
+                threads=cpus_per_trial,
+                run_dir=folder,
+                log=log,
+            )
         else:
             optuna_backend.run(ctx, study, trials, timeout, [after_trial])
     front = run_folder.write(folder, study, objective)
@@ -222,6 +302,7 @@ def search(config: SearchConfig, command: str | None = None,
 
 def _ray_version() -> str:
     import ray
+
     return ray.__version__
 
 
@@ -233,4 +314,5 @@ def _dense_val(dense: nn.Module, data: LMData, settings: TrialSettings, folder: 
         if prior:
             return prior
     from autoshrink.models.training import evaluate_perplexity
+
     return evaluate_perplexity(dense, data.valid, max_tokens=settings.eval_tokens, bptt=settings.bptt)

@@ -5,6 +5,7 @@ across resumes, and a trial left RUNNING by a crash is failed and retried (searc
 Budgets are constraints set inside the objective (`trial.set_constraint`), and plans are
 repaired before training, so no trial trains an infeasible plan.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,8 +31,16 @@ def make_objective(ctx) -> Callable[[optuna.Trial], tuple[float, float]]:
         settings = ctx.settings_for(trial.number)
         progress = ctx.progress(trial.number)
         try:
-            result = run_trial(ctx.model, fixed, ctx.data, settings, ctx.dense_bytes, should_stop=ctx.rule(nbytes),
-                               progress=progress, stats=ctx.stats)
+            result = run_trial(
+                ctx.model,
+                fixed,
+                ctx.data,
+                settings,
+                ctx.dense_bytes,
+                should_stop=ctx.rule(nbytes),
+                progress=progress,
+                stats=ctx.stats,
+            )
         except StopTrial as stop:
             record_stopped(trial, stop.step, stop.val_ppl, time.perf_counter() - start, f"stopped early: {stop}")
             raise optuna.TrialPruned(str(stop)) from None
@@ -54,5 +63,11 @@ def run(ctx, study: optuna.Study, trials: int, timeout: float | None, callbacks:
     fail_orphans(study)  # a trial a crash left RUNNING: FAIL it now, its retry is queued (and runs first)
     if counted_trials(study) >= trials:
         return
-    study.optimize(make_objective(ctx), n_trials=None, timeout=timeout, callbacks=[TrialCap(trials)] + callbacks,
-                   catch=(DivergedError,), gc_after_trial=True)
+    study.optimize(
+        make_objective(ctx),
+        n_trials=None,
+        timeout=timeout,
+        callbacks=[TrialCap(trials)] + callbacks,
+        catch=(DivergedError,),
+        gc_after_trial=True,
+    )

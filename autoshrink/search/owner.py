@@ -7,6 +7,7 @@ is dead, or it is this very process and that search has ended), without waiting 
 heartbeat grace period. An owner on another host cannot be checked from here: its trials are
 left to the heartbeat.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +26,7 @@ def _stat(pid: int) -> tuple[str, int] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # the command name, in parentheses, may hold spaces
+    fields = text[text.rindex(")") + 2 :].split()  # the command name, in parentheses, may hold spaces
     return fields[0], int(fields[19])
 
 
@@ -43,8 +44,12 @@ def _running(pid: int) -> bool:
 def new_owner() -> dict:
     """The record of a new search in this process (not yet active: see `active`)."""
     stat = _stat(os.getpid())
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": stat[1] if stat else None,
-            "search": uuid.uuid4().hex}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": stat[1] if stat else None,
+        "search": uuid.uuid4().hex,
+    }
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
 """Pareto maths on (size, perplexity) points, pure numpy: kept apart from tables and plots."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -17,6 +17,7 @@ Resume is the study's: finished trials stay told; a trial the search left RUNNIN
 budget) is failed and its plan queued again, and one a dead driver left RUNNING is failed and retried
 on resume by the mechanism both backends share (search/study.py `fail_orphans`).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,7 @@ from ray.tune.search import Searcher
 from autoshrink.errors import UserError
 from autoshrink.models.training import DivergedError
 from autoshrink.plan import plan_to_json
-from autoshrink.search.study import (counted_trials, fail_orphans, interrupt, prepare_plan, record_result,
-                                     record_stopped)
+from autoshrink.search.study import counted_trials, fail_orphans, interrupt, prepare_plan, record_result, record_stopped
 from autoshrink.search.trial import TrialResult, run_trial
 
 STEP = "finetune_step"  # ASHA's time attribute: fine-tuning steps done (Tune's own keys are reserved)
@@ -65,8 +65,14 @@ class Asha(ASHAScheduler):
 
     def __init__(self, steps: int):
         max_t = max(1, steps)
-        super().__init__(time_attr=STEP, metric=METRIC, mode="min", max_t=max_t,
-                         grace_period=max(1, int(max_t * GRACE_FRACTION)), reduction_factor=REDUCTION_FACTOR)
+        super().__init__(
+            time_attr=STEP,
+            metric=METRIC,
+            mode="min",
+            max_t=max_t,
+            grace_period=max(1, int(max_t * GRACE_FRACTION)),
+            reduction_factor=REDUCTION_FACTOR,
+        )
         self.stopped: dict[str, int] = {}
 
     def on_trial_result(self, controller, trial, result):
@@ -82,8 +88,15 @@ class StudySearcher(Searcher):
     run after every told trial, as Optuna's do. After `deadline` (time.time()) no trial starts,
     and running ones finish: Optuna's `timeout`, not Tune's `time_budget_s`, which cuts them."""
 
-    def __init__(self, ctx, study: optuna.Study, trials: int, callbacks: list[Callable] = (),
-                 stopped_early: dict[str, int] | None = None, deadline: float | None = None):
+    def __init__(
+        self,
+        ctx,
+        study: optuna.Study,
+        trials: int,
+        callbacks: list[Callable] = (),
+        stopped_early: dict[str, int] | None = None,
+        deadline: float | None = None,
+    ):
         super().__init__(metric=METRIC, mode="min")
         self.ctx, self.study, self.trials, self.callbacks = ctx, study, trials, list(callbacks)
         self.stopped_early = stopped_early if stopped_early is not None else {}
@@ -106,8 +119,11 @@ class StudySearcher(Searcher):
                 continue
             fixed, nbytes = prepared
             self.live[trial_id] = _Live(trial, nbytes)
-            return {"plan": plan_to_json(fixed), "number": trial.number,
-                    "seed": self.ctx.settings_for(trial.number).seed}
+            return {
+                "plan": plan_to_json(fixed),
+                "number": trial.number,
+                "seed": self.ctx.settings_for(trial.number).seed,
+            }
         return self.FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -129,7 +145,9 @@ class StudySearcher(Searcher):
             return
         r, trial = result or {}, live.trial
         if error or r.get("failed"):
-            trial.set_user_attr("note", f"failed: {r.get('failed') or 'error in the Ray worker (see ray/ in the run folder)'}")
+            trial.set_user_attr(
+                "note", f"failed: {r.get('failed') or 'error in the Ray worker (see ray/ in the run folder)'}"
+            )
             self._tell(trial, TrialState.FAIL)
         elif r.get("complete"):
             fields = {k: r[k] for k in RESULT_FIELDS}
@@ -144,12 +162,20 @@ class StudySearcher(Searcher):
         elif trial_id in self.stopped_early:
             step = self.stopped_early.pop(trial_id)
             self._add_to_curve(live, r)  # Tune skips on_trial_result for the result that stopped it
-            record_stopped(trial, step, r.get(METRIC), r.get("time_total_s", 0.0),
-                           f"stopped by ASHA at step {step} (val ppl {r.get(METRIC, float('nan')):.2f})")
+            record_stopped(
+                trial,
+                step,
+                r.get(METRIC),
+                r.get("time_total_s", 0.0),
+                f"stopped by ASHA at step {step} (val ppl {r.get(METRIC, float('nan')):.2f})",
+            )
             self._tell(trial, TrialState.PRUNED)
         else:  # stopped by Tune, not by ASHA (Ctrl-C, shutdown): not a result, run it again on resume
-            interrupt(self.study, trial.number, f"interrupted at step {r.get(STEP, 0)}: the search stopped first "
-                                                "(a plan is retried once)")
+            interrupt(
+                self.study,
+                trial.number,
+                f"interrupted at step {r.get(STEP, 0)}: the search stopped first (a plan is retried once)",
+            )
 
     def _tell(self, trial: optuna.Trial, state: TrialState, values=None) -> None:
         frozen = self.study.tell(trial, values, state=state)
@@ -159,8 +185,11 @@ class StudySearcher(Searcher):
     def interrupt_live(self) -> None:
         """Leave no trial RUNNING when the search ends: each is failed and queued again."""
         for trial_id in list(self.live):
-            interrupt(self.study, self.live.pop(trial_id).trial.number,
-                      "interrupted: the search stopped first (a plan is retried once)")
+            interrupt(
+                self.study,
+                self.live.pop(trial_id).trial.number,
+                "interrupted: the search stopped first (a plan is retried once)",
+            )
 
     def save(self, checkpoint_path: str) -> None:
         """The study is the state to resume from (see the module docstring); nothing to save."""
@@ -181,13 +210,26 @@ def _trainable(config: dict, dense, data, settings, dense_bytes: int, threads: i
         return None
 
     try:
-        result = run_trial(dense, config["plan"], data, replace(settings, seed=config["seed"]), dense_bytes,
-                           should_stop=report, stats=stats)
+        result = run_trial(
+            dense,
+            config["plan"],
+            data,
+            replace(settings, seed=config["seed"]),
+            dense_bytes,
+            should_stop=report,
+            stats=stats,
+        )
     except DivergedError as e:
         tune.report({"failed": str(e)})
         return
-    tune.report({"complete": True, STEP: result.steps, **{k: getattr(result, k) for k in RESULT_FIELDS},
-                 "curve": json.dumps({str(k): v for k, v in result.curve.items()})})
+    tune.report(
+        {
+            "complete": True,
+            STEP: result.steps,
+            **{k: getattr(result, k) for k in RESULT_FIELDS},
+            "curve": json.dumps({str(k): v for k, v in result.curve.items()}),
+        }
+    )
 
 
 def _start_ray(address: str | None, workers: int, threads: int) -> bool:
@@ -220,9 +262,18 @@ def _check_reachable(address: str) -> None:
         raise UserError(f"cannot reach a Ray cluster at {address}: {e} (started with `ray start --head`?)") from None
 
 
-def run(ctx, study: optuna.Study, trials: int, timeout: float | None, callbacks: list, workers: int = 1,
-        address: str | None = None, threads: int = 1, run_dir: Path | None = None,
-        log: Callable[[str], None] = print) -> None:
+def run(
+    ctx,
+    study: optuna.Study,
+    trials: int,
+    timeout: float | None,
+    callbacks: list,
+    workers: int = 1,
+    address: str | None = None,
+    threads: int = 1,
+    run_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
     """Run the search to `trials` finished trials (counted across resumes) with `workers`
     trials at a time, each on `threads` CPU threads and a share of the GPUs when the cluster has them."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables; our progress lines are the UI
@@ -238,24 +289,47 @@ def run(ctx, study: optuna.Study, trials: int, timeout: float | None, callbacks:
         gpus = ray.cluster_resources().get("GPU", 0)
         resources = {"cpu": threads, "gpu": round(min(1.0, gpus / workers), 4) if gpus else 0}
         asha = Asha(ctx.settings.finetune_steps)
-        searcher = StudySearcher(ctx, study, trials, callbacks, stopped_early=asha.stopped,
-                                 deadline=time.time() + timeout if timeout else None)
+        searcher = StudySearcher(
+            ctx,
+            study,
+            trials,
+            callbacks,
+            stopped_early=asha.stopped,
+            deadline=time.time() + timeout if timeout else None,
+        )
         trainable = tune.with_resources(
-            tune.with_parameters(_trainable, dense=ctx.model, data=ctx.data, settings=ctx.settings,
-                                 dense_bytes=ctx.dense_bytes, threads=threads, stats=ctx.stats), resources)
+            tune.with_parameters(
+                _trainable,
+                dense=ctx.model,
+                data=ctx.data,
+                settings=ctx.settings,
+                dense_bytes=ctx.dense_bytes,
+                threads=threads,
+                stats=ctx.stats,
+            ),
+            resources,
+        )
         folder = Path(run_dir or ".").resolve() / "ray"
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=asha, num_samples=-1,
-                                        max_concurrent_trials=workers, reuse_actors=True,
-                                        trial_dirname_creator=lambda t: f"trial_{t.config['number']}"),
-            run_config=tune.RunConfig(name=time.strftime("tune-%Y%m%d-%H%M%S"), storage_path=str(folder), verbose=0))
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=asha,
+                num_samples=-1,
+                max_concurrent_trials=workers,
+                reuse_actors=True,
+                trial_dirname_creator=lambda t: f"trial_{t.config['number']}",
+            ),
+            run_config=tune.RunConfig(name=time.strftime("tune-%Y%m%d-%H%M%S"), storage_path=str(folder), verbose=0),
+        )
         try:
             tuner.fit()
         finally:
             if searcher.live:
-                log(f"interrupted: {len(searcher.live)} unfinished trial(s) marked failed and queued again; "
-                    "run the same command to resume")
+                log(
+                    f"interrupted: {len(searcher.live)} unfinished trial(s) marked failed and queued again; "
+                    "run the same command to resume"
+                )
             searcher.interrupt_live()
     finally:
         if started:

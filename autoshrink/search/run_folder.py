@@ -8,6 +8,7 @@ loses them (`write`), so the disk holds at most one model per front trial.
 Read: `read_run` (run.json), `read` (run.json + every trial + the front, from the study itself,
 so a resumed or still running search and `autoshrink front` all see the same thing).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,11 +43,22 @@ def trial_rows(study: optuna.Study) -> pd.DataFrame:
         if a.get(REPAIRED):
             continue
         plan = a.get("plan", {})
-        rows.append({"number": t.number, "state": t.state.name, "stored_bytes": a.get("stored_bytes"),
-                     "ratio": a.get("ratio"), "latency_ms": a.get("latency_ms"), "val_ppl": a.get("val_ppl"),
-                     "seconds": a.get("seconds"), "steps": a.get("steps"), "methods": method_mix(plan),
-                     "plan": json.dumps(plan, sort_keys=True), "feasible": a.get("feasible", False),
-                     "note": a.get("note", "")})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "stored_bytes": a.get("stored_bytes"),
+                "ratio": a.get("ratio"),
+                "latency_ms": a.get("latency_ms"),
+                "val_ppl": a.get("val_ppl"),
+                "seconds": a.get("seconds"),
+                "steps": a.get("steps"),
+                "methods": method_mix(plan),
+                "plan": json.dumps(plan, sort_keys=True),
+                "feasible": a.get("feasible", False),
+                "note": a.get("note", ""),
+            }
+        )
     return pd.DataFrame(rows, columns=COLUMNS + ["feasible", "note"])
 
 
@@ -111,9 +123,18 @@ def read_run(run_dir: str | Path) -> dict:
 
 
 # run.json key of each setting a resume must keep (search/config.py RECORDED, and the budget)
-_RECORDED_KEYS = {"budget": "budget", "model": "model", "data": "data_path", "space": "space",
-                  "finetune_steps": "finetune_steps", "distill": "distill", "sampler": "sampler", "seed": "seed",
-                  "calibration_tokens": "calibration_tokens", "space_digest": "space_digest"}  # not a flag: what the space allowed (search/space.py)
+_RECORDED_KEYS = {
+    "budget": "budget",
+    "model": "model",
+    "data": "data_path",
+    "space": "space",
+    "finetune_steps": "finetune_steps",
+    "distill": "distill",
+    "sampler": "sampler",
+    "seed": "seed",
+    "calibration_tokens": "calibration_tokens",
+    "space_digest": "space_digest",
+}  # not a flag: what the space allowed (search/space.py)
 
 
 def recorded_settings(run_dir: str | Path | None) -> dict | None:

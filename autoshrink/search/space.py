@@ -5,6 +5,7 @@ UserError line. Sampling gives every site its own Optuna parameters, named
 `<site>/method` and `<site>/<method>/<knob>`, so choices are per layer and conditional on the
 method (TPE and NSGA-II both handle such conditional spaces).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,7 +63,7 @@ class Knob:
                 return value
             numeric = [c for c in self.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
             if numeric and isinstance(value, (int, float)):
-                return min(numeric, key=lambda c: (abs(math.log(c / value)) if c > 0 and value > 0 else abs(c - value)))
+                return min(numeric, key=lambda c: abs(math.log(c / value)) if c > 0 and value > 0 else abs(c - value))
             return self.choices[0]
         clamped = min(max(value, self.low), self.high)
         return int(round(clamped)) if self.integer else float(clamped)
@@ -160,8 +161,13 @@ def _knob(method: str, name: str, spec: Any, cls) -> Knob:
             raise UserError(f"{where}: bad range low={low!r} high={high!r} (numbers with low <= high)")
         if spec.get("log") and low <= 0:
             raise UserError(f"{where}: a log range needs low > 0, got {low!r}")
-        knob = Knob(name, low=low, high=high, log=bool(spec.get("log", False)),
-                    integer=isinstance(low, int) and isinstance(high, int))
+        knob = Knob(
+            name,
+            low=low,
+            high=high,
+            log=bool(spec.get("log", False)),
+            integer=isinstance(low, int) and isinstance(high, int),
+        )
         values = [low, high]
     else:
         knob = Knob(name, choices=(spec,))
@@ -257,5 +263,3 @@ def smallest_plan(space: SearchSpace, sites: list[Site], freqs=None) -> dict:
             if method_bytes(site, best, freqs) < site.dense_bytes:
                 plan[site.name] = best
     return plan
-
-

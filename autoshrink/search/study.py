@@ -7,6 +7,7 @@ resumes (`counted_trials`, `TrialCap`). A trial's plan is sampled and repaired h
 Optuna backend or the Ray backend ran it. Optuna's pruners refuse multi-objective studies
 (optuna#3450), so weak trials are stopped by our own rule (`WeakTrialRule`).
 """
+
 from __future__ import annotations
 
 import math
@@ -53,10 +54,19 @@ def open_study(run_dir: Path, sampler: str, seed: int) -> optuna.Study:
 
     db = run_dir / "study.db"
     try:
-        storage = RDBStorage(f"sqlite:///{db}", heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S,
-                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-        study = optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=["minimize", "minimize"],
-                                    sampler=make_sampler(sampler, seed), load_if_exists=True)
+        storage = RDBStorage(
+            f"sqlite:///{db}",
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=2 * HEARTBEAT_S,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+        study = optuna.create_study(
+            study_name=STUDY_NAME,
+            storage=storage,
+            directions=["minimize", "minimize"],
+            sampler=make_sampler(sampler, seed),
+            load_if_exists=True,
+        )
         done = len(study.get_trials(deepcopy=False))
     except (SQLAlchemyError, ValueError) as e:  # ValueError: an Optuna study of other directions
         raise _unreadable(db, e, "move it away, or use a new --run-dir") from None
@@ -75,15 +85,20 @@ class WeakTrialRule:
         self.study, self.margin = study, margin
 
     def __call__(self, nbytes: int) -> Callable[[int, float], str | None]:
-        peers = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                 if t.user_attrs.get("feasible") and t.user_attrs.get("stored_bytes", math.inf) <= nbytes]
+        peers = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("feasible") and t.user_attrs.get("stored_bytes", math.inf) <= nbytes
+        ]
 
         def should_stop(step: int, val: float) -> str | None:
             for t in peers:
                 ref = t.user_attrs.get("curve", {}).get(str(step))
                 if ref is not None and val > ref * (1 + self.margin):
-                    return (f"at step {step} val ppl {val:.2f} > {ref:.2f} of trial {t.number} "
-                            f"({t.user_attrs['stored_bytes']:,} <= {nbytes:,} bytes)")
+                    return (
+                        f"at step {step} val ppl {val:.2f} > {ref:.2f} of trial {t.number} "
+                        f"({t.user_attrs['stored_bytes']:,} <= {nbytes:,} bytes)"
+                    )
             return None
 
         return should_stop
@@ -120,8 +135,10 @@ def fail_orphans(study: optuna.Study) -> list[str]:
         owner = t.system_attrs.get(OWNER)
         if owners.gone(owner):
             retried = interrupt(study, t.number, f"interrupted: {owners.describe(owner)} ended while it ran")
-            lines.append(f"trial #{t.number} was left RUNNING by {owners.describe(owner)}, which has ended: "
-                         f"marked FAIL" + (", its plan is retried now" if retried else " (already retried once)"))
+            lines.append(
+                f"trial #{t.number} was left RUNNING by {owners.describe(owner)}, which has ended: "
+                f"marked FAIL" + (", its plan is retried now" if retried else " (already retried once)")
+            )
     fail_stale_trials(study)  # an owner this host cannot check: after the heartbeat's grace period
     return lines
 
@@ -143,9 +160,10 @@ def prepare_plan(trial: optuna.Trial, ctx) -> tuple[dict, int] | None:
         trial.set_user_attr("plan", plan_to_json(plan))
         trial.set_user_attr(REPAIRED, True)
         trial.set_user_attr("note", "over the budget: its repair inside the space is queued as a new trial")
-        trial.study.enqueue_trial(ctx.space.params_of(fixed, ctx.sites),
-                                  user_attrs={"note": f"repair of trial {trial.number}",
-                                              **_inherited(trial)})
+        trial.study.enqueue_trial(
+            ctx.space.params_of(fixed, ctx.sites),
+            user_attrs={"note": f"repair of trial {trial.number}", **_inherited(trial)},
+        )
         return None
     nbytes = plan_stored_bytes(ctx.sites, fixed, ctx.freqs, ctx.model_bytes)
     trial.set_user_attr("plan", plan_to_json(fixed))
@@ -191,7 +209,9 @@ def counted_trials(study: optuna.Study) -> int:
     crash nor a repair costs the user a trial."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
-    return sum(1 for t in trials if t.state.is_finished() and t.number not in retried and not t.user_attrs.get(REPAIRED))
+    return sum(
+        1 for t in trials if t.state.is_finished() and t.number not in retried and not t.user_attrs.get(REPAIRED)
+    )
 
 
 class TrialCap:

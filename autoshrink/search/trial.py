@@ -5,6 +5,7 @@ fine-tuning, once every compressed site has settled (no mid-ramp pruning or dopi
 to the trial's curve and to `should_stop(step, val_ppl)`, which may end a weak trial early (StopTrial);
 a NaN/inf loss raises DivergedError. Neither is ever reported as a finished trial.
 """
+
 from __future__ import annotations
 
 import copy
@@ -61,9 +62,16 @@ class TrialResult:
     model: nn.Module | None = field(default=None, repr=False)  # the fine-tuned compressed model (CPU)
 
 
-def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSettings, dense_bytes: int,
-              should_stop: Callable[[int, float], str | None] | None = None,
-              progress: TrainingProgress | None = None, stats: dict | None = None) -> TrialResult:
+def run_trial(
+    dense: nn.Module,
+    plan: dict,
+    data: LMData,
+    settings: TrialSettings,
+    dense_bytes: int,
+    should_stop: Callable[[int, float], str | None] | None = None,
+    progress: TrainingProgress | None = None,
+    stats: dict | None = None,
+) -> TrialResult:
     """`progress` (models/progress.py) follows the fine-tuning: steps, loss, ETA, the last validation;
     `stats` are the sites' calibration statistics for data-aware builds."""
     start = time.perf_counter()
@@ -87,12 +95,20 @@ def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSetting
     finetune_s = 0.0
     device = pick_device(settings.device)
     if steps > 0:
-        cfg = TrainConfig(steps=steps, batch_size=settings.batch_size, bptt=settings.bptt, lr=settings.lr,
-                          eval_every=max(1, steps // max(1, settings.evals)), eval_tokens=settings.eval_tokens,
-                          patience=None, validate_start=False,  # fixed fidelity: every trial trains its steps
-                          device=settings.device, seed=settings.seed,
-                          distill_from=copy.deepcopy(dense) if settings.distill else None,
-                          log_every=max(1, steps // 20))
+        cfg = TrainConfig(
+            steps=steps,
+            batch_size=settings.batch_size,
+            bptt=settings.bptt,
+            lr=settings.lr,
+            eval_every=max(1, steps // max(1, settings.evals)),
+            eval_tokens=settings.eval_tokens,
+            patience=None,
+            validate_start=False,  # fixed fidelity: every trial trains its steps
+            device=settings.device,
+            seed=settings.seed,
+            distill_from=copy.deepcopy(dense) if settings.distill else None,
+            log_every=max(1, steps // 20),
+        )
         result = train_lm(model, data.train, data.valid, cfg, on_eval=on_eval, on_log=progress)
         finetune_s = result.seconds - result.eval_seconds
         val = result.best_val_ppl  # the restored state's validation, on the same tokens
@@ -100,6 +116,14 @@ def run_trial(dense: nn.Module, plan: dict, data: LMData, settings: TrialSetting
         val = evaluate_perplexity(model, data.valid, device=device, max_tokens=settings.eval_tokens, bptt=settings.bptt)
     model.cpu()
     latency = measure_latency_ms(model, reference_input(len(data.vocab)))
-    return TrialResult(val_ppl=val, stored_bytes=nbytes, ratio=dense_bytes / nbytes, latency_ms=latency,
-                       seconds=time.perf_counter() - start, finetune_seconds=finetune_s, steps=steps, curve=curve,
-                       model=model)
+    return TrialResult(
+        val_ppl=val,
+        stored_bytes=nbytes,
+        ratio=dense_bytes / nbytes,
+        latency_ms=latency,
+        seconds=time.perf_counter() - start,
+        finetune_seconds=finetune_s,
+        steps=steps,
+        curve=curve,
+        model=model,
+    )

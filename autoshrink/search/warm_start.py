@@ -9,6 +9,7 @@ searcher's ask) run them first and the sampler learns from them like from any ot
 Values are clamped into the space's ranges; the repair that every sampled plan goes through
 then keeps the budget.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -45,13 +46,17 @@ def _candidates(method: str, knob_sets: list[dict[str, Knob]]) -> list[dict[str,
     6.6x on a 10k vocabulary)."""
     base = _base_knobs(method, knob_sets)
     size = config_class(method).size_knob
-    tops = {name: min(k[name].high for k in knob_sets if name in k)
-            for name in base if name not in (size, "bits") and all(name in k and k[name].high is not None for k in knob_sets)}
+    tops = {
+        name: min(k[name].high for k in knob_sets if name in k)
+        for name in base
+        if name not in (size, "bits") and all(name in k and k[name].high is not None for k in knob_sets)
+    }
     return [base, {**base, **tops}] if tops else [base]
 
 
-def uniform_seeds(space: SearchSpace, sites: list, max_bytes: int, freqs=None,
-                  model_bytes: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+def uniform_seeds(
+    space: SearchSpace, sites: list, max_bytes: int, freqs=None, model_bytes: int | None = None
+) -> list[tuple[str, dict[str, Any]]]:
     """(method, Optuna params) for each method the space offers on every compressible site and
     that can meet `max_bytes` alone."""
     owned = [s for s in sites if s.tied_with is None]
@@ -59,7 +64,9 @@ def uniform_seeds(space: SearchSpace, sites: list, max_bytes: int, freqs=None,
     compressible = [s for s in owned if options[s.name]]
     if not compressible:
         return []
-    common = [m for m in options[compressible[0].name] if m != DENSE and all(m in options[s.name] for s in compressible)]
+    common = [
+        m for m in options[compressible[0].name] if m != DENSE and all(m in options[s.name] for s in compressible)
+    ]
     seeds = []
     for method in common:
         knob_sets = [space.roles[s.role][method] for s in compressible]
@@ -70,9 +77,15 @@ def uniform_seeds(space: SearchSpace, sites: list, max_bytes: int, freqs=None,
                 break
         if plan is None:
             continue
-        in_space = {site.name: plan[site.name].replace(**{name: knob.nearest(getattr(plan[site.name], name))
-                                                          for name, knob in space.roles[site.role][method].items()})
-                    for site in compressible}
+        in_space = {
+            site.name: plan[site.name].replace(
+                **{
+                    name: knob.nearest(getattr(plan[site.name], name))
+                    for name, knob in space.roles[site.role][method].items()
+                }
+            )
+            for site in compressible
+        }
         seeds.append((method, space.params_of(in_space, sites)))
     return seeds
 

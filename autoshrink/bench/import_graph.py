@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1]
-# The data flow: errors/threads/sites (shared utilities and vocabulary) -> data -> models -> methods -> calibrate -> plan ->
-# measure -> allocate -> search -> front -> final; bench measures all of them; the API calls them;
+# The data flow: errors/threads/sites (shared utilities and vocabulary) -> data -> models -> methods
+# -> calibrate -> plan -> measure -> allocate -> search -> front -> final; bench measures all of them; the API calls them;
 # the CLI calls the API. Nothing but the CLI (and the package's front doors) imports the API.
 LAYERS = [
     "errors",
+    "threads",
     "sites",
     "data",
     "models",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
 
@@ -393,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"autoshrink {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `autoshrink methods | head`: the reader left, nothing more to say
+        sys.stderr = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print(f"autoshrink {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -2,6 +2,8 @@
 reported as a table of its trials by origin (allocated, uniform control, sampled).
 
     autoshrink search --budget 25x --trials 6 --finetune-steps 0 --run-dir results/runs/pipeline-25x-notrain
+    autoshrink train results/runs/pipeline-25x-notrain --trial N --steps 200 --evals 4 \
+        --out results/runs/pipeline-25x-notrain/final-N          # for the trials to compare after training
     python -m autoshrink.bench.pipeline results/runs/pipeline-25x-notrain --out results/pipeline.md
 """
 
@@ -68,9 +70,33 @@ def main(argv: list[str] | None = None) -> int:
             f"The best allocated plan ({a:.2f}, {100 * (a / dense - 1):+.1f}%) {verdict} the best uniform "
             f"control ({u:.2f}, {100 * (u / dense - 1):+.1f}%) at equal (zero) training.",
         ]
+    lines += _after_training(Path(args.run_dir), origin)
     write_report(Path(args.out), "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+def _after_training(run_dir: Path, origin: dict) -> list[str]:
+    """Rows for the trials given the same final training (RUN/final-<n>/metrics.json)."""
+    done = sorted(run_dir.glob("final-*/metrics.json"))
+    if not done:
+        return []
+    rows = [
+        "",
+        "After the same final training (`autoshrink train ... --steps 200 --evals 4`, distilled, the recipe's "
+        "defaults); val ppl over the whole validation split, test ppl over the whole test split:",
+        "",
+        "| trial | origin | steps | val ppl | test ppl | stored bytes (file) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for path in done:
+        m = json.loads(path.read_text())
+        n = int(m["trial"])
+        rows.append(
+            f"| {n} | {origin.get(n, '?')} | {m['steps']} | {m['val_ppl']:.2f} | {m['test_ppl']:.2f} | "
+            f"{m['stored_bytes']:,} |"
+        )
+    return rows
 
 
 if __name__ == "__main__":

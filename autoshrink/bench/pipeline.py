@@ -86,7 +86,7 @@ def _after_training(run_dir: Path, origin: dict) -> list[str]:
         "After the same final training (`autoshrink train ... --steps 200 --evals 4`, distilled, the recipe's "
         "defaults); val ppl over the whole validation split, test ppl over the whole test split:",
         "",
-        "| trial | origin | steps | val ppl | test ppl | stored bytes (file) |",
+        "| trial | origin | steps | val ppl | test ppl | stored bytes (tensors; the file adds its header) |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for path in done:

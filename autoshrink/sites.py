@@ -9,6 +9,8 @@ value or output projection), mlp (a transformer's feed-forward matrices), linear
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass
 
 import torch
@@ -61,26 +63,26 @@ class SiteStats:
     grad_moment: torch.Tensor | None = None
 
 
-class CompressedModule(nn.Module):
+class CompressedModule(nn.Module, abc.ABC):
     """Base of the modules that stand in a compressed site's place (the methods define them):
     site discovery knows a compressed site by this type, without knowing any method. What it
-    lists of one, each subclass answers."""
+    lists of one, each subclass answers; a subclass that misses a part cannot be instantiated."""
 
     @property
+    @abc.abstractmethod
     def site(self) -> Site:
         """The site as it was compressed (its name under the plan; role, shape and bias of the dense weight)."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def method(self) -> str:
         """The name of the method that compressed it."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def storage(self) -> nn.Module:
         """The module that holds the stored tensors: tied sites share one, so it counts once."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def stored_bytes(self) -> int:
         """Exact bytes the site stores (its share of model.safetensors)."""
-        raise NotImplementedError

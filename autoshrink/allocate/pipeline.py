@@ -118,6 +118,15 @@ def level_caps(
     return {name: capacity - (total - cheapest[name]) - bias[name] for name in options}
 
 
+def capped_options(
+    sites: Sequence, bases, capacity: int, model_bytes: int, freqs: torch.Tensor | None, levels: int = LEVELS
+) -> dict[str, list[MethodConfig]]:
+    """The levels of `bases` on every site (`site_options`), spread over only the bytes a site can
+    have within `capacity`: none wasted on sizes no plan can take."""
+    caps = level_caps(sites, site_options(sites, bases, levels, freqs), capacity, model_bytes, freqs)
+    return site_options(sites, bases, levels, freqs, caps=caps)
+
+
 def fixed_bytes(sites: Sequence, model_bytes: int) -> int:
     """What the model stores outside its sites (parameters no plan can touch)."""
     return model_bytes - sum(s.dense_bytes for s in sites if s.tied_with is None)
@@ -169,9 +178,7 @@ def allocate(
     if exact:
         per_site = {n: list(c) for n, c in options.items()}
     else:  # levels over the bytes a site can have within the limit: none wasted on sizes no plan can take
-        full = site_options(sites, options, levels, freqs)
-        caps = level_caps(sites, full, capacity, model_bytes, freqs)
-        per_site = site_options(sites, options, levels, freqs, caps=caps)
+        per_site = capped_options(sites, options, capacity, model_bytes, freqs, levels)
 
     replay = Replay(model, valid_ids)
     times["replay"] = time.perf_counter() - start

@@ -19,8 +19,8 @@ from typing import Callable
 
 import torch
 
-from autoshrink.allocate import allocate, site_options
-from autoshrink.allocate.pipeline import level_caps
+from autoshrink.allocate import allocate
+from autoshrink.allocate.pipeline import SLICE_TOKENS, capped_options
 from autoshrink.errors import UserError
 from autoshrink.methods import MethodConfig, config_class
 from autoshrink.models.discover import in_place_target
@@ -63,13 +63,9 @@ def profile_bases(space: SearchSpace, role: str) -> list[MethodConfig]:
 
 
 def into_space(space: SearchSpace, site: Site, config: MethodConfig) -> MethodConfig | None:
-    """`config` with every knob the space ranges moved to the space's nearest value (None if that
-    is not a valid config for the site)."""
-    knobs = space.roles.get(site.role, {}).get(config.method, {})
+    """`config` moved onto the space's values (SearchSpace.within), None if that is not valid for the site."""
     try:
-        moved = config.replace(**{name: knob.nearest(getattr(config, name)) for name, knob in knobs.items()})
-        moved.check_site(site)
-        return moved
+        return space.within(site, config)
     except UserError:
         return None
 
@@ -79,11 +75,9 @@ def space_options(
 ) -> dict[str, list[MethodConfig]]:
     """{site: the configs to profile}: levels of every base within what the site can hold, in the space."""
     bases = {role: profile_bases(space, role) for role in ROLES}
-    full = site_options(sites, bases, LEVELS, freqs)
-    caps = level_caps(sites, full, capacity, model_bytes, freqs)
     by_name = {s.name: s for s in sites}
     options = {}
-    for name, configs in site_options(sites, bases, LEVELS, freqs, caps=caps).items():
+    for name, configs in capped_options(sites, bases, capacity, model_bytes, freqs, LEVELS).items():
         moved = [m for m in (into_space(space, by_name[name], c) for c in configs) if m is not None]
         options[name] = list(dict.fromkeys(moved))  # several levels may land on one space value
     return options
@@ -135,7 +129,7 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
     dense_ppl = float(torch.tensor(result.dense_loss).exp())
     ppl = float(torch.tensor(result.dense_loss + best.joint_loss).exp()) if best.joint_loss is not None else None
     log(
-        f"allocation: {best.bytes:,} bytes, ppl {ppl:.2f} on {held_out.numel():,} held-out valid tokens before "
+        f"allocation: {best.bytes:,} bytes, ppl {ppl:.2f} on {min(SLICE_TOKENS, held_out.numel()):,} held-out valid tokens before "
         f"training (dense {dense_ppl:.2f}); {len(plans)} allocated plan(s) first, "
         f"{time.perf_counter() - start:.0f} s"
     )

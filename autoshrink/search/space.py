@@ -88,6 +88,14 @@ class SearchSpace:
     def methods_for(self, site: Site) -> list[str]:
         return list(self.roles.get(site.role, {}))
 
+    def within(self, site: Site, config: MethodConfig) -> MethodConfig:
+        """`config` with every knob the space ranges for its method on this site moved to the
+        range's nearest value (a UserError if that is not a valid config for the site)."""
+        knobs = self.roles.get(site.role, {}).get(config.method, {})
+        moved = config.replace(**{name: knob.nearest(getattr(config, name)) for name, knob in knobs.items()})
+        moved.check_site(site)
+        return moved
+
     def shrink(self, site: Site, config: MethodConfig) -> MethodConfig | None:
         """One step smaller inside the space: the method's size knob down its range, then its
         bits down their choices; None when both are at their smallest (repair then switches the

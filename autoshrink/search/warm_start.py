@@ -77,15 +77,7 @@ def uniform_seeds(
                 break
         if plan is None:
             continue
-        in_space = {
-            site.name: plan[site.name].replace(
-                **{
-                    name: knob.nearest(getattr(plan[site.name], name))
-                    for name, knob in space.roles[site.role][method].items()
-                }
-            )
-            for site in compressible
-        }
+        in_space = {site.name: space.within(site, plan[site.name]) for site in compressible}
         seeds.append((method, space.params_of(in_space, sites)))
     return seeds
 

@@ -235,7 +235,7 @@ def markdown(results: dict[str, dict], command: str, running: dict[str, dict] | 
                 f"s/step is indicative), torch {torch.__version__}, commit(s) {', '.join(commits) or '-'}, `{command}`.",
                 "",
                 f"`kjv-lstm` compressed by the uniform low-rank plan at {BUDGET}x with 8-bit factors (the search's first "
-                "warm-start seed, plain SVD initialisation), trained by `train_lm`: Adam, batch 32 x 35, 5% warm-up then "
+                "warm-start seed, data-aware initialisation: whitened SVD), trained by `train_lm`: Adam, batch 32 x 35, 5% warm-up then "
                 f"cosine decay to the step cap ({', '.join(sorted({str(r['steps_cap']) for r in results.values()})) or STEPS}), "
                 f"validation on the whole valid split every {EVAL_EVERY} steps, stop after 3 "
                 "validations without improvement, best validated state restored (the starting weights included). "

@@ -124,16 +124,32 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(
     assert trials[1].state.name in ("COMPLETE", "PRUNED")
 
 
-def test_weak_trials_stop_against_smaller_better_peers(tmp_path):
-    study = optuna.create_study(directions=["minimize", "minimize"])
-    good = optuna.trial.create_trial(
-        values=[50.0, 1000.0], user_attrs={"feasible": True, "stored_bytes": 1000, "curve": {"10": 60.0, "20": 50.0}}
+def _peer(study, nbytes: int, curve: dict, state=optuna.trial.TrialState.COMPLETE) -> None:
+    values = [list(curve.values())[-1], float(nbytes)] if state == optuna.trial.TrialState.COMPLETE else None
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=state,
+            values=values,
+            user_attrs={"feasible": True, "stored_bytes": nbytes, "curve": {str(k): v for k, v in curve.items()}},
+        )
     )
-    study.add_trial(good)
-    rule = study_db.WeakTrialRule(study, margin=0.05)
-    assert rule(2000)(10, 70.0) is not None  # bigger and worse than a finished peer: stop
-    assert rule(2000)(10, 61.0) is None  # within the margin
-    assert rule(500)(10, 90.0) is None  # smaller models may be worse
+
+
+def test_halving_keeps_the_best_third_of_no_larger_plans_at_a_rung():
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    _peer(study, 1000, {27: 60.0, 80: 50.0})
+    _peer(study, 900, {27: 70.0}, optuna.trial.TrialState.PRUNED)  # a stopped trial's rung counts too
+    rule = study_db.HalvingRule(study, halving=3)
+    assert rule(2000)(27, 61.0) is not None  # 3 entries: only the best goes on, and 60 is better
+    assert rule(2000)(27, 59.0) is None
+    assert rule(950)(27, 65.0) is None  # only the 900-byte plan is no larger, and it is worse
+    assert rule(500)(27, 90.0) is None  # no plan is as small: nothing to compare with
+    assert rule(2000)(40, 90.0) is None  # nobody was validated at step 40: equal steps only
+    for extra in range(4):
+        _peer(study, 1000, {27: 80.0 + extra})
+    assert rule(2000)(27, 69.0) is None  # 7 entries: the best 2 go on (60, then 69)
+    assert rule(2000)(27, 71.0) is not None
+    assert study_db.HalvingRule(study, halving=1)(2000)(27, 1e9) is None  # off
 
 
 def test_repair_always_yields_a_feasible_plan_on_the_reference_model():
@@ -333,11 +349,40 @@ def test_mid_ramp_validations_are_neither_recorded_nor_compared(tiny_model_dir, 
         asked.append(step)
         return None
 
-    settings = TrialSettings(finetune_steps=8, evals=4, eval_tokens=200)
+    settings = TrialSettings(finetune_steps=8, halving=1, evals=4, eval_tokens=200)
     plan = {"rnn.0.hh": {"method": "prune", "density": 0.3}}
     result = run_trial(model, plan, data, settings, dense_bytes(model), should_stop=never_stop)
     assert asked and min(asked) >= 6  # validations at steps 2 and 4 came before the ramp settled
     assert min(result.curve) >= 6 and set(asked) <= set(result.curve)
+
+
+def test_with_halving_a_trial_is_judged_at_its_rungs_after_its_ramps_have_ended(tiny_model_dir, text_file):
+    """Successive halving: validations at the rungs only (30 steps by 3: steps 10 and 30), the
+    pruning ramp over by the first, which is asked about and recorded; a stop carries the curve."""
+    from autoshrink.data import load_lm_data
+    from autoshrink.search.trial import StopTrial, TrialSettings, run_trial
+
+    model = __import__("autoshrink").load(str(tiny_model_dir))
+    data = load_lm_data(str(text_file), vocab=model.vocab)
+    asked = []
+    settings = TrialSettings(finetune_steps=30, halving=3, eval_tokens=200)
+    plan = {"rnn.0.hh": {"method": "prune", "density": 0.3}}
+    result = run_trial(model, plan, data, settings, dense_bytes(model), should_stop=lambda s, v: asked.append(s))
+    assert asked == [10] and sorted(result.curve) == [10, 30]
+    with pytest.raises(StopTrial) as stop:
+        run_trial(model, plan, data, settings, dense_bytes(model), should_stop=lambda s, v: "weak")
+    assert stop.value.step == 10 and list(stop.value.curve) == [10]
+
+
+def test_rungs_of_successive_halving():
+    from autoshrink.search.trial import MIN_RUNG_STEPS, rungs
+
+    assert rungs(80, 3) == [27, 80]
+    assert rungs(270, 3) == [10, 30, 90, 270]
+    assert rungs(9, 3) == [9]  # too short to judge before the end
+    assert rungs(80, 1, evals=4) == [20, 40, 60, 80]  # off: the curve's evenly spaced validations
+    assert rungs(0, 3) == []
+    assert min(rungs(1000, 2)) >= MIN_RUNG_STEPS
 
 
 def test_repair_steps_an_entry_that_stores_more_than_its_dense_site_below_it():

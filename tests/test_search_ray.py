@@ -167,16 +167,26 @@ def test_a_trial_left_running_is_failed_and_its_plan_retried(ctx, study):
     ]
 
 
-def test_asha_stops_the_worse_trial_at_half_the_steps_and_remembers_it():
-    asha = Asha(steps=10)
+def test_asha_stops_the_worse_trial_at_the_first_rung_and_remembers_it():
+    asha = Asha(steps=30, halving=3)  # rungs 10 and 30, as the Optuna backend's
     a, b = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
     for trial in (a, b):
         asha.on_trial_add(None, trial)
-    assert asha.on_trial_result(None, a, {STEP: 4, "val_ppl": 90.0}) == asha.CONTINUE  # before the rung
-    assert asha.on_trial_result(None, a, {STEP: 6, "val_ppl": 80.0}) == asha.CONTINUE  # first at the rung
-    assert asha.on_trial_result(None, b, {STEP: 6, "val_ppl": 120.0}) == asha.STOP
-    asha.on_trial_result(None, a, {STEP: 10, "val_ppl": 70.0, "complete": True})  # Tune's STOP at max_t
-    assert asha.stopped == {"b": 6}
+    assert asha.on_trial_result(None, a, {STEP: 5, "val_ppl": 90.0}) == asha.CONTINUE  # before the rung
+    assert asha.on_trial_result(None, a, {STEP: 10, "val_ppl": 80.0}) == asha.CONTINUE  # first at the rung
+    assert asha.on_trial_result(None, b, {STEP: 10, "val_ppl": 120.0}) == asha.STOP
+    asha.on_trial_result(None, a, {STEP: 30, "val_ppl": 70.0, "complete": True})  # Tune's STOP at max_t
+    assert asha.stopped == {"b": 10}
+
+
+def test_asha_without_halving_never_stops_a_trial():
+    asha = Asha(steps=30, halving=1)
+    a, b = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
+    for trial in (a, b):
+        asha.on_trial_add(None, trial)
+    asha.on_trial_result(None, a, {STEP: 10, "val_ppl": 80.0})
+    assert asha.on_trial_result(None, b, {STEP: 10, "val_ppl": 120.0}) == asha.CONTINUE
+    assert asha.stopped == {}
 
 
 def test_bad_worker_and_backend_flags_are_one_line_errors(tiny_model_dir, text_file, tmp_path, capsys):

@@ -242,3 +242,17 @@ def test_kl_is_per_token_and_zero_against_itself():
     manual = (torch.softmax(b, -1) * (torch.log_softmax(b, -1) - torch.log_softmax(a, -1))).sum(-1).mean()
     assert kl_per_token(a, b) == pytest.approx(float(manual), rel=1e-5)
     assert kl_per_token(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_validations_at_given_steps_and_ramps_over_given_steps(data):
+    """eval_at picks the validation steps; ramp_steps ends a pruning ramp early (successive halving's first rung)."""
+    model = compress(_model(len(data.vocab)), {"rnn.0.hh": {"method": "prune", "density": 0.25, "init": "plain"}})
+    pruned = next(m for m in model.modules() if isinstance(m, CompressedWeight))
+    kept = []
+    cfg = TrainConfig(
+        steps=20, batch_size=8, bptt=10, eval_at=(4, 7), ramp_steps=6, patience=None, validate_start=False
+    )
+    result = train_lm(model, data.train, data.valid, cfg, on_eval=lambda step, val: kept.append(int(pruned.mask.sum())))
+    assert [h["step"] for h in result.history] == [4, 7, 20]
+    assert kept[0] > pruned.k  # step 4 of a 6-step ramp: still denser than stored
+    assert kept[1] == kept[2] == pruned.k  # the ramp ended at step 6

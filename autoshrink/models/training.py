@@ -111,10 +111,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip: float = 0.25  # gradient-norm clip, the usual guard for LSTM LMs
     eval_every: int | None = None  # windows between validation passes (None: once per epoch)
+    eval_at: tuple[int, ...] | None = None  # validate at exactly these steps of this call instead (and at the end)
     eval_tokens: int | None = None  # cap validation cost during training
     patience: int | None = 3  # validations without improvement before stopping (None: never stop early)
     validate_start: bool = True  # the starting weights compete for "best": a converged model is kept
     schedule_from: int = 0  # steps already trained by an earlier call (a resumed run): the lr continues
+    ramp_steps: int | None = None  # steps over which pruning/doping ramps reach their stored form (None: all)
     device: str = "auto"
     seed: int = 0
     distill_from: nn.Module | None = field(default=None, repr=False)  # teacher for soft targets
@@ -176,7 +178,14 @@ def train_lm(
     horizon = cfg.horizon(per_epoch)
     total_steps = max(0, horizon - cfg.schedule_from)  # this call's steps
     eval_every = cfg.eval_every or min(per_epoch, max(1, total_steps))
+    eval_at = set(cfg.eval_at) if cfg.eval_at is not None else None
     settle = settles_at(model)
+    ramp = max(1, min(cfg.ramp_steps or total_steps, total_steps))
+
+    def progress(step: int) -> float:
+        """The fraction of the ramps done after `step` steps (modules settle at `settle`)."""
+        return min(1.0, step / ramp) if total_steps else 1.0
+
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
@@ -189,7 +198,7 @@ def train_lm(
 
     def validate(step: int) -> None:
         nonlocal best_state, bad_evals, plateau_scale, last_eval_s
-        set_progress(model, step / total_steps if total_steps else 1.0)
+        set_progress(model, progress(step))
         eval_start = time.perf_counter()
         val = evaluate_perplexity(model, valid_ids, device=device, max_tokens=cfg.eval_tokens, bptt=cfg.bptt)
         last_eval_s = time.perf_counter() - eval_start
@@ -197,7 +206,7 @@ def train_lm(
         result.history.append(
             {"step": cfg.schedule_from + step, "val_ppl": val, "lr": opt.param_groups[0]["lr"] if step else 0.0}
         )  # the lr of the last step
-        if total_steps and step / total_steps < settle:
+        if total_steps and progress(step) < settle:
             pass  # mid-ramp: a denser model than the one stored; neither best nor a plateau
         elif val < result.best_val_ppl:
             result.best_val_ppl, result.best_step, bad_evals = val, step, 0
@@ -218,7 +227,7 @@ def train_lm(
         if cfg.time is not None and time.perf_counter() - start + last_eval_s >= cfg.time:
             result.stopped = "time"  # the closing validation below still fits in the cap
             break
-        set_progress(model, (step - 1) / total_steps)
+        set_progress(model, progress(step - 1))
         factor = (
             cosine_factor(cfg.schedule_from + step, horizon, cfg.warmup) if cfg.schedule == "cosine" else plateau_scale
         )
@@ -260,7 +269,7 @@ def train_lm(
                     "eta_s": eta,
                 }
             )
-        if step % eval_every == 0 or step == total_steps:
+        if (step in eval_at if eval_at is not None else step % eval_every == 0) or step == total_steps:
             validate(step)
             if cfg.patience is not None and bad_evals >= cfg.patience:
                 result.stopped = "plateau"

@@ -2,7 +2,7 @@
 `--help` are generated from these fields; `autoshrink.search(SearchConfig(...))` takes them).
 
 The settings a run's study depends on (RECORDED: model, data, space, fine-tuning steps,
-distillation, sampler, seed, calibration tokens) default to None, "not given": a new run takes the default below, a
+successive halving, distillation, sampler, seed, calibration tokens) default to None, "not given": a new run takes the default below, a
 resumed run the value its run.json records (`SearchConfig.resolved`). A given value that
 contradicts the record is refused, so a study never mixes trials of two settings.
 """
@@ -31,6 +31,7 @@ RECORDED: dict[str, Any] = {
     "data": "kjv",
     "space": None,
     "finetune_steps": TrialSettings.finetune_steps,
+    "halving": TrialSettings.halving,
     "distill": False,
     "sampler": "nsga2",
     "seed": 0,
@@ -75,6 +76,14 @@ class SearchConfig:
     finetune_steps: int | None = field(
         default=None,
         metadata=_recorded_help("fine-tuning steps per trial (short: enough to rank plans on a CPU)", "finetune_steps"),
+    )
+    halving: int | None = field(
+        default=None,
+        metadata=_recorded_help(
+            "successive halving: trials are validated at steps/h^k and only the best 1/h of plans of no larger size "
+            "train on (1: every trial trains all its steps)",
+            "halving",
+        ),
     )
     sampler: str | None = field(default=None, metadata=_recorded_help("Optuna sampler", "sampler", choices=SAMPLERS))
     distill: bool | None = field(
@@ -136,6 +145,8 @@ class SearchConfig:
             raise UserError(f"--trials must be at least 1, got {self.trials}")
         if self.calibration_tokens is not None and self.calibration_tokens < 0:
             raise UserError(f"--calibration-tokens must be >= 0, got {self.calibration_tokens}")
+        if self.halving is not None and self.halving < 1:
+            raise UserError(f"--halving must be >= 1 (1: off), got {self.halving}")
         if self.finetune_steps is not None and self.finetune_steps < 0:
             raise UserError(f"--finetune-steps must be >= 0, got {self.finetune_steps}")
 

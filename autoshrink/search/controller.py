@@ -34,7 +34,7 @@ from autoshrink.search.allocation import allocated_plans
 from autoshrink.search.owner import active, new_owner
 from autoshrink.search.warm_start import enqueue_uniform_seeds, uniform_seeds
 from autoshrink.search.space import DEFAULT_SPACE, SearchSpace, default_space, load_space, smallest_plan, space_digest
-from autoshrink.search.trial import TrialResult, TrialSettings, val_slice
+from autoshrink.search.trial import TrialResult, TrialSettings, rungs, val_slice
 
 
 @dataclass
@@ -168,7 +168,9 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
     freqs = data.vocab.freqs
     model_bytes = stored_bytes(dense)
     max_bytes = check_feasible(b, spc, sites, nbytes, freqs, model_bytes)
-    settings = TrialSettings(finetune_steps=c.finetune_steps, device=device, seed=seed, distill=distill)
+    settings = TrialSettings(
+        finetune_steps=c.finetune_steps, halving=c.halving, device=device, seed=seed, distill=distill
+    )
     folder.mkdir(parents=True, exist_ok=True)
     latency = (
         LatencyTable(dense, device="cpu", path=folder / "latency_cache.json", freqs=freqs)
@@ -204,7 +206,7 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
         max_bytes,
         model_bytes,
         latency,
-        rule=study_db.WeakTrialRule(study),
+        rule=study_db.HalvingRule(study, c.halving),
         fallback=smallest,
         stats=stats,
         progress=lambda number: TrainingProgress(f"trial #{number}", log=log),
@@ -241,6 +243,7 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
             "backend": backend,
             **({"workers": workers, "cpus_per_trial": cpus_per_trial, "address": address} if backend == "ray" else {}),
             "finetune_steps": settings.finetune_steps,
+            "halving": settings.halving,
             "eval_tokens": settings.eval_tokens,
             "allocate": c.allocate,
             "calibration_tokens": c.calibration_tokens,
@@ -263,8 +266,9 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
         else f"search {model_name} under {b.text} -> {folder}"
     )
     log(
-        f"each trial fine-tunes {settings.finetune_steps} steps{' with distillation' if distill else ''}; "
-        f"val ppl: {val_slice(settings.eval_tokens)} (dense model: {dense_val:.2f})"
+        f"each trial fine-tunes {settings.finetune_steps} steps{' with distillation' if distill else ''}"
+        + _halving_note(settings)
+        + f"; val ppl: {val_slice(settings.eval_tokens)} (dense model: {dense_val:.2f})"
     )
     if done_before:
         log(f"resuming: {done_before} trial(s) already finished")
@@ -298,6 +302,16 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
             optuna_backend.run(ctx, study, trials, timeout, [after_trial])
     front = run_folder.write(folder, study, objective)
     return SearchResult(folder, study, front, replace(c, run_dir=folder))
+
+
+def _halving_note(settings: TrialSettings) -> str:
+    checks = rungs(settings.finetune_steps, settings.halving)
+    if settings.halving <= 1 or len(checks) < 2:
+        return ""
+    return (
+        f", judged at steps {', '.join(map(str, checks[:-1]))}: only the best 1/{settings.halving} of plans of no "
+        "larger size there train on (successive halving)"
+    )
 
 
 def _ray_version() -> str:

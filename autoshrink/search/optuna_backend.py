@@ -42,7 +42,9 @@ def make_objective(ctx) -> Callable[[optuna.Trial], tuple[float, float]]:
                 stats=ctx.stats,
             )
         except StopTrial as stop:
-            record_stopped(trial, stop.step, stop.val_ppl, time.perf_counter() - start, f"stopped early: {stop}")
+            record_stopped(
+                trial, stop.step, stop.val_ppl, time.perf_counter() - start, f"stopped early: {stop}", stop.curve
+            )
             raise optuna.TrialPruned(str(stop)) from None
         except DivergedError as e:
             trial.set_user_attr("note", f"failed: {e}")

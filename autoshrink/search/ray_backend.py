@@ -12,7 +12,8 @@ with several objectives `on_trial_result` returns early, dropping every intermed
 stopped lands on the front with under-trained values. Here a trial is COMPLETE only when its
 worker reported the end of all its steps; one ASHA stopped is PRUNED with the steps it trained.
 
-Early stopping is Tune's ASHA on intermediate validation perplexity (time in fine-tuning steps).
+Early stopping is Tune's ASHA on intermediate validation perplexity (time in fine-tuning steps),
+at the rungs of successive halving that the Optuna backend uses.
 Resume is the study's: finished trials stay told; a trial the search left RUNNING (Ctrl-C, the time
 budget) is failed and its plan queued again, and one a dead driver left RUNNING is failed and retried
 on resume by the mechanism both backends share (search/study.py `fail_orphans`).
@@ -41,14 +42,10 @@ from autoshrink.errors import UserError
 from autoshrink.models.training import DivergedError
 from autoshrink.plan import plan_to_json
 from autoshrink.search.study import counted_trials, fail_orphans, interrupt, prepare_plan, record_result, record_stopped
-from autoshrink.search.trial import TrialResult, run_trial
+from autoshrink.search.trial import TrialResult, rungs, run_trial
 
 STEP = "finetune_step"  # ASHA's time attribute: fine-tuning steps done (Tune's own keys are reserved)
 METRIC = "val_ppl"
-# ASHA: one rung at half the fine-tuning steps that stops the worse half. The first rung any
-# earlier would judge plans before fine-tuning has repaired most of the compression damage.
-GRACE_FRACTION = 0.5
-REDUCTION_FACTOR = 2
 RESULT_FIELDS = ("val_ppl", "stored_bytes", "ratio", "latency_ms", "seconds", "finetune_seconds", "steps")
 
 
@@ -60,18 +57,22 @@ class _Live:
 
 
 class Asha(ASHAScheduler):
-    """ASHA on intermediate val perplexity over `steps` fine-tuning steps, remembering which
-    trials it stopped before their last step, and where."""
+    """Tune's ASHA on intermediate val perplexity at the rungs the Optuna backend uses (search/trial.py
+    `rungs`: its first rung is the grace period, `halving` the reduction factor), remembering which
+    trials it stopped before their last step, and where. Without halving it never stops a trial.
+    (Tune's ASHA ranks one metric: the Optuna backend's rule also weighs size, HalvingRule.)"""
 
-    def __init__(self, steps: int):
+    def __init__(self, steps: int, halving: int):
         max_t = max(1, steps)
+        checks = rungs(max_t, halving)
+        off = halving <= 1 or len(checks) < 2
         super().__init__(
             time_attr=STEP,
             metric=METRIC,
             mode="min",
             max_t=max_t,
-            grace_period=max(1, int(max_t * GRACE_FRACTION)),
-            reduction_factor=REDUCTION_FACTOR,
+            grace_period=max_t if off else checks[0],
+            reduction_factor=max(2, halving),
         )
         self.stopped: dict[str, int] = {}
 
@@ -168,6 +169,7 @@ class StudySearcher(Searcher):
                 r.get(METRIC),
                 r.get("time_total_s", 0.0),
                 f"stopped by ASHA at step {step} (val ppl {r.get(METRIC, float('nan')):.2f})",
+                {int(k): v for k, v in live.curve.items()},
             )
             self._tell(trial, TrialState.PRUNED)
         else:  # stopped by Tune, not by ASHA (Ctrl-C, shutdown): not a result, run it again on resume
@@ -288,7 +290,7 @@ def run(
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         resources = {"cpu": threads, "gpu": round(min(1.0, gpus / workers), 4) if gpus else 0}
-        asha = Asha(ctx.settings.finetune_steps)
+        asha = Asha(ctx.settings.finetune_steps, ctx.settings.halving)
         searcher = StudySearcher(
             ctx,
             study,

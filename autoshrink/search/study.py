@@ -5,7 +5,7 @@ so a crashed trial is failed and retried (RetryHeartbeatStaleTrialCallback), tri
 resumes (`counted_trials`, `TrialCap`). A trial's plan is sampled and repaired here
 (`prepare_plan`), and its outcome recorded here (`record_result`, `record_stopped`), whether the
 Optuna backend or the Ray backend ran it. Optuna's pruners refuse multi-objective studies
-(optuna#3450), so weak trials are stopped by our own rule (`WeakTrialRule`).
+(optuna#3450), so successive halving is our own rule (`HalvingRule`).
 """
 
 from __future__ import annotations
@@ -75,31 +75,38 @@ def open_study(run_dir: Path, sampler: str, seed: int) -> optuna.Study:
     return study
 
 
-class WeakTrialRule:
-    """Stop a trial whose validation perplexity at a step is worse, by `margin`, than that of a
-    completed feasible trial of no larger size at the same step: it would most likely end
-    dominated. (A multi-objective analogue of the median rule, since a small model is allowed
-    to be worse than a large one.)"""
+class HalvingRule:
+    """Successive halving over fine-tuning steps, asynchronously (ASHA, Li et al. 2018), for two
+    objectives: at a rung (search/trial.py `rungs`) a trial goes on only if its validation
+    perplexity there is among the best 1/`halving` of the validations every trial recorded at that
+    same step, among trials of no larger size (a smaller plan may be worse and still reach the
+    front). With fewer than `halving` such entries it must be the best. So many plans train briefly
+    and the best train longer; the front holds only trials that trained every step."""
 
-    def __init__(self, study: optuna.Study, margin: float = 0.05):
-        self.study, self.margin = study, margin
+    def __init__(self, study: optuna.Study, halving: int = 3):
+        self.study, self.halving = study, halving
 
     def __call__(self, nbytes: int) -> Callable[[int, float], str | None]:
+        if self.halving <= 1:
+            return lambda step, val: None
         peers = [
             t
-            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("feasible") and t.user_attrs.get("stored_bytes", math.inf) <= nbytes
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            if t.user_attrs.get("curve")
+            and t.user_attrs.get("feasible", True)
+            and t.user_attrs.get("stored_bytes", math.inf) <= nbytes
         ]
 
         def should_stop(step: int, val: float) -> str | None:
-            for t in peers:
-                ref = t.user_attrs.get("curve", {}).get(str(step))
-                if ref is not None and val > ref * (1 + self.margin):
-                    return (
-                        f"at step {step} val ppl {val:.2f} > {ref:.2f} of trial {t.number} "
-                        f"({t.user_attrs['stored_bytes']:,} <= {nbytes:,} bytes)"
-                    )
-            return None
+            others = [t.user_attrs["curve"][str(step)] for t in peers if str(step) in t.user_attrs["curve"]]
+            ranked = sorted([val, *others])
+            keep = max(1, len(ranked) // self.halving)
+            if val <= ranked[keep - 1]:
+                return None
+            return (
+                f"at step {step} val ppl {val:.2f} is not among the best {keep} of {len(ranked)} plans of "
+                f"<= {nbytes:,} bytes there (successive halving by {self.halving}: <= {ranked[keep - 1]:.2f})"
+            )
 
         return should_stop
 
@@ -180,8 +187,13 @@ def _inherited(trial: optuna.Trial) -> dict:
     return {k: v for k, v in trial.user_attrs.items() if k in ("warm_start", "allocated")}
 
 
-def record_stopped(trial: optuna.Trial, step: int, val_ppl: float | None, seconds: float, note: str) -> None:
-    """A trial stopped before its last step: PRUNED, with the fidelity it reached, never on the front."""
+def record_stopped(
+    trial: optuna.Trial, step: int, val_ppl: float | None, seconds: float, note: str, curve: dict | None = None
+) -> None:
+    """A trial stopped before its last step: PRUNED, with the fidelity it reached and its validations
+    so far (later trials are compared with them at equal steps), never on the front."""
+    if curve is not None:
+        trial.set_user_attr("curve", {str(k): v for k, v in curve.items()})
     trial.set_user_attr("seconds", seconds)
     trial.set_user_attr("steps", step)
     trial.set_user_attr("val_ppl", val_ppl)

@@ -1,14 +1,17 @@
 """One trial: plan -> compress the pretrained model -> brief fine-tune -> measure.
 
-Returns validation perplexity, stored bytes, ratio, latency and timings. Validation during
-fine-tuning, once every compressed site has settled (no mid-ramp pruning or doping density), goes
-to the trial's curve and to `should_stop(step, val_ppl)`, which may end a weak trial early (StopTrial);
-a NaN/inf loss raises DivergedError. Neither is ever reported as a finished trial.
+Returns validation perplexity, stored bytes, ratio, latency and timings. A trial is validated at
+the rungs of successive halving (`rungs`: steps/h^k, ..., steps/h, steps); every compressed site
+has settled by the first (pruning and doping ramps end there), so each rung's validation measures
+the plan as stored, and trials are compared only at equal steps. At each rung before the last,
+`should_stop(step, val_ppl)` may end the trial (StopTrial, carrying its curve so far); a NaN/inf
+loss raises DivergedError. Neither is ever reported as a finished trial.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,11 +27,32 @@ from autoshrink.plan import compress, stored_bytes
 
 
 class StopTrial(Exception):
-    """A weak trial stopped early at `step` with validation perplexity `val_ppl`."""
+    """A weak trial stopped early at `step` with validation perplexity `val_ppl`; `curve` holds its
+    validations so far (step -> val ppl), which later trials are compared against."""
 
-    def __init__(self, step: int, val_ppl: float, reason: str):
+    def __init__(self, step: int, val_ppl: float, reason: str, curve: dict[int, float] | None = None):
         super().__init__(reason)
-        self.step, self.val_ppl = step, val_ppl
+        self.step, self.val_ppl, self.curve = step, val_ppl, dict(curve or {})
+
+
+# A rung any earlier judges a plan before fine-tuning has repaired most of its compression damage.
+MIN_RUNG_STEPS = 10
+
+
+def rungs(steps: int, halving: int, evals: int = 4) -> list[int]:
+    """The steps where a trial is validated: with successive halving (`halving` h >= 2) its rungs
+    steps/h^k, none before MIN_RUNG_STEPS, the last being `steps`; without (h = 1), `evals`
+    evenly spaced validations that only draw the trial's curve."""
+    if steps <= 0:
+        return []
+    if halving <= 1:
+        every = max(1, steps // max(1, evals))
+        return sorted({*range(every, steps + 1, every), steps})
+    out, r = {steps}, steps / halving
+    while round(r) >= MIN_RUNG_STEPS:
+        out.add(round(r))
+        r /= halving
+    return sorted(out)
 
 
 @dataclass
@@ -37,7 +61,8 @@ class TrialSettings:
     batch_size: int = 32
     bptt: int = 35
     lr: float = 2e-3
-    evals: int = 4  # validations during fine-tuning (the early-stopping points)
+    halving: int = 3  # successive halving's factor: at each rung the best 1/halving go on (1: off)
+    evals: int = 4  # validations during fine-tuning without halving (the trial's curve)
     eval_tokens: int | None = 12_000  # a fixed prefix of the valid split: cheap and comparable
     distill: bool = False  # soft targets from the dense model
     device: str = "auto"
@@ -79,19 +104,23 @@ def run_trial(
     model = compress(dense, plan, freqs=data.vocab.freqs, stats=stats)
     nbytes = stored_bytes(model)
     curve: dict[int, float] = {}
+    steps = settings.finetune_steps
+    checks = rungs(steps, settings.halving, settings.evals)
     settle = settles_at(model)
+    # Ramps end by the first rung, so every rung (halving) or validation measures the plan as stored.
+    ramp = min(steps, math.floor(checks[0] / settle)) if settle > 0 and checks and settings.halving > 1 else steps
+    settled = math.ceil(settle * ramp)
 
     def on_eval(step: int, val: float) -> None:
-        if step < settle * settings.finetune_steps:
+        if step < settled:
             return  # mid-ramp (denser than stored): not a measurement of this plan, never compared
         curve[step] = val
         if progress is not None:
             progress.note(f"val ppl {val:.2f} at step {step}")
-        reason = should_stop(step, val) if should_stop is not None and step < settings.finetune_steps else None
+        reason = should_stop(step, val) if should_stop is not None and step < steps else None
         if reason:
-            raise StopTrial(step, val, reason)
+            raise StopTrial(step, val, reason, curve)
 
-    steps = settings.finetune_steps
     finetune_s = 0.0
     device = pick_device(settings.device)
     if steps > 0:
@@ -100,7 +129,8 @@ def run_trial(
             batch_size=settings.batch_size,
             bptt=settings.bptt,
             lr=settings.lr,
-            eval_every=max(1, steps // max(1, settings.evals)),
+            eval_at=tuple(checks),
+            ramp_steps=ramp,
             eval_tokens=settings.eval_tokens,
             patience=None,
             validate_start=False,  # fixed fidelity: every trial trains its steps

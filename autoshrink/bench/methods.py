@@ -266,20 +266,7 @@ def goals(bench: Bench, site_rows: list[dict], model_rows: list[dict]) -> list[s
     line("uniform 25x low-rank, 8-bit factors", by_plan.get("lowrank", {}).get("data"), 38)
     line("4-bit storage of every matrix", by_plan.get("quant 4-bit, every matrix", {}).get("data"), 1.5)
     line("3-bit storage of every matrix", by_plan.get("quant 3-bit, every matrix", {}).get("data"), 10)
-    vocab = [
-        r for r in site_rows if r["target"] == "10x" and "data" in r and r["site"].split()[0] in ("decoder", "encoder")
-    ]
-    collapsed = sorted(
-        {
-            f"{r['method']} ({r['site'].split()[0]}, {r['storage']}: {r['data']:.0f})"
-            for r in vocab
-            if r["data"] > COLLAPSE * d
-        }
-    )
-    out.append(
-        f"- no method collapses (val ppl > {COLLAPSE:g}x dense) on a vocabulary matrix at 10x, data-aware: "
-        + ("met" if not collapsed else "NOT met: " + ", ".join(collapsed))
-    )
+    out += collapse_lines(site_rows, d)
     build = by_plan.get("lowrank", {}).get("data_s")
     if build is not None:
         out.append(
@@ -291,6 +278,47 @@ def goals(bench: Bench, site_rows: list[dict], model_rows: list[dict]) -> list[s
 
 
 COLLAPSE = 2.0  # a matrix compressed alone that more than doubles the perplexity has collapsed
+AT_RATIO = 1.5  # a row whose ratio overshoots its target this much is not at the target (no size knob)
+
+
+def collapse_lines(site_rows: list[dict], dense: float) -> list[str]:
+    """The no-collapse goal on vocabulary matrices at 10x, data-aware: each method at its best
+    storage among those measured (the benchmark's protocol), the collapses at fp32 named too. A
+    method whose size cannot come down to the target (no size knob: LightRNN's table) is reported
+    at its own ratio, outside the check."""
+    vocab = [
+        r for r in site_rows if r["target"] == "10x" and "data" in r and r["site"].split()[0] in ("decoder", "encoder")
+    ]
+    best: dict[tuple[str, str], dict] = {}
+    for r in vocab:
+        key = (r["method"], r["site"].split()[0])
+        if key not in best or r["data"] < best[key]["data"]:
+            best[key] = r
+    at_target = {k: r for k, r in best.items() if r.get("ratio", 10) <= 10 * AT_RATIO}
+    collapsed = sorted(
+        f"{m} ({site}, {r['storage']}: {r['data']:.0f})"
+        for (m, site), r in at_target.items()
+        if r["data"] > COLLAPSE * dense
+    )
+    fp32 = sorted(
+        f"{r['method']} ({r['site'].split()[0]}: {r['data']:.0f})"
+        for r in vocab
+        if r["storage"] == "fp32" and r["data"] > COLLAPSE * dense and r.get("ratio", 10) <= 10 * AT_RATIO
+    )
+    off = sorted(
+        f"{m} ({site}: {r['ratio']:.0f}x, val ppl {r['data']:.0f})"
+        for (m, site), r in best.items()
+        if (m, site) not in at_target
+    )
+    lines = [
+        f"- no method collapses (val ppl > {COLLAPSE:g}x dense) on a vocabulary matrix at 10x, data-aware, each at its "
+        "best storage: " + ("met" if not collapsed else "NOT met: " + ", ".join(collapsed))
+    ]
+    if fp32:
+        lines.append("  - at fp32 storage these collapse: " + ", ".join(fp32))
+    if off:
+        lines.append("  - cannot be set to 10x (no size knob), so outside the check: " + ", ".join(off))
+    return lines
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,28 @@
+"""The no-collapse goal line of results/methods.md is computed from the rows, at each method's best storage."""
+
+from __future__ import annotations
+
+from autoshrink.bench.methods import collapse_lines
+
+
+def _row(method, storage, ppl, ratio=10.0, site="decoder 100x8"):
+    return {"site": site, "target": "10x", "method": method, "storage": storage, "data": ppl, "ratio": ratio}
+
+
+def test_a_method_is_judged_at_its_best_storage_and_fp32_collapses_are_named():
+    rows = [_row("prune", "fp32", 300.0), _row("prune", "8-bit", 50.0), _row("lowrank", "fp32", 40.0)]
+    lines = collapse_lines(rows, dense=35.0)
+    assert lines[0].endswith("met") and "NOT" not in lines[0]
+    assert "prune (decoder: 300)" in lines[1]
+
+
+def test_a_collapse_at_every_storage_fails_the_goal():
+    rows = [_row("hash", "fp32", 300.0), _row("hash", "8-bit", 80.0), _row("lowrank", "fp32", 40.0)]
+    assert "NOT met: hash (decoder, 8-bit: 80)" in collapse_lines(rows, dense=35.0)[0]
+
+
+def test_a_method_that_cannot_reach_the_ratio_is_reported_outside_the_check():
+    rows = [_row("lightrnn", "fp32", 270.0, ratio=31.0), _row("lowrank", "fp32", 40.0, site="encoder 100x8")]
+    lines = collapse_lines(rows, dense=35.0)
+    assert lines[0].endswith(": met")
+    assert "lightrnn (decoder: 31x, val ppl 270)" in lines[-1]

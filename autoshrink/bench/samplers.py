@@ -25,6 +25,7 @@ import torch
 from autoshrink.bench.report import commit, write_report
 from autoshrink.search.pareto import hypervolume_2d
 from autoshrink.search.config import SearchConfig
+from autoshrink.search.study import SAMPLERS
 from autoshrink.search.controller import search
 
 
@@ -46,6 +47,21 @@ def hypervolume_curve(
     return curve
 
 
+def verdict_lines(curves: dict[str, list[list[float]]], trials: int) -> list[str]:
+    """The pick and the goal (reach random search's hypervolume at 2N trials in N), from the means."""
+    mean = {name: [statistics.mean(c[k] for c in cs) for k in range(trials)] for name, cs in curves.items()}
+    best = max(mean, key=lambda name: (mean[name][-1], sum(mean[name])))
+    out = [f"Highest mean hypervolume after {trials} trials: **{best}** ({mean[best][-1]:.4f})."]
+    if "random" in mean:
+        ns = [n for n in (4, 6, 8, 12) if 2 * n <= trials]
+        for name in mean:
+            if name == "random" or not ns:
+                continue
+            met = [f"N={n}: {'yes' if mean[name][n - 1] >= mean['random'][2 * n - 1] else 'no'}" for n in ns]
+            out.append(f"- {name} reaches random search's hypervolume at 2N trials in N trials: {', '.join(met)}")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="kjv-lstm-tiny")
@@ -53,7 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--finetune-steps", type=int, default=20)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--samplers", nargs="+", default=["tpe", "nsga2", "random"])
+    p.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
     p.add_argument("--runs", default="results/runs/bench-samplers")
     p.add_argument("--out", default="results/search.md")
     args = p.parse_args(argv)
@@ -108,6 +124,7 @@ def main(argv=None) -> int:
             vals = [c[k - 1] for c in cs]
             cells.append(f"{statistics.mean(vals):.4f} ± {statistics.pstdev(vals):.4f}")
         lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
+    lines += ["", *verdict_lines(curves, args.trials)]
     lines += [
         "",
         f"Trial overhead (share of a completed trial's wall time outside fine-tuning steps: compress, "

@@ -20,7 +20,9 @@ from typing import Callable
 import torch
 
 from autoshrink.allocate import allocate
-from autoshrink.allocate.pipeline import SLICE_TOKENS, capped_options
+from autoshrink.allocate.knapsack import Option
+from autoshrink.allocate.pipeline import SLICE_TOKENS, capped_options, fixed_bytes, knapsack_options
+from autoshrink.allocate.profile import profile
 from autoshrink.errors import UserError
 from autoshrink.methods import MethodConfig, config_class
 from autoshrink.models.discover import in_place_target
@@ -89,7 +91,7 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
     slice, so a trial's validation is not the tokens its plan was chosen on."""
     if ctx.max_bytes is None or count < 1:
         return []
-    in_place = [s.name for s in ctx.sites if in_place_target(ctx.model, s.name) is not None]
+    in_place = _in_place(ctx)
     if in_place:  # the profile's replay swaps modules on a shallow copy; a parametrized weight would leak
         log(
             f"allocation skipped: {len(in_place)} site(s) are compressed in place inside torch modules "
@@ -97,16 +99,12 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
         )
         return []
     start = time.perf_counter()
-    valid = ctx.data.valid.reshape(-1)
-    slice_start = ctx.settings.eval_tokens or 0
-    held_out = valid[slice_start:] if valid.numel() - slice_start >= 1000 else valid
-    fixed = ctx.model_bytes - sum(s.dense_bytes for s in ctx.sites if s.tied_with is None)
-    options = space_options(ctx.space, ctx.sites, ctx.max_bytes - fixed, ctx.model_bytes, ctx.freqs)
+    held_out = _held_out(ctx)
+    options = _options(ctx)
     count_options = sum(len(v) for v in options.values())
     if not count_options:
         return []
     log(f"profile: {count_options} options of {len(options)} sites, each alone, no training -> {folder / PROFILE}")
-    by_name = {s.name: s for s in ctx.sites}
     result = allocate(
         ctx.model,
         held_out,
@@ -117,7 +115,7 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
         profile_path=folder / PROFILE,
         seed=ctx.settings.seed,
         progress=True,
-        may_stay_dense=lambda name: not options.get(name) or DENSE in ctx.space.methods_for(by_name[name]),
+        may_stay_dense=_may_stay_dense(ctx, options),
     )
     plans: list[tuple[str, Plan]] = [(f"allocation ({result.best.source})", result.best.plan)]
     for fraction in LADDER:
@@ -136,3 +134,46 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
     for source, plan in plans:
         assert plan_stored_bytes(ctx.sites, plan, ctx.freqs, ctx.model_bytes) <= ctx.max_bytes, source
     return plans
+
+
+def profile_options(ctx, folder: Path) -> tuple[dict[str, list[Option]], float] | None:
+    """The knapsack's options from the run's profile (what the allocation measured, read back from
+    PROFILE; anything missing is measured) and the bytes the sites may hold: what the
+    profile-guided sampler plans with. None where a search has no profile (no byte budget, sites
+    compressed in place)."""
+    if ctx.max_bytes is None or _in_place(ctx):
+        return None
+    options = _options(ctx)
+    if not any(options.values()):
+        return None
+    table = profile(
+        ctx.model,
+        _held_out(ctx)[:SLICE_TOKENS],
+        options,
+        freqs=ctx.freqs,
+        stats=ctx.stats,
+        path=folder / PROFILE,
+    )
+    knap = knapsack_options(table, ctx.sites, ctx.model_bytes, ctx.freqs, _may_stay_dense(ctx, options))
+    return knap, float(ctx.max_bytes - fixed_bytes(ctx.sites, ctx.model_bytes))
+
+
+def _in_place(ctx) -> list[str]:
+    return [s.name for s in ctx.sites if in_place_target(ctx.model, s.name) is not None]
+
+
+def _held_out(ctx) -> torch.Tensor:
+    """Validation tokens after the trials' slice: plans are chosen on tokens no trial is judged on."""
+    valid = ctx.data.valid.reshape(-1)
+    slice_start = ctx.settings.eval_tokens or 0
+    return valid[slice_start:] if valid.numel() - slice_start >= 1000 else valid
+
+
+def _options(ctx) -> dict[str, list[MethodConfig]]:
+    fixed = fixed_bytes(ctx.sites, ctx.model_bytes)
+    return space_options(ctx.space, ctx.sites, ctx.max_bytes - fixed, ctx.model_bytes, ctx.freqs)
+
+
+def _may_stay_dense(ctx, options: dict) -> Callable[[str], bool]:
+    by_name = {s.name: s for s in ctx.sites}
+    return lambda name: not options.get(name) or DENSE in ctx.space.methods_for(by_name[name])

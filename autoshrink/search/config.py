@@ -19,10 +19,10 @@ from autoshrink.errors import UserError
 from autoshrink.models.presets import PRESETS
 from autoshrink.search.budget import parse_budget
 from autoshrink.search.space import DEFAULT_SPACE, TRANSFORMER_SPACE
+from autoshrink.search.study import SAMPLERS
 from autoshrink.search.trial import TrialSettings
 
 BACKENDS = ("optuna", "ray")
-SAMPLERS = ("tpe", "nsga2", "random")
 
 
 # What a run is: a resume takes these from run.json (None: not given). Defaults of a new run.

@@ -30,7 +30,8 @@ from autoshrink.measure.latency import LatencyTable
 from autoshrink.plan import dense_bytes as model_dense_bytes, stored_bytes
 from autoshrink.search import optuna_backend, run_folder
 from autoshrink.search import study as study_db
-from autoshrink.search.allocation import allocated_plans
+from autoshrink.search.allocation import allocated_plans, profile_options
+from autoshrink.search.profile_sampler import ProfileGuidedSampler
 from autoshrink.search.owner import active, new_owner
 from autoshrink.search.warm_start import enqueue_uniform_seeds, uniform_seeds
 from autoshrink.search.space import DEFAULT_SPACE, SearchSpace, default_space, load_space, smallest_plan, space_digest
@@ -223,6 +224,8 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
                     f"warm start: {len(seeds)} trial(s) put one method on every site "
                     f"({', '.join(m for m, _ in seeds)}), fitted to the budget: the controls to beat"
                 )
+    if isinstance(study.sampler, ProfileGuidedSampler):
+        _attach_profile(study.sampler, ctx, folder, log)
     run_folder.write_run_json(
         folder,
         {
@@ -302,6 +305,19 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
             optuna_backend.run(ctx, study, trials, timeout, [after_trial])
     front = run_folder.write(folder, study, objective)
     return SearchResult(folder, study, front, replace(c, run_dir=folder))
+
+
+def _attach_profile(sampler: ProfileGuidedSampler, ctx: SearchContext, folder: Path, log: Callable) -> None:
+    """Give the profile-guided sampler the run's profile (measured by the allocation, read back)."""
+    found = profile_options(ctx, folder)
+    if found is None:
+        log(
+            "sampler profile: this search has no profile (a latency budget, or sites compressed in place): "
+            "its plans are drawn at random"
+        )
+        return
+    options, capacity = found
+    sampler.attach(options, capacity, lambda plan: ctx.space.params_of(plan, ctx.sites))
 
 
 def _halving_note(settings: TrialSettings) -> str:

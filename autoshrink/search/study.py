@@ -23,13 +23,14 @@ from optuna.trial import TrialState
 from autoshrink.errors import UserError
 from autoshrink.plan import plan_stored_bytes, plan_to_json
 from autoshrink.search import owner as owners
+from autoshrink.search.profile_sampler import ProfileGuidedSampler
 from autoshrink.search.space import sample_plan
 from autoshrink.search.trial import TrialResult
 
 STUDY_NAME = "autoshrink"
 # A crashed trial is noticed two heartbeats after its last one, when the search resumes.
 HEARTBEAT_S = int(os.environ.get("AUTOSHRINK_HEARTBEAT_S", "15"))
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("tpe", "nsga2", "random", "profile", "gp")
 OWNER = "autoshrink:owner"  # system attr: the search that runs the trial (search/owner.py)
 
 
@@ -42,6 +43,10 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":  # Gaussian-process BO (log EHVI); knobs outside the space all trials share are drawn at random
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=6, warn_independent_sampling=False)
+    if name == "profile":  # knapsack plans over learned corrections of the profile (search/profile_sampler.py)
+        return ProfileGuidedSampler(seed=seed)
     raise UserError(f"unknown sampler {name!r}: use {', '.join(SAMPLERS)}")
 
 

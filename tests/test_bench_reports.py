@@ -1,4 +1,4 @@
-"""The no-collapse goal line of results/methods.md is computed from the rows, at each method's best storage."""
+"""Goal and pick lines of the benchmark reports are computed from the measured rows."""
 
 from __future__ import annotations
 
@@ -26,3 +26,17 @@ def test_a_method_that_cannot_reach_the_ratio_is_reported_outside_the_check():
     lines = collapse_lines(rows, dense=35.0)
     assert lines[0].endswith(": met")
     assert "lightrnn (decoder: 31x, val ppl 270)" in lines[-1]
+
+
+def test_the_sampler_pick_and_goal_lines_come_from_the_curves():
+    from autoshrink.bench.samplers import verdict_lines
+
+    curves = {
+        "random": [[0.0, 0.1, 0.1, 0.2, 0.2, 0.3, 0.3, 0.4]],
+        "tpe": [[0.0, 0.2, 0.2, 0.5, 0.5, 0.5, 0.5, 0.5]],
+    }
+    lines = verdict_lines(curves, 8)
+    assert "**tpe**" in lines[0]
+    assert "tpe reaches random search's hypervolume at 2N trials in N trials: N=4: yes" in lines[1]
+    curves["tpe"] = [[0.0, 0.0, 0.0, 0.1, 0.1, 0.1, 0.1, 0.1]]
+    assert "N=4: no" in verdict_lines(curves, 8)[1]

@@ -399,3 +399,24 @@ def test_repair_steps_an_entry_that_stores_more_than_its_dense_site_below_it():
     fixed[site.name].check_shrinks(site)  # no longer refused
     repaired = repair({site.name: big}, sites, 10**9)  # a generous budget still repairs it
     repaired[site.name].check_shrinks(site)
+
+
+def test_the_search_ends_with_where_its_time_went(tiny_model_dir, text_file, space_file, tmp_path):
+    lines = []
+    result = search(
+        SearchConfig(
+            budget="4x",
+            model=str(tiny_model_dir),
+            data=str(text_file),
+            space=str(space_file),
+            trials=2,
+            finetune_steps=4,
+            run_dir=tmp_path / "run",
+            sampler="random",
+        ),
+        log=lines.append,
+    )
+    line = lines[-1]
+    assert line.startswith("time: calibration ") and "profile and allocation" in line and "2 trial(s)" in line
+    trained = [t for t in result.study.get_trials() if t.state.name == "COMPLETE"]
+    assert trained and all(0 < t.user_attrs["build_seconds"] <= t.user_attrs["seconds"] for t in trained)

@@ -132,6 +132,7 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
     sites (said in the log). A new search starts from single-method plans unless `warm_start` is False
     (search/warm_start.py). With `backend="ray"`, `workers` trials run at once through Ray Tune,
     each on `cpus_per_trial` threads, locally or on the cluster at `address`."""
+    session_start = time.time()
     recorded = run_folder.recorded_settings(config.run_dir) or {}
     c = config.resolved(recorded, config.run_dir)  # a resume keeps its settings
     budget, model, data, space, trials, timeout = c.budget, c.model, c.data, c.space, c.trials, c.timeout
@@ -188,6 +189,7 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
             )
     study = study or study_db.open_study(folder, sampler, seed)
     stats = None
+    spent: dict[str, float] = {}  # seconds of this session's cheap steps, for the closing time line
     if c.calibration_tokens:
         started_calibration = time.time()
         stats = calibrate(dense, data.train, tokens=c.calibration_tokens, freqs=freqs)
@@ -195,6 +197,7 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
             f"calibration: input statistics of {len(stats)} sites over {c.calibration_tokens:,} training tokens, "
             f"{time.time() - started_calibration:.0f} s (cached)"
         )
+        spent["calibration"] = time.time() - started_calibration
     ctx = SearchContext(
         dense,
         data,
@@ -214,7 +217,9 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
         run_dir=folder,
     )
     if not study.get_trials(deepcopy=False):  # a new study: its first trials are chosen, not sampled
+        started_allocation = time.time()
         allocated = allocated_plans(ctx, folder, max(1, trials // 2), log) if c.allocate else []
+        spent["profile and allocation"] = time.time() - started_allocation
         for source, plan in allocated:
             study.enqueue_trial(spc.params_of(plan, sites), user_attrs={"allocated": source})
         if warm_start and max_bytes is not None:
@@ -304,6 +309,7 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
         else:
             optuna_backend.run(ctx, study, trials, timeout, [after_trial])
     front = run_folder.write(folder, study, objective)
+    log(_time_line(study, spent, started, session_start))
     return SearchResult(folder, study, front, replace(c, run_dir=folder))
 
 
@@ -318,6 +324,24 @@ def _attach_profile(sampler: ProfileGuidedSampler, ctx: SearchContext, folder: P
         return
     options, capacity = found
     sampler.attach(options, capacity, lambda plan: ctx.space.params_of(plan, ctx.sites))
+
+
+def _time_line(study: optuna.Study, spent: dict[str, float], started: float, session_start: float) -> str:
+    """Where this session's time went: the cheap steps, then the trials it ran (builds, fine-tuning,
+    the rest: validation, latency, bookkeeping)."""
+    trials = [
+        t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_start.timestamp() >= started
+    ]
+    attrs = [t.user_attrs for t in trials if t.user_attrs.get("seconds") is not None]
+    total = sum(a["seconds"] for a in attrs)
+    builds = sum(a.get("build_seconds", 0.0) for a in attrs)
+    tuning = sum(a.get("finetune_seconds", 0.0) for a in attrs)
+    parts = [f"{name} {duration(s)}" for name, s in spent.items()]
+    parts.append(
+        f"{len(attrs)} trial(s) {duration(total)} (builds {duration(builds)}, fine-tuning {duration(tuning)}, "
+        f"validation and the rest {duration(max(0.0, total - builds - tuning))})"
+    )
+    return "time: " + ", ".join(parts) + f"; in all {duration(time.time() - session_start)}"
 
 
 def _halving_note(settings: TrialSettings) -> str:

@@ -46,7 +46,16 @@ from autoshrink.search.trial import TrialResult, rungs, run_trial
 
 STEP = "finetune_step"  # ASHA's time attribute: fine-tuning steps done (Tune's own keys are reserved)
 METRIC = "val_ppl"
-RESULT_FIELDS = ("val_ppl", "stored_bytes", "ratio", "latency_ms", "seconds", "finetune_seconds", "steps")
+RESULT_FIELDS = (
+    "val_ppl",
+    "stored_bytes",
+    "ratio",
+    "latency_ms",
+    "seconds",
+    "finetune_seconds",
+    "build_seconds",
+    "steps",
+)
 
 
 @dataclass

@@ -211,7 +211,7 @@ def record_result(trial: optuna.Trial, ctx, result: TrialResult, nbytes: int) ->
     if result.stored_bytes != nbytes:  # the analytic count is the contract: never let it drift
         raise RuntimeError(f"analytic {nbytes} bytes != built model {result.stored_bytes} bytes")
     feasible = ctx.constraint(result) <= 0
-    for key in ("val_ppl", "latency_ms", "seconds", "finetune_seconds", "steps"):
+    for key in ("val_ppl", "latency_ms", "seconds", "finetune_seconds", "build_seconds", "steps"):
         trial.set_user_attr(key, getattr(result, key))
     trial.set_user_attr("curve", {str(k): v for k, v in result.curve.items()})
     trial.set_user_attr("feasible", feasible)

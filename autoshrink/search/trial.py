@@ -82,6 +82,7 @@ class TrialResult:
     latency_ms: float
     seconds: float
     finetune_seconds: float  # time in fine-tuning steps (forward, backward, update), validation excluded
+    build_seconds: float  # time compressing the dense model (data-aware builds: SVDs, GPTQ, ...)
     steps: int
     curve: dict[int, float] = field(default_factory=dict)
     model: nn.Module | None = field(default=None, repr=False)  # the fine-tuned compressed model (CPU)
@@ -102,6 +103,7 @@ def run_trial(
     start = time.perf_counter()
     torch.manual_seed(settings.seed)
     model = compress(dense, plan, freqs=data.vocab.freqs, stats=stats)
+    build_s = time.perf_counter() - start
     nbytes = stored_bytes(model)
     curve: dict[int, float] = {}
     steps = settings.finetune_steps
@@ -153,6 +155,7 @@ def run_trial(
         latency_ms=latency,
         seconds=time.perf_counter() - start,
         finetune_seconds=finetune_s,
+        build_seconds=build_s,
         steps=steps,
         curve=curve,
         model=model,

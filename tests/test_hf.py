@@ -16,7 +16,7 @@ from autoshrink.data import SubwordVocab, load_lm_data
 from autoshrink.final.export import export_tensors, file_bytes, save_compressed
 from autoshrink.methods import CompressedEmbedding, CompressedLinear
 from autoshrink.models import discover_sites
-from autoshrink.plan import parse_plan, plan_stored_bytes, stored_bytes
+from autoshrink.plan import ModelFile, parse_plan, plan_stored_bytes, stored_bytes
 from conftest import _SENTENCES
 
 transformers = pytest.importorskip("transformers")
@@ -166,7 +166,7 @@ def test_compress_bytes_analytic_equal_built_and_export_round_trip(which, gpt2_d
     dense = autoshrink.load(str(folder))
     freqs = load_lm_data(str(text_file), vocab=dense.vocab).vocab.freqs
     sites = discover_sites(dense)
-    analytic = plan_stored_bytes(sites, parse_plan(plan), freqs, model_bytes=stored_bytes(dense))
+    analytic = plan_stored_bytes(sites, parse_plan(plan), freqs, model_file=ModelFile.of(dense))
     torch.manual_seed(0)
     small = autoshrink.compress(dense, plan, freqs=freqs).eval()
     assert stored_bytes(small) == analytic < stored_bytes(dense)

@@ -21,7 +21,7 @@ from autoshrink.measure.latency import LatencyTable
 from autoshrink.models.adapter import TorchLM, adapt
 from autoshrink.models.discover import recurrent_weight_names
 from autoshrink.models.site_inputs import attention_inputs, recurrent_inputs
-from autoshrink.plan import compress, dense_bytes, plan_stored_bytes, stored_bytes
+from autoshrink.plan import ModelFile, compress, dense_bytes, plan_stored_bytes, stored_bytes
 
 
 class RNNModel(nn.Module):
@@ -219,7 +219,7 @@ def test_bytes_of_in_place_sites_are_exact_before_building(lm_data):
     plan = {s.name: {"method": "lowrank", "rank": 3, "bits": 6} for s in sites if s.role == "recurrent"}
     plan["decoder"] = {"method": "quant", "bits": 4}
     parsed = autoshrink.plan.parse_plan(plan)
-    analytic = plan_stored_bytes(sites, parsed, model_bytes=stored_bytes(lm))
+    analytic = plan_stored_bytes(sites, parsed, model_file=ModelFile.of(lm))
     assert analytic == stored_bytes(compress(lm, plan)) < stored_bytes(lm)
 
 

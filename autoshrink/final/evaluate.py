@@ -1,9 +1,10 @@
 """Evaluation of a model folder or preset (`autoshrink eval`): what a compressed LM costs and loses.
 
     test_ppl      perplexity over the whole test split
-    stored_bytes  from the loaded model (autoshrink.stored_bytes), checked against the tensors
-                  in its model.safetensors
-    ratio         dense fp32 bytes of the base architecture / stored bytes
+    stored_bytes  the size of model.safetensors, header included: counted from the loaded model
+                  (autoshrink.stored_bytes) and, for an export, checked against the file on disk
+                  (a preset or dense folder: the size its export would have)
+    ratio         dense fp32 bytes of the base architecture / stored bytes (the file's size)
     latency_ms    median CPU wall time of one forward pass, batch 1, 35 tokens (docs/design.md, Budgets),
                   of 20 passes; latency_ms_iqr its interquartile range
     tokens_per_s  evaluation throughput (batch 10 x 35-token windows of the test split), median
@@ -81,7 +82,7 @@ def evaluate_dir(path: str | Path, data: str | None = None, device: str = "cpu",
         in_file = file_bytes(name)
         if in_file != result["stored_bytes"]:
             raise UserError(
-                f"{name}: model.safetensors holds {in_file:,} bytes of tensors but the model stores "
+                f"{name}: model.safetensors is {in_file:,} bytes on disk but the model stores "
                 f"{result['stored_bytes']:,}: the export does not match its plan"
             )
     return {**result, "model": name, "format": meta.get("format"), "data": corpus}

@@ -20,11 +20,11 @@ from typing import Callable
 import torch
 
 from autoshrink.allocate import allocate
-from autoshrink.allocate.pipeline import SLICE_TOKENS, capped_options
+from autoshrink.allocate.pipeline import SLICE_TOKENS, capped_options, fixed_bytes
 from autoshrink.errors import UserError
 from autoshrink.methods import MethodConfig, config_class
 from autoshrink.models.discover import in_place_target
-from autoshrink.plan import Plan, plan_stored_bytes
+from autoshrink.plan import ModelFile, Plan, plan_stored_bytes
 from autoshrink.search.space import DENSE, SearchSpace
 from autoshrink.sites import ROLES, Site
 
@@ -71,13 +71,13 @@ def into_space(space: SearchSpace, site: Site, config: MethodConfig) -> MethodCo
 
 
 def space_options(
-    space: SearchSpace, sites: list[Site], capacity: int, model_bytes: int, freqs: torch.Tensor | None
+    space: SearchSpace, sites: list[Site], capacity: int, model_file: ModelFile, freqs: torch.Tensor | None
 ) -> dict[str, list[MethodConfig]]:
     """{site: the configs to profile}: levels of every base within what the site can hold, in the space."""
     bases = {role: profile_bases(space, role) for role in ROLES}
     by_name = {s.name: s for s in sites}
     options = {}
-    for name, configs in capped_options(sites, bases, capacity, model_bytes, freqs, LEVELS).items():
+    for name, configs in capped_options(sites, bases, capacity, model_file, freqs, LEVELS).items():
         moved = [m for m in (into_space(space, by_name[name], c) for c in configs) if m is not None]
         options[name] = list(dict.fromkeys(moved))  # several levels may land on one space value
     return options
@@ -100,8 +100,8 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
     valid = ctx.data.valid.reshape(-1)
     slice_start = ctx.settings.eval_tokens or 0
     held_out = valid[slice_start:] if valid.numel() - slice_start >= 1000 else valid
-    fixed = ctx.model_bytes - sum(s.dense_bytes for s in ctx.sites if s.tied_with is None)
-    options = space_options(ctx.space, ctx.sites, ctx.max_bytes - fixed, ctx.model_bytes, ctx.freqs)
+    fixed = fixed_bytes(ctx.sites, ctx.model_file)
+    options = space_options(ctx.space, ctx.sites, ctx.max_bytes - fixed, ctx.model_file, ctx.freqs)
     count_options = sum(len(v) for v in options.values())
     if not count_options:
         return []
@@ -134,5 +134,5 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
         f"{time.perf_counter() - start:.0f} s"
     )
     for source, plan in plans:
-        assert plan_stored_bytes(ctx.sites, plan, ctx.freqs, ctx.model_bytes) <= ctx.max_bytes, source
+        assert plan_stored_bytes(ctx.sites, plan, ctx.freqs, ctx.model_file) <= ctx.max_bytes, source
     return plans

@@ -2,8 +2,8 @@
 
     test_ppl      perplexity over the whole test split
     stored_bytes  the size of model.safetensors, header included: counted from the loaded model
-                  (autoshrink.stored_bytes) and, for an export, checked against the file on disk
-                  (a preset or dense folder: the size its export would have)
+                  (autoshrink.stored_bytes) and, for a compressed export, checked against the file
+                  on disk (a preset or dense folder: the size of its export, as a search counts it)
     ratio         dense fp32 bytes of the base architecture / stored bytes (the file's size)
     latency_ms    median CPU wall time of one forward pass, batch 1, 35 tokens (docs/design.md, Budgets),
                   of 20 passes; latency_ms_iqr its interquartile range
@@ -63,8 +63,7 @@ def evaluate_dir(path: str | Path, data: str | None = None, device: str = "cpu",
     (pretrained on `data`, kjv by default). The corpus is `data`, else the one model.json names.
     `model`: for the export of your own torch model, a fresh instance of its class (see `load`)."""
     from autoshrink.models.load import load
-    from autoshrink.final.export import file_bytes
-    from autoshrink.models.hf import FORMAT as HF_FORMAT
+    from autoshrink.final.export import FORMAT as EXPORT_FORMAT, file_bytes
     from autoshrink.models.presets import PRESETS
 
     name = str(path)
@@ -78,7 +77,7 @@ def evaluate_dir(path: str | Path, data: str | None = None, device: str = "cpu",
         )
     lm = load_lm_data(corpus, vocab=model.vocab)
     result = measure(model, lm, device=device)
-    if name not in PRESETS and meta.get("format") != HF_FORMAT:  # a Hugging Face folder keeps its own dtype and shards
+    if meta.get("format") == EXPORT_FORMAT:  # a dense folder's own file is not an export (its metadata differs)
         in_file = file_bytes(name)
         if in_file != result["stored_bytes"]:
             raise UserError(

@@ -1,7 +1,9 @@
 """How a method's tensors are stored: packed low-bit floats, packed integers, sparse overlays.
 
-Every byte a compressed model claims is counted here, and the same functions produce the
-tensors that are exported, so the analytic count and the export cannot drift apart.
+Every byte a compressed model claims is counted here: each packing function (pack_float,
+pack_sparse) has a twin that describes its output by name, dtype and shape without packing
+(float_specs, sparse_specs), and bytes and the safetensors header follow from those
+descriptions (Specs), so the analytic count, the export and the file cannot drift apart.
 
 Float storage (`bits` of a method config):
   32 -> fp32, 16 -> fp16, 2..8 -> affine min-max codes per group (a row, or `group_size`
@@ -23,7 +25,6 @@ from autoshrink.errors import UserError
 
 FLOAT_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 Specs = dict[str, tuple[torch.dtype, tuple[int, ...]]]  # name -> (dtype, shape): stored tensors, described
-SCALE_BYTES_PER_GROUP = 4  # fp16 scale + fp16 minimum
 
 
 def check_bits(bits: int) -> None:

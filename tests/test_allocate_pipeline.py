@@ -12,7 +12,7 @@ from autoshrink.methods.lowrank import LowRankConfig
 from autoshrink.methods.quant import QuantConfig
 from autoshrink.models.discover import discover_sites
 from autoshrink.models.training import evaluate_perplexity
-from autoshrink.plan import compress, dense_bytes, plan_stored_bytes, stored_bytes
+from autoshrink.plan import ModelFile, compress, dense_bytes, plan_stored_bytes, stored_bytes
 
 from allocate_fixtures import trained_lstm
 
@@ -82,11 +82,11 @@ def test_level_caps_leave_room_for_every_other_site_at_its_cheapest():
 
     model, _, _ = trained_lstm()
     sites = discover_sites(model)
-    model_bytes = stored_bytes(model)
-    capacity = dense_bytes(model) // 3 - fixed_bytes(sites, model_bytes)
+    model_file = ModelFile.of(model)
+    capacity = dense_bytes(model) // 3 - fixed_bytes(sites, model_file)
     options = site_options(sites, BASES, levels=4)
-    caps = level_caps(sites, options, capacity, model_bytes, None)
-    cheapest = {n: min(site_cost(sites, n, c, model_bytes, None) for c in cfgs) for n, cfgs in options.items()}
+    caps = level_caps(sites, options, capacity, model_file, None)
+    cheapest = {n: min(site_cost(sites, n, c, model_file, None) for c in cfgs) for n, cfgs in options.items()}
     for name, cap in caps.items():
         # An option of `cap` method bytes (plus its bias) and every other site at its cheapest fill the capacity.
         site = next(s for s in sites if s.name == name)

@@ -33,10 +33,10 @@ def test_uniform_plan_just_meets_the_limit_on_every_site(setup, method, ratio):
     # The tiny model's LSTM biases alone are 1/40 of it: its budgets are modest ones.
     limit = setup.dense_bytes // ratio
     freqs = setup.lm.vocab.freqs
-    plan = uniform_plan(config_from_dict({"method": method}), setup.sites, limit, freqs, setup.model_bytes)
+    plan = uniform_plan(config_from_dict({"method": method}), setup.sites, limit, freqs, setup.model_file)
     assert plan is not None and set(plan) == {s.name for s in setup.sites if s.tied_with is None}
     assert {cfg.method for cfg in plan.values()} == {method}
-    nbytes = plan_stored_bytes(setup.sites, plan, freqs, setup.model_bytes)
+    nbytes = plan_stored_bytes(setup.sites, plan, freqs, setup.model_file)
     assert nbytes <= limit
     assert nbytes > 0.6 * limit  # fitted to the limit, not merely under it
 
@@ -48,12 +48,12 @@ def test_uniform_plan_keeps_sites_outside_the_scope_dense(setup):
         setup.sites,
         setup.max_bytes(row),
         setup.lm.vocab.freqs,
-        setup.model_bytes,
+        setup.model_file,
         row.roles,
     )
     recurrent = {s.name for s in setup.sites if s.role == "recurrent"}
     assert set(plan) == recurrent
-    lstm_stored = plan_stored_bytes(setup.sites, plan, setup.lm.vocab.freqs, setup.model_bytes) - (
+    lstm_stored = plan_stored_bytes(setup.sites, plan, setup.lm.vocab.freqs, setup.model_file) - (
         setup.model_bytes - setup.scope_bytes(row)
     )
     assert setup.scope_bytes(row) / lstm_stored >= 5
@@ -64,7 +64,7 @@ def test_a_vocabulary_method_cannot_reach_a_whole_model_budget_the_dense_lstm_ex
     limit = lstm // 2  # below what the dense LSTM layers alone store
     assert (
         uniform_plan(
-            config_from_dict({"method": "groupreduce"}), setup.sites, limit, setup.lm.vocab.freqs, setup.model_bytes
+            config_from_dict({"method": "groupreduce"}), setup.sites, limit, setup.lm.vocab.freqs, setup.model_file
         )
         is None
     )

@@ -4,6 +4,7 @@ and bad folders as one UserError."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -14,9 +15,10 @@ import autoshrink
 from autoshrink.cli import main
 from autoshrink.errors import UserError
 from autoshrink.final.export import FORMAT, export_tensors, file_bytes, load_compressed, save_compressed
-from autoshrink.methods._storage import tensors_bytes
+from autoshrink.methods import safetensors_file_bytes, tensors_bytes
 from autoshrink.models import discover_sites
-from autoshrink.plan import compress, parse_plan, plan_stored_bytes, stored_bytes
+from autoshrink.plan import ModelFile, compress, parse_plan, plan_stored_bytes, stored_bytes
+from autoshrink.plan.bytes import FILE_METADATA
 
 MIXED = {
     "encoder": {"method": "lowrank", "rank": 4, "bits": 8},
@@ -51,7 +53,9 @@ def test_exported_bytes_equal_claimed_and_plan_bytes_and_load_is_exact(dense, pl
     small = _export(dense, plan, tmp_path / "out")
     tensors = load_file(str(tmp_path / "out" / "model.safetensors"))
     analytic = plan_stored_bytes(discover_sites(dense), parse_plan(plan), dense.vocab.freqs)
-    assert tensors_bytes(tensors) == file_bytes(tmp_path / "out") == stored_bytes(small) == analytic
+    on_disk = os.path.getsize(tmp_path / "out" / "model.safetensors")
+    assert on_disk == file_bytes(tmp_path / "out") == stored_bytes(small) == analytic  # the header counted
+    assert tensors_bytes(tensors) < analytic
     assert "rnn.0.ih.bias" in tensors and any(k.startswith("rnn.1.hh.") for k in tensors)  # <site>.<name> keys
     loaded = autoshrink.load(str(tmp_path / "out"))  # the API dispatches on model.json's format
     assert loaded.meta["format"] == FORMAT and loaded.vocab.words == dense.vocab.words
@@ -80,7 +84,9 @@ def test_a_weight_shared_by_tied_sites_is_exported_once():
     model = Tied()
     small = compress(model, {"emb": {"method": "lowrank", "rank": 2, "bits": 8}})
     tensors = export_tensors(small)
-    assert tensors_bytes(tensors) == stored_bytes(small)
+    assert safetensors_file_bytes(tensors, FILE_METADATA) == stored_bytes(small)
+    plan = parse_plan({"emb": {"method": "lowrank", "rank": 2, "bits": 8}})
+    assert plan_stored_bytes(discover_sites(model), plan, None, ModelFile.of(model)) == stored_bytes(small)
     assert sorted(tensors) == [
         "emb.U.codes",
         "emb.U.min",

@@ -14,9 +14,16 @@ import autoshrink
 from autoshrink.cli import main
 from autoshrink.data import SubwordVocab, load_lm_data
 from autoshrink.final.export import export_tensors, file_bytes, save_compressed
-from autoshrink.methods import CompressedEmbedding, CompressedLinear
+from autoshrink.methods import (
+    CompressedEmbedding,
+    CompressedLinear,
+    safetensors_file_bytes,
+    safetensors_header_bytes,
+    specs_of,
+)
 from autoshrink.models import discover_sites
-from autoshrink.plan import parse_plan, plan_stored_bytes, stored_bytes
+from autoshrink.plan import ModelFile, parse_plan, plan_stored_bytes, stored_bytes
+from autoshrink.plan.bytes import FILE_METADATA
 from conftest import _SENTENCES
 
 transformers = pytest.importorskip("transformers")
@@ -106,7 +113,8 @@ def test_gpt2_sites_conv1d_transposed_and_tied_head_counted_once(gpt2_dir):
     # Tied weights count once: stored bytes are the unique parameters', the shared table once.
     unique = 4 * sum(p.numel() for p in _unique_params(model))
     every = 4 * sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
-    assert stored_bytes(model) == unique == every - 4 * v * 32
+    header = safetensors_header_bytes(specs_of(export_tensors(model)), FILE_METADATA)  # the file's, counted too
+    assert stored_bytes(model) - header == unique == every - 4 * v * 32
     site_params = {id(model.get_submodule(s.name).weight) for s in sites.values()}
     site_params |= {id(model.get_submodule(s.name).bias) for s in sites.values() if s.bias}
     rest = 4 * sum(p.numel() for p in _unique_params(model) if id(p) not in site_params)
@@ -166,7 +174,7 @@ def test_compress_bytes_analytic_equal_built_and_export_round_trip(which, gpt2_d
     dense = autoshrink.load(str(folder))
     freqs = load_lm_data(str(text_file), vocab=dense.vocab).vocab.freqs
     sites = discover_sites(dense)
-    analytic = plan_stored_bytes(sites, parse_plan(plan), freqs, model_bytes=stored_bytes(dense))
+    analytic = plan_stored_bytes(sites, parse_plan(plan), freqs, model_file=ModelFile.of(dense))
     torch.manual_seed(0)
     small = autoshrink.compress(dense, plan, freqs=freqs).eval()
     assert stored_bytes(small) == analytic < stored_bytes(dense)
@@ -175,7 +183,7 @@ def test_compress_bytes_analytic_equal_built_and_export_round_trip(which, gpt2_d
         assert isinstance(wte, CompressedEmbedding) and isinstance(head, CompressedLinear)
         assert wte.compressed is head.compressed and small.hf.lm_head is head  # the HF forward uses it
     out = save_compressed(small, plan, tmp_path / "out", dense.meta, {"note": "test"}, sites=sites)
-    assert file_bytes(out) == sum(t.numel() * t.element_size() for t in export_tensors(small).values()) == analytic
+    assert file_bytes(out) == safetensors_file_bytes(export_tensors(small), FILE_METADATA) == analytic
     loaded = autoshrink.load(str(out))
     assert stored_bytes(loaded) == analytic
     listed = {s.name: s for s in autoshrink.sites(loaded)}  # compressed sites are listed, with method and bytes
@@ -242,7 +250,7 @@ def test_search_train_eval(which, gpt2_dir, llama_dir, text_file, tmp_path, caps
     assert result["ratio"] >= 3.0
     assert main(["eval", str(folder), "--data", str(text_file), "--json"]) == 0  # the dense folder too
     dense = json.loads(capsys.readouterr().out)
-    assert dense["ratio"] == pytest.approx(1.0) and math.isfinite(dense["test_ppl"])
+    assert 0.9 < dense["ratio"] < 1.0 and math.isfinite(dense["test_ppl"])  # its export's header: a little over fp32
 
 
 def test_bad_folders_are_one_line_exit_2(gpt2_dir, tmp_path, capsys):

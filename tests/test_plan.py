@@ -7,7 +7,9 @@ from torch import nn
 import autoshrink
 from autoshrink.errors import UserError
 from autoshrink.methods import CompressedWeight
-from autoshrink.methods._storage import tensors_bytes
+from autoshrink.final.export import export_tensors
+from autoshrink.methods import safetensors_header_bytes, specs_of, tensors_bytes
+from autoshrink.plan.bytes import FILE_METADATA
 from autoshrink.models import discover_sites
 from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
 from autoshrink.plan import compress, dense_bytes, parse_plan, plan_stored_bytes, plan_to_json, stored_bytes
@@ -46,7 +48,8 @@ def test_analytic_plan_bytes_equal_model_bytes_and_export():
     exported = sum(tensors_bytes(m.export()) for m in small.modules() if isinstance(m, CompressedWeight))
     compressed_params = {id(p) for m in small.modules() if isinstance(m, CompressedWeight) for p in m.parameters()}
     plain = sum(p.numel() * 4 for p in small.parameters() if id(p) not in compressed_params)
-    assert exported + plain == analytic
+    header = safetensors_header_bytes(specs_of(export_tensors(small)), FILE_METADATA)  # the file's
+    assert exported + plain + header == analytic
     assert analytic < dense_bytes(model)
 
 
@@ -62,11 +65,12 @@ def test_tied_weights_are_compressed_and_counted_once():
             return self.head(self.emb(ids))
 
     model = Tied()
-    assert stored_bytes(model) == 40 * 8 * 4
+    assert stored_bytes(model) == 40 * 8 * 4 + safetensors_header_bytes(specs_of(export_tensors(model)), FILE_METADATA)
     small = compress(model, {"head": {"method": "quant", "bits": 8}})
     assert small.emb.compressed is small.head.compressed
     one = small.emb.compressed
-    assert stored_bytes(small) == type(one).stored_bytes(one.site, one.config)
+    header = safetensors_header_bytes(specs_of(export_tensors(small)), FILE_METADATA)
+    assert stored_bytes(small) == type(one).stored_bytes(one.site, one.config) + header
     with pytest.raises(UserError, match="share one weight"):
         compress(model, {"emb": {"method": "quant", "bits": 8}, "head": {"method": "quant", "bits": 4}})
 

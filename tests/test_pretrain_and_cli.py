@@ -8,6 +8,9 @@ import pytest
 
 import autoshrink
 from autoshrink.cli import main
+from autoshrink.final.export import export_tensors
+from autoshrink.methods import safetensors_header_bytes, specs_of
+from autoshrink.plan.bytes import FILE_METADATA
 from autoshrink.models.checkpoint import load_dense
 from autoshrink.models.pretrain import cache_dir, pretrained
 
@@ -96,4 +99,7 @@ def test_methods_lists_every_method_with_knobs(capsys):
 def test_python_api_loads_a_model_folder(tiny_model_dir):
     model = autoshrink.load(str(tiny_model_dir))
     assert len(autoshrink.sites(model)) == 6
-    assert autoshrink.stored_bytes(model) == 4 * sum(p.numel() for p in model.parameters())
+    fp32 = 4 * sum(p.numel() for p in model.parameters())
+    assert autoshrink.stored_bytes(model) == fp32 + safetensors_header_bytes(
+        specs_of(export_tensors(model)), FILE_METADATA
+    )

@@ -17,7 +17,7 @@ from autoshrink.cli import main
 from autoshrink.data import load_lm_data
 from autoshrink.errors import UserError
 from autoshrink.models import discover_sites
-from autoshrink.plan import dense_bytes, parse_plan, plan_stored_bytes, stored_bytes
+from autoshrink.plan import ModelFile, dense_bytes, parse_plan, plan_stored_bytes
 from autoshrink.search import ray_backend, run_folder
 from autoshrink.search.config import SearchConfig
 from autoshrink.search.controller import SearchContext
@@ -36,8 +36,8 @@ def ctx(tiny_model_dir, text_file, tmp_path):
     data = load_lm_data(str(text_file), vocab=dense.vocab)
     (tmp_path / "space.yaml").write_text(SPACE)
     space, sites, freqs = load_space(tmp_path / "space.yaml"), discover_sites(dense), data.vocab.freqs
-    budget, nbytes, model_bytes = parse_budget("4x"), dense_bytes(dense), stored_bytes(dense)
-    max_bytes = check_feasible(budget, space, sites, nbytes, freqs, model_bytes)
+    budget, nbytes, model_file = parse_budget("4x"), dense_bytes(dense), ModelFile.of(dense)
+    max_bytes = check_feasible(budget, space, sites, nbytes, freqs, model_file)
     return SearchContext(
         dense,
         data,
@@ -48,7 +48,7 @@ def ctx(tiny_model_dir, text_file, tmp_path):
         TrialSettings(finetune_steps=10),
         freqs,
         max_bytes,
-        model_bytes,
+        model_file,
         fallback=smallest_plan(space, sites, freqs),
     )
 
@@ -71,6 +71,7 @@ def _complete(study, config, val_ppl=50.0):
         "latency_ms": 1.0,
         "seconds": 2.0,
         "finetune_seconds": 1.5,
+        "build_seconds": 0.5,
         "steps": 10,
         "curve": json.dumps({"5": val_ppl + 10, "10": val_ppl}),
     }
@@ -89,7 +90,7 @@ def test_an_asha_stopped_trial_is_pruned_with_its_steps_and_never_on_the_front(c
     done, stopped, broken = (searcher.suggest(i) for i in ("done", "stopped", "broken"))
     assert searcher.suggest("more") == searcher.FINISHED  # three trials asked for, three live
     for config in (done, stopped, broken):
-        assert plan_stored_bytes(ctx.sites, parse_plan(config["plan"]), ctx.freqs, ctx.model_bytes) <= ctx.max_bytes
+        assert plan_stored_bytes(ctx.sites, parse_plan(config["plan"]), ctx.freqs, ctx.model_file) <= ctx.max_bytes
     searcher.on_trial_result("done", {STEP: 5, "val_ppl": 60.0})
     searcher.on_trial_complete("done", _complete(study, done, 50.0))
     # ASHA stops the trial at step 5 with a *better* perplexity than the complete one: as Ray's

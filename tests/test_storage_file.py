@@ -8,7 +8,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from autoshrink.methods._storage import SAFETENSORS_DTYPES, safetensors_file_bytes, safetensors_header_bytes
+from autoshrink.methods._storage import (
+    SAFETENSORS_DTYPES,
+    safetensors_file_bytes,
+    safetensors_header_bound,
+    safetensors_header_bytes,
+    specs_of,
+    tensors_bytes,
+)
 
 CASES = [
     ({"w": torch.zeros(3, 4)}, None),
@@ -43,3 +50,17 @@ def test_header_grows_with_names():
     small = safetensors_header_bytes({"a": (torch.float32, (4,))})
     large = safetensors_header_bytes({"a_much_longer_tensor_name_here": (torch.float32, (4,))})
     assert large > small >= 8 + 40
+
+
+@pytest.mark.parametrize("tensors,metadata", CASES)
+def test_the_additive_header_bound_is_never_below_the_header(tensors, metadata):
+    specs = specs_of(tensors)
+    digits = len(str(tensors_bytes(tensors)))  # every offset has at most this many digits
+    bound = safetensors_header_bound(specs, metadata, digits)
+    assert safetensors_header_bytes(specs, metadata) <= bound
+    # a sum over tensors: adding one adds the same whatever else the file holds
+    extra = {"zz.added": (torch.float16, (3, 5))}
+    with_extra = safetensors_header_bound({**specs, **extra}, metadata, digits)
+    assert with_extra - bound == safetensors_header_bound(extra, None, digits) - safetensors_header_bound(
+        {}, None, digits
+    )

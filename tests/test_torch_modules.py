@@ -15,13 +15,14 @@ from torch import nn
 import autoshrink
 from autoshrink import SearchConfig, TrainConfig, UserError
 from autoshrink.api import search
+from autoshrink.search.study import REPAIRED
 from autoshrink.data import load_lm_data
 from autoshrink.final.export import file_bytes, save_compressed
 from autoshrink.measure.latency import LatencyTable
 from autoshrink.models.adapter import TorchLM, adapt
 from autoshrink.models.discover import recurrent_weight_names
 from autoshrink.models.site_inputs import attention_inputs, recurrent_inputs
-from autoshrink.plan import compress, dense_bytes, plan_stored_bytes, stored_bytes
+from autoshrink.plan import ModelFile, compress, dense_bytes, plan_stored_bytes, stored_bytes
 
 
 class RNNModel(nn.Module):
@@ -219,7 +220,7 @@ def test_bytes_of_in_place_sites_are_exact_before_building(lm_data):
     plan = {s.name: {"method": "lowrank", "rank": 3, "bits": 6} for s in sites if s.role == "recurrent"}
     plan["decoder"] = {"method": "quant", "bits": 4}
     parsed = autoshrink.plan.parse_plan(plan)
-    analytic = plan_stored_bytes(sites, parsed, model_bytes=stored_bytes(lm))
+    analytic = plan_stored_bytes(sites, parsed, model_file=ModelFile.of(lm))
     assert analytic == stored_bytes(compress(lm, plan)) < stored_bytes(lm)
 
 
@@ -230,9 +231,10 @@ def test_search_compresses_the_modules_and_the_export_loads_into_the_users_class
     model = _model(case, vocab_size)
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
+    budget = "1.8x" if case == "transformer" else "2x"  # its 28 small tensors: the file's header is 9% of it
     result = search(
         SearchConfig(
-            "2x",
+            budget,
             model=model,
             data=str(text_file),
             space=str(space),
@@ -244,7 +246,7 @@ def test_search_compresses_the_modules_and_the_export_loads_into_the_users_class
         log=lambda line: None,
     )
     inner = [s.name for s in autoshrink.sites(adapt(model)) if s.role in ("recurrent", "attention", "mlp")]
-    trials = result.study.get_trials()
+    trials = [t for t in result.study.get_trials() if not t.user_attrs.get(REPAIRED)]  # a repaired draw: not a trial
     assert len(trials) == 2 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}  # a weak one may stop early
     assert any(t.state.name == "COMPLETE" and t.user_attrs["feasible"] for t in trials)
     for t in trials:

@@ -8,7 +8,7 @@ import pytest
 from autoshrink.api import load
 from autoshrink.plan.repair import repair
 from autoshrink.models import discover_sites
-from autoshrink.plan import dense_bytes, plan_stored_bytes, stored_bytes
+from autoshrink.plan import ModelFile, dense_bytes, plan_stored_bytes
 from autoshrink.search.warm_start import enqueue_uniform_seeds, uniform_seeds
 from autoshrink.search.space import load_space, parse_space, sample_plan
 
@@ -32,7 +32,7 @@ def test_seeds_are_one_method_on_every_site_within_the_space_and_the_budget(tiny
     model, sites = tiny
     space = parse_space(__import__("yaml").safe_load(SPACE))
     limit = dense_bytes(model) // 3
-    seeds = uniform_seeds(space, sites, limit, model.vocab.freqs, stored_bytes(model))
+    seeds = uniform_seeds(space, sites, limit, model.vocab.freqs, ModelFile.of(model))
     # prune is not offered on the vocabulary sites: only methods every site may take are seeds
     assert [m for m, _ in seeds] == ["lowrank", "quant"]
     for method, params in seeds:
@@ -44,8 +44,8 @@ def test_seeds_are_one_method_on_every_site_within_the_space_and_the_budget(tiny
             if knob:
                 k = space.roles[next(s.role for s in sites if s.name == site)][m][knob[0]]
                 assert value in k.choices if k.choices else k.low <= value <= k.high
-        fixed = repair(plan, sites, limit, model.vocab.freqs, model_bytes=stored_bytes(model))
-        assert plan_stored_bytes(sites, fixed, model.vocab.freqs, stored_bytes(model)) <= limit
+        fixed = repair(plan, sites, limit, model.vocab.freqs, model_file=ModelFile.of(model))
+        assert plan_stored_bytes(sites, fixed, model.vocab.freqs, ModelFile.of(model)) <= limit
 
 
 def test_the_default_space_seeds_low_rank_pruning_and_quantisation_on_the_reference_model():
@@ -56,7 +56,7 @@ def test_the_default_space_seeds_low_rank_pruning_and_quantisation_on_the_refere
         sites,
         dense_bytes(model) // 10,
         model.vocab.freqs,
-        stored_bytes(model),
+        ModelFile.of(model),
     )
     assert sorted(m for m, _ in seeds) == ["lowrank", "prune", "quant"]
     quant = dict(seeds)["quant"]
@@ -94,10 +94,10 @@ def test_a_method_whose_defaults_cannot_reach_the_budget_is_seeded_with_its_rang
     model = load("kjv-lstm")
     sites = discover_sites(model)
     vocab = sum(s.dense_bytes for s in sites if s.is_vocab)
-    limit = int(stored_bytes(model) - vocab + vocab / 6.6)
+    limit = int(ModelFile.of(model).bytes - vocab + vocab / 6.6)
     seeds = dict(
         uniform_seeds(
-            load_space("search_spaces/vocab-only-fp32.yaml"), sites, limit, model.vocab.freqs, stored_bytes(model)
+            load_space("search_spaces/vocab-only-fp32.yaml"), sites, limit, model.vocab.freqs, ModelFile.of(model)
         )
     )
     assert seeds["groupreduce"]["decoder/groupreduce/blocks"] == 10

@@ -1,10 +1,12 @@
 """allocate(): profile every site's options, solve the knapsack for the byte limit (and a ladder of
 limits below it), evaluate the best candidates jointly and refine them; no training anywhere.
 
-Costs are whole-model stored bytes as `plan_stored_bytes` counts them: the model's dense parts
-(biases, parameters outside any site) are fixed, each site adds its method's bytes (and the bias
-it keeps) or, left dense, its dense bytes. Every returned plan is checked against the limit with
-`plan_stored_bytes` itself.
+Costs are whole-model stored bytes, the file's header included: the model's dense parts (biases,
+parameters outside any site) are fixed, each site adds its method's bytes (and the bias it keeps)
+or, left dense, its dense bytes, each with its share of the header. The exact header does not add
+up over sites (its padding and the digits of every offset depend on the other tensors), so the
+knapsack adds `plan_bytes_bound`, an upper bound that does; every returned plan is checked against
+the limit with the exact `plan_stored_bytes`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from autoshrink.allocate.replay import Replay, build_site
 from autoshrink.errors import UserError
 from autoshrink.methods import MethodConfig
 from autoshrink.models.discover import discover_sites
-from autoshrink.plan import Plan, plan_stored_bytes, stored_bytes
+from autoshrink.plan import ModelFile, Plan, plan_bytes_bound, plan_stored_bytes
 
 LADDER = (0.7, 0.8, 0.9, 1.0)  # fractions of the limit the knapsack also answers, for a front
 TOP_K = 4  # knapsack candidates evaluated jointly before the evolutionary refinement
@@ -72,14 +74,14 @@ class Allocation:
 def knapsack_options(
     table: pd.DataFrame,
     sites: Sequence,
-    model_bytes: int,
+    model_file: ModelFile,
     freqs: torch.Tensor | None = None,
     may_stay_dense: Callable[[str], bool] | None = None,
 ) -> dict[str, list[Option]]:
     """Per site: dense (its dense bytes, no loss) first where `may_stay_dense(site)` allows it
     (every site by default), then each profiled option, costed as the
-    bytes the site holds in the whole model (plan_stored_bytes of a plan of that site alone, less
-    what the rest of the model stores dense). Whole-model bytes = fixed bytes + the sum of costs."""
+    bytes the site holds in the whole model (`site_cost`). Whole-model bytes <= fixed bytes + the
+    sum of costs."""
     options = {
         s.name: [Option(None, float(s.dense_bytes), 0.0)] if may_stay_dense is None or may_stay_dense(s.name) else []
         for s in sites
@@ -87,30 +89,37 @@ def knapsack_options(
     }
     for row in table.to_dict("records"):
         config = row_config(row)
-        cost = site_cost(sites, row["site"], config, model_bytes, freqs)
+        cost = site_cost(sites, row["site"], config, model_file, freqs)
         options[row["site"]].append(Option(config, float(cost), float(row["loss_delta"])))
     return options
 
 
-def site_cost(sites: Sequence, name: str, config: MethodConfig, model_bytes: int, freqs: torch.Tensor | None) -> int:
-    """The bytes a site holds in the whole model under `config` (its method's bytes and the bias it
-    keeps), as plan_stored_bytes counts them."""
+def site_cost(
+    sites: Sequence, name: str, config: MethodConfig, model_file: ModelFile, freqs: torch.Tensor | None
+) -> int:
+    """The bytes a site holds in the whole model under `config` (its method's bytes, the bias it
+    keeps and their header entries), as plan_bytes_bound counts them: fixed_bytes plus the costs
+    of a plan's sites is that plan's bound, at least its exact plan_stored_bytes."""
     dense = next(s.dense_bytes for s in sites if s.name == name)
-    return plan_stored_bytes(sites, {name: config}, freqs, model_bytes) - (model_bytes - dense)
+    return plan_bytes_bound(sites, {name: config}, freqs, model_file) - (_dense_bound(sites, model_file) - dense)
+
+
+def _dense_bound(sites: Sequence, model_file: ModelFile) -> int:
+    return plan_bytes_bound(list(sites), {}, None, model_file)
 
 
 def level_caps(
     sites: Sequence,
     options: Mapping[str, Sequence[MethodConfig]],
     capacity: int,
-    model_bytes: int,
+    model_file: ModelFile,
     freqs: torch.Tensor | None,
 ) -> dict[str, int]:
     """Per site, the most method bytes an option can have and still be part of a plan within the
     capacity: what is left when every other site takes its cheapest option (and this one its bias)."""
     by_name = {s.name: s for s in sites}
     cheapest = {
-        name: min([by_name[name].dense_bytes] + [site_cost(sites, name, c, model_bytes, freqs) for c in configs])
+        name: min([by_name[name].dense_bytes] + [site_cost(sites, name, c, model_file, freqs) for c in configs])
         for name, configs in options.items()
     }
     total = sum(cheapest.values())
@@ -119,17 +128,18 @@ def level_caps(
 
 
 def capped_options(
-    sites: Sequence, bases, capacity: int, model_bytes: int, freqs: torch.Tensor | None, levels: int = LEVELS
+    sites: Sequence, bases, capacity: int, model_file: ModelFile, freqs: torch.Tensor | None, levels: int = LEVELS
 ) -> dict[str, list[MethodConfig]]:
     """The levels of `bases` on every site (`site_options`), spread over only the bytes a site can
     have within `capacity`: none wasted on sizes no plan can take."""
-    caps = level_caps(sites, site_options(sites, bases, levels, freqs), capacity, model_bytes, freqs)
+    caps = level_caps(sites, site_options(sites, bases, levels, freqs), capacity, model_file, freqs)
     return site_options(sites, bases, levels, freqs, caps=caps)
 
 
-def fixed_bytes(sites: Sequence, model_bytes: int) -> int:
-    """What the model stores outside its sites (parameters no plan can touch)."""
-    return model_bytes - sum(s.dense_bytes for s in sites if s.tied_with is None)
+def fixed_bytes(sites: Sequence, model_file: ModelFile) -> int:
+    """What the model stores outside its sites (parameters no plan can touch, and the header's
+    share that no site owns), as plan_bytes_bound counts it."""
+    return _dense_bound(sites, model_file) - sum(s.dense_bytes for s in sites if s.tied_with is None)
 
 
 def allocate(
@@ -169,8 +179,8 @@ def allocate(
         freqs = model.vocab.freqs
     sites = discover_sites(model)
     by_name = {s.name: s for s in sites}
-    model_bytes = stored_bytes(model)
-    fixed = fixed_bytes(sites, model_bytes)
+    model_file = ModelFile.of(model, sites)
+    fixed = fixed_bytes(sites, model_file)
     capacity = limit - fixed
     if capacity <= 0:
         raise UserError(f"limit {limit:,} bytes is below the {fixed:,} bytes the model keeps outside its sites")
@@ -178,7 +188,7 @@ def allocate(
     if exact:
         per_site = {n: list(c) for n, c in options.items()}
     else:  # levels over the bytes a site can have within the limit: none wasted on sizes no plan can take
-        per_site = capped_options(sites, options, capacity, model_bytes, freqs, levels)
+        per_site = capped_options(sites, options, capacity, model_file, freqs, levels)
 
     replay = Replay(model, valid_ids)
     times["replay"] = time.perf_counter() - start
@@ -196,15 +206,15 @@ def allocate(
     )
     times["profile"] = time.perf_counter() - start - times["replay"]
 
-    knap = knapsack_options(table, sites, model_bytes, freqs, may_stay_dense)
+    knap = knapsack_options(table, sites, model_file, freqs, may_stay_dense)
 
     def to_plan(choice: Mapping[str, int]) -> Plan:
         return {name: knap[name][i].config for name, i in choice.items() if knap[name][i].config is not None}
 
     def allocated(choice: Mapping[str, int], joint: float | None, source: str) -> Allocated:
         plan = to_plan(choice)
-        nbytes = plan_stored_bytes(sites, plan, freqs, model_bytes)
-        if nbytes > limit:  # the knapsack rounds costs up, so this would be a bug, not bad input
+        nbytes = plan_stored_bytes(sites, plan, freqs, model_file)
+        if nbytes > limit:  # the knapsack rounds costs up and adds header bounds: a bug, not bad input
             raise AssertionError(f"allocated plan stores {nbytes:,} bytes, over the limit {limit:,}")
         return Allocated(plan, nbytes, sum(knap[n][i].loss for n, i in choice.items()), joint, source)
 

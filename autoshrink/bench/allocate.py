@@ -29,7 +29,7 @@ from autoshrink.methods.lowrank import LowRankConfig
 from autoshrink.methods.quant import QuantConfig
 from autoshrink.models import discover_sites
 from autoshrink.models.training import evaluate_perplexity
-from autoshrink.plan import compress, dense_bytes, plan_stored_bytes, stored_bytes
+from autoshrink.plan import ModelFile, compress, dense_bytes, plan_stored_bytes
 from autoshrink.search.warm_start import PREFERRED_BITS
 
 REPORT_TOKENS = 12_000
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     freqs = model.vocab.freqs
     sites = discover_sites(model)
     limit = parse_budget(args.budget).max_bytes(dense_bytes(model))
-    model_bytes = stored_bytes(model)
+    model_file = ModelFile.of(model, sites)
 
     start = time.perf_counter()
     result = allocate(
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_perplexity(compressed, data.test),
         )
 
-    uniform = uniform_plan(LowRankConfig(bits=PREFERRED_BITS), sites, limit, freqs, model_bytes)
+    uniform = uniform_plan(LowRankConfig(bits=PREFERRED_BITS), sites, limit, freqs, model_file)
     knapsack = next(p for p in result.plans if p.source == "knapsack")
     rows = [
         ("dense", {}, None),
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for label, plan, joint in rows:
-        nbytes = plan_stored_bytes(sites, plan, freqs, model_bytes)
+        nbytes = plan_stored_bytes(sites, plan, freqs, model_file)
         val, test = ppl(plan)
         joint_text = f"{math.exp(result.dense_loss + joint):.2f}" if joint is not None else ""
         lines.append(

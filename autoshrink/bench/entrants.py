@@ -33,7 +33,7 @@ def best_storage_plan(setup, row, base_cfg: dict) -> tuple[dict | None, list[dic
     tried, best = [], None
     for bits in widths:
         base = config_from_dict({**base_cfg, "bits": bits})
-        plan = uniform_plan(base, setup.sites, setup.max_bytes(row), setup.lm.vocab.freqs, setup.model_bytes, row.roles)
+        plan = uniform_plan(base, setup.sites, setup.max_bytes(row), setup.lm.vocab.freqs, setup.model_file, row.roles)
         if plan is None:
             continue
         torch.manual_seed(setup.seed)
@@ -44,7 +44,7 @@ def best_storage_plan(setup, row, base_cfg: dict) -> tuple[dict | None, list[dic
             {
                 "bits": bits,
                 "init_val_ppl": val,
-                "stored_bytes": plan_stored_bytes(setup.sites, plan, setup.lm.vocab.freqs, setup.model_bytes),
+                "stored_bytes": plan_stored_bytes(setup.sites, plan, setup.lm.vocab.freqs, setup.model_file),
             }
         )
         if best is None or val < best[0]:

@@ -36,7 +36,7 @@ from autoshrink.errors import UserError
 from autoshrink.methods import config_from_dict, method_names
 from autoshrink.models import discover_sites
 from autoshrink.models.training import evaluate_perplexity
-from autoshrink.plan import compress, method_bytes, plan_stored_bytes, stored_bytes
+from autoshrink.plan import ModelFile, compress, dense_bytes, method_bytes, plan_stored_bytes, stored_bytes
 
 EVAL_TOKENS = 12_000  # the search's validation slice
 STORAGE = {"fp32": {}, "8-bit": {"bits": 8}}
@@ -59,7 +59,8 @@ class Bench:
         start = time.perf_counter()
         self.stats = calibrate(self.model, self.data.train, tokens=tokens, cache=False)
         self.calibrate_s = time.perf_counter() - start
-        self.model_bytes = stored_bytes(self.model)
+        self.model_file = ModelFile.of(self.model, self.sites)
+        self.dense_bytes = dense_bytes(self.model)  # the ratio's numerator
         self.dense_ppl = self.ppl(self.model)
 
     def ppl(self, model) -> float:
@@ -149,7 +150,7 @@ def uniform_share_plan(bench: Bench, base, partner, max_bytes: int) -> dict | No
         plan = plan_at(mid)
         if plan is None:
             lo = mid
-        elif plan_stored_bytes(bench.sites, plan, bench.freqs, bench.model_bytes) > max_bytes:
+        elif plan_stored_bytes(bench.sites, plan, bench.freqs, bench.model_file) > max_bytes:
             hi = mid
         else:
             lo, best = mid, plan
@@ -157,7 +158,7 @@ def uniform_share_plan(bench: Bench, base, partner, max_bytes: int) -> dict | No
 
 
 def whole_model(bench: Bench, ratio: int = 25, methods: list[str] | None = None) -> list[dict]:
-    max_bytes = bench.model_bytes // ratio
+    max_bytes = bench.dense_bytes // ratio
     rows = []
     partner = _config(VOCAB_ONLY_PARTNER, STORAGE["8-bit"], "data")
     for method in methods or method_names():
@@ -195,7 +196,7 @@ def every_matrix_bits(bench: Bench, bits=(4, 3)) -> list[dict]:
         rows.append(
             {
                 "plan": f"quant {b}-bit, every matrix",
-                "target": f"{bench.model_bytes / result['bytes']:.1f}x",
+                "target": f"{bench.dense_bytes / result['bytes']:.1f}x",
                 **result,
                 "knobs": f"bits={b}, one scale per row",
             }

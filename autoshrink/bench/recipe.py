@@ -55,13 +55,12 @@ def plan_25x(dense, lm) -> dict:
     from autoshrink.plan.fit import uniform_plan
     from autoshrink.methods import config_class
     from autoshrink.models import discover_sites
-    from autoshrink.plan import dense_bytes, stored_bytes
+    from autoshrink.plan import ModelFile, dense_bytes
     from autoshrink.search.warm_start import PREFERRED_BITS
 
     base = config_class("lowrank")(bits=PREFERRED_BITS)
-    plan = uniform_plan(
-        base, discover_sites(dense), int(dense_bytes(dense) // BUDGET), lm.vocab.freqs, stored_bytes(dense)
-    )
+    sites = discover_sites(dense)
+    plan = uniform_plan(base, sites, int(dense_bytes(dense) // BUDGET), lm.vocab.freqs, ModelFile.of(dense, sites))
     return {name: cfg.to_dict() for name, cfg in plan.items()}
 
 

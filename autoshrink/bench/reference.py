@@ -141,13 +141,14 @@ class Setup:
         from autoshrink.models.load import load
         from autoshrink.data import load_lm_data
         from autoshrink.models import discover_sites
-        from autoshrink.plan import dense_bytes, stored_bytes
+        from autoshrink.plan import ModelFile, dense_bytes
 
         self.dense = load(self.model_name, data=self.data, seed=self.seed)
         self.lm = load_lm_data(self.data, vocab=self.dense.vocab)
         self.sites = discover_sites(self.dense)
         self.dense_bytes = dense_bytes(self.dense)
-        self.model_bytes = stored_bytes(self.dense)
+        self.model_file = ModelFile.of(self.dense, self.sites)
+        self.model_bytes = self.model_file.bytes  # the dense model's export, header included
 
     def scope_bytes(self, row: Row) -> int:
         return sum(

@@ -302,7 +302,7 @@ def markdown(setup, rows: list[Row], command: str, out_dir: Path) -> str:
         "",
         f"## The reference model `{setup.model_name}`",
         "",
-        f"{setup.model_bytes:,} bytes fp32 ({sum(p.numel() for p in setup.dense.parameters()):,} parameters); "
+        f"{setup.dense_bytes:,} bytes fp32 ({sum(p.numel() for p in setup.dense.parameters()):,} parameters); "
         f"pretrained by `{pre.get('command', 'autoshrink pretrain')}`: validation perplexity {pre.get('val_ppl', '?')}, "
         f"test {pre.get('test_ppl', '?')} after {pre.get('epochs', '?')} epochs ({pre.get('steps', '?')} steps, "
         f"{pre.get('seconds', 0) / 60:.1f} min at {pre.get('tokens_per_s', '?')} tokens/s on {pre.get('threads', '?')} thread(s)).",

@@ -28,13 +28,14 @@ from torch import nn
 
 from autoshrink.bench.report import commit, write_report
 from autoshrink.data import load_lm_data
-from autoshrink.final.export import file_bytes
+from autoshrink.final.export import export_tensors
 from autoshrink.final.train import choose_trial, train_plan
 from autoshrink.measure.latency import measure_latency_ms, reference_input
 from autoshrink.models.adapter import adapt
 from autoshrink.models.discover import discover_sites
 from autoshrink.models.load import load
-from autoshrink.plan import compress, parse_plan, plan_stored_bytes, stored_bytes
+from autoshrink.methods import tensors_bytes
+from autoshrink.plan import ModelFile, compress, parse_plan, plan_stored_bytes, stored_bytes
 from autoshrink.search.config import SearchConfig
 from autoshrink.search.controller import search
 
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
             device="cpu",
             info={"run_dir": str(run_dir), "trial": number},
         )
-        analytic = plan_stored_bytes(sites, parse_plan(plan_json), data.vocab.freqs, model_bytes=stored_bytes(dense))
+        analytic = plan_stored_bytes(sites, parse_plan(plan_json), data.vocab.freqs, ModelFile.of(dense, sites))
         loaded = load(str(out), model=WordLSTM(len(data.vocab)))
         rows.append(
             {
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
                 "analytic": analytic,
                 "model": stored_bytes(final.model),
                 "loaded": stored_bytes(loaded),
-                "tensors": file_bytes(out),
+                "tensors": tensors_bytes(export_tensors(loaded)),
                 "file": os.path.getsize(out / "model.safetensors"),
                 "ratio": final.metrics["ratio"],
                 "test_ppl": final.metrics["test_ppl"],

@@ -1,9 +1,10 @@
 """Evaluation of a model folder or preset (`autoshrink eval`): what a compressed LM costs and loses.
 
     test_ppl      perplexity over the whole test split
-    stored_bytes  from the loaded model (autoshrink.stored_bytes), checked against the tensors
-                  in its model.safetensors
-    ratio         dense fp32 bytes of the base architecture / stored bytes
+    stored_bytes  the size of model.safetensors, header included: counted from the loaded model
+                  (autoshrink.stored_bytes) and, for a compressed export, checked against the file
+                  on disk (a preset or dense folder: the size of its export, as a search counts it)
+    ratio         dense fp32 bytes of the base architecture / stored bytes (the file's size)
     latency_ms    median CPU wall time of one forward pass, batch 1, 35 tokens (docs/design.md, Budgets),
                   of 20 passes; latency_ms_iqr its interquartile range
     tokens_per_s  evaluation throughput (batch 10 x 35-token windows of the test split), median
@@ -62,8 +63,7 @@ def evaluate_dir(path: str | Path, data: str | None = None, device: str = "cpu",
     (pretrained on `data`, kjv by default). The corpus is `data`, else the one model.json names.
     `model`: for the export of your own torch model, a fresh instance of its class (see `load`)."""
     from autoshrink.models.load import load
-    from autoshrink.final.export import file_bytes
-    from autoshrink.models.hf import FORMAT as HF_FORMAT
+    from autoshrink.final.export import FORMAT as EXPORT_FORMAT, file_bytes
     from autoshrink.models.presets import PRESETS
 
     name = str(path)
@@ -77,11 +77,11 @@ def evaluate_dir(path: str | Path, data: str | None = None, device: str = "cpu",
         )
     lm = load_lm_data(corpus, vocab=model.vocab)
     result = measure(model, lm, device=device)
-    if name not in PRESETS and meta.get("format") != HF_FORMAT:  # a Hugging Face folder keeps its own dtype and shards
+    if meta.get("format") == EXPORT_FORMAT:  # a dense folder's own file is not an export (its metadata differs)
         in_file = file_bytes(name)
         if in_file != result["stored_bytes"]:
             raise UserError(
-                f"{name}: model.safetensors holds {in_file:,} bytes of tensors but the model stores "
+                f"{name}: model.safetensors is {in_file:,} bytes on disk but the model stores "
                 f"{result['stored_bytes']:,}: the export does not match its plan"
             )
     return {**result, "model": name, "format": meta.get("format"), "data": corpus}

@@ -1,7 +1,8 @@
 """Export and load of compressed models: the folder `autoshrink train` writes and `autoshrink eval` reads.
 
     final/
-      model.safetensors   exactly the stored bytes of the model (autoshrink.stored_bytes):
+      model.safetensors   exactly the stored bytes of the model (autoshrink.stored_bytes), header
+                          included (plan/bytes.py counts it before anything is built):
                           each compressed weight's packed export() tensors under `<site>.<name>`,
                           every other parameter under its own name at its own dtype; a tensor or
                           compressed weight shared by tied sites is stored once
@@ -33,7 +34,7 @@ from torch import nn
 
 from autoshrink.data.vocab import Vocab
 from autoshrink.errors import UserError
-from autoshrink.methods import CompressedWeight, tensors_bytes, weight_class
+from autoshrink.methods import CompressedWeight, safetensors_file_bytes, weight_class
 from autoshrink.models import adapter
 from autoshrink.models.checkpoint import META, WEIGHTS, read_meta
 from autoshrink.models.hf import FORMAT as HF_FORMAT, hf_skeleton
@@ -42,33 +43,17 @@ from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
 from autoshrink.models.discover import discover_sites
 from autoshrink.sites import Site
 from autoshrink.plan import Plan, parse_plan, place_compressed, plan_to_json, resolve, stored_bytes
+from autoshrink.plan.bytes import EXPORT_FORMAT, FILE_METADATA, compressed_weights, plain_parameters
 
-FORMAT = "autoshrink-compressed/1"
+FORMAT = EXPORT_FORMAT
 PLAN = "plan.json"
 METRICS = "metrics.json"
 BASE = "base"  # a Hugging Face model's config and tokenizer
 HF = "hf"  # model.json "architecture" of a compressed Hugging Face model
 
 
-def compressed_weights(model: nn.Module) -> dict[str, CompressedWeight]:
-    """Each distinct compressed weight by the site that owns it (tied sites share one)."""
-    out: dict[str, CompressedWeight] = {}
-    seen: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, CompressedWeight) and id(module) not in seen:
-            seen.add(id(module))
-            out[module.site.name] = module
-    return out
-
-
-def plain_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Parameters outside compressed weights, by name; a shared one under its first name."""
-    inside = {id(p) for w in compressed_weights(model).values() for p in w.parameters()}
-    return {name: p for name, p in model.named_parameters() if id(p) not in inside}
-
-
 def export_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors of model.safetensors; their bytes equal stored_bytes(model)."""
+    """The tensors of model.safetensors, as plan.bytes.model_specs describes them."""
     out: dict[str, torch.Tensor] = {}
     for site, weight in compressed_weights(model).items():
         for name, t in weight.export().items():
@@ -97,8 +82,10 @@ def save_compressed(
     folder.mkdir(parents=True, exist_ok=True)
     tensors = export_tensors(model)
     nbytes = stored_bytes(model)
-    if tensors_bytes(tensors) != nbytes:  # the contract of docs/design.md: never write an export that disagrees
-        raise RuntimeError(f"export holds {tensors_bytes(tensors)} bytes but the model stores {nbytes}")
+    if safetensors_file_bytes(tensors, FILE_METADATA) != nbytes:  # docs/design.md: never write an export that disagrees
+        raise RuntimeError(
+            f"export would be {safetensors_file_bytes(tensors, FILE_METADATA)} bytes but the model stores {nbytes}"
+        )
     plan_json = plan_to_json(parse_plan(plan))
     hf = base_meta.get("format") == HF_FORMAT
     own = base_meta.get("format") == adapter.FORMAT  # a user's own torch model (models/adapter.py)
@@ -129,7 +116,9 @@ def save_compressed(
     if hf:
         model.save_base(folder / BASE)
     tmp = folder / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    save_file(tensors, str(tmp), metadata=FILE_METADATA)
+    if tmp.stat().st_size != nbytes:  # the budget bounds this file: its size is the count, to the byte
+        raise RuntimeError(f"{tmp} holds {tmp.stat().st_size} bytes but the model stores {nbytes}")
     (folder / PLAN).write_text(json.dumps(plan_json, indent=1) + "\n")
     (folder / META).write_text(json.dumps(meta, indent=1) + "\n")
     (folder / METRICS).write_text(json.dumps(metrics, indent=1) + "\n")
@@ -188,7 +177,9 @@ def load_compressed(folder: str | Path, model=None) -> tuple[nn.Module, Any, dic
     built: dict[str, CompressedWeight] = {}
     for owner, cfg in resolved.items():
         site = by_name[owner]
-        bias_key = f"{owner}.bias" if site.bias and weight_class(cfg).uses_site_bias else None  # a plain parameter
+        bias_key = (
+            f"{owner}.bias" if site.bias and weight_class(cfg).keeps_site_bias(site) else None
+        )  # a plain parameter
         prefix = owner + "."
         sub = {k[len(prefix) :]: t for k, t in tensors.items() if k.startswith(prefix) and k != bias_key}
         built[owner] = _from_export(folder / WEIGHTS, sub, site, cfg)
@@ -236,5 +227,9 @@ def _from_export(path: Path, tensors: dict[str, torch.Tensor], site: Site, cfg) 
 
 
 def file_bytes(folder: str | Path) -> int:
-    """Bytes of the tensors in a folder's model.safetensors (its header excluded)."""
-    return tensors_bytes(_read_tensors(Path(folder) / WEIGHTS))
+    """Size on disk of a folder's model.safetensors, header included: what its stored bytes count."""
+    path = Path(folder) / WEIGHTS
+    try:
+        return path.stat().st_size
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e}") from None

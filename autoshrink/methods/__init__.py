@@ -15,7 +15,17 @@ from autoshrink.methods._base import (
     register,
     weight_class,
 )
-from autoshrink.methods._storage import FLOAT_BITS, tensors_bytes
+from autoshrink.methods._storage import (
+    FLOAT_BITS,
+    Specs,
+    prefixed,
+    safetensors_file_bytes,
+    safetensors_header_bound,
+    safetensors_header_bytes,
+    specs_bytes,
+    specs_of,
+    tensors_bytes,
+)
 
 # One import per method: importing registers it.
 from autoshrink.methods import quant  # noqa: E402,F401
@@ -34,10 +44,17 @@ __all__ = [
     "CompressedStandIn",
     "CompressedWeight",
     "MethodConfig",
+    "Specs",
     "config_class",
     "config_from_dict",
     "method_names",
+    "prefixed",
     "register",
+    "safetensors_file_bytes",
+    "safetensors_header_bound",
+    "safetensors_header_bytes",
+    "specs_bytes",
+    "specs_of",
     "tensors_bytes",
     "weight_class",
 ]

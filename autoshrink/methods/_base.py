@@ -6,8 +6,9 @@ A method is one file `methods/<name>.py` with:
     trainable representation of one weight matrix W (m x n, y = W x; rows = words for vocabulary
     sites) and implements `build(weight, site, config, stats)` (initialise from the dense W and,
     when `config.init == "data"`, from the site's calibration statistics: docs/methods.md, data-aware initialisation),
-    `weight` (W as stored, with quantisation applied), `stored_bytes(site, config, freqs)`
-    (analytic), `export`/`from_export` (packed tensors).
+    `weight` (W as stored, with quantisation applied), `export_specs(site, config, freqs)` (names,
+    dtypes and shapes of what it stores, known without building: they give `stored_bytes` and the
+    file's header), `export`/`from_export` (packed tensors).
 CompressedLinear / CompressedEmbedding put a CompressedWeight in a site's place; tied sites share
 one CompressedWeight, so it trains and counts once.
 """
@@ -24,7 +25,16 @@ from torch import nn
 import torch.nn.functional as F
 
 from autoshrink.errors import UserError
-from autoshrink.methods._storage import check_bits, fake_quant, float_bytes, pack_float, unpack_float
+from autoshrink.methods._storage import (
+    Specs,
+    check_bits,
+    fake_quant,
+    float_specs,
+    prefixed,
+    pack_float,
+    specs_bytes,
+    unpack_float,
+)
 from autoshrink.sites import ROLES, CompressedModule, Site, SiteStats
 
 ALL_ROLES = ROLES
@@ -158,15 +168,16 @@ class CompressedWeight(nn.Module, abc.ABC):
     def weight(self) -> torch.Tensor:
         """W as stored (quantisation applied), m x n; used for checks and as a fallback."""
 
-    @staticmethod
+    @classmethod
     @abc.abstractmethod
-    def stored_bytes(site: Site, config: MethodConfig, freqs: torch.Tensor | None = None) -> int:
-        """Exact bytes of `export()` for this site and config (and word counts, for methods whose
-        allocation follows them), computed without building."""
+    def export_specs(cls, site: Site, config: MethodConfig, freqs: torch.Tensor | None = None) -> Specs:
+        """What `export()` writes for this site and config (and word counts, for methods whose
+        allocation follows them), computed without building: name -> (dtype, shape). The file's
+        bytes, its header included, follow from these alone."""
 
     @abc.abstractmethod
     def export(self) -> dict[str, torch.Tensor]:
-        """The packed tensors that are stored; their bytes equal stored_bytes()."""
+        """The packed tensors that are stored, as export_specs() describes them."""
 
     @classmethod
     @abc.abstractmethod
@@ -174,10 +185,24 @@ class CompressedWeight(nn.Module, abc.ABC):
         """The module rebuilt from export() tensors (inverse of export, up to float rounding)."""
 
     # --- what a method may override ------------------------------------------------------
-    def nbytes(self) -> int:
-        """Stored bytes of this built module (equals stored_bytes of its site and config; methods
+    @classmethod
+    def stored_bytes(cls, site: Site, config: MethodConfig, freqs: torch.Tensor | None = None) -> int:
+        """Exact bytes of `export()`'s tensors for this site and config, without building."""
+        return specs_bytes(cls.export_specs(site, config, freqs))
+
+    def tensor_specs(self) -> Specs:
+        """What export() of this built module writes (export_specs of its site and config; methods
         whose allocation depends on data, like GroupReduce, answer from what they built)."""
-        return type(self).stored_bytes(self.site, self.config)
+        return type(self).export_specs(self.site, self.config)
+
+    def nbytes(self) -> int:
+        """Stored bytes of this built module (equals stored_bytes of its site and config)."""
+        return specs_bytes(self.tensor_specs())
+
+    @classmethod
+    def keeps_site_bias(cls, site: Site) -> bool:
+        """Whether the site's own bias stays a plain parameter beside this method's tensors."""
+        return cls.uses_site_bias
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W^T over the last dimension; override with a cheaper product where one exists."""
@@ -247,8 +272,12 @@ class CompressedWeight(nn.Module, abc.ABC):
         return hit[1]
 
     def pack(self, name: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
-        packed = pack_float(t, self.config.bits, self.config.group_size)
-        return {f"{name}.{k}" if k else name: v for k, v in packed.items()}
+        return prefixed(name, pack_float(t, self.config.bits, self.config.group_size))
+
+    @staticmethod
+    def float_specs(name: str, shape: tuple[int, ...], config: MethodConfig) -> Specs:
+        """What pack(name, t) writes for a tensor t of `shape` (export_specs' counterpart of pack)."""
+        return prefixed(name, float_specs(shape, config.bits, config.group_size))
 
     @staticmethod
     def unpack(
@@ -260,10 +289,6 @@ class CompressedWeight(nn.Module, abc.ABC):
             if k == name or k.startswith(name + ".")
         }
         return unpack_float(sub, shape, config.bits, config.group_size)
-
-    @staticmethod
-    def float_bytes(shape: tuple[int, ...], config: MethodConfig) -> int:
-        return float_bytes(shape, config.bits, config.group_size)
 
     def extra_repr(self) -> str:
         return f"site={self.site.name!r}, shape={self.site.shape}, config={self.config}"

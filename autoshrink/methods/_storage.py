@@ -1,7 +1,9 @@
 """How a method's tensors are stored: packed low-bit floats, packed integers, sparse overlays.
 
-Every byte a compressed model claims is counted here, and the same functions produce the
-tensors that are exported, so the analytic count and the export cannot drift apart.
+Every byte a compressed model claims is counted here: each packing function (pack_float,
+pack_sparse) has a twin that describes its output by name, dtype and shape without packing
+(float_specs, sparse_specs), and bytes and the safetensors header follow from those
+descriptions (Specs), so the analytic count, the export and the file cannot drift apart.
 
 Float storage (`bits` of a method config):
   32 -> fp32, 16 -> fp16, 2..8 -> affine min-max codes per group (a row, or `group_size`
@@ -13,6 +15,7 @@ or int32 column indices) and a bitmask (one bit per element), values stored as a
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -21,7 +24,7 @@ import torch
 from autoshrink.errors import UserError
 
 FLOAT_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
-SCALE_BYTES_PER_GROUP = 4  # fp16 scale + fp16 minimum
+Specs = dict[str, tuple[torch.dtype, tuple[int, ...]]]  # name -> (dtype, shape): stored tensors, described
 
 
 def check_bits(bits: int) -> None:
@@ -42,13 +45,51 @@ def groups_per_row(cols: int, group_size: int) -> int:
 
 def float_bytes(shape: tuple[int, ...], bits: int, group_size: int = 0) -> int:
     """Stored bytes of a float tensor of `shape` at `bits`."""
-    n = int(math.prod(shape))
-    if n == 0:
-        return 0
+    return specs_bytes(float_specs(shape, bits, group_size))
+
+
+def float_specs(shape: tuple[int, ...], bits: int, group_size: int = 0) -> Specs:
+    """What pack_float writes for a float tensor of `shape`, without packing it: sub-name
+    ("" for the tensor itself, else codes / scale / min) -> (dtype, shape)."""
+    shape = tuple(int(s) for s in shape)
+    n = math.prod(shape)
     if bits >= 16:
-        return n * bits // 8
+        return {"": (torch.float32 if bits == 32 else torch.float16, shape)}
+    if n == 0:
+        return {}  # nothing to quantise (pack_sparse stores no values then)
     rows, cols = as_rows(shape)
-    return math.ceil(bits * n / 8) + rows * groups_per_row(cols, group_size) * SCALE_BYTES_PER_GROUP
+    scales = (rows * groups_per_row(cols, group_size),)
+    return {
+        "codes": (torch.uint8, (uint_bytes(n, bits),)),
+        "scale": (torch.float16, scales),
+        "min": (torch.float16, scales),
+    }
+
+
+def uint_bytes(n: int, bits: int) -> int:
+    """Bytes of n integers bit-packed at `bits` (pack_uint)."""
+    return math.ceil(bits * n / 8)
+
+
+def prefixed(prefix: str, parts: dict) -> dict:
+    """The parts of one stored tensor (specs or tensors) under its name: "" is the name itself,
+    "k" becomes "name.k"."""
+    return {f"{prefix}.{k}" if k else prefix: v for k, v in parts.items()}
+
+
+def spec_bytes(spec: tuple[torch.dtype, tuple[int, ...]]) -> int:
+    dtype, shape = spec
+    return int(math.prod(shape)) * dtype.itemsize
+
+
+def specs_bytes(specs: Specs) -> int:
+    """Bytes of the tensors that `specs` describe (name -> (dtype, shape)), the header excluded."""
+    return sum(spec_bytes(spec) for spec in specs.values())
+
+
+def specs_of(tensors: dict[str, torch.Tensor]) -> Specs:
+    """The specs of real tensors: what a test compares a method's predicted specs with."""
+    return {name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()}
 
 
 def _grouped(t: torch.Tensor, group_size: int) -> tuple[torch.Tensor, int]:
@@ -163,7 +204,18 @@ def index_bytes(n: int) -> int:
 
 def sparse_bytes(m: int, n: int, nnz: int, bits: int, group_size: int = 0) -> int:
     """Cheaper of CSR and bitmask for an m x n overlay holding nnz values at `bits`."""
-    return float_bytes((nnz,), bits, group_size) + min(csr_index_bytes(m, n, nnz), bitmask_bytes(m, n))
+    return specs_bytes(sparse_specs(m, n, nnz, bits, group_size))
+
+
+def sparse_specs(m: int, n: int, nnz: int, bits: int, group_size: int = 0) -> Specs:
+    """What pack_sparse writes for an m x n overlay of nnz values, without packing it."""
+    out = prefixed("values", float_specs((nnz,), bits, group_size)) if nnz else {}
+    if csr_index_bytes(m, n, nnz) <= bitmask_bytes(m, n):
+        col = torch.int16 if index_bytes(n) == 2 else torch.int32  # uint16 through an int16 view
+        out.update({"row_ptr": (torch.int32, (m + 1,)), "col": (col, (nnz,))})
+    else:
+        out["bitmask"] = (torch.uint8, (bitmask_bytes(m, n),))
+    return out
 
 
 def csr_index_bytes(m: int, n: int, nnz: int) -> int:
@@ -179,11 +231,7 @@ def pack_sparse(dense: torch.Tensor, mask: torch.Tensor, bits: int, group_size: 
     m, n = dense.shape
     mask = mask.bool().cpu()
     values = dense.detach().float().cpu()[mask]  # row-major order, as CSR and the bitmask both use
-    out = (
-        {f"values{'.' + k if k else ''}": v for k, v in pack_float(values, bits, group_size).items()}
-        if values.numel()
-        else {}
-    )
+    out = prefixed("values", pack_float(values, bits, group_size)) if values.numel() else {}
     nnz = int(mask.sum())
     if csr_index_bytes(m, n, nnz) <= bitmask_bytes(m, n):
         rows, cols = mask.nonzero(as_tuple=True)
@@ -252,32 +300,46 @@ SAFETENSORS_DTYPES = {  # torch dtype -> (header name, rank in safetensors' layo
 }
 
 
-def safetensors_header_bytes(
-    specs: dict[str, tuple[torch.dtype, tuple[int, ...]]], metadata: dict[str, str] | None = None
-) -> int:
+def _dumps(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _entry(name: str, spec: tuple[torch.dtype, tuple[int, ...]], start: int, end: int) -> bytes:
+    dtype, shape = spec
+    return (
+        f'{_dumps(name)}:{{"dtype":{_dumps(SAFETENSORS_DTYPES[dtype][0])},'
+        f'"shape":{_dumps([int(s) for s in shape])},"data_offsets":[{start},{end}]}}'
+    ).encode("utf-8")
+
+
+def _metadata_entry(metadata: dict[str, str] | None) -> bytes:
+    return f"{_dumps('__metadata__')}:{_dumps(dict(metadata))}".encode("utf-8") if metadata else b""
+
+
+def safetensors_header_bytes(specs: Specs, metadata: dict[str, str] | None = None) -> int:
     """Bytes before the tensor data of a safetensors file holding tensors name -> (dtype, shape)
     (and string `metadata`): the 8-byte length plus the padded JSON header."""
-    import json
-
-    def dumps(value) -> str:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
     order = sorted(specs, key=lambda name: (-SAFETENSORS_DTYPES[specs[name][0]][1], name))
-    parts = [f"{dumps('__metadata__')}:{dumps(dict(metadata))}"] if metadata else []
+    parts = [_metadata_entry(metadata)] if metadata else []
     offset = 0
     for name in order:
-        dtype, shape = specs[name]
-        size = int(math.prod(shape)) * torch.empty((), dtype=dtype).element_size()
-        parts.append(
-            f'{dumps(name)}:{{"dtype":{dumps(SAFETENSORS_DTYPES[dtype][0])},'
-            f'"shape":{dumps([int(s) for s in shape])},"data_offsets":[{offset},{offset + size}]}}'
-        )
+        size = spec_bytes(specs[name])
+        parts.append(_entry(name, specs[name], offset, offset + size))
         offset += size
-    header = len(("{" + ",".join(parts) + "}").encode("utf-8"))
+    header = len(b"{" + b",".join(parts) + b"}")
     return 8 + header + (-header) % 8
+
+
+def safetensors_header_bound(specs: Specs, metadata: dict[str, str] | None, offset_digits: int) -> int:
+    """An upper bound of safetensors_header_bytes that is a sum over the tensors (so a knapsack can
+    add it up site by site): every offset written with `offset_digits` digits (true of any file
+    whose tensors hold under 10**offset_digits bytes), a comma after every entry and the most
+    padding. The layout order, which moves every later offset, no longer matters."""
+    widest = 10 ** (offset_digits - 1)  # any number with that many digits
+    entries = sum(len(_entry(name, spec, widest, widest)) + 1 for name, spec in specs.items())
+    return 8 + 2 + len(_metadata_entry(metadata)) + 1 + entries + 7
 
 
 def safetensors_file_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> int:
     """Size on disk of `safetensors.torch.save_file(tensors, path, metadata)`."""
-    specs = {name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()}
-    return safetensors_header_bytes(specs, metadata) + tensors_bytes(tensors)
+    return safetensors_header_bytes(specs_of(tensors), metadata) + tensors_bytes(tensors)

@@ -52,7 +52,7 @@ from autoshrink.errors import UserError
 from autoshrink.methods._base import CompressedWeight, MethodConfig, calibrated, register, site_freqs
 from autoshrink.methods._gptq import gptq, gptq_pair
 from autoshrink.methods._linalg import Metric
-from autoshrink.methods._storage import groups_per_row, pack_uint, unpack_uint
+from autoshrink.methods._storage import groups_per_row, pack_uint, uint_bytes, unpack_uint
 from autoshrink.sites import VOCAB_ROLES, Site
 
 MOVE_FRACTION = 0.1  # most words moved per refinement round (the DiscBlock code's default)
@@ -157,6 +157,21 @@ def _stored_rows(rows: torch.Tensor, config: GroupReduceConfig, metric: Metric) 
     if metric.moment is None or config.bits >= 16:
         return (rows,)
     return (gptq(rows.float(), metric.moment, config.bits, config.group_size),)
+
+
+def _block_specs(site: Site, config: GroupReduceConfig, blocks: list[Block], permuted: bool) -> dict:
+    """Names, dtypes and shapes of the export: each block's W or U and V, then the map."""
+    v, d = site.shape
+    out = {}
+    for i, blk in enumerate(blocks):
+        if blk.dense:
+            out.update(CompressedWeight.float_specs(f"b{i}.W", (blk.size, d), config))
+        else:
+            out.update(CompressedWeight.float_specs(f"b{i}.U", (blk.size, blk.rank), config))
+            out.update(CompressedWeight.float_specs(f"b{i}.V", (blk.rank, d), config))
+    if permuted:
+        out["perm"] = (torch.uint8, (uint_bytes(v, _perm_bits(v)),))
+    return out
 
 
 @register(GroupReduceConfig)
@@ -349,32 +364,14 @@ class GroupReduceWeight(CompressedWeight):
         return out.reshape(*ids.shape, d)
 
     # --- storage -------------------------------------------------------------------------
-    @staticmethod
-    def stored_bytes(site, config, freqs: torch.Tensor | None = None) -> int:
-        """Exact export bytes; `freqs` (the word counts `build` gets) decide the ranks and the map."""
-        d = site.shape[1]
-        total = 0
-        for blk in GroupReduceWeight.allocation(site, config, freqs):
-            if blk.dense:
-                total += CompressedWeight.float_bytes((blk.size, d), config)
-            else:
-                total += CompressedWeight.float_bytes((blk.size, blk.rank), config)
-                total += CompressedWeight.float_bytes((blk.rank, d), config)
-        if _needs_perm(config, _check_freqs(freqs, site)):
-            total += math.ceil(site.shape[0] * _perm_bits(site.shape[0]) / 8)
-        return total
+    @classmethod
+    def export_specs(cls, site, config, freqs: torch.Tensor | None = None):
+        """What export writes; `freqs` (the word counts `build` gets) decide the ranks and the map."""
+        blocks = cls.allocation(site, config, freqs)
+        return _block_specs(site, config, blocks, _needs_perm(config, _check_freqs(freqs, site)))
 
-    def nbytes(self) -> int:
-        d = self.site.shape[1]
-        total = sum(
-            self.float_bytes((b.size, d), self.config)
-            if b.dense
-            else self.float_bytes((b.size, b.rank), self.config) + self.float_bytes((b.rank, d), self.config)
-            for b in self.blocks
-        )
-        if self.permuted:
-            total += math.ceil(self.site.shape[0] * _perm_bits(self.site.shape[0]) / 8)
-        return total
+    def tensor_specs(self):
+        return _block_specs(self.site, self.config, self.blocks, self.permuted)
 
     def export(self):
         out = {}

@@ -177,10 +177,10 @@ class HashWeight(CompressedWeight):
             logits = logits + partial[:, j, :].index_select(-1, self.map[:, j])
         return logits.reshape(*lead, v)
 
-    @staticmethod
-    def stored_bytes(site, config, freqs=None) -> int:
+    @classmethod
+    def export_specs(cls, site, config, freqs=None):
         d = site.shape[1] // config.chunks
-        return CompressedWeight.float_bytes((config.pool_size(site), d), config) + 8  # + int64 seed
+        return {**cls.float_specs("pool", (config.pool_size(site), d), config), "seed": (torch.int64, (1,))}
 
     def export(self):
         return {**self.pack("pool", self.pool), "seed": torch.tensor([self.seed], dtype=torch.int64)}

@@ -290,15 +290,15 @@ class KroneckerWeight(CompressedWeight):
     def export_mask(self) -> torch.Tensor:
         return stored_mask(self.mask, self.s.abs(), self.k)
 
-    @staticmethod
-    def stored_bytes(site, config, freqs=None) -> int:
+    @classmethod
+    def export_specs(cls, site, config, freqs=None):
         m1, m2, n1, n2 = config.factors(site.shape)
         r = config.terms
-        total = CompressedWeight.float_bytes((r * m1, n1), config) + CompressedWeight.float_bytes((r * m2, n2), config)
+        out = {**cls.float_specs("A", (r * m1, n1), config), **cls.float_specs("B", (r * m2, n2), config)}
         k = config.nnz(site.shape)
         if k > 0:
-            total += _storage.sparse_bytes(*site.shape, k, config.bits, config.group_size)
-        return total
+            out.update(_storage.prefixed("S", _storage.sparse_specs(*site.shape, k, config.bits, config.group_size)))
+        return out
 
     def export(self):
         r, m1, n1 = self.a.shape
@@ -306,7 +306,7 @@ class KroneckerWeight(CompressedWeight):
         out = {**self.pack("A", self.a.reshape(r * m1, n1)), **self.pack("B", self.b.reshape(r * m2, n2))}
         if self.s is not None:
             packed = _storage.pack_sparse(self.s, self.export_mask(), self.config.bits, self.config.group_size)
-            out.update({f"S.{key}": t for key, t in packed.items()})
+            out.update(_storage.prefixed("S", packed))
         return out
 
     @classmethod

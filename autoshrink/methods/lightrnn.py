@@ -51,7 +51,7 @@ from torch import nn
 from autoshrink.errors import UserError
 from autoshrink.methods._base import CompressedWeight, MethodConfig, calibrated, register, site_freqs
 from autoshrink.methods._linalg import row_weights
-from autoshrink.methods._storage import pack_uint, unpack_uint
+from autoshrink.methods._storage import pack_uint, uint_bytes, unpack_uint
 from autoshrink.sites import VOCAB_ROLES, Site
 
 KMEANS_ITERS = 10  # balanced k-means rounds (rows, then columns); stops early once stable
@@ -211,9 +211,7 @@ class LightRNNWeight(CompressedWeight):
             setattr(self, name, nn.Parameter(tables[name].detach().clone().float()))
         self.register_buffer("row_of", row_of.long().clone())
         self.register_buffer("col_of", col_of.long().clone())
-        if site.role == "embedding":
-            # An embedding table used as a (tied) output layer is a plain product: keep the bias.
-            self.uses_site_bias = True
+        self.uses_site_bias = self.keeps_site_bias(site)
 
     @classmethod
     def build(cls, weight, site, config, stats=None):
@@ -348,12 +346,22 @@ class LightRNNWeight(CompressedWeight):
         return before, _allocation_cost(costs, row_of, col_of)
 
     # --- storage ---------------------------------------------------------------------------
-    @staticmethod
-    def stored_bytes(site, config, freqs=None) -> int:
+    @classmethod
+    def export_specs(cls, site, config, freqs=None):
         r, c = config.grid(site)
         v = site.shape[0]
-        floats = sum(CompressedWeight.float_bytes(s, config) for s in _table_shapes(site, config).values())
-        return floats + math.ceil(v * _bits(r) / 8) + math.ceil(v * _bits(c) / 8)
+        out = {}
+        for name, shape in _table_shapes(site, config).items():
+            out.update(cls.float_specs(name, shape, config))
+        out["row_of"] = (torch.uint8, (uint_bytes(v, _bits(r)),))
+        out["col_of"] = (torch.uint8, (uint_bytes(v, _bits(c)),))
+        return out
+
+    @classmethod
+    def keeps_site_bias(cls, site) -> bool:
+        # A softmax carries its own biases b_r, b_c; an embedding table used as a (tied) output
+        # layer is a plain product, which keeps the site's bias.
+        return site.role == "embedding"
 
     def export(self):
         out = {}

@@ -88,11 +88,11 @@ class LowRankWeight(CompressedWeight):
         rows = self.q(self.u[ids.reshape(-1)])
         return (rows @ self.q(self.v)).reshape(*ids.shape, self.v.shape[1])
 
-    @staticmethod
-    def stored_bytes(site, config, freqs=None) -> int:
+    @classmethod
+    def export_specs(cls, site, config, freqs=None):
         m, n = site.shape
         r = config.effective_rank(site)
-        return CompressedWeight.float_bytes((m, r), config) + CompressedWeight.float_bytes((r, n), config)
+        return {**cls.float_specs("U", (m, r), config), **cls.float_specs("V", (r, n), config)}
 
     def export(self):
         return {**self.pack("U", self.u), **self.pack("V", self.v)}

@@ -126,10 +126,10 @@ class PruneWeight(CompressedWeight):
     def export_mask(self) -> torch.Tensor:
         return stored_mask(self.mask, self.saliency(), self.k, self.row_floor)
 
-    @staticmethod
-    def stored_bytes(site, config, freqs=None) -> int:
+    @classmethod
+    def export_specs(cls, site, config, freqs=None):
         m, n = site.shape
-        return _storage.sparse_bytes(m, n, config.nnz(site.shape), config.bits, config.group_size)
+        return _storage.sparse_specs(m, n, config.nnz(site.shape), config.bits, config.group_size)
 
     def export(self):
         return _storage.pack_sparse(self.w, self.export_mask(), self.config.bits, self.config.group_size)

@@ -48,9 +48,9 @@ class QuantWeight(CompressedWeight):
     def weight(self) -> torch.Tensor:
         return self.q(self.w)
 
-    @staticmethod
-    def stored_bytes(site, config, freqs=None) -> int:
-        return CompressedWeight.float_bytes(site.shape, config)
+    @classmethod
+    def export_specs(cls, site, config, freqs=None):
+        return cls.float_specs("w", site.shape, config)
 
     def export(self):
         return self.pack("w", self.w)

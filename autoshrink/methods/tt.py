@@ -228,10 +228,14 @@ class TTWeight(CompressedWeight):
             acc = torch.bmm(acc, g).reshape(flat.shape[0], -1, r1)
         return acc.reshape(*ids.shape, self.site.shape[1])
 
-    @staticmethod
-    def stored_bytes(site, config, freqs=None) -> int:
+    @classmethod
+    def export_specs(cls, site, config, freqs=None):
         layout = config.layout(site)
-        return sum(CompressedWeight.float_bytes(layout.stored_shape(k), config) for k in range(config.cores))
+        return {
+            name: spec
+            for k in range(config.cores)
+            for name, spec in cls.float_specs(f"core{k}", layout.stored_shape(k), config).items()
+        }
 
     def export(self):
         out = {}

@@ -3,9 +3,17 @@
 (repair)."""
 
 from autoshrink.plan.apply import Plan, compress, dense_weight, parse_plan, place_compressed, plan_to_json, resolve
-from autoshrink.plan.bytes import dense_bytes, method_bytes, plan_stored_bytes, stored_bytes
+from autoshrink.plan.bytes import (
+    ModelFile,
+    dense_bytes,
+    method_bytes,
+    plan_bytes_bound,
+    plan_stored_bytes,
+    stored_bytes,
+)
 
 __all__ = [
+    "ModelFile",
     "Plan",
     "compress",
     "dense_bytes",
@@ -13,6 +21,7 @@ __all__ = [
     "method_bytes",
     "parse_plan",
     "place_compressed",
+    "plan_bytes_bound",
     "plan_stored_bytes",
     "plan_to_json",
     "resolve",

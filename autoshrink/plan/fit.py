@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from autoshrink.errors import UserError
 from autoshrink.methods import FLOAT_BITS
-from autoshrink.plan.bytes import method_bytes, plan_stored_bytes
+from autoshrink.plan.bytes import ModelFile, method_bytes, plan_stored_bytes
 
 
 def _bytes_of(site, config, freqs) -> int:
@@ -70,7 +70,7 @@ def _takes(cfg, site) -> bool:
 
 
 def uniform_plan(
-    base, sites: list, max_bytes: int, freqs=None, model_bytes: int | None = None, roles: set[str] | None = None
+    base, sites: list, max_bytes: int, freqs=None, model_file: ModelFile | None = None, roles: set[str] | None = None
 ) -> dict | None:
     """The plan giving `base` (its size knob fitted per site) to every site of `roles` (all when
     None) that takes it, the largest such plan within `max_bytes` for the whole model; None when
@@ -94,7 +94,7 @@ def uniform_plan(
         plan = plan_at(share)
         if plan is None:
             return -1, None
-        return (1, None) if plan_stored_bytes(sites, plan, freqs, model_bytes) > max_bytes else (0, plan)
+        return (1, None) if plan_stored_bytes(sites, plan, freqs, model_file) > max_bytes else (0, plan)
 
     side, best = verdict(1.0)  # beyond a share of 1 compression would not pay
     if side == 0:

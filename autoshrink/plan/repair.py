@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from autoshrink.errors import UserError
 from autoshrink.methods import FLOAT_BITS
-from autoshrink.plan.bytes import method_bytes, plan_stored_bytes
+from autoshrink.plan.bytes import ModelFile, method_bytes, plan_stored_bytes
 
 MIN_REPAIR_BITS = (
     4  # repair does not push a method's storage below 4 bits (quality falls off, docs/methods.md, Quantisation)
@@ -47,7 +47,7 @@ def repair(
     freqs=None,
     fits=None,
     fallback: dict | None = None,
-    model_bytes: int | None = None,
+    model_file: ModelFile | None = None,
     step=None,
 ) -> dict | None:
     """Shrink a plan until it fits `max_bytes` (or until `fits(plan)`, for latency budgets), as
@@ -61,7 +61,7 @@ def repair(
     if fits is None:
 
         def fits(p):
-            return plan_stored_bytes(sites, p, freqs, model_bytes) <= max_bytes
+            return plan_stored_bytes(sites, p, freqs, model_file) <= max_bytes
 
     by_name = {s.name: s for s in sites}
     fallback = fallback or {}

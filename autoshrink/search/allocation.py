@@ -26,7 +26,7 @@ from autoshrink.allocate.profile import profile
 from autoshrink.errors import UserError
 from autoshrink.methods import MethodConfig, config_class
 from autoshrink.models.discover import in_place_target
-from autoshrink.plan import Plan, plan_stored_bytes
+from autoshrink.plan import ModelFile, Plan, plan_stored_bytes
 from autoshrink.search.space import DENSE, SearchSpace
 from autoshrink.sites import ROLES, Site
 
@@ -73,13 +73,13 @@ def into_space(space: SearchSpace, site: Site, config: MethodConfig) -> MethodCo
 
 
 def space_options(
-    space: SearchSpace, sites: list[Site], capacity: int, model_bytes: int, freqs: torch.Tensor | None
+    space: SearchSpace, sites: list[Site], capacity: int, model_file: ModelFile, freqs: torch.Tensor | None
 ) -> dict[str, list[MethodConfig]]:
     """{site: the configs to profile}: levels of every base within what the site can hold, in the space."""
     bases = {role: profile_bases(space, role) for role in ROLES}
     by_name = {s.name: s for s in sites}
     options = {}
-    for name, configs in capped_options(sites, bases, capacity, model_bytes, freqs, LEVELS).items():
+    for name, configs in capped_options(sites, bases, capacity, model_file, freqs, LEVELS).items():
         moved = [m for m in (into_space(space, by_name[name], c) for c in configs) if m is not None]
         options[name] = list(dict.fromkeys(moved))  # several levels may land on one space value
     return options
@@ -132,7 +132,7 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
         f"{time.perf_counter() - start:.0f} s"
     )
     for source, plan in plans:
-        assert plan_stored_bytes(ctx.sites, plan, ctx.freqs, ctx.model_bytes) <= ctx.max_bytes, source
+        assert plan_stored_bytes(ctx.sites, plan, ctx.freqs, ctx.model_file) <= ctx.max_bytes, source
     return plans
 
 
@@ -154,8 +154,8 @@ def profile_options(ctx, folder: Path) -> tuple[dict[str, list[Option]], float] 
         stats=ctx.stats,
         path=folder / PROFILE,
     )
-    knap = knapsack_options(table, ctx.sites, ctx.model_bytes, ctx.freqs, _may_stay_dense(ctx, options))
-    return knap, float(ctx.max_bytes - fixed_bytes(ctx.sites, ctx.model_bytes))
+    knap = knapsack_options(table, ctx.sites, ctx.model_file, ctx.freqs, _may_stay_dense(ctx, options))
+    return knap, float(ctx.max_bytes - fixed_bytes(ctx.sites, ctx.model_file))
 
 
 def _in_place(ctx) -> list[str]:
@@ -170,8 +170,8 @@ def _held_out(ctx) -> torch.Tensor:
 
 
 def _options(ctx) -> dict[str, list[MethodConfig]]:
-    fixed = fixed_bytes(ctx.sites, ctx.model_bytes)
-    return space_options(ctx.space, ctx.sites, ctx.max_bytes - fixed, ctx.model_bytes, ctx.freqs)
+    fixed = fixed_bytes(ctx.sites, ctx.model_file)
+    return space_options(ctx.space, ctx.sites, ctx.max_bytes - fixed, ctx.model_file, ctx.freqs)
 
 
 def _may_stay_dense(ctx, options: dict) -> Callable[[str], bool]:

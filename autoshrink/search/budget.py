@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from autoshrink.errors import UserError
-from autoshrink.plan.bytes import plan_stored_bytes
+from autoshrink.plan.bytes import ModelFile, plan_stored_bytes
 from autoshrink.search.space import smallest_plan
 
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -61,15 +61,15 @@ def parse_budget(text: str) -> Budget:
 
 
 def check_feasible(
-    budget: Budget, space, sites: list, dense_bytes: int, freqs=None, model_bytes: int | None = None
+    budget: Budget, space, sites: list, dense_bytes: int, freqs=None, model_file: ModelFile | None = None
 ) -> int | None:
     """The byte limit of a ratio/size budget; a UserError if no plan of the space can meet it.
-    `dense_bytes` is the fp32 size (the ratio's numerator), `model_bytes` the stored size of
-    the dense model (the same for fp32 models)."""
+    `dense_bytes` is the fp32 size (the ratio's numerator), `model_file` the file of the dense
+    model (plan.bytes.ModelFile): the limit bounds the export's file, header included."""
     limit = budget.max_bytes(dense_bytes)
     if limit is None:
         return None
-    floor = plan_stored_bytes(sites, smallest_plan(space, sites, freqs), freqs, model_bytes)
+    floor = plan_stored_bytes(sites, smallest_plan(space, sites, freqs), freqs, model_file)
     if floor > limit:
         raise UserError(
             f"budget {budget.text} ({limit:,} bytes) cannot be met: the smallest plan of space "

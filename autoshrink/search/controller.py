@@ -27,7 +27,7 @@ from autoshrink.models.adapter import adapt
 from autoshrink.models.load import load
 from autoshrink.models.progress import TrainingProgress, duration
 from autoshrink.measure.latency import LatencyTable
-from autoshrink.plan import dense_bytes as model_dense_bytes, stored_bytes
+from autoshrink.plan import ModelFile, dense_bytes as model_dense_bytes
 from autoshrink.search import optuna_backend, run_folder
 from autoshrink.search import study as study_db
 from autoshrink.search.allocation import allocated_plans, profile_options
@@ -49,7 +49,7 @@ class SearchContext:
     settings: TrialSettings
     freqs: torch.Tensor
     max_bytes: int | None = None
-    model_bytes: int | None = None  # stored bytes of the dense model (parameters at their dtype)
+    model_file: ModelFile | None = None  # the dense model's file (its tensors): what a plan changes
     latency: object | None = None  # LatencyTable for latency budgets
     rule: Callable = field(default=lambda nbytes: None)
     fallback: dict = field(default_factory=dict)  # each site's smallest setting in the space
@@ -75,7 +75,7 @@ class SearchContext:
             self.max_bytes,
             self.freqs,
             fallback=self.fallback,
-            model_bytes=self.model_bytes,
+            model_file=self.model_file,
             step=self.space.shrink,
         )
 
@@ -168,8 +168,8 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
         )
     nbytes = model_dense_bytes(dense)
     freqs = data.vocab.freqs
-    model_bytes = stored_bytes(dense)
-    max_bytes = check_feasible(b, spc, sites, nbytes, freqs, model_bytes)
+    model_file = ModelFile.of(dense, sites)
+    max_bytes = check_feasible(b, spc, sites, nbytes, freqs, model_file)
     settings = TrialSettings(
         finetune_steps=c.finetune_steps, halving=c.halving, device=device, seed=seed, distill=distill
     )
@@ -208,7 +208,7 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
         settings,
         freqs,
         max_bytes,
-        model_bytes,
+        model_file,
         latency,
         rule=study_db.HalvingRule(study, c.halving),
         fallback=smallest,
@@ -223,7 +223,7 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
         for source, plan in allocated:
             study.enqueue_trial(spc.params_of(plan, sites), user_attrs={"allocated": source})
         if warm_start and max_bytes is not None:
-            seeds = uniform_seeds(spc, sites, max_bytes, freqs, model_bytes)[: max(1, trials // 2)]
+            seeds = uniform_seeds(spc, sites, max_bytes, freqs, model_file)[: max(1, trials // 2)]
             if enqueue_uniform_seeds(study, seeds, after=len(allocated)):
                 log(
                     f"warm start: {len(seeds)} trial(s) put one method on every site "

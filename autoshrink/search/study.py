@@ -177,7 +177,7 @@ def prepare_plan(trial: optuna.Trial, ctx) -> tuple[dict, int] | None:
             user_attrs={"note": f"repair of trial {trial.number}", **_inherited(trial)},
         )
         return None
-    nbytes = plan_stored_bytes(ctx.sites, fixed, ctx.freqs, ctx.model_bytes)
+    nbytes = plan_stored_bytes(ctx.sites, fixed, ctx.freqs, ctx.model_file)
     trial.set_user_attr("plan", plan_to_json(fixed))
     trial.set_user_attr("stored_bytes", nbytes)
     trial.set_user_attr("ratio", ctx.dense_bytes / nbytes)

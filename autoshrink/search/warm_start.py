@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 
+from autoshrink.plan.bytes import ModelFile
 from autoshrink.plan.fit import uniform_plan
 from autoshrink.methods import config_class
 from autoshrink.search.space import DENSE, Knob, SearchSpace, applies
@@ -55,7 +56,7 @@ def _candidates(method: str, knob_sets: list[dict[str, Knob]]) -> list[dict[str,
 
 
 def uniform_seeds(
-    space: SearchSpace, sites: list, max_bytes: int, freqs=None, model_bytes: int | None = None
+    space: SearchSpace, sites: list, max_bytes: int, freqs=None, model_file: ModelFile | None = None
 ) -> list[tuple[str, dict[str, Any]]]:
     """(method, Optuna params) for each method the space offers on every compressible site and
     that can meet `max_bytes` alone."""
@@ -72,7 +73,7 @@ def uniform_seeds(
         knob_sets = [space.roles[s.role][method] for s in compressible]
         plan = None
         for knobs in _candidates(method, knob_sets):
-            plan = uniform_plan(config_class(method)(**knobs), sites, max_bytes, freqs, model_bytes)
+            plan = uniform_plan(config_class(method)(**knobs), sites, max_bytes, freqs, model_file)
             if plan is not None:
                 break
         if plan is None:

@@ -63,3 +63,27 @@ def test_without_kept_weights_train_says_it_starts_from_the_dense_model(run, tmp
     lines = []
     train_trial(copy, TrainConfig(steps=2, evals=1), log=lines.append)
     assert any("starting from the dense model" in line for line in lines), lines
+
+
+def test_a_fresh_compression_is_data_aware_as_the_search_s_and_a_kept_start_skips_calibration(
+    run, tmp_path, monkeypatch
+):
+    """Without kept weights the plan is compressed afresh with the run's calibration statistics
+    (plain only under --calibration-tokens 0); with kept weights nothing is calibrated."""
+    from autoshrink.final import train as final_train
+
+    seen = []
+    real = final_train.compress
+    monkeypatch.setattr(final_train, "compress", lambda *a, **kw: seen.append(kw.get("stats")) or real(*a, **kw))
+    number = min(_kept(run.run_dir))  # a trial whose weights the search kept
+    copy = tmp_path / "run"
+    shutil.copytree(run.run_dir, copy)
+    shutil.rmtree(copy / "trials", ignore_errors=True)  # no kept weights: a fresh compression
+    train_trial(copy, TrainConfig(trial=str(number), steps=2, evals=1, out=str(tmp_path / "fresh")))
+    assert seen[-1] is not None and len(seen[-1]) > 0
+    info = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**info, "calibration_tokens": 0}))
+    train_trial(copy, TrainConfig(trial=str(number), steps=2, evals=1, out=str(tmp_path / "plain")))
+    assert seen[-1] is None
+    train_trial(run.run_dir, TrainConfig(trial=str(number), steps=2, evals=1, out=str(tmp_path / "kept")))
+    assert seen[-1] is None

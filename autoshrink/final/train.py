@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from autoshrink.calibrate import DEFAULT_TOKENS, calibrate
 from autoshrink.data import LMData, batchify, bptt_windows, load_lm_data, num_windows
 from autoshrink.errors import UserError, read_user_json
 from autoshrink.methods import CompressedLinear
@@ -308,6 +309,7 @@ def train_trial(
         on_eval=on_eval,
         log=log,
         start_weights=run_folder.kept_weights(run_dir, number),
+        calibration_tokens=DEFAULT_TOKENS if info.get("calibration_tokens") is None else info["calibration_tokens"],
     )
 
 
@@ -331,20 +333,28 @@ def train_plan(
     on_eval: Callable[[int, float], None] | None = None,
     log: Callable[[str], None] | None = None,
     start_weights: Path | None = None,
+    calibration_tokens: int = DEFAULT_TOKENS,
 ) -> FinalModel:
     """Compress `dense` by `plan_json` ({} keeps it dense), train it up to `steps` steps (and
     `time_limit` seconds, across resumes) with train_lm's recipe and the trials' batch and bptt,
     resumably in OUT/checkpoint, and export it to OUT with metrics.json. `label` names the
     training in its checkpoint (a trial number); `options` are further training-loop settings.
     `start_weights`: the trial's fine-tuned weights (search/run_folder.py kept_weights) to start
-    from instead of the freshly compressed dense weights."""
+    from instead of the freshly compressed dense weights. A fresh compression is data-aware, as the
+    search's is: calibrated on `calibration_tokens` training tokens (cached; 0: plain builds)."""
     log = log or (lambda line: None)
     name = f"trial {label}" if isinstance(label, int) else str(label)
     plan = parse_plan(plan_json)
     torch.manual_seed(seed)
-    small = compress(dense, plan, freqs=lm.vocab.freqs)
-    settings = TrialSettings()  # the trials' batch, bptt and learning rate
     ckpt = out / "checkpoint"
+    fresh = start_weights is None and not (ckpt / "state.json").is_file()  # else its weights are loaded
+    stats = (
+        calibrate(dense, lm.train, tokens=calibration_tokens, freqs=lm.vocab.freqs)
+        if fresh and calibration_tokens
+        else None
+    )
+    small = compress(dense, plan, freqs=lm.vocab.freqs, stats=stats)
+    settings = TrialSettings()  # the trials' batch, bptt and learning rate
     state = _read_checkpoint(ckpt, small, label, plan_json) or {
         "trial": label,
         "plan": plan_json,

@@ -1,0 +1,61 @@
+"""bench/correlation: the search's signals against test perplexity after final training, resumable."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autoshrink.bench import correlation
+from autoshrink.search.config import SearchConfig
+from autoshrink.search.controller import search
+from test_search import SPACE
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_model_dir, text_file):
+    folder = tmp_path_factory.mktemp("corr")
+    (folder / "space.yaml").write_text(SPACE)
+    config = SearchConfig(
+        "4x",
+        model=str(tiny_model_dir),
+        data=str(text_file),
+        space=str(folder / "space.yaml"),
+        trials=4,
+        finetune_steps=2,
+        halving=1,
+        sampler="random",
+        run_dir=folder / "run",
+    )
+    return search(config, log=lambda line: None)
+
+
+def test_each_plan_gets_its_proxy_trial_and_test_figures_and_a_rerun_reuses_them(run, monkeypatch):
+    rows = correlation.measure(run.run_dir, plans=3, steps=2, log=lambda line: None)
+    assert 2 <= len(rows) <= 3
+    for r in rows:
+        assert r["proxy_ppl"] > 0 and r["trial_ppl"] > 0 and r["test_ppl"] > 0
+    fake = [
+        dict(rows[0], trial=i, proxy_ppl=p, trial_ppl=q, test_ppl=t)
+        for i, (p, q, t) in enumerate([(50.0, 40.0, 30.0), (60.0, 35.0, 31.0), (70.0, 45.0, 32.0)])
+    ]
+    text = correlation.markdown(fake, run.run_dir, "cmd")
+    assert "proxy +1.00, trial +0.50 (over 3 plans; fewer than the 8" in text
+    monkeypatch.setattr(correlation, "train_trial", lambda *a, **k: pytest.fail("a measured plan was trained again"))
+    assert correlation.measure(run.run_dir, plans=3, steps=2, log=lambda line: None) == rows
+
+
+def test_plans_are_spread_over_the_trials_perplexities():
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for ppl in range(10, 30):
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[float(ppl), 1.0], user_attrs={"feasible": True, "val_ppl": float(ppl), "stored_bytes": 1}
+            )
+        )
+    picked = [t.user_attrs["val_ppl"] for t in correlation.chosen_trials(study, 5)]
+    assert picked[0] == 10 and picked[-1] == 29 and len(picked) == 5
+
+
+def test_spearman_is_a_rank_correlation():
+    assert correlation.spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)
+    assert correlation.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)

@@ -55,3 +55,25 @@ def tiny_model_dir(tmp_path_factory, text_file):
     from autoshrink.models.pretrain import pretrain
 
     return pretrain("kjv-lstm-tiny", str(text_file), epochs=30, out=tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model_dir, text_file):
+    """A finished 4-trial search of the tiny model, one per test module: for what reads a run folder."""
+    from autoshrink.search.config import SearchConfig
+    from autoshrink.search.controller import search
+    from test_search import SPACE
+
+    folder = tmp_path_factory.mktemp("tiny-run")
+    (folder / "space.yaml").write_text(SPACE)
+    config = SearchConfig(
+        "4x",
+        model=str(tiny_model_dir),
+        data=str(text_file),
+        space=str(folder / "space.yaml"),
+        trials=4,
+        finetune_steps=6,
+        sampler="random",
+        run_dir=folder / "run",
+    )
+    return search(config, log=lambda line: None)

@@ -6,27 +6,11 @@ import optuna
 import pytest
 
 from autoshrink.bench import correlation
-from autoshrink.search.config import SearchConfig
-from autoshrink.search.controller import search
-from test_search import SPACE
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_model_dir, text_file):
-    folder = tmp_path_factory.mktemp("corr")
-    (folder / "space.yaml").write_text(SPACE)
-    config = SearchConfig(
-        "4x",
-        model=str(tiny_model_dir),
-        data=str(text_file),
-        space=str(folder / "space.yaml"),
-        trials=4,
-        finetune_steps=2,
-        halving=1,
-        sampler="random",
-        run_dir=folder / "run",
-    )
-    return search(config, log=lambda line: None)
+def run(tiny_run):
+    return tiny_run
 
 
 def test_each_plan_gets_its_proxy_trial_and_test_figures_and_a_rerun_reuses_them(run, monkeypatch):

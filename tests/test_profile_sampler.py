@@ -8,9 +8,8 @@ import pandas as pd
 
 from autoshrink.allocate.knapsack import Option
 from autoshrink.search import study as study_db
-from autoshrink.search.config import SearchConfig
-from autoshrink.search.controller import search
 from autoshrink.search.profile_sampler import COEFFS, PARAMS, ProfileGuidedSampler
+from test_search import _search
 
 SPACE = """
 roles:
@@ -28,18 +27,16 @@ def test_a_search_with_the_profile_sampler_trains_distinct_knapsack_plans_within
 ):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
-    config = SearchConfig(
-        budget="4x",
-        model=str(tiny_model_dir),
-        data=str(text_file),
-        space=str(space),
+    result = _search(
+        tiny_model_dir,
+        text_file,
+        space,
+        tmp_path / "run",
         trials=6,
         finetune_steps=0,
         sampler="profile",
         warm_start=False,
-        run_dir=tmp_path / "run",
     )
-    result = search(config, log=lambda line: None)
     trials = result.study.get_trials()
     sampled = [t for t in trials if COEFFS in t.system_attrs]
     assert len(sampled) >= 2, "the trials after the allocated ones are the sampler's"

@@ -44,7 +44,7 @@ def space_file(tmp_path):
     return path
 
 
-def _search(tiny_model_dir, text_file, space_file, run_dir, **kw):
+def _search(tiny_model_dir, text_file, space_file, run_dir, log=lambda line: None, **kw):
     args = dict(
         budget="4x",
         model=str(tiny_model_dir),
@@ -56,7 +56,7 @@ def _search(tiny_model_dir, text_file, space_file, run_dir, **kw):
         sampler="random",
     )
     args.update(kw)
-    return search(SearchConfig(**args), log=lambda line: None)
+    return search(SearchConfig(**args), log=log)
 
 
 def test_tiny_search_meets_the_budget_and_writes_the_run_folder(tiny_model_dir, text_file, space_file, tmp_path):
@@ -403,19 +403,7 @@ def test_repair_steps_an_entry_that_stores_more_than_its_dense_site_below_it():
 
 def test_the_search_ends_with_where_its_time_went(tiny_model_dir, text_file, space_file, tmp_path):
     lines = []
-    result = search(
-        SearchConfig(
-            budget="4x",
-            model=str(tiny_model_dir),
-            data=str(text_file),
-            space=str(space_file),
-            trials=2,
-            finetune_steps=4,
-            run_dir=tmp_path / "run",
-            sampler="random",
-        ),
-        log=lines.append,
-    )
+    result = _search(tiny_model_dir, text_file, space_file, tmp_path / "run", log=lines.append, trials=2)
     line = lines[-1]
     assert line.startswith("time: calibration ") and "profile and allocation" in line and "2 trial(s)" in line
     trained = [t for t in result.study.get_trials() if t.state.name == "COMPLETE"]

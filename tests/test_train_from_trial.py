@@ -10,27 +10,12 @@ import pytest
 from autoshrink.final.config import TrainConfig
 from autoshrink.final.train import train_trial
 from autoshrink.search import run_folder
-from autoshrink.search.config import SearchConfig
-from autoshrink.search.controller import search
 from autoshrink.search.study import load_study
-from test_search import SPACE
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_model_dir, text_file):
-    folder = tmp_path_factory.mktemp("from-trial")
-    (folder / "space.yaml").write_text(SPACE)
-    config = SearchConfig(
-        "4x",
-        model=str(tiny_model_dir),
-        data=str(text_file),
-        space=str(folder / "space.yaml"),
-        trials=4,
-        finetune_steps=6,
-        sampler="random",
-        run_dir=folder / "run",
-    )
-    return search(config, log=lambda line: None)
+def run(tiny_run):
+    return tiny_run
 
 
 def _kept(run_dir) -> set[int]:

@@ -9,7 +9,7 @@
 functions live in `autoshrink.api` (a function of the same name here would shadow the package).
 """
 
-from autoshrink.api import adapt, compress, evaluate, load, pretrain, sites, stored_bytes, train
+from autoshrink.api import adapt, compress, evaluate, load, pretrain, profile, profile_text, sites, stored_bytes, train
 from autoshrink.errors import UserError
 from autoshrink.final.config import TrainConfig
 from autoshrink.search.config import SearchConfig
@@ -24,6 +24,8 @@ __all__ = [
     "evaluate",
     "load",
     "pretrain",
+    "profile",
+    "profile_text",
     "sites",
     "stored_bytes",
     "train",

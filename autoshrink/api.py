@@ -8,6 +8,8 @@ small = autoshrink.compress(model, {"decoder": {"method": "groupreduce", "rank":
 autoshrink.stored_bytes(small)
 result = autoshrink.search(SearchConfig(budget="25x", trials=8))   # result.front: the Pareto front
 autoshrink.front(result.run_dir)                                  # the front of a run folder (also while it runs)
+autoshrink.profile(SearchConfig(budget="25x", run_dir="runs/a"))   # calibration, profile, allocation; no trial
+print(autoshrink.profile_text("runs/a"))                          # each site's options alone, by bytes
 final = autoshrink.train(result.run_dir, TrainConfig(steps=2000))  # final training of the best front plan
 autoshrink.evaluate(final.out)                                    # test perplexity, bytes, ratio, latency
 autoshrink.load(final.out)                                        # the exported compressed model
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
     from autoshrink.final.train import FinalModel
     from autoshrink.search.controller import SearchResult
+    from autoshrink.search.profile_only import ProfileRun
 
 VAL_SLICE = val_slice()  # the validation tokens of a search's val ppl (named wherever it is printed)
 
@@ -51,7 +54,12 @@ __all__ = [
     "load",
     "methods",
     "plot_front",
+    "plot_profile",
+    "plot_profile_beside",
     "pretrain",
+    "profile",
+    "profile_table",
+    "profile_text",
     "search",
     "sites",
     "stored_bytes",
@@ -123,6 +131,50 @@ def plot_front(run_dir: str | Path, path: str | Path) -> Path:
     from autoshrink.front.plot import plot
 
     return plot(run_dir, path)
+
+
+def profile(
+    config: SearchConfig | str, command: str | None = None, log: Callable[[str], None] | None = None
+) -> "ProfileRun":
+    """A search's cheap steps alone, no trial: calibration, each site's options profiled alone
+    (RUN_DIR/profile.csv, resumed) and the knapsack's allocation for the budget
+    (RUN_DIR/allocation.json). `autoshrink.search` on the same run_dir reads the profile instead
+    of measuring it. Returns a ProfileRun (run_dir, allocation, config)."""
+    from autoshrink.search.profile_only import profile_only
+
+    return profile_only(SearchConfig(budget=config) if isinstance(config, str) else config, command=command, log=log)
+
+
+def profile_table(run_dir: str | Path) -> "pd.DataFrame":
+    """The profile of a run folder, one row per (site, option): method, knobs, bytes, the site's
+    ratio, loss increase, perplexity with that site alone compressed, seconds, whether the option
+    is on the site's bytes/loss Pareto front and whether the allocation chose it."""
+    from autoshrink.front.profile_table import read_profile_table
+
+    return read_profile_table(run_dir).table
+
+
+def profile_text(run_dir: str | Path, fmt: str = "table") -> str:
+    """The profile of a run folder as a table per site, csv or json (what `autoshrink profile` prints)."""
+    from autoshrink.front.profile_table import read_profile_table, render
+
+    return render(read_profile_table(run_dir), fmt)
+
+
+def plot_profile(run_dir: str | Path, path: str | Path) -> Path:
+    """Draw the profile of a run folder as curves (a panel per site) to a PNG at `path`."""
+    from autoshrink.front.profile_plot import plot_profile as _plot
+
+    return _plot(run_dir, path)
+
+
+def plot_profile_beside(run_dir: str | Path, front_png: str | Path) -> Path | None:
+    """The profile's curves beside a front plot (front.png -> front-profile.png); None when the
+    run has no profile.csv."""
+    from autoshrink.front.profile_plot import beside
+    from autoshrink.search.run_folder import PROFILE
+
+    return plot_profile(run_dir, beside(front_png)) if (Path(run_dir) / PROFILE).is_file() else None
 
 
 def train(

@@ -18,7 +18,7 @@ from autoshrink.errors import UserError
 from autoshrink.final.config import TrainConfig
 from autoshrink.measure.timing import Spread
 from autoshrink.models.progress import TrainingProgress
-from autoshrink.search.config import SearchConfig
+from autoshrink.search.config import PROFILE_SETTINGS, SearchConfig
 from autoshrink.threads import set_default_threads
 
 
@@ -45,16 +45,19 @@ def _type_of(field: dataclasses.Field):
     return {"int": int, "float": float}.get(kind, str)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip: tuple[str, ...] = ()) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser, config_cls, skip: tuple[str, ...] = (), optional: tuple[str, ...] = ()
+) -> None:
     """One flag per field of a config dataclass: --field-name, its help and default from the field;
     a boolean is a pair --field-name / --no-field-name (with no default when the field's default is
-    None: not given, the config decides, e.g. from a resumed run)."""
+    None: not given, the config decides, e.g. from a resumed run). Fields in `optional` are not
+    required even where the config requires them (the command decides what their absence means)."""
     for f in dataclasses.fields(config_cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
-        required = f.default is dataclasses.MISSING
+        required = f.default is dataclasses.MISSING and f.name not in optional
         if f.default is None and str(f.type).startswith("bool"):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue
@@ -73,7 +76,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip: tuple[st
             type=_type_of(f),
             required=required,
             choices=f.metadata.get("choices"),
-            default=None if required else f.default,
+            default=None if f.default is dataclasses.MISSING else f.default,
             help=help_text,
         )
 
@@ -250,6 +253,67 @@ def _search_command(args) -> int:
     return 0
 
 
+# --- profile -----------------------------------------------------------------------------
+def _profile_parser(sub) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="each site's options alone, untrained: show a run's profile, or measure one (no trial)",
+        description="With RUN_DIR alone: print the run's profile.csv as a table per site, options sorted by "
+        "bytes: method, knobs, bytes, the site's ratio, loss increase and perplexity with that site alone "
+        "compressed (untrained, on held-out validation tokens), seconds; * marks the site's bytes/loss "
+        "Pareto front, > the allocation's choice. With --budget: run only a search's cheap steps "
+        "(calibration, the profile, the knapsack's allocation for the budget) into the run folder, then "
+        "print it; `autoshrink search --run-dir SAME` later resumes from that profile.",
+        epilog="examples:\n  autoshrink profile results/runs/kjv-lstm-25x-20250101-120000\n"
+        "  autoshrink profile --budget 25x --run-dir runs/kjv-25x       # measure, then: autoshrink search "
+        "--budget 25x --run-dir runs/kjv-25x\n"
+        "  autoshrink profile --budget 10x --model kjv-lstm-tiny --plot profile.png\n"
+        "  autoshrink profile RUN_DIR --format csv > profile-table.csv",
+        formatter_class=_Formatter,
+    )
+    p.add_argument(
+        "folder",
+        nargs="?",
+        metavar="RUN_DIR",
+        default=None,
+        help="a run folder (with --budget: the one to measure into)",
+    )
+    trial_only = [f.name for f in dataclasses.fields(SearchConfig) if f.name not in PROFILE_SETTINGS]
+    add_config_flags(p, SearchConfig, skip=tuple(trial_only), optional=("budget",))
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    p.add_argument(
+        "--plot", default=None, metavar="PATH", help="also draw the profile as curves to a PNG, a panel per site"
+    )
+    p.set_defaults(handler=_profile_command)
+
+
+def _profile_command(args) -> int:
+    if args.folder and args.run_dir and os.path.abspath(args.folder) != os.path.abspath(args.run_dir):
+        raise UserError(f"RUN_DIR {args.folder} and --run-dir {args.run_dir} name two folders: give one")
+    args.run_dir = args.folder or args.run_dir
+    if args.budget is None:
+        given = [
+            name for name in PROFILE_SETTINGS if name not in ("run_dir", "device") and getattr(args, name) is not None
+        ]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} is a setting of a measurement: add --budget")
+        if args.run_dir is None:
+            raise UserError("give a run folder to show its profile, or --budget (25x, 1.5MB) to measure one")
+        run_dir = args.run_dir
+    else:
+        run = api.profile(config_from(args, SearchConfig), command=args.command_line)
+        run_dir = run.run_dir
+    print(api.profile_text(run_dir, args.format), end="")
+    if args.plot:
+        print(f"wrote {api.plot_profile(run_dir, args.plot)}", file=sys.stderr)
+    if args.budget is not None:
+        print(
+            "search from this profile: autoshrink search " + " ".join(shlex.quote(a) for a in run.config.flags()),
+            file=sys.stderr,
+        )
+    return 0
+
+
 # --- front, train, eval -------------------------------------------------------------------
 def _front_parser(sub) -> None:
     p = sub.add_parser(
@@ -268,7 +332,8 @@ def _front_parser(sub) -> None:
         "--plot",
         default=None,
         metavar="PATH",
-        help="also draw val ppl against stored bytes (or latency) to a PNG, the front highlighted",
+        help="also draw val ppl against stored bytes (or latency) to a PNG, the front highlighted; a run with a "
+        "profile.csv also gets its profile's curves beside it (PATH-profile.png)",
     )
     p.set_defaults(handler=_front_command)
 
@@ -277,6 +342,9 @@ def _front_command(args) -> int:
     print(api.front_text(args.run_dir, args.format), end="")
     if args.plot:
         print(f"wrote {api.plot_front(args.run_dir, args.plot)}", file=sys.stderr)
+        beside = api.plot_profile_beside(args.run_dir, args.plot)
+        if beside is not None:
+            print(f"wrote {beside} (the profile: each site's options alone, untrained)", file=sys.stderr)
     return 0
 
 
@@ -356,7 +424,16 @@ def _eval_command(args) -> int:
     return 0
 
 
-PARSERS = [_pretrain_parser, _sites_parser, _methods_parser, _search_parser, _front_parser, _train_parser, _eval_parser]
+PARSERS = [
+    _pretrain_parser,
+    _sites_parser,
+    _methods_parser,
+    _search_parser,
+    _profile_parser,
+    _front_parser,
+    _train_parser,
+    _eval_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,7 +67,8 @@ def option_key(config: MethodConfig) -> str:
     return json.dumps(config.to_dict(), sort_keys=True)
 
 
-def _read(path: Path | None) -> pd.DataFrame:
+def read_profile(path: Path | None) -> pd.DataFrame:
+    """The rows of a profile.csv (an empty table where there is none); a broken file is a UserError."""
     if path is None or not path.is_file():
         return pd.DataFrame(columns=COLUMNS)
     try:
@@ -112,7 +113,7 @@ def profile(
         "build": fingerprint(stats) if stats is not None else "plain",
     }
     path = Path(path) if path is not None else None
-    table = _read(path)
+    table = read_profile(path)
     done = set(map(tuple, table[KEY].astype(str).values.tolist()))
     todo = []
     for name, configs in options.items():

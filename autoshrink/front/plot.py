@@ -93,7 +93,7 @@ def plot_data(f: Front) -> PlotData:
         budget_label = f"budget {info['budget']}"
     else:
         dense_x, budget, xlabel, xunit = info.get("dense_bytes"), info.get("max_bytes"), "stored bytes (log)", "bytes"
-        budget_label = f"budget {info.get('budget', '?')} = {_tick_label(budget, 'bytes')}" if budget else "budget"
+        budget_label = f"budget {info.get('budget', '?')} = {tick_label(budget, 'bytes')}" if budget else "budget"
     dense_y = info.get("dense_val_ppl")
     dense = (float(dense_x), float(dense_y)) if _finite(dense_x, dense_y) else None
     anchors = [y for _, y, _ in front] + ([dense[1]] if dense else [])
@@ -117,7 +117,8 @@ def plot_data(f: Front) -> PlotData:
     )
 
 
-def _tick_label(value: float, unit: str) -> str:
+def tick_label(value: float, unit: str) -> str:
+    """A tick's text in its unit: 1.5 MB, 3.2 ms, 45."""
     if unit == "bytes":
         for name, size in (("MB", 1e6), ("KB", 1e3)):
             if value >= size:
@@ -139,12 +140,13 @@ def nice_ticks(low: float, high: float, most: int = 8) -> list[float]:
     return []
 
 
-def _set_log_ticks(axis, low: float, high: float, unit: str) -> None:
+def set_log_ticks(axis, low: float, high: float, unit: str, most: int = 8) -> None:
+    """At most `most` round ticks (`nice_ticks`) labelled in `unit` on a log axis between low and high."""
     from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
 
-    ticks = nice_ticks(low, high)
+    ticks = nice_ticks(low, high, most)
     axis.set_major_locator(FixedLocator(ticks))
-    axis.set_major_formatter(FixedFormatter([_tick_label(t, unit) for t in ticks]))
+    axis.set_major_formatter(FixedFormatter([tick_label(t, unit) for t in ticks]))
     axis.set_minor_formatter(NullFormatter())  # log axes label minor ticks in 10^x notation otherwise
 
 
@@ -272,11 +274,11 @@ def figure(d: PlotData):
     if xs:
         ax.set_xscale("log")
         ax.set_xlim(min(xs) / 1.3, max(xs) * 1.3)
-        _set_log_ticks(ax.xaxis, *ax.get_xlim(), d.xunit)
+        set_log_ticks(ax.xaxis, *ax.get_xlim(), d.xunit)
     if d.ylim:
         ax.set_yscale("log")
         ax.set_ylim(*d.ylim)
-        _set_log_ticks(ax.yaxis, *d.ylim, "ppl")
+        set_log_ticks(ax.yaxis, *d.ylim, "ppl")
     ax.set_xlabel(d.xlabel)
     ax.set_ylabel(d.ylabel)
     ax.set_title(d.title, fontsize=10)

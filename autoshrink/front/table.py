@@ -35,7 +35,8 @@ def front_table(run_dir: str | Path) -> "pd.DataFrame":
 
 
 # --- renderers ------------------------------------------------------------------------------
-def _bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """1.23 MB, 45.60 KB, 789 B."""
     for unit, size in (("MB", 1e6), ("KB", 1e3)):
         if n >= size:
             return f"{n / size:.2f} {unit}"
@@ -55,7 +56,7 @@ def render_table(f: Front) -> str:
     info = f.info
     limit = f" (<= {info['max_bytes']:,} bytes)" if info.get("max_bytes") else ""
     dense = (
-        f"; dense {_bytes(info['dense_bytes'])}, val ppl {_num(info.get('dense_val_ppl'), '.2f')}"
+        f"; dense {human_bytes(info['dense_bytes'])}, val ppl {_num(info.get('dense_val_ppl'), '.2f')}"
         if info.get("dense_bytes")
         else ""
     )
@@ -72,7 +73,7 @@ def render_table(f: Front) -> str:
             (
                 str(r.number),
                 f"{_num(r.ratio, '.1f')}x",
-                _bytes(r.stored_bytes),
+                human_bytes(r.stored_bytes),
                 _num(r.latency_ms, ".2f"),
                 _num(r.val_ppl, ".2f"),
                 r.methods,

@@ -13,13 +13,14 @@ sampler could draw.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from autoshrink.allocate import allocate
+from autoshrink.allocate import Allocation, allocate
 from autoshrink.allocate.knapsack import Option
 from autoshrink.allocate.pipeline import SLICE_TOKENS, capped_options, fixed_bytes, knapsack_options
 from autoshrink.allocate.profile import profile
@@ -27,13 +28,14 @@ from autoshrink.errors import UserError
 from autoshrink.methods import MethodConfig, config_class
 from autoshrink.models.discover import in_place_target
 from autoshrink.plan import ModelFile, Plan, plan_stored_bytes
+from autoshrink.search import run_folder
+from autoshrink.search.run_folder import ALLOCATION, PROFILE
 from autoshrink.search.space import DENSE, SearchSpace
 from autoshrink.sites import ROLES, Site
 
 PROFILE_BITS = (4, 8)  # storage widths profiled (results/allocate.md: 4 bits with larger ranks won at 25x)
 LEVELS = 8  # size levels per method and width on each site
 LADDER = (0.9, 0.8, 0.7)  # fractions of the limit whose knapsack plans are trials too (front seeds)
-PROFILE = "profile.csv"
 
 
 def profile_bases(space: SearchSpace, role: str) -> list[MethodConfig]:
@@ -85,25 +87,27 @@ def space_options(
     return options
 
 
-def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -> list[tuple[str, Plan]]:
-    """Up to `count` (source, plan) pairs for the first trials: the refined allocation, then the
-    knapsack's plans for fractions of the limit. Selection uses validation tokens after the trials'
-    slice, so a trial's validation is not the tokens its plan was chosen on."""
-    if ctx.max_bytes is None or count < 1:
-        return []
+def allocation(ctx, folder: Path, log: Callable[[str], None]) -> Allocation | None:
+    """The search's cheap steps after calibration: the profile (`profile.csv`, resumed), the
+    knapsack for the byte limit and a ladder below it, and the joint refinement, on validation
+    tokens after the trials' slice, so a trial's validation is not the tokens its plan was chosen
+    on. Written to `allocation.json` (run_folder.write_allocation). None where nothing can be
+    allocated: a latency budget, sites compressed in place, or no option the profile can judge."""
+    if ctx.max_bytes is None:
+        return None
     in_place = _in_place(ctx)
     if in_place:  # the profile's replay swaps modules on a shallow copy; a parametrized weight would leak
         log(
             f"allocation skipped: {len(in_place)} site(s) are compressed in place inside torch modules "
             f"({in_place[0]}, ...); the search starts from the uniform plans and the sampler"
         )
-        return []
+        return None
     start = time.perf_counter()
     held_out = _held_out(ctx)
     options = _options(ctx)
     count_options = sum(len(v) for v in options.values())
     if not count_options:
-        return []
+        return None
     log(f"profile: {count_options} options of {len(options)} sites, each alone, no training -> {folder / PROFILE}")
     result = allocate(
         ctx.model,
@@ -117,22 +121,34 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
         progress=True,
         may_stay_dense=_may_stay_dense(ctx, options),
     )
+    tokens = min(SLICE_TOKENS, held_out.numel())
+    run_folder.write_allocation(folder, result, ctx.sites, tokens)
+    best = result.best
+    dense_ppl = math.exp(result.dense_loss)
+    ppl = f"{math.exp(result.dense_loss + best.joint_loss):.2f}" if best.joint_loss is not None else "-"
+    log(
+        f"allocation: {best.bytes:,} bytes, ppl {ppl} on {tokens:,} held-out valid tokens before "
+        f"training (dense {dense_ppl:.2f}), {time.perf_counter() - start:.0f} s -> {folder / ALLOCATION}"
+    )
+    for entry in [*result.plans, *result.ladder.values()]:
+        if entry is not None:
+            assert plan_stored_bytes(ctx.sites, entry.plan, ctx.freqs, ctx.model_file) <= ctx.max_bytes, entry.source
+    return result
+
+
+def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -> list[tuple[str, Plan]]:
+    """Up to `count` (source, plan) pairs for the first trials: the refined allocation, then the
+    knapsack's plans for fractions of the limit (`allocation`)."""
+    result = allocation(ctx, folder, log) if count >= 1 else None
+    if result is None:
+        return []
     plans: list[tuple[str, Plan]] = [(f"allocation ({result.best.source})", result.best.plan)]
     for fraction in LADDER:
         entry = result.ladder.get(fraction)
         if entry is not None and all(entry.plan != p for _, p in plans):
             plans.append((f"knapsack at {fraction:g} of the limit", entry.plan))
     plans = plans[:count]
-    best = result.best
-    dense_ppl = float(torch.tensor(result.dense_loss).exp())
-    ppl = float(torch.tensor(result.dense_loss + best.joint_loss).exp()) if best.joint_loss is not None else None
-    log(
-        f"allocation: {best.bytes:,} bytes, ppl {ppl:.2f} on {min(SLICE_TOKENS, held_out.numel()):,} held-out valid tokens before "
-        f"training (dense {dense_ppl:.2f}); {len(plans)} allocated plan(s) first, "
-        f"{time.perf_counter() - start:.0f} s"
-    )
-    for source, plan in plans:
-        assert plan_stored_bytes(ctx.sites, plan, ctx.freqs, ctx.model_file) <= ctx.max_bytes, source
+    log(f"{len(plans)} allocated plan(s) are the first trials")
     return plans
 
 

@@ -37,6 +37,8 @@ RECORDED: dict[str, Any] = {
     "seed": 0,
     "calibration_tokens": DEFAULT_TOKENS,
 }
+# What `autoshrink profile` takes: the settings a profile depends on or runs with; the rest are the trials'.
+PROFILE_SETTINGS = ("budget", "model", "data", "space", "calibration_tokens", "seed", "run_dir", "device")
 SHIPPED_SPACES = (DEFAULT_SPACE, TRANSFORMER_SPACE)  # named as is: they are found from any folder
 
 

@@ -16,25 +16,22 @@ import torch
 from torch import nn
 
 from autoshrink.plan.repair import repair
-from autoshrink.search.budget import Budget, check_feasible, parse_budget
-from autoshrink.search.config import SearchConfig, canonical
-from autoshrink.calibrate import calibrate
-from autoshrink.data import LMData, corpus_key, load_lm_data
+from autoshrink.search.budget import Budget
+from autoshrink.search.config import SearchConfig
+from autoshrink.data import LMData
 from autoshrink.errors import UserError
-from autoshrink.models import discover_sites
 from autoshrink.sites import Site
-from autoshrink.models.adapter import adapt
-from autoshrink.models.load import load
 from autoshrink.models.progress import TrainingProgress, duration
 from autoshrink.measure.latency import LatencyTable
-from autoshrink.plan import ModelFile, dense_bytes as model_dense_bytes
+from autoshrink.plan import ModelFile
 from autoshrink.search import optuna_backend, run_folder
 from autoshrink.search import study as study_db
 from autoshrink.search.allocation import allocated_plans, profile_options
+from autoshrink.search.prepare import calibration, load_inputs, run_identity, target
 from autoshrink.search.profile_sampler import ProfileGuidedSampler
 from autoshrink.search.owner import active, new_owner
 from autoshrink.search.warm_start import enqueue_uniform_seeds, uniform_seeds
-from autoshrink.search.space import DEFAULT_SPACE, SearchSpace, default_space, load_space, smallest_plan, space_digest
+from autoshrink.search.space import SearchSpace, smallest_plan
 from autoshrink.search.trial import TrialResult, TrialSettings, rungs, val_slice
 
 
@@ -97,10 +94,6 @@ class SearchResult:
     config: SearchConfig | None = None  # every setting as the search ran (a resume's from run.json)
 
 
-def default_run_dir(model_name: str, budget: Budget) -> Path:
-    return Path("results/runs") / f"{Path(model_name).name}-{budget.slug}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def _progress_line(
     study: optuna.Study, trial: optuna.trial.FrozenTrial, total: int, started: float, done_before: int, front
 ) -> str:
@@ -135,41 +128,16 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
     session_start = time.time()
     recorded = run_folder.recorded_settings(config.run_dir) or {}
     c = config.resolved(recorded, config.run_dir)  # a resume keeps its settings
-    budget, model, data, space, trials, timeout = c.budget, c.model, c.data, c.space, c.trials, c.timeout
-    backend, workers, address, run_dir, device, seed = c.backend, c.workers, c.address, c.run_dir, c.device, c.seed
+    budget, trials, timeout = c.budget, c.trials, c.timeout
+    backend, workers, address, device, seed = c.backend, c.workers, c.address, c.device, c.seed
     sampler, distill, warm_start, cpus_per_trial = c.sampler, c.distill, c.warm_start, c.cpus_per_trial
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    b = parse_budget(budget)
-    spc = space if isinstance(space, SearchSpace) or space is None else load_space(space)  # bad input fails first
-    data_path = data if isinstance(data, str) else None
-    model_name = canonical("model", model)  # a folder by its absolute path: `autoshrink train` finds it from anywhere
-    folder = Path(run_dir) if run_dir else default_run_dir(model_name, b)
+    named = target(c)  # bad input fails first
+    b, spc, model_name, data_path, folder = named
     # A resumed run's study is opened first: a corrupt study.db is refused before anything is loaded.
     study = study_db.open_study(folder, sampler, seed) if (folder / "study.db").exists() else None
-    if isinstance(model, nn.Module):
-        if not isinstance(data, LMData):
-            vocab = getattr(model, "vocab", None)
-            data = load_lm_data(data, vocab=vocab)
-        dense = adapt(model, data.vocab)  # a user's own LM, read by its forward conventions (models/adapter.py)
-    else:
-        dense = load(model, data=data if isinstance(data, str) else "kjv", seed=seed, device=device)
-        if not isinstance(data, LMData):
-            data = load_lm_data(data, vocab=dense.vocab)
-    dense = dense.cpu().eval()
-    sites = discover_sites(dense)
-    if spc is None:
-        spc = load_space(default_space(sites))
-        if spc.source != DEFAULT_SPACE:
-            log(f"space: {spc.source} (the model has transformer sites; --space chooses another)")
-    if recorded.get("space_digest", space_digest(spc)) != space_digest(spc):
-        raise UserError(
-            f"search space {spc.source} allows other choices than when the run in {folder} began: "
-            "restore it, or use a new --run-dir"
-        )
-    nbytes = model_dense_bytes(dense)
-    freqs = data.vocab.freqs
-    model_file = ModelFile.of(dense, sites)
-    max_bytes = check_feasible(b, spc, sites, nbytes, freqs, model_file)
+    inputs = load_inputs(c, named, recorded, log)
+    dense, data, sites, spc, nbytes, freqs, model_file, max_bytes = inputs
     settings = TrialSettings(
         finetune_steps=c.finetune_steps, halving=c.halving, device=device, seed=seed, distill=distill
     )
@@ -188,15 +156,10 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
                 f"and the smallest plan of the space about {latency.estimate_ms(smallest):.2f} ms"
             )
     study = study or study_db.open_study(folder, sampler, seed)
-    stats = None
     spent: dict[str, float] = {}  # seconds of this session's cheap steps, for the closing time line
-    if c.calibration_tokens:
-        started_calibration = time.time()
-        stats = calibrate(dense, data.train, tokens=c.calibration_tokens, freqs=freqs)
-        log(
-            f"calibration: input statistics of {len(stats)} sites over {c.calibration_tokens:,} training tokens, "
-            f"{time.time() - started_calibration:.0f} s (cached)"
-        )
+    started_calibration = time.time()
+    stats = calibration(inputs, c.calibration_tokens, log)
+    if stats is not None:
         spent["calibration"] = time.time() - started_calibration
     ctx = SearchContext(
         dense,
@@ -235,14 +198,7 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
         folder,
         {
             "command": command or f"search({budget!r})",
-            "budget": b.text,
-            "budget_kind": b.kind,
-            "max_bytes": max_bytes,
-            "model": model_name,
-            "data": corpus_key(data.name) if isinstance(data.name, str) else data.name,
-            "data_path": None if data_path is None else canonical("data", data_path),
-            "space": canonical("space", spc.source),
-            "space_digest": space_digest(spc),
+            **run_identity(named, inputs),
             "seed": seed,
             "sampler": sampler,
             "distill": distill,

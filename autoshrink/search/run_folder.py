@@ -7,6 +7,9 @@ trials/<number>/model.safetensors: the fine-tuned weights of a trial on the fron
 loses them (`write`), so the disk holds at most one model per front trial.
 Read: `read_run` (run.json), `read` (run.json + every trial + the front, from the study itself,
 so a resumed or still running search and `autoshrink front` all see the same thing).
+Before the trials (search/allocation.py): profile.csv (each site's options alone, written row by
+row by allocate/profile.py) and allocation.json (`write_allocation`: the knapsack's plans, the
+dense loss of the profile's slice and the sites, what `autoshrink profile` shows beside the profile).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import optuna
@@ -26,7 +29,11 @@ from autoshrink.errors import UserError, read_user_json
 from autoshrink.search.pareto import pareto_mask
 from autoshrink.search.study import REPAIRED, load_study
 
+if TYPE_CHECKING:
+    from autoshrink.allocate import Allocation
+
 TRIALS, WEIGHTS = "trials", "model.safetensors"  # RUN/trials/<number>/model.safetensors
+PROFILE, ALLOCATION = "profile.csv", "allocation.json"
 COLUMNS = ["number", "state", "stored_bytes", "ratio", "latency_ms", "val_ppl", "seconds", "steps", "methods", "plan"]
 
 
@@ -106,6 +113,47 @@ def write_run_json(run_dir: Path, info: dict) -> None:
     runs = read_run(run_dir).get("invocations", []) if path.exists() else []
     info = {**info, "invocations": runs + [info["command"]]}
     path.write_text(json.dumps(info, indent=1))
+
+
+def add_invocation(run_dir: Path, command: str) -> None:
+    """One more command that ran in an existing run folder; what run.json records stays."""
+    info = read_run(run_dir)
+    info["invocations"] = info.get("invocations", []) + [command]
+    (Path(run_dir) / "run.json").write_text(json.dumps(info, indent=1))
+
+
+def write_allocation(run_dir: Path, result: "Allocation", sites: list, tokens: int) -> Path:
+    """allocation.json: the allocation's plans (best first, then the ladder's), the profile rows
+    they were chosen from (their model, slice and build fingerprints), the dense model's loss on
+    that slice (`tokens` validation tokens) and each site's role and shape."""
+    first = result.table.iloc[0] if len(result.table) else None
+    info = {
+        "limit": result.limit,
+        "tokens": tokens,
+        "dense_loss": result.dense_loss,
+        "profile": {k: str(first[k]) for k in ("model", "data", "build")} if first is not None else None,
+        "sites": {
+            s.name: {"role": s.role, "shape": list(s.shape), "dense_bytes": s.dense_bytes, "tied_with": s.tied_with}
+            for s in sites
+        },
+        "best": result.best.to_dict(),
+        "ladder": {f"{f:g}": (a.to_dict() if a is not None else None) for f, a in sorted(result.ladder.items())},
+        "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+    }
+    path = run_dir / ALLOCATION
+    path.write_text(json.dumps(info, indent=1))
+    return path
+
+
+def read_allocation(run_dir: str | Path) -> dict | None:
+    """allocation.json of a run folder, None where there is none (a run from before it was written)."""
+    path = Path(run_dir) / ALLOCATION
+    if not path.is_file():
+        return None
+    info = read_user_json(path, "allocation file")
+    if not isinstance(info, dict) or "best" not in info:
+        raise UserError(f"allocation file {path} is corrupt (no allocation in it): remove it")
+    return info
 
 
 def read_run(run_dir: str | Path) -> dict:

@@ -215,9 +215,9 @@ def test_bad_worker_and_backend_flags_are_one_line_errors(tiny_model_dir, text_f
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0]
     with pytest.raises(UserError, match="cannot reach a Ray cluster"):
-        ray_backend._start_ray("127.0.0.1:1", 1, 1)  # nothing listens on port 1
+        ray_backend.start_ray("127.0.0.1:1", 1, 1)  # nothing listens on port 1
     with pytest.raises(UserError, match="HOST:PORT"):
-        ray_backend._start_ray("nowhere", 1, 1)
+        ray_backend.start_ray("nowhere", 1, 1)
     with pytest.raises(UserError, match="at least 1"):
         SearchConfig(
             "4x", model=str(tiny_model_dir), data=str(text_file), space=str(space), backend="ray", cpus_per_trial=0

@@ -116,6 +116,7 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
         seed=ctx.settings.seed,
         progress=True,
         may_stay_dense=_may_stay_dense(ctx, options),
+        map_options=ctx.map_options,
     )
     plans: list[tuple[str, Plan]] = [(f"allocation ({result.best.source})", result.best.plan)]
     for fraction in LADDER:
@@ -153,6 +154,7 @@ def profile_options(ctx, folder: Path) -> tuple[dict[str, list[Option]], float] 
         freqs=ctx.freqs,
         stats=ctx.stats,
         path=folder / PROFILE,
+        map_options=ctx.map_options,
     )
     knap = knapsack_options(table, ctx.sites, ctx.model_file, ctx.freqs, _may_stay_dense(ctx, options))
     return knap, float(ctx.max_bytes - fixed_bytes(ctx.sites, ctx.model_file))

@@ -243,7 +243,7 @@ def _trainable(config: dict, dense, data, settings, dense_bytes: int, threads: i
     )
 
 
-def _start_ray(address: str | None, workers: int, threads: int) -> bool:
+def start_ray(address: str | None, workers: int, threads: int) -> bool:
     """Join `address` or start a local Ray sized to the workers; True when we started it."""
     import ray
 
@@ -295,7 +295,7 @@ def run(
     fail_orphans(study)
     if counted_trials(study) >= trials:
         return
-    started = _start_ray(address, workers, threads)
+    started = start_ray(address, workers, threads)
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         resources = {"cpu": threads, "gpu": round(min(1.0, gpus / workers), 4) if gpus else 0}

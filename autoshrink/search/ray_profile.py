@@ -1,13 +1,13 @@
 """The profile's options measured on Ray workers (`--backend ray`): allocate/profile.py's
-`measure_option`, run as Ray tasks, `workers` at a time, each on `threads` CPU threads.
+`measure_option`, run on `workers` Ray actors at once, each on `threads` CPU threads.
 
 `RayOptionMap` is a `map_options` for `profile` (and `allocate`): the inputs every option reads
 (the dense model, the cached activations of the slice, calibration statistics, frequencies) go to
-the object store once per profile, each task gets one option and returns its row, and the rows
-come back to the driver as they are done, where `profile` writes them to profile.csv (one writer)
-and moves the progress bar. At most `workers` tasks are submitted at a time, so a profile that is
-interrupted leaves little work queued: the tasks still running are cancelled, and the rows already
-written are what the next profile reads back.
+the object store once per profile and are deserialized once by each of `workers` Ray actors, each
+option is one call on an actor that returns its row, and the rows come back to the driver as they
+are done, where `profile` writes them to profile.csv (one writer) and moves the progress bar.
+Each actor has at most QUEUED options queued, so a profile that is interrupted leaves little work
+behind: the actors are killed, and the rows already written are what the next profile reads back.
 
 Ray is started as the trials' backend starts it (ray_backend.start_ray, the same size) and kept up
 for the trials that follow: `close()` (or leaving the `with` block) shuts down a Ray this map
@@ -24,9 +24,18 @@ from autoshrink.allocate.profile import OptionJob, ProfileInputs
 from autoshrink.search.ray_backend import start_ray
 
 
-def _measure_on_worker(measure: Callable, inputs: ProfileInputs, job: OptionJob, threads: int) -> dict:
-    torch.set_num_threads(threads)  # as a trial does: parallel options must not fight for cores
-    return measure(inputs, job)
+QUEUED = 2  # options queued on each worker: the next one waits there, not on the driver's round trip
+
+
+class _Worker:
+    """One Ray actor: the inputs deserialized once, then option after option."""
+
+    def __init__(self, inputs: ProfileInputs, threads: int):
+        torch.set_num_threads(threads)  # as a trial does: parallel options must not fight for cores
+        self.inputs = inputs
+
+    def measure(self, measure: Callable[[ProfileInputs, OptionJob], dict], job: OptionJob) -> dict:
+        return measure(self.inputs, job)
 
 
 class RayOptionMap:
@@ -42,20 +51,27 @@ class RayOptionMap:
         import ray
 
         self.started = start_ray(self.address, self.workers, self.threads) or self.started
-        shared = ray.put(inputs)  # once: every task reads the same model, activations and statistics
-        task = ray.remote(num_cpus=self.threads)(_measure_on_worker)
-        waiting = iter(jobs)
-        running = [task.remote(measure, shared, job, self.threads) for _, job in zip(range(self.workers), waiting)]
+        shared = ray.put(inputs)  # once: every worker reads the same model, activations and statistics
+        worker = ray.remote(num_cpus=self.threads)(_Worker)
+        actors = [worker.remote(shared, self.threads) for _ in range(min(self.workers, len(jobs)))]
+        waiting, running = iter(jobs), {}
+
+        def give(actor) -> None:
+            job = next(waiting, None)
+            if job is not None:
+                running[actor.measure.remote(measure, job)] = actor
+
         try:
+            for actor in actors:
+                for _ in range(QUEUED):
+                    give(actor)
             while running:
-                done, running = ray.wait(running, num_returns=1)
-                following = next(waiting, None)
-                if following is not None:  # submitted before the row goes back: no worker waits on the CSV
-                    running.append(task.remote(measure, shared, following, self.threads))
-                yield ray.get(done[0])
-        finally:
-            for ref in running:  # interrupted (Ctrl-C, an error): nothing is left measuring
-                ray.cancel(ref)
+                (done,), _ = ray.wait(list(running), num_returns=1)
+                give(running.pop(done))  # before the row goes back: the worker never waits on the CSV
+                yield ray.get(done)
+        finally:  # done, interrupted (Ctrl-C) or failed: nothing is left measuring, the CPUs go to the trials
+            for actor in actors:
+                ray.kill(actor)
 
     def close(self) -> None:
         if self.started:

@@ -118,6 +118,9 @@ def main(argv=None) -> int:
         f"| ray, {args.workers} workers, with starting Ray ({ray_start_s:.1f} s) | {ray_s + ray_start_s:.1f} | "
         f"{serial_s / (ray_s + ray_start_s):.2f}x | | | | |",
         "",
+        f"Once the actors ran ({first_s:.1f} s), the other {count - 1} rows came in {ray_s - first_s:.1f} s: "
+        f"{(count - 1) / (ray_s - first_s) / (count / serial_s):.2f}x the serial profile's options per second.",
+        "",
         f"Rows: {'the same' if same else 'NOT the same'} options and bytes; largest loss difference {diff:.2e} "
         "nats per token. Ray's wall time includes shipping the inputs to the object store and starting "
         f"{args.workers} actors (each a process that imports torch and reads the inputs once): the first row "

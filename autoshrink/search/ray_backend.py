@@ -4,7 +4,8 @@ One process writes the study: the driver. `StudySearcher` is a Ray Tune `Searche
 there and owns the run folder's study.db (SQLite locks under parallel writers). It asks the study
 for a trial, samples and repairs its plan exactly as the Optuna backend does (`prepare_plan`: an
 infeasible plan is told PRUNED and never reaches a worker), and tells the study each outcome.
-Workers only train (`run_trial`) and report to Tune.
+Workers only train (`run_trial`) and report to Tune. The profile before the trials is measured on
+the same Ray (search/ray_profile.py), its rows written by the driver alone.
 
 Ray's own OptunaSearch was read and not used (ray/tune/search/optuna/optuna_search.py, Ray 2.60):
 with several objectives `on_trial_result` returns early, dropping every intermediate value, and

@@ -101,3 +101,36 @@ def test_fingerprints_tell_models_and_data_apart():
     assert fingerprint(model) == fingerprint(model)
     assert fingerprint(valid) != fingerprint(valid[:-1])
     assert fingerprint({"a": torch.ones(2)}) != fingerprint({"a": torch.zeros(2)})
+
+
+def _reversed_map(measure, inputs, jobs):
+    """A map whose rows come back in another order than asked, as parallel workers' do."""
+    return (measure(inputs, job) for job in reversed(list(jobs)))
+
+
+def test_a_map_returning_rows_in_any_order_gives_the_serial_table(tmp_path):
+    model, _, valid = trained_lstm()
+    serial = profile(model, valid, OPTIONS, progress=False)
+    path = tmp_path / "profile.csv"
+    mapped = profile(model, valid, OPTIONS, path=path, progress=False, map_options=_reversed_map)
+    pd.testing.assert_frame_equal(serial.drop(columns="seconds"), mapped.drop(columns="seconds"), check_dtype=False)
+    assert list(pd.read_csv(path)["site"]) == ["decoder"] + ["rnn.0.hh"] * 3  # the CSV as the rows came
+
+
+def test_an_interrupted_map_keeps_its_rows_and_the_next_profile_measures_the_rest(tmp_path, monkeypatch):
+    model, _, valid = trained_lstm()
+    path = tmp_path / "profile.csv"
+
+    def interrupted(measure, inputs, jobs):
+        for count, row in enumerate(_reversed_map(measure, inputs, jobs)):
+            if count == 2:
+                raise KeyboardInterrupt
+            yield row
+
+    with pytest.raises(KeyboardInterrupt):
+        profile(model, valid, OPTIONS, path=path, progress=False, map_options=interrupted)
+    assert len(pd.read_csv(path)) == 2
+    calls = _count_builds(monkeypatch)
+    table = profile(model, valid, OPTIONS, path=path, progress=False)
+    assert [c.rank for c in calls] == [2, 8]  # the two options the interrupted map had not returned
+    assert list(table["site"]) == ["rnn.0.hh"] * 3 + ["decoder"] and len(pd.read_csv(path)) == 4

@@ -10,6 +10,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from autoshrink.allocate import profile as profile_module
 from autoshrink.search import study as study_db
 from autoshrink.search.budget import check_feasible, parse_budget
 from autoshrink.search.space import smallest_plan
@@ -215,9 +216,9 @@ def test_bad_worker_and_backend_flags_are_one_line_errors(tiny_model_dir, text_f
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0]
     with pytest.raises(UserError, match="cannot reach a Ray cluster"):
-        ray_backend._start_ray("127.0.0.1:1", 1, 1)  # nothing listens on port 1
+        ray_backend.start_ray("127.0.0.1:1", 1, 1)  # nothing listens on port 1
     with pytest.raises(UserError, match="HOST:PORT"):
-        ray_backend._start_ray("nowhere", 1, 1)
+        ray_backend.start_ray("nowhere", 1, 1)
     with pytest.raises(UserError, match="at least 1"):
         SearchConfig(
             "4x", model=str(tiny_model_dir), data=str(text_file), space=str(space), backend="ray", cpus_per_trial=0
@@ -226,8 +227,13 @@ def test_bad_worker_and_backend_flags_are_one_line_errors(tiny_model_dir, text_f
 
 @pytest.mark.slow
 def test_two_workers_search_meets_the_budget_writes_the_run_folder_and_resumes(
-    tiny_model_dir, text_file, tmp_path, capsys
+    tiny_model_dir, text_file, tmp_path, capsys, monkeypatch
 ):
+    import ray
+
+    starts, real_init = [], ray.init
+    monkeypatch.setattr(ray, "init", lambda *a, **k: starts.append(k) or real_init(*a, **k))
+    monkeypatch.setattr(profile_module, "build_site", None)  # the driver measures no option: the workers do
     (tmp_path / "space.yaml").write_text(SPACE)
     run = tmp_path / "run"
     argv = [
@@ -254,6 +260,9 @@ def test_two_workers_search_meets_the_budget_writes_the_run_folder_and_resumes(
         str(run),
     ]
     assert main(argv) == 0
+    assert len(starts) == 1 and not ray.is_initialized()  # one Ray for the profile and the trials, stopped
+    profiled = pd.read_csv(run / "profile.csv")  # measured on the workers, written by the driver
+    assert len(profiled) >= 2 and not profiled.duplicated(["site", "knobs"]).any()
     for name in ("study.db", "run.json", "trials.csv", "front.csv"):
         assert (run / name).is_file(), name
     info = json.loads((run / "run.json").read_text())

@@ -22,7 +22,7 @@ from torch import nn
 
 from autoshrink.allocate.knapsack import BUCKETS, Option, solve_ladder
 from autoshrink.allocate.levels import LEVELS, site_options
-from autoshrink.allocate.profile import profile, row_config
+from autoshrink.allocate.profile import OptionMap, profile, row_config
 from autoshrink.allocate.refine import Scored, candidates, refine
 from autoshrink.allocate.replay import Replay, build_site
 from autoshrink.errors import UserError
@@ -162,6 +162,7 @@ def allocate(
     seed: int = 0,
     progress: bool = True,
     may_stay_dense: Callable[[str], bool] | None = None,
+    map_options: OptionMap | None = None,
 ) -> Allocation:
     """Plans for `model` within `limit` stored bytes, chosen on the first `tokens` of `valid_ids`
     (all of them with None).
@@ -170,7 +171,8 @@ def allocate(
     site, or {role: [configs]}) expanded into `levels` size levels per site. `freqs`: word
     frequencies for vocabulary methods (model.vocab.freqs by default); `stats`: per-site
     calibration statistics passed to data-aware builds; `may_stay_dense(site)`: whether a plan may
-    leave the site dense (a search's space may not allow it).
+    leave the site dense (a search's space may not allow it); `map_options`: how the profile's
+    options are measured (profile.py; one after another here by default).
     """
     times: dict[str, float] = {}
     start = time.perf_counter()
@@ -203,6 +205,7 @@ def allocate(
         finetune_steps=finetune_steps,
         train_ids=train_ids,
         progress=progress,
+        map_options=map_options,
     )
     times["profile"] = time.perf_counter() - start - times["replay"]
 

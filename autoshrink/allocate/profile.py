@@ -7,6 +7,12 @@ the calibration statistics (if any), the site, the option and the fine-tune step
 interrupted profile resumes and a later search of the same model, data and space reuses it. The
 activations entering each stage are cached once (replay.py), so a softmax option costs its logits
 and an LSTM option its layer and those above.
+
+One option is measured by `measure_option(inputs, job)`, wherever it runs: `profile` hands it, the
+inputs every option reads (`ProfileInputs`) and the jobs still to measure to `map_options`, which
+runs them one after another here by default (`serial_map`), or elsewhere (the Ray backend's
+search/ray_profile.py) and yields each row as it is done, in any order. Only this process writes
+the CSV.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import pandas as pd
 import torch
@@ -28,6 +34,7 @@ from autoshrink.errors import UserError
 from autoshrink.methods import MethodConfig, config_from_dict
 from autoshrink.models.discover import discover_sites
 from autoshrink.plan import method_bytes
+from autoshrink.sites import Site
 
 COLUMNS = ["model", "data", "build", "site", "method", "knobs", "finetune_steps", "bytes", "loss_delta", "seconds"]
 KEY = ["model", "data", "build", "site", "knobs", "finetune_steps"]
@@ -67,6 +74,61 @@ def option_key(config: MethodConfig) -> str:
     return json.dumps(config.to_dict(), sort_keys=True)
 
 
+class OptionJob(NamedTuple):
+    """One option to measure: a site, its config, and the fine-tune steps it gets first."""
+
+    site: str
+    config: MethodConfig
+    steps: int
+
+
+@dataclasses.dataclass
+class ProfileInputs:
+    """What measuring any option reads: the dense model, its sites, the cached activations of the
+    slice (Replay), word frequencies, calibration statistics and, for per-site fine-tunes, training
+    tokens. Read, never changed, by every measurement (a parallel map ships it once)."""
+
+    model: nn.Module
+    sites: Mapping[str, Site]
+    replay: Replay
+    freqs: torch.Tensor | None = None
+    stats: Mapping[str, Any] | None = None
+    train_ids: torch.Tensor | None = None
+
+
+def measure_option(inputs: ProfileInputs, job: OptionJob) -> dict[str, Any]:
+    """The profile row of one option (without the model, data and build fingerprints): the site
+    built alone, data-aware where `inputs.stats` allows, fine-tuned `job.steps` steps, and its
+    loss on the slice against the dense model's."""
+    start = time.perf_counter()
+    site = inputs.sites[job.site]
+    built = build_site(inputs.model, site, job.config, inputs.freqs, inputs.stats)
+    if job.steps:
+        holder = with_compressed(inputs.model, inputs.sites, {job.site: built})
+        finetune_site(holder, built, inputs.train_ids, job.steps)
+    loss = inputs.replay.loss(inputs.sites, {job.site: built})
+    return {
+        "site": job.site,
+        "method": job.config.method,
+        "knobs": option_key(job.config),
+        "finetune_steps": job.steps,
+        "bytes": method_bytes(site, job.config, inputs.freqs),
+        "loss_delta": loss - inputs.replay.dense_loss,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+# map_options(measure, inputs, jobs): each job's row, as it is done, in any order.
+OptionMap = Callable[[Callable[[ProfileInputs, OptionJob], dict], ProfileInputs, Sequence[OptionJob]], Iterable[dict]]
+
+
+def serial_map(
+    measure: Callable[[ProfileInputs, OptionJob], dict], inputs: ProfileInputs, jobs: Sequence[OptionJob]
+) -> Iterator[dict]:
+    """The options one after another, in this process."""
+    return (measure(inputs, job) for job in jobs)
+
+
 def read_profile(path: Path | None) -> pd.DataFrame:
     """The rows of a profile.csv (an empty table where there is none); a broken file is a UserError."""
     if path is None or not path.is_file():
@@ -93,12 +155,15 @@ def profile(
     finetune_methods: Sequence[str] = NEEDS_TRAINING,
     replay: Replay | None = None,
     progress: bool = True,
+    map_options: OptionMap | None = None,
 ) -> pd.DataFrame:
     """One row per (site, option) of `options` ({site name: configs}): bytes, loss_delta, seconds.
 
     With `finetune_steps` > 0, options of `finetune_methods` get that many steps of training
     (on `train_ids`) before they are measured. Rows already in `path` for the same model, slice,
     statistics and steps are read, not measured again; new rows are appended as they come.
+    `map_options` runs the measurements (`serial_map` by default; see OptionMap); rows come back
+    in the order of `options` however they were measured.
     """
     if finetune_steps > 0 and train_ids is None:
         raise UserError("a per-site fine-tune needs training tokens (train_ids)")
@@ -115,48 +180,37 @@ def profile(
     path = Path(path) if path is not None else None
     table = read_profile(path)
     done = set(map(tuple, table[KEY].astype(str).values.tolist()))
-    todo = []
+    todo: list[OptionJob] = []
+    wanted: list[tuple] = []  # this call's keys, in the order of `options`
     for name, configs in options.items():
         for config in configs:
             steps = finetune_steps if config.method in finetune_methods else 0
             key = (ident["model"], ident["data"], ident["build"], name, option_key(config), str(steps))
+            wanted.append(key)
             if key not in done:
                 done.add(key)
-                todo.append((name, config, steps))
+                todo.append(OptionJob(name, config, steps))
     rows = []
-    bar = _bar(len(todo), progress)
-    for name, config, steps in todo:
-        bar.set_postfix_str(f"{name} {config.method}")
-        start = time.perf_counter()
-        built = build_site(model, sites[name], config, freqs, stats)
-        if steps:
-            finetune_site(with_compressed(model, sites, {name: built}), built, train_ids, steps)
-        loss = replay.loss(sites, {name: built})
-        row = {
-            **ident,
-            "site": name,
-            "method": config.method,
-            "knobs": option_key(config),
-            "finetune_steps": steps,
-            "bytes": method_bytes(sites[name], config, freqs),
-            "loss_delta": loss - replay.dense_loss,
-            "seconds": round(time.perf_counter() - start, 3),
-        }
-        rows.append(row)
-        if path is not None:  # one row at a time: an interrupted profile keeps what it measured
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame([row], columns=COLUMNS).to_csv(path, mode="a", header=not path.is_file(), index=False)
-        bar.update(1)
-    bar.close()
+    if todo:
+        inputs = ProfileInputs(model, sites, replay, freqs, stats, train_ids)
+        bar = _bar(len(todo), progress)
+        for row in (map_options or serial_map)(measure_option, inputs, todo):
+            row = {**ident, **row}
+            rows.append(row)
+            if path is not None:  # one row at a time: an interrupted profile keeps what it measured
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pd.DataFrame([row], columns=COLUMNS).to_csv(path, mode="a", header=not path.is_file(), index=False)
+            bar.set_postfix_str(f"{row['site']} {row['method']}")
+            bar.update(1)
+        bar.close()
     table = pd.concat([table, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True) if rows else table
-    # This call's rows only: a shared file also holds other models, slices, options and steps.
-    wanted = {
-        (*ident.values(), name, option_key(c), finetune_steps if c.method in finetune_methods else 0)
-        for name, configs in options.items()
-        for c in configs
-    }
-    keep = [(m, d, b, s, k, int(f)) in wanted for m, d, b, s, k, f in table[KEY].values.tolist()]
-    return table[keep].reset_index(drop=True)
+    # This call's rows only (a shared file also holds other models, slices, options and steps), in
+    # the order asked: rows measured in parallel arrive in any order.
+    position = {key: i for i, key in reversed(list(enumerate(wanted)))}
+    keys = [(m, d, b, s, k, str(int(f))) for m, d, b, s, k, f in table[KEY].values.tolist()]
+    found = pd.Series([position.get(key) for key in keys], index=table.index, dtype="float64")
+    order = found.dropna().sort_values(kind="stable").index
+    return table.loc[order].reset_index(drop=True)
 
 
 def row_config(row: Mapping[str, Any]) -> MethodConfig:

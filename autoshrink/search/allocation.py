@@ -120,6 +120,7 @@ def allocation(ctx, folder: Path, log: Callable[[str], None]) -> Allocation | No
         seed=ctx.settings.seed,
         progress=True,
         may_stay_dense=_may_stay_dense(ctx, options),
+        map_options=ctx.map_options,
     )
     tokens = min(SLICE_TOKENS, held_out.numel())
     run_folder.write_allocation(folder, result, ctx.sites, tokens)
@@ -169,6 +170,7 @@ def profile_options(ctx, folder: Path) -> tuple[dict[str, list[Option]], float] 
         freqs=ctx.freqs,
         stats=ctx.stats,
         path=folder / PROFILE,
+        map_options=ctx.map_options,
     )
     knap = knapsack_options(table, ctx.sites, ctx.model_file, ctx.freqs, _may_stay_dense(ctx, options))
     return knap, float(ctx.max_bytes - fixed_bytes(ctx.sites, ctx.model_file))

@@ -7,6 +7,7 @@ import json
 import platform
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -54,6 +55,7 @@ class SearchContext:
     owner: dict = field(default_factory=new_owner)  # recorded on every trial this search runs
     run_dir: Path | None = None  # where front trials keep their fine-tuned weights (None: nowhere)
     progress: Callable[[int], TrainingProgress | None] = field(default=lambda number: None)  # per trial number
+    map_options: Callable | None = None  # how the profile measures its options (search/ray_profile.py with Ray)
 
     def repair(self, plan: dict) -> dict | None:
         if self.budget.kind == "latency":
@@ -161,6 +163,7 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
     stats = calibration(inputs, c.calibration_tokens, log)
     if stats is not None:
         spent["calibration"] = time.time() - started_calibration
+    ray_options = _ray_options(backend, workers, cpus_per_trial, address)  # None without Ray
     ctx = SearchContext(
         dense,
         data,
@@ -178,6 +181,7 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
         stats=stats,
         progress=lambda number: TrainingProgress(f"trial #{number}", log=log),
         run_dir=folder,
+        map_options=ray_options,
     )
     if not study.get_trials(deepcopy=False):  # a new study: its first trials are chosen, not sampled
         started_allocation = time.time()
@@ -246,7 +250,7 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
         if not trial.user_attrs.get(study_db.REPAIRED):  # a draw repaired into a new trial is not one
             log(_progress_line(st, trial, trials, started, done_before, front))
 
-    with active(ctx.owner):
+    with active(ctx.owner), ray_options or nullcontext():  # a Ray the profile started serves the trials too
         if backend == "ray":
             from autoshrink.search import ray_backend
 
@@ -308,6 +312,15 @@ def _halving_note(settings: TrialSettings) -> str:
         f", judged at steps {', '.join(map(str, checks[:-1]))}: only the best 1/{settings.halving} of plans of no "
         "larger size there train on (successive halving)"
     )
+
+
+def _ray_options(backend: str, workers: int, threads: int, address: str | None):
+    """With Ray, the profile's options are measured on the workers too (None: one after another here)."""
+    if backend != "ray":
+        return None
+    from autoshrink.search.ray_profile import RayOptionMap
+
+    return RayOptionMap(workers, threads, address)
 
 
 def _ray_version() -> str:

@@ -4,7 +4,8 @@ One process writes the study: the driver. `StudySearcher` is a Ray Tune `Searche
 there and owns the run folder's study.db (SQLite locks under parallel writers). It asks the study
 for a trial, samples and repairs its plan exactly as the Optuna backend does (`prepare_plan`: an
 infeasible plan is told PRUNED and never reaches a worker), and tells the study each outcome.
-Workers only train (`run_trial`) and report to Tune.
+Workers only train (`run_trial`) and report to Tune. The profile before the trials is measured on
+the same Ray (search/ray_profile.py), its rows written by the driver alone.
 
 Ray's own OptunaSearch was read and not used (ray/tune/search/optuna/optuna_search.py, Ray 2.60):
 with several objectives `on_trial_result` returns early, dropping every intermediate value, and
@@ -243,7 +244,7 @@ def _trainable(config: dict, dense, data, settings, dense_bytes: int, threads: i
     )
 
 
-def _start_ray(address: str | None, workers: int, threads: int) -> bool:
+def start_ray(address: str | None, workers: int, threads: int) -> bool:
     """Join `address` or start a local Ray sized to the workers; True when we started it."""
     import ray
 
@@ -295,7 +296,7 @@ def run(
     fail_orphans(study)
     if counted_trials(study) >= trials:
         return
-    started = _start_ray(address, workers, threads)
+    started = start_ray(address, workers, threads)
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         resources = {"cpu": threads, "gpu": round(min(1.0, gpus / workers), 4) if gpus else 0}

@@ -72,3 +72,22 @@ def test_a_fresh_compression_is_data_aware_as_the_search_s_and_a_kept_start_skip
     assert seen[-1] is None
     train_trial(run.run_dir, TrainConfig(trial=str(number), steps=2, evals=1, out=str(tmp_path / "kept")))
     assert seen[-1] is None
+
+
+def test_the_learning_rate_and_schedule_reach_the_training_loop(run, tmp_path, monkeypatch):
+    from autoshrink.errors import UserError
+    from autoshrink.final import train as final_train
+
+    seen = []
+    real = final_train.train_lm
+    monkeypatch.setattr(
+        final_train, "train_lm", lambda model, tr, va, cfg, **kw: seen.append(cfg) or real(model, tr, va, cfg, **kw)
+    )
+    number = min(_kept(run.run_dir))
+    config = TrainConfig(trial=str(number), steps=2, evals=1, lr=3e-4, schedule="plateau", out=str(tmp_path / "lr"))
+    train_trial(run.run_dir, config)
+    assert (seen[-1].lr, seen[-1].schedule) == (3e-4, "plateau")
+    with pytest.raises(UserError, match="--lr"):
+        TrainConfig(lr=0)
+    with pytest.raises(UserError):
+        TrainConfig(schedule="linear")

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from autoshrink.errors import UserError
+from autoshrink.models.schedule import SCHEDULES, check_schedule
+from autoshrink.models.training import DEFAULT_LR
 
 DEFAULT_EPOCHS = 3.0  # the cap; validation-driven stopping usually ends it sooner (results/recipe.md)
 
@@ -50,12 +52,24 @@ class TrainConfig:
             "help": ("distil: mix KL to the dense model's next-word distribution into the loss (results/recipe.md)")
         },
     )
+    lr: float = field(default=DEFAULT_LR, metadata={"help": "peak learning rate (Adam)"})
+    schedule: str = field(
+        default="cosine",
+        metadata={
+            "help": "cosine: 5%% warm-up then cosine decay to the step cap; plateau: the lr / 4 at each validation "
+            "without improvement",
+            "choices": SCHEDULES,
+        },
+    )
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     seed: int = field(default=0, metadata={"help": "training seed"})
     evals: int = field(default=10, metadata={"help": "validations (and checkpoints) over the training"})
 
     def __post_init__(self) -> None:
         self.trial = str(self.trial)
+        check_schedule(self.schedule)
+        if not self.lr > 0:
+            raise UserError(f"--lr must be > 0, got {self.lr}")
         if (self.steps is not None and self.steps < 1) or (self.epochs is not None and self.epochs <= 0):
             raise UserError(f"--steps must be >= 1 and --epochs > 0, got steps={self.steps}, epochs={self.epochs}")
         if self.steps is not None and self.epochs is not None:

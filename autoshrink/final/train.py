@@ -303,6 +303,7 @@ def train_trial(
         seed=seed,
         evals=evals,
         time_limit=time_limit,
+        options={"lr": c.lr, "schedule": c.schedule},
         info={"run_dir": str(run_dir), "trial": number},
         dense_val_ppl=info.get("dense_val_ppl"),
         on_log=on_log,

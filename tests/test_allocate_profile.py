@@ -112,7 +112,7 @@ def test_a_map_returning_rows_in_any_order_gives_the_serial_table(tmp_path):
     model, _, valid = trained_lstm()
     serial = profile(model, valid, OPTIONS, progress=False)
     path = tmp_path / "profile.csv"
-    mapped = profile(model, valid, OPTIONS, path=path, progress=False, map_options=_reversed_map)
+    mapped = profile(model, valid, OPTIONS, path=path, progress=False, map_options=_reversed_map, shared=False)
     pd.testing.assert_frame_equal(serial.drop(columns="seconds"), mapped.drop(columns="seconds"), check_dtype=False)
     assert list(pd.read_csv(path)["site"]) == ["decoder"] + ["rnn.0.hh"] * 3  # the CSV as the rows came
 
@@ -128,9 +128,31 @@ def test_an_interrupted_map_keeps_its_rows_and_the_next_profile_measures_the_res
             yield row
 
     with pytest.raises(KeyboardInterrupt):
-        profile(model, valid, OPTIONS, path=path, progress=False, map_options=interrupted)
+        profile(model, valid, OPTIONS, path=path, progress=False, map_options=interrupted, shared=False)
     assert len(pd.read_csv(path)) == 2
     calls = _count_builds(monkeypatch)
-    table = profile(model, valid, OPTIONS, path=path, progress=False)
+    table = profile(model, valid, OPTIONS, path=path, progress=False, shared=False)
     assert [c.rank for c in calls] == [2, 8]  # the two options the interrupted map had not returned
     assert list(table["site"]) == ["rnn.0.hh"] * 3 + ["decoder"] and len(pd.read_csv(path)) == 4
+
+
+def test_another_run_folder_reuses_the_shared_cache_and_keeps_a_complete_copy(tmp_path, monkeypatch):
+    from autoshrink.allocate.profile import shared_path
+
+    monkeypatch.setenv("AUTOSHRINK_CACHE", str(tmp_path / "cache"))
+    model, _, valid = trained_lstm()
+    first = profile(model, valid, OPTIONS, path=tmp_path / "a" / "profile.csv", progress=False)
+    calls = _count_builds(monkeypatch)
+    second = profile(model, valid, OPTIONS, path=tmp_path / "b" / "profile.csv", progress=False)
+    assert calls == []  # every row came from the cache
+    pd.testing.assert_frame_equal(first.drop(columns="seconds"), second.drop(columns="seconds"), check_dtype=False)
+    assert len(pd.read_csv(tmp_path / "b" / "profile.csv")) == len(first)  # the run folder's copy is complete
+    profile(model, valid, OPTIONS, path=tmp_path / "c" / "profile.csv", progress=False, shared=False)
+    assert len(calls) == len(first)  # without the cache everything is measured again
+    cache = next((tmp_path / "cache" / "profiles").glob("*.csv"))
+    assert (
+        cache.name == shared_path(dict(zip(("model", "data", "build"), first.iloc[0][["model", "data", "build"]]))).name
+    )
+    cache.write_text("not,a\\nprofile")
+    profile(model, valid, OPTIONS, path=tmp_path / "d" / "profile.csv", progress=False)
+    assert cache.with_suffix(".unreadable").is_file()  # set aside, the profile measured afresh

@@ -42,7 +42,9 @@ def serial():
     """The serial profile, data-aware (calibration statistics), one option fine-tuned."""
     model, train, valid = trained_lstm()
     stats = calibrate(model, train, tokens=1000, cache=False)
-    table = profile(model, valid, OPTIONS, stats=stats, finetune_steps=STEPS, train_ids=train, progress=False)
+    table = profile(
+        model, valid, OPTIONS, stats=stats, finetune_steps=STEPS, train_ids=train, progress=False, shared=False
+    )
     return model, train, valid, stats, table
 
 
@@ -71,6 +73,7 @@ def test_the_workers_measure_the_serial_rows_and_the_driver_writes_them(serial, 
         path=path,
         progress=False,
         map_options=ray_map,
+        shared=False,  # the workers measure: nothing comes from the cache
     )
     assert ray_map.started
     _same_rows(table, expected)  # rows in the order asked, whatever order the workers finished in
@@ -91,7 +94,7 @@ def test_an_interrupted_ray_profile_resumes_from_its_csv(serial, ray_map, tmp_pa
                 raise KeyboardInterrupt  # Ctrl-C while the workers measure
             yield row
 
-    args = dict(stats=stats, finetune_steps=STEPS, train_ids=train, path=path, progress=False)
+    args = dict(stats=stats, finetune_steps=STEPS, train_ids=train, path=path, progress=False, shared=False)
     with pytest.raises(KeyboardInterrupt):
         profile(model, valid, OPTIONS, map_options=interrupted, **args)
     assert len(pd.read_csv(path)) == kept

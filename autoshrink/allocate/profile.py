@@ -30,6 +30,7 @@ from torch import nn
 
 from autoshrink.allocate.finetune import NEEDS_TRAINING, finetune_site
 from autoshrink.allocate.replay import Replay, build_site, with_compressed
+from autoshrink.data.cache import cache_root
 from autoshrink.errors import UserError
 from autoshrink.methods import MethodConfig, config_from_dict
 from autoshrink.models.discover import discover_sites
@@ -156,6 +157,7 @@ def profile(
     replay: Replay | None = None,
     progress: bool = True,
     map_options: OptionMap | None = None,
+    shared: bool = True,
 ) -> pd.DataFrame:
     """One row per (site, option) of `options` ({site name: configs}): bytes, loss_delta, seconds.
 
@@ -163,7 +165,10 @@ def profile(
     (on `train_ids`) before they are measured. Rows already in `path` for the same model, slice,
     statistics and steps are read, not measured again; new rows are appended as they come.
     `map_options` runs the measurements (`serial_map` by default; see OptionMap); rows come back
-    in the order of `options` however they were measured.
+    in the order of `options` however they were measured. With `shared`, rows are also kept in the
+    autoshrink cache under the model's, slice's and statistics' fingerprints (`shared_path`), so a
+    later search of the same model, data and calibration in another run folder measures only what
+    is new; the rows it reuses are copied into `path`, which stays complete.
     """
     if finetune_steps > 0 and train_ids is None:
         raise UserError("a per-site fine-tune needs training tokens (train_ids)")
@@ -179,7 +184,9 @@ def profile(
     }
     path = Path(path) if path is not None else None
     table = read_profile(path)
-    done = set(map(tuple, table[KEY].astype(str).values.tolist()))
+    cache = shared_path(ident) if shared else None
+    cached = _read_cache(cache) if cache is not None and cache != path else None
+    done = set(_key_tuples(table))
     todo: list[OptionJob] = []
     wanted: list[tuple] = []  # this call's keys, in the order of `options`
     for name, configs in options.items():
@@ -190,6 +197,15 @@ def profile(
             if key not in done:
                 done.add(key)
                 todo.append(OptionJob(name, config, steps))
+    if cached is not None and todo:  # measured by an earlier search in another run folder: copied, not measured
+        pending = {tuple(map(str, key)): job for job, key in zip(todo, _keys(todo, ident))}
+        hit = cached[[key in pending for key in _key_tuples(cached)]].drop_duplicates(KEY)
+        if not hit.empty:
+            if path is not None:
+                _append(path, hit.to_dict("records"))
+            table = pd.concat([table, hit], ignore_index=True)
+            hits = set(_key_tuples(hit))
+            todo = [job for key, job in pending.items() if key not in hits]
     rows = []
     if todo:
         inputs = ProfileInputs(model, sites, replay, freqs, stats, train_ids)
@@ -197,9 +213,8 @@ def profile(
         for row in (map_options or serial_map)(measure_option, inputs, todo):
             row = {**ident, **row}
             rows.append(row)
-            if path is not None:  # one row at a time: an interrupted profile keeps what it measured
-                path.parent.mkdir(parents=True, exist_ok=True)
-                pd.DataFrame([row], columns=COLUMNS).to_csv(path, mode="a", header=not path.is_file(), index=False)
+            for out in {path, cache} - {None}:  # one row at a time: an interrupted profile keeps what it measured
+                _append(out, [row])
             bar.set_postfix_str(f"{row['site']} {row['method']}")
             bar.update(1)
         bar.close()
@@ -211,6 +226,33 @@ def profile(
     found = pd.Series([position.get(key) for key in keys], index=table.index, dtype="float64")
     order = found.dropna().sort_values(kind="stable").index
     return table.loc[order].reset_index(drop=True)
+
+
+def shared_path(ident: Mapping[str, str]) -> Path:
+    """The cache file of one model, validation slice and set of calibration statistics."""
+    return cache_root() / "profiles" / f"{ident['model']}-{ident['data']}-{ident['build']}.csv"
+
+
+def _read_cache(cache: Path) -> pd.DataFrame | None:
+    """The shared cache's rows; one that cannot be read is set aside, not fatal: it only saves time."""
+    try:
+        return read_profile(cache)
+    except UserError:
+        cache.rename(cache.with_suffix(".unreadable"))
+        return None
+
+
+def _key_tuples(table: pd.DataFrame) -> list[tuple]:
+    return [tuple(key) for key in table[KEY].astype(str).values.tolist()]
+
+
+def _keys(jobs: Sequence[OptionJob], ident: Mapping[str, str]) -> list[tuple]:
+    return [(ident["model"], ident["data"], ident["build"], j.site, option_key(j.config), j.steps) for j in jobs]
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(path, mode="a", header=not path.is_file(), index=False)
 
 
 def row_config(row: Mapping[str, Any]) -> MethodConfig:

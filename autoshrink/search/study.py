@@ -36,10 +36,11 @@ OWNER = "autoshrink:owner"  # system attr: the search that runs the trial (searc
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
+        # The default: the highest hypervolume after 24 trials in the sampler study (results/search.md).
         # multivariate + group: the conditional per-site knobs are modelled jointly per method.
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=6)
     if name == "nsga2":
-        # The default: its hypervolume led TPE and random search at 12-24 trials (results/search.md).
+        # With its population of 8 it draws random search's plans for its first 8+ trials (results/search.md).
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)

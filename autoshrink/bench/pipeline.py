@@ -83,18 +83,21 @@ def _after_training(run_dir: Path, origin: dict) -> list[str]:
         return []
     rows = [
         "",
-        "After the same final training (`autoshrink train ... --steps 200 --evals 4`, distilled, the recipe's "
-        "defaults); val ppl over the whole validation split, test ppl over the whole test split:",
+        "After final training (`autoshrink train RUN --trial N --steps CAP [--lr] [--schedule]`, distilled; the "
+        "schedule spans the step cap, and training stops after 3 validations without improvement; rows trained "
+        "before the cap was recorded show -); val ppl over the whole validation split, test ppl over the whole "
+        "test split; the file's size on disk, header included:",
         "",
-        "| trial | origin | steps | val ppl | test ppl | model.safetensors bytes (header included) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| trial | origin | step cap | lr, schedule | steps trained | val ppl | test ppl | model.safetensors bytes |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
     ]
     for path in done:
         m = json.loads(path.read_text())
         n = int(m["trial"])
+        recipe = f"{m['lr']:g}, {m['schedule']}" if "lr" in m else "the default then (0.002, cosine)"
         rows.append(
-            f"| {n} | {origin.get(n, '?')} | {m['steps']} | {m['val_ppl']:.2f} | {m['test_ppl']:.2f} | "
-            f"{(path.parent / 'model.safetensors').stat().st_size:,} |"  # the file, whichever code counted metrics
+            f"| {n} | {origin.get(n, '?')} | {m.get('steps_cap', '-')} | {recipe} | {m['steps']} | {m['val_ppl']:.2f} | "
+            f"{m['test_ppl']:.2f} | {(path.parent / 'model.safetensors').stat().st_size:,} |"  # the file, whichever code counted
         )
     return rows
 

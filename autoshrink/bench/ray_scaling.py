@@ -106,9 +106,9 @@ def main(argv=None) -> int:
     lines += [
         "",
         "Wall time includes loading the model and data and, for Ray, starting a local Ray (about 10 s "
-        "here) and one worker process per concurrent trial (actors are reused between trials). Early "
-        "stopping differs: ASHA (Ray) stops a trial at half its steps when it is worse than half of those "
-        "that reached that point; the Optuna backend compares it with smaller finished peers. So the runs "
+        "here) and one worker process per concurrent trial (actors are reused between trials). Both backends "
+        "stop trials by successive halving at the same rungs, but Tune's ASHA (Ray) ranks perplexity alone "
+        "while the Optuna backend compares a trial only with plans of no larger size. So the runs "
         "train different numbers of steps; steps / wall s compares throughput. Trials running at once shows "
         "whether trials overlapped; the speed-up shows whether the machine had free cores for them.",
         "",

@@ -247,8 +247,7 @@ def markdown(results: dict[str, dict], command: str, running: dict[str, dict] | 
                 "",
                 dense_line,
                 "",
-                "![validation perplexity against steps](recipe.png)",
-                "",
+                *(["![validation perplexity against steps](recipe.png)", ""] if results else []),
             ]
         )
         + "\n"

@@ -119,7 +119,8 @@ def run_trial(
         curve[step] = val
         if progress is not None:
             progress.note(f"val ppl {val:.2f} at step {step}")
-        reason = should_stop(step, val) if should_stop is not None and step < steps else None
+        at_rung = step in checks and step < steps  # the untrained start (step 0) is no rung
+        reason = should_stop(step, val) if should_stop is not None and at_rung else None
         if reason:
             raise StopTrial(step, val, reason, curve)
 
@@ -135,7 +136,9 @@ def run_trial(
             ramp_steps=ramp,
             eval_tokens=settings.eval_tokens,
             patience=None,
-            validate_start=False,  # fixed fidelity: every trial trains its steps
+            # The untrained plan competes for "best", as in final training: a trial never reports a
+            # plan worse than its (data-aware) start, which a high learning rate can make it.
+            validate_start=True,
             device=settings.device,
             seed=settings.seed,
             distill_from=copy.deepcopy(dense) if settings.distill else None,

@@ -209,8 +209,8 @@ def markdown(results: dict[str, dict], command: str, running: dict[str, dict] | 
         "No 25x run has finished yet."
         if chosen is None
         else f"Best 25x setting (lowest best validation perplexity): lr {chosen[0]:g}, distillation weight "
-        f"{chosen[1]:g}; the defaults of `train_lm` (models/training.py DEFAULT_LR, DEFAULT_DISTILL_WEIGHT) "
-        "are set from this line."
+        f"{chosen[1]:g} on the uniform plan. (DEFAULT_LR, models/training.py, comes from the plan autoshrink "
+        "trains, the allocated one: results/pipeline.md; DEFAULT_DISTILL_WEIGHT from this table.)"
     )
     dense = results.get("dense-best")
     dense_line = (

@@ -48,6 +48,7 @@ RUNS = [
     Run("25x-lr5e-4-distill", "25x", 5e-4, 0.5),
     Run("25x-lr5e-4-plain", "25x", 5e-4, 0.0),
     Run("dense-best", "dense", None, None),
+    Run("dense-lr5e-4-distill", "dense", 5e-4, 0.5),  # the dense control of final training's default
 ]
 
 

@@ -28,7 +28,9 @@ from autoshrink.models.distill import Teacher, mixed_loss
 from autoshrink.models.schedule import check_schedule, cosine_factor
 
 
-DEFAULT_LR = 5e-4  # results/pipeline.md: the allocated 25x plan, 600 distilled steps: test 39.15 against 39.43-40.37 at 2e-3
+DEFAULT_LR = (
+    5e-4  # results/pipeline.md: the allocated 25x plan, 600 distilled steps: test 39.15 against 39.43-40.37 at 2e-3
+)
 DEFAULT_DISTILL_WEIGHT = 0.5  # share of the KL term when a teacher is given (results/recipe.md)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -12,7 +13,7 @@ from autoshrink.methods.lowrank import LowRankConfig
 from autoshrink.methods.quant import QuantConfig
 from autoshrink.models.discover import discover_sites
 from autoshrink.models.training import evaluate_perplexity
-from autoshrink.plan import ModelFile, compress, dense_bytes, plan_stored_bytes, stored_bytes
+from autoshrink.plan import ModelFile, compress, dense_bytes, plan_stored_bytes, plan_to_json, stored_bytes
 
 from allocate_fixtures import trained_lstm
 
@@ -33,7 +34,11 @@ def test_every_plan_fits_the_limit_and_its_joint_loss_is_the_real_one(allocated)
     sites = discover_sites(model)
     dense = math.log(evaluate_perplexity(model, valid))
     assert result.dense_loss == pytest.approx(dense, abs=1e-5)
+    # Every distinct plan the refinement evaluated jointly (at most max_evals): its choice first, then by joint loss.
     assert 1 < len(result.plans) <= 12
+    assert len({json.dumps(plan_to_json(p.plan), sort_keys=True) for p in result.plans}) == len(result.plans)
+    rest = [p.joint_loss for p in result.plans[1:]]
+    assert rest == sorted(rest)
     for item in result.plans:
         compressed = compress(model, item.plan)
         assert item.bytes == plan_stored_bytes(sites, item.plan) == stored_bytes(compressed) <= limit

@@ -187,7 +187,7 @@ def profile(
     cache = shared_path(ident) if shared else None
     cached = _read_cache(cache) if cache is not None and cache != path else None
     done = set(_key_tuples(table))
-    todo: list[OptionJob] = []
+    todo: dict[tuple, OptionJob] = {}  # by key, the options not in `path`, in the order of `options`
     wanted: list[tuple] = []  # this call's keys, in the order of `options`
     for name, configs in options.items():
         for config in configs:
@@ -196,21 +196,20 @@ def profile(
             wanted.append(key)
             if key not in done:
                 done.add(key)
-                todo.append(OptionJob(name, config, steps))
+                todo[key] = OptionJob(name, config, steps)
     if cached is not None and todo:  # measured by an earlier search in another run folder: copied, not measured
-        pending = {tuple(map(str, key)): job for job, key in zip(todo, _keys(todo, ident))}
-        hit = cached[[key in pending for key in _key_tuples(cached)]].drop_duplicates(KEY)
+        hit = cached[[key in todo for key in _key_tuples(cached)]].drop_duplicates(KEY)
         if not hit.empty:
             if path is not None:
                 _append(path, hit.to_dict("records"))
             table = pd.concat([table, hit], ignore_index=True)
-            hits = set(_key_tuples(hit))
-            todo = [job for key, job in pending.items() if key not in hits]
+            for key in _key_tuples(hit):
+                del todo[key]
     rows = []
     if todo:
         inputs = ProfileInputs(model, sites, replay, freqs, stats, train_ids)
         bar = _bar(len(todo), progress)
-        for row in (map_options or serial_map)(measure_option, inputs, todo):
+        for row in (map_options or serial_map)(measure_option, inputs, list(todo.values())):
             row = {**ident, **row}
             rows.append(row)
             for out in {path, cache} - {None}:  # one row at a time: an interrupted profile keeps what it measured
@@ -244,10 +243,6 @@ def _read_cache(cache: Path) -> pd.DataFrame | None:
 
 def _key_tuples(table: pd.DataFrame) -> list[tuple]:
     return [tuple(key) for key in table[KEY].astype(str).values.tolist()]
-
-
-def _keys(jobs: Sequence[OptionJob], ident: Mapping[str, str]) -> list[tuple]:
-    return [(ident["model"], ident["data"], ident["build"], j.site, option_key(j.config), j.steps) for j in jobs]
 
 
 def _append(path: Path, rows: list[dict]) -> None:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
 import torch
 
 from autoshrink.allocate import Allocation, allocate
@@ -137,11 +138,10 @@ def allocation(ctx, folder: Path, log: Callable[[str], None]) -> Allocation | No
     return result
 
 
-def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -> list[tuple[str, Plan]]:
-    """Up to `count` (source, plan) pairs for the first trials: the refined allocation, then the
-    knapsack's plans for fractions of the limit (`allocation`)."""
-    result = allocation(ctx, folder, log) if count >= 1 else None
-    if result is None:
+def allocated_plans(result: Allocation | None, count: int, log: Callable[[str], None]) -> list[tuple[str, Plan]]:
+    """Up to `count` (source, plan) pairs for the first trials from an `allocation`: the refined
+    allocation, then the knapsack's plans for fractions of the limit."""
+    if result is None or count < 1:
         return []
     plans: list[tuple[str, Plan]] = [(f"allocation ({result.best.source})", result.best.plan)]
     for fraction in LADDER:
@@ -153,24 +153,30 @@ def allocated_plans(ctx, folder: Path, count: int, log: Callable[[str], None]) -
     return plans
 
 
-def profile_options(ctx, folder: Path) -> tuple[dict[str, list[Option]], float] | None:
-    """The knapsack's options from the run's profile (what the allocation measured, read back from
-    PROFILE; anything missing is measured) and the bytes the sites may hold: what the
-    profile-guided sampler plans with. None where a search has no profile (no byte budget, sites
-    compressed in place)."""
+def profile_options(
+    ctx, folder: Path, table: pd.DataFrame | None = None
+) -> tuple[dict[str, list[Option]], float] | None:
+    """The knapsack's options from the run's profile and the bytes the sites may hold: what the
+    profile-guided sampler plans with. `table`: the profile this search's allocation just measured;
+    without it (a resumed search) it is read back from PROFILE, anything missing measured. None where
+    a search has no profile (no byte budget, sites compressed in place)."""
     if ctx.max_bytes is None or _in_place(ctx):
         return None
     options = _options(ctx)
     if not any(options.values()):
         return None
-    table = profile(
-        ctx.model,
-        _held_out(ctx)[:SLICE_TOKENS],
-        options,
-        freqs=ctx.freqs,
-        stats=ctx.stats,
-        path=folder / PROFILE,
-        map_options=ctx.map_options,
+    table = (
+        table
+        if table is not None
+        else profile(
+            ctx.model,
+            _held_out(ctx)[:SLICE_TOKENS],
+            options,
+            freqs=ctx.freqs,
+            stats=ctx.stats,
+            path=folder / PROFILE,
+            map_options=ctx.map_options,
+        )
     )
     knap = knapsack_options(table, ctx.sites, ctx.model_file, ctx.freqs, _may_stay_dense(ctx, options))
     return knap, float(ctx.max_bytes - fixed_bytes(ctx.sites, ctx.model_file))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
+import pandas as pd
 import torch
 from torch import nn
 
@@ -27,7 +28,7 @@ from autoshrink.measure.latency import LatencyTable
 from autoshrink.plan import ModelFile
 from autoshrink.search import optuna_backend, run_folder
 from autoshrink.search import study as study_db
-from autoshrink.search.allocation import allocated_plans, profile_options
+from autoshrink.search.allocation import allocated_plans, allocation, profile_options
 from autoshrink.search.prepare import calibration, load_inputs, run_identity, target
 from autoshrink.search.profile_sampler import ProfileGuidedSampler
 from autoshrink.search.owner import active, new_owner
@@ -183,9 +184,11 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
         run_dir=folder,
         map_options=ray_options,
     )
+    measured = None  # this search's allocation (a new study's), whose profile the profile sampler reuses
     if not study.get_trials(deepcopy=False):  # a new study: its first trials are chosen, not sampled
         started_allocation = time.time()
-        allocated = allocated_plans(ctx, folder, max(1, trials // 2), log) if c.allocate else []
+        measured = allocation(ctx, folder, log) if c.allocate else None
+        allocated = allocated_plans(measured, max(1, trials // 2), log)
         spent["profile and allocation"] = time.time() - started_allocation
         for source, plan in allocated:
             study.enqueue_trial(spc.params_of(plan, sites), user_attrs={"allocated": source})
@@ -197,7 +200,7 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
                     f"({', '.join(m for m, _ in seeds)}), fitted to the budget: the controls to beat"
                 )
     if isinstance(study.sampler, ProfileGuidedSampler):
-        _attach_profile(study.sampler, ctx, folder, log)
+        _attach_profile(study.sampler, ctx, folder, log, None if measured is None else measured.table)
     run_folder.write_run_json(
         folder,
         {
@@ -273,9 +276,12 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
     return SearchResult(folder, study, front, replace(c, run_dir=folder))
 
 
-def _attach_profile(sampler: ProfileGuidedSampler, ctx: SearchContext, folder: Path, log: Callable) -> None:
-    """Give the profile-guided sampler the run's profile (measured by the allocation, read back)."""
-    found = profile_options(ctx, folder)
+def _attach_profile(
+    sampler: ProfileGuidedSampler, ctx: SearchContext, folder: Path, log: Callable, table: pd.DataFrame | None
+) -> None:
+    """Give the profile-guided sampler the run's profile: `table`, the one this search's allocation
+    measured, or (a resumed search) the one read back from the run folder."""
+    found = profile_options(ctx, folder, table)
     if found is None:
         log(
             "sampler profile: this search has no profile (a latency budget, or sites compressed in place): "

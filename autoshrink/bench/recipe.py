@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from autoshrink.bench.report import commit, write_report
+from autoshrink.final.train import CHECKPOINT_STATE
 
 WORK = Path("results/runs/recipe")
 STEPS = 1500
@@ -144,7 +145,7 @@ def in_progress(work: Path) -> dict[str, dict]:
     """Runs started but not finished: their checkpoint's validations so far."""
     out = {}
     for run in RUNS:
-        state = work / run.name / "checkpoint" / "state.json"
+        state = work / run.name / "checkpoint" / CHECKPOINT_STATE
         if state.is_file() and not (work / f"{run.name}.json").is_file():
             out[run.name] = json.loads(state.read_text())
     return out

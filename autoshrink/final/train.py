@@ -138,9 +138,12 @@ def _model_of(info: dict, model: str | None) -> str:
 
 
 # --- checkpoints ----------------------------------------------------------------------------
+CHECKPOINT_STATE = "state.json"  # written last: a checkpoint folder with it holds a complete step
+
+
 def _read_checkpoint(folder: Path, model: nn.Module, number: int, plan: dict) -> dict | None:
     """Load OUT/checkpoint into `model` and return its state, or None when there is none."""
-    path = folder / "state.json"
+    path = folder / CHECKPOINT_STATE
     if not path.is_file():
         return None
     try:
@@ -172,7 +175,7 @@ def _write_checkpoint(folder: Path, model: nn.Module, state: dict, best: bool) -
     for name in ("model.safetensors",) + (("best.safetensors",) if best else ()):
         save_model(model, str(folder / (name + ".tmp")))
         (folder / (name + ".tmp")).replace(folder / name)
-    (folder / "state.json").write_text(json.dumps(state, indent=1) + "\n")  # last: it names a complete step
+    (folder / CHECKPOINT_STATE).write_text(json.dumps(state, indent=1) + "\n")  # last: it names a complete step
 
 
 @contextmanager
@@ -348,7 +351,7 @@ def train_plan(
     plan = parse_plan(plan_json)
     torch.manual_seed(seed)
     ckpt = out / "checkpoint"
-    fresh = start_weights is None and not (ckpt / "state.json").is_file()  # else its weights are loaded
+    fresh = start_weights is None and not (ckpt / CHECKPOINT_STATE).is_file()  # else its weights are loaded
     stats = (
         calibrate(dense, lm.train, tokens=calibration_tokens, freqs=lm.vocab.freqs)
         if fresh and calibration_tokens

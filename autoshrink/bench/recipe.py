@@ -2,16 +2,20 @@
 
     python -m autoshrink.bench.recipe            # every run not done yet, one after another; then the report
     python -m autoshrink.bench.recipe --report-only
+    python -m autoshrink.bench.recipe --plan-from RUN --trial 0 --steps 600 --work W --out O
+                                                 # the same runs on the plan of a search's trial
 
-On `kjv-lstm` with the 25x plan that a search seeds first (low-rank on every site, 8-bit
-factors, rank fitted to the budget: budget.uniform_plan as search/warm_start.py builds it), each
-run trains with `train_lm`'s recipe (warm-up + cosine decay to the step cap, validation every
-EVAL_EVERY steps on the whole valid split, stop after `patience` validations without
-improvement, best state kept) at one learning rate, with or without distillation from the dense
-model; then the dense control with the best of those settings. Each run is final training's own
-(train_plan: checkpointed at every validation in WORK/<run>/, so a killed run resumes there); a
-finished run is kept in WORK/<run>.json and skipped when the command runs again. Writes results/recipe.md and
-results/recipe.png.
+On `kjv-lstm` with a 25x plan: by default the one a search seeds first (low-rank on every site,
+8-bit factors, rank fitted to the budget: budget.uniform_plan as search/warm_start.py builds it);
+with --plan-from, the plan of one trial of a run folder (the allocated plan autoshrink trains),
+compressed afresh and data-aware as `autoshrink train` does. Each run trains with `train_lm`'s
+recipe (warm-up + cosine decay to the step cap, validation every EVAL_EVERY steps on the whole
+valid split, stop after `patience` validations without improvement, best state kept) at one
+learning rate, with or without distillation from the dense model; then the dense control with the
+best of those settings (a dense run already measured with them is not run twice). Each run is
+final training's own (train_plan: checkpointed at every validation in WORK/<run>/, so a killed run
+resumes there); a finished run is kept in WORK/<run>.json and skipped when the command runs
+again. Writes OUT/recipe.md and OUT/recipe.png.
 """
 
 from __future__ import annotations
@@ -66,6 +70,18 @@ def plan_25x(dense, lm) -> dict:
     return {name: cfg.to_dict() for name, cfg in plan.items()}
 
 
+def plan_of(plan_from: tuple[str, int]) -> dict:
+    from autoshrink.final.train import choose_trial
+
+    return choose_trial(*plan_from)[1]
+
+
+def plan_label(plan_from: tuple[str, int] | None) -> str:
+    if plan_from is None:
+        return f"the uniform low-rank plan at {BUDGET}x with 8-bit factors (the search's first warm-start seed)"
+    return f"the plan of trial {plan_from[1]} of `{plan_from[0]}`"
+
+
 def best_of(results: dict[str, dict]) -> tuple[float, float] | None:
     """(lr, distill weight) of the 25x run with the lowest best validation perplexity."""
     done = [r for r in results.values() if r["plan"] == "25x"]
@@ -75,8 +91,17 @@ def best_of(results: dict[str, dict]) -> tuple[float, float] | None:
     return best["lr"], best["distill"]
 
 
-def run_one(run: Run, results: dict, work: Path, steps: int, model_name: str = "kjv-lstm", data: str = "kjv") -> dict:
-    """Train one run with final training's own code (train_plan: checkpointed at every validation,
+def run_one(
+    run: Run,
+    results: dict,
+    work: Path,
+    steps: int,
+    plan_from: tuple[str, int] | None = None,
+    model_name: str = "kjv-lstm",
+    data: str = "kjv",
+) -> dict:
+    """Train one run (its 25x plan: `plan_from`'s (run folder, trial), else the uniform seed)
+    with final training's own code (train_plan: checkpointed at every validation,
     so a killed run resumes where it was), then record it in WORK/<run>.json."""
     from autoshrink.models.load import load
     from autoshrink.data import load_lm_data
@@ -87,7 +112,14 @@ def run_one(run: Run, results: dict, work: Path, steps: int, model_name: str = "
     chosen = best_of(results)
     lr = run.lr if run.lr is not None else chosen[0]
     distill = run.distill if run.distill is not None else chosen[1]
-    plan = plan_25x(dense, lm) if run.plan == "25x" else {}
+    same = [
+        r for r in results.values() if r["plan"] == run.plan == "dense" and (r["lr"], r["distill"]) == (lr, distill)
+    ]
+    if same:  # dense-best resolved to settings a dense run already measured: the same training, not run twice
+        record = {**same[0], "name": run.name}
+        (work / f"{run.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+        return record
+    plan = {} if run.plan == "dense" else plan_of(plan_from) if plan_from else plan_25x(dense, lm)
     print(f"== {run.name}: lr {lr:g}, distill {distill:g}", flush=True)
     final = train_plan(
         dense,
@@ -116,6 +148,7 @@ def run_one(run: Run, results: dict, work: Path, steps: int, model_name: str = "
         "name": run.name,
         "plan": run.plan,
         "plan_json": plan,
+        "plan_source": plan_label(plan_from),
         "lr": lr,
         "distill": distill,
         "steps_cap": steps,
@@ -171,7 +204,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
             )
         ax.set_xlabel("training steps (batch 32 x 35 tokens)")
         ax.set_ylabel("validation perplexity")
-        ax.set_title("kjv-lstm, uniform low-rank 8-bit at 25x" if kind == "25x" else "kjv-lstm dense control")
+        ax.set_title(f"kjv-lstm, the {BUDGET}x plan" if kind == "25x" else "kjv-lstm dense control")
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
@@ -182,7 +215,9 @@ def plot(results: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(results: dict[str, dict], command: str, running: dict[str, dict] | None = None) -> str:
+def markdown(
+    results: dict[str, dict], command: str, running: dict[str, dict] | None = None, plan_source: str | None = None
+) -> str:
     rows = [
         "| run | lr | distillation | start val | best val (step) | test | steps (stopped by) | s/step (with validation) |",
         "|---|---|---|---|---|---|---|---|",
@@ -211,7 +246,7 @@ def markdown(results: dict[str, dict], command: str, running: dict[str, dict] | 
         "No 25x run has finished yet."
         if chosen is None
         else f"Best 25x setting (lowest best validation perplexity): lr {chosen[0]:g}, distillation weight "
-        f"{chosen[1]:g} on the uniform plan. (DEFAULT_LR, models/training.py, comes from the plan autoshrink "
+        f"{chosen[1]:g} on {plan_source or plan_label(None)}. (DEFAULT_LR, models/training.py, comes from the plan autoshrink "
         "trains, the allocated one: results/pipeline.md; DEFAULT_DISTILL_WEIGHT from this table.)"
     )
     dense = results.get("dense-best")
@@ -235,8 +270,8 @@ def markdown(results: dict[str, dict], command: str, running: dict[str, dict] | 
                 f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, 1 thread per run; a shared 2-core machine, so "
                 f"s/step is indicative), torch {torch.__version__}, commit(s) {', '.join(commits) or '-'}, `{command}`.",
                 "",
-                f"`kjv-lstm` compressed by the uniform low-rank plan at {BUDGET}x with 8-bit factors (the search's first "
-                "warm-start seed, data-aware initialisation: whitened SVD), trained by `train_lm`: Adam, batch 32 x 35, 5% warm-up then "
+                f"`kjv-lstm` compressed by {plan_source or plan_label(None)} (data-aware initialisation), "
+                "trained by `train_lm`: Adam, batch 32 x 35, 5% warm-up then "
                 f"cosine decay to the step cap ({', '.join(sorted({str(r['steps_cap']) for r in results.values()})) or STEPS}), "
                 f"validation on the whole valid split every {EVAL_EVERY} steps, stop after 3 "
                 "validations without improvement, best validated state restored (the starting weights included). "
@@ -266,25 +301,28 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("--work", default=str(WORK))
     p.add_argument("--out", default="results")
+    p.add_argument("--plan-from", metavar="RUN", help="train the plan of a trial of this run folder [the uniform seed]")
+    p.add_argument("--trial", default="best", help="the trial of --plan-from: a number or best [best]")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
+    plan_from = (args.plan_from, args.trial) if args.plan_from else None
     work, out = Path(args.work), Path(args.out)
     command = "python -m autoshrink.bench.recipe " + " ".join(argv if argv is not None else sys.argv[1:])
     if not args.report_only:
         for run in RUNS:
             if run.name in args.runs and not (work / f"{run.name}.json").is_file():
-                run_one(run, load_results(work), work, args.steps)
-                _report(work, out, command)
-    _report(work, out, command)
+                run_one(run, load_results(work), work, args.steps, plan_from)
+                _report(work, out, command, plan_from)
+    _report(work, out, command, plan_from)
     return 0
 
 
-def _report(work: Path, out: Path, command: str) -> None:
+def _report(work: Path, out: Path, command: str, plan_from: tuple[str, int] | None = None) -> None:
     results = load_results(work)
     out.mkdir(parents=True, exist_ok=True)
     if results:
         plot(results, out / "recipe.png")
-    write_report(out / "recipe.md", markdown(results, command.strip(), in_progress(work)))
+    write_report(out / "recipe.md", markdown(results, command.strip(), in_progress(work), plan_label(plan_from)))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pytest
 
 from autoshrink import api
 from autoshrink.allocate import profile as profile_module
+from autoshrink.search import allocation as allocation_module
 from autoshrink.cli import main
 from autoshrink.front.profile_plot import figure, profile_plot_data
 from autoshrink.front.profile_table import read_profile_table
@@ -125,8 +126,10 @@ def test_a_search_in_the_same_folder_reads_the_profile_and_trains_the_allocation
     run = tmp_path / "run"
     shutil.copytree(profiled.run_dir, run)
     builds = _count_profile_builds(monkeypatch)
+    monkeypatch.setattr(allocation_module, "allocate", _must_not_allocate)
     result = _search(tiny_model_dir, text_file, space_path, run, trials=1, finetune_steps=2)
     assert builds == []  # every option was read from profile.csv, none measured again
+    # and the knapsack and refinement were not run again: allocation.json was read
     first = min(load_study(run).get_trials(), key=lambda t: t.number)
     assert "allocated" in first.user_attrs
     assert first.user_attrs["plan"] == json.loads((run / "allocation.json").read_text())["best"]["plan"]
@@ -140,6 +143,26 @@ def test_a_search_in_the_same_folder_reads_the_profile_and_trains_the_allocation
     make_run(tmp_path / "no-profile", [{"stored_bytes": 1000, "ratio": 20.0, "val_ppl": 50.0, "feasible": True}])
     assert main(["front", str(tmp_path / "no-profile"), "--plot", str(tmp_path / "np" / "front.png")]) == 0
     assert not (tmp_path / "np" / "front-profile.png").exists()  # no profile, no second figure
+
+
+def _must_not_allocate(*args, **kwargs):
+    raise AssertionError("the allocation was computed again")
+
+
+def test_an_allocation_for_another_limit_or_slice_is_computed_again(
+    profiled, tiny_model_dir, text_file, space_path, tmp_path, monkeypatch
+):
+    real = allocation_module.allocate
+    for key, value in (("limit", 1), ("held_out_start", 7)):
+        run = tmp_path / key
+        shutil.copytree(profiled.run_dir, run)
+        recorded = json.loads((run / "allocation.json").read_text())
+        (run / "allocation.json").write_text(json.dumps({**recorded, key: value}))
+        calls = []
+        monkeypatch.setattr(allocation_module, "allocate", lambda *a, **k: calls.append(1) or real(*a, **k))
+        _search(tiny_model_dir, text_file, space_path, run, trials=1, finetune_steps=2)
+        assert calls == [1], key
+        assert json.loads((run / "allocation.json").read_text())[key] == recorded[key]  # rewritten for this run
 
 
 def test_measuring_into_a_profiled_folder_resumes_it(profiled, tmp_path, monkeypatch, capsys):
@@ -199,6 +222,12 @@ def test_a_measurement_that_contradicts_the_folder_is_refused(profiled, capsys):
     argv = ["profile", "--budget", "4x", "--run-dir", str(profiled.run_dir), "--calibration-tokens", "0"]
     assert main(argv) == 2
     assert "--calibration-tokens 0 contradicts" in capsys.readouterr().err
+
+
+def test_front_of_a_profile_only_folder_points_to_its_profile(profiled, capsys):
+    assert main(["front", str(profiled.run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no study.db" in err[0] and f"autoshrink profile {profiled.run_dir}" in err[0]
 
 
 def test_help_offers_the_measurement_flags_and_none_of_the_trials(capsys):

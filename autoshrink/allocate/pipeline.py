@@ -26,7 +26,7 @@ from autoshrink.allocate.profile import OptionMap, profile, row_config
 from autoshrink.allocate.refine import Scored, candidates, refine
 from autoshrink.allocate.replay import Replay, build_site
 from autoshrink.errors import UserError
-from autoshrink.methods import MethodConfig
+from autoshrink.methods import MethodConfig, config_from_dict
 from autoshrink.models.discover import discover_sites
 from autoshrink.plan import ModelFile, Plan, plan_bytes_bound, plan_stored_bytes
 
@@ -55,6 +55,12 @@ class Allocated:
             "joint_loss": self.joint_loss,
             "source": self.source,
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Allocated":
+        """The inverse of to_dict (allocation.json)."""
+        plan = {n: config_from_dict(c) for n, c in d["plan"].items()}
+        return cls(plan, int(d["bytes"]), float(d["profile_loss"]), d["joint_loss"], str(d["source"]))
 
 
 @dataclass

@@ -290,7 +290,6 @@ def run_autoshrink(setup: Setup, row: Row) -> dict:
     from autoshrink.final.train import choose_trial
 
     out = entrant_dir(setup.tier_work, row.name, "autoshrink")
-    run_dir = out / "search"
     run_dir = (
         entrant_dir(setup.work, row.name, "autoshrink") / "search"
     )  # the converged tier trains the quick tier's search

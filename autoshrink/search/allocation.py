@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from autoshrink.allocate import Allocation, allocate
+from autoshrink.allocate.pipeline import Allocated
 from autoshrink.allocate.knapsack import Option
 from autoshrink.allocate.pipeline import SLICE_TOKENS, capped_options, fixed_bytes, knapsack_options
 from autoshrink.allocate.profile import profile
@@ -109,6 +110,10 @@ def allocation(ctx, folder: Path, log: Callable[[str], None]) -> Allocation | No
     count_options = sum(len(v) for v in options.values())
     if not count_options:
         return None
+    recorded = _recorded(ctx, folder, options)
+    if recorded is not None:
+        log(f"allocation: read from {folder / ALLOCATION} (written for this budget and validation slice)")
+        return recorded
     log(f"profile: {count_options} options of {len(options)} sites, each alone, no training -> {folder / PROFILE}")
     result = allocate(
         ctx.model,
@@ -124,7 +129,7 @@ def allocation(ctx, folder: Path, log: Callable[[str], None]) -> Allocation | No
         map_options=ctx.map_options,
     )
     tokens = min(SLICE_TOKENS, held_out.numel())
-    run_folder.write_allocation(folder, result, ctx.sites, tokens)
+    run_folder.write_allocation(folder, result, ctx.sites, tokens, _held_out_start(ctx))
     best = result.best
     dense_ppl = math.exp(result.dense_loss)
     ppl = f"{math.exp(result.dense_loss + best.joint_loss):.2f}" if best.joint_loss is not None else "-"
@@ -165,19 +170,7 @@ def profile_options(
     options = _options(ctx)
     if not any(options.values()):
         return None
-    table = (
-        table
-        if table is not None
-        else profile(
-            ctx.model,
-            _held_out(ctx)[:SLICE_TOKENS],
-            options,
-            freqs=ctx.freqs,
-            stats=ctx.stats,
-            path=folder / PROFILE,
-            map_options=ctx.map_options,
-        )
-    )
+    table = table if table is not None else _profile_table(ctx, folder, options)
     knap = knapsack_options(table, ctx.sites, ctx.model_file, ctx.freqs, _may_stay_dense(ctx, options))
     return knap, float(ctx.max_bytes - fixed_bytes(ctx.sites, ctx.model_file))
 
@@ -188,9 +181,44 @@ def _in_place(ctx) -> list[str]:
 
 def _held_out(ctx) -> torch.Tensor:
     """Validation tokens after the trials' slice: plans are chosen on tokens no trial is judged on."""
-    valid = ctx.data.valid.reshape(-1)
+    return ctx.data.valid.reshape(-1)[_held_out_start(ctx) :]
+
+
+def _held_out_start(ctx) -> int:
     slice_start = ctx.settings.eval_tokens or 0
-    return valid[slice_start:] if valid.numel() - slice_start >= 1000 else valid
+    return slice_start if ctx.data.valid.numel() - slice_start >= 1000 else 0
+
+
+def _profile_table(ctx, folder: Path, options: dict[str, list[MethodConfig]]) -> pd.DataFrame:
+    """The profile rows of `options` for this model, slice and calibration: read back from PROFILE
+    (or the shared cache), anything missing measured."""
+    return profile(
+        ctx.model,
+        _held_out(ctx)[:SLICE_TOKENS],
+        options,
+        freqs=ctx.freqs,
+        stats=ctx.stats,
+        path=folder / PROFILE,
+        map_options=ctx.map_options,
+    )
+
+
+def _recorded(ctx, folder: Path, options: dict[str, list[MethodConfig]]) -> Allocation | None:
+    """The allocation already in the folder (`autoshrink profile`, or a search stopped after its
+    allocation), when it was made for this byte limit and validation slice: the knapsack and the
+    joint refinement are not run again. A resume has already refused another model, data, space
+    or calibration (run.json)."""
+    info = run_folder.read_allocation(folder)
+    if info is None or info.get("limit") != ctx.max_bytes or info.get("held_out_start") != _held_out_start(ctx):
+        return None
+    return Allocation(
+        plans=[Allocated.from_dict(info["best"])],
+        ladder={float(f): Allocated.from_dict(a) if a else None for f, a in info["ladder"].items()},
+        table=_profile_table(ctx, folder, options),
+        dense_loss=info["dense_loss"],
+        limit=info["limit"],
+        seconds=info.get("seconds", {}),
+    )
 
 
 def _options(ctx) -> dict[str, list[MethodConfig]]:

@@ -250,7 +250,11 @@ def load_study(run_dir: str | Path) -> "optuna.Study":
 
     db = Path(run_dir) / "study.db"
     if not db.is_file():
-        raise UserError(f"{run_dir} has no study.db: no search has run there yet")
+        profiled = (Path(run_dir) / "profile.csv").is_file()  # an `autoshrink profile` folder: point at its table
+        raise UserError(
+            f"{run_dir} has no study.db: no search has run there yet"
+            + (f"; its profile: autoshrink profile {run_dir}" if profiled else "")
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{db}")

@@ -143,6 +143,13 @@ def test_the_whole_benchmark_on_a_tiny_model(tiny_model_dir, text_file, tmp_path
     auto = result_of(tmp_path / "w", "10x", "autoshrink")
     limit = Setup(str(tiny_model_dir), 2, 2, 2, tmp_path / "w", data=str(text_file)).max_bytes(ROWS["10x"])
     assert auto["stored_bytes"] == auto["file_bytes"] <= limit
+    # the report knows where the trained plan came from (its trial in the search's study)
+    from autoshrink.bench.reference_report import searched_origin
+
+    origin = searched_origin(tmp_path / "w", ROWS["10x"], auto)
+    assert origin is not None and origin.split()[0] in {"allocation", "knapsack", "uniform", "sampled"}
+    label = next(x for x in text.splitlines() if x.startswith("| 10x | **autoshrink**"))
+    assert ("(= the uniform " in label) == origin.startswith("uniform "), (origin, label)
 
 
 def test_a_single_method_is_stored_at_its_best_width(setup):
@@ -190,9 +197,20 @@ def test_new_entrants_record_commit_and_plan_and_the_report_compares_them(setup,
         "**autoshrink** (no warm start) (= the uniform lowrank plan)" in text
         or "**autoshrink** (= the uniform lowrank plan)" in text
     )
-    goals = [x for x in text.splitlines() if x.startswith("| 3x | ") and x.count("|") == 9]  # the goals table's row
+    goals = [x for x in text.splitlines() if x.startswith("| 3x | ") and x.count("|") == 10]  # the goals table's row
     assert len(goals) == 1 and "| tie |" in goals[0]  # equal test perplexity: neither leads
+    assert goals[0].endswith("| no: the uniform lowrank plan |")  # issue 15's goal: a uniform plan never meets it
     assert "best uniform = lowrank" in text and "small dense (" in text
+    # a per-site plan: the goal compares its increase over the dense control with the best uniform's
+    dense = result_of(setup.work, "dense", "dense")
+    per_site = {**single["plan"], next(iter(single["plan"])): {"method": "quant", "bits": 4}}
+    for factor in (0.5, 0.95):
+        ppl = dense["test_ppl"] * (1 + factor * (single["test_ppl"] / dense["test_ppl"] - 1))
+        (auto_dir / "bench.json").write_text(json.dumps({**single, "plan": per_site, "test_ppl": ppl, "trials": 1}))
+        text = markdown(setup, [row], "python -m autoshrink.bench", tmp_path)
+        goals = [x for x in text.splitlines() if x.startswith("| 3x | ") and x.count("|") == 10]
+        expected = f"{'yes' if factor <= 0.85 else 'no'} ({factor:.2f}x)"
+        assert goals[0].endswith(f"| {expected} |"), goals[0]
 
 
 def test_the_converged_tier_trains_to_a_plateau_with_distillation(tiny_model_dir, text_file, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from autoshrink.bench.report import commit, write_report
 from autoshrink.search import run_folder
-from autoshrink.search.study import load_study
+from autoshrink.search.study import load_study, origin_of
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,10 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     record = run_folder.read(args.run_dir)
     study = load_study(args.run_dir)
-    origin = {
-        t.number: t.user_attrs.get("allocated") or t.user_attrs.get("warm_start") or "sampled"
-        for t in study.get_trials()
-    }
+    origin = {t.number: origin_of(t) for t in study.get_trials()}
     dense = record.info["dense_val_ppl"]
     rows = [
         "| trial | origin | stored bytes | ratio | val ppl | vs dense | plan |",

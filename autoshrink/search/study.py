@@ -188,6 +188,12 @@ def prepare_plan(trial: optuna.Trial, ctx) -> tuple[dict, int] | None:
 REPAIRED = "repaired_into_new_trial"  # a sampled plan over the budget: not trained, not counted
 
 
+def origin_of(trial: optuna.trial.FrozenTrial) -> str:
+    """Where a trial's plan came from: the allocation ("allocation (...)", "knapsack at ..."), a
+    uniform control ("uniform <method>"), or the sampler ("sampled")."""
+    return trial.user_attrs.get("allocated") or trial.user_attrs.get("warm_start") or "sampled"
+
+
 def _inherited(trial: optuna.Trial) -> dict:
     """What a repaired trial keeps of the one it repairs (its origin: warm start, allocation)."""
     return {k: v for k, v in trial.user_attrs.items() if k in ("warm_start", "allocated")}

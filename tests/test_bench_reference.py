@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -241,3 +242,24 @@ def test_the_converged_tier_trains_to_a_plateau_with_distillation(tiny_model_dir
         assert r["tier"] == "converged" and r["distill"] is True and r["stopped"] in ("steps", "plateau")
     pre = json.loads((tiny_model_dir / "model.json").read_text())["pretrain"]
     assert dense["val_ppl"] <= pre["val_ppl"] * (1 + 1e-3)  # the recipe never ends worse than the checkpoint
+
+
+def test_the_readme_block_is_replaced_and_nothing_else():
+    from autoshrink.bench.reference_report import README_BEGIN, README_END, readme_block
+
+    text = f"intro\n{README_BEGIN}\nold claim\n{README_END}\nrest\n"
+    assert readme_block(text, ["| 25x | +1.0% |"]) == f"intro\n{README_BEGIN}\n| 25x | +1.0% |\n{README_END}\nrest\n"
+    with pytest.raises(ValueError, match="no block"):
+        readme_block("no markers here", ["x"])
+
+
+def test_the_readme_claims_only_what_the_benchmark_table_holds():
+    """README.md's goal block is generated: each of its table rows is a row of results/BENCHMARK.md."""
+    from autoshrink.bench.reference_report import README_BEGIN, README_END
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    block = readme.split(README_BEGIN, 1)[1].split(README_END, 1)[0]
+    rows = [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| budget")]
+    table = (root / "results" / "BENCHMARK.md").read_text().splitlines()
+    assert rows and all(row in table for row in rows)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from autoshrink.bench import reference
-from autoshrink.bench.reference_report import markdown, plot
+from autoshrink.bench.reference_report import goal_lines, markdown, plot, readme_block
 from autoshrink.bench.report import write_report
 
 
@@ -63,6 +63,11 @@ def main(argv=None) -> int:
     )
     p.add_argument("--out", default="results", help="folder of BENCHMARK.md and benchmark.png [results]")
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from what was measured")
+    p.add_argument(
+        "--readme",
+        help="the README whose generated goal block (between its benchmark-goals markers) is rewritten from the "
+        "table [README.md when --out is results; none otherwise]",
+    )
     args = p.parse_args(argv)
     try:
         k, n = (int(x) for x in args.part.split("/"))
@@ -95,4 +100,10 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     plot(rows, setup.work, reference.result_of(setup.work, "dense", "dense"), out / "benchmark.png", args.model)
     write_report(out / "BENCHMARK.md", markdown(setup, rows, command.strip(), out))
+    readme = Path(args.readme) if args.readme else Path("README.md") if args.out == "results" else None
+    if readme is not None:
+        try:
+            readme.write_text(readme_block(readme.read_text(), goal_lines(setup, rows)))
+        except (OSError, ValueError) as e:
+            p.error(f"--readme {readme}: {e}")  # the report above is written already
     return 0

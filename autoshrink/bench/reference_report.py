@@ -305,6 +305,37 @@ def converged(setup, rows: list[Row], sizes: dict) -> list[str]:
     ]
 
 
+README_BEGIN = (
+    "<!-- benchmark goals: written by `python -m autoshrink.bench --report-only` from results/BENCHMARK.md -->"
+)
+README_END = "<!-- end of benchmark goals -->"
+
+
+def goal_lines(setup, rows: list[Row]) -> list[str]:
+    """Both tiers' goal tables, the same lines BENCHMARK.md holds: what README.md may claim."""
+    converged_rows = [r for r in rows if r.name in CONVERGED_ROWS]
+    converged_dense = result_of(setup.converged_work, "dense", "dense")
+    return [
+        f"Quick tier ({setup.steps} final-training steps for every entrant):",
+        "",
+        *_goals(rows, setup.work, result_of(setup.work, "dense", "dense")),
+        "",
+        "Converged tier (to a plateau, at most 3 epochs, distilled):",
+        "",
+        *(_goals(converged_rows, setup.converged_work, converged_dense, tier="converged") if converged_rows else ["-"]),
+    ]
+
+
+def readme_block(text: str, lines: list[str]) -> str:
+    """`text` (README.md) with the lines between README_BEGIN and README_END replaced by `lines`."""
+    try:
+        head, rest = text.split(README_BEGIN, 1)
+        _, tail = rest.split(README_END, 1)
+    except ValueError:
+        raise ValueError(f"README.md has no block between {README_BEGIN!r} and {README_END!r}") from None
+    return "\n".join([head + README_BEGIN, *lines, README_END]) + tail
+
+
 def markdown(setup, rows: list[Row], command: str, out_dir: Path) -> str:
     work = setup.work
     dense = result_of(work, "dense", "dense")

@@ -238,6 +238,14 @@ def test_the_converged_tier_trains_to_a_plateau_with_distillation(tiny_model_dir
     small = reference.run_small_dense(setup, row)
     assert (tmp_path / "converged" / "3x" / "best-uniform" / "bench.json").is_file()
     assert best["method"] in ("lowrank", "prune") and "initialisation" in best["chosen_by"]  # no quick tier yet
+    # the quick tier's trained results choose only once every single method of the row has run
+    quick = Setup(str(tiny_model_dir), 2, 1, 2, tmp_path / "quick", data=str(text_file))
+    reference.run_single(quick, row, "prune")
+    assert "initialisation" in reference.choose_best_uniform(setup, row)[2]  # low-rank has not run
+    reference.run_single(quick, row, "lowrank")
+    name, _, basis = reference.choose_best_uniform(setup, row)
+    vals = {e: reference.result_of(tmp_path / "quick", "3x", e)["val_ppl"] for e in ("lowrank", "prune")}
+    assert "quick tier" in basis and name == min(vals, key=vals.get)
     for r in (dense, best, small):
         assert r["tier"] == "converged" and r["distill"] is True and r["stopped"] in ("steps", "plateau")
     pre = json.loads((tiny_model_dir / "model.json").read_text())["pretrain"]

@@ -247,10 +247,11 @@ def run_single(setup: Setup, row: Row, name: str) -> dict:
 
 def choose_best_uniform(setup: Setup, row: Row) -> tuple[str, dict, str] | None:
     """(single method, plan, basis): the single method with the lowest validation perplexity of
-    the quick tier (its trained plans), or, before the quick tier has run it, at initialisation."""
+    the quick tier (its trained plans), or, before the quick tier has run every single method of
+    the row (a choice among some would depend on the order they ran in), at initialisation."""
     quick = {e: result_of(setup.work, row.name, e) for e in row.singles}
     trained = {e: r for e, r in quick.items() if r and "val_ppl" in r and r.get("protocol") == PROTOCOL}
-    if trained:
+    if trained and all(r is not None for r in quick.values()):
         name, r = min(trained.items(), key=lambda kv: kv[1]["val_ppl"])
         return name, r["plan"], f"lowest val ppl of the quick tier ({r['val_ppl']:.2f})"
     from autoshrink.bench.entrants import best_storage_plan

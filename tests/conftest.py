@@ -29,6 +29,20 @@ def make_corpus_lines(n_lines: int = 400, seed: int = 0) -> list[str]:
     return [rng.choice(_SENTENCES) for _ in range(n_lines)]
 
 
+def search_argv(model_dir, data, run_dir, budget: str = "4x", **flags) -> list[str]:
+    """The argv of `autoshrink search` on a model and corpus into a run folder; each further flag
+    as written in Python: trials=2 -> --trials 2, distill=True -> --distill, warm_start=False ->
+    --no-warm-start."""
+    argv = ["search", "--budget", budget, "--model", str(model_dir), "--data", str(data), "--run-dir", str(run_dir)]
+    for name, value in flags.items():
+        flag = name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            argv += [f"--{flag}", str(value)]
+    return argv
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("AUTOSHRINK_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

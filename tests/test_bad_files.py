@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from autoshrink.cli import main
+from conftest import search_argv
 
 GARBAGE = bytes(range(256)) * 12  # not UTF-8, not SQLite, not safetensors
 
@@ -18,28 +19,7 @@ def made(tmp_path_factory, tiny_model_dir, text_file):
     """A finished run with an export, made once; each test breaks a copy."""
     root = tmp_path_factory.mktemp("bad")
     run = root / "run"
-    assert (
-        main(
-            [
-                "search",
-                "--budget",
-                "4x",
-                "--model",
-                str(tiny_model_dir),
-                "--data",
-                str(text_file),
-                "--trials",
-                "1",
-                "--finetune-steps",
-                "2",
-                "--sampler",
-                "random",
-                "--run-dir",
-                str(run),
-            ]
-        )
-        == 0
-    )
+    assert main(search_argv(tiny_model_dir, text_file, run, trials=1, finetune_steps=2, sampler="random")) == 0
     assert main(["train", str(run), "--steps", "2", "--evals", "1"]) == 0
     return run
 
@@ -96,10 +76,7 @@ def test_a_broken_file_is_one_line_and_exit_2(made, tmp_path, name, file, damage
 def test_a_garbage_space_or_corpus_file_is_one_line(tiny_model_dir, text_file, tmp_path, flag, capsys):
     bad = tmp_path / "bad.bin"
     bad.write_bytes(GARBAGE)
-    argv = {"--model": str(tiny_model_dir), "--data": str(text_file), flag: str(bad)}
-    assert (
-        main(["search", "--budget", "4x", "--run-dir", str(tmp_path / "run"), *[x for kv in argv.items() for x in kv]])
-        == 2
-    )
+    # the bad file's flag comes last, so it is the one argparse keeps
+    assert main(search_argv(tiny_model_dir, text_file, tmp_path / "run") + [flag, str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and "not" in err[0], err

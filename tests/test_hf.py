@@ -24,7 +24,7 @@ from autoshrink.methods import (
 from autoshrink.models import discover_sites
 from autoshrink.plan import ModelFile, parse_plan, plan_stored_bytes, stored_bytes
 from autoshrink.plan.bytes import FILE_METADATA
-from conftest import _SENTENCES
+from conftest import _SENTENCES, search_argv
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -207,25 +207,7 @@ def test_search_train_eval(which, gpt2_dir, llama_dir, text_file, tmp_path, caps
     run = tmp_path / "run"
     assert (
         main(
-            [
-                "search",
-                "--budget",
-                "3x",
-                "--model",
-                str(folder),
-                "--data",
-                str(text_file),
-                "--trials",
-                "2",
-                "--finetune-steps",
-                "4",
-                "--run-dir",
-                str(run),
-                "--device",
-                "cpu",
-                "--sampler",
-                "random",
-            ]
+            search_argv(folder, text_file, run, budget="3x", trials=2, finetune_steps=4, device="cpu", sampler="random")
         )
         == 0
     )

@@ -20,6 +20,7 @@ from autoshrink.search import owner
 from autoshrink.search import study as study_db
 from autoshrink.search.config import RECORDED, SearchConfig
 from autoshrink.search.study import REPAIRED, load_study
+from conftest import search_argv
 
 SPACE = """
 roles:
@@ -38,27 +39,9 @@ def first_run(tmp_path_factory, tiny_model_dir, text_file):
     space = folder / "space.yaml"
     space.write_text(SPACE)
     run = folder / "run"
-    argv = [
-        "search",
-        "--budget",
-        "4x",
-        "--model",
-        str(tiny_model_dir),
-        "--data",
-        str(text_file),
-        "--space",
-        str(space),
-        "--trials",
-        "1",
-        "--finetune-steps",
-        "3",
-        "--sampler",
-        "random",
-        "--seed",
-        "5",
-        "--run-dir",
-        str(run),
-    ]
+    argv = search_argv(
+        tiny_model_dir, text_file, run, space=space, trials=1, finetune_steps=3, sampler="random", seed=5
+    )
     out = io.StringIO()  # a module fixture cannot use capsys
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         assert main(argv) == 0
@@ -174,26 +157,16 @@ def test_owner_liveness():
 def test_a_killed_search_is_resumed_with_its_trial_failed_and_retried(tiny_model_dir, text_file, tmp_path, capsys):
     (tmp_path / "space.yaml").write_text(SPACE)
     run = tmp_path / "run"
-    argv = [
-        "search",
-        "--budget",
-        "4x",
-        "--model",
-        str(tiny_model_dir),
-        "--data",
-        str(text_file),
-        "--space",
-        str(tmp_path / "space.yaml"),
-        "--trials",
-        "1",
-        "--finetune-steps",
-        "60",
-        "--sampler",
-        "random",
-        "--no-warm-start",
-        "--run-dir",
-        str(run),
-    ]
+    argv = search_argv(
+        tiny_model_dir,
+        text_file,
+        run,
+        space=tmp_path / "space.yaml",
+        trials=1,
+        finetune_steps=60,
+        sampler="random",
+        warm_start=False,
+    )
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "autoshrink", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -228,25 +201,7 @@ def test_a_space_file_edited_since_the_run_began_is_refused(tiny_model_dir, text
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     run = tmp_path / "run"
-    argv = [
-        "search",
-        "--budget",
-        "4x",
-        "--model",
-        str(tiny_model_dir),
-        "--data",
-        str(text_file),
-        "--space",
-        str(space),
-        "--trials",
-        "1",
-        "--finetune-steps",
-        "0",
-        "--sampler",
-        "random",
-        "--run-dir",
-        str(run),
-    ]
+    argv = search_argv(tiny_model_dir, text_file, run, space=space, trials=1, finetune_steps=0, sampler="random")
     assert main(argv) == 0
     space.write_text(SPACE + "\n# a comment changes nothing\n")
     assert main(argv + ["--trials", "1"]) == 0

@@ -23,6 +23,7 @@ from autoshrink.search import optuna_backend
 from autoshrink.search.config import SearchConfig
 from autoshrink.search.controller import search
 from autoshrink.search.space import load_space, parse_space, sample_plan
+from conftest import search_argv
 
 SPACE = """
 roles:
@@ -177,24 +178,7 @@ def test_repair_always_yields_a_feasible_plan_on_the_reference_model():
 def test_a_budget_no_plan_can_meet_is_refused_at_start(tiny_model_dir, text_file, space_file, tmp_path):
     with pytest.raises(UserError, match="cannot be met"):
         _search(tiny_model_dir, text_file, space_file, tmp_path / "run", budget="10000x")
-    assert (
-        main(
-            [
-                "search",
-                "--budget",
-                "10000x",
-                "--model",
-                str(tiny_model_dir),
-                "--data",
-                str(text_file),
-                "--space",
-                str(space_file),
-                "--run-dir",
-                str(tmp_path / "r2"),
-            ]
-        )
-        == 2
-    )
+    assert main(search_argv(tiny_model_dir, text_file, tmp_path / "r2", budget="10000x", space=space_file)) == 2
 
 
 @pytest.mark.parametrize(
@@ -229,25 +213,9 @@ def test_the_shipped_default_space_loads_and_samples_every_site():
 def test_cli_search_prints_the_front_and_the_api_takes_a_torch_module(
     tiny_model_dir, text_file, space_file, tmp_path, capsys
 ):
-    argv = [
-        "search",
-        "--budget",
-        "4x",
-        "--model",
-        str(tiny_model_dir),
-        "--data",
-        str(text_file),
-        "--space",
-        str(space_file),
-        "--trials",
-        "2",
-        "--finetune-steps",
-        "4",
-        "--sampler",
-        "random",
-        "--run-dir",
-        str(tmp_path / "cli"),
-    ]
+    argv = search_argv(
+        tiny_model_dir, text_file, tmp_path / "cli", space=space_file, trials=2, finetune_steps=4, sampler="random"
+    )
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "Pareto front" in out or "no feasible completed trial" in out

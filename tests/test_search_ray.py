@@ -25,6 +25,7 @@ from autoshrink.search.controller import SearchContext
 from autoshrink.search.ray_backend import STEP, Asha, StudySearcher
 from autoshrink.search.space import load_space
 from autoshrink.search.trial import TrialSettings
+from conftest import search_argv
 from test_search import SPACE
 
 
@@ -194,19 +195,7 @@ def test_asha_without_halving_never_stops_a_trial():
 def test_bad_worker_and_backend_flags_are_one_line_errors(tiny_model_dir, text_file, tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
-    common = [
-        "search",
-        "--budget",
-        "4x",
-        "--model",
-        str(tiny_model_dir),
-        "--data",
-        str(text_file),
-        "--space",
-        str(space),
-        "--run-dir",
-        str(tmp_path / "r"),
-    ]
+    common = search_argv(tiny_model_dir, text_file, tmp_path / "r", space=space)
     for extra, match in (
         (["--backend", "ray", "--workers", "0"], "at least 1"),
         (["--address", "auto"], "--backend ray"),
@@ -236,29 +225,17 @@ def test_two_workers_search_meets_the_budget_writes_the_run_folder_and_resumes(
     monkeypatch.setattr(profile_module, "build_site", None)  # the driver measures no option: the workers do
     (tmp_path / "space.yaml").write_text(SPACE)
     run = tmp_path / "run"
-    argv = [
-        "search",
-        "--budget",
-        "4x",
-        "--model",
-        str(tiny_model_dir),
-        "--data",
-        str(text_file),
-        "--space",
-        str(tmp_path / "space.yaml"),
-        "--trials",
-        "4",
-        "--finetune-steps",
-        "10",
-        "--sampler",
-        "random",
-        "--backend",
-        "ray",
-        "--workers",
-        "2",
-        "--run-dir",
-        str(run),
-    ]
+    argv = search_argv(
+        tiny_model_dir,
+        text_file,
+        run,
+        space=tmp_path / "space.yaml",
+        trials=4,
+        finetune_steps=10,
+        sampler="random",
+        backend="ray",
+        workers=2,
+    )
     assert main(argv) == 0
     assert len(starts) == 1 and not ray.is_initialized()  # one Ray for the profile and the trials, stopped
     profiled = pd.read_csv(run / "profile.csv")  # measured on the workers, written by the driver

@@ -214,6 +214,7 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
             "backend": backend,
             **({"workers": workers, "cpus_per_trial": cpus_per_trial, "address": address} if backend == "ray" else {}),
             "finetune_steps": settings.finetune_steps,
+            "trial_lr": settings.lr,
             "halving": settings.halving,
             "eval_tokens": settings.eval_tokens,
             "allocate": c.allocate,

@@ -156,7 +156,7 @@ def run_one(
         "stopped": m.get("stopped"),
         "best_step": best["step"],
         "best_val_ppl": m["val_ppl"],
-        "start_val_ppl": history[0]["val_ppl"],
+        "start_val_ppl": start_val(history),
         "test_ppl": m["test_ppl"],
         "stored_bytes": m["stored_bytes"],
         "seconds": m["seconds"],
@@ -215,6 +215,42 @@ def plot(results: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+def start_val(history: list[dict]) -> float | None:
+    """The untrained model's validation (step 0), None where the plan's ramps (pruning, doping)
+    kept training from validating it as stored."""
+    return next((h["val_ppl"] for h in history if h["step"] == 0), None)
+
+
+def _ppl(value: float | None) -> str:
+    return "- (ramp)" if value is None else f"{value:.2f}"
+
+
+def comparisons(results: dict[str, dict]) -> list[str]:
+    """Sentences comparing the 25x runs that differ in one setting: distillation at each lr, the lr
+    with each distillation setting (best validation perplexity; test perplexity beside it)."""
+    runs = {(r["lr"], r["distill"]): r for r in results.values() if r["plan"] == "25x"}
+    out = []
+    for (lr, distill), r in sorted(runs.items()):
+        for other_key, what in (((lr, 0.0), f"at lr {lr:g}, distillation {distill:g} against none"),):
+            other = runs.get(other_key)
+            if distill and other is not None:
+                out.append(_versus(what, r, other))
+    lrs = sorted({lr for lr, _ in runs})
+    for distill in sorted({d for _, d in runs}):
+        if len(lrs) == 2 and all((lr, distill) in runs for lr in lrs):
+            a, b = (runs[(lr, distill)] for lr in lrs)
+            out.append(_versus(f"with distillation {distill:g}, lr {lrs[0]:g} against {lrs[1]:g}", a, b))
+    return out
+
+
+def _versus(what: str, a: dict, b: dict) -> str:
+    gap = 100 * (a["best_val_ppl"] / b["best_val_ppl"] - 1)
+    return (
+        f"{what[0].upper() + what[1:]}: val {a['best_val_ppl']:.2f} against {b['best_val_ppl']:.2f} ({gap:+.1f}%), "
+        f"test {a['test_ppl']:.2f} against {b['test_ppl']:.2f}."
+    )
+
+
 def markdown(
     results: dict[str, dict], command: str, running: dict[str, dict] | None = None, plan_source: str | None = None
 ) -> str:
@@ -229,7 +265,7 @@ def markdown(
             best = min(h, key=lambda e: e["val_ppl"])
             rows.append(
                 f"| {run.name} | {run.lr if run.lr is not None else '?'} | {run.distill if run.distill is not None else '?'} | "
-                f"{h[0]['val_ppl']:.2f} | {best['val_ppl']:.2f} ({best['step']}) so far | | in progress: step "
+                f"{_ppl(start_val(h))} | {best['val_ppl']:.2f} ({best['step']}) so far | | in progress: step "
                 f"{running[run.name]['step']} | |"
             )
             continue
@@ -237,8 +273,8 @@ def markdown(
             rows.append(f"| {run.name} | | | not run yet | | | | |")
             continue
         rows.append(
-            f"| {run.name} | {r['lr']:g} | {r['distill']:g} | {r['start_val_ppl']:.2f} | "
-            f"{r['best_val_ppl']:.2f} ({r['best_step']}) | {r['test_ppl']:.2f} | {r['steps']} ({r['stopped']}) | "
+            f"| {run.name} | {r['lr']:g} | {r['distill']:g} | {_ppl(start_val(r['history']))} | "
+            f"{r['best_val_ppl']:.2f} ({r['best_step']}) | {r['test_ppl']:.2f} | {r['steps']} ({r['stopped'] or '-'}) | "
             f"{r['step_seconds']:.2f} |"
         )
     chosen = best_of(results)
@@ -246,18 +282,18 @@ def markdown(
         "No 25x run has finished yet."
         if chosen is None
         else f"Best 25x setting (lowest best validation perplexity): lr {chosen[0]:g}, distillation weight "
-        f"{chosen[1]:g} on {plan_source or plan_label(None)}. (DEFAULT_LR, models/training.py, comes from the plan autoshrink "
-        "trains, the allocated one: results/pipeline.md; DEFAULT_DISTILL_WEIGHT from this table.)"
+        f"{chosen[1]:g} on {plan_source or plan_label(None)}."
     )
+    verdict = " ".join([verdict, *comparisons(results)])
     dense = results.get("dense-best")
     dense_line = (
         "The dense control has not run yet."
         if dense is None
-        else f"The dense control starts at val {dense['start_val_ppl']:.2f} and ends at val {dense['best_val_ppl']:.2f} "
+        else f"The dense control starts at val {start_val(dense['history']):.2f} and ends at val {dense['best_val_ppl']:.2f} "
         f"(best state at step {dense['best_step']}; test {dense['test_ppl']:.2f}): "
         + (
             "not worse than its checkpoint."
-            if dense["best_val_ppl"] <= dense["start_val_ppl"]
+            if dense["best_val_ppl"] <= start_val(dense["history"])
             else "WORSE than its checkpoint."
         )
     )

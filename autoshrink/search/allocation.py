@@ -22,9 +22,8 @@ import pandas as pd
 import torch
 
 from autoshrink.allocate import Allocation, allocate
-from autoshrink.allocate.pipeline import Allocated
 from autoshrink.allocate.knapsack import Option
-from autoshrink.allocate.pipeline import SLICE_TOKENS, capped_options, fixed_bytes, knapsack_options
+from autoshrink.allocate.pipeline import SLICE_TOKENS, Allocated, capped_options, fixed_bytes, knapsack_options
 from autoshrink.allocate.profile import profile
 from autoshrink.errors import UserError
 from autoshrink.methods import MethodConfig, config_class

@@ -179,16 +179,21 @@ def test_small_dense_is_the_largest_8bit_model_within_the_budget(setup):
     assert small_dense(setup, Row("lstm-3x", 3, frozenset({"recurrent"}), "", "LSTM")) is None  # whole model only
 
 
-def test_new_entrants_record_commit_and_plan_and_the_report_compares_them(setup, tmp_path):
-    from autoshrink.bench.report import commit
+def test_new_entrants_record_commit_and_plan_and_the_report_compares_them(setup, tmp_path, monkeypatch):
+    from autoshrink.bench import report
 
+    assert setup.commit == report.commit()  # the code the benchmark process imported
+    monkeypatch.setattr(report, "commit", lambda: "a-later-commit")  # committed while the benchmark runs
     row = Row("3x", 3, None, "search_spaces/default.yaml", "whole model", {"lowrank": {"method": "lowrank"}})
     reference.run_dense(setup)
     single = reference.run_single(setup, row, "lowrank")
     small = reference.run_small_dense(setup, row)
     assert small["stored_bytes"] <= setup.max_bytes(row) and small["dims"] >= 1
     for r in (single, small):
-        assert r["commit"] == commit() and r["protocol"] == reference.PROTOCOL and r["plan"] and r["tier"] == "quick"
+        assert (
+            r["commit"] == setup.commit and r["protocol"] == reference.PROTOCOL and r["plan"] and r["tier"] == "quick"
+        )
+    monkeypatch.undo()
     # an autoshrink result whose plan is the uniform one is labelled so
     auto_dir = setup.work / "3x" / "autoshrink"
     auto_dir.mkdir(parents=True, exist_ok=True)

@@ -143,6 +143,11 @@ class Setup:
         from autoshrink.models import discover_sites
         from autoshrink.plan import ModelFile, dense_bytes
 
+        from autoshrink.bench.report import commit
+
+        # The code this process runs was imported now: a commit made while a long benchmark runs
+        # is not what measured its entrants.
+        self.commit = commit()
         self.dense = load(self.model_name, data=self.data, seed=self.seed)
         self.lm = load_lm_data(self.data, vocab=self.dense.vocab)
         self.sites = discover_sites(self.dense)
@@ -168,7 +173,6 @@ class Setup:
 # --- running entrants ---------------------------------------------------------------------------
 def _train(setup: Setup, plan_json: dict, out: Path, label: str, extra: dict, model=None) -> dict:
     """Train `model` (default: the dense model) compressed by `plan_json` with the tier's recipe."""
-    from autoshrink.bench.report import commit
     from autoshrink.data import batchify, num_windows
     from autoshrink.final.export import file_bytes
     from autoshrink.final.train import train_plan
@@ -207,7 +211,7 @@ def _train(setup: Setup, plan_json: dict, out: Path, label: str, extra: dict, mo
         "file_bytes": in_file,
         "plan": plan_json,
         "session_seconds": time.time() - started,
-        "commit": commit(),
+        "commit": setup.commit,
         "tier": setup.tier,
         "protocol": PROTOCOL,
         "stopped": final.metrics.get("stopped"),
@@ -321,7 +325,9 @@ def run_autoshrink(setup: Setup, row: Row) -> dict:
         searched = json.loads(record.read_text())
     else:
         print("$", shlex.join(cmd), flush=True)
-        started = time.time()
+        from autoshrink.bench.report import commit
+
+        search_commit, started = commit(), time.time()
         done = subprocess.run(cmd)
         if done.returncode == 2:
             return _unreachable(out, f"autoshrink search refused the budget (see {run_dir})")
@@ -332,6 +338,7 @@ def run_autoshrink(setup: Setup, row: Row) -> dict:
             # ru_maxrss of children: the largest search this process has run so far
             "search_peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
             "search_command": shlex.join(["autoshrink"] + cmd[3:]),
+            "search_commit": search_commit,  # the subprocess imported the code of its own start
         }
         record.write_text(json.dumps(searched, indent=1) + "\n")
     number, plan_json = choose_trial(run_dir, "best")

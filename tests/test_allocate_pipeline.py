@@ -106,3 +106,26 @@ def test_ladder_plans_carry_their_joint_loss(allocated):
         if plan is not None:
             real = math.log(evaluate_perplexity(compress(model, plan.plan), valid)) - dense
             assert plan.joint_loss == pytest.approx(real, abs=1e-5)
+
+
+@pytest.mark.parametrize("ratio", [25, 50, 100])
+def test_wherever_a_uniform_plan_fits_every_site_keeps_options_and_a_plan_fits(ratio):
+    """Levels start where the method can (per-row scales give low-rank a floor) and reach down to
+    half the share of its bytes a site may keep: at 100x the sites keep about 1%, under the default
+    smallest level, and the levels once left no plan within the limit."""
+    from autoshrink.allocate.knapsack import Option, solve_ladder
+    from autoshrink.allocate.pipeline import capped_options, fixed_bytes, site_cost
+    from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
+    from autoshrink.plan.fit import uniform_plan
+
+    model = LSTMLM(LSTMLMConfig(vocab_size=10000, emb_dim=256, hidden=256, layers=2, dropout=0.0))  # sizes only
+    sites = discover_sites(model)
+    model_file = ModelFile.of(model)
+    limit = dense_bytes(model) // ratio
+    base = LowRankConfig(bits=4)
+    assert uniform_plan(base, sites, limit, None, model_file) is not None  # the method alone reaches the ratio
+    capacity = limit - fixed_bytes(sites, model_file)
+    options = capped_options(sites, [base], capacity, model_file, None, levels=5)
+    assert all(options[s.name] for s in sites if s.tied_with is None)
+    knap = {n: [Option(c, site_cost(sites, n, c, model_file, None), 0.0) for c in cfgs] for n, cfgs in options.items()}
+    assert solve_ladder(knap, [capacity])[0] is not None

@@ -240,3 +240,25 @@ def test_help_offers_the_measurement_flags_and_none_of_the_trials(capsys):
         assert flag in out
     for flag in ("--trials", "--finetune-steps", "--sampler", "--backend"):
         assert flag not in out
+
+
+def test_a_search_whose_profiled_options_fit_no_plan_starts_from_the_uniform_plans(
+    tiny_model_dir, text_file, space_path, tmp_path, monkeypatch
+):
+    from autoshrink.allocate.pipeline import NoPlanFits
+
+    def no_plan(*args, **kwargs):
+        raise NoPlanFits("no plan of the given options fits 1 bytes")
+
+    monkeypatch.setattr(allocation_module, "allocate", no_plan)
+    lines = []
+    result = _search(
+        tiny_model_dir, text_file, space_path, tmp_path / "run", trials=2, finetune_steps=2, log=lines.append
+    )
+    assert any("no plan of the given options fits" in line and "uniform plans" in line for line in lines)
+    first = min(load_study(result.run_dir).get_trials(), key=lambda t: t.number)
+    assert "allocated" not in first.user_attrs and first.user_attrs.get("warm_start", "").startswith("uniform ")
+    assert not (result.run_dir / "allocation.json").exists()
+    # `autoshrink profile` has nothing else to do: it says why, in one line, exit 2
+    argv = ["profile", "--budget", "4x", "--model", str(tiny_model_dir), "--data", str(text_file)]
+    assert main([*argv, "--space", str(space_path), "--run-dir", str(tmp_path / "p")]) == 2

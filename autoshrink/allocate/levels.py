@@ -78,6 +78,9 @@ def site_levels(
         smallest = min(smallest, largest)
         if largest <= 0:
             return []
+    smallest = _first_reachable(site, base, smallest, largest, freqs)
+    if smallest is None:
+        return []
     steps = [smallest * (largest / smallest) ** (i / max(1, levels - 1)) for i in range(levels)]
     found: dict[int, MethodConfig] = {}
     for fraction in steps:
@@ -90,16 +93,36 @@ def site_levels(
     return [found[b] for b in sorted(found)]
 
 
+def _first_reachable(
+    site: Site, base: MethodConfig, smallest: float, largest: float, freqs: torch.Tensor | None
+) -> float | None:
+    """`smallest`, or where the method's smallest setting is larger than that share of the site's
+    dense bytes (per-row scales, a fixed core), about the share it does take: the levels then start
+    at the method's floor instead of spending their first steps below it. None: not even `largest`."""
+    dense = site.dense_bytes
+    if largest_within(site, base, int(smallest * dense), freqs) is not None:
+        return smallest
+    lo, hi = int(smallest * dense), int(largest * dense)
+    if largest_within(site, base, hi, freqs) is None:
+        return None
+    while hi - lo > max(1, hi // 1000):  # the least bytes a setting fits in, to 0.1%
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if largest_within(site, base, mid, freqs) is None else (lo, mid)
+    return hi / dense
+
+
 def site_options(
     sites: Sequence[Site],
     bases: Sequence[MethodConfig] | Mapping[str, Sequence[MethodConfig]],
     levels: int = LEVELS,
     freqs: torch.Tensor | None = None,
     caps: Mapping[str, int] | None = None,
+    smallest: float = SMALLEST_FRACTION,
 ) -> dict[str, list[MethodConfig]]:
     """{site name: its levels under every base config that applies to it}, for the sites a plan
     can name (a tied partner is its owner's). `bases` is one list for every site, or a list per
-    site role ("embedding", "softmax", "recurrent", ...); `caps` bounds each site's levels in bytes."""
+    site role ("embedding", "softmax", "recurrent", ...); `caps` bounds each site's levels in bytes;
+    `smallest` is the smallest level's share of a site's dense bytes."""
     options: dict[str, list[MethodConfig]] = {}
     for site in sites:
         if site.tied_with is not None:
@@ -108,6 +131,6 @@ def site_options(
         configs: list[MethodConfig] = []
         for base in site_bases:
             cap = caps.get(site.name) if caps is not None else None
-            configs += [c for c in site_levels(site, base, levels, freqs, cap=cap) if c not in configs]
+            configs += [c for c in site_levels(site, base, levels, freqs, smallest, cap=cap) if c not in configs]
         options[site.name] = configs
     return options

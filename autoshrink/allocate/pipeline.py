@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from autoshrink.allocate.knapsack import BUCKETS, Option, solve_ladder
-from autoshrink.allocate.levels import LEVELS, site_options
+from autoshrink.allocate.levels import LEVELS, SMALLEST_FRACTION, site_options
 from autoshrink.allocate.profile import OptionMap, profile, row_config
 from autoshrink.allocate.refine import Scored, candidates, refine
 from autoshrink.allocate.replay import Replay, build_site
@@ -34,6 +34,10 @@ LADDER = (0.7, 0.8, 0.9, 1.0)  # fractions of the limit the knapsack also answer
 TOP_K = 4  # knapsack candidates evaluated jointly before the evolutionary refinement
 MAX_EVALS = 48  # joint evaluations in all (candidates included)
 SLICE_TOKENS = 4000  # validation tokens the profile and the joint evaluations use by default
+
+
+class NoPlanFits(UserError):
+    """The profiled options cannot make a plan within the limit (their smallest sizes add up to more)."""
 
 
 @dataclass(frozen=True)
@@ -137,9 +141,13 @@ def capped_options(
     sites: Sequence, bases, capacity: int, model_file: ModelFile, freqs: torch.Tensor | None, levels: int = LEVELS
 ) -> dict[str, list[MethodConfig]]:
     """The levels of `bases` on every site (`site_options`), spread over only the bytes a site can
-    have within `capacity`: none wasted on sizes no plan can take."""
-    caps = level_caps(sites, site_options(sites, bases, levels, freqs), capacity, model_file, freqs)
-    return site_options(sites, bases, levels, freqs, caps=caps)
+    have within `capacity`: none wasted on sizes no plan can take. The smallest level is at most a
+    half the share of their dense bytes the sites may keep, so that every site can take one
+    of its small levels at once (at 100x the sites keep about 1%, the default smallest level)."""
+    share = capacity / max(1, sum(s.dense_bytes for s in sites if s.tied_with is None))
+    smallest = min(SMALLEST_FRACTION, max(share, 0.0) / 2) or SMALLEST_FRACTION
+    caps = level_caps(sites, site_options(sites, bases, levels, freqs, smallest=smallest), capacity, model_file, freqs)
+    return site_options(sites, bases, levels, freqs, caps=caps, smallest=smallest)
 
 
 def fixed_bytes(sites: Sequence, model_file: ModelFile) -> int:
@@ -231,7 +239,7 @@ def allocate(
     fractions = sorted(set(ladder) | {1.0})
     solved = solve_ladder(knap, [f * limit - fixed for f in fractions], buckets)
     if solved[fractions.index(1.0)] is None:
-        raise UserError(f"no plan of the given options fits {limit:,} bytes")
+        raise NoPlanFits(f"no plan of the given options fits {limit:,} bytes")
     starts = candidates(knap, capacity, top_k, seed, buckets)
     times["knapsack"] = time.perf_counter() - t
 

@@ -23,7 +23,14 @@ import torch
 
 from autoshrink.allocate import Allocation, allocate
 from autoshrink.allocate.knapsack import Option
-from autoshrink.allocate.pipeline import SLICE_TOKENS, Allocated, capped_options, fixed_bytes, knapsack_options
+from autoshrink.allocate.pipeline import (
+    SLICE_TOKENS,
+    Allocated,
+    NoPlanFits,
+    capped_options,
+    fixed_bytes,
+    knapsack_options,
+)
 from autoshrink.allocate.profile import profile
 from autoshrink.errors import UserError
 from autoshrink.methods import MethodConfig, config_class
@@ -88,12 +95,14 @@ def space_options(
     return options
 
 
-def allocation(ctx, folder: Path, log: Callable[[str], None]) -> Allocation | None:
+def allocation(ctx, folder: Path, log: Callable[[str], None], strict: bool = False) -> Allocation | None:
     """The search's cheap steps after calibration: the profile (`profile.csv`, resumed), the
     knapsack for the byte limit and a ladder below it, and the joint refinement, on validation
     tokens after the trials' slice, so a trial's validation is not the tokens its plan was chosen
     on. Written to `allocation.json` (run_folder.write_allocation). None where nothing can be
-    allocated: a latency budget, sites compressed in place, or no option the profile can judge."""
+    allocated: a latency budget, sites compressed in place, no option the profile can judge, or
+    (unless `strict`) no plan of the profiled options within the limit: the search then starts from
+    the uniform plans and the sampler."""
     if ctx.max_bytes is None:
         return None
     in_place = _in_place(ctx)
@@ -114,19 +123,25 @@ def allocation(ctx, folder: Path, log: Callable[[str], None]) -> Allocation | No
         log(f"allocation: read from {folder / ALLOCATION} (written for this budget and validation slice)")
         return recorded
     log(f"profile: {count_options} options of {len(options)} sites, each alone, no training -> {folder / PROFILE}")
-    result = allocate(
-        ctx.model,
-        held_out,
-        options,
-        ctx.max_bytes,
-        freqs=ctx.freqs,
-        stats=ctx.stats,
-        profile_path=folder / PROFILE,
-        seed=ctx.settings.seed,
-        progress=True,
-        may_stay_dense=_may_stay_dense(ctx, options),
-        map_options=ctx.map_options,
-    )
+    try:
+        result = allocate(
+            ctx.model,
+            held_out,
+            options,
+            ctx.max_bytes,
+            freqs=ctx.freqs,
+            stats=ctx.stats,
+            profile_path=folder / PROFILE,
+            seed=ctx.settings.seed,
+            progress=True,
+            may_stay_dense=_may_stay_dense(ctx, options),
+            map_options=ctx.map_options,
+        )
+    except NoPlanFits as e:
+        if strict:
+            raise
+        log(f"allocation: {e}; the search starts from the uniform plans and the sampler")
+        return None
     tokens = min(SLICE_TOKENS, held_out.numel())
     run_folder.write_allocation(folder, result, ctx.sites, tokens, _held_out_start(ctx))
     best = result.best

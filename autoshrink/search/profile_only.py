@@ -75,7 +75,7 @@ def profile_only(
         model_file=inputs.model_file,
         stats=calibration(inputs, c.calibration_tokens, log),
     )
-    result = allocation(ctx, folder, log)
+    result = allocation(ctx, folder, log, strict=True)  # a profile that allocates nothing says why
     if result is None:
         raise UserError(
             f"nothing to profile in {folder}: the model's sites are compressed in place, or space "

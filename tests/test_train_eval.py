@@ -145,6 +145,29 @@ def test_train_resumes_from_its_checkpoint(tiny_model_dir, text_file, tmp_path, 
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 16
 
 
+def test_a_run_killed_after_validating_its_start_keeps_one_entry_per_step(tiny_model_dir, text_file, tmp_path):
+    from autoshrink.final.train import train_plan
+
+    dense = autoshrink.load(str(tiny_model_dir))
+    lm = load_lm_data(str(text_file), vocab=dense.vocab)
+    plan = {"rnn.0.hh": {"method": "lowrank", "rank": 4}}  # no ramp: its start is validated at step 0
+    out = tmp_path / "final"
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_0(step, val):
+        if step == 0:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_plan(dense, lm, plan, out, 6, label="x", evals=2, on_eval=stop_at_0, calibration_tokens=0)
+    assert [h["step"] for h in json.loads((out / "checkpoint" / "state.json").read_text())["history"]] == [0]
+    again = train_plan(dense, lm, plan, out, 6, label="x", evals=2, calibration_tokens=0)
+    steps = [h["step"] for h in again.metrics["history"]]
+    assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 6
+
+
 def test_trial_choice(tiny_model_dir, text_file, tmp_path):
     run = _run(tmp_path / "run", tiny_model_dir, text_file)
     assert choose_trial(run, "best")[0] == 0  # lowest val ppl on the front (3 is lower but over budget)

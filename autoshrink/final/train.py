@@ -383,6 +383,8 @@ def train_plan(
         if best:
             state["best_val_ppl"] = val
         state.update(step=done + step, fraction=fraction, seconds=prior_seconds + time.perf_counter() - started)
+        # one entry per step: a run killed after its step-0 validation validates its start again
+        state["history"] = [h for h in state["history"] if h["step"] != done + step]
         state["history"].append({"step": done + step, "val_ppl": val})
         _write_checkpoint(ckpt, small, state, best)
         if on_eval is not None:

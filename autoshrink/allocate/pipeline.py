@@ -141,7 +141,7 @@ def capped_options(
     sites: Sequence, bases, capacity: int, model_file: ModelFile, freqs: torch.Tensor | None, levels: int = LEVELS
 ) -> dict[str, list[MethodConfig]]:
     """The levels of `bases` on every site (`site_options`), spread over only the bytes a site can
-    have within `capacity`: none wasted on sizes no plan can take. The smallest level is at most a
+    have within `capacity`: none wasted on sizes no plan can take. The smallest level is at most
     half the share of their dense bytes the sites may keep, so that every site can take one
     of its small levels at once (at 100x the sites keep about 1%, the default smallest level)."""
     share = capacity / max(1, sum(s.dense_bytes for s in sites if s.tied_with is None))

@@ -74,20 +74,8 @@ def tiny_model_dir(tmp_path_factory, text_file):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_model_dir, text_file):
     """A finished 4-trial search of the tiny model, one per test module: for what reads a run folder."""
-    from autoshrink.search.config import SearchConfig
-    from autoshrink.search.controller import search
-    from test_search import SPACE
+    from test_search import SPACE, _search
 
     folder = tmp_path_factory.mktemp("tiny-run")
     (folder / "space.yaml").write_text(SPACE)
-    config = SearchConfig(
-        "4x",
-        model=str(tiny_model_dir),
-        data=str(text_file),
-        space=str(folder / "space.yaml"),
-        trials=4,
-        finetune_steps=6,
-        sampler="random",
-        run_dir=folder / "run",
-    )
-    return search(config, log=lambda line: None)
+    return _search(tiny_model_dir, text_file, folder / "space.yaml", folder / "run", trials=4, finetune_steps=6)

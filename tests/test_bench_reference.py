@@ -183,7 +183,7 @@ def test_new_entrants_record_commit_and_plan_and_the_report_compares_them(setup,
     from autoshrink.bench import report
 
     assert setup.commit == report.commit()  # the code the benchmark process imported
-    monkeypatch.setattr(report, "commit", lambda: "a-later-commit")  # committed while the benchmark runs
+    monkeypatch.setattr(reference, "commit", lambda: "a-later-commit")  # committed while the benchmark runs
     row = Row("3x", 3, None, "search_spaces/default.yaml", "whole model", {"lowrank": {"method": "lowrank"}})
     reference.run_dense(setup)
     single = reference.run_single(setup, row, "lowrank")

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from autoshrink.models.pretrain import pretrained
 from autoshrink.models.progress import TrainingProgress, duration
-from autoshrink.search.config import SearchConfig
-from autoshrink.search.controller import search
-from test_search import SPACE
+from test_search import SPACE, _search
 
 
 def _record(step, steps=80, loss=4.5):
@@ -47,17 +45,15 @@ def test_first_use_pretraining_is_announced_with_its_progress(text_file, tmp_pat
 def test_search_lines_name_the_validation_slice_and_optunas_states(tiny_model_dir, text_file, tmp_path):
     (tmp_path / "space.yaml").write_text(SPACE)
     lines = []
-    config = SearchConfig(
-        "4x",
-        model=str(tiny_model_dir),
-        data=str(text_file),
-        space=str(tmp_path / "space.yaml"),
+    result = _search(
+        tiny_model_dir,
+        text_file,
+        tmp_path / "space.yaml",
+        tmp_path / "run",
+        log=lines.append,
         trials=2,
         finetune_steps=4,
-        sampler="random",
-        run_dir=tmp_path / "run",
     )
-    result = search(config, log=lines.append)
     assert any("val ppl: first 12,000 valid tokens (dense model: " in line for line in lines)
     trial_lines = [line for line in lines if line.startswith("trial ") and "/2 #" in line]
     states = {t.number: t.state.name for t in result.study.get_trials()}

@@ -111,19 +111,23 @@ def test_eval_of_a_dense_folder(tiny_model_dir, text_file, capsys):
     assert "test ppl" in capsys.readouterr().out
 
 
+class Interrupted(Exception):
+    """A training killed from outside, right after one of its validations."""
+
+
+def _stop_at(step: int):
+    def on_eval(at: int, val: float) -> None:
+        if at == step:
+            raise Interrupted
+
+    return on_eval
+
+
 def test_train_resumes_from_its_checkpoint(tiny_model_dir, text_file, tmp_path, monkeypatch):
     run = _run(tmp_path / "run", tiny_model_dir, text_file)
     out = tmp_path / "final"
-
-    class Interrupted(Exception):
-        pass
-
-    def stop_at_6(step, val):
-        if step == 6:
-            raise Interrupted
-
     with pytest.raises(Interrupted):  # a run killed after its validation at step 6
-        train_trial(run, TrainConfig(steps=12, evals=4, out=out), on_eval=stop_at_6)
+        train_trial(run, TrainConfig(steps=12, evals=4, out=out), on_eval=_stop_at(6))
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["step"] == 6 and not (out / "model.safetensors").exists()
     lengths = []
@@ -152,16 +156,8 @@ def test_a_run_killed_after_validating_its_start_keeps_one_entry_per_step(tiny_m
     lm = load_lm_data(str(text_file), vocab=dense.vocab)
     plan = {"rnn.0.hh": {"method": "lowrank", "rank": 4}}  # no ramp: its start is validated at step 0
     out = tmp_path / "final"
-
-    class Interrupted(Exception):
-        pass
-
-    def stop_at_0(step, val):
-        if step == 0:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        train_plan(dense, lm, plan, out, 6, label="x", evals=2, on_eval=stop_at_0, calibration_tokens=0)
+    with pytest.raises(Interrupted):  # a run killed after validating its start
+        train_plan(dense, lm, plan, out, 6, label="x", evals=2, on_eval=_stop_at(0), calibration_tokens=0)
     assert [h["step"] for h in json.loads((out / "checkpoint" / "state.json").read_text())["history"]] == [0]
     again = train_plan(dense, lm, plan, out, 6, label="x", evals=2, calibration_tokens=0)
     steps = [h["step"] for h in again.metrics["history"]]

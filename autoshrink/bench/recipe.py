@@ -231,10 +231,9 @@ def comparisons(results: dict[str, dict]) -> list[str]:
     runs = {(r["lr"], r["distill"]): r for r in results.values() if r["plan"] == "25x"}
     out = []
     for (lr, distill), r in sorted(runs.items()):
-        for other_key, what in (((lr, 0.0), f"at lr {lr:g}, distillation {distill:g} against none"),):
-            other = runs.get(other_key)
-            if distill and other is not None:
-                out.append(_versus(what, r, other))
+        plain = runs.get((lr, 0.0))
+        if distill and plain is not None:
+            out.append(_versus(f"at lr {lr:g}, distillation {distill:g} against none", r, plain))
     lrs = sorted({lr for lr, _ in runs})
     for distill in sorted({d for _, d in runs}):
         if len(lrs) == 2 and all((lr, distill) in runs for lr in lrs):

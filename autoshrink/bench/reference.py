@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoshrink.bench.report import commit
+
 
 WORK = Path("results/runs/bench")
 WORKS = {"quick": WORK, "converged": Path("results/runs/bench-converged")}
@@ -142,8 +144,6 @@ class Setup:
         from autoshrink.data import load_lm_data
         from autoshrink.models import discover_sites
         from autoshrink.plan import ModelFile, dense_bytes
-
-        from autoshrink.bench.report import commit
 
         # The code this process runs was imported now: a commit made while a long benchmark runs
         # is not what measured its entrants.
@@ -325,8 +325,6 @@ def run_autoshrink(setup: Setup, row: Row) -> dict:
         searched = json.loads(record.read_text())
     else:
         print("$", shlex.join(cmd), flush=True)
-        from autoshrink.bench.report import commit
-
         search_commit, started = commit(), time.time()
         done = subprocess.run(cmd)
         if done.returncode == 2:

@@ -320,7 +320,7 @@ def goal_lines(setup, rows: list[Row]) -> list[str]:
         "",
         *_goals(rows, setup.work, result_of(setup.work, "dense", "dense")),
         "",
-        "Converged tier (to a plateau, at most 3 epochs, distilled):",
+        f"Converged tier (to a plateau, at most {CONVERGED_EPOCHS:g} epochs, distilled):",
         "",
         *(_goals(converged_rows, setup.converged_work, converged_dense, tier="converged") if converged_rows else ["-"]),
     ]

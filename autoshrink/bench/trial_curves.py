@@ -19,6 +19,7 @@ import sys
 from autoshrink.bench.report import write_report
 from autoshrink.search import run_folder
 from autoshrink.search.study import load_study, origin_of
+from autoshrink.search.trial import val_slice
 
 
 def run_rows(run_dir: str) -> tuple[list[dict], dict]:
@@ -50,8 +51,8 @@ def markdown(runs: list[tuple[str, str]], command: str) -> str:
             f"## {label}",
             "",
             f"`{run_dir}`: `{info.get('command', '?')}`; trials' lr {info.get('trial_lr', 'not recorded')}, "
-            f"{info.get('finetune_steps')} steps, halving {info.get('halving')}, validation on the first "
-            f"{info.get('eval_tokens'):,} valid tokens.",
+            f"{info.get('finetune_steps')} steps, halving {info.get('halving')}, validation on the "
+            f"{val_slice(info.get('eval_tokens'))}.",
             "",
             "| trial | origin | state | stored bytes | val ppl by step | reported |",
             "|---:|---|---|---:|---|---:|",

@@ -48,6 +48,61 @@ def test_seeds_are_one_method_on_every_site_within_the_space_and_the_budget(tiny
         assert plan_stored_bytes(sites, fixed, model.vocab.freqs, ModelFile.of(model)) <= limit
 
 
+WIDTHS_SPACE = """
+roles:
+  embedding: &all
+    lowrank: {rank: {low: 2, high: 16}, bits: [4, 8, 16]}
+    quant: {bits: [2, 4]}
+  softmax: *all
+  recurrent: *all
+"""
+
+
+def _bits_of(seed: dict) -> set:
+    return {v for k, v in seed.items() if k.endswith("/lowrank/bits")}
+
+
+def test_a_score_picks_each_seeds_storage_width_and_fewer_bits_buy_larger_ranks(tiny):
+    model, sites = tiny
+    space = parse_space(__import__("yaml").safe_load(WIDTHS_SPACE))
+    limit, freqs, mf = dense_bytes(model) // 3, model.vocab.freqs, ModelFile.of(model)
+    scored = []
+
+    def prefers(bits):
+        def score(plan):
+            widths = {cfg.bits for cfg in plan.values()}
+            scored.append(widths)
+            return 0.0 if widths == {bits} else 1.0
+
+        return score
+
+    by_width = {}
+    for bits in (4, 16):
+        seeds = dict(uniform_seeds(space, sites, limit, freqs, mf, prefers(bits)))
+        assert _bits_of(seeds["lowrank"]) == {bits}
+        by_width[bits] = sum(v for k, v in seeds["lowrank"].items() if k.endswith("/rank"))
+    assert by_width[4] > by_width[16]
+    assert {frozenset(w) for w in scored} == {frozenset({b}) for b in (4, 8, 16)}  # every width was scored
+    assert _bits_of(dict(uniform_seeds(space, sites, limit, freqs, mf))["lowrank"]) == {8}  # no score: 8 bits
+
+
+def test_best_width_keeps_the_lowest_score_and_reports_every_width_tried(tiny):
+    from autoshrink.methods import config_class
+    from autoshrink.plan.fit import best_width
+
+    model, sites = tiny
+    limit, mf = dense_bytes(model) // 3, ModelFile.of(model)
+    losses = {4: 2.0, 8: 1.0, 16: 3.0}
+    plan, tried = best_width(
+        config_class("lowrank")(), (4, 8, 16), sites, limit, lambda p: losses[next(iter(p.values())).bits], None, mf
+    )
+    assert [(b, s) for b, s, _ in tried] == [(4, 2.0), (8, 1.0), (16, 3.0)]
+    assert {cfg.bits for cfg in plan.values()} == {8}
+    assert plan_stored_bytes(sites, plan, None, mf) <= limit
+    none, tried = best_width(config_class("lowrank")(), (16,), sites, 10, lambda p: 0.0, None, mf)
+    assert none is None and tried == []
+
+
 def test_the_default_space_seeds_low_rank_pruning_and_quantisation_on_the_reference_model():
     model = load("kjv-lstm")
     sites = discover_sites(model)
@@ -119,3 +174,29 @@ def test_the_allocated_plans_run_first_then_the_uniform_controls(tiny_model_dir,
     info = __import__("json").loads((tmp_path / "run" / "run.json").read_text())
     for t in trials:
         assert t.user_attrs["stored_bytes"] <= info["max_bytes"]
+
+
+def test_the_search_seeds_its_controls_at_the_width_its_untrained_score_prefers(
+    tiny_model_dir, text_file, tmp_path, monkeypatch
+):
+    from autoshrink.search import controller
+
+    space = tmp_path / "space.yaml"
+    space.write_text(WIDTHS_SPACE)
+    real = controller.untrained_ppl
+    picked = []
+
+    def prefer_16(ctx):
+        ppl = real(ctx)  # the real scorer runs too: a perplexity of the built plan
+
+        def score(plan):
+            picked.append(ppl(plan))
+            return 0.0 if {cfg.bits for cfg in plan.values()} == {16} else 1.0
+
+        return score
+
+    monkeypatch.setattr(controller, "untrained_ppl", prefer_16)
+    result = _search(tiny_model_dir, text_file, space, tmp_path / "run", trials=2, budget="3x", allocate=False)
+    seeded = [t for t in result.study.get_trials() if t.user_attrs.get("warm_start") == "uniform lowrank"]
+    assert len(seeded) == 1 and {cfg["bits"] for cfg in seeded[0].user_attrs["plan"].values()} == {16}
+    assert picked and all(p > 1.0 for p in picked)

@@ -24,32 +24,27 @@ SMALL_DENSE_DROPOUT = 0.1  # a model of tens of dimensions underfits; little dro
 def best_storage_plan(setup, row, base_cfg: dict) -> tuple[dict | None, list[dict]]:
     """(plan JSON at the best storage width or None when no width reaches the budget, the
     candidates tried: bits, val_ppl at initialisation, stored bytes)."""
-    from autoshrink.plan.fit import uniform_plan
+    from autoshrink.plan.fit import best_width
     from autoshrink.methods import config_from_dict
     from autoshrink.models.training import evaluate_perplexity
     from autoshrink.plan import compress, plan_stored_bytes
 
-    widths = (base_cfg["bits"],) if base_cfg["method"] == "quant" or "bits" in base_cfg else STORAGE_BITS
-    tried, best = [], None
-    for bits in widths:
-        base = config_from_dict({**base_cfg, "bits": bits})
-        plan = uniform_plan(base, setup.sites, setup.max_bytes(row), setup.lm.vocab.freqs, setup.model_file, row.roles)
-        if plan is None:
-            continue
+    def val_ppl(plan: dict) -> float:
         torch.manual_seed(setup.seed)
         model = compress(setup.dense, plan, freqs=setup.lm.vocab.freqs)
-        val = evaluate_perplexity(model, setup.lm.valid, max_tokens=SELECT_TOKENS)
-        plan_json = {k: v.to_dict() for k, v in plan.items()}
-        tried.append(
-            {
-                "bits": bits,
-                "init_val_ppl": val,
-                "stored_bytes": plan_stored_bytes(setup.sites, plan, setup.lm.vocab.freqs, setup.model_file),
-            }
-        )
-        if best is None or val < best[0]:
-            best = (val, plan_json)
-    return (best[1] if best else None), tried
+        return evaluate_perplexity(model, setup.lm.valid, max_tokens=SELECT_TOKENS)
+
+    widths = (base_cfg["bits"],) if base_cfg["method"] == "quant" or "bits" in base_cfg else STORAGE_BITS
+    base = config_from_dict({**base_cfg, "bits": widths[0]})
+    freqs = setup.lm.vocab.freqs
+    best, tried = best_width(
+        base, widths, setup.sites, setup.max_bytes(row), val_ppl, freqs, setup.model_file, row.roles
+    )
+    records = [
+        {"bits": b, "init_val_ppl": v, "stored_bytes": plan_stored_bytes(setup.sites, p, freqs, setup.model_file)}
+        for b, v, p in tried
+    ]
+    return (None if best is None else {k: v.to_dict() for k, v in best.items()}), records
 
 
 def _small_model(dense: nn.Module, dim: int) -> nn.Module:

@@ -172,6 +172,21 @@ def allocated_plans(result: Allocation | None, count: int, log: Callable[[str], 
     return plans
 
 
+def untrained_ppl(ctx) -> Callable[[Plan], float]:
+    """A plan's perplexity before training, data-aware build, on the allocation's held-out slice:
+    how the warm start picks each uniform control's storage width."""
+    from autoshrink.models.training import evaluate_perplexity
+    from autoshrink.plan import compress
+
+    tokens = _held_out(ctx)[:SLICE_TOKENS]
+
+    def ppl(plan: Plan) -> float:
+        torch.manual_seed(ctx.settings.seed)
+        return evaluate_perplexity(compress(ctx.model, plan, freqs=ctx.freqs, stats=ctx.stats), tokens)
+
+    return ppl
+
+
 def profile_options(
     ctx, folder: Path, table: pd.DataFrame | None = None
 ) -> tuple[dict[str, list[Option]], float] | None:

@@ -28,7 +28,7 @@ from autoshrink.measure.latency import LatencyTable
 from autoshrink.plan import ModelFile
 from autoshrink.search import optuna_backend, run_folder
 from autoshrink.search import study as study_db
-from autoshrink.search.allocation import allocated_plans, allocation, profile_options
+from autoshrink.search.allocation import allocated_plans, allocation, profile_options, untrained_ppl
 from autoshrink.search.prepare import calibration, load_inputs, run_identity, target
 from autoshrink.search.profile_sampler import ProfileGuidedSampler
 from autoshrink.search.owner import active, new_owner
@@ -193,11 +193,11 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
         for source, plan in allocated:
             study.enqueue_trial(spc.params_of(plan, sites), user_attrs={"allocated": source})
         if warm_start and max_bytes is not None:
-            seeds = uniform_seeds(spc, sites, max_bytes, freqs, model_file)[: max(1, trials // 2)]
+            seeds = uniform_seeds(spc, sites, max_bytes, freqs, model_file, untrained_ppl(ctx))[: max(1, trials // 2)]
             if enqueue_uniform_seeds(study, seeds, after=len(allocated)):
                 log(
                     f"warm start: {len(seeds)} trial(s) put one method on every site "
-                    f"({', '.join(m for m, _ in seeds)}), fitted to the budget: the controls to beat"
+                    f"({', '.join(m for m, _ in seeds)}), fitted to the budget at their best storage width: the controls to beat"
                 )
     if isinstance(study.sampler, ProfileGuidedSampler):
         _attach_profile(study.sampler, ctx, folder, log, None if measured is None else measured.table)

@@ -8,16 +8,22 @@ suggest, enqueued with `study.enqueue_trial`, so both backends (Optuna's optimiz
 searcher's ask) run them first and the sampler learns from them like from any other trial.
 Values are clamped into the space's ranges; the repair that every sampled plan goes through
 then keeps the budget.
+
+Storage width: given a `score` (the search passes each plan's loss before training on the
+allocation's held-out slice), a method with a `bits` knob is fitted at every width the space
+offers all its roles and the best is kept, as the benchmark's single-method entrants are
+(bench/entrants.py): fewer bits buy larger ranks, and at 25x-100x of the reference LSTM 4-bit
+low-rank beat 8-bit after training. Without a score the width is PREFERRED_BITS.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 
 from autoshrink.plan.bytes import ModelFile
-from autoshrink.plan.fit import uniform_plan
+from autoshrink.plan.fit import best_width, uniform_plan
 from autoshrink.methods import config_class
 from autoshrink.search.space import DENSE, Knob, SearchSpace, applies
 
@@ -55,11 +61,23 @@ def _candidates(method: str, knob_sets: list[dict[str, Knob]]) -> list[dict[str,
     return [base, {**base, **tops}] if tops else [base]
 
 
+def _widths(knob_sets: list[dict[str, Knob]]) -> list[int]:
+    """The storage widths every role's `bits` knob allows (empty when some role has none to choose)."""
+    if not all("bits" in k and k["bits"].choices for k in knob_sets):
+        return []
+    return sorted(set.intersection(*(set(k["bits"].choices) for k in knob_sets)))
+
+
 def uniform_seeds(
-    space: SearchSpace, sites: list, max_bytes: int, freqs=None, model_file: ModelFile | None = None
+    space: SearchSpace,
+    sites: list,
+    max_bytes: int,
+    freqs=None,
+    model_file: ModelFile | None = None,
+    score: Callable[[dict], float] | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """(method, Optuna params) for each method the space offers on every compressible site and
-    that can meet `max_bytes` alone."""
+    that can meet `max_bytes` alone; at its best storage width by `score` when one is given."""
     owned = [s for s in sites if s.tied_with is None]
     options = {s.name: [m for m in space.methods_for(s) if m == DENSE or applies(m, s)] for s in owned}
     compressible = [s for s in owned if options[s.name]]
@@ -71,9 +89,14 @@ def uniform_seeds(
     seeds = []
     for method in common:
         knob_sets = [space.roles[s.role][method] for s in compressible]
+        widths = _widths(knob_sets) if config_class(method).size_knob != "bits" else []
         plan = None
         for knobs in _candidates(method, knob_sets):
-            plan = uniform_plan(config_class(method)(**knobs), sites, max_bytes, freqs, model_file)
+            base = config_class(method)(**knobs)
+            if score is not None and len(widths) > 1:
+                plan, _ = best_width(base, widths, sites, max_bytes, score, freqs, model_file)
+            else:
+                plan = uniform_plan(base, sites, max_bytes, freqs, model_file)
             if plan is not None:
                 break
         if plan is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import time
@@ -86,16 +87,24 @@ def _same_plan_as(row: Row, work: Path, plan: dict, tier: str) -> str | None:
 def searched_origin(work: Path, row: Row, r: dict | None) -> str | None:
     """Where the search's trained plan came from (search/study.py origin_of): "uniform <method>"
     for one of its uniform controls; None where the search folder cannot say."""
+    if not r or "trial" not in r:
+        return None
+    search = entrant_dir(work, row.name, "autoshrink") / "search"
+    db = search / "study.db"
+    return _origin(search, r["trial"], db.stat().st_mtime_ns if db.exists() else 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _origin(search: Path, trial: int, version: int) -> str | None:
+    """One study read per row and study version: the table and the goals both ask."""
     from autoshrink.errors import UserError
     from autoshrink.search.study import load_study, origin_of
 
-    if not r or "trial" not in r:
-        return None
     try:
-        study = load_study(entrant_dir(work, row.name, "autoshrink") / "search")
+        study = load_study(search)
     except UserError:
         return None
-    return next((origin_of(t) for t in study.get_trials() if t.number == r["trial"]), None)
+    return next((origin_of(t) for t in study.get_trials(deepcopy=False) if t.number == trial), None)
 
 
 def is_uniform(row: Row, work: Path, r: dict, tier: str = "quick") -> str | None:

@@ -4,9 +4,6 @@ Adding a method is one file and one import line below.
 """
 
 from autoshrink.methods._base import (
-    CompressedEmbedding,
-    CompressedLinear,
-    CompressedStandIn,
     CompressedWeight,
     MethodConfig,
     config_class,
@@ -15,6 +12,7 @@ from autoshrink.methods._base import (
     register,
     weight_class,
 )
+from autoshrink.methods._standins import CompressedEmbedding, CompressedLinear, CompressedStandIn
 from autoshrink.methods._storage import (
     FLOAT_BITS,
     Specs,

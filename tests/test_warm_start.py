@@ -200,3 +200,23 @@ def test_the_search_seeds_its_controls_at_the_width_its_untrained_score_prefers(
     seeded = [t for t in result.study.get_trials() if t.user_attrs.get("warm_start") == "uniform lowrank"]
     assert len(seeded) == 1 and {cfg["bits"] for cfg in seeded[0].user_attrs["plan"].values()} == {16}
     assert picked and all(p > 1.0 for p in picked)
+
+
+def test_a_scope_space_fits_its_seeds_on_the_scoped_sites_alone(tiny):
+    """A space that leaves the vocabulary dense (the lstm-25x row): the seeds spend only the
+    recurrent sites' share, so the seeded plan meets the limit as drawn, with no repair."""
+    model, sites = tiny
+    space = parse_space(
+        __import__("yaml").safe_load(
+            "roles:\n  recurrent:\n    lowrank: {rank: {low: 2, high: 64}, bits: [4, 8, 16]}\n"
+        )
+    )
+    mf = ModelFile.of(model)
+    recurrent = sum(s.dense_bytes for s in sites if s.role == "recurrent")
+    limit = int(mf.bytes - recurrent + recurrent / 5)
+    for score in (None, lambda plan: 0.0):
+        (method, params), *_ = uniform_seeds(space, sites, limit, model.vocab.freqs, mf, score)
+        plan = sample_plan(optuna.trial.FixedTrial(params), space, sites)
+        compressed = {n: cfg for n, cfg in plan.items() if cfg.method != "dense"}
+        assert {s.role for s in sites if s.name in compressed} == {"recurrent"}
+        assert plan_stored_bytes(sites, plan, model.vocab.freqs, mf) <= limit

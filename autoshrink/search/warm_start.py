@@ -90,13 +90,14 @@ def uniform_seeds(
     for method in common:
         knob_sets = [space.roles[s.role][method] for s in compressible]
         widths = _widths(knob_sets) if config_class(method).size_knob != "bits" else []
+        roles = {s.role for s in compressible}  # the sites the space leaves dense keep their bytes
         plan = None
         for knobs in _candidates(method, knob_sets):
             base = config_class(method)(**knobs)
             if score is not None and len(widths) > 1:
-                plan, _ = best_width(base, widths, sites, max_bytes, score, freqs, model_file)
+                plan, _ = best_width(base, widths, sites, max_bytes, score, freqs, model_file, roles)
             else:
-                plan = uniform_plan(base, sites, max_bytes, freqs, model_file)
+                plan = uniform_plan(base, sites, max_bytes, freqs, model_file, roles)
             if plan is not None:
                 break
         if plan is None:

@@ -172,6 +172,7 @@ def allocate(
     max_evals: int = MAX_EVALS,
     finetune_steps: int = 0,
     train_ids: torch.Tensor | None = None,
+    finetune_methods: Sequence[str] | None = None,
     tokens: int | None = SLICE_TOKENS,
     seed: int = 0,
     progress: bool = True,
@@ -186,7 +187,9 @@ def allocate(
     frequencies for vocabulary methods (model.vocab.freqs by default); `stats`: per-site
     calibration statistics passed to data-aware builds; `may_stay_dense(site)`: whether a plan may
     leave the site dense (a search's space may not allow it); `map_options`: how the profile's
-    options are measured (profile.py; one after another here by default).
+    options are measured (profile.py; one after another here by default). With `finetune_steps`,
+    the options of `finetune_methods` (profile.py's default: those a one-shot proxy misjudges)
+    get that many steps of training on `train_ids`, each site alone, before they are measured.
     """
     times: dict[str, float] = {}
     start = time.perf_counter()
@@ -218,6 +221,7 @@ def allocate(
         replay=replay,
         finetune_steps=finetune_steps,
         train_ids=train_ids,
+        **({} if finetune_methods is None else {"finetune_methods": finetune_methods}),
         progress=progress,
         map_options=map_options,
     )

@@ -33,7 +33,7 @@ from autoshrink.allocate.pipeline import (
 )
 from autoshrink.allocate.profile import profile
 from autoshrink.errors import UserError
-from autoshrink.methods import MethodConfig, config_class
+from autoshrink.methods import MethodConfig, config_class, method_names
 from autoshrink.models.discover import in_place_target
 from autoshrink.plan import ModelFile, Plan, plan_stored_bytes
 from autoshrink.search import run_folder
@@ -136,6 +136,7 @@ def allocation(ctx, folder: Path, log: Callable[[str], None], strict: bool = Fal
             progress=True,
             may_stay_dense=_may_stay_dense(ctx, options),
             map_options=ctx.map_options,
+            **_finetune(ctx),
         )
     except NoPlanFits as e:
         if strict:
@@ -143,7 +144,7 @@ def allocation(ctx, folder: Path, log: Callable[[str], None], strict: bool = Fal
         log(f"allocation: {e}; the search starts from the uniform plans and the sampler")
         return None
     tokens = min(SLICE_TOKENS, held_out.numel())
-    run_folder.write_allocation(folder, result, ctx.sites, tokens, _held_out_start(ctx))
+    run_folder.write_allocation(folder, result, ctx.sites, tokens, _held_out_start(ctx), ctx.profile_finetune)
     best = result.best
     dense_ppl = math.exp(result.dense_loss)
     ppl = f"{math.exp(result.dense_loss + best.joint_loss):.2f}" if best.joint_loss is not None else "-"
@@ -229,7 +230,15 @@ def _profile_table(ctx, folder: Path, options: dict[str, list[MethodConfig]]) ->
         stats=ctx.stats,
         path=folder / PROFILE,
         map_options=ctx.map_options,
+        **_finetune(ctx),
     )
+
+
+def _finetune(ctx) -> dict:
+    """The profile's per-site fine-tune: `ctx.profile_finetune` steps for every method (none: no arguments)."""
+    if not ctx.profile_finetune:
+        return {}
+    return {"finetune_steps": ctx.profile_finetune, "train_ids": ctx.data.train, "finetune_methods": method_names()}
 
 
 def _recorded(ctx, folder: Path, options: dict[str, list[MethodConfig]]) -> Allocation | None:
@@ -238,7 +247,12 @@ def _recorded(ctx, folder: Path, options: dict[str, list[MethodConfig]]) -> Allo
     joint refinement are not run again. A resume has already refused another model, data, space
     or calibration (run.json)."""
     info = run_folder.read_allocation(folder)
-    if info is None or info.get("limit") != ctx.max_bytes or info.get("held_out_start") != _held_out_start(ctx):
+    if (
+        info is None
+        or info.get("limit") != ctx.max_bytes
+        or info.get("held_out_start") != _held_out_start(ctx)
+        or info.get("profile_finetune", 0) != ctx.profile_finetune
+    ):
         return None
     return Allocation(
         plans=[Allocated.from_dict(info["best"])],

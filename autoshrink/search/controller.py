@@ -57,6 +57,7 @@ class SearchContext:
     run_dir: Path | None = None  # where front trials keep their fine-tuned weights (None: nowhere)
     progress: Callable[[int], TrainingProgress | None] = field(default=lambda number: None)  # per trial number
     map_options: Callable | None = None  # how the profile measures its options (search/ray_profile.py with Ray)
+    profile_finetune: int = 0  # per-site fine-tune steps before each profile measurement, every method (0: none)
 
     def repair(self, plan: dict) -> dict | None:
         if self.budget.kind == "latency":

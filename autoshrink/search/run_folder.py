@@ -122,16 +122,19 @@ def add_invocation(run_dir: Path, command: str) -> None:
     (Path(run_dir) / "run.json").write_text(json.dumps(info, indent=1))
 
 
-def write_allocation(run_dir: Path, result: "Allocation", sites: list, tokens: int, held_out_start: int = 0) -> Path:
+def write_allocation(
+    run_dir: Path, result: "Allocation", sites: list, tokens: int, held_out_start: int = 0, profile_finetune: int = 0
+) -> Path:
     """allocation.json: the allocation's plans (best first, then the ladder's), the profile rows
-    they were chosen from (their model, slice and build fingerprints), the dense model's loss on
-    that slice (`tokens` validation tokens from token `held_out_start` of the valid split) and
-    each site's role and shape."""
+    they were chosen from (their model, slice and build fingerprints, and the per-site fine-tune
+    steps before each measurement), the dense model's loss on that slice (`tokens` validation
+    tokens from token `held_out_start` of the valid split) and each site's role and shape."""
     first = result.table.iloc[0] if len(result.table) else None
     info = {
         "limit": result.limit,
         "tokens": tokens,
         "held_out_start": held_out_start,
+        "profile_finetune": profile_finetune,
         "dense_loss": result.dense_loss,
         "profile": {k: str(first[k]) for k in ("model", "data", "build")} if first is not None else None,
         "sites": {

@@ -122,7 +122,8 @@ def allocation(ctx, folder: Path, log: Callable[[str], None], strict: bool = Fal
     if recorded is not None:
         log(f"allocation: read from {folder / ALLOCATION} (written for this budget and validation slice)")
         return recorded
-    log(f"profile: {count_options} options of {len(options)} sites, each alone, no training -> {folder / PROFILE}")
+    training = f"{ctx.profile_finetune} steps of training on the site first" if ctx.profile_finetune else "no training"
+    log(f"profile: {count_options} options of {len(options)} sites, each alone, {training} -> {folder / PROFILE}")
     try:
         result = allocate(
             ctx.model,

@@ -164,6 +164,27 @@ def test_a_run_killed_after_validating_its_start_keeps_one_entry_per_step(tiny_m
     assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 6
 
 
+def test_a_resumed_final_training_stops_on_the_patience_its_earlier_validations_used_up(
+    tiny_model_dir, text_file, tmp_path
+):
+    from autoshrink.final.train import train_plan
+
+    dense = autoshrink.load(str(tiny_model_dir))
+    lm = load_lm_data(str(text_file), vocab=dense.vocab)
+    plan = {"rnn.0.hh": {"method": "lowrank", "rank": 4}}
+    out = tmp_path / "final"
+    with pytest.raises(Interrupted):  # killed after its validation at step 4
+        train_plan(dense, lm, plan, out, 40, label="x", evals=10, on_eval=_stop_at(4), calibration_tokens=0)
+    path = out / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    # as if the start had been the best and two validations since had not beaten it
+    state["history"] = [{"step": 0, "val_ppl": 1.0}, {"step": 2, "val_ppl": 2.0}, {"step": 4, "val_ppl": 3.0}]
+    state["best_val_ppl"] = 1.0
+    path.write_text(json.dumps(state))
+    again = train_plan(dense, lm, plan, out, 40, label="x", evals=10, calibration_tokens=0)
+    assert again.metrics["stopped"] == "plateau" and again.metrics["steps"] == 8  # patience 3: one more validation
+
+
 def test_trial_choice(tiny_model_dir, text_file, tmp_path):
     run = _run(tmp_path / "run", tiny_model_dir, text_file)
     assert choose_trial(run, "best")[0] == 0  # lowest val ppl on the front (3 is lower but over budget)

@@ -152,6 +152,58 @@ def test_stops_after_patience_validations_without_improvement(data):
     assert result.best_step == 0
 
 
+def test_a_resumed_run_stops_on_the_patience_its_earlier_validations_used_up(data):
+    """A run resumed after two validations without improvement (patience 3) stops at its next one,
+    and keeps the earlier best as the bar: a fresh count would train three more validations."""
+    prior = ((0, 1.0), (5, 2.0), (10, 3.0))  # the best (1.0) was the start; two bad since
+    result = train_lm(
+        _model(len(data.vocab)),
+        data.train,
+        data.valid,
+        TrainConfig(
+            steps=1000,
+            schedule_from=10,
+            batch_size=8,
+            bptt=10,
+            lr=0.0,
+            eval_every=5,
+            patience=3,
+            validate_start=False,
+            prior_history=prior,
+        ),
+    )
+    assert result.stopped == "plateau" and result.steps == 5
+    assert result.best_val_ppl == 1.0 and result.best_step is None  # nothing of this call beat the bar
+
+
+def test_prior_stopping_counts_from_the_best_and_every_cut():
+    from autoshrink.models.training import prior_stopping
+
+    assert prior_stopping([(0, 40.0), (100, 39.0), (200, 39.5), (300, 39.2), (400, 38.0), (500, 38.5)]) == (38.0, 1, 3)
+    assert prior_stopping([]) == (math.inf, 0, 0)
+
+
+def test_the_plateau_schedule_resumes_at_the_lr_its_cuts_left(data):
+    result = train_lm(
+        _model(len(data.vocab)),
+        data.train,
+        data.valid,
+        TrainConfig(
+            steps=20,
+            schedule_from=10,
+            batch_size=8,
+            bptt=10,
+            lr=1e-2,
+            schedule="plateau",
+            eval_every=5,
+            patience=None,
+            validate_start=False,
+            prior_history=((0, 1.0), (5, 2.0), (10, 3.0)),
+        ),
+    )
+    assert result.history[0]["lr"] == pytest.approx(1e-2 / 16)  # two cuts before the resume
+
+
 def test_epochs_cap_the_schedule(data):
     per_epoch = num_windows(batchify(data.train, 8), 10)
     result = train_lm(

@@ -406,6 +406,9 @@ def train_plan(
                 "seed": seed + done,
                 "distill_from": copy.deepcopy(dense) if distill else None,
                 "validate_start": not done,
+                "prior_history": tuple(
+                    (h["step"], h["val_ppl"]) for h in state["history"] if h["step"] >= settle * steps
+                ),  # settled validations: early stopping goes on from them
                 **(options or {}),
             }
         )

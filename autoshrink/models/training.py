@@ -17,7 +17,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +121,9 @@ class TrainConfig:
     patience: int | None = 3  # validations without improvement before stopping (None: never stop early)
     validate_start: bool = True  # the starting weights compete for "best": a converged model is kept
     schedule_from: int = 0  # steps already trained by an earlier call (a resumed run): the lr continues
+    # A resumed run's validations so far (step, val_ppl), so early stopping and the plateau lr go on
+    # from them: the best to beat, the validations since it, the lr cuts already made.
+    prior_history: tuple[tuple[int, float], ...] = ()
     ramp_steps: int | None = None  # steps over which pruning/doping ramps reach their stored form (None: all)
     device: str = "auto"
     seed: int = 0
@@ -157,6 +160,18 @@ class TrainResult:
 def _windows(columns: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
         yield from bptt_windows(columns, bptt)
+
+
+def prior_stopping(history: Sequence[tuple[int, float]]) -> tuple[float, int, int]:
+    """(best val ppl, validations since the best, validations that did not improve) of a run's
+    earlier validations, in step order; a first validation (step 0, the start) only sets the bar."""
+    best, since, cuts = math.inf, 0, 0
+    for step, val in history:
+        if val < best:
+            best, since = val, 0
+        elif step > 0:
+            since, cuts = since + 1, cuts + 1
+    return best, since, cuts
 
 
 def train_lm(
@@ -196,8 +211,8 @@ def train_lm(
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     result = TrainResult()
     best_state = None
-    bad_evals = 0
-    plateau_scale = 1.0
+    result.best_val_ppl, bad_evals, cuts = prior_stopping(cfg.prior_history)
+    plateau_scale = 0.25**cuts
     last_eval_s = 0.0
     start = time.perf_counter()
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import statistics
 from types import SimpleNamespace
 
 import pytest
 
 from autoshrink.bench import trial_distill
-from autoshrink.bench.correlation import chosen_trials
+from autoshrink.bench.correlation import RunSetup, chosen_trials
 from autoshrink.search import run_folder
 from autoshrink.search.study import load_study
 
@@ -107,3 +108,22 @@ def test_the_report_shows_every_plan_and_the_verdict(measured):
     for r in measured.rows:
         assert f"| {r['trial']} | {r['stored_bytes']:,} |" in text
     assert text.rstrip().splitlines()[-1] == trial_distill.verdict(measured.rows)
+
+
+def test_more_target_seeds_train_only_the_missing_ones_and_the_target_is_their_mean(measured, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    shutil.copytree(measured.run_dir, run_dir)
+    seeds = []
+
+    def fake_final(*args, seed, **kwargs):
+        seeds.append(seed)
+        return SimpleNamespace(metrics={"test_ppl": 1000.0 + seed + kwargs["label"]})
+
+    monkeypatch.setattr(trial_distill, "train_plan", fake_final)
+    monkeypatch.setattr(trial_distill, "load_setup", lambda info: RunSetup(info, None, None, None))
+    _, rows = trial_distill.measure(run_dir, plans=PLANS, steps=2, target_seeds=3, log=lambda line: None)
+    assert sorted(seeds) == sorted([1, 2] * len(rows))  # seed 0 was measured already
+    for r, before in zip(rows, measured.rows):
+        assert trial_distill.target(r) == pytest.approx((before["test_ppl"] + 2003.0 + 2 * r["trial"]) / 3)
+    text = trial_distill.markdown(measured.timings, rows, run_dir, "cmd")
+    assert "The target's own noise" in text and "seed 1 +" in text and "seed 2 +" in text

@@ -18,14 +18,16 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
+from torch import nn
 
 from autoshrink.bench.report import commit, write_report
 from autoshrink.calibrate import DEFAULT_TOKENS, calibrate
-from autoshrink.data import load_lm_data
+from autoshrink.data import LMData, load_lm_data
 from autoshrink.final.config import TrainConfig
 from autoshrink.final.train import train_trial
 from autoshrink.models.load import load
@@ -52,26 +54,60 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(pd.Series(a).corr(pd.Series(b), method="spearman"))
 
 
+@dataclass
+class RunSetup:
+    """What a run's plans are built from, as its search built them: the dense model, the corpus and
+    the calibration statistics of the data-aware builds (None: plain builds)."""
+
+    info: dict
+    dense: nn.Module
+    lm: LMData
+    stats: dict | None
+
+    @property
+    def corpus(self) -> str:
+        return self.info.get("data_path") or self.info["data"]
+
+    @property
+    def calibration_tokens(self) -> int:
+        tokens = self.info.get("calibration_tokens")
+        return DEFAULT_TOKENS if tokens is None else tokens
+
+    @property
+    def eval_tokens(self) -> int | None:
+        return self.info.get("eval_tokens", TrialSettings.eval_tokens)
+
+    def proxy_ppl(self, plan_json: dict) -> float:
+        """The plan's validation perplexity untrained (data-aware build, the trials' validation slice)."""
+        torch.manual_seed(0)
+        untrained = compress(self.dense, parse_plan(plan_json), freqs=self.lm.vocab.freqs, stats=self.stats)
+        return evaluate_perplexity(untrained, self.lm.valid, max_tokens=self.eval_tokens)
+
+
+def load_setup(info: dict) -> RunSetup:
+    """The run's dense model, corpus and calibration statistics (run.json's `info`)."""
+    corpus = info.get("data_path") or info["data"]
+    dense = load(info["model"], data=corpus, seed=info.get("seed", 0))
+    lm = load_lm_data(corpus, vocab=dense.vocab)
+    setup = RunSetup(info, dense, lm, None)
+    tokens = setup.calibration_tokens
+    setup.stats = calibrate(dense, lm.train, tokens=tokens, freqs=lm.vocab.freqs) if tokens else None
+    return setup
+
+
 def measure(run_dir: Path, plans: int, steps: int, log=print) -> list[dict]:
     info = run_folder.read_run(run_dir)
     study = load_study(run_dir)
     work = run_dir / "correlation"
     work.mkdir(exist_ok=True)
-    rows, dense, lm, stats = [], None, None, None
+    rows, setup = [], None
     for t in chosen_trials(study, plans):
         path = work / f"{t.number}.json"
         if path.is_file():
             rows.append(json.loads(path.read_text()))
             continue
-        if dense is None:
-            dense = load(info["model"], data=info.get("data_path") or info["data"], seed=info.get("seed", 0))
-            lm = load_lm_data(info.get("data_path") or info["data"], vocab=dense.vocab)
-            tokens = info.get("calibration_tokens")
-            tokens = DEFAULT_TOKENS if tokens is None else tokens
-            stats = calibrate(dense, lm.train, tokens=tokens, freqs=lm.vocab.freqs) if tokens else None
-        torch.manual_seed(0)
-        untrained = compress(dense, parse_plan(t.user_attrs["plan"]), freqs=lm.vocab.freqs, stats=stats)
-        proxy = evaluate_perplexity(untrained, lm.valid, max_tokens=info.get("eval_tokens", TrialSettings.eval_tokens))
+        setup = setup or load_setup(info)
+        proxy = setup.proxy_ppl(t.user_attrs["plan"])
         log(f"trial {t.number}: proxy {proxy:.2f}, trial {t.user_attrs['val_ppl']:.2f}; final training {steps} steps")
         final = train_trial(
             run_dir,

@@ -276,3 +276,21 @@ def test_the_readme_claims_only_what_the_benchmark_table_holds():
     rows = [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| budget")]
     table = (root / "results" / "BENCHMARK.md").read_text().splitlines()
     assert rows and all(row in table for row in rows)
+
+
+def test_a_converged_entrant_is_labelled_from_the_quick_search_it_trained(tmp_path):
+    """The converged tier trains the quick tier's search: its label and the plan's origin are read
+    from that search's folder (its --run-dir), not from the converged folder, which has none."""
+    from autoshrink.bench.reference_report import _label, _search_dir
+
+    search = tmp_path / "quick" / "25x" / "autoshrink" / "search"
+    search.mkdir(parents=True)
+    (search / "run.json").write_text(json.dumps({"warm_start": True}))
+    r = {"search_command": f"autoshrink search --budget 25x --run-dir {search}", "plan": {}}
+    converged = tmp_path / "converged"
+    row = Row("25x", 25, None, "search_spaces/default.yaml", "whole model", {})
+    assert _search_dir(converged, "25x", r) == search
+    assert _search_dir(converged, "25x", {}) == converged / "25x" / "autoshrink" / "search"
+    assert _label(row, "autoshrink", r, converged, "converged") == "**autoshrink**"
+    (search / "run.json").write_text(json.dumps({"warm_start": False}))
+    assert _label(row, "autoshrink", r, converged, "converged") == "**autoshrink** (no warm start)"

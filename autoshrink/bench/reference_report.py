@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import platform
+import shlex
 import time
 from pathlib import Path
 
@@ -37,9 +38,18 @@ INCLUDED = [
 ]
 
 
-def _warm(work: Path, row: str, entrant: str = "autoshrink") -> bool:
-    """Whether the row's autoshrink search started from single-method plans (run.json)."""
-    path = entrant_dir(work, row, entrant) / "search" / "run.json"
+def _search_dir(work: Path, row: str, r: dict | None = None, entrant: str = "autoshrink") -> Path:
+    """An autoshrink entrant's search folder: the `--run-dir` of the search it trained (the
+    converged tier trains the quick tier's search), else the one in its own folder."""
+    args = shlex.split((r or {}).get("search_command", ""))
+    if "--run-dir" in args[:-1]:
+        return Path(args[args.index("--run-dir") + 1])
+    return entrant_dir(work, row, entrant) / "search"
+
+
+def _warm(search: Path) -> bool:
+    """Whether a search started from single-method plans (its run.json)."""
+    path = search / "run.json"
     return path.is_file() and bool(json.loads(path.read_text()).get("warm_start", False))
 
 
@@ -89,7 +99,7 @@ def searched_origin(work: Path, row: Row, r: dict | None) -> str | None:
     for one of its uniform controls; None where the search folder cannot say."""
     if not r or "trial" not in r:
         return None
-    search = entrant_dir(work, row.name, "autoshrink") / "search"
+    search = _search_dir(work, row.name, r)
     db = search / "study.db"
     return _origin(search, r["trial"], db.stat().st_mtime_ns if db.exists() else 0)
 
@@ -125,14 +135,13 @@ def _storage(r: dict) -> str:
 def _label(row: Row, entrant: str, r: dict | None, work: Path, tier: str) -> str:
     if entrant == "autoshrink":
         label = (
-            "**autoshrink**"
-            if r is None or _warm(work if tier == "quick" else work, row.name)
-            else "**autoshrink** (no warm start)"
+            "**autoshrink**" if r is None or _warm(_search_dir(work, row.name, r)) else "**autoshrink** (no warm start)"
         )
         same = r and "plan" in r and is_uniform(row, work, r, tier)
         return label + (f" (= the uniform {same} plan)" if same else "")
     if entrant == COLD:
-        return f"autoshrink, earlier search ({'warm start without ranged seeds' if _warm(work, row.name, COLD) else 'no warm start'})"
+        warm = _warm(_search_dir(work, row.name, r, COLD))
+        return f"autoshrink, earlier search ({'warm start without ranged seeds' if warm else 'no warm start'})"
     if entrant == BEST_UNIFORM and r and "method" in r:
         return f"best uniform ({r['method']})"
     if entrant == SMALL_DENSE and r and "dims" in r:
@@ -417,7 +426,7 @@ def markdown(setup, rows: list[Row], command: str, out_dir: Path) -> str:
         else "- No search has run yet.",
         *[
             f"- {r.name}: {s['search_seconds'] / 60:.1f} min for {s['trials']} trials, "
-            f"{'with' if _warm(work, r.name) else 'without'} warm start (`{s['search_command']}`)"
+            f"{'with' if _warm(_search_dir(work, r.name, s)) else 'without'} warm start (`{s['search_command']}`)"
             for r, s in zip(rows, searches)
             if s and "search_seconds" in s
         ],

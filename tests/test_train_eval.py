@@ -178,11 +178,29 @@ def test_a_resumed_final_training_stops_on_the_patience_its_earlier_validations_
     path = out / "checkpoint" / "state.json"
     state = json.loads(path.read_text())
     # as if the start had been the best and two validations since had not beaten it
-    state["history"] = [{"step": 0, "val_ppl": 1.0}, {"step": 2, "val_ppl": 2.0}, {"step": 4, "val_ppl": 3.0}]
+    state["history"] = [
+        {"step": 0, "val_ppl": 1.0, "fraction": 0.0},
+        {"step": 2, "val_ppl": 2.0, "fraction": 0.05},
+        {"step": 4, "val_ppl": 3.0, "fraction": 0.1},
+    ]
     state["best_val_ppl"] = 1.0
     path.write_text(json.dumps(state))
     again = train_plan(dense, lm, plan, out, 40, label="x", evals=10, calibration_tokens=0)
     assert again.metrics["stopped"] == "plateau" and again.metrics["steps"] == 8  # patience 3: one more validation
+
+
+def test_only_validations_at_the_stored_form_carry_their_patience_into_a_resume():
+    """A validation made mid-ramp (a denser model than the one stored) is no bar to beat; a
+    checkpoint without fractions (older) carries nothing."""
+    from autoshrink.final.train import _settled
+
+    history = [
+        {"step": 4, "val_ppl": 1.0, "fraction": 0.1},  # mid-ramp: too good to be the bar
+        {"step": 8, "val_ppl": 3.0, "fraction": 0.5},
+        {"step": 12, "val_ppl": 2.5, "fraction": 0.6},
+    ]
+    assert _settled(history, 0.5) == ((8, 3.0), (12, 2.5))
+    assert _settled([{"step": 4, "val_ppl": 1.0}], 0.0) == ()
 
 
 def test_trial_choice(tiny_model_dir, text_file, tmp_path):

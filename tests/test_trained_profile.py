@@ -43,7 +43,7 @@ def test_the_profile_fine_tunes_every_method_and_the_allocation_records_its_step
     # the same folder with another step count is allocated again, not read back
     other = allocation(trained_profile.context(run, 0, log=lambda line: None)[0], tmp_path / "tuned", lambda line: None)
     assert set(other.table.finetune_steps) == {0}
-    # training the site lowers its loss increase on most options
+    # one row per site, over every option both profiles measured
     rows = trained_profile.ranking_change(untrained, result.table)
     assert {r["site"] for r in rows} == set(untrained.site)
     assert all(r["options"] == len(untrained[untrained.site == r["site"]]) for r in rows)
@@ -64,3 +64,13 @@ def test_the_report_trains_three_plans_and_names_the_best_from_the_measurements(
     monkeypatch.setattr(trained_profile, "run_trial", lambda *a, **k: calls.append(1))
     again = trained_profile.measure(run, 2, log=lambda line: None)
     assert calls == [] and again["trials"] == m["trials"]
+    # a stored trial of another plan (the run's best control changed) is measured again
+    stored = run / "trained-profile-2" / "trial-0.json"
+    stored.write_text(json.dumps({**json.loads(stored.read_text()), "plan": {"rnn.0.hh": {"method": "quant"}}}))
+    monkeypatch.setattr(
+        trained_profile,
+        "run_trial",
+        lambda *a, **k: calls.append(1) or type("R", (), {"val_ppl": 9.0, "stored_bytes": 1})(),
+    )
+    third = trained_profile.measure(run, 2, log=lambda line: None)
+    assert calls == [1] and next(iter(third["trials"].values()))["val_ppl"] == 9.0

@@ -220,3 +220,21 @@ def test_a_scope_space_fits_its_seeds_on_the_scoped_sites_alone(tiny):
         compressed = {n: cfg for n, cfg in plan.items() if cfg.method != "dense"}
         assert {s.role for s in sites if s.name in compressed} == {"recurrent"}
         assert plan_stored_bytes(sites, plan, model.vocab.freqs, mf) <= limit
+
+
+def test_each_width_is_scored_as_the_seed_will_train_with_the_space_capping_its_rank(tiny):
+    model, sites = tiny
+    space = parse_space(
+        __import__("yaml").safe_load(
+            "roles:\n  embedding: &all\n    lowrank: {rank: {low: 2, high: 3}, bits: [4, 16]}\n"
+            "  softmax: *all\n  recurrent: *all\n"
+        )
+    )
+    seen = []
+
+    def score(plan):
+        seen.append(max(cfg.rank for cfg in plan.values()))
+        return 0.0
+
+    uniform_seeds(space, sites, dense_bytes(model) // 3, model.vocab.freqs, ModelFile.of(model), score)
+    assert seen and max(seen) <= 3  # 4 bits would fit larger ranks; the seed trains them capped at 3

@@ -100,14 +100,15 @@ def uniform_control(run_dir: Path) -> tuple[str, dict] | None:
 
 
 def trial_ppl(ctx: SearchContext, plan: dict, path: Path, log) -> dict:
-    """One fresh trial of `plan` with the run's settings; read back from `path` when measured."""
-    if path.is_file():
-        return json.loads(path.read_text())
+    """One fresh trial of `plan` with the run's settings; read back from `path` when measured for
+    this plan (the run's best control may have changed since)."""
+    if path.is_file() and (known := json.loads(path.read_text())).get("plan") == plan:
+        return known
     from autoshrink.plan import parse_plan
 
     start = time.time()
     result = run_trial(ctx.model, parse_plan(plan), ctx.data, ctx.settings, ctx.dense_bytes, stats=ctx.stats)
-    row = {"val_ppl": result.val_ppl, "stored_bytes": result.stored_bytes, "seconds": time.time() - start}
+    row = {"val_ppl": result.val_ppl, "stored_bytes": result.stored_bytes, "seconds": time.time() - start, "plan": plan}
     path.write_text(json.dumps(row, indent=1) + "\n")
     log(f"{path.stem}: val ppl {result.val_ppl:.2f}")
     return row

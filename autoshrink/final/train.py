@@ -215,7 +215,7 @@ def _start_from(
             log(f"{name}: its kept weights {weights} do not match the plan: starting from the dense model")
             return
         val = evaluate_perplexity(model, lm.valid)
-        state.update(fraction=1.0, best_val_ppl=val, history=[{"step": 0, "val_ppl": val}])  # schedules have run
+        state.update(fraction=1.0, best_val_ppl=val, history=[{"step": 0, "val_ppl": val, "fraction": 1.0}])  # settled
         _write_checkpoint(ckpt, model, state, best=True)
         log(f"{name}: starting from its fine-tuned weights ({weights}; val ppl {val:.2f}, whole valid split)")
     else:
@@ -317,6 +317,14 @@ def train_trial(
     )
 
 
+def _settled(history: list[dict], settle: float) -> tuple[tuple[int, float], ...]:
+    """The validations of a checkpoint's history made at the stored form (their schedule fraction
+    at or past `settle`); none from a checkpoint that did not record fractions."""
+    if any("fraction" not in h for h in history):
+        return ()
+    return tuple((h["step"], h["val_ppl"]) for h in history if h["fraction"] >= settle)
+
+
 def train_plan(
     dense: nn.Module,
     lm: LMData,
@@ -385,7 +393,7 @@ def train_plan(
         state.update(step=done + step, fraction=fraction, seconds=prior_seconds + time.perf_counter() - started)
         # one entry per step: a run killed after its step-0 validation validates its start again
         state["history"] = [h for h in state["history"] if h["step"] != done + step]
-        state["history"].append({"step": done + step, "val_ppl": val})
+        state["history"].append({"step": done + step, "val_ppl": val, "fraction": fraction})
         _write_checkpoint(ckpt, small, state, best)
         if on_eval is not None:
             on_eval(done + step, val)
@@ -406,9 +414,7 @@ def train_plan(
                 "seed": seed + done,
                 "distill_from": copy.deepcopy(dense) if distill else None,
                 "validate_start": not done,
-                "prior_history": tuple(
-                    (h["step"], h["val_ppl"]) for h in state["history"] if h["step"] >= settle * steps
-                ),  # settled validations: early stopping goes on from them
+                "prior_history": _settled(state["history"], settle),  # early stopping goes on from them
                 **(options or {}),
             }
         )

@@ -86,6 +86,10 @@ def uniform_seeds(
     common = [
         m for m in options[compressible[0].name] if m != DENSE and all(m in options[s.name] for s in compressible)
     ]
+
+    def in_space(fitted: dict) -> dict:  # what a seed trains: every knob brought into the space
+        return {site.name: space.within(site, fitted[site.name]) for site in compressible}
+
     seeds = []
     for method in common:
         knob_sets = [space.roles[s.role][method] for s in compressible]
@@ -94,16 +98,24 @@ def uniform_seeds(
         plan = None
         for knobs in _candidates(method, knob_sets):
             base = config_class(method)(**knobs)
-            if score is not None and len(widths) > 1:
-                plan, _ = best_width(base, widths, sites, max_bytes, score, freqs, model_file, roles)
+            if score is not None and len(widths) > 1:  # scored as it will train (a rank the space caps, capped)
+                plan, _ = best_width(
+                    base, widths, sites, max_bytes, lambda p: score(in_space(p)), freqs, model_file, roles
+                )
             else:
-                plan = uniform_plan(base, sites, max_bytes, freqs, model_file, roles)
+                plan = uniform_plan(
+                    base.replace(bits=widths[0]) if len(widths) == 1 else base,
+                    sites,
+                    max_bytes,
+                    freqs,
+                    model_file,
+                    roles,
+                )
             if plan is not None:
                 break
         if plan is None:
             continue
-        in_space = {site.name: space.within(site, plan[site.name]) for site in compressible}
-        seeds.append((method, space.params_of(in_space, sites)))
+        seeds.append((method, space.params_of(in_space(plan), sites)))
     return seeds
 
 

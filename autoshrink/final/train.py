@@ -379,10 +379,13 @@ def train_plan(
     if not state["step"]:
         _start_from(small, start_weights, state, ckpt, lm, name, log)
     done, start = state["step"], state["fraction"]  # the schedules' position: a finished run stays finished
-    if done:
-        log(f"resuming {name} from step {done} ({ckpt}); training up to step {steps}")
     settle = settles_at(small)
-    remaining = max(0, steps - done)
+    plateaued = state.get("stopped") == "plateau" and state.get("steps_cap") == steps
+    remaining = 0 if plateaued else max(0, steps - done)  # a run stopped at its plateau stays stopped
+    if plateaued:
+        log(f"{name} stopped at its plateau at step {done} ({ckpt}): nothing more to train for --steps {steps}")
+    elif done:
+        log(f"resuming {name} from step {done} ({ckpt}); training up to step {steps}")
     prior_seconds, started = state["seconds"], time.perf_counter()
 
     def checkpoint(step: int, val: float) -> None:
@@ -420,6 +423,8 @@ def train_plan(
         )
         with _resumed_schedules(small, start):
             state["stopped"] = train_lm(small, lm.train, lm.valid, cfg, on_log=on_log, on_eval=checkpoint).stopped
+        state["steps_cap"] = steps
+        (ckpt / CHECKPOINT_STATE).write_text(json.dumps(state, indent=1) + "\n")  # why it ended, for a rerun
     if (ckpt / "best.safetensors").is_file():  # the best validated state over every segment
         _load_weights(small, ckpt / "best.safetensors")
     small.cpu().eval()

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 from torch import nn
 
 from autoshrink.bench.report import commit, write_report
@@ -31,8 +30,7 @@ from autoshrink.data import LMData, load_lm_data
 from autoshrink.final.config import TrainConfig
 from autoshrink.final.train import train_trial
 from autoshrink.models.load import load
-from autoshrink.models.training import evaluate_perplexity
-from autoshrink.plan import compress, parse_plan
+from autoshrink.plan import parse_plan, untrained_perplexity
 from autoshrink.search import run_folder
 from autoshrink.search.study import load_study
 from autoshrink.search.trial import TrialSettings, val_slice
@@ -79,9 +77,8 @@ class RunSetup:
 
     def proxy_ppl(self, plan_json: dict) -> float:
         """The plan's validation perplexity untrained (data-aware build, the trials' validation slice)."""
-        torch.manual_seed(0)
-        untrained = compress(self.dense, parse_plan(plan_json), freqs=self.lm.vocab.freqs, stats=self.stats)
-        return evaluate_perplexity(untrained, self.lm.valid, max_tokens=self.eval_tokens)
+        valid = self.lm.valid if self.eval_tokens is None else self.lm.valid[: self.eval_tokens]
+        return untrained_perplexity(self.dense, parse_plan(plan_json), valid, self.lm.vocab.freqs, self.stats)
 
 
 def load_setup(info: dict) -> RunSetup:

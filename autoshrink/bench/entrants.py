@@ -26,13 +26,12 @@ def best_storage_plan(setup, row, base_cfg: dict) -> tuple[dict | None, list[dic
     candidates tried: bits, val_ppl at initialisation, stored bytes)."""
     from autoshrink.plan.fit import best_width
     from autoshrink.methods import config_from_dict
-    from autoshrink.models.training import evaluate_perplexity
-    from autoshrink.plan import compress, plan_stored_bytes
+    from autoshrink.plan import plan_stored_bytes, untrained_perplexity
 
     def val_ppl(plan: dict) -> float:
-        torch.manual_seed(setup.seed)
-        model = compress(setup.dense, plan, freqs=setup.lm.vocab.freqs)
-        return evaluate_perplexity(model, setup.lm.valid, max_tokens=SELECT_TOKENS)
+        return untrained_perplexity(
+            setup.dense, plan, setup.lm.valid[:SELECT_TOKENS], setup.lm.vocab.freqs, None, setup.seed
+        )
 
     widths = (base_cfg["bits"],) if base_cfg["method"] == "quant" or "bits" in base_cfg else STORAGE_BITS
     base = config_from_dict({**base_cfg, "bits": widths[0]})

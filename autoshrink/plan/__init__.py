@@ -2,7 +2,16 @@
 (bytes), a method's size knob fitted to a byte target (fit), and repair of an over-budget plan
 (repair)."""
 
-from autoshrink.plan.apply import Plan, compress, dense_weight, parse_plan, place_compressed, plan_to_json, resolve
+from autoshrink.plan.apply import (
+    Plan,
+    compress,
+    dense_weight,
+    parse_plan,
+    place_compressed,
+    plan_to_json,
+    resolve,
+    untrained_perplexity,
+)
 from autoshrink.plan.bytes import (
     ModelFile,
     dense_bytes,
@@ -21,6 +30,7 @@ __all__ = [
     "method_bytes",
     "parse_plan",
     "place_compressed",
+    "untrained_perplexity",
     "plan_bytes_bound",
     "plan_stored_bytes",
     "plan_to_json",

@@ -112,6 +112,22 @@ def compress(
     return model
 
 
+def untrained_perplexity(
+    dense: nn.Module,
+    plan: Mapping[str, Any],
+    tokens: torch.Tensor,
+    freqs: torch.Tensor | None = None,
+    stats: dict[str, SiteStats] | None = None,
+    seed: int = 0,
+) -> float:
+    """The plan's perplexity on `tokens` as `compress` builds it, before any training: the cheap
+    proxy by which plans and storage widths are compared (seeded, so a random build is repeatable)."""
+    from autoshrink.models.training import evaluate_perplexity
+
+    torch.manual_seed(seed)
+    return evaluate_perplexity(compress(dense, plan, freqs=freqs, stats=stats), tokens)
+
+
 def place_compressed(model: nn.Module, by_name: dict[str, Site], built: dict[str, CompressedWeight]) -> None:
     """Put each compressed weight in its site's place, and in its tie partners' (shared)."""
     for site in by_name.values():

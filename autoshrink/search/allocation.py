@@ -35,7 +35,7 @@ from autoshrink.allocate.profile import profile
 from autoshrink.errors import UserError
 from autoshrink.methods import MethodConfig, config_class, method_names
 from autoshrink.models.discover import in_place_target
-from autoshrink.plan import ModelFile, Plan, plan_stored_bytes
+from autoshrink.plan import ModelFile, Plan, plan_stored_bytes, untrained_perplexity
 from autoshrink.search import run_folder
 from autoshrink.search.run_folder import ALLOCATION, PROFILE
 from autoshrink.search.space import DENSE, SearchSpace
@@ -175,18 +175,11 @@ def allocated_plans(result: Allocation | None, count: int, log: Callable[[str], 
 
 
 def untrained_ppl(ctx) -> Callable[[Plan], float]:
-    """A plan's perplexity before training, data-aware build, on the allocation's held-out slice:
+    """A plan's perplexity before training (data-aware build where the search calibrated), on the
+    allocation's held-out slice:
     how the warm start picks each uniform control's storage width."""
-    from autoshrink.models.training import evaluate_perplexity
-    from autoshrink.plan import compress
-
     tokens = _held_out(ctx)[:SLICE_TOKENS]
-
-    def ppl(plan: Plan) -> float:
-        torch.manual_seed(ctx.settings.seed)
-        return evaluate_perplexity(compress(ctx.model, plan, freqs=ctx.freqs, stats=ctx.stats), tokens)
-
-    return ppl
+    return lambda plan: untrained_perplexity(ctx.model, plan, tokens, ctx.freqs, ctx.stats, ctx.settings.seed)
 
 
 def profile_options(

@@ -175,7 +175,11 @@ def _write_checkpoint(folder: Path, model: nn.Module, state: dict, best: bool) -
     for name in ("model.safetensors",) + (("best.safetensors",) if best else ()):
         save_model(model, str(folder / (name + ".tmp")))
         (folder / (name + ".tmp")).replace(folder / name)
-    (folder / CHECKPOINT_STATE).write_text(json.dumps(state, indent=1) + "\n")  # last: it names a complete step
+    _write_state(folder, state)  # last: it names a complete step
+
+
+def _write_state(folder: Path, state: dict) -> None:
+    (folder / CHECKPOINT_STATE).write_text(json.dumps(state, indent=1) + "\n")
 
 
 @contextmanager
@@ -424,7 +428,7 @@ def train_plan(
         with _resumed_schedules(small, start):
             state["stopped"] = train_lm(small, lm.train, lm.valid, cfg, on_log=on_log, on_eval=checkpoint).stopped
         state["steps_cap"] = steps
-        (ckpt / CHECKPOINT_STATE).write_text(json.dumps(state, indent=1) + "\n")  # why it ended, for a rerun
+        _write_state(ckpt, state)  # why it ended, for a rerun
     if (ckpt / "best.safetensors").is_file():  # the best validated state over every segment
         _load_weights(small, ckpt / "best.safetensors")
     small.cpu().eval()

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from autoshrink.allocate.knapsack import Option, solve, solve_ladder, spend_slack
+from autoshrink.allocate.knapsack import Option, solve, solve_ladder, solve_without, spend_slack
 from autoshrink.errors import UserError
 
 
@@ -80,3 +80,19 @@ def test_sites_without_options_and_bad_buckets_are_user_errors():
         solve({"a": []}, 10.0)
     with pytest.raises(UserError, match="buckets"):
         solve({"a": [Option(None, 1, 0)]}, 10.0, buckets=0)
+
+
+def test_solve_without_a_method_takes_the_best_plan_of_the_others_at_the_same_indices():
+    from types import SimpleNamespace
+
+    a, b = SimpleNamespace(method="a"), SimpleNamespace(method="b")
+    options = {
+        "x": [Option(None, 10.0, 0.0), Option(a, 2.0, 0.1), Option(b, 3.0, 0.5)],
+        "y": [Option(None, 10.0, 0.0), Option(a, 2.0, 0.2), Option(b, 2.0, 0.3)],
+    }
+    assert solve(options, 6.0).choice == {"x": 1, "y": 1}  # method a everywhere is the best
+    without_a = solve_without(options, 6.0, "a")
+    assert without_a.choice == {"x": 2, "y": 2}
+    assert without_a.loss == pytest.approx(0.8)
+    assert solve_without(options, 4.0, "a") is None  # b alone costs 5: nothing fits without a
+    assert solve_without(options, 6.0, "b").choice == {"x": 1, "y": 1}

@@ -130,3 +130,20 @@ def test_wherever_a_uniform_plan_fits_every_site_keeps_options_and_a_plan_fits(r
     assert all(options[s.name] for s in sites if s.tied_with is None)
     knap = {n: [Option(c, site_cost(sites, n, c, model_file, None), 0.0) for c in cfgs] for n, cfgs in options.items()}
     assert solve_ladder(knap, [capacity])[0] is not None
+
+
+def test_hedges_are_the_best_plans_without_each_method_of_the_best_one(allocated):
+    model, valid, limit, _, result = allocated
+    sites = discover_sites(model)
+    dense = math.log(evaluate_perplexity(model, valid))
+    used = {c.method for c in result.best.plan.values()}
+    assert result.hedges, "the fixture's best plan uses a method that another plan can do without"
+    assert {h.source for h in result.hedges} <= {f"knapsack without {m}" for m in used}
+    for hedge in result.hedges:
+        left_out = hedge.source.removeprefix("knapsack without ")
+        assert all(c.method != left_out for c in hedge.plan.values())
+        assert hedge.bytes == plan_stored_bytes(sites, hedge.plan) <= limit
+        joint = math.log(evaluate_perplexity(compress(model, hedge.plan), valid)) - dense
+        assert hedge.joint_loss == pytest.approx(joint, abs=1e-5)
+    losses = [h.joint_loss for h in result.hedges]
+    assert losses == sorted(losses)

@@ -95,6 +95,9 @@ def test_the_table_sorts_each_site_by_bytes_and_marks_its_front_and_the_allocati
         assert sum(line[2] == "*" for line in body) == int(rows["pareto"].sum())
         assert sum(line[3] == ">" for line in body) == int(rows["allocated"].sum())
     assert f"allocation within {allocation['limit']:,} bytes: {allocation['best']['bytes']:,} bytes" in out
+    assert allocation["hedges"]  # the fixture's best plan has a method another plan can do without
+    for hedge in allocation["hedges"]:  # each hedge's line, with its own bytes
+        assert f"{hedge['source']} (hedge): {hedge['bytes']:,} bytes" in out
 
 
 def test_csv_and_json_hold_the_same_rows(profiled, capsys):

@@ -238,3 +238,30 @@ def test_each_width_is_scored_as_the_seed_will_train_with_the_space_capping_its_
 
     uniform_seeds(space, sites, dense_bytes(model) // 3, model.vocab.freqs, ModelFile.of(model), score)
     assert seen and max(seen) <= 3  # 4 bits would fit larger ranks; the seed trains them capped at 3
+
+
+def test_allocated_trials_are_the_best_plan_then_its_hedges_then_the_ladder():
+    import pandas as pd
+
+    from autoshrink.allocate import Allocation
+    from autoshrink.allocate.pipeline import Allocated
+    from autoshrink.methods.lowrank import LowRankConfig
+    from autoshrink.methods.quant import QuantConfig
+    from autoshrink.search.allocation import allocated_plans
+
+    def entry(rank, source, loss=0.1):
+        return Allocated({"a": LowRankConfig(rank=rank), "b": QuantConfig(bits=4)}, 100, loss, loss, source)
+
+    best = entry(8, "knapsack")
+    hedges = [entry(7, "knapsack without quant"), entry(8, "knapsack without lowrank"), entry(6, "third")]
+    ladder = {0.9: entry(5, "knapsack at 0.9 of the limit"), 1.0: best}
+    result = Allocation([best], ladder, pd.DataFrame(), 0.0, 100, hedges=hedges)
+    sources = [s for s, _ in allocated_plans(result, 5, lambda _: None)]
+    # the hedge equal to the best plan is not trained twice; at most two hedges; then the ladder
+    assert sources == [
+        "allocation (knapsack)",
+        "allocation hedge (knapsack without quant)",
+        "allocation hedge (third)",
+        "knapsack at 0.9 of the limit",
+    ]
+    assert [s for s, _ in allocated_plans(result, 2, lambda _: None)] == sources[:2]

@@ -117,3 +117,19 @@ def solve_ladder(
 def solve(options: Mapping[str, Sequence[Option]], capacity: float, buckets: int = BUCKETS) -> Selection | None:
     """The least-loss selection within `capacity`, or None if even the cheapest options exceed it."""
     return solve_ladder(options, [capacity], buckets)[0]
+
+
+def solve_without(
+    options: Mapping[str, Sequence[Option]], capacity: float, excluded: Any, buckets: int = BUCKETS
+) -> Selection | None:
+    """The least-loss selection within `capacity` that takes no option whose config's `method` is
+    `excluded` (None if no such selection fits). Indices are those of `options`: excluded options
+    stay in place at an infinite loss, so the solver never picks them."""
+    masked = {
+        name: [
+            Option(o.config, o.cost, math.inf) if getattr(o.config, "method", None) == excluded else o for o in opts
+        ]
+        for name, opts in options.items()
+    }
+    selection = solve(masked, capacity, buckets)
+    return selection if selection is not None and math.isfinite(selection.loss) else None

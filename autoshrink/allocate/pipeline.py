@@ -1,6 +1,12 @@
 """allocate(): profile every site's options, solve the knapsack for the byte limit (and a ladder of
 limits below it), evaluate the best candidates jointly and refine them; no training anywhere.
 
+Hedges: the proxy's errors are per method (a method that training repairs more, or less, than its
+loss before training says: 2-3 bit quantisation looked cheaper than low-rank on kjv-lstm's input
+matrices and trained worse, results/search.md), so besides its best plan the allocation gives, for
+each method that plan uses, the knapsack's best plan without that method, evaluated jointly. The
+search trains the best of them right after the allocation, and training decides.
+
 Costs are whole-model stored bytes, the file's header included: the model's dense parts (biases,
 parameters outside any site) are fixed, each site adds its method's bytes (and the bias it keeps)
 or, left dense, its dense bytes, each with its share of the header. The exact header does not add
@@ -20,7 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from autoshrink.allocate.knapsack import BUCKETS, Option, solve_ladder
+from autoshrink.allocate.knapsack import BUCKETS, Option, solve_ladder, solve_without
 from autoshrink.allocate.levels import LEVELS, SMALLEST_FRACTION, site_options
 from autoshrink.allocate.profile import OptionMap, profile, row_config
 from autoshrink.allocate.refine import Scored, candidates, refine
@@ -75,6 +81,7 @@ class Allocation:
     dense_loss: float  # mean NLL per token of the dense model on the slice
     limit: int
     seconds: dict[str, float] = field(default_factory=dict)
+    hedges: list[Allocated] = field(default_factory=list)  # the best plan without each of its methods, by joint loss
 
     @property
     def best(self) -> Allocated:
@@ -278,8 +285,14 @@ def allocate(
             steps_ladder[fraction] = allocated(sel.choice, loss, f"knapsack at {fraction:g} of the limit")
         else:
             steps_ladder[fraction] = None
+    hedges = []
+    for method in sorted({c.method for c in plans[0].plan.values()}):
+        sel = solve_without(knap, capacity, method, buckets)
+        if sel is not None:
+            hedges.append(allocated(sel.choice, float(joint(sel.choice).mean()), f"knapsack without {method}"))
+    hedges.sort(key=lambda a: a.joint_loss)
     times["total"] = time.perf_counter() - start
-    return Allocation(plans, steps_ladder, table, replay.dense_loss, limit, times)
+    return Allocation(plans, steps_ladder, table, replay.dense_loss, limit, times, hedges)
 
 
 def _bar(total: int, enabled: bool):

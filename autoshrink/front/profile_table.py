@@ -182,6 +182,9 @@ def render_table(p: SiteProfile) -> str:
             if entry is not None and float(fraction) < 1:
                 ppl = math.exp(a["dense_loss"] + entry["joint_loss"]) if entry["joint_loss"] is not None else None
                 lines.append(f"  knapsack at {fraction} of the limit: {entry['bytes']:,} bytes, ppl {_num(ppl, '.2f')}")
+        for entry in a.get("hedges", []):
+            ppl = math.exp(a["dense_loss"] + entry["joint_loss"])
+            lines.append(f"  {entry['source']} (hedge): {entry['bytes']:,} bytes, ppl {ppl:.2f}")
     else:
         lines += ["", "no allocation.json in the run folder: ratios, perplexities and the allocation are not known"]
     if p.hidden:

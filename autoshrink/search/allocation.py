@@ -44,6 +44,7 @@ from autoshrink.sites import ROLES, Site
 PROFILE_BITS = (4, 8)  # storage widths profiled (results/allocate.md: 4 bits with larger ranks won at 25x)
 LEVELS = 8  # size levels per method and width on each site
 LADDER = (0.9, 0.8, 0.7)  # fractions of the limit whose knapsack plans are trials too (front seeds)
+HEDGES = 2  # allocated plans without one of the best plan's methods that are trials too (allocate/pipeline.py)
 
 
 def profile_bases(space: SearchSpace, role: str) -> list[MethodConfig]:
@@ -153,7 +154,7 @@ def allocation(ctx, folder: Path, log: Callable[[str], None], strict: bool = Fal
         f"allocation: {best.bytes:,} bytes, ppl {ppl} on {tokens:,} held-out valid tokens before "
         f"training (dense {dense_ppl:.2f}), {time.perf_counter() - start:.0f} s -> {folder / ALLOCATION}"
     )
-    for entry in [*result.plans, *result.ladder.values()]:
+    for entry in [*result.plans, *result.ladder.values(), *result.hedges]:
         if entry is not None:
             assert plan_stored_bytes(ctx.sites, entry.plan, ctx.freqs, ctx.model_file) <= ctx.max_bytes, entry.source
     return result
@@ -161,10 +162,16 @@ def allocation(ctx, folder: Path, log: Callable[[str], None], strict: bool = Fal
 
 def allocated_plans(result: Allocation | None, count: int, log: Callable[[str], None]) -> list[tuple[str, Plan]]:
     """Up to `count` (source, plan) pairs for the first trials from an `allocation`: the refined
-    allocation, then the knapsack's plans for fractions of the limit."""
+    allocation, then its best HEDGES (the best plan without one of its methods), then the
+    knapsack's plans for fractions of the limit."""
     if result is None or count < 1:
         return []
     plans: list[tuple[str, Plan]] = [(f"allocation ({result.best.source})", result.best.plan)]
+    for entry in result.hedges:
+        if len(plans) > HEDGES:
+            break
+        if all(entry.plan != p for _, p in plans):
+            plans.append((f"allocation hedge ({entry.source})", entry.plan))
     for fraction in LADDER:
         entry = result.ladder.get(fraction)
         if entry is not None and all(entry.plan != p for _, p in plans):
@@ -255,6 +262,7 @@ def _recorded(ctx, folder: Path, options: dict[str, list[MethodConfig]]) -> Allo
         dense_loss=info["dense_loss"],
         limit=info["limit"],
         seconds=info.get("seconds", {}),
+        hedges=[Allocated.from_dict(a) for a in info.get("hedges", [])],
     )
 
 

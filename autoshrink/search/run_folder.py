@@ -125,7 +125,7 @@ def add_invocation(run_dir: Path, command: str) -> None:
 def write_allocation(
     run_dir: Path, result: "Allocation", sites: list, tokens: int, held_out_start: int = 0, profile_finetune: int = 0
 ) -> Path:
-    """allocation.json: the allocation's plans (best first, then the ladder's), the profile rows
+    """allocation.json: the allocation's plans (best first, then the ladder's and the hedges), the profile rows
     they were chosen from (their model, slice and build fingerprints, and the per-site fine-tune
     steps before each measurement), the dense model's loss on that slice (`tokens` validation
     tokens from token `held_out_start` of the valid split) and each site's role and shape."""
@@ -143,6 +143,7 @@ def write_allocation(
         },
         "best": result.best.to_dict(),
         "ladder": {f"{f:g}": (a.to_dict() if a is not None else None) for f, a in sorted(result.ladder.items())},
+        "hedges": [a.to_dict() for a in result.hedges],
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
     }
     path = run_dir / ALLOCATION

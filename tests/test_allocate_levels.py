@@ -77,3 +77,24 @@ def test_a_cap_keeps_every_level_within_it_and_spends_the_levels_below_it():
     assert all(method_bytes(SOFTMAX, c) <= cap for c in capped)
     assert len(capped) >= len([c for c in full if method_bytes(SOFTMAX, c) <= cap]) + 2  # finer steps
     assert site_levels(SOFTMAX, base, levels=8, cap=10) == []
+
+
+def test_zoom_fills_the_gaps_next_to_the_chosen_level_with_the_same_base():
+    from autoshrink.allocate.levels import zoom_levels
+
+    base = LowRankConfig(bits=4)
+    levels = site_levels(MATRIX, base, levels=6) + site_levels(MATRIX, base.replace(bits=8), levels=6)
+    fours = [c for c in levels if c.bits == 4]
+    chosen = fours[2]
+    below, above = method_bytes(MATRIX, fours[1]), method_bytes(MATRIX, fours[3])
+    zoomed = zoom_levels(MATRIX, chosen, levels, per_gap=3)
+    sizes = [method_bytes(MATRIX, c) for c in zoomed]
+    assert all(c.bits == 4 for c in zoomed)  # the chosen base, not the 8-bit levels
+    assert sizes == sorted(set(sizes)) and all(below < s < above for s in sizes)
+    assert method_bytes(MATRIX, chosen) not in sizes
+    assert any(s < method_bytes(MATRIX, chosen) for s in sizes) and any(s > method_bytes(MATRIX, chosen) for s in sizes)
+    assert len(zoomed) == 6  # three in each gap: ranks 9 < 14, 19, 24 < 29 < 37, 46, 55 < 64
+    # the top level has no gap above it; a method sized by its bits gets no zoom
+    top = zoom_levels(MATRIX, fours[-1], levels, per_gap=3)
+    assert top and all(method_bytes(MATRIX, c) < method_bytes(MATRIX, fours[-1]) for c in top)
+    assert zoom_levels(MATRIX, QuantConfig(bits=4), [QuantConfig(bits=b) for b in (2, 4, 8)]) == []

@@ -9,6 +9,7 @@ import pytest
 
 from autoshrink.allocate import allocate
 from autoshrink.errors import UserError
+from autoshrink.methods import config_from_dict
 from autoshrink.methods.lowrank import LowRankConfig
 from autoshrink.methods.quant import QuantConfig
 from autoshrink.models.discover import discover_sites
@@ -147,3 +148,25 @@ def test_hedges_are_the_best_plans_without_each_method_of_the_best_one(allocated
         assert hedge.joint_loss == pytest.approx(joint, abs=1e-5)
     losses = [h.joint_loss for h in result.hedges]
     assert losses == sorted(losses)
+
+
+def test_zoom_profiles_sizes_next_to_the_first_knapsack_choice_and_the_plan_may_take_them():
+    from autoshrink.allocate.levels import same_base
+
+    model, _, valid = trained_lstm()
+    limit = dense_bytes(model) // 3
+    bases = [LowRankConfig(bits=8)]  # sized by rank (the fixture's quantisation is sized by its bits: no zoom)
+    coarse = allocate(model, valid, bases, limit, levels=5, max_evals=2, zoom=0, progress=False)
+    fine = allocate(model, valid, bases, limit, levels=5, max_evals=2, progress=False)
+    known = {(r["site"], r["knobs"]) for r in coarse.table.to_dict("records")}
+    extra = [r for r in fine.table.to_dict("records") if (r["site"], r["knobs"]) not in known]
+    assert extra, "the zoom measured no new size"
+    first = coarse.ladder[1.0].plan  # the knapsack's plan over the coarse levels
+    for row in extra:
+        config = config_from_dict(json.loads(row["knobs"]))
+        assert same_base(config, first[row["site"]])  # only the chosen method and width, resized
+    assert fine.ladder[1.0].profile_loss <= coarse.ladder[1.0].profile_loss + 1e-12  # more options, no worse
+    dropped = allocate(
+        model, valid, bases, limit, levels=5, max_evals=2, progress=False, admit=lambda site, config: None
+    )
+    assert len(dropped.table) == len(coarse.table)  # what the caller does not admit is not measured

@@ -126,9 +126,7 @@ def solve_without(
     `excluded` (None if no such selection fits). Indices are those of `options`: excluded options
     stay in place at an infinite loss, so the solver never picks them."""
     masked = {
-        name: [
-            Option(o.config, o.cost, math.inf) if getattr(o.config, "method", None) == excluded else o for o in opts
-        ]
+        name: [Option(o.config, o.cost, math.inf) if getattr(o.config, "method", None) == excluded else o for o in opts]
         for name, opts in options.items()
     }
     selection = solve(masked, capacity, buckets)

@@ -134,3 +134,43 @@ def site_options(
             configs += [c for c in site_levels(site, base, levels, freqs, smallest, cap=cap) if c not in configs]
         options[site.name] = configs
     return options
+
+
+ZOOM = 3  # levels added in each gap next to a chosen level (a 2-4x finer grid there)
+
+
+def same_base(a: MethodConfig, b: MethodConfig) -> bool:
+    """Whether two configs differ at most in their method's size knob."""
+    knob = type(a).size_knob
+    if type(a) is not type(b) or knob is None:
+        return a == b
+    return a.replace(**{knob: getattr(b, knob)}) == b
+
+
+def zoom_levels(
+    site: Site,
+    chosen: MethodConfig,
+    levels: Sequence[MethodConfig],
+    per_gap: int = ZOOM,
+    freqs: torch.Tensor | None = None,
+) -> list[MethodConfig]:
+    """Configs of `chosen`'s base between it and its neighbouring levels (in bytes) among `levels`,
+    `per_gap` byte targets evenly spaced in each gap, each the largest setting within its target:
+    a finer grid where the knapsack's choice lies, so that a sensitive site is not held to a
+    level a whole geometric step below what the budget could give it. Empty for a method whose
+    size knob is its bits (their levels are all there are)."""
+    if type(chosen).size_knob in (None, "bits"):
+        return []
+    sizes = sorted({_bytes(site, c, freqs) for c in levels if same_base(c, chosen)} | {_bytes(site, chosen, freqs)})
+    at = sizes.index(_bytes(site, chosen, freqs))
+    gaps = [(sizes[i], sizes[i + 1]) for i in (at - 1, at) if 0 <= i and i + 1 < len(sizes)]
+    found: dict[int, MethodConfig] = {}
+    for lo, hi in gaps:
+        for k in range(1, per_gap + 1):
+            config = largest_within(site, chosen, lo + (hi - lo) * k // (per_gap + 1), freqs)
+            if config is None or not takes(config, site):
+                continue
+            nbytes = _bytes(site, config, freqs)
+            if lo < nbytes < hi and nbytes not in found:
+                found[nbytes] = _smallest_equal(site, config, freqs)
+    return [found[b] for b in sorted(found)]

@@ -1,6 +1,11 @@
 """allocate(): profile every site's options, solve the knapsack for the byte limit (and a ladder of
 limits below it), evaluate the best candidates jointly and refine them; no training anywhere.
 
+Zoom: the levels are a geometric grid (steps of 1.1-1.4x in bytes), so a sensitive site can be held
+a whole step below what the limit could give it (the softmax at GroupReduce rank 4 when 7 was
+40 KB away). After a first knapsack, the gaps on either side of each site's chosen level are
+profiled at ZOOM more sizes of the same method and width, and the knapsack is solved again.
+
 Hedges: the proxy's errors are per method (a method that training repairs more, or less, than its
 loss before training says: 2-3 bit quantisation looked cheaper than low-rank on kjv-lstm's input
 matrices and trained worse, results/search.md), so besides its best plan the allocation gives, for
@@ -26,8 +31,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from autoshrink.allocate.knapsack import BUCKETS, Option, solve_ladder, solve_without
-from autoshrink.allocate.levels import LEVELS, SMALLEST_FRACTION, site_options
+from autoshrink.allocate.knapsack import BUCKETS, Option, solve, solve_ladder, solve_without
+from autoshrink.allocate.levels import LEVELS, SMALLEST_FRACTION, ZOOM, site_options, zoom_levels
 from autoshrink.allocate.profile import OptionMap, profile, row_config
 from autoshrink.allocate.refine import Scored, candidates, refine
 from autoshrink.allocate.replay import Replay, build_site
@@ -111,6 +116,31 @@ def knapsack_options(
     return options
 
 
+def zoomed_options(
+    choice: Mapping[str, int],
+    knap: Mapping[str, Sequence[Option]],
+    per_site: Mapping[str, Sequence[MethodConfig]],
+    by_name: Mapping[str, Any],
+    per_gap: int,
+    freqs: torch.Tensor | None,
+    admit: Callable[[str, MethodConfig], MethodConfig | None] | None = None,
+) -> dict[str, list[MethodConfig]]:
+    """Per site of `choice`, the sizes next to its chosen level not profiled yet (levels.zoom_levels)."""
+    extra: dict[str, list[MethodConfig]] = {}
+    for name, i in choice.items():
+        config = knap[name][i].config
+        if config is None:
+            continue
+        new: list[MethodConfig] = []
+        for c in zoom_levels(by_name[name], config, per_site[name], per_gap, freqs):
+            c = admit(name, c) if admit is not None else c
+            if c is not None and c not in per_site[name] and c not in new:
+                new.append(c)
+        if new:
+            extra[name] = new
+    return extra
+
+
 def site_cost(
     sites: Sequence, name: str, config: MethodConfig, model_file: ModelFile, freqs: torch.Tensor | None
 ) -> int:
@@ -185,6 +215,8 @@ def allocate(
     progress: bool = True,
     may_stay_dense: Callable[[str], bool] | None = None,
     map_options: OptionMap | None = None,
+    zoom: int = ZOOM,
+    admit: Callable[[str, MethodConfig], MethodConfig | None] | None = None,
 ) -> Allocation:
     """Plans for `model` within `limit` stored bytes, chosen on the first `tokens` of `valid_ids`
     (all of them with None).
@@ -197,6 +229,9 @@ def allocate(
     options are measured (profile.py; one after another here by default). With `finetune_steps`,
     the options of `finetune_methods` (profile.py's default: those a one-shot proxy misjudges)
     get that many steps of training on `train_ids`, each site alone, before they are measured.
+    `zoom`: sizes profiled in each gap next to the first knapsack's choices (0: none); `admit(site,
+    config)`: such a size as the caller may plan it (a search moves it into its space), None to
+    drop it.
     """
     times: dict[str, float] = {}
     start = time.perf_counter()
@@ -218,23 +253,28 @@ def allocate(
 
     replay = Replay(model, valid_ids)
     times["replay"] = time.perf_counter() - start
-    table = profile(
-        model,
-        valid_ids,
-        per_site,
-        freqs=freqs,
-        stats=stats,
-        path=profile_path,
-        replay=replay,
+    measuring = dict(
         finetune_steps=finetune_steps,
         train_ids=train_ids,
         **({} if finetune_methods is None else {"finetune_methods": finetune_methods}),
         progress=progress,
         map_options=map_options,
     )
+    table = profile(model, valid_ids, per_site, freqs=freqs, stats=stats, path=profile_path, replay=replay, **measuring)
     times["profile"] = time.perf_counter() - start - times["replay"]
 
     knap = knapsack_options(table, sites, model_file, freqs, may_stay_dense)
+    if zoom:
+        first = solve(knap, capacity, buckets)
+        extra = zoomed_options(first.choice, knap, per_site, by_name, zoom, freqs, admit) if first else {}
+        if extra:
+            t = time.perf_counter()
+            per_site = {name: configs + extra.get(name, []) for name, configs in per_site.items()}
+            table = profile(
+                model, valid_ids, per_site, freqs=freqs, stats=stats, path=profile_path, replay=replay, **measuring
+            )
+            knap = knapsack_options(table, sites, model_file, freqs, may_stay_dense)
+            times["zoom"] = time.perf_counter() - t
 
     def to_plan(choice: Mapping[str, int]) -> Plan:
         return {name: knap[name][i].config for name, i in choice.items() if knap[name][i].config is not None}

@@ -138,6 +138,7 @@ def allocation(ctx, folder: Path, log: Callable[[str], None], strict: bool = Fal
             progress=True,
             may_stay_dense=_may_stay_dense(ctx, options),
             map_options=ctx.map_options,
+            admit=_admit(ctx),
             **_finetune(ctx),
         )
     except NoPlanFits as e:
@@ -269,6 +270,12 @@ def _recorded(ctx, folder: Path, options: dict[str, list[MethodConfig]]) -> Allo
 def _options(ctx) -> dict[str, list[MethodConfig]]:
     fixed = fixed_bytes(ctx.sites, ctx.model_file)
     return space_options(ctx.space, ctx.sites, ctx.max_bytes - fixed, ctx.model_file, ctx.freqs)
+
+
+def _admit(ctx) -> Callable[[str, MethodConfig], MethodConfig | None]:
+    """A zoomed size as the space can plan it (its knobs moved onto the space's values)."""
+    by_name = {s.name: s for s in ctx.sites}
+    return lambda name, config: into_space(ctx.space, by_name[name], config)
 
 
 def _may_stay_dense(ctx, options: dict) -> Callable[[str], bool]:

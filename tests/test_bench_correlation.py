@@ -43,3 +43,44 @@ def test_plans_are_spread_over_the_trials_perplexities():
 def test_spearman_is_a_rank_correlation():
     assert correlation.spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)
     assert correlation.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_several_runs_pool_their_distinct_plans_and_the_table_names_each_run(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run.run_dir, copy, ignore=shutil.ignore_patterns("correlation"))
+    alone = correlation.pooled_trials([run.run_dir], 10)
+    pooled = correlation.pooled_trials([run.run_dir, copy], 10)
+    # the copy holds the same plans: each is taken once, from the first run
+    assert [t.number for _, t in pooled] == [t.number for _, t in alone]
+    assert {r for r, _ in pooled} == {run.run_dir}
+    rows = [
+        dict(
+            run=str(d),
+            trial=i,
+            stored_bytes=1,
+            proxy_ppl=1.0 + i,
+            trial_ppl=2.0 + i,
+            test_ppl=3.0 + i,
+            steps=2,
+            commit="c",
+        )
+        for i, d in enumerate([run.run_dir, copy, copy])
+    ]
+    text = correlation.markdown(rows, [run.run_dir, copy], "cmd")
+    assert "| run | trial |" in text and f"| {copy.name} | 1 |" in text and f"| {run.run_dir.name} | 0 |" in text
+
+
+def test_runs_of_different_budgets_are_refused(run, tmp_path, capsys):
+    import json
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(run.run_dir, other, ignore=shutil.ignore_patterns("correlation"))
+    info = json.loads((other / "run.json").read_text())
+    info["max_bytes"] = info["max_bytes"] + 1
+    (other / "run.json").write_text(json.dumps(info))
+    with pytest.raises(SystemExit) as e:
+        correlation.main([str(run.run_dir), str(other)])
+    assert e.value.code == 2 and "one budget" in capsys.readouterr().err

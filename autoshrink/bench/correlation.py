@@ -1,14 +1,15 @@
 """Does the search rank plans as final training does? Rank correlation, over the plans of one run,
 of the search's two cheap signals with the plan's test perplexity after the same final training.
 
-    python -m autoshrink.bench.correlation RUN_DIR [--plans 10] [--steps 300] [--out results/correlation.md]
+    python -m autoshrink.bench.correlation RUN_DIR [RUN_DIR ...] [--plans 10] [--steps 300] [--out results/correlation.md]
 
 Signals: the **proxy** (the plan's validation perplexity untrained, data-aware build: what the
 profile, the knapsack and the refinement optimise) and the **trial** (its validation perplexity
 after the search's fine-tuning). Target: test perplexity over the whole test split after
 `autoshrink train RUN --trial N --steps S` (distilled; starting from the trial's kept weights), the
 same for every plan. Up to `--plans` feasible completed trials are taken, spread evenly over the
-range of the trials' perplexities. Each plan's figures go to RUN/correlation/<n>.json as they are
+range of the trials' perplexities; several RUN_DIRs of one model and budget pool their trials
+(each distinct plan once). Each plan's figures go to RUN/correlation/<n>.json as they are
 measured, and its final training to RUN/correlation/final-<n> (resumable), so a rerun continues.
 """
 
@@ -20,6 +21,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import pandas as pd
 from torch import nn
@@ -27,6 +29,7 @@ from torch import nn
 from autoshrink.bench.report import commit, write_report
 from autoshrink.calibrate import DEFAULT_TOKENS, calibrate
 from autoshrink.data import LMData, load_lm_data
+from autoshrink.errors import UserError
 from autoshrink.final.config import TrainConfig
 from autoshrink.final.train import train_trial
 from autoshrink.models.load import load
@@ -36,16 +39,35 @@ from autoshrink.search.study import load_study
 from autoshrink.search.trial import TrialSettings, val_slice
 
 
+def _done(study) -> list:
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.user_attrs.get("feasible")]
+
+
+def _spread(items: list, plans: int, ppl) -> list:
+    """`plans` of `items`, spread evenly over their perplexities `ppl(item)`, lowest first."""
+    items = sorted(items, key=ppl)
+    if len(items) <= plans:
+        return items
+    picks = sorted({round(i * (len(items) - 1) / (plans - 1)) for i in range(plans)})
+    return [items[i] for i in picks]
+
+
 def chosen_trials(study, plans: int) -> list:
     """Feasible completed trials, `plans` of them spread evenly over their validation perplexities."""
-    done = sorted(
-        (t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.user_attrs.get("feasible")),
-        key=lambda t: t.user_attrs["val_ppl"],
-    )
-    if len(done) <= plans:
-        return done
-    picks = sorted({round(i * (len(done) - 1) / (plans - 1)) for i in range(plans)})
-    return [done[i] for i in picks]
+    return _spread(_done(study), plans, lambda t: t.user_attrs["val_ppl"])
+
+
+def pooled_trials(run_dirs: Sequence[Path], plans: int) -> list[tuple[Path, Any]]:
+    """(run folder, trial) over several runs of one model and budget: each distinct plan once (its
+    first run's trial), `plans` of them spread evenly over their validation perplexities."""
+    seen, pool = set(), []
+    for run_dir in run_dirs:
+        for t in _done(load_study(run_dir)):
+            key = json.dumps(t.user_attrs["plan"], sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                pool.append((run_dir, t))
+    return _spread(pool, plans, lambda item: item[1].user_attrs["val_ppl"])
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -92,26 +114,31 @@ def load_setup(info: dict) -> RunSetup:
     return setup
 
 
-def measure(run_dir: Path, plans: int, steps: int, log=print) -> list[dict]:
-    info = run_folder.read_run(run_dir)
-    study = load_study(run_dir)
-    work = run_dir / "correlation"
-    work.mkdir(exist_ok=True)
-    rows, setup = [], None
-    for t in chosen_trials(study, plans):
+def measure(run_dirs: Path | Sequence[Path], plans: int, steps: int, log=print) -> list[dict]:
+    """Each chosen plan's proxy, trial and test figures (RUN/correlation/<n>.json, reused)."""
+    run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
+    rows, setups = [], {}
+    for run_dir, t in pooled_trials(run_dirs, plans):
+        work = run_dir / "correlation"
+        work.mkdir(exist_ok=True)
         path = work / f"{t.number}.json"
         if path.is_file():
             rows.append(json.loads(path.read_text()))
             continue
-        setup = setup or load_setup(info)
-        proxy = setup.proxy_ppl(t.user_attrs["plan"])
-        log(f"trial {t.number}: proxy {proxy:.2f}, trial {t.user_attrs['val_ppl']:.2f}; final training {steps} steps")
+        if run_dir not in setups:
+            setups[run_dir] = load_setup(run_folder.read_run(run_dir))
+        proxy = setups[run_dir].proxy_ppl(t.user_attrs["plan"])
+        log(
+            f"{run_dir} trial {t.number}: proxy {proxy:.2f}, trial {t.user_attrs['val_ppl']:.2f}; "
+            f"final training {steps} steps"
+        )
         final = train_trial(
             run_dir,
             TrainConfig(trial=str(t.number), steps=steps, evals=4, out=str(work / f"final-{t.number}")),
             log=log,
         )
         row = {
+            "run": str(run_dir),
             "trial": t.number,
             "stored_bytes": t.user_attrs["stored_bytes"],
             "proxy_ppl": proxy,
@@ -125,20 +152,27 @@ def measure(run_dir: Path, plans: int, steps: int, log=print) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], run_dir: Path, command: str) -> str:
-    info = run_folder.read_run(run_dir)
-    table = ["| trial | stored bytes | proxy: untrained val ppl | trial val ppl | test ppl after final training |"]
-    table.append("|---:|---:|---:|---:|---:|")
+def markdown(rows: list[dict], run_dirs: Path | Sequence[Path], command: str) -> str:
+    run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
+    info = run_folder.read_run(run_dirs[0])
+    several = len(run_dirs) > 1
+    table = [
+        ("| run " if several else "")
+        + "| trial | stored bytes | proxy: untrained val ppl | trial val ppl | test ppl after final training |"
+    ]
+    table.append(("|---" if several else "") + "|---:|---:|---:|---:|---:|")
     for r in sorted(rows, key=lambda r: r["test_ppl"]):
         table.append(
-            f"| {r['trial']} | {r['stored_bytes']:,} | {r['proxy_ppl']:.2f} | {r['trial_ppl']:.2f} | {r['test_ppl']:.2f} |"
+            (f"| {Path(r.get('run', run_dirs[0])).name} " if several else "")
+            + f"| {r['trial']} | {r['stored_bytes']:,} | {r['proxy_ppl']:.2f} | {r['trial_ppl']:.2f} | {r['test_ppl']:.2f} |"
         )
     test = [r["test_ppl"] for r in rows]
+    source = ", ".join(f"`{r}`" for r in run_dirs)
     lines = [
         f"## Does the search rank plans as final training does? ({info['model']}, {info['budget']})",
         "",
         f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}), commit(s) {', '.join(sorted({r['commit'] for r in rows}))}, "
-        f"`{command}`. {len(rows)} feasible completed trials of `{run_dir}` ({info['finetune_steps']} fine-tuning "
+        f"`{command}`. {len(rows)} distinct feasible completed trials of {source} ({info['finetune_steps']} fine-tuning "
         f"steps each), spread over their perplexities; validation perplexities on the {val_slice(info.get('eval_tokens'))}; "
         f"final training {rows[0]['steps'] if rows else '-'} steps each (distilled, from the trial's kept weights), test "
         "perplexity over the whole test split.",
@@ -162,15 +196,23 @@ def main(argv=None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="search run folders of one model and budget")
     p.add_argument("--plans", type=int, default=10)
     p.add_argument("--steps", type=int, default=300, help="final-training steps of every plan")
     p.add_argument("--out", default="results/correlation.md")
     args = p.parse_args(argv)
-    run_dir = Path(args.run_dir)
-    rows = measure(run_dir, args.plans, args.steps, log=lambda line: print(line, flush=True))
-    command = f"python -m autoshrink.bench.correlation {args.run_dir} --plans {args.plans} --steps {args.steps}"
-    write_report(args.out, markdown(rows, run_dir, command))
+    run_dirs = [Path(r) for r in args.run_dirs]
+    try:
+        infos = [run_folder.read_run(r) for r in run_dirs]
+    except UserError as e:
+        p.error(str(e))
+    if len({(i["model"], i.get("max_bytes"), i["finetune_steps"]) for i in infos}) > 1:
+        p.error("the run folders must search one model under one budget with the same fine-tuning steps")
+    rows = measure(run_dirs, args.plans, args.steps, log=lambda line: print(line, flush=True))
+    command = (
+        f"python -m autoshrink.bench.correlation {' '.join(args.run_dirs)} --plans {args.plans} --steps {args.steps}"
+    )
+    write_report(args.out, markdown(rows, run_dirs, command))
     return 0
 
 

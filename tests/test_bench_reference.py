@@ -9,7 +9,7 @@ import pytest
 
 from autoshrink.bench import reference, reference_main
 from autoshrink.plan.fit import uniform_plan
-from autoshrink.bench.reference import ROWS, Row, Setup, result_of, work_items
+from autoshrink.bench.reference import ROWS, Row, Setup, entrant_dir, result_of, work_items
 from autoshrink.bench.reference_report import markdown
 from autoshrink.final.export import file_bytes
 from autoshrink.methods import config_from_dict
@@ -294,3 +294,43 @@ def test_a_converged_entrant_is_labelled_from_the_quick_search_it_trained(tmp_pa
     assert _label(row, "autoshrink", r, converged, "converged") == "**autoshrink**"
     (search / "run.json").write_text(json.dumps({"warm_start": False}))
     assert _label(row, "autoshrink", r, converged, "converged") == "**autoshrink** (no warm start)"
+
+
+def test_best_uniform_takes_the_result_of_an_autoshrink_entrant_that_trained_the_same_plan(setup, monkeypatch):
+    row = ROWS["lstm-25x"]
+    plan = {"rnn.0.ih": {"method": "lowrank", "rank": 3}}
+    twin = entrant_dir(setup.tier_work, row.name, "autoshrink")
+    twin.mkdir(parents=True)
+    done = {
+        "test_ppl": 40.0,
+        "val_ppl": 41.0,
+        "stored_bytes": 10,
+        "latency_ms": 1.0,
+        "tokens_per_s": 5.0,
+        "steps": 7,
+        "train_seconds": 3.0,
+        "file_bytes": 10,
+        "plan": plan,
+        "commit": "abc",
+        "tier": setup.tier,
+        "protocol": reference.PROTOCOL,
+        "stopped": "steps",
+        "distill": False,
+        "search_seconds": 99.0,
+    }
+    (twin / "bench.json").write_text(json.dumps(done))
+    monkeypatch.setattr(reference, "choose_best_uniform", lambda s, r: ("lowrank", plan, "by test"))
+    monkeypatch.setattr(reference, "_train", lambda *a, **k: pytest.fail("the same plan was trained twice"))
+    best = reference.run_best_uniform(setup, row)
+    assert best["test_ppl"] == 40.0 and best["plan"] == plan and best["same_plan_as"] == "autoshrink"
+    assert "search_seconds" not in best and best["method"] == "lowrank"
+    assert result_of(setup.tier_work, row.name, reference.BEST_UNIFORM) == best
+    # another plan, or another protocol's result, is trained
+    trained = []
+    monkeypatch.setattr(reference, "_train", lambda *a, **k: trained.append(a[1]) or {})
+    monkeypatch.setattr(reference, "choose_best_uniform", lambda s, r: ("lowrank", {"x": 1}, "by test"))
+    reference.run_best_uniform(setup, row)
+    (twin / "bench.json").write_text(json.dumps({**done, "protocol": reference.PROTOCOL - 1}))
+    monkeypatch.setattr(reference, "choose_best_uniform", lambda s, r: ("lowrank", plan, "by test"))
+    reference.run_best_uniform(setup, row)
+    assert trained == [{"x": 1}, plan]

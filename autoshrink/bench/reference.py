@@ -275,7 +275,29 @@ def run_best_uniform(setup: Setup, row: Row) -> dict:
     if chosen is None:
         return _unreachable(out, f"no single method reaches {row.ratio:g}x on the {row.scope}")
     name, plan, basis = chosen
-    return _train(setup, plan, out, f"{row.name} {BEST_UNIFORM}", {"method": name, "chosen_by": basis})
+    extra = {"method": name, "chosen_by": basis}
+    twin = _trained_twin(setup, row, plan, "autoshrink")
+    if twin is not None:
+        return _record(out, {**twin, **extra, "same_plan_as": "autoshrink"})
+    return _train(setup, plan, out, f"{row.name} {BEST_UNIFORM}", extra)
+
+
+def _trained_twin(setup: Setup, row: Row, plan: dict, other: str) -> dict | None:
+    """`other`'s result in this tier and row where it trained exactly `plan` by this protocol: the
+    same plan, recipe and seed train the same model, so the benchmark does not spend hours on it
+    twice (at lstm-25x and 100x the search chose its uniform low-rank control)."""
+    done = result_of(setup.tier_work, row.name, other)
+    if done is None or done.get("plan") != plan or done.get("protocol") != PROTOCOL or done.get("tier") != setup.tier:
+        return None
+    trained = ("test_ppl", "val_ppl", "stored_bytes", "latency_ms", "tokens_per_s", "steps", "train_seconds")
+    recorded = ("file_bytes", "plan", "commit", "tier", "protocol", "stopped", "distill")
+    return {k: done[k] for k in (*trained, *recorded) if k in done}
+
+
+def _record(out: Path, result: dict) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 def run_small_dense(setup: Setup, row: Row) -> dict:

@@ -26,6 +26,8 @@ def test_each_plan_gets_its_proxy_trial_and_test_figures_and_a_rerun_reuses_them
     assert "proxy +1.00, trial +0.50 (over 3 plans; fewer than the 8" in text
     monkeypatch.setattr(correlation, "train_trial", lambda *a, **k: pytest.fail("a measured plan was trained again"))
     assert correlation.measure(run.run_dir, plans=3, steps=2, log=lambda line: None) == rows
+    # report only: the measured plans, and no training for the rest
+    assert correlation.measure(run.run_dir, plans=10, steps=2, log=lambda line: None, measured_only=True) == rows
 
 
 def test_plans_are_spread_over_the_trials_perplexities():

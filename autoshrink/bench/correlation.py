@@ -114,8 +114,11 @@ def load_setup(info: dict) -> RunSetup:
     return setup
 
 
-def measure(run_dirs: Path | Sequence[Path], plans: int, steps: int, log=print) -> list[dict]:
-    """Each chosen plan's proxy, trial and test figures (RUN/correlation/<n>.json, reused)."""
+def measure(
+    run_dirs: Path | Sequence[Path], plans: int, steps: int, log=print, measured_only: bool = False
+) -> list[dict]:
+    """Each chosen plan's proxy, trial and test figures (RUN/correlation/<n>.json, reused); with
+    `measured_only`, only those measured already (nothing is trained)."""
     run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
     rows, setups = [], {}
     for run_dir, t in pooled_trials(run_dirs, plans):
@@ -124,6 +127,8 @@ def measure(run_dirs: Path | Sequence[Path], plans: int, steps: int, log=print) 
         path = work / f"{t.number}.json"
         if path.is_file():
             rows.append(json.loads(path.read_text()))
+            continue
+        if measured_only:
             continue
         if run_dir not in setups:
             setups[run_dir] = load_setup(run_folder.read_run(run_dir))
@@ -200,6 +205,7 @@ def main(argv=None) -> int:
     p.add_argument("--plans", type=int, default=10)
     p.add_argument("--steps", type=int, default=300, help="final-training steps of every plan")
     p.add_argument("--out", default="results/correlation.md")
+    p.add_argument("--report-only", action="store_true", help="only write the report from the plans measured so far")
     args = p.parse_args(argv)
     run_dirs = [Path(r) for r in args.run_dirs]
     try:
@@ -208,7 +214,11 @@ def main(argv=None) -> int:
         p.error(str(e))
     if len({(i["model"], i.get("max_bytes"), i["finetune_steps"]) for i in infos}) > 1:
         p.error("the run folders must search one model under one budget with the same fine-tuning steps")
-    rows = measure(run_dirs, args.plans, args.steps, log=lambda line: print(line, flush=True))
+    rows = measure(
+        run_dirs, args.plans, args.steps, log=lambda line: print(line, flush=True), measured_only=args.report_only
+    )
+    if not rows:
+        p.error("no plan of these run folders has been measured yet: run without --report-only")
     command = (
         f"python -m autoshrink.bench.correlation {' '.join(args.run_dirs)} --plans {args.plans} --steps {args.steps}"
     )

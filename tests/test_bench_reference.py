@@ -334,3 +334,24 @@ def test_best_uniform_takes_the_result_of_an_autoshrink_entrant_that_trained_the
     monkeypatch.setattr(reference, "choose_best_uniform", lambda s, r: ("lowrank", plan, "by test"))
     reference.run_best_uniform(setup, row)
     assert trained == [{"x": 1}, plan]
+
+
+def test_the_small_dense_model_trains_from_scratch_at_its_pretraining_rate(setup, monkeypatch):
+    from autoshrink.models.presets import PRESETS
+    from autoshrink.models.training import DEFAULT_LR
+
+    assert reference.scratch_lr("kjv-lstm") == PRESETS["kjv-lstm"].train.lr == 2e-3
+    assert reference.scratch_lr(str(setup.model_name)) == DEFAULT_LR  # a model folder: no preset to read
+    seen = {}
+    monkeypatch.setattr(reference, "scratch_lr", lambda name: 7e-3)
+    import autoshrink.final.train as final_train
+
+    real = final_train.train_plan
+
+    def spy(*a, **k):
+        seen.update(k["options"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(final_train, "train_plan", spy)
+    result = reference.run_small_dense(setup, ROWS["25x"])
+    assert seen["lr"] == 7e-3 and result["lr"] == 7e-3

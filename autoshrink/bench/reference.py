@@ -22,7 +22,8 @@ distillation, WORK = results/runs/bench) and **converged** (the rows of CONVERGE
 control, the best uniform plan, the small dense model and autoshrink; train_lm's recipe to a
 plateau, at most 3 epochs, distilled from the dense model; WORK = results/runs/bench-converged).
 Single methods are stored at their best width (bench/entrants.py); the small dense model is the
-reference architecture shrunk to the budget, 8-bit, trained from scratch.
+reference architecture shrunk to the budget, 8-bit, trained from scratch at the reference model's
+pretraining learning rate.
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ def _train(setup: Setup, plan_json: dict, out: Path, label: str, extra: dict, mo
     options = {}
     if model is not None:  # trained from scratch: the teacher is still the dense model
         options["distill_from"] = setup.dense if setup.tier == "converged" else None
+        options["lr"] = scratch_lr(setup.model_name)
     if setup.tier == "quick":  # a fixed short budget for every entrant
         steps, evals, distill = setup.steps, 5, False
         options["patience"] = None
@@ -220,6 +222,17 @@ def _train(setup: Setup, plan_json: dict, out: Path, label: str, extra: dict, mo
     }
     (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def scratch_lr(model_name: str) -> float:
+    """The learning rate a model trained from scratch gets: its preset's pretraining rate (2e-3 for
+    kjv-lstm; the compressed entrants' 5e-4 is for fine-tuning a trained model, and left the small
+    dense model at val ppl 280 after 0.6 epochs), else final training's default."""
+    from autoshrink.models.presets import PRESETS
+    from autoshrink.models.training import DEFAULT_LR
+
+    preset = PRESETS.get(model_name)
+    return preset.train.lr if preset is not None else DEFAULT_LR
 
 
 def _unreachable(out: Path, reason: str) -> dict:
@@ -308,7 +321,9 @@ def run_small_dense(setup: Setup, row: Row) -> dict:
     if built is None:
         return _unreachable(out, f"no smaller {setup.model_name} fits {row.ratio:g}x")
     model, plan, dim = built
-    return _train(setup, plan, out, f"{row.name} {SMALL_DENSE}", {"dims": dim}, model=model)
+    return _train(
+        setup, plan, out, f"{row.name} {SMALL_DENSE}", {"dims": dim, "lr": scratch_lr(setup.model_name)}, model=model
+    )
 
 
 def run_autoshrink(setup: Setup, row: Row) -> dict:

@@ -14,10 +14,15 @@ def run(tiny_run):
 
 
 def test_each_plan_gets_its_proxy_trial_and_test_figures_and_a_rerun_reuses_them(run, monkeypatch):
+    configs = []
+    real = correlation.train_trial
+    monkeypatch.setattr(correlation, "train_trial", lambda run_dir, c, **k: configs.append(c) or real(run_dir, c, **k))
     rows = correlation.measure(run.run_dir, plans=3, steps=2, log=lambda line: None)
     assert 2 <= len(rows) <= 3
     for r in rows:
-        assert r["proxy_ppl"] > 0 and r["trial_ppl"] > 0 and r["test_ppl"] > 0
+        assert r["proxy_ppl"] > 0 and r["trial_ppl"] > 0 and r["test_ppl"] > 0 and r["start"] == "fresh"
+    # equal final training: no plan starts from its trial's kept weights (front trials keep them)
+    assert len(configs) == len(rows) and not any(c.trial_weights for c in configs)
     fake = [
         dict(rows[0], trial=i, proxy_ppl=p, trial_ppl=q, test_ppl=t)
         for i, (p, q, t) in enumerate([(50.0, 40.0, 30.0), (60.0, 35.0, 31.0), (70.0, 45.0, 32.0)])
@@ -86,3 +91,22 @@ def test_runs_of_different_budgets_are_refused(run, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         correlation.main([str(run.run_dir), str(other)])
     assert e.value.code == 2 and "one budget" in capsys.readouterr().err
+
+
+def test_a_plan_measured_from_kept_weights_is_set_aside_and_measured_again(run, monkeypatch):
+    import json
+
+    rows = correlation.measure(run.run_dir, plans=3, steps=2, log=lambda line: None)
+    work = run.run_dir / "correlation"
+    first = rows[0]["trial"]
+    old = {k: v for k, v in rows[0].items() if k != "start"}
+    (work / f"{first}.json").write_text(json.dumps(old))
+    trained = []
+    real = correlation.train_trial
+    monkeypatch.setattr(
+        correlation, "train_trial", lambda run_dir, c, **k: trained.append(c.trial) or real(run_dir, c, **k)
+    )
+    again = correlation.measure(run.run_dir, plans=3, steps=2, log=lambda line: None)
+    assert trained == [str(first)]
+    assert (work / f"{first}.kept-weights.json").is_file() and (work / f"final-{first}.kept-weights").is_dir()
+    assert next(r for r in again if r["trial"] == first)["start"] == "fresh"

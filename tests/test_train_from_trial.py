@@ -50,6 +50,21 @@ def test_without_kept_weights_train_says_it_starts_from_the_dense_model(run, tmp
     assert any("starting from the dense model" in line for line in lines), lines
 
 
+def test_no_trial_weights_compresses_a_front_trial_afresh(run, tmp_path, capsys):
+    from autoshrink.cli import main
+
+    best = int(run.front.sort_values("val_ppl").iloc[0]["number"])
+    assert run_folder.kept_weights(run.run_dir, best) is not None
+    lines = []
+    c = TrainConfig(trial=str(best), steps=2, evals=1, out=str(tmp_path / "a"), trial_weights=False)
+    train_trial(run.run_dir, c, log=lines.append)
+    assert any(f"trial {best}: starting from the dense model" in line for line in lines), lines
+    args = ["train", str(run.run_dir), "--trial", str(best), "--steps", "2", "--no-trial-weights"]
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    captured = capsys.readouterr()
+    assert "starting from the dense model" in captured.out + captured.err
+
+
 def test_a_fresh_compression_is_data_aware_as_the_search_s_and_a_kept_start_skips_calibration(
     run, tmp_path, monkeypatch
 ):

@@ -6,8 +6,9 @@ of the search's two cheap signals with the plan's test perplexity after the same
 Signals: the **proxy** (the plan's validation perplexity untrained, data-aware build: what the
 profile, the knapsack and the refinement optimise) and the **trial** (its validation perplexity
 after the search's fine-tuning). Target: test perplexity over the whole test split after
-`autoshrink train RUN --trial N --steps S` (distilled; starting from the trial's kept weights), the
-same for every plan. Up to `--plans` feasible completed trials are taken, spread evenly over the
+`autoshrink train RUN --trial N --steps S --no-trial-weights` (distilled; every plan compressed
+afresh, so a front trial's kept weights give it no head start), the same for every plan. Up to
+`--plans` feasible completed trials are taken, spread evenly over the
 range of the trials' perplexities; several RUN_DIRs of one model and budget pool their trials
 (each distinct plan once). Each plan's figures go to RUN/correlation/<n>.json as they are
 measured, and its final training to RUN/correlation/final-<n> (resumable), so a rerun continues.
@@ -125,6 +126,8 @@ def measure(
         work = run_dir / "correlation"
         work.mkdir(exist_ok=True)
         path = work / f"{t.number}.json"
+        if path.is_file() and json.loads(path.read_text()).get("start") != "fresh":
+            _set_aside(path, work / f"final-{t.number}")  # trained from a front trial's kept weights: unequal
         if path.is_file():
             rows.append(json.loads(path.read_text()))
             continue
@@ -139,7 +142,10 @@ def measure(
         )
         final = train_trial(
             run_dir,
-            TrainConfig(trial=str(t.number), steps=steps, evals=4, out=str(work / f"final-{t.number}")),
+            # every plan compressed afresh: a front trial's kept weights would give it 80 steps more
+            TrainConfig(
+                trial=str(t.number), steps=steps, evals=4, out=str(work / f"final-{t.number}"), trial_weights=False
+            ),
             log=log,
         )
         row = {
@@ -150,11 +156,21 @@ def measure(
             "trial_ppl": t.user_attrs["val_ppl"],
             "test_ppl": final.metrics["test_ppl"],
             "steps": steps,
+            "start": "fresh",
             "commit": commit(),
         }
         path.write_text(json.dumps(row, indent=1) + "\n")
         rows.append(row)
     return rows
+
+
+def _set_aside(row: Path, final: Path) -> None:
+    """A plan measured before every plan was compressed afresh: kept beside, as <name>.kept-weights."""
+    for p in (row, final):
+        if p.exists():
+            p.rename(
+                p.with_name(p.name.removesuffix(".json") + ".kept-weights" + (".json" if p.suffix == ".json" else ""))
+            )
 
 
 def markdown(rows: list[dict], run_dirs: Path | Sequence[Path], command: str) -> str:
@@ -179,7 +195,7 @@ def markdown(rows: list[dict], run_dirs: Path | Sequence[Path], command: str) ->
         f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}), commit(s) {', '.join(sorted({r['commit'] for r in rows}))}, "
         f"`{command}`. {len(rows)} distinct feasible completed trials of {source} ({info['finetune_steps']} fine-tuning "
         f"steps each), spread over their perplexities; validation perplexities on the {val_slice(info.get('eval_tokens'))}; "
-        f"final training {rows[0]['steps'] if rows else '-'} steps each (distilled, from the trial's kept weights), test "
+        f"final training {rows[0]['steps'] if rows else '-'} steps each (distilled, every plan compressed afresh), test "
         "perplexity over the whole test split.",
         "",
         *table,

@@ -52,6 +52,15 @@ class TrainConfig:
             "help": ("distil: mix KL to the dense model's next-word distribution into the loss (results/recipe.md)")
         },
     )
+    trial_weights: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "start from the trial's fine-tuned weights where the search kept them (front trials); "
+                "--no-trial-weights compresses the dense model afresh, as for any other trial"
+            )
+        },
+    )
     lr: float = field(default=DEFAULT_LR, metadata={"help": "peak learning rate (Adam)"})
     schedule: str = field(
         default="cosine",

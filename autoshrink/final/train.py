@@ -316,7 +316,7 @@ def train_trial(
         on_log=on_log,
         on_eval=on_eval,
         log=log,
-        start_weights=run_folder.kept_weights(run_dir, number),
+        start_weights=run_folder.kept_weights(run_dir, number) if c.trial_weights else None,
         calibration_tokens=DEFAULT_TOKENS if info.get("calibration_tokens") is None else info["calibration_tokens"],
     )
 

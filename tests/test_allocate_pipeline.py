@@ -8,6 +8,7 @@ import math
 import pytest
 
 from autoshrink.allocate import allocate
+from autoshrink.allocate.profile import option_key
 from autoshrink.errors import UserError
 from autoshrink.methods import config_from_dict
 from autoshrink.methods.lowrank import LowRankConfig
@@ -150,7 +151,7 @@ def test_hedges_are_the_best_plans_without_each_method_of_the_best_one(allocated
     assert losses == sorted(losses)
 
 
-def test_zoom_profiles_sizes_next_to_the_first_knapsack_choice_and_the_plan_may_take_them():
+def test_zoom_profiles_sizes_next_to_the_first_knapsack_choice_and_the_plan_may_take_them(tmp_path):
     from autoshrink.allocate.levels import same_base
 
     model, _, valid = trained_lstm()
@@ -166,6 +167,21 @@ def test_zoom_profiles_sizes_next_to_the_first_knapsack_choice_and_the_plan_may_
         config = config_from_dict(json.loads(row["knobs"]))
         assert same_base(config, first[row["site"]])  # only the chosen method and width, resized
     assert fine.ladder[1.0].profile_loss <= coarse.ladder[1.0].profile_loss + 1e-12  # more options, no worse
+    # the knapsack's indices still name the options they cost: its loss is the rows' sum
+    loss = {(r["site"], r["knobs"]): r["loss_delta"] for r in fine.table.to_dict("records")}
+    plan = fine.ladder[1.0].plan
+    assert fine.ladder[1.0].profile_loss == pytest.approx(sum(loss[(s, option_key(c))] for s, c in plan.items()))
+    assert any((s, option_key(c)) in {(r["site"], r["knobs"]) for r in extra} for s, c in plan.items())
+    # allocation.json keeps the zoom's sizes; a resumed search merges them into its space's options
+    from autoshrink.search import allocation as search_allocation
+    from autoshrink.search.run_folder import read_allocation, write_allocation
+
+    write_allocation(tmp_path, fine, discover_sites(model), tokens=len(valid))
+    zoomed = search_allocation._zoomed(read_allocation(tmp_path))
+    assert zoomed == fine.zoomed and sum(map(len, zoomed.values())) == len(extra)
+    coarse_options = {site: [] for site in zoomed}
+    assert search_allocation._merged(coarse_options, zoomed) == zoomed
+    assert search_allocation._merged(zoomed, zoomed) == zoomed  # nothing twice
     dropped = allocate(
         model, valid, bases, limit, levels=5, max_evals=2, progress=False, admit=lambda site, config: None
     )

@@ -6,6 +6,7 @@ import optuna
 import pytest
 
 from autoshrink.bench import correlation
+from autoshrink.search.study import load_study
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,17 @@ def test_several_runs_pool_their_distinct_plans_and_the_table_names_each_run(run
     # the copy holds the same plans: each is taken once, from the first run
     assert [t.number for _, t in pooled] == [t.number for _, t in alone]
     assert {r for r, _ in pooled} == {run.run_dir}
+    # a plan only the second run holds is taken from it
+    study = load_study(copy)
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[1.0, 1.0],
+            user_attrs={"feasible": True, "val_ppl": 1.0, "stored_bytes": 1, "plan": {"x": {"method": "quant"}}},
+        )
+    )
+    both = correlation.pooled_trials([run.run_dir, copy], 10)
+    assert [(r, t.user_attrs["val_ppl"]) for r, t in both if r == copy] == [(copy, 1.0)]
+    assert len(both) == len(alone) + 1
     rows = [
         dict(
             run=str(d),
@@ -110,3 +122,42 @@ def test_a_plan_measured_from_kept_weights_is_set_aside_and_measured_again(run, 
     assert trained == [str(first)]
     assert (work / f"{first}.kept-weights.json").is_file() and (work / f"final-{first}.kept-weights").is_dir()
     assert next(r for r in again if r["trial"] == first)["start"] == "fresh"
+
+
+def test_bad_folders_and_plans_are_one_line_and_exit_2(run, tmp_path, capsys):
+    import json
+    import shutil
+
+    nostudy = tmp_path / "nostudy"
+    nostudy.mkdir()
+    shutil.copy(run.run_dir / "run.json", nostudy / "run.json")
+    profile_only = tmp_path / "profile-only"
+    profile_only.mkdir()
+    info = json.loads((run.run_dir / "run.json").read_text())
+    (profile_only / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "finetune_steps"}))
+    for argv, message in (
+        ([str(run.run_dir), "--plans", "1"], "--plans must be at least 2"),
+        ([str(nostudy)], "study"),
+        ([str(profile_only)], "no trials"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            correlation.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and "Traceback" not in err, argv
+
+
+def test_an_unfinished_training_begun_from_kept_weights_is_set_aside_and_report_only_moves_nothing(run, tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run.run_dir, copy, ignore=shutil.ignore_patterns("correlation"))
+    number = correlation.pooled_trials([copy], 3)[0][1].number
+    begun = copy / "correlation" / f"final-{number}" / "checkpoint"
+    begun.mkdir(parents=True)
+    (begun / "state.json").write_text(json.dumps({"trial": number, "start": "trial weights"}))
+    assert correlation.measure(copy, plans=3, steps=2, log=lambda line: None, measured_only=True) == []
+    assert begun.is_dir()  # report only: nothing set aside, nothing trained
+    rows = correlation.measure(copy, plans=3, steps=2, log=lambda line: None)
+    assert (copy / "correlation" / f"final-{number}.kept-weights" / "checkpoint" / "state.json").is_file()
+    assert all(r["start"] == "fresh" for r in rows)

@@ -62,6 +62,7 @@ def test_the_cheap_steps_write_profile_allocation_and_run_json_but_no_study(prof
     allocation = json.loads((run / "allocation.json").read_text())
     assert allocation["best"]["bytes"] <= info["max_bytes"] == allocation["limit"]
     assert allocation["best"]["plan"] == {n: c.to_dict() for n, c in profiled.allocation.best.plan.items()}
+    assert allocation_module._zoomed(allocation) == profiled.allocation.zoomed  # recorded (none at this space's ranks)
 
 
 def test_the_table_sorts_each_site_by_bytes_and_marks_its_front_and_the_allocation(profiled, capsys):
@@ -156,11 +157,12 @@ def test_an_allocation_for_another_limit_or_slice_is_computed_again(
     profiled, tiny_model_dir, text_file, space_path, tmp_path, monkeypatch
 ):
     real = allocation_module.allocate
-    for key, value in (("limit", 1), ("held_out_start", 7)):
+    for key, value in (("limit", 1), ("held_out_start", 7), ("hedges", None)):
         run = tmp_path / key
         shutil.copytree(profiled.run_dir, run)
         recorded = json.loads((run / "allocation.json").read_text())
-        (run / "allocation.json").write_text(json.dumps({**recorded, key: value}))
+        older = {k: v for k, v in recorded.items() if k != key} if value is None else {**recorded, key: value}
+        (run / "allocation.json").write_text(json.dumps(older))  # None: written before the key existed
         calls = []
         monkeypatch.setattr(allocation_module, "allocate", lambda *a, **k: calls.append(1) or real(*a, **k))
         _search(tiny_model_dir, text_file, space_path, run, trials=1, finetune_steps=2)

@@ -10,7 +10,7 @@ Hedges: the proxy's errors are per method (a method that training repairs more, 
 loss before training says: 2-3 bit quantisation looked cheaper than low-rank on kjv-lstm's input
 matrices and trained worse, results/search.md), so besides its best plan the allocation gives, for
 each method that plan uses, the knapsack's best plan without that method, evaluated jointly. The
-search trains the best of them right after the allocation, and training decides.
+search trains the best two right after the allocation's own plan, and training decides.
 
 Costs are whole-model stored bytes, the file's header included: the model's dense parts (biases,
 parameters outside any site) are fixed, each site adds its method's bytes (and the bias it keeps)
@@ -87,6 +87,7 @@ class Allocation:
     limit: int
     seconds: dict[str, float] = field(default_factory=dict)
     hedges: list[Allocated] = field(default_factory=list)  # the best plan without each of its methods, by joint loss
+    zoomed: dict[str, list[MethodConfig]] = field(default_factory=dict)  # the options the zoom added, per site
 
     @property
     def best(self) -> Allocated:
@@ -221,7 +222,7 @@ def allocate(
     """Plans for `model` within `limit` stored bytes, chosen on the first `tokens` of `valid_ids`
     (all of them with None).
 
-    `options`: {site name: [configs]} measured as given, or base configs (one list for every
+    `options`: {site name: [configs]} measured as given (plus the zoom's sizes), or base configs (one list for every
     site, or {role: [configs]}) expanded into `levels` size levels per site. `freqs`: word
     frequencies for vocabulary methods (model.vocab.freqs by default); `stats`: per-site
     calibration statistics passed to data-aware builds; `may_stay_dense(site)`: whether a plan may
@@ -264,6 +265,7 @@ def allocate(
     times["profile"] = time.perf_counter() - start - times["replay"]
 
     knap = knapsack_options(table, sites, model_file, freqs, may_stay_dense)
+    extra: dict[str, list[MethodConfig]] = {}
     if zoom:
         first = solve(knap, capacity, buckets)
         extra = zoomed_options(first.choice, knap, per_site, by_name, zoom, freqs, admit) if first else {}
@@ -332,7 +334,7 @@ def allocate(
             hedges.append(allocated(sel.choice, float(joint(sel.choice).mean()), f"knapsack without {method}"))
     hedges.sort(key=lambda a: a.joint_loss)
     times["total"] = time.perf_counter() - start
-    return Allocation(plans, steps_ladder, table, replay.dense_loss, limit, times, hedges)
+    return Allocation(plans, steps_ladder, table, replay.dense_loss, limit, times, hedges, extra)
 
 
 def _bar(total: int, enabled: bool):

@@ -125,14 +125,16 @@ def measure(
     for run_dir, t in pooled_trials(run_dirs, plans):
         work = run_dir / "correlation"
         work.mkdir(exist_ok=True)
-        path = work / f"{t.number}.json"
-        if path.is_file() and json.loads(path.read_text()).get("start") != "fresh":
-            _set_aside(path, work / f"final-{t.number}")  # trained from a front trial's kept weights: unequal
+        path, final = work / f"{t.number}.json", work / f"final-{t.number}"
         if path.is_file():
-            rows.append(json.loads(path.read_text()))
-            continue
+            row = json.loads(path.read_text())
+            if row.get("start") == "fresh":
+                rows.append(row)
+                continue
         if measured_only:
             continue
+        if path.is_file() or _started_otherwise(final):
+            _set_aside(path, final)  # trained (or begun) from a front trial's kept weights: unequal training
         if run_dir not in setups:
             setups[run_dir] = load_setup(run_folder.read_run(run_dir))
         proxy = setups[run_dir].proxy_ppl(t.user_attrs["plan"])
@@ -164,13 +166,21 @@ def measure(
     return rows
 
 
+def _started_otherwise(final: Path) -> bool:
+    """Whether an unfinished final training began other than compressed afresh (or did not record how)."""
+    state = final / "checkpoint" / "state.json"
+    return state.is_file() and json.loads(state.read_text()).get("start") != "fresh"
+
+
 def _set_aside(row: Path, final: Path) -> None:
     """A plan measured before every plan was compressed afresh: kept beside, as <name>.kept-weights."""
     for p in (row, final):
         if p.exists():
-            p.rename(
-                p.with_name(p.name.removesuffix(".json") + ".kept-weights" + (".json" if p.suffix == ".json" else ""))
-            )
+            stem, suffix = (p.name.removesuffix(".json"), ".json") if p.suffix == ".json" else (p.name, "")
+            aside, n = p.with_name(f"{stem}.kept-weights{suffix}"), 1
+            while aside.exists():  # set aside before: keep both
+                aside, n = p.with_name(f"{stem}.kept-weights-{n}{suffix}"), n + 1
+            p.rename(aside)
 
 
 def markdown(rows: list[dict], run_dirs: Path | Sequence[Path], command: str) -> str:
@@ -228,11 +238,18 @@ def main(argv=None) -> int:
         infos = [run_folder.read_run(r) for r in run_dirs]
     except UserError as e:
         p.error(str(e))
-    if len({(i["model"], i.get("max_bytes"), i["finetune_steps"]) for i in infos}) > 1:
-        p.error("the run folders must search one model under one budget with the same fine-tuning steps")
-    rows = measure(
-        run_dirs, args.plans, args.steps, log=lambda line: print(line, flush=True), measured_only=args.report_only
-    )
+    if any("finetune_steps" not in i for i in infos):
+        p.error("a run folder has no trials (an `autoshrink profile` folder?): give search run folders")
+    if len({(i["model"], i.get("data"), i.get("max_bytes"), i["finetune_steps"], i.get("eval_tokens")) for i in infos}) > 1:
+        p.error("the run folders must search one model and corpus under one budget with the same trial settings")
+    if args.plans < 2 or args.steps < 1:
+        p.error("--plans must be at least 2 and --steps at least 1")
+    try:
+        rows = measure(
+            run_dirs, args.plans, args.steps, log=lambda line: print(line, flush=True), measured_only=args.report_only
+        )
+    except UserError as e:
+        p.error(str(e))
     if not rows:
         p.error("no plan of these run folders has been measured yet: run without --report-only")
     command = (

@@ -374,6 +374,7 @@ def train_plan(
     state = _read_checkpoint(ckpt, small, label, plan_json) or {
         "trial": label,
         "plan": plan_json,
+        "start": "trial weights" if start_weights is not None else "fresh",  # a resume keeps where it began
         "step": 0,
         "fraction": 0.0,
         "best_val_ppl": None,

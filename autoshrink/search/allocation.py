@@ -33,7 +33,7 @@ from autoshrink.allocate.pipeline import (
 )
 from autoshrink.allocate.profile import profile
 from autoshrink.errors import UserError
-from autoshrink.methods import MethodConfig, config_class, method_names
+from autoshrink.methods import MethodConfig, config_class, config_from_dict, method_names
 from autoshrink.models.discover import in_place_target
 from autoshrink.plan import ModelFile, Plan, plan_stored_bytes, untrained_perplexity
 from autoshrink.search import run_folder
@@ -202,7 +202,8 @@ def profile_options(
     options = _options(ctx)
     if not any(options.values()):
         return None
-    table = table if table is not None else _profile_table(ctx, folder, options)
+    if table is None:  # read back, with the sizes the allocation's zoom added
+        table = _profile_table(ctx, folder, _merged(options, _zoomed(run_folder.read_allocation(folder))))
     knap = knapsack_options(table, ctx.sites, ctx.model_file, ctx.freqs, _may_stay_dense(ctx, options))
     return knap, float(ctx.max_bytes - fixed_bytes(ctx.sites, ctx.model_file))
 
@@ -251,20 +252,34 @@ def _recorded(ctx, folder: Path, options: dict[str, list[MethodConfig]]) -> Allo
     info = run_folder.read_allocation(folder)
     if (
         info is None
+        or "hedges" not in info  # written before hedges and zoom: allocated again (the profile rows are kept)
         or info.get("limit") != ctx.max_bytes
         or info.get("held_out_start") != _held_out_start(ctx)
         or info.get("profile_finetune", 0) != ctx.profile_finetune
     ):
         return None
+    zoomed = _zoomed(info)
     return Allocation(
         plans=[Allocated.from_dict(info["best"])],
         ladder={float(f): Allocated.from_dict(a) if a else None for f, a in info["ladder"].items()},
-        table=_profile_table(ctx, folder, options),
+        table=_profile_table(ctx, folder, _merged(options, zoomed)),
         dense_loss=info["dense_loss"],
         limit=info["limit"],
         seconds=info.get("seconds", {}),
         hedges=[Allocated.from_dict(a) for a in info.get("hedges", [])],
+        zoomed=zoomed,
     )
+
+
+def _zoomed(info: dict | None) -> dict[str, list[MethodConfig]]:
+    """The sizes the allocation's zoom added to the space's options (allocation.json)."""
+    return {site: [config_from_dict(c) for c in configs] for site, configs in (info or {}).get("zoomed", {}).items()}
+
+
+def _merged(
+    options: dict[str, list[MethodConfig]], extra: dict[str, list[MethodConfig]]
+) -> dict[str, list[MethodConfig]]:
+    return {site: configs + [c for c in extra.get(site, []) if c not in configs] for site, configs in options.items()}
 
 
 def _options(ctx) -> dict[str, list[MethodConfig]]:

@@ -78,11 +78,11 @@ def test_work_items_put_the_dense_control_first_and_every_entrant_of_a_row(setup
     converged = work_items(["25x", "50x", "lstm-25x"], "converged")
     assert converged == [
         ("dense", "dense"),
+        ("25x", "autoshrink"),  # first: a best uniform plan it trained is taken, not trained again
         ("25x", "best-uniform"),
         ("25x", "small-dense"),
-        ("25x", "autoshrink"),
-        ("lstm-25x", "best-uniform"),
         ("lstm-25x", "autoshrink"),
+        ("lstm-25x", "best-uniform"),
     ]
 
 
@@ -330,10 +330,11 @@ def test_best_uniform_takes_the_result_of_an_autoshrink_entrant_that_trained_the
     monkeypatch.setattr(reference, "_train", lambda *a, **k: trained.append(a[1]) or {})
     monkeypatch.setattr(reference, "choose_best_uniform", lambda s, r: ("lowrank", {"x": 1}, "by test"))
     reference.run_best_uniform(setup, row)
-    (twin / "bench.json").write_text(json.dumps({**done, "protocol": reference.PROTOCOL - 1}))
     monkeypatch.setattr(reference, "choose_best_uniform", lambda s, r: ("lowrank", plan, "by test"))
-    reference.run_best_uniform(setup, row)
-    assert trained == [{"x": 1}, plan]
+    for other in ({"protocol": reference.PROTOCOL - 1}, {"tier": "converged"}, {"seed": setup.seed + 1}):
+        (twin / "bench.json").write_text(json.dumps({**done, **other}))
+        reference.run_best_uniform(setup, row)
+    assert trained == [{"x": 1}, plan, plan, plan]
 
 
 def test_the_small_dense_model_trains_from_scratch_at_its_pretraining_rate(setup, monkeypatch):

@@ -2,6 +2,7 @@
 of the search's two cheap signals with the plan's test perplexity after the same final training.
 
     python -m autoshrink.bench.correlation RUN_DIR [RUN_DIR ...] [--plans 10] [--steps 300] [--out results/correlation.md]
+        [--report-only]
 
 Signals: the **proxy** (the plan's validation perplexity untrained, data-aware build: what the
 profile, the knapsack and the refinement optimise) and the **trial** (its validation perplexity
@@ -240,7 +241,10 @@ def main(argv=None) -> int:
         p.error(str(e))
     if any("finetune_steps" not in i for i in infos):
         p.error("a run folder has no trials (an `autoshrink profile` folder?): give search run folders")
-    if len({(i["model"], i.get("data"), i.get("max_bytes"), i["finetune_steps"], i.get("eval_tokens")) for i in infos}) > 1:
+    if (
+        len({(i["model"], i.get("data"), i.get("max_bytes"), i["finetune_steps"], i.get("eval_tokens")) for i in infos})
+        > 1
+    ):
         p.error("the run folders must search one model and corpus under one budget with the same trial settings")
     if args.plans < 2 or args.steps < 1:
         p.error("--plans must be at least 2 and --steps at least 1")

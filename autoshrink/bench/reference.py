@@ -218,10 +218,11 @@ def _train(setup: Setup, plan_json: dict, out: Path, label: str, extra: dict, mo
         "protocol": PROTOCOL,
         "stopped": final.metrics.get("stopped"),
         "distill": distill,
+        "lr": final.metrics["lr"],
+        "seed": setup.seed,
         **extra,
     }
-    (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return _record(out, result)
 
 
 def scratch_lr(model_name: str) -> float:
@@ -236,10 +237,7 @@ def scratch_lr(model_name: str) -> float:
 
 
 def _unreachable(out: Path, reason: str) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"unreachable": reason}
-    (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return _record(out, {"unreachable": reason})
 
 
 def entrant_dir(work: Path, row_name: str, entrant: str) -> Path:
@@ -300,10 +298,12 @@ def _trained_twin(setup: Setup, row: Row, plan: dict, other: str) -> dict | None
     same plan, recipe and seed train the same model, so the benchmark does not spend hours on it
     twice (at lstm-25x and 100x the search chose its uniform low-rank control)."""
     done = result_of(setup.tier_work, row.name, other)
-    if done is None or done.get("plan") != plan or done.get("protocol") != PROTOCOL or done.get("tier") != setup.tier:
+    same = ("plan", plan), ("protocol", PROTOCOL), ("tier", setup.tier)
+    # results from before the seed was recorded ran the default seed, 0
+    if done is None or any(done.get(k) != v for k, v in same) or done.get("seed", 0) != setup.seed:
         return None
     trained = ("test_ppl", "val_ppl", "stored_bytes", "latency_ms", "tokens_per_s", "steps", "train_seconds")
-    recorded = ("file_bytes", "plan", "commit", "tier", "protocol", "stopped", "distill")
+    recorded = ("file_bytes", "plan", "commit", "tier", "protocol", "stopped", "distill", "lr", "seed")
     return {k: done[k] for k in (*trained, *recorded) if k in done}
 
 
@@ -321,9 +321,7 @@ def run_small_dense(setup: Setup, row: Row) -> dict:
     if built is None:
         return _unreachable(out, f"no smaller {setup.model_name} fits {row.ratio:g}x")
     model, plan, dim = built
-    return _train(
-        setup, plan, out, f"{row.name} {SMALL_DENSE}", {"dims": dim, "lr": scratch_lr(setup.model_name)}, model=model
-    )
+    return _train(setup, plan, out, f"{row.name} {SMALL_DENSE}", {"dims": dim}, model=model)
 
 
 def run_autoshrink(setup: Setup, row: Row) -> dict:
@@ -395,7 +393,9 @@ def run_autoshrink(setup: Setup, row: Row) -> dict:
 
 def entrants_of(row: Row, tier: str = "quick") -> list[str]:
     small = [SMALL_DENSE] if row.roles is None else []
-    return (list(row.singles) if tier == "quick" else [BEST_UNIFORM]) + small + ["autoshrink"]
+    if tier == "quick":
+        return list(row.singles) + small + ["autoshrink"]
+    return ["autoshrink", BEST_UNIFORM] + small  # autoshrink first: a best uniform plan it trained is not trained twice
 
 
 def work_items(rows: list[str], tier: str = "quick") -> list[tuple[str, str]]:

@@ -223,7 +223,9 @@ def _start_from(
         _write_checkpoint(ckpt, model, state, best=True)
         log(f"{name}: starting from its fine-tuned weights ({weights}; val ppl {val:.2f}, whole valid split)")
     else:
-        log(f"{name}: starting from the dense model, compressed afresh (no fine-tuned weights kept for it)")
+        log(
+            f"{name}: starting from the dense model, compressed afresh (no kept fine-tuned weights, or --no-trial-weights)"
+        )
 
 
 # --- final training -------------------------------------------------------------------------

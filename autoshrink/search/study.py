@@ -189,8 +189,8 @@ REPAIRED = "repaired_into_new_trial"  # a sampled plan over the budget: not trai
 
 
 def origin_of(trial: optuna.trial.FrozenTrial) -> str:
-    """Where a trial's plan came from: the allocation ("allocation (...)", "knapsack at ..."), a
-    uniform control ("uniform <method>"), or the sampler ("sampled")."""
+    """Where a trial's plan came from: the allocation ("allocation (...)", "allocation hedge (...)",
+    "knapsack at ..."), a uniform control ("uniform <method>"), or the sampler ("sampled")."""
     return trial.user_attrs.get("allocated") or trial.user_attrs.get("warm_start") or "sampled"
 
 

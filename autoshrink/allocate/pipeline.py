@@ -255,34 +255,34 @@ def allocate(
     replay = Replay(model, valid_ids)
     times["replay"] = time.perf_counter() - start
     measuring = dict(
+        freqs=freqs,
+        stats=stats,
+        path=profile_path,
+        replay=replay,
         finetune_steps=finetune_steps,
         train_ids=train_ids,
         **({} if finetune_methods is None else {"finetune_methods": finetune_methods}),
         progress=progress,
         map_options=map_options,
     )
-    table = profile(model, valid_ids, per_site, freqs=freqs, stats=stats, path=profile_path, replay=replay, **measuring)
-    times["profile"] = time.perf_counter() - start - times["replay"]
 
-    knap = knapsack_options(table, sites, model_file, freqs, may_stay_dense)
+    def measured(per_site: Mapping[str, Sequence[MethodConfig]]) -> tuple[pd.DataFrame, dict[str, list[Option]]]:
+        table = profile(model, valid_ids, per_site, **measuring)
+        return table, knapsack_options(table, sites, model_file, freqs, may_stay_dense)
+
+    table, knap = measured(per_site)
+    times["profile"] = time.perf_counter() - start - times["replay"]
     extra: dict[str, list[MethodConfig]] = {}
     if zoom:
         first = solve(knap, capacity, buckets)
         extra = zoomed_options(first.choice, knap, per_site, by_name, zoom, freqs, admit) if first else {}
         if extra:
             t = time.perf_counter()
-            per_site = {name: configs + extra.get(name, []) for name, configs in per_site.items()}
-            table = profile(
-                model, valid_ids, per_site, freqs=freqs, stats=stats, path=profile_path, replay=replay, **measuring
-            )
-            knap = knapsack_options(table, sites, model_file, freqs, may_stay_dense)
+            table, knap = measured({name: configs + extra.get(name, []) for name, configs in per_site.items()})
             times["zoom"] = time.perf_counter() - t
 
-    def to_plan(choice: Mapping[str, int]) -> Plan:
-        return {name: knap[name][i].config for name, i in choice.items() if knap[name][i].config is not None}
-
     def allocated(choice: Mapping[str, int], joint: float | None, source: str) -> Allocated:
-        plan = to_plan(choice)
+        plan = {name: knap[name][i].config for name, i in choice.items() if knap[name][i].config is not None}
         nbytes = plan_stored_bytes(sites, plan, freqs, model_file)
         if nbytes > limit:  # the knapsack rounds costs up and adds header bounds: a bug, not bad input
             raise AssertionError(f"allocated plan stores {nbytes:,} bytes, over the limit {limit:,}")
@@ -296,19 +296,7 @@ def allocate(
     starts = candidates(knap, capacity, top_k, seed, buckets)
     times["knapsack"] = time.perf_counter() - t
 
-    built_cache: dict[tuple[str, int], Any] = {}
-
-    def joint(choice: Mapping[str, int]) -> torch.Tensor:
-        """Each token's loss increase over the dense model (their mean is the joint loss)."""
-        built = {}
-        for name, i in choice.items():
-            if knap[name][i].config is None:
-                continue
-            if (name, i) not in built_cache:
-                built_cache[(name, i)] = build_site(model, by_name[name], knap[name][i].config, freqs, stats)
-            built[name] = built_cache[(name, i)]
-        return (replay.token_losses(by_name, built) - replay.dense_tokens).double()
-
+    joint = JointLoss(model, by_name, knap, replay, freqs, stats)
     t = time.perf_counter()
     bar = _bar(max_evals, progress)
     scored: list[Scored] = refine(
@@ -317,24 +305,61 @@ def allocate(
     bar.close()
     times["refine"] = time.perf_counter() - t
     plans = [allocated(s.choice, s.loss, s.source) for s in scored]
-    # The ladder's plans seed a front: each gets its joint loss too (the full limit's is the knapsack start).
-    known = {tuple(sorted(s.choice.items())): s.loss for s in scored}
-    steps_ladder = {}
-    for fraction, sel in zip(fractions, solved):
-        if sel is not None:
-            key = tuple(sorted(sel.choice.items()))
-            loss = known[key] if key in known else float(joint(sel.choice).mean())
-            steps_ladder[fraction] = allocated(sel.choice, loss, f"knapsack at {fraction:g} of the limit")
-        else:
-            steps_ladder[fraction] = None
-    hedges = []
-    for method in sorted({c.method for c in plans[0].plan.values()}):
-        sel = solve_without(knap, capacity, method, buckets)
-        if sel is not None:
-            hedges.append(allocated(sel.choice, float(joint(sel.choice).mean()), f"knapsack without {method}"))
-    hedges.sort(key=lambda a: a.joint_loss)
+    steps_ladder = _ladder_plans(fractions, solved, scored, joint, allocated)
+    methods = sorted({c.method for c in plans[0].plan.values()})
+    hedges = _hedges(knap, capacity, methods, buckets, joint, allocated)
     times["total"] = time.perf_counter() - start
     return Allocation(plans, steps_ladder, table, replay.dense_loss, limit, times, hedges, extra)
+
+
+def _ladder_plans(fractions, solved, scored: Sequence[Scored], joint: "JointLoss", allocated) -> dict:
+    """The knapsack's plan at each fraction of the limit (None where none fits), each with its
+    joint loss: the ladder's plans seed a front (the full limit's is the refinement's start)."""
+    known = {tuple(sorted(s.choice.items())): s.loss for s in scored}
+    out = {}
+    for fraction, sel in zip(fractions, solved):
+        if sel is None:
+            out[fraction] = None
+            continue
+        key = tuple(sorted(sel.choice.items()))
+        loss = known[key] if key in known else joint.mean(sel.choice)
+        out[fraction] = allocated(sel.choice, loss, f"knapsack at {fraction:g} of the limit")
+    return out
+
+
+def _hedges(knap, capacity: float, methods: Sequence[str], buckets: int, joint: "JointLoss", allocated) -> list:
+    """For each method of the best plan, the knapsack's best plan without it, by joint loss."""
+    hedges = []
+    for method in methods:
+        sel = solve_without(knap, capacity, method, buckets)
+        if sel is not None:
+            hedges.append(allocated(sel.choice, joint.mean(sel.choice), f"knapsack without {method}"))
+    return sorted(hedges, key=lambda a: a.joint_loss)
+
+
+class JointLoss:
+    """A plan's loss evaluated jointly: every site of a knapsack choice built (each option once,
+    kept for the next plan that takes it) and the whole model replayed on the slice."""
+
+    def __init__(self, model, by_name, knap: Mapping[str, Sequence[Option]], replay: Replay, freqs, stats):
+        self.model, self.by_name, self.knap, self.replay = model, by_name, knap, replay
+        self.freqs, self.stats = freqs, stats
+        self.built: dict[tuple[str, int], Any] = {}
+
+    def __call__(self, choice: Mapping[str, int]) -> torch.Tensor:
+        """Each token's loss increase over the dense model (their mean is the joint loss)."""
+        built = {}
+        for name, i in choice.items():
+            config = self.knap[name][i].config
+            if config is None:
+                continue
+            if (name, i) not in self.built:
+                self.built[(name, i)] = build_site(self.model, self.by_name[name], config, self.freqs, self.stats)
+            built[name] = self.built[(name, i)]
+        return (self.replay.token_losses(self.by_name, built) - self.replay.dense_tokens).double()
+
+    def mean(self, choice: Mapping[str, int]) -> float:
+        return float(self(choice).mean())
 
 
 def _bar(total: int, enabled: bool):

@@ -73,9 +73,12 @@ def markdown(run_dir: Path, command: str, wall_s: float, load: tuple[float, floa
         f"- Within {GOAL_MINUTES:g} minutes: **{'yes' if minutes <= GOAL_MINUTES else 'no'}** ({minutes:.1f} min)."
     )
     if best is not None:
-        beats = control is None or (best["val_ppl"] < control["val_ppl"] and not best["origin"].startswith("uniform"))
+        # Compared at the control's steps (a stopped control reached fewer): the best trial's validation there.
+        ours = best["curve"].get(control["steps"], best["val_ppl"]) if control is not None else best["val_ppl"]
+        beats = control is None or (ours < control["val_ppl"] and not best["origin"].startswith("uniform"))
         against = (
-            f"the best uniform control, {control['origin']}, {control['val_ppl']:.2f} at {control['steps']} steps"
+            f"the best uniform control, {control['origin']}, {control['val_ppl']:.2f} at {control['steps']} steps "
+            f"(the best trial there: {ours:.2f})"
             if control is not None
             else "no uniform control trained"
         )
@@ -97,8 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", default="25x")
     p.add_argument("--run-dir", default=None, help="a new folder (default results/runs/default-search-BUDGET-TIME)")
     p.add_argument("--out", default="results/default_search.md")
+    p.add_argument("--report-only", action="store_true", help="report the search --run-dir holds again, unrun")
     args = p.parse_args(own)
     run_dir = Path(args.run_dir or f"results/runs/default-search-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.report_only:
+        measured = run_dir / "default_search.json"
+        if not measured.is_file():
+            p.exit(2, f"{p.prog}: {measured} not found: --report-only reports a search this benchmark ran\n")
+        m = json.loads(measured.read_text())
+        command = m.get("command") or run_folder.read_run(run_dir)["command"]
+        write_report(args.out, markdown(run_dir, command, m["wall_s"], tuple(m["load"]), m["peak_rss"]))
+        return 0
     if run_dir.exists() and any(run_dir.iterdir()):
         p.exit(2, f"{p.prog}: {run_dir} is not empty: a resumed search would not measure the whole default\n")
     command = ["autoshrink", "search", "--budget", args.budget, "--run-dir", str(run_dir), *extra]

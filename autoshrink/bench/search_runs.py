@@ -32,6 +32,7 @@ def trial_rows(run_dir: Path) -> list[dict]:
                 "steps": t.user_attrs["steps"],
                 "val_ppl": t.user_attrs["val_ppl"],
                 "feasible": bool(t.user_attrs.get("feasible", True)),
+                "curve": {int(k): v for k, v in t.user_attrs.get("curve", {}).items()},
             }
         )
     return rows

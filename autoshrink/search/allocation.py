@@ -218,8 +218,14 @@ def _held_out(ctx) -> torch.Tensor:
 
 
 def _held_out_start(ctx) -> int:
-    slice_start = ctx.settings.eval_tokens or 0
-    return slice_start if ctx.data.valid.numel() - slice_start >= 1000 else 0
+    return held_out_start(ctx.data.valid.numel(), ctx.settings.eval_tokens)
+
+
+def held_out_start(valid_tokens: int, eval_tokens: int | None) -> int:
+    """Where the allocation's slice begins: after the `eval_tokens` trials are judged on, unless
+    fewer than 1,000 validation tokens would be left (a small corpus: then from the start)."""
+    start = eval_tokens or 0
+    return start if valid_tokens - start >= 1000 else 0
 
 
 def _profile_table(ctx, folder: Path, options: dict[str, list[MethodConfig]]) -> pd.DataFrame:

@@ -1,0 +1,88 @@
+"""Fewer bits and more rank, or the reverse? Each site of the reference model under data-aware
+low-rank at 4, 3 and 2 bits with ranks scaled to about equal bytes (rank r at 4 bits, 4r/3 at 3,
+2r at 2), alone and untrained: the profile's loss increase on the allocation's slice. Says which
+storage widths the profile should offer (search/allocation.PROFILE_BITS).
+
+    python -m autoshrink.bench.storage_widths [--budget 25x] [--out results/storage_widths.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from autoshrink.allocate.pipeline import SLICE_TOKENS
+from autoshrink.allocate.profile import profile
+from autoshrink.bench.report import commit, write_report
+from autoshrink.methods.lowrank import LowRankConfig
+from autoshrink.search.allocation import held_out_start
+from autoshrink.search.config import SearchConfig
+from autoshrink.search.prepare import calibration, load_inputs, target
+from autoshrink.search.trial import TrialSettings
+
+WIDTHS = {4: 1.0, 3: 4 / 3, 2: 2.0}  # bits: rank multiplier at about equal bytes
+RANKS = {"embedding": (8, 16), "softmax": (8, 16), "recurrent": (30, 52, 87)}  # 4-bit ranks per role
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", default="25x", help="only names the search whose data and calibration are used")
+    p.add_argument("--model", default=None, help="a preset or a model folder (the search's default)")
+    p.add_argument("--data", default=None, help="the model's corpus (the search's default)")
+    p.add_argument("--out", default="results/storage_widths.md")
+    args = p.parse_args(argv)
+    folder = Path(tempfile.mkdtemp(prefix="storage-widths-"))
+    c = SearchConfig(budget=args.budget, model=args.model, data=args.data, run_dir=folder).resolved({}, folder)
+    inputs = load_inputs(c, target(c), {}, print)
+    stats = calibration(inputs, c.calibration_tokens, print)
+    valid = inputs.data.valid.reshape(-1)
+    start = held_out_start(valid.numel(), TrialSettings.eval_tokens)
+    held_out = valid[start : start + SLICE_TOKENS]  # the allocation's slice
+    options = {
+        s.name: [
+            LowRankConfig(rank=round(r * mult), bits=bits)
+            for r in RANKS.get(s.role, ())
+            for bits, mult in WIDTHS.items()
+        ]
+        for s in inputs.sites
+        if s.role in RANKS
+    }
+    started = time.time()
+    table = profile(inputs.dense, held_out, options, freqs=inputs.freqs, stats=stats, path=None, shared=False)
+    lines = [
+        f"## Storage width against rank at equal bytes ({c.model}, data-aware low-rank, untrained)",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, commit {commit()}, `python -m autoshrink.bench.storage_widths`, "
+        f"{time.time() - started:.0f} s. Each site alone; loss increase (mean NLL per token over the dense model) "
+        f"on validation tokens {start:,}-{start + held_out.numel():,}, calibration over {c.calibration_tokens:,} "
+        "training tokens. Lower is better; the best width of each row is bold.",
+        "",
+        "| site | bytes (4-bit) | 4 bits | 3 bits | 2 bits |",
+        "|---|---:|---|---|---|",
+    ]
+    wins: dict[str, dict[int, int]] = {}
+    per = len(WIDTHS)
+    for i in range(0, len(table), per):
+        group = table.iloc[i : i + per]
+        best = group.loss_delta.idxmin()
+        cells = [
+            ("**{:.4f}**" if j == best else "{:.4f}").format(r.loss_delta)
+            + f" (rank {json.loads(r.knobs)['rank']}, {r.bytes:,} B)"
+            for j, r in group.iterrows()
+        ]
+        lines.append(f"| {group.site.iloc[0]} | {group.bytes.iloc[0]:,} | " + " | ".join(cells) + " |")
+        bits = list(WIDTHS)[list(group.index).index(best)]
+        wins.setdefault(group.site.iloc[0], {}).setdefault(bits, 0)
+        wins[group.site.iloc[0]][bits] += 1
+    lines.append("")
+    for site, counts in wins.items():
+        lines.append(f"- {site}: best width " + ", ".join(f"{b} bits at {n} size(s)" for b, n in counts.items()))
+    write_report(args.out, "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

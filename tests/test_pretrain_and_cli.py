@@ -103,3 +103,17 @@ def test_python_api_loads_a_model_folder(tiny_model_dir):
     assert autoshrink.stored_bytes(model) == fp32 + safetensors_header_bytes(
         specs_of(export_tensors(model)), FILE_METADATA
     )
+
+
+def test_a_search_seed_does_not_pretrain_the_preset_again(text_file, tmp_path, monkeypatch):
+    """--seed is the sampler's and the fine-tuning's: a preset is searched as pretrained (seed 0),
+    never pretrained anew for the search's seed (hours for kjv-lstm)."""
+    from autoshrink.search.config import SearchConfig
+    from autoshrink.search.prepare import load_inputs, target
+
+    pretrained("kjv-lstm-tiny", str(text_file))  # cached at seed 0
+    monkeypatch.setattr("autoshrink.models.pretrain.pretrain", lambda *a, **k: pytest.fail("pretrained again"))
+    c = SearchConfig(budget="2x", model="kjv-lstm-tiny", data=str(text_file), seed=3, run_dir=tmp_path / "run")
+    c = c.resolved({}, tmp_path / "run")
+    inputs = load_inputs(c, target(c), {}, lambda line: None)
+    assert inputs.dense.meta["seed"] == 0

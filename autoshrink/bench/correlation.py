@@ -108,7 +108,7 @@ class RunSetup:
 def load_setup(info: dict) -> RunSetup:
     """The run's dense model, corpus and calibration statistics (run.json's `info`)."""
     corpus = info.get("data_path") or info["data"]
-    dense = load(info["model"], data=corpus, seed=info.get("seed", 0))
+    dense = load(info["model"], data=corpus)
     lm = load_lm_data(corpus, vocab=dense.vocab)
     setup = RunSetup(info, dense, lm, None)
     tokens = setup.calibration_tokens

@@ -293,7 +293,7 @@ def train_trial(
         lm = load_lm_data(corpus, vocab=getattr(model, "vocab", None))
         dense = adapt(model, lm.vocab)
     else:
-        dense = load(_model_of(info, model), data=corpus, seed=info.get("seed", 0), device=device)
+        dense = load(_model_of(info, model), data=corpus, device=device)  # the search's dense model, whatever its seed
         lm = load_lm_data(corpus, vocab=dense.vocab)
     if steps is None:
         settings = TrialSettings()

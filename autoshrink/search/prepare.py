@@ -73,7 +73,8 @@ def load_inputs(c: SearchConfig, t: Target, recorded: dict[str, Any], log: Calla
             data = load_lm_data(data, vocab=getattr(model, "vocab", None))
         dense = adapt(model, data.vocab)
     else:
-        dense = load(model, data=data if isinstance(data, str) else "kjv", seed=c.seed, device=c.device)
+        # the preset as shipped (pretraining seed 0): --seed is the search's, not a new pretraining's
+        dense = load(model, data=data if isinstance(data, str) else "kjv", device=c.device)
         if not isinstance(data, LMData):
             data = load_lm_data(data, vocab=dense.vocab)
     dense = dense.cpu().eval()

@@ -265,3 +265,15 @@ def test_allocated_trials_are_the_best_plan_then_its_hedges_then_the_ladder():
         "knapsack at 0.9 of the limit",
     ]
     assert [s for s, _ in allocated_plans(result, 2, lambda _: None)] == sources[:2]
+
+
+def test_the_profile_offers_3_bits_only_where_the_space_does():
+    from autoshrink.search.allocation import profile_bases
+    from autoshrink.search.space import load_space
+
+    default, mixed = load_space("search_spaces/default.yaml"), load_space("search_spaces/mixed-width.yaml")
+    widths = lambda space, role: {(c.method, c.bits) for c in profile_bases(space, role)}  # noqa: E731
+    assert ("lowrank", 3) in widths(mixed, "embedding") and ("groupreduce", 3) in widths(mixed, "softmax")
+    assert ("lowrank", 3) not in widths(mixed, "recurrent")
+    assert not any(bits == 3 for role in ("embedding", "softmax", "recurrent") for _, bits in widths(default, role))
+    assert widths(mixed, "recurrent") == widths(default, "recurrent")

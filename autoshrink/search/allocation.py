@@ -41,7 +41,10 @@ from autoshrink.search.run_folder import ALLOCATION, PROFILE
 from autoshrink.search.space import DENSE, SearchSpace
 from autoshrink.sites import ROLES, Site
 
-PROFILE_BITS = (4, 8)  # storage widths profiled (results/allocate.md: 4 bits with larger ranks won at 25x)
+# Storage widths profiled, each moved to the nearest the space offers (so a space without 3 bits
+# profiles 4 and 8 only): 4 bits with larger ranks won at 25x (results/allocate.md), and 3 bits wins
+# on the vocabulary matrices at small sizes (results/storage_widths.md).
+PROFILE_BITS = (3, 4, 8)
 LEVELS = 8  # size levels per method and width on each site
 LADDER = (0.9, 0.8, 0.7)  # fractions of the limit whose knapsack plans are trials too (front seeds)
 HEDGES = 2  # allocated plans without one of the best plan's methods that are trials too (allocate/pipeline.py)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autoshrink.bench import search_runs
+from autoshrink.search import run_folder
 from autoshrink.search.study import load_study, origin_of
 
 
@@ -36,3 +37,16 @@ def test_a_folder_that_is_not_a_run_is_one_line_and_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         search_runs.main([str(tmp_path / "nowhere")])
     assert e.value.code == 2 and "no run folder" in capsys.readouterr().err
+
+
+def test_each_run_names_the_commits_its_invocations_ran(tiny_run):
+    from autoshrink.provenance import source_commit
+
+    info = run_folder.read_run(tiny_run.run_dir)
+    assert info["commits"] == [info["versions"]["commit"]] * len(info["invocations"])
+    assert info["versions"]["commit"] == source_commit()
+    text = search_runs.markdown([tiny_run.run_dir], "cmd")
+    expected = f"commit {source_commit()}" if source_commit() else "commit not recorded"
+    assert f"Code: {expected}" in text
+    assert search_runs.ran_with({"invocations": ["a"]}).startswith("commit not recorded")
+    assert search_runs.ran_with({"commits": [None, "abc1234", "abc1234", "def5678"]}) == "commit abc1234, def5678"

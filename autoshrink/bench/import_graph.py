@@ -21,6 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1]
 LAYERS = [
     "errors",
     "threads",
+    "provenance",
     "sites",
     "data",
     "models",

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
+
+from autoshrink.provenance import source_commit
 
 
 def commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        out = ""
-    return out or "?"
+    """The commit of the code measured (provenance.source_commit), "?" outside a checkout."""
+    return source_commit() or "?"
 
 
 def write_report(path: str | Path, markdown: str) -> None:

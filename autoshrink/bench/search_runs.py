@@ -47,6 +47,12 @@ def winner(rows: list[dict]) -> dict | None:
     return min((r for r in done if r["steps"] == full), key=lambda r: r["val_ppl"])
 
 
+def ran_with(info: dict) -> str:
+    """The commits a run's invocations ran (run.json "commits"), "not recorded" for older runs."""
+    known = list(dict.fromkeys(c for c in info.get("commits", []) if c))
+    return "commit " + ", ".join(known) if known else "commit not recorded (a run begun before run.json kept it)"
+
+
 def markdown(run_dirs: list[Path], command: str) -> str:
     lines = [
         "## What the search's trials chose, run by run",
@@ -61,6 +67,8 @@ def markdown(run_dirs: list[Path], command: str) -> str:
         best = winner(rows)
         lines += [
             f"### `{run_dir}`: {info['model']} under {info['budget']}, {info['finetune_steps']} steps per trial",
+            "",
+            f"Code: {ran_with(info)}.",
             "",
             "| trial | origin | state | stored bytes | steps | val ppl |",
             "|---:|---|---|---:|---:|---:|",

@@ -109,9 +109,14 @@ def kept_weights(run_dir: str | Path, number: int) -> Path | None:
 
 
 def write_run_json(run_dir: Path, info: dict) -> None:
+    """run.json: `info` of this invocation, with every invocation's command and the commit of the
+    code each ran (versions.commit; None outside a git checkout) appended to those before it."""
     path = run_dir / "run.json"
-    runs = read_run(run_dir).get("invocations", []) if path.exists() else []
-    info = {**info, "invocations": runs + [info["command"]]}
+    before = read_run(run_dir) if path.exists() else {}
+    runs = before.get("invocations", [])
+    commits = before.get("commits", [None] * len(runs))  # a run begun before commits were recorded
+    commit = info.get("versions", {}).get("commit")
+    info = {**info, "invocations": runs + [info["command"]], "commits": commits + [commit]}
     path.write_text(json.dumps(info, indent=1))
 
 

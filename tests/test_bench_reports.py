@@ -40,3 +40,28 @@ def test_the_sampler_pick_and_goal_lines_come_from_the_curves():
     assert "tpe reaches random search's hypervolume at 2N trials in N trials: N=4: yes" in lines[1]
     curves["tpe"] = [[0.0, 0.0, 0.0, 0.1, 0.1, 0.1, 0.1, 0.1]]
     assert "N=4: no" in verdict_lines(curves, 8)[1]
+
+
+def test_a_sampler_that_only_ties_random_search_is_reported_as_a_tie():
+    from autoshrink.bench.samplers import verdict_lines
+
+    flat = [0.0, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]
+    lines = verdict_lines({"random": [flat], "gp": [list(flat)]}, 8)
+    assert "N=4: yes (tie)" in lines[1]
+
+
+def test_the_sampler_s_own_trials_are_counted_apart_from_the_seeds(tiny_run):
+    import json
+
+    from autoshrink.bench.samplers import sampled_lines, sampled_stats
+    from autoshrink.search.run_folder import trial_rows
+    from autoshrink.search.study import load_study, origin_of
+
+    study = load_study(tiny_run.run_dir)
+    trials = trial_rows(study)
+    limit = json.loads((tiny_run.run_dir / "run.json").read_text())["max_bytes"]
+    stats = sampled_stats(study, trials, limit)
+    sampled = [t for t in study.get_trials() if origin_of(t) == "sampled" and "steps" in t.user_attrs]
+    assert stats["trained"] == len(sampled)
+    assert stats["on_front"] <= stats["trained"]
+    assert "| random | " + str(stats["trained"]) in "\n".join(sampled_lines({"random": [stats]}))

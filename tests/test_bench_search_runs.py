@@ -47,6 +47,6 @@ def test_each_run_names_the_commits_its_invocations_ran(tiny_run):
     assert info["versions"]["commit"] == source_commit()
     text = search_runs.markdown([tiny_run.run_dir], "cmd")
     expected = f"commit {source_commit()}" if source_commit() else "commit not recorded"
-    assert f"Code: {expected}" in text
+    assert f"Code: {expected}" in text and "Space: `" in text
     assert search_runs.ran_with({"invocations": ["a"]}).startswith("commit not recorded")
     assert search_runs.ran_with({"commits": [None, "abc1234", "abc1234", "def5678"]}) == "commit abc1234, def5678"

@@ -68,7 +68,7 @@ def markdown(run_dirs: list[Path], command: str) -> str:
         lines += [
             f"### `{run_dir}`: {info['model']} under {info['budget']}, {info['finetune_steps']} steps per trial",
             "",
-            f"Code: {ran_with(info)}.",
+            f"Space: `{info.get('space')}`. Code: {ran_with(info)}.",
             "",
             "| trial | origin | state | stored bytes | steps | val ppl |",
             "|---:|---|---|---:|---:|---:|",

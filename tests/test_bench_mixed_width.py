@@ -1,0 +1,31 @@
+"""bench/mixed_width: the allocation over mixed widths against uniform low-rank, verdict generated."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoshrink.bench import mixed_width
+
+INFO = {"model": "kjv-lstm", "budget": "100x", "finetune_steps": 80, "trial_lr": 5e-4, "seed": 0}
+
+
+def _rows(ours: float, three: float, four: float) -> list[dict]:
+    names = ["allocation over mixed-width.yaml", "uniform low-rank, 3 bits", "uniform low-rank, 4 bits"]
+    return [
+        {"plan": n, "stored_bytes": 1000, "trial_val_ppl": t + 5, "test_ppl": t, "per_site": "x"}
+        for n, t in zip(names, (ours, three, four))
+    ]
+
+
+def test_the_ratio_is_taken_against_the_best_uniform_plan_after_final_training():
+    text = mixed_width.markdown({"info": INFO, "rows": _rows(84.65, 90.16, 92.56)}, 38.49, "cmd")
+    assert "Best uniform plan after final training: uniform low-rank, 3 bits (90.16)" in text
+    assert "**0.89x**" in text and "short of issue 15's 0.85x" in text
+    text = mixed_width.markdown({"info": INFO, "rows": _rows(80.0, 95.0, 90.0)}, 38.49, "cmd")
+    assert "uniform low-rank, 4 bits (90.00)" in text and "**0.81x**" in text and "within issue 15's" in text
+
+
+def test_without_the_quick_tier_s_dense_control_it_is_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        mixed_width.main(["--bench-work", str(tmp_path)])
+    assert e.value.code == 2 and "no dense control" in capsys.readouterr().err

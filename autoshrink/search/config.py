@@ -33,8 +33,8 @@ RECORDED: dict[str, Any] = {
     "finetune_steps": TrialSettings.finetune_steps,
     "halving": TrialSettings.halving,
     "distill": False,
-    # The only sampler whose own plans added to the front on the reference model, 2 seeds
-    # (results/search-kjv-lstm.md: its best own plan 38.58/38.73 within 25x, TPE's 82/70, TPE being
+    # The only sampler whose own plans added to the front on the reference model, 3 seeds
+    # (results/search-kjv-lstm.md: its best own plan 38.6-38.7 within 25x, TPE's 70-82, TPE being
     # random search for its first 10 trials); TPE led on the tiny model at 24 trials (results/search.md).
     "sampler": "profile",
     "seed": 0,

@@ -181,7 +181,8 @@ def test_measuring_into_a_profiled_folder_resumes_it(profiled, tmp_path, monkeyp
     assert "allocation within" in captured.out
     assert "search from this profile: autoshrink search --budget 4x" in captured.err and str(run) in captured.err
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
-    assert len(json.loads((run / "run.json").read_text())["invocations"]) == 2
+    info = json.loads((run / "run.json").read_text())
+    assert len(info["invocations"]) == 2 and len(info["commits"]) == 2  # one commit per invocation
 
 
 def test_the_curves_have_a_panel_per_site_a_line_per_method_and_width_and_the_allocation_ringed(profiled):

@@ -26,7 +26,6 @@ from autoshrink.sites import Site
 from autoshrink.models.progress import TrainingProgress, duration
 from autoshrink.measure.latency import LatencyTable
 from autoshrink.plan import ModelFile
-from autoshrink.provenance import source_commit
 from autoshrink.search import optuna_backend, run_folder
 from autoshrink.search import study as study_db
 from autoshrink.search.allocation import allocated_plans, allocation, profile_options, untrained_ppl
@@ -225,7 +224,6 @@ def search(config: SearchConfig, command: str | None = None, log: Callable[[str]
             "dense_val_ppl": (dense_val := _dense_val(dense, data, settings, folder)),
             "versions": {
                 "autoshrink": __import__("autoshrink").__version__,
-                "commit": source_commit(),
                 "torch": torch.__version__,
                 "optuna": optuna.__version__,
                 "python": platform.python_version(),

@@ -26,6 +26,7 @@ from safetensors.torch import save_model
 from torch import nn
 
 from autoshrink.errors import UserError, read_user_json
+from autoshrink.provenance import source_commit
 from autoshrink.search.pareto import pareto_mask
 from autoshrink.search.study import REPAIRED, load_study
 
@@ -110,20 +111,26 @@ def kept_weights(run_dir: str | Path, number: int) -> Path | None:
 
 def write_run_json(run_dir: Path, info: dict) -> None:
     """run.json: `info` of this invocation, with every invocation's command and the commit of the
-    code each ran (versions.commit; None outside a git checkout) appended to those before it."""
+    code each ran (`provenance.source_commit`; None outside a git checkout) appended to those before it."""
     path = run_dir / "run.json"
     before = read_run(run_dir) if path.exists() else {}
-    runs = before.get("invocations", [])
-    commits = before.get("commits", [None] * len(runs))  # a run begun before commits were recorded
-    commit = info.get("versions", {}).get("commit")
-    info = {**info, "invocations": runs + [info["command"]], "commits": commits + [commit]}
-    path.write_text(json.dumps(info, indent=1))
+    kept = {"invocations": before.get("invocations", []), "commits": _commits(before)}
+    _append_invocation(run_dir, {**info, **kept}, info["command"])
 
 
 def add_invocation(run_dir: Path, command: str) -> None:
     """One more command that ran in an existing run folder; what run.json records stays."""
-    info = read_run(run_dir)
-    info["invocations"] = info.get("invocations", []) + [command]
+    _append_invocation(run_dir, read_run(run_dir), command)
+
+
+def _commits(info: dict) -> list:
+    """The commits recorded so far, one per invocation (None for those before commits were recorded)."""
+    return info.get("commits", [None] * len(info.get("invocations", [])))
+
+
+def _append_invocation(run_dir: Path, info: dict, command: str) -> None:
+    invocations = info.get("invocations", []) + [command]
+    info = {**info, "invocations": invocations, "commits": _commits(info) + [source_commit()]}
     (Path(run_dir) / "run.json").write_text(json.dumps(info, indent=1))
 
 

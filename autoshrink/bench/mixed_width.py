@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from autoshrink.bench.report import commit, write_report
-from autoshrink.bench.trained_profile import context, trial_ppl
+from autoshrink.bench.trained_profile import context, plan_text, trial_ppl
 from autoshrink.methods.lowrank import LowRankConfig
 from autoshrink.plan.fit import uniform_plan
 from autoshrink.search import run_folder
@@ -30,10 +30,6 @@ from autoshrink.search.trial import val_slice
 
 SPACE = "search_spaces/mixed-width.yaml"
 QUICK_STEPS, QUICK_EVALS = 200, 5  # the benchmark's quick tier (bench/reference.py)
-
-
-def _plan_text(plan: dict) -> str:
-    return "; ".join(f"{s}: {c['method']} rank={c.get('rank')} {c.get('bits', 32)}b" for s, c in plan.items())
 
 
 def quick_test_ppl(ctx, plan: dict, out: Path, log) -> float:
@@ -62,7 +58,7 @@ def measure(run_dir: Path, budget: str, log=print) -> dict:
         trial = trial_ppl(ctx, plan, run_dir / f"mixed-width-trial-{i}.json", log)
         test = quick_test_ppl(ctx, plan, run_dir / "quick" / f"plan-{i}", log)
         rows.append({"plan": name, "stored_bytes": trial["stored_bytes"], "trial_val_ppl": trial["val_ppl"],
-                     "test_ppl": test, "per_site": _plan_text(plan)})  # fmt: skip
+                     "test_ppl": test, "per_site": plan_text(plan)})  # fmt: skip
     return {"rows": rows, "info": info}
 
 

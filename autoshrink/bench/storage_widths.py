@@ -9,13 +9,13 @@ storage widths the profile should offer (search/allocation.PROFILE_BITS).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from autoshrink.allocate.pipeline import SLICE_TOKENS
-from autoshrink.allocate.profile import profile
+from autoshrink.allocate.profile import profile, row_config
 from autoshrink.bench.report import commit, write_report
 from autoshrink.methods.lowrank import LowRankConfig
 from autoshrink.search.allocation import held_out_start
@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="the model's corpus (the search's default)")
     p.add_argument("--out", default="results/storage_widths.md")
     args = p.parse_args(argv)
-    folder = Path(tempfile.mkdtemp(prefix="storage-widths-"))
-    c = SearchConfig(budget=args.budget, model=args.model, data=args.data, run_dir=folder).resolved({}, folder)
-    inputs = load_inputs(c, target(c), {}, print)
+    with tempfile.TemporaryDirectory(prefix="storage-widths-") as tmp:  # the settings' run folder, never written
+        folder = Path(tmp)
+        c = SearchConfig(budget=args.budget, model=args.model, data=args.data, run_dir=folder).resolved({}, folder)
+        inputs = load_inputs(c, target(c), {}, print)
     stats = calibration(inputs, c.calibration_tokens, print)
     valid = inputs.data.valid.reshape(-1)
     start = held_out_start(valid.numel(), TrialSettings.eval_tokens)
@@ -63,20 +64,19 @@ def main(argv: list[str] | None = None) -> int:
         "| site | bytes (4-bit) | 4 bits | 3 bits | 2 bits |",
         "|---|---:|---|---|---|",
     ]
-    wins: dict[str, dict[int, int]] = {}
+    wins: dict[str, Counter] = {}
     per = len(WIDTHS)
     for i in range(0, len(table), per):
         group = table.iloc[i : i + per]
         best = group.loss_delta.idxmin()
         cells = [
             ("**{:.4f}**" if j == best else "{:.4f}").format(r.loss_delta)
-            + f" (rank {json.loads(r.knobs)['rank']}, {r.bytes:,} B)"
+            + f" (rank {row_config(r).rank}, {r.bytes:,} B)"
             for j, r in group.iterrows()
         ]
         lines.append(f"| {group.site.iloc[0]} | {group.bytes.iloc[0]:,} | " + " | ".join(cells) + " |")
         bits = list(WIDTHS)[list(group.index).index(best)]
-        wins.setdefault(group.site.iloc[0], {}).setdefault(bits, 0)
-        wins[group.site.iloc[0]][bits] += 1
+        wins.setdefault(group.site.iloc[0], Counter())[bits] += 1
     lines.append("")
     for site, counts in wins.items():
         lines.append(f"- {site}: best width " + ", ".join(f"{b} bits at {n} size(s)" for b, n in counts.items()))

@@ -114,7 +114,9 @@ def trial_ppl(ctx: SearchContext, plan: dict, path: Path, log) -> dict:
     return row
 
 
-def _plan_text(plan: dict) -> str:
+def plan_text(plan: dict) -> str:
+    """Each site's method, size knob and storage bits, on one line."""
+
     def one(cfg: dict) -> str:
         size = next((f"{k}={cfg[k]:.3g}" for k in ("rank", "density", "pool") if k in cfg), "")
         return f"{cfg['method']} {size} {cfg.get('bits', 32)}b".replace("  ", " ")
@@ -169,7 +171,7 @@ def markdown(m: dict, command: str) -> str:
     ]
     for name, plan in m["plans"].items():
         t = m["trials"][name]
-        lines.append(f"| {name} | {t['stored_bytes']:,} | {t['val_ppl']:.2f} | {_plan_text(plan)} |")
+        lines.append(f"| {name} | {t['stored_bytes']:,} | {t['val_ppl']:.2f} | {plan_text(plan)} |")
     ppl = {name: t["val_ppl"] for name, t in m["trials"].items()}
     tuned = next(n for n in ppl if n.startswith("allocation, profile after"))
     best = min(ppl, key=ppl.get)

@@ -356,3 +356,15 @@ def test_the_small_dense_model_trains_from_scratch_at_its_pretraining_rate(setup
     monkeypatch.setattr(final_train, "train_plan", spy)
     result = reference.run_small_dense(setup, ROWS["25x"])
     assert seen["lr"] == 7e-3 and result["lr"] == 7e-3
+
+
+@pytest.mark.parametrize("tier", ["quick", "converged"])
+def test_the_report_lists_every_entrant_of_a_row_once_and_autoshrink_last(tier, tmp_path):
+    """The converged tier trains autoshrink first; its table still lists the small dense model and
+    autoshrink once each (it once showed autoshrink twice and dropped the small dense row)."""
+    from autoshrink.bench.reference_report import _entrants
+
+    row = reference.ROWS["25x"]
+    listed = _entrants(row, tmp_path, tier)
+    assert sorted(listed) == sorted(reference.entrants_of(row, tier))
+    assert listed[-1] == "autoshrink" and reference.SMALL_DENSE in listed

@@ -66,8 +66,10 @@ COLD = "autoshrink-cold"  # an earlier autoshrink entrant (an older search), kep
 
 
 def _entrants(row: Row, work: Path, tier: str = "quick") -> list[str]:
+    """The row's entrants in table order: autoshrink last (the converged tier trains it first), an
+    earlier search's entrant just before it."""
     cold = [COLD] if result_of(work, row.name, COLD) is not None else []
-    return entrants_of(row, tier)[:-1] + cold + ["autoshrink"]
+    return [e for e in entrants_of(row, tier) if e != "autoshrink"] + cold + ["autoshrink"]
 
 
 def best_uniform(row: Row, work: Path, tier: str = "quick") -> tuple[str, dict] | None:

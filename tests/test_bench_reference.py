@@ -155,15 +155,19 @@ def test_the_whole_benchmark_on_a_tiny_model(tiny_model_dir, text_file, tmp_path
 
 def test_a_single_method_is_stored_at_its_best_width(setup):
     from autoshrink.bench.entrants import STORAGE_BITS, best_storage_plan
+    from autoshrink.methods.lowrank import U_GROUPS
 
     row = Row("3x", 3, None, "search_spaces/default.yaml", "whole model", reference.SINGLES)
     plan, tried = best_storage_plan(setup, row, {"method": "lowrank"})
-    assert [t["bits"] for t in tried] == list(STORAGE_BITS)  # every width reaches 3x with low-rank
+    # every width reaches 3x with low-rank; below 16 bits U is also tried stored transposed
+    assert [(t["bits"], t.get("u_groups", 0)) for t in tried] == [(b, 0) for b in STORAGE_BITS] + [
+        (b, U_GROUPS) for b in STORAGE_BITS if b < 16
+    ]
     best = min(tried, key=lambda t: t["init_val_ppl"])
-    assert {cfg["bits"] for cfg in plan.values()} == {best["bits"]}
+    assert {(cfg["bits"], cfg["u_groups"]) for cfg in plan.values()} == {(best["bits"], best.get("u_groups", 0))}
     assert all(t["stored_bytes"] <= setup.max_bytes(row) for t in tried)
     fixed, tried = best_storage_plan(setup, row, {"method": "lowrank", "bits": 8})  # a width the row fixes is kept
-    assert [t["bits"] for t in tried] == [8] and {cfg["bits"] for cfg in fixed.values()} == {8}
+    assert {t["bits"] for t in tried} == {8} and {cfg["bits"] for cfg in fixed.values()} == {8}
 
 
 def test_small_dense_is_the_largest_8bit_model_within_the_budget(setup):

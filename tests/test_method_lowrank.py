@@ -78,3 +78,68 @@ def test_forward_never_forms_the_dense_matrix(monkeypatch):
 def test_bad_rank_names_the_method_and_value(rank):
     with pytest.raises(UserError, match=rf"lowrank.*{rank}"):
         config_from_dict({"method": "lowrank", "rank": rank})
+
+
+VOCAB, DIM = 96, 16  # a vocabulary-like site: many rows, few columns
+
+
+def _vocab_build(role: str = "softmax", **knobs) -> tuple[LowRankWeight, torch.Tensor, Site]:
+    from autoshrink.sites import SiteStats
+
+    g = torch.Generator().manual_seed(1)
+    w = (torch.randn(VOCAB, 3, generator=g) @ torch.randn(3, DIM, generator=g)) / 4 + 0.1 * torch.randn(
+        VOCAB, DIM, generator=g
+    )
+    site = Site("toy", role, (VOCAB, DIM), bias=role != "embedding")
+    x = torch.randn(256, DIM, generator=g)
+    freqs = 1000.0 / torch.arange(1, VOCAB + 1, dtype=torch.float64)
+    stats = SiteStats(moment=(x.T @ x / 256).double(), tokens=256, freqs=freqs)
+    cfg = LowRankConfig(**knobs)
+    return LowRankWeight.build(w, site, cfg, stats), w, site
+
+
+def test_u_stored_transposed_pays_a_scale_per_group_of_rows_not_per_row():
+    rows = LowRankConfig(rank=2, bits=4)
+    columns = LowRankConfig(rank=2, bits=4, u_groups=32)
+    site = Site("toy", "softmax", (VOCAB, DIM))
+    codes = (VOCAB * 2 * 4 + 7) // 8 + 2 * DIM * 4 // 8
+    # per row: an fp16 scale and minimum for each of U's 96 rows and V's 2 rows
+    assert LowRankWeight.stored_bytes(site, rows) == codes + 4 * (VOCAB + 2)
+    # transposed: one per 32 rows of each of U's 2 columns, and V's 2 rows as before
+    assert LowRankWeight.stored_bytes(site, columns) == codes + 4 * (2 * 3 + 2)
+    mod, _, _ = _vocab_build(rank=2, bits=4, u_groups=32)
+    assert tensors_bytes(mod.export()) == LowRankWeight.stored_bytes(site, columns)
+
+
+@pytest.mark.parametrize("role", ["embedding", "softmax"])
+def test_u_stored_transposed_forward_lookup_and_export_agree(role):
+    mod, _, site = _vocab_build(role, rank=4, bits=3, u_groups=32)
+    w = mod.weight()
+    x = torch.randn(5, DIM)
+    torch.testing.assert_close(mod.matmul(x), x @ w.T, atol=1e-5, rtol=1e-5)
+    ids = torch.tensor([[0, 5, 95], [40, 40, 1]])
+    torch.testing.assert_close(mod.lookup(ids), w[ids], atol=1e-6, rtol=1e-6)
+    back = LowRankWeight.from_export(mod.export(), site, mod.config)
+    torch.testing.assert_close(back.weight(), w, atol=1e-6, rtol=1e-6)
+    # the groups run down U's columns: 32 consecutive rows of a column share one grid of 8 levels
+    stored = mod.stored_u()
+    assert all(len(torch.unique(stored[k : k + 32, c])) <= 8 for k in range(0, VOCAB, 32) for c in range(4))
+
+
+def test_u_stored_transposed_is_gptq_rounded_onto_its_own_grid():
+    """The data-aware build rounds U column by column (GPTQ on the moment of V x): what it
+    trains from is exactly what it stores, and the rounding beats rounding to nearest."""
+    from autoshrink.methods._storage import stored_values
+
+    mod, w, _ = _vocab_build("softmax", rank=4, bits=3, u_groups=32)
+    torch.testing.assert_close(mod.stored_u(), mod.u.detach(), atol=1e-6, rtol=0)
+    plain, _, _ = _vocab_build("softmax", rank=4, bits=32)
+    nearest = stored_values(plain.u.detach().T.contiguous(), 3, 32).T @ stored_values(plain.v.detach(), 3)
+    x = torch.randn(512, DIM, generator=torch.Generator().manual_seed(1))  # the calibration inputs' law
+    err = lambda w_hat: float(((w - w_hat) @ x.T).pow(2).mean())  # noqa: E731
+    assert err(mod.weight().detach()) < err(nearest)
+
+
+def test_bad_u_groups_is_one_clear_error():
+    with pytest.raises(UserError, match=r"lowrank.*u_groups"):
+        config_from_dict({"method": "lowrank", "u_groups": -1})

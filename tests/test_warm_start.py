@@ -277,3 +277,27 @@ def test_the_profile_offers_3_bits_only_where_the_space_does():
     assert ("lowrank", 3) not in widths(mixed, "recurrent")
     assert not any(bits == 3 for role in ("embedding", "softmax", "recurrent") for _, bits in widths(default, role))
     assert widths(mixed, "recurrent") == widths(default, "recurrent")
+
+
+def test_a_seed_is_fitted_with_each_roles_own_storage_knobs(tiny):
+    """A space that stores the vocabulary's U transposed (u_groups) and the LSTM's in rows: each
+    site's rank is fitted under its own role's layout, so the seed spends the budget (fitted
+    under one layout and moved to the other, the vocabulary would leave its per-row scales'
+    bytes unspent)."""
+    model, sites = tiny
+    space = parse_space(
+        __import__("yaml").safe_load(
+            "roles:\n  embedding: &vocab\n    lowrank: {rank: {low: 1, high: 64}, bits: [8], u_groups: 64}\n"
+            "  softmax: *vocab\n  recurrent:\n    lowrank: {rank: {low: 1, high: 64}, bits: [8], u_groups: 0}\n"
+        )
+    )
+    mf = ModelFile.of(model)
+    limit = dense_bytes(model) // 8
+    (method, params), *_ = uniform_seeds(space, sites, limit, model.vocab.freqs, mf)
+    plan = sample_plan(optuna.trial.FixedTrial(params), space, sites)
+    assert {n: cfg.u_groups for n, cfg in plan.items()} == {
+        s.name: 64 if s.is_vocab else 0 for s in sites if s.tied_with is None
+    }
+    assert plan_stored_bytes(sites, plan, model.vocab.freqs, mf) <= limit
+    grown = {n: cfg.replace(rank=cfg.rank + 1) for n, cfg in plan.items()}
+    assert plan_stored_bytes(sites, grown, model.vocab.freqs, mf) > limit  # nothing left unspent

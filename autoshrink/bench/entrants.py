@@ -1,10 +1,11 @@
 """How the benchmark builds its non-search entrants (docs/benchmark.md, issue 16).
 
 - A single method at its **best storage**: the method applied uniformly with its size knob
-  fitted to the budget (budget.uniform_plan) at each storage width of STORAGE_BITS; the width
-  kept is the one whose compressed model (the same initialisation as autoshrink's: `compress`
-  with the word frequencies) has the lowest validation perplexity on the first SELECT_TOKENS
-  tokens of the valid split, before any training: cheap, and the same for every method.
+  fitted to the budget (budget.uniform_plan) at each storage width of STORAGE_BITS (low-rank
+  also with U stored transposed below 16 bits: `layouts`); the width and layout kept are those
+  whose compressed model (the same initialisation as autoshrink's: `compress` with the word
+  frequencies) has the lowest validation perplexity on the first SELECT_TOKENS tokens of the
+  valid split, before any training: cheap, and the same for every method.
 - **Small dense**: the reference architecture with smaller embedding and hidden sizes (equal),
   every site stored in 8 bits (quantisation-aware from the start), the largest that fits the
   budget; trained from scratch by the same recipe, distilled from the dense model.
@@ -21,9 +22,19 @@ SMALL_DENSE_BITS = 8
 SMALL_DENSE_DROPOUT = 0.1  # a model of tens of dimensions underfits; little dropout
 
 
+def layouts(base_cfg: dict) -> list[dict]:
+    """The storage layouts a single method is tried in besides its widths: low-rank's U in rows
+    and transposed (methods/lowrank.py U_GROUPS), as the search spaces offer them."""
+    from autoshrink.methods.lowrank import U_GROUPS
+
+    if base_cfg["method"] == "lowrank" and "u_groups" not in base_cfg:
+        return [{}, {"u_groups": U_GROUPS}]
+    return [{}]
+
+
 def best_storage_plan(setup, row, base_cfg: dict) -> tuple[dict | None, list[dict]]:
-    """(plan JSON at the best storage width or None when no width reaches the budget, the
-    candidates tried: bits, val_ppl at initialisation, stored bytes)."""
+    """(plan JSON at the best storage width and layout or None when none reaches the budget, the
+    candidates tried: bits, layout knobs, val_ppl at initialisation, stored bytes)."""
     from autoshrink.plan.fit import best_width
     from autoshrink.methods import config_from_dict
     from autoshrink.plan import plan_stored_bytes, untrained_perplexity
@@ -34,16 +45,22 @@ def best_storage_plan(setup, row, base_cfg: dict) -> tuple[dict | None, list[dic
         )
 
     widths = (base_cfg["bits"],) if base_cfg["method"] == "quant" or "bits" in base_cfg else STORAGE_BITS
-    base = config_from_dict({**base_cfg, "bits": widths[0]})
     freqs = setup.lm.vocab.freqs
-    best, tried = best_width(
-        base, widths, setup.sites, setup.max_bytes(row), val_ppl, freqs, setup.model_file, row.roles
-    )
-    records = [
-        {"bits": b, "init_val_ppl": v, "stored_bytes": plan_stored_bytes(setup.sites, p, freqs, setup.model_file)}
-        for b, v, p in tried
-    ]
-    return (None if best is None else {k: v.to_dict() for k, v in best.items()}), records
+    best, records = None, []
+    for layout in layouts(base_cfg):
+        coded = [b for b in widths if b < 16 or not layout]  # a layout of codes and scales: below 16 bits
+        if not coded:
+            continue
+        base = config_from_dict({**base_cfg, **layout, "bits": coded[0]})
+        plan, tried = best_width(
+            base, coded, setup.sites, setup.max_bytes(row), val_ppl, freqs, setup.model_file, row.roles
+        )
+        for b, v, p in tried:
+            stored = plan_stored_bytes(setup.sites, p, freqs, setup.model_file)
+            records.append({"bits": b, **layout, "init_val_ppl": v, "stored_bytes": stored})
+            if p is plan and (best is None or v < best[0]):
+                best = (v, plan)
+    return (None if best is None else {k: v.to_dict() for k, v in best[1].items()}), records
 
 
 def _small_model(dense: nn.Module, dim: int) -> nn.Module:

@@ -251,43 +251,56 @@ class CompressedWeight(nn.Module, abc.ABC):
     settles_at: ClassVar[float] = 0.0
 
     # --- helpers for methods -------------------------------------------------------------
-    def q(self, t: torch.Tensor) -> torch.Tensor:
-        """A float tensor as stored under this config's bits (straight-through).
+    def q(self, t: torch.Tensor, group_size: int | None = None, transposed: bool = False) -> torch.Tensor:
+        """A float tensor as stored under this config's bits (straight-through): in rows of
+        `group_size` (the config's by default), or, `transposed`, stored as t^T (its columns are
+        the quantisation rows).
 
         Without autograd (inference) the result is cached until the tensor changes (its
         version counter moves with every in-place update), so a quantised model runs at the
         speed of its float twin instead of re-quantising on every forward."""
         if self.config.bits >= 32:
             return t
+        group = self.config.group_size if group_size is None else group_size
+
+        def stored() -> torch.Tensor:
+            return fake_quant(t.T, self.config.bits, group).T if transposed else fake_quant(t, self.config.bits, group)
+
         if torch.is_grad_enabled() or not isinstance(t, nn.Parameter):
             # Only parameters are cached: a temporary's id may be reused by the next temporary.
-            return fake_quant(t, self.config.bits, self.config.group_size)
+            return stored()
         cache = self.__dict__.setdefault("_q_cache", {})
-        key = (id(t), t._version, t.device)
+        key = (id(t), t._version, t.device, group, transposed)
         hit = cache.get(id(t))
         if hit is None or hit[0] != key:
-            hit = (key, fake_quant(t, self.config.bits, self.config.group_size).detach())
+            hit = (key, stored().detach())
             cache[id(t)] = hit
         return hit[1]
 
-    def pack(self, name: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
-        return prefixed(name, pack_float(t, self.config.bits, self.config.group_size))
+    def pack(self, name: str, t: torch.Tensor, group_size: int | None = None) -> dict[str, torch.Tensor]:
+        group = self.config.group_size if group_size is None else group_size
+        return prefixed(name, pack_float(t, self.config.bits, group))
 
     @staticmethod
-    def float_specs(name: str, shape: tuple[int, ...], config: MethodConfig) -> Specs:
+    def float_specs(name: str, shape: tuple[int, ...], config: MethodConfig, group_size: int | None = None) -> Specs:
         """What pack(name, t) writes for a tensor t of `shape` (export_specs' counterpart of pack)."""
-        return prefixed(name, float_specs(shape, config.bits, config.group_size))
+        group = config.group_size if group_size is None else group_size
+        return prefixed(name, float_specs(shape, config.bits, group))
 
     @staticmethod
     def unpack(
-        tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], config: MethodConfig
+        tensors: dict[str, torch.Tensor],
+        name: str,
+        shape: tuple[int, ...],
+        config: MethodConfig,
+        group_size: int | None = None,
     ) -> torch.Tensor:
         sub = {
             k[len(name) + 1 :] if k != name else "": v
             for k, v in tensors.items()
             if k == name or k.startswith(name + ".")
         }
-        return unpack_float(sub, shape, config.bits, config.group_size)
+        return unpack_float(sub, shape, config.bits, config.group_size if group_size is None else group_size)
 
     def extra_repr(self) -> str:
         return f"site={self.site.name!r}, shape={self.site.shape}, config={self.config}"

@@ -151,21 +151,28 @@ def gptq_pair(
     group_size: int,
     moment: torch.Tensor | None,
     row_weights: torch.Tensor | None = None,
+    u_groups: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stored values of a factor pair W ~= U V, the factor nearest the input first.
 
     With an input moment H (a matmul site): V by GPTQ on H, then U by GPTQ on the moment of its
     own input V_hat x, V_hat H V_hat^T. Without one (an embedding: rows are looked up, weighted
     by word frequency w): V's rows by `gptq_rows` on U^T diag(w) U, then each row of U by GPTQ
-    on V_hat V_hat^T. At 16 or 32 bits the factors are returned as they are."""
+    on V_hat V_hat^T. `u_groups` > 0: U is stored transposed (its columns in groups of that many
+    rows share a grid), so its columns are rounded one at a time on the same moment instead
+    (`gptq_rows` of U^T). At 16 or 32 bits the factors are returned as they are."""
     if bits >= 16:
         return u, v
     if moment is not None:
         v_hat = gptq(v, moment, bits, group_size)
         vd = v_hat.double()
-        return gptq(u, vd @ moment.double() @ vd.T, bits, group_size), v_hat
-    ud = u.double()
-    weighted = ud if row_weights is None else ud * row_weights.double()[:, None]
-    v_hat = gptq_rows(v, weighted.T @ ud, bits, group_size)
-    vd = v_hat.double()
-    return gptq(u, vd @ vd.T, bits, group_size), v_hat
+        u_moment = vd @ moment.double() @ vd.T
+    else:
+        ud = u.double()
+        weighted = ud if row_weights is None else ud * row_weights.double()[:, None]
+        v_hat = gptq_rows(v, weighted.T @ ud, bits, group_size)
+        vd = v_hat.double()
+        u_moment = vd @ vd.T
+    if u_groups > 0:
+        return gptq_rows(u.T, u_moment, bits, u_groups).T.contiguous(), v_hat
+    return gptq(u, u_moment, bits, group_size), v_hat

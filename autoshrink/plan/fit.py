@@ -73,19 +73,27 @@ def _takes(cfg, site) -> bool:
 
 
 def uniform_plan(
-    base, sites: list, max_bytes: int, freqs=None, model_file: ModelFile | None = None, roles: set[str] | None = None
+    base,
+    sites: list,
+    max_bytes: int,
+    freqs=None,
+    model_file: ModelFile | None = None,
+    roles: set[str] | None = None,
+    per_site: Callable | None = None,
 ) -> dict | None:
     """The plan giving `base` (its size knob fitted per site) to every site of `roles` (all when
     None) that takes it, the largest such plan within `max_bytes` for the whole model; None when
-    even the smallest setting does not fit."""
+    even the smallest setting does not fit. `per_site(site, base)`: the config a site starts from
+    instead of `base` (a search space's per-role knobs), its size knob then fitted the same way."""
     targets = [s for s in sites if s.tied_with is None and (roles is None or s.role in roles) and _takes(base, s)]
     if not targets:
         return None
+    starts = {s.name: base if per_site is None else per_site(s, base) for s in targets}
 
     def plan_at(share: float) -> dict | None:
         plan = {}
         for site in targets:
-            cfg = largest_within(site, base, int(share * site.dense_bytes), freqs)
+            cfg = largest_within(site, starts[site.name], int(share * site.dense_bytes), freqs)
             if cfg is None:
                 return None
             plan[site.name] = cfg
@@ -123,6 +131,7 @@ def best_width(
     freqs=None,
     model_file: ModelFile | None = None,
     roles: set[str] | None = None,
+    per_site: Callable | None = None,
 ) -> tuple[dict | None, list[tuple[int, float, dict]]]:
     """`base` fitted uniformly (uniform_plan) at each storage width of `widths`, and the plan
     whose `score` (lower is better: a loss before training) is lowest; with every (bits, score,
@@ -131,7 +140,7 @@ def best_width(
     width reaches `max_bytes`."""
     tried = []
     for bits in widths:
-        plan = uniform_plan(base.replace(bits=bits), sites, max_bytes, freqs, model_file, roles)
+        plan = uniform_plan(base.replace(bits=bits), sites, max_bytes, freqs, model_file, roles, per_site)
         if plan is not None:
             tried.append((bits, score(plan), plan))
     best = min(tried, key=lambda t: t[1], default=None)

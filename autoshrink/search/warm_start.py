@@ -90,6 +90,9 @@ def uniform_seeds(
     def in_space(fitted: dict) -> dict:  # what a seed trains: every knob brought into the space
         return {site.name: space.within(site, fitted[site.name]) for site in compressible}
 
+    def per_role(site, base):  # each site fitted with its role's knobs (a vocabulary U's storage)
+        return space.within(site, base)
+
     seeds = []
     for method in common:
         knob_sets = [space.roles[s.role][method] for s in compressible]
@@ -100,7 +103,7 @@ def uniform_seeds(
             base = config_class(method)(**knobs)
             if score is not None and len(widths) > 1:  # scored as it will train (a rank the space caps, capped)
                 plan, _ = best_width(
-                    base, widths, sites, max_bytes, lambda p: score(in_space(p)), freqs, model_file, roles
+                    base, widths, sites, max_bytes, lambda p: score(in_space(p)), freqs, model_file, roles, per_role
                 )
             else:
                 plan = uniform_plan(
@@ -110,6 +113,7 @@ def uniform_seeds(
                     freqs,
                     model_file,
                     roles,
+                    per_role,
                 )
             if plan is not None:
                 break

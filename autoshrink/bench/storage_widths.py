@@ -13,6 +13,9 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
 
 from autoshrink.allocate.pipeline import SLICE_TOKENS
 from autoshrink.allocate.profile import profile, row_config
@@ -27,21 +30,40 @@ WIDTHS = {4: 1.0, 3: 4 / 3, 2: 2.0}  # bits: rank multiplier at about equal byte
 RANKS = {"embedding": (8, 16), "softmax": (8, 16), "recurrent": (30, 52, 87)}  # 4-bit ranks per role
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budget", default="25x", help="only names the search whose data and calibration are used")
-    p.add_argument("--model", default=None, help="a preset or a model folder (the search's default)")
-    p.add_argument("--data", default=None, help="the model's corpus (the search's default)")
-    p.add_argument("--out", default="results/storage_widths.md")
-    args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="storage-widths-") as tmp:  # the settings' run folder, never written
+class SiteBench(NamedTuple):
+    """What a per-site untrained comparison needs: the search's settings and inputs, the
+    calibration, and the allocation's held-out slice (starting at `start` of the valid split)."""
+
+    config: SearchConfig
+    inputs: Any
+    stats: dict | None
+    held_out: torch.Tensor
+    start: int
+
+
+def site_bench(budget: str, model: str | None, data: str | None) -> SiteBench:
+    with tempfile.TemporaryDirectory(prefix="site-bench-") as tmp:  # the settings' run folder, never written
         folder = Path(tmp)
-        c = SearchConfig(budget=args.budget, model=args.model, data=args.data, run_dir=folder).resolved({}, folder)
+        c = SearchConfig(budget=budget, model=model, data=data, run_dir=folder).resolved({}, folder)
         inputs = load_inputs(c, target(c), {}, print)
     stats = calibration(inputs, c.calibration_tokens, print)
     valid = inputs.data.valid.reshape(-1)
     start = held_out_start(valid.numel(), TrialSettings.eval_tokens)
-    held_out = valid[start : start + SLICE_TOKENS]  # the allocation's slice
+    return SiteBench(c, inputs, stats, valid[start : start + SLICE_TOKENS], start)  # the allocation's slice
+
+
+def site_bench_args(description: str, out: str, argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", default="25x", help="only names the search whose data and calibration are used")
+    p.add_argument("--model", default=None, help="a preset or a model folder (the search's default)")
+    p.add_argument("--data", default=None, help="the model's corpus (the search's default)")
+    p.add_argument("--out", default=out)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = site_bench_args(__doc__, "results/storage_widths.md", argv)
+    c, inputs, stats, held_out, start = site_bench(args.budget, args.model, args.data)
     options = {
         s.name: [
             LowRankConfig(rank=round(r * mult), bits=bits)

@@ -153,3 +153,28 @@ def test_bad_inputs_are_user_errors():
         GroupReduceWeight.build(torch.zeros(4, D), _site(v=4), GroupReduceConfig(blocks=5))
     with pytest.raises(UserError, match="word counts"):
         GroupReduceWeight.build(_dense(), _site(), GroupReduceConfig(), SiteStats(freqs=torch.ones(V - 1)))
+
+
+@pytest.mark.parametrize("role", ["embedding", "softmax"])
+def test_blocks_with_u_stored_transposed_forward_lookup_and_export_agree(role):
+    """u_groups stores each block's U transposed: a scale per group of its words in each column
+    (not one per word), the export is that many bytes and reproduces the trained weight."""
+    site = Site(name=f"toy.{role}", role=role, shape=(V, D), bias=role != "embedding")
+    f = _shuffled_zipf()
+    x = torch.randn(128, D, generator=torch.Generator().manual_seed(2))
+    stats = SiteStats(moment=(x.T @ x / 128).double(), tokens=128, freqs=f) if role == "softmax" else SiteStats(freqs=f)
+    rows = GroupReduceConfig(blocks=3, rank=2, bits=4)
+    columns = GroupReduceConfig(blocks=3, rank=2, bits=4, u_groups=16)
+    mod = GroupReduceWeight.build(_dense(), site, columns, stats)
+    assert tensors_bytes(mod.export()) == GroupReduceWeight.stored_bytes(site, columns, f)
+    saved = sum(b.size - b.rank * -(-b.size // 16) for b in mod.blocks if not b.dense)  # scales: per word -> per group
+    assert GroupReduceWeight.stored_bytes(site, rows, f) - GroupReduceWeight.stored_bytes(site, columns, f) == 4 * saved
+    w = mod.weight()
+    torch.testing.assert_close(mod.matmul(x[:3]), x[:3] @ w.T, atol=1e-5, rtol=1e-5)
+    ids = torch.tensor([[0, 5, 95], [40, 40, 1]])
+    torch.testing.assert_close(mod.lookup(ids), w[ids], atol=1e-6, rtol=1e-6)
+    back = GroupReduceWeight.from_export(mod.export(), site, columns)
+    torch.testing.assert_close(back.weight(), w, atol=1e-6, rtol=1e-6)
+    for i, b in enumerate(mod.blocks):  # GPTQ rounded each U column by column onto its own grids
+        if not b.dense:
+            torch.testing.assert_close(mod._block(i)[0], mod.factors[f"b{i}_U"].detach(), atol=1e-6, rtol=0)

@@ -2,7 +2,7 @@
 
 - A single method at its **best storage**: the method applied uniformly with its size knob
   fitted to the budget (budget.uniform_plan) at each storage width of STORAGE_BITS (low-rank
-  also with U stored transposed below 16 bits: `layouts`); the width and layout kept are those
+  and GroupReduce also with U stored transposed below 16 bits: `layouts`); the width and layout kept are those
   whose compressed model (the same initialisation as autoshrink's: `compress` with the word
   frequencies) has the lowest validation perplexity on the first SELECT_TOKENS tokens of the
   valid split, before any training: cheap, and the same for every method.
@@ -23,11 +23,11 @@ SMALL_DENSE_DROPOUT = 0.1  # a model of tens of dimensions underfits; little dro
 
 
 def layouts(base_cfg: dict) -> list[dict]:
-    """The storage layouts a single method is tried in besides its widths: low-rank's U in rows
-    and transposed (methods/lowrank.py U_GROUPS), as the search spaces offer them."""
+    """The storage layouts a single method is tried in besides its widths: low-rank's and
+    GroupReduce's U in rows and transposed (methods/lowrank.py U_GROUPS), as the spaces offer them."""
     from autoshrink.methods.lowrank import U_GROUPS
 
-    if base_cfg["method"] == "lowrank" and "u_groups" not in base_cfg:
+    if base_cfg["method"] in ("lowrank", "groupreduce") and "u_groups" not in base_cfg:
         return [{}, {"u_groups": U_GROUPS}]
     return [{}]
 

@@ -27,6 +27,13 @@ FLOAT_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 Specs = dict[str, tuple[torch.dtype, tuple[int, ...]]]  # name -> (dtype, shape): stored tensors, described
 
 
+# The knob of the factor methods (lowrank, groupreduce) that stores a factor U transposed.
+U_GROUPS_HELP = (
+    "U below 16 bits: 0 = a scale per row; g > 0 = stored transposed, a scale per g rows of each column "
+    "(cheaper for a vocabulary matrix of small rank)"
+)
+
+
 def check_bits(bits: int) -> None:
     if bits not in FLOAT_BITS:
         raise UserError(f"bits must be one of {FLOAT_BITS}, got {bits!r}")

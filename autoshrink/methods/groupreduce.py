@@ -52,7 +52,7 @@ from autoshrink.errors import UserError
 from autoshrink.methods._base import CompressedWeight, MethodConfig, calibrated, register, site_freqs
 from autoshrink.methods._gptq import gptq, gptq_pair
 from autoshrink.methods._linalg import Metric
-from autoshrink.methods._storage import groups_per_row, pack_uint, uint_bytes, unpack_uint
+from autoshrink.methods._storage import U_GROUPS_HELP, groups_per_row, pack_uint, uint_bytes, unpack_uint
 from autoshrink.sites import VOCAB_ROLES, Site
 
 MOVE_FRACTION = 0.1  # most words moved per refinement round (the DiscBlock code's default)
@@ -84,6 +84,7 @@ class GroupReduceConfig(MethodConfig):
     alpha: float = field(
         default=1.0, metadata={"help": "weighted-SVD row weights w = freq^alpha, in [0, 2] (0 = unweighted)"}
     )
+    u_groups: int = field(default=0, metadata={"help": "each block's " + U_GROUPS_HELP})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,6 +92,7 @@ class GroupReduceConfig(MethodConfig):
         self.check_int("rank", 0)
         self.check_int("refine", 0)
         self.check_range("alpha", 0.0, 2.0)
+        self.check_int("u_groups", 0)
 
     def min_rank(self, site: Site) -> int:
         """r_min for this site: `rank`, or D / AUTO_RANK_DIVISOR when it is 0."""
@@ -149,7 +151,7 @@ def _stored_pair(
     """A block's factors; data-aware below 16 bits GPTQ-rounded (`_gptq.gptq_pair`)."""
     if not config.data_aware or config.bits >= 16:
         return u, vt
-    return gptq_pair(u.float(), vt.float(), config.bits, config.group_size, metric.moment, w)
+    return gptq_pair(u.float(), vt.float(), config.bits, config.group_size, metric.moment, w, config.u_groups)
 
 
 def _stored_rows(rows: torch.Tensor, config: GroupReduceConfig, metric: Metric) -> tuple[torch.Tensor]:
@@ -167,7 +169,10 @@ def _block_specs(site: Site, config: GroupReduceConfig, blocks: list[Block], per
         if blk.dense:
             out.update(CompressedWeight.float_specs(f"b{i}.W", (blk.size, d), config))
         else:
-            out.update(CompressedWeight.float_specs(f"b{i}.U", (blk.size, blk.rank), config))
+            if config.u_groups:  # U stored transposed: a scale per u_groups words of each column
+                out.update(CompressedWeight.float_specs(f"b{i}.UT", (blk.rank, blk.size), config, config.u_groups))
+            else:
+                out.update(CompressedWeight.float_specs(f"b{i}.U", (blk.size, blk.rank), config))
             out.update(CompressedWeight.float_specs(f"b{i}.V", (blk.rank, d), config))
     if permuted:
         out["perm"] = (torch.uint8, (uint_bytes(v, _perm_bits(v)),))
@@ -326,7 +331,9 @@ class GroupReduceWeight(CompressedWeight):
     def _block(self, i: int) -> tuple[torch.Tensor, ...]:
         if self.blocks[i].dense:
             return (self.q(self.factors[f"b{i}_W"]),)
-        return self.q(self.factors[f"b{i}_U"]), self.q(self.factors[f"b{i}_V"])
+        u = self.factors[f"b{i}_U"]
+        groups = self.config.u_groups
+        return (self.q(u, groups, transposed=True) if groups else self.q(u)), self.q(self.factors[f"b{i}_V"])
 
     def weight(self) -> torch.Tensor:
         rows = [p[0] if len(p) == 1 else p[0] @ p[1] for p in map(self._block, range(len(self.blocks)))]
@@ -377,7 +384,11 @@ class GroupReduceWeight(CompressedWeight):
         out = {}
         for i, blk in enumerate(self.blocks):
             for name in ("W",) if blk.dense else ("U", "V"):
-                out.update(self.pack(f"b{i}.{name}", self.factors[f"b{i}_{name}"]))
+                t = self.factors[f"b{i}_{name}"]
+                if name == "U" and self.config.u_groups:
+                    out.update(self.pack(f"b{i}.UT", t.T, self.config.u_groups))
+                else:
+                    out.update(self.pack(f"b{i}.{name}", t))
         if self.permuted:
             out["perm"] = pack_uint(self.order, _perm_bits(self.site.shape[0]))
         return out
@@ -398,8 +409,11 @@ class GroupReduceWeight(CompressedWeight):
                 else tensors[f"b{i}.V.scale"].numel() // groups_per_row(d, config.group_size)
             )
             blocks.append(Block(n, r, False))
-            parts.append(
-                (cls.unpack(tensors, f"b{i}.U", (n, r), config), cls.unpack(tensors, f"b{i}.V", (r, d), config))
+            u = (
+                cls.unpack(tensors, f"b{i}.UT", (r, n), config, config.u_groups).T
+                if config.u_groups
+                else cls.unpack(tensors, f"b{i}.U", (n, r), config)
             )
+            parts.append((u, cls.unpack(tensors, f"b{i}.V", (r, d), config)))
         order = unpack_uint(tensors["perm"], _perm_bits(v), v) if "perm" in tensors else None
         return cls(site, config, blocks, parts, order)

@@ -30,6 +30,7 @@ from torch import nn
 from autoshrink.methods._base import CompressedWeight, MethodConfig, calibrated, register
 from autoshrink.methods._gptq import gptq_pair
 from autoshrink.methods._linalg import Metric, weighted_low_rank
+from autoshrink.methods._storage import U_GROUPS_HELP
 from autoshrink.sites import Site
 
 AUTO_RANK_SHARE = 0.25  # rank 0: this share of the break-even rank mn / (m + n), about 4x at fp32
@@ -50,13 +51,7 @@ class LowRankConfig(MethodConfig):
         },
     )
 
-    u_groups: int = field(
-        default=0,
-        metadata={
-            "help": "U below 16 bits: 0 = a scale per row; g > 0 = stored transposed, a scale per g rows of each column "
-            "(cheaper for a vocabulary matrix of small rank)"
-        },
-    )
+    u_groups: int = field(default=0, metadata={"help": U_GROUPS_HELP})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,10 +1,10 @@
 """How the benchmark builds its non-search entrants (docs/benchmark.md, issue 16).
 
 - A single method at its **best storage**: the method applied uniformly with its size knob
-  fitted to the budget (budget.uniform_plan) at each storage width of STORAGE_BITS (low-rank
-  and GroupReduce also with U stored transposed below 16 bits: `layouts`); the width and layout kept are those
-  whose compressed model (the same initialisation as autoshrink's: `compress` with the word
-  frequencies) has the lowest validation perplexity on the first SELECT_TOKENS tokens of the
+  fitted to the budget (budget.uniform_plan) at each storage width of STORAGE_BITS (low-rank and
+  GroupReduce also with U stored transposed below 16 bits: `layouts`); the width and layout kept
+  are those whose compressed model (the same initialisation as autoshrink's: `compress` with the
+  word frequencies) has the lowest validation perplexity on the first SELECT_TOKENS tokens of the
   valid split, before any training: cheap, and the same for every method.
 - **Small dense**: the reference architecture with smaller embedding and hidden sizes (equal),
   every site stored in 8 bits (quantisation-aware from the start), the largest that fits the

@@ -154,14 +154,13 @@ def test_the_whole_benchmark_on_a_tiny_model(tiny_model_dir, text_file, tmp_path
 
 
 def test_a_single_method_is_stored_at_its_best_width(setup):
-    from autoshrink.bench.entrants import STORAGE_BITS, best_storage_plan
-    from autoshrink.methods.lowrank import U_GROUPS
+    from autoshrink.bench.entrants import LAYOUT_GROUPS, STORAGE_BITS, best_storage_plan
 
     row = Row("3x", 3, None, "search_spaces/default.yaml", "whole model", reference.SINGLES)
     plan, tried = best_storage_plan(setup, row, {"method": "lowrank"})
     # every width reaches 3x with low-rank; below 16 bits U is also tried stored transposed
     assert [(t["bits"], t.get("u_groups", 0)) for t in tried] == [(b, 0) for b in STORAGE_BITS] + [
-        (b, U_GROUPS) for b in STORAGE_BITS if b < 16
+        (b, g) for g in LAYOUT_GROUPS for b in STORAGE_BITS if b < 16
     ]
     best = min(tried, key=lambda t: t["init_val_ppl"])
     assert {(cfg["bits"], cfg["u_groups"]) for cfg in plan.values()} == {(best["bits"], best.get("u_groups", 0))}

@@ -301,3 +301,18 @@ def test_a_seed_is_fitted_with_each_roles_own_storage_knobs(tiny):
     assert plan_stored_bytes(sites, plan, model.vocab.freqs, mf) <= limit
     grown = {n: cfg.replace(rank=cfg.rank + 1) for n, cfg in plan.items()}
     assert plan_stored_bytes(sites, grown, model.vocab.freqs, mf) > limit  # nothing left unspent
+
+
+def test_the_profile_measures_every_storage_layout_a_space_offers():
+    from autoshrink.search.allocation import profile_bases
+    from autoshrink.search.space import load_space, parse_space
+
+    space = parse_space(
+        __import__("yaml").safe_load(
+            "roles:\n  recurrent:\n    lowrank: {rank: {low: 4, high: 96}, bits: [4, 8], u_groups: [0, 256]}\n"
+        )
+    )
+    assert {(c.bits, c.u_groups) for c in profile_bases(space, "recurrent")} == {(4, 0), (4, 256), (8, 0), (8, 256)}
+    default = load_space("search_spaces/default.yaml")
+    assert {c.u_groups for c in profile_bases(default, "softmax") if c.method in ("lowrank", "groupreduce")} == {128}
+    assert {c.u_groups for c in profile_bases(default, "recurrent") if c.method == "lowrank"} == {0}

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 STORAGE_BITS = (32, 16, 8, 4)
+LAYOUT_GROUPS = (128, 256)  # u_groups the spaces offer: the vocabulary's (128), an LSTM gate's rows (256)
 SELECT_TOKENS = 12_000  # as the trials' validation prefix
 SMALL_DENSE_BITS = 8
 SMALL_DENSE_DROPOUT = 0.1  # a model of tens of dimensions underfits; little dropout
@@ -24,11 +25,9 @@ SMALL_DENSE_DROPOUT = 0.1  # a model of tens of dimensions underfits; little dro
 
 def layouts(base_cfg: dict) -> list[dict]:
     """The storage layouts a single method is tried in besides its widths: low-rank's and
-    GroupReduce's U in rows and transposed (methods/lowrank.py U_GROUPS), as the spaces offer them."""
-    from autoshrink.methods.lowrank import U_GROUPS
-
+    GroupReduce's U in rows and transposed, as the spaces offer them (LAYOUT_GROUPS)."""
     if base_cfg["method"] in ("lowrank", "groupreduce") and "u_groups" not in base_cfg:
-        return [{}, {"u_groups": U_GROUPS}]
+        return [{}, *({"u_groups": g} for g in LAYOUT_GROUPS)]
     return [{}]
 
 

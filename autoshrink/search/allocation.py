@@ -6,13 +6,15 @@ run folder, reused on resume.
 
 The profile takes its options from the space: for each method the space offers a site (but those
 a one-shot proxy misjudges, pitfall 12: `MethodConfig.judged_after_training`), its storage widths
-among PROFILE_BITS, its other knobs at their defaults brought into the space, and its size knob
+among PROFILE_BITS, each storage layout the space offers (PROFILE_CHOICES: every choice), its other
+knobs at their defaults brought into the space, and its size knob
 at up to LEVELS sizes, each brought into the space too, so every allocated plan is a plan the
 sampler could draw.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from pathlib import Path
@@ -45,6 +47,9 @@ from autoshrink.sites import ROLES, Site
 # profiles 4 and 8 only): 4 bits with larger ranks won at 25x (results/allocate.md), and 3 bits wins
 # on the vocabulary matrices at small sizes (results/storage_widths.md).
 PROFILE_BITS = (3, 4, 8)
+# Knobs whose every choice the profile measures: which layout stores a site's U best differs from
+# site to site (results/u_groups.md: rnn.0.ih gains from a scale per gate, rnn.0.hh loses).
+PROFILE_CHOICES = ("u_groups",)
 LEVELS = 8  # size levels per method and width on each site
 LADDER = (0.9, 0.8, 0.7)  # fractions of the limit whose knapsack plans are trials too (front seeds)
 HEDGES = 2  # allocated plans without one of the best plan's methods that are trials too (allocate/pipeline.py)
@@ -60,10 +65,11 @@ def profile_bases(space: SearchSpace, role: str) -> list[MethodConfig]:
         if cls.judged_after_training:
             continue
         defaults = cls()
+        every = {name: knobs[name].choices for name in PROFILE_CHOICES if name in knobs and knobs[name].choices}
         fixed = {
             name: knob.nearest(getattr(defaults, name))
             for name, knob in knobs.items()
-            if name not in (cls.size_knob, "bits")
+            if name not in (cls.size_knob, "bits", *every)
         }
         widths = (
             sorted({knobs["bits"].nearest(b) for b in PROFILE_BITS})
@@ -71,10 +77,13 @@ def profile_bases(space: SearchSpace, role: str) -> list[MethodConfig]:
             else [None]
         )
         for bits in widths:
-            try:
-                bases.append(cls(**fixed, **({"bits": bits} if bits is not None else {})))
-            except UserError:
-                continue
+            for combo in itertools.product(*every.values()):
+                try:
+                    bases.append(
+                        cls(**fixed, **dict(zip(every, combo)), **({"bits": bits} if bits is not None else {}))
+                    )
+                except UserError:
+                    continue
     return bases
 
 

@@ -61,6 +61,20 @@ def site_bench_args(description: str, out: str, argv: list[str] | None) -> argpa
     return p.parse_args(argv)
 
 
+def loss_cell(r, best: bool) -> str:
+    """A profile row's loss increase (bold when it is its row's best), rank and bytes."""
+    loss = f"**{r.loss_delta:.4f}**" if best else f"{r.loss_delta:.4f}"
+    return f"{loss} (rank {row_config(r).rank}, {r.bytes:,} B)"
+
+
+def win_lines(wins: dict[str, Counter], what: str) -> list[str]:
+    """One line per site: how often each choice was best."""
+    return [
+        f"- {site}: best {what} " + ", ".join(f"{w} at {n} size(s)" for w, n in counts.most_common())
+        for site, counts in wins.items()
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = site_bench_args(__doc__, "results/storage_widths.md", argv)
     c, inputs, stats, held_out, start = site_bench(args.budget, args.model, args.data)
@@ -91,17 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(0, len(table), per):
         group = table.iloc[i : i + per]
         best = group.loss_delta.idxmin()
-        cells = [
-            ("**{:.4f}**" if j == best else "{:.4f}").format(r.loss_delta)
-            + f" (rank {row_config(r).rank}, {r.bytes:,} B)"
-            for j, r in group.iterrows()
-        ]
+        cells = [loss_cell(r, j == best) for j, r in group.iterrows()]
         lines.append(f"| {group.site.iloc[0]} | {group.bytes.iloc[0]:,} | " + " | ".join(cells) + " |")
         bits = list(WIDTHS)[list(group.index).index(best)]
         wins.setdefault(group.site.iloc[0], Counter())[bits] += 1
-    lines.append("")
-    for site, counts in wins.items():
-        lines.append(f"- {site}: best width " + ", ".join(f"{b} bits at {n} size(s)" for b, n in counts.items()))
+    lines += [
+        "",
+        *win_lines({site: Counter({f"{b} bits": n for b, n in c.items()}) for site, c in wins.items()}, "width"),
+    ]
     write_report(args.out, "\n".join(lines) + "\n")
     return 0
 

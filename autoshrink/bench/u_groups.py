@@ -14,7 +14,7 @@ from collections import Counter
 
 from autoshrink.allocate.profile import profile, row_config
 from autoshrink.bench.report import commit, write_report
-from autoshrink.bench.storage_widths import site_bench, site_bench_args
+from autoshrink.bench.storage_widths import loss_cell, site_bench, site_bench_args, win_lines
 from autoshrink.methods.lowrank import LowRankConfig
 from autoshrink.plan import method_bytes
 from autoshrink.plan.fit import largest_within
@@ -30,11 +30,6 @@ def layouts(site, rank: int, bits: int, freqs) -> list[LowRankConfig]:
     limit = method_bytes(site, rows, freqs)
     fitted = [largest_within(site, LowRankConfig(rank=rank, bits=bits, u_groups=g), limit, freqs) for g in GROUPS]
     return [rows, *(c for c in fitted if c is not None)]
-
-
-def _cell(r, best: bool) -> str:
-    loss = f"**{r.loss_delta:.4f}**" if best else f"{r.loss_delta:.4f}"
-    return f"{loss} (rank {row_config(r).rank}, {r.bytes:,} B)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,13 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     for s, bits, configs in cases:
         measured = [rows[(s.name, cfg)] for cfg in configs]
         best = min(range(len(measured)), key=lambda i: measured[i].loss_delta)
-        cells = [_cell(r, i == best) for i, r in enumerate(measured)] + ["-"] * (1 + len(GROUPS) - len(measured))
+        cells = [loss_cell(r, i == best) for i, r in enumerate(measured)] + ["-"] * (1 + len(GROUPS) - len(measured))
         lines.append(f"| {s.name} | {bits} | {measured[0].bytes:,} | " + " | ".join(cells) + " |")
         winner = "rows" if best == 0 else f"g = {configs[best].u_groups}"
         wins.setdefault(s.name, Counter())[winner] += 1
-    lines.append("")
-    for site, counts in wins.items():
-        lines.append(f"- {site}: best layout " + ", ".join(f"{w} at {n} size(s)" for w, n in counts.most_common()))
+    lines += ["", *win_lines(wins, "layout")]
     write_report(args.out, "\n".join(lines) + "\n")
     return 0
 

@@ -7,8 +7,14 @@ from pathlib import Path
 
 
 def source_commit() -> str | None:
-    """The short commit of the checkout autoshrink is imported from, with "+dirty" when tracked
-    files differ from it; None when it is not a git checkout (an installed wheel) or git is missing."""
+    """The short commit of the checkout autoshrink was imported from, with "+dirty" when tracked
+    files differed from it; None when it is not a git checkout (an installed wheel) or git is
+    missing. Read when this module is first imported: a long run records the code it started
+    with, not a commit made in its checkout while it ran."""
+    return _AT_IMPORT
+
+
+def _read_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(
@@ -25,3 +31,6 @@ def source_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+_AT_IMPORT = _read_commit()

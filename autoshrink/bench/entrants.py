@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 STORAGE_BITS = (32, 16, 8, 4)
-LAYOUT_GROUPS = (128, 256)  # u_groups the spaces offer: the vocabulary's (128), an LSTM gate's rows (256)
+LAYOUT_GROUPS = (128,)  # u_groups the spaces offer (the vocabulary's)
 SELECT_TOKENS = 12_000  # as the trials' validation prefix
 SMALL_DENSE_BITS = 8
 SMALL_DENSE_DROPOUT = 0.1  # a model of tens of dimensions underfits; little dropout

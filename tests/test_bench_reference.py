@@ -149,6 +149,9 @@ def test_the_whole_benchmark_on_a_tiny_model(tiny_model_dir, text_file, tmp_path
 
     origin = searched_origin(tmp_path / "w", ROWS["10x"], auto)
     assert origin is not None and origin.split()[0] in {"allocation", "knapsack", "uniform", "sampled"}
+    # a later search in the folder whose trial of that number trained another plan says nothing of it
+    other = {**auto, "plan": {"encoder": {"method": "quant", "bits": 8}}}
+    assert searched_origin(tmp_path / "w", ROWS["10x"], other) is None
     label = next(x for x in text.splitlines() if x.startswith("| 10x | **autoshrink**"))
     assert ("(= the uniform " in label) == origin.startswith("uniform "), (origin, label)
 
@@ -371,3 +374,26 @@ def test_the_report_lists_every_entrant_of_a_row_once_and_autoshrink_last(tier, 
     listed = _entrants(row, tmp_path, tier)
     assert sorted(listed) == sorted(reference.entrants_of(row, tier))
     assert listed[-1] == "autoshrink" and reference.SMALL_DENSE in listed
+
+
+def test_a_converged_entrant_of_an_earlier_search_is_named_as_such(tmp_path):
+    from types import SimpleNamespace
+
+    from autoshrink.bench.reference_report import stale_plans
+
+    setup = SimpleNamespace(work=tmp_path / "quick", converged_work=tmp_path / "converged")
+    row = ROWS["25x"]
+
+    def entrant(work, plan, commit):
+        folder = entrant_dir(work, row.name, "autoshrink")
+        folder.mkdir(parents=True)
+        (folder / "bench.json").write_text(json.dumps({"plan": plan, "commit": commit, "test_ppl": 40.0}))
+
+    entrant(setup.converged_work, {"encoder": {"method": "lowrank", "rank": 8}}, "aaa1111")
+    entrant(setup.work, {"encoder": {"method": "lowrank", "rank": 8}}, "aaa1111")
+    assert stale_plans(setup, [row]) == []  # the converged tier trained what the quick tier's search trains
+    (entrant_dir(setup.work, row.name, "autoshrink") / "bench.json").write_text(
+        json.dumps({"plan": {"encoder": {"method": "lowrank", "rank": 9}}, "commit": "bbb2222", "test_ppl": 41.0})
+    )
+    (line,) = [x for x in stale_plans(setup, [row]) if x]
+    assert line.startswith("- 25x: ") and "aaa1111" in line and "bbb2222" in line

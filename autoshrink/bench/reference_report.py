@@ -98,16 +98,18 @@ def _same_plan_as(row: Row, work: Path, plan: dict, tier: str) -> str | None:
 
 def searched_origin(work: Path, row: Row, r: dict | None) -> str | None:
     """Where the search's trained plan came from (search/study.py origin_of): "uniform <method>"
-    for one of its uniform controls; None where the search folder cannot say."""
+    for one of its uniform controls; None where the search folder cannot say (gone, or a later
+    search in its place whose trial of that number is another plan)."""
     if not r or "trial" not in r:
         return None
     search = _search_dir(work, row.name, r)
     db = search / "study.db"
-    return _origin(search, r["trial"], db.stat().st_mtime_ns if db.exists() else 0)
+    plan = json.dumps(r.get("plan"), sort_keys=True)
+    return _origin(search, r["trial"], plan, db.stat().st_mtime_ns if db.exists() else 0)
 
 
 @functools.lru_cache(maxsize=64)
-def _origin(search: Path, trial: int, version: int) -> str | None:
+def _origin(search: Path, trial: int, plan: str, version: int) -> str | None:
     """One study read per row and study version: the table and the goals both ask."""
     from autoshrink.errors import UserError
     from autoshrink.search.study import load_study, origin_of
@@ -116,7 +118,14 @@ def _origin(search: Path, trial: int, version: int) -> str | None:
         study = load_study(search)
     except UserError:
         return None
-    return next((origin_of(t) for t in study.get_trials(deepcopy=False) if t.number == trial), None)
+    return next(
+        (
+            origin_of(t)
+            for t in study.get_trials(deepcopy=False)
+            if t.number == trial and json.dumps(t.user_attrs.get("plan"), sort_keys=True) == plan
+        ),
+        None,
+    )
 
 
 def is_uniform(row: Row, work: Path, r: dict, tier: str = "quick") -> str | None:
@@ -320,9 +329,26 @@ def converged(setup, rows: list[Row], sizes: dict) -> list[str]:
         f"Entrants in {work}; `python -m autoshrink.bench --tier converged` trains what is missing (resumable).",
         "",
         *_table(sizes, rows, work, dense, tier="converged"),
+        *stale_plans(setup, rows),
         "",
         *_goals(rows, work, dense, tier="converged"),
     ]
+
+
+def stale_plans(setup, rows: list[Row]) -> list[str]:
+    """A line for each converged autoshrink entrant that trained another plan than the quick tier's
+    search now trains (the quick tier was searched again since): it is an earlier search's plan."""
+    lines = []
+    for row in rows:
+        done = result_of(setup.converged_work, row.name, "autoshrink")
+        quick = result_of(setup.work, row.name, "autoshrink")
+        if done and quick and "plan" in done and "plan" in quick and done["plan"] != quick["plan"]:
+            lines.append(
+                f"- {row.name}: the converged autoshrink entrant trained the plan of an earlier quick-tier search "
+                f"(measured at {done.get('commit', '?')}); the quick tier's search now trains another plan "
+                f"(measured at {quick.get('commit', '?')})."
+            )
+    return [""] + lines if lines else []
 
 
 README_BEGIN = (

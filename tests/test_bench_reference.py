@@ -397,3 +397,16 @@ def test_a_converged_entrant_of_an_earlier_search_is_named_as_such(tmp_path):
     )
     (line,) = [x for x in stale_plans(setup, [row]) if x]
     assert line.startswith("- 25x: ") and "aaa1111" in line and "bbb2222" in line
+
+
+def test_an_earlier_autoshrink_entrant_kept_beside_the_new_one_is_listed_before_it(tmp_path):
+    from autoshrink.bench.reference_report import COLD, _entrants, _label
+
+    row = ROWS["25x"]
+    folder = entrant_dir(tmp_path, row.name, COLD)
+    folder.mkdir(parents=True)
+    r = {"plan": {"encoder": {"method": "lowrank", "rank": 8}}, "commit": "aaa1111", "test_ppl": 38.6}
+    (folder / "bench.json").write_text(json.dumps(r))
+    listed = _entrants(row, tmp_path, "converged")
+    assert listed[-2:] == [COLD, "autoshrink"]
+    assert _label(row, COLD, r, tmp_path, "converged") == "autoshrink, an earlier search's plan (measured at aaa1111)"

@@ -62,7 +62,7 @@ def _minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min"
 
 
-COLD = "autoshrink-cold"  # an earlier autoshrink entrant (an older search), kept for comparison
+COLD = "autoshrink-cold"  # an earlier autoshrink entrant (an older search's plan), kept for comparison
 
 
 def _entrants(row: Row, work: Path, tier: str = "quick") -> list[str]:
@@ -151,8 +151,7 @@ def _label(row: Row, entrant: str, r: dict | None, work: Path, tier: str) -> str
         same = r and "plan" in r and is_uniform(row, work, r, tier)
         return label + (f" (= the uniform {same} plan)" if same else "")
     if entrant == COLD:
-        warm = _warm(_search_dir(work, row.name, r, COLD))
-        return f"autoshrink, earlier search ({'warm start without ranged seeds' if warm else 'no warm start'})"
+        return f"autoshrink, an earlier search's plan (measured at {(r or {}).get('commit', '?')})"
     if entrant == BEST_UNIFORM and r and "method" in r:
         return f"best uniform ({r['method']})"
     if entrant == SMALL_DENSE and r and "dims" in r:

@@ -277,6 +277,28 @@ class CompressedWeight(nn.Module, abc.ABC):
             cache[id(t)] = hit
         return hit[1]
 
+    # A factor U (m x r) is stored in rows, or with `groups` > 0 transposed under "<name>T": U^T's
+    # rows are U's columns, a scale per `groups` rows of each (lowrank's and groupreduce's u_groups).
+    def q_factor(self, u: torch.Tensor, groups: int) -> torch.Tensor:
+        return self.q(u, groups, transposed=True) if groups else self.q(u)
+
+    def pack_factor(self, name: str, u: torch.Tensor, groups: int) -> dict[str, torch.Tensor]:
+        return self.pack(f"{name}T", u.T, groups) if groups else self.pack(name, u)
+
+    @classmethod
+    def factor_specs(cls, name: str, shape: tuple[int, int], config: MethodConfig, groups: int) -> Specs:
+        m, r = shape
+        return cls.float_specs(f"{name}T", (r, m), config, groups) if groups else cls.float_specs(name, shape, config)
+
+    @classmethod
+    def unpack_factor(
+        cls, tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, int], config: MethodConfig, groups: int
+    ) -> torch.Tensor:
+        m, r = shape
+        if groups:
+            return cls.unpack(tensors, f"{name}T", (r, m), config, groups).T
+        return cls.unpack(tensors, name, shape, config)
+
     def pack(self, name: str, t: torch.Tensor, group_size: int | None = None) -> dict[str, torch.Tensor]:
         group = self.config.group_size if group_size is None else group_size
         return prefixed(name, pack_float(t, self.config.bits, group))

@@ -169,10 +169,7 @@ def _block_specs(site: Site, config: GroupReduceConfig, blocks: list[Block], per
         if blk.dense:
             out.update(CompressedWeight.float_specs(f"b{i}.W", (blk.size, d), config))
         else:
-            if config.u_groups:  # U stored transposed: a scale per u_groups words of each column
-                out.update(CompressedWeight.float_specs(f"b{i}.UT", (blk.rank, blk.size), config, config.u_groups))
-            else:
-                out.update(CompressedWeight.float_specs(f"b{i}.U", (blk.size, blk.rank), config))
+            out.update(CompressedWeight.factor_specs(f"b{i}.U", (blk.size, blk.rank), config, config.u_groups))
             out.update(CompressedWeight.float_specs(f"b{i}.V", (blk.rank, d), config))
     if permuted:
         out["perm"] = (torch.uint8, (uint_bytes(v, _perm_bits(v)),))
@@ -331,9 +328,7 @@ class GroupReduceWeight(CompressedWeight):
     def _block(self, i: int) -> tuple[torch.Tensor, ...]:
         if self.blocks[i].dense:
             return (self.q(self.factors[f"b{i}_W"]),)
-        u = self.factors[f"b{i}_U"]
-        groups = self.config.u_groups
-        return (self.q(u, groups, transposed=True) if groups else self.q(u)), self.q(self.factors[f"b{i}_V"])
+        return self.q_factor(self.factors[f"b{i}_U"], self.config.u_groups), self.q(self.factors[f"b{i}_V"])
 
     def weight(self) -> torch.Tensor:
         rows = [p[0] if len(p) == 1 else p[0] @ p[1] for p in map(self._block, range(len(self.blocks)))]
@@ -383,12 +378,11 @@ class GroupReduceWeight(CompressedWeight):
     def export(self):
         out = {}
         for i, blk in enumerate(self.blocks):
-            for name in ("W",) if blk.dense else ("U", "V"):
-                t = self.factors[f"b{i}_{name}"]
-                if name == "U" and self.config.u_groups:
-                    out.update(self.pack(f"b{i}.UT", t.T, self.config.u_groups))
-                else:
-                    out.update(self.pack(f"b{i}.{name}", t))
+            if blk.dense:
+                out.update(self.pack(f"b{i}.W", self.factors[f"b{i}_W"]))
+            else:
+                out.update(self.pack_factor(f"b{i}.U", self.factors[f"b{i}_U"], self.config.u_groups))
+                out.update(self.pack(f"b{i}.V", self.factors[f"b{i}_V"]))
         if self.permuted:
             out["perm"] = pack_uint(self.order, _perm_bits(self.site.shape[0]))
         return out
@@ -409,11 +403,7 @@ class GroupReduceWeight(CompressedWeight):
                 else tensors[f"b{i}.V.scale"].numel() // groups_per_row(d, config.group_size)
             )
             blocks.append(Block(n, r, False))
-            u = (
-                cls.unpack(tensors, f"b{i}.UT", (r, n), config, config.u_groups).T
-                if config.u_groups
-                else cls.unpack(tensors, f"b{i}.U", (n, r), config)
-            )
+            u = cls.unpack_factor(tensors, f"b{i}.U", (n, r), config, config.u_groups)
             parts.append((u, cls.unpack(tensors, f"b{i}.V", (r, d), config)))
         order = unpack_uint(tensors["perm"], _perm_bits(v), v) if "perm" in tensors else None
         return cls(site, config, blocks, parts, order)

@@ -90,8 +90,7 @@ class LowRankWeight(CompressedWeight):
         return cls(site, config, *low_rank_init(weight, site, config, config.effective_rank(site), metric))
 
     def stored_u(self) -> torch.Tensor:
-        groups = self.config.u_groups
-        return self.q(self.u, groups, transposed=True) if groups else self.q(self.u)
+        return self.q_factor(self.u, self.config.u_groups)
 
     def weight(self) -> torch.Tensor:
         return self.stored_u() @ self.q(self.v)
@@ -111,22 +110,14 @@ class LowRankWeight(CompressedWeight):
     def export_specs(cls, site, config, freqs=None):
         m, n = site.shape
         r = config.effective_rank(site)
-        u = (
-            cls.float_specs("UT", (r, m), config, config.u_groups)
-            if config.u_groups
-            else cls.float_specs("U", (m, r), config)
-        )
-        return {**u, **cls.float_specs("V", (r, n), config)}
+        return {**cls.factor_specs("U", (m, r), config, config.u_groups), **cls.float_specs("V", (r, n), config)}
 
     def export(self):
-        groups = self.config.u_groups
-        u = self.pack("UT", self.u.T, groups) if groups else self.pack("U", self.u)
-        return {**u, **self.pack("V", self.v)}
+        return {**self.pack_factor("U", self.u, self.config.u_groups), **self.pack("V", self.v)}
 
     @classmethod
     def from_export(cls, tensors, site, config):
         m, n = site.shape
         r = config.effective_rank(site)
-        groups = config.u_groups
-        u = cls.unpack(tensors, "UT", (r, m), config, groups).T if groups else cls.unpack(tensors, "U", (m, r), config)
+        u = cls.unpack_factor(tensors, "U", (m, r), config, config.u_groups)
         return cls(site, config, u, cls.unpack(tensors, "V", (r, n), config))

@@ -45,20 +45,20 @@ def best_storage_plan(setup, row, base_cfg: dict) -> tuple[dict | None, list[dic
 
     widths = (base_cfg["bits"],) if base_cfg["method"] == "quant" or "bits" in base_cfg else STORAGE_BITS
     freqs = setup.lm.vocab.freqs
-    best, records = None, []
+    candidates, records = [], []
     for layout in layouts(base_cfg):
         coded = [b for b in widths if b < 16 or not layout]  # a layout of codes and scales: below 16 bits
         if not coded:
             continue
         base = config_from_dict({**base_cfg, **layout, "bits": coded[0]})
-        plan, tried = best_width(
+        _, tried = best_width(
             base, coded, setup.sites, setup.max_bytes(row), val_ppl, freqs, setup.model_file, row.roles
         )
         for b, v, p in tried:
             stored = plan_stored_bytes(setup.sites, p, freqs, setup.model_file)
             records.append({"bits": b, **layout, "init_val_ppl": v, "stored_bytes": stored})
-            if p is plan and (best is None or v < best[0]):
-                best = (v, plan)
+            candidates.append((v, p))
+    best = min(candidates, key=lambda c: c[0], default=None)
     return (None if best is None else {k: v.to_dict() for k, v in best[1].items()}), records
 
 

@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 from autoshrink.bench.report import commit, write_report
-from autoshrink.bench.trained_profile import context, plan_text, trial_ppl
+from autoshrink.bench.trained_profile import context, plan_text, trial_ppl, trials_text
 from autoshrink.methods.lowrank import LowRankConfig
 from autoshrink.plan.fit import uniform_plan
 from autoshrink.search import run_folder
 from autoshrink.search.config import SearchConfig
 from autoshrink.search.controller import search
-from autoshrink.search.trial import val_slice
+from autoshrink.search.trial import TrialSettings
 
 SPACE = "search_spaces/mixed-width.yaml"
 QUICK_STEPS, QUICK_EVALS = 200, 5  # the benchmark's quick tier (bench/reference.py)
@@ -67,9 +67,11 @@ def markdown(m: dict, dense_test: float, command: str) -> str:
     lines = [
         f"## Per-site storage widths against uniform ones ({info['model']}, {info['budget']})",
         "",
-        f"{time.strftime('%Y-%m-%d')}, commit {commit()}, `{command}`. Trials: {info['finetune_steps']} steps at lr "
-        f"{info.get('trial_lr')}, seed {info['seed']}, val ppl on the {val_slice(info.get('eval_tokens'))}, "
-        f"each fresh from the data-aware build. Final training: the benchmark's quick tier "
+        f"{time.strftime('%Y-%m-%d')}, commit {commit()}, `{command}`. "
+        + trials_text(
+            info["finetune_steps"], info.get("trial_lr") or TrialSettings.lr, info["seed"], info.get("eval_tokens")
+        )
+        + " Final training: the benchmark's quick tier "
         f"({QUICK_STEPS} steps, {QUICK_EVALS} validations, no distillation), test ppl over the whole test split; "
         f"the quick tier's dense control: {dense_test:.2f}.",
         "",

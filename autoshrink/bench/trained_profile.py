@@ -114,6 +114,14 @@ def trial_ppl(ctx: SearchContext, plan: dict, path: Path, log) -> dict:
     return row
 
 
+def trials_text(steps: int, lr: float, seed: int, eval_tokens: int | None) -> str:
+    """How the reports' trials were run, in one sentence."""
+    return (
+        f"Trials: {steps} steps at lr {lr:g}, seed {seed}, validation on the {val_slice(eval_tokens)}, "
+        "each fresh from the data-aware build."
+    )
+
+
 def plan_text(plan: dict) -> str:
     """Each site's method, size knob and storage bits, on one line."""
 
@@ -159,8 +167,8 @@ def markdown(m: dict, command: str) -> str:
         "",
         f"{time.strftime('%Y-%m-%d')}, commit {commit()}, `{command}`. Every profiled option measured again after "
         f"{m['steps']} Adam steps on its site's own tensors (each site alone, the rest dense); allocation over that "
-        f"profile ({m['profile_seconds'] / 60:.1f} min for profile and allocation). Trials: {s.finetune_steps} steps at "
-        f"lr {s.lr:g}, seed {s.seed}, validation on the {val_slice(s.eval_tokens)}, each fresh from the data-aware build.",
+        f"profile ({m['profile_seconds'] / 60:.1f} min for profile and allocation). "
+        + trials_text(s.finetune_steps, s.lr, s.seed, s.eval_tokens),
         "",
         "| site | options | Spearman (untrained vs fine-tuned loss) | median fine-tuned / untrained loss |",
         "|---|---:|---:|---:|",

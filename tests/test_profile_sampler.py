@@ -8,7 +8,7 @@ import pandas as pd
 
 from autoshrink.allocate.knapsack import Option
 from autoshrink.search import study as study_db
-from autoshrink.search.profile_sampler import COEFFS, PARAMS, ProfileGuidedSampler
+from autoshrink.search.profile_sampler import COEFFS, FRACTION, FRACTIONS, PARAMS, SMALLEST, ProfileGuidedSampler
 from test_search import _search
 
 SPACE = """
@@ -76,3 +76,42 @@ def test_the_neighbourhood_centres_on_the_best_trained_plan_and_shrinks():
         "a": "a-small"
     }
     assert sampler._plan_params(np.zeros(2), 1.0) == {"b": "b-small"}  # the plain profile's choice
+
+
+def _trained(study, stored_bytes: float, own: bool, feasible: bool = True) -> None:
+    attrs = {COEFFS: [0.0, 0.0]} if own else {}
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[40.0, stored_bytes],
+            user_attrs={"feasible": feasible, "val_ppl": 40.0, "stored_bytes": stored_bytes},
+            system_attrs=attrs,
+        )
+    )
+
+
+def test_every_other_plan_fills_the_widest_gap_of_the_front_over_sizes():
+    # 10 bytes outside the sites, 100 for the sites: a trial of 100 stored bytes used 0.9 of the budget.
+    sampler = ProfileGuidedSampler(seed=0)
+    sampler.attach(_options(), 100.0, lambda plan: dict(sorted(plan.items())), fixed=10.0)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    _trained(study, 110.0, own=False)  # the allocation, at the limit
+    _trained(study, 100.0, own=False)  # the knapsack at 0.9 of it
+    _trained(study, 30.0, own=False, feasible=False)  # an infeasible trial is not on the front
+    assert sampler._fraction(study) == SMALLEST  # its first plan: as far below the others as allowed
+    _trained(study, 10.0 + 100.0 * SMALLEST, own=True)
+    assert sampler._fraction(study) == 1.0  # then one at the limit
+    _trained(study, 110.0, own=True)
+    gap = sampler._fraction(study)  # then the middle of the widest gap, between 0.6 and 0.9
+    assert gap in FRACTIONS and abs(gap - 0.75) < 0.03
+
+
+def test_the_sampler_s_first_plan_is_smaller_than_the_budget_and_records_its_fraction():
+    sampler = ProfileGuidedSampler(seed=0)
+    sampler.attach(_options(), 110.0, lambda plan: dict(sorted(plan.items())))
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    dist = optuna.distributions.CategoricalDistribution(["a-small", "none"])
+    trial = study.ask({"a": dist})
+    frozen = study._storage.get_trial(trial._trial_id)
+    assert frozen.system_attrs[FRACTION] == SMALLEST
+    # At 0.6 of 110 bytes the knapsack cannot keep a site dense (100 bytes): both are compressed.
+    assert frozen.system_attrs[PARAMS] == {"a": "a-small", "b": "b-small"}

@@ -291,7 +291,7 @@ def _attach_profile(
         )
         return
     options, capacity = found
-    sampler.attach(options, capacity, lambda plan: ctx.space.params_of(plan, ctx.sites))
+    sampler.attach(options, capacity, lambda plan: ctx.space.params_of(plan, ctx.sites), ctx.max_bytes - capacity)
 
 
 def _time_line(study: optuna.Study, spent: dict[str, float], started: float, session_start: float) -> str:

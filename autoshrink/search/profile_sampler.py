@@ -7,8 +7,10 @@ site gets a coefficient c (log scale), a trial's plan is the multiple-choice kna
 losses loss x exp(c) within the budget, and the coefficients of a new trial are drawn around those
 of the best trained plan so far, in a neighbourhood that shrinks as trials finish (SPDY's
 shrinking neighbourhood search). A trial's coefficients are stored with it (system attribute), so
-a resumed search goes on from the study alone. Some plans are fitted to a fraction of the budget,
-to spread the front over sizes. Parameters a knapsack plan does not set (a resumed run without
+a resumed search goes on from the study alone. Every other plan is fitted to a fraction of the
+budget, the one farthest from every plan trained so far, so the front spreads over sizes from the
+sampler's first plan on (random fractions left its first plans at the limit, where they add no
+hypervolume: results/search-kjv-lstm.md). Parameters a knapsack plan does not set (a resumed run without
 a profile, a latency budget) are drawn at random.
 """
 
@@ -26,11 +28,12 @@ from autoshrink.allocate.knapsack import Option, solve
 
 COEFFS = "profile:coefficients"  # system attrs of a trial this sampler planned
 PARAMS = "profile:params"
+FRACTION = "profile:fraction"  # of the sites' capacity that a plan was fitted to
 RADIUS = 1.0  # first neighbourhood: a site's loss may be e times larger or smaller
 SHRINK = 0.85  # per trained plan of this sampler
 MIN_RADIUS = 0.1
-SPREAD = 0.3  # share of plans fitted to a fraction of the budget (for the front)
-SMALLEST = 0.6  # the smallest such fraction
+SMALLEST = 0.6  # the smallest fraction of the budget a plan is fitted to (for the front)
+FRACTIONS = tuple(np.linspace(SMALLEST, 1.0, 9)[:-1])  # the sizes below the limit it may take
 ATTEMPTS = 30
 
 
@@ -42,12 +45,16 @@ class ProfileGuidedSampler(optuna.samplers.BaseSampler):
         self.fallback = optuna.samplers.RandomSampler(seed=seed)
         self.options: Mapping[str, Sequence[Option]] | None = None
         self.capacity = 0.0
+        self.fixed = 0.0
         self.to_params = None
 
-    def attach(self, options: Mapping[str, Sequence[Option]], capacity: float, to_params) -> None:
+    def attach(self, options: Mapping[str, Sequence[Option]], capacity: float, to_params, fixed: float = 0.0) -> None:
         """`options`: per site, knapsack options whose config is a MethodConfig (None: dense);
-        `capacity`: the bytes the sites may hold; `to_params(plan)`: the plan's Optuna parameters."""
+        `capacity`: the bytes the sites may hold; `to_params(plan)`: the plan's Optuna parameters;
+        `fixed`: the model's bytes outside the sites (a trial's stored bytes less these, over the
+        capacity, is the fraction of the budget it used)."""
         self.options, self.capacity, self.to_params = dict(options), float(capacity), to_params
+        self.fixed = float(fixed)
 
     def reseed_rng(self) -> None:
         self.rng = np.random.default_rng()
@@ -64,9 +71,11 @@ class ProfileGuidedSampler(optuna.samplers.BaseSampler):
             return  # no profile, or an enqueued plan (allocation, warm start, repair)
         seen = {_key(t.params) for t in study.get_trials(deepcopy=False) if t.params}
         center, radius = self._center(study)
+        planned = self._fraction(study)
         for attempt in range(ATTEMPTS):  # a plan already trained teaches nothing: widen and draw again
             coeffs = center + radius * (1 + attempt / 4) * self.rng.standard_normal(len(center))
-            fraction = 1.0 if self.rng.random() >= SPREAD else self.rng.uniform(SMALLEST, 1.0)
+            # A small space runs out of new plans at one size: after a third of the attempts, any size.
+            fraction = planned if attempt < ATTEMPTS // 3 else self.rng.uniform(SMALLEST, 1.0)
             params = self._plan_params(coeffs, fraction)
             if params is not None and _key(params) not in seen:
                 break
@@ -75,6 +84,7 @@ class ProfileGuidedSampler(optuna.samplers.BaseSampler):
         storage = study._storage
         storage.set_trial_system_attr(trial._trial_id, COEFFS, [float(c) for c in coeffs])
         storage.set_trial_system_attr(trial._trial_id, PARAMS, params)
+        storage.set_trial_system_attr(trial._trial_id, FRACTION, float(fraction))
 
     def sample_independent(self, study, trial, param_name: str, param_distribution: BaseDistribution) -> Any:
         planned = trial.system_attrs.get(PARAMS, {})
@@ -101,6 +111,22 @@ class ProfileGuidedSampler(optuna.samplers.BaseSampler):
             return np.zeros(len(names)), radius
         best = min(done, key=lambda t: t.user_attrs.get("val_ppl", math.inf))
         return np.array(best.system_attrs[COEFFS], dtype=float), radius
+
+    def _fraction(self, study: optuna.Study) -> float:
+        """1 for every other plan of this sampler (the plan a user trains is at the limit); for the
+        others (its first included) the fraction in FRACTIONS farthest from the sizes of the feasible
+        plans trained so far and of this sampler's plans under way: the widest gap of the front."""
+        trials = study.get_trials(deepcopy=False)
+        own = [t for t in trials if COEFFS in t.system_attrs]
+        if len(own) % 2 == 1:
+            return 1.0
+        sizes = [
+            (t.user_attrs["stored_bytes"] - self.fixed) / self.capacity
+            for t in trials
+            if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible") and "stored_bytes" in t.user_attrs
+        ]
+        sizes += [t.system_attrs[FRACTION] for t in own if FRACTION in t.system_attrs and not t.state.is_finished()]
+        return max(FRACTIONS, key=lambda f: min((abs(f - s) for s in sizes), default=1.0 - f))
 
     def _plan_params(self, coeffs: np.ndarray, fraction: float) -> dict[str, Any] | None:
         scaled = {

@@ -151,6 +151,54 @@ def test_hedges_are_the_best_plans_without_each_method_of_the_best_one(allocated
     assert losses == sorted(losses)
 
 
+def test_toward_uniform_runs_from_the_plan_itself_to_the_uniform_plan():
+    from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
+    from autoshrink.plan.fit import toward_uniform, uniform_plan
+
+    model = LSTMLM(LSTMLMConfig(vocab_size=2000, emb_dim=64, hidden=64, layers=2, dropout=0.0))  # sizes only
+    sites = discover_sites(model)
+    model_file = ModelFile.of(model)
+    limit = dense_bytes(model) // 10
+    recurrent = [s.name for s in sites if s.role == "recurrent"]
+    uniform = uniform_plan(LowRankConfig(bits=4), sites, limit, None, model_file)
+    # Unequal ranks on the LSTM matrices, the vocabulary as the uniform plan has it: within the limit.
+    unequal = {**uniform, **{n: LowRankConfig(bits=4, rank=r) for n, r in zip(recurrent, (2, 2, 2, 12))}}
+    assert plan_stored_bytes(sites, unequal, None, model_file) <= limit
+    assert toward_uniform(unequal, 0.0, sites, limit, None, model_file) == unequal
+    assert toward_uniform(unequal, 1.0, sites, limit, None, model_file) == uniform
+    halfway = toward_uniform(unequal, 0.5, sites, limit, None, model_file)
+    ranks = [halfway[n].rank for n in recurrent]
+    # The unequal plan left bytes unspent, so the share the halfway plan aims at is above the
+    # uniform plan's; the order of the sites' sizes stays, their spread narrows.
+    assert 2 < ranks[0] == ranks[1] == ranks[2] < ranks[3] and ranks[3] / ranks[0] < 12 / 2
+    assert plan_stored_bytes(sites, unequal, None, model_file) < plan_stored_bytes(sites, halfway, None, model_file)
+    assert plan_stored_bytes(sites, halfway, None, model_file) <= limit
+
+
+def test_the_halfway_plan_keeps_the_best_plan_s_methods_at_sizes_nearer_a_uniform_share(allocated):
+    from autoshrink.plan.bytes import method_bytes
+
+    model, valid, limit, _, result = allocated
+    sites = discover_sites(model)
+    by_name = {s.name: s for s in sites}
+    halfway = result.toward_uniform
+    assert halfway is not None and halfway.plan != result.best.plan
+    assert halfway.source == "halfway to uniform sizes" and halfway.profile_loss is None
+    assert halfway.bytes == plan_stored_bytes(sites, halfway.plan) <= limit
+    dense = math.log(evaluate_perplexity(model, valid))
+    joint = math.log(evaluate_perplexity(compress(model, halfway.plan), valid)) - dense
+    assert halfway.joint_loss == pytest.approx(joint, abs=1e-5)
+    assert halfway.plan.keys() == result.best.plan.keys()
+    # Each site keeps its method; the spread of bytes per dense byte over the sites narrows.
+    def shares(plan):
+        return [method_bytes(by_name[n], c) / by_name[n].dense_bytes for n, c in plan.items()]
+
+    assert all(halfway.plan[n].method == c.method for n, c in result.best.plan.items())
+    assert max(shares(halfway.plan)) - min(shares(halfway.plan)) < max(shares(result.best.plan)) - min(
+        shares(result.best.plan)
+    )
+
+
 def test_zoom_profiles_sizes_next_to_the_first_knapsack_choice_and_the_plan_may_take_them(tmp_path):
     from autoshrink.allocate.levels import same_base
 

@@ -99,6 +99,8 @@ def test_the_table_sorts_each_site_by_bytes_and_marks_its_front_and_the_allocati
     assert allocation["hedges"]  # the fixture's best plan has a method another plan can do without
     for hedge in allocation["hedges"]:  # each hedge's line, with its own bytes
         assert f"{hedge['source']} (hedge): {hedge['bytes']:,} bytes" in out
+    halfway = allocation["toward_uniform"]  # the best plan's sizes halfway to uniform ones, its own line
+    assert f"the allocation halfway to uniform sizes: {halfway['bytes']:,} bytes" in out
 
 
 def test_csv_and_json_hold_the_same_rows(profiled, capsys):

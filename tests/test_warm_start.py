@@ -265,6 +265,13 @@ def test_allocated_trials_are_the_best_plan_then_its_hedges_then_the_ladder():
         "knapsack at 0.9 of the limit",
     ]
     assert [s for s, _ in allocated_plans(result, 2, lambda _: None)] == sources[:2]
+    # The best plan moved halfway to uniform sizes comes second, before the hedges (still two of them).
+    result.toward_uniform = entry(9, "halfway to uniform sizes")
+    assert [s for s, _ in allocated_plans(result, 5, lambda _: None)] == [
+        "allocation (knapsack)",
+        "allocation halfway to uniform sizes",
+        *sources[1:],
+    ]
 
 
 def test_the_profile_offers_3_bits_only_where_the_space_does():

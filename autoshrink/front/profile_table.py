@@ -185,6 +185,10 @@ def render_table(p: SiteProfile) -> str:
         for entry in a.get("hedges", []):
             ppl = math.exp(a["dense_loss"] + entry["joint_loss"])
             lines.append(f"  {entry['source']} (hedge): {entry['bytes']:,} bytes, ppl {ppl:.2f}")
+        if a.get("toward_uniform"):
+            entry = a["toward_uniform"]
+            ppl = math.exp(a["dense_loss"] + entry["joint_loss"])
+            lines.append(f"  the allocation {entry['source']}: {entry['bytes']:,} bytes, ppl {ppl:.2f}")
     else:
         lines += ["", "no allocation.json in the run folder: ratios, perplexities and the allocation are not known"]
     if p.hidden:

@@ -99,6 +99,38 @@ def uniform_plan(
             plan[site.name] = cfg
         return plan
 
+    return _largest_share(plan_at, sites, max_bytes, freqs, model_file)
+
+
+def toward_uniform(
+    plan: dict, weight: float, sites: list, max_bytes: int, freqs=None, model_file: ModelFile | None = None
+) -> dict | None:
+    """`plan` with each site's size moved `weight` of the way to a uniform plan's: a site's method
+    bytes aim at (1 - weight) x its bytes under `plan` + weight x s x its dense bytes, s the largest
+    share at which the whole model fits `max_bytes` (its method and other knobs kept, its size knob
+    fitted as uniform_plan fits it; sites `plan` leaves dense stay dense). None when no share fits."""
+    by_name = {s.name: s for s in sites}
+    own = {name: _bytes_of(by_name[name], cfg, freqs) for name, cfg in plan.items()}
+
+    def plan_at(share: float) -> dict | None:
+        moved = {}
+        for name, cfg in plan.items():
+            site = by_name[name]
+            target = (1 - weight) * own[name] + weight * share * site.dense_bytes
+            moved[name] = largest_within(site, cfg, int(target), freqs)
+            if moved[name] is None:
+                return None
+        return moved
+
+    return _largest_share(plan_at, sites, max_bytes, freqs, model_file)
+
+
+def _largest_share(
+    plan_at: Callable[[float], dict | None], sites: list, max_bytes: int, freqs, model_file: ModelFile | None
+) -> dict | None:
+    """plan_at(share) for the largest share in [0, 1] (bisection) whose plan exists and fits
+    `max_bytes`; None when none does. Plans grow with the share."""
+
     def verdict(share: float) -> tuple[int, dict | None]:
         """-1: a site's smallest setting is above its share (go up); 1: the model is too big
         (go down); 0: it fits."""

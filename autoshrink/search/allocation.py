@@ -167,7 +167,7 @@ def allocation(ctx, folder: Path, log: Callable[[str], None], strict: bool = Fal
         f"allocation: {best.bytes:,} bytes, ppl {ppl} on {tokens:,} held-out valid tokens before "
         f"training (dense {dense_ppl:.2f}), {time.perf_counter() - start:.0f} s -> {folder / ALLOCATION}"
     )
-    for entry in [*result.plans, *result.ladder.values(), *result.hedges]:
+    for entry in [*result.plans, *result.ladder.values(), *result.hedges, result.toward_uniform]:
         if entry is not None:
             assert plan_stored_bytes(ctx.sites, entry.plan, ctx.freqs, ctx.model_file) <= ctx.max_bytes, entry.source
     return result
@@ -175,15 +175,16 @@ def allocation(ctx, folder: Path, log: Callable[[str], None], strict: bool = Fal
 
 def allocated_plans(result: Allocation | None, count: int, log: Callable[[str], None]) -> list[tuple[str, Plan]]:
     """Up to `count` (source, plan) pairs for the first trials from an `allocation`: the refined
-    allocation, then its best HEDGES (the best plan without one of its methods), then the
-    knapsack's plans for fractions of the limit."""
+    allocation, its sizes moved halfway to a uniform plan's, then its best HEDGES (the best plan
+    without one of its methods), then the knapsack's plans for fractions of the limit."""
     if result is None or count < 1:
         return []
     plans: list[tuple[str, Plan]] = [(f"allocation ({result.best.source})", result.best.plan)]
+    if result.toward_uniform is not None and result.toward_uniform.plan != result.best.plan:
+        plans.append((f"allocation {result.toward_uniform.source}", result.toward_uniform.plan))
+    first = len(plans)
     for entry in result.hedges:
-        if len(plans) > HEDGES:
-            break
-        if all(entry.plan != p for _, p in plans):
+        if len(plans) - first < HEDGES and all(entry.plan != p for _, p in plans):
             plans.append((f"allocation hedge ({entry.source})", entry.plan))
     for fraction in LADDER:
         entry = result.ladder.get(fraction)
@@ -286,6 +287,7 @@ def _recorded(ctx, folder: Path, options: dict[str, list[MethodConfig]]) -> Allo
         seconds=info.get("seconds", {}),
         hedges=[Allocated.from_dict(a) for a in info.get("hedges", [])],
         zoomed=zoomed,
+        toward_uniform=Allocated.from_dict(info["toward_uniform"]) if info.get("toward_uniform") else None,
     )
 
 

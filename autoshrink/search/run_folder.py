@@ -156,6 +156,7 @@ def write_allocation(
         "best": result.best.to_dict(),
         "ladder": {f"{f:g}": (a.to_dict() if a is not None else None) for f, a in sorted(result.ladder.items())},
         "hedges": [a.to_dict() for a in result.hedges],
+        "toward_uniform": result.toward_uniform.to_dict() if result.toward_uniform is not None else None,
         "zoomed": {site: [c.to_dict() for c in configs] for site, configs in result.zoomed.items()},
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
     }

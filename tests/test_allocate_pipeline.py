@@ -189,6 +189,7 @@ def test_the_halfway_plan_keeps_the_best_plan_s_methods_at_sizes_nearer_a_unifor
     joint = math.log(evaluate_perplexity(compress(model, halfway.plan), valid)) - dense
     assert halfway.joint_loss == pytest.approx(joint, abs=1e-5)
     assert halfway.plan.keys() == result.best.plan.keys()
+
     # Each site keeps its method; the spread of bytes per dense byte over the sites narrows.
     def shares(plan):
         return [method_bytes(by_name[n], c) / by_name[n].dense_bytes for n, c in plan.items()]

@@ -1,0 +1,118 @@
+"""How unequal should the sites' sizes be once trained? The allocation's plan moved part of the way
+to a uniform plan's sizes (plan/fit.toward_uniform), each trained with the reference benchmark's
+quick tier (200 steps, the same recipe and seed as every entrant) and tested.
+
+    python -m autoshrink.bench.toward_uniform [RUN_DIR] [--row lstm-25x] [--weights 0 0.25 0.5 0.75 1]
+
+RUN_DIR is a search's run folder with its allocation.json (default: the benchmark's search of the
+row, results/runs/bench/<row>/autoshrink/search); weight 0 is its allocated plan, weight 1 the
+uniform sizes with each site's method and knobs kept. Each plan trains in
+results/runs/toward-uniform/<row>/w<weight> and is kept there: a rerun reads it back.
+It measured the search's TOWARD_UNIFORM (allocate/pipeline.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from autoshrink.allocate.pipeline import TOWARD_UNIFORM
+from autoshrink.bench.report import commit, write_report
+from autoshrink.bench.trained_profile import plan_text
+from autoshrink.errors import UserError
+
+WORK = Path("results/runs/toward-uniform")
+
+
+def plans_toward_uniform(setup, row, best: dict, weights: list[float]) -> dict[float, dict]:
+    """{weight: plan JSON}: `best` (a plan JSON) moved each weight of the way to uniform sizes within the row's limit."""
+    from autoshrink.plan.apply import parse_plan, plan_to_json
+    from autoshrink.plan.fit import toward_uniform
+
+    plan = parse_plan(best)
+    out = {}
+    for w in weights:
+        moved = toward_uniform(plan, w, setup.sites, setup.max_bytes(row), setup.dense.vocab.freqs, setup.model_file)
+        if moved is None:
+            raise UserError(f"no plan {w:g} of the way to uniform sizes fits the {row.name} limit")
+        out[w] = plan_to_json(moved)
+    return out
+
+
+def measure(setup, row, best: dict, weights: list[float], work: Path = WORK) -> list[dict]:
+    """Train (or read back) each weight's plan; one result per weight."""
+    from autoshrink.bench.reference import _train
+
+    results = []
+    for w, plan in plans_toward_uniform(setup, row, best, weights).items():
+        out = work / row.name / f"w{w:g}"
+        done = out / "bench.json"
+        r = json.loads(done.read_text()) if done.is_file() else _train(setup, plan, out, f"{row.name} w{w:g}", {})
+        results.append({"weight": w, "plan": plan, **{k: r[k] for k in ("test_ppl", "val_ppl", "stored_bytes")}})
+    return results
+
+
+def markdown(row_name: str, results: list[dict], command: str, limit: int) -> str:
+    lines = [
+        f"## The allocation's sizes moved toward a uniform plan's: kjv-lstm, {row_name}, quick tier",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, commit {commit()}, `{command}`. Weight 0 is the allocation's plan "
+        "(the knapsack over the untrained profile), weight 1 the uniform sizes (each site the same share "
+        "of its dense bytes, its method and knobs kept); every plan fills the limit "
+        f"({limit:,} bytes) as closely as its sizes allow. Each trains 200 steps with the reference "
+        "benchmark's quick-tier recipe (seed 0) and is tested on the whole test split.",
+        "",
+        "| weight | per site | stored bytes | val ppl | test ppl |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['weight']:g} | {plan_text(r['plan'])} | {r['stored_bytes']:,} | {r['val_ppl']:.2f} | {r['test_ppl']:.2f} |"
+        )
+    best = min(results, key=lambda r: r["test_ppl"])
+    ends = {r["weight"]: r["test_ppl"] for r in results}
+    lines += ["", f"Lowest test perplexity: weight {best['weight']:g} ({best['test_ppl']:.2f})"]
+    if 0 in ends and 1 in ends:
+        lines[-1] += f"; the allocation's plan {ends[0]:.2f}, the uniform sizes {ends[1]:.2f}"
+    lines[-1] += f". The search trains weight {TOWARD_UNIFORM:g} right after the allocation's plan."
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    from autoshrink.bench.reference import ROWS, WORK as BENCH_WORK, Setup, entrant_dir
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", nargs="?", help="a search's run folder (default: the benchmark's search of the row)")
+    p.add_argument("--row", default="lstm-25x", choices=sorted(ROWS))
+    p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--out", default=None, help="report (default: results/toward_uniform-<row>.md)")
+    args = p.parse_args(argv)
+    row = ROWS[args.row]
+    run_dir = Path(args.run_dir) if args.run_dir else entrant_dir(BENCH_WORK, row.name, "autoshrink") / "search"
+    allocation = run_dir / "allocation.json"
+    if not allocation.is_file():
+        print(f"error: no allocation.json in {run_dir}: run the search first", file=sys.stderr)
+        return 2
+    if any(not 0 <= w <= 1 for w in args.weights):
+        print("error: --weights are shares of the way to uniform sizes, between 0 and 1", file=sys.stderr)
+        return 2
+    setup = Setup("kjv-lstm", steps=200, trials=8, finetune_steps=80, work=BENCH_WORK)
+    best = json.loads(allocation.read_text())["best"]["plan"]
+    try:
+        results = measure(setup, row, best, sorted(args.weights))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    command = "python -m autoshrink.bench.toward_uniform " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_report(
+        args.out or f"results/toward_uniform-{row.name}.md",
+        markdown(row.name, results, command.strip(), setup.max_bytes(row)),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""bench/toward_uniform: the allocation's plan moved toward uniform sizes, trained and reported."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoshrink.bench import reference, toward_uniform
+from autoshrink.bench.reference import Row, Setup
+from autoshrink.methods import config_from_dict
+from autoshrink.plan import plan_stored_bytes
+from autoshrink.plan.apply import parse_plan, plan_to_json
+from autoshrink.plan.fit import uniform_plan
+
+ROW = Row("lstm-3x", 3, frozenset({"recurrent"}), "", "LSTM")
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, text_file, tmp_path_factory):
+    return Setup(
+        str(tiny_model_dir),
+        steps=2,
+        trials=1,
+        finetune_steps=2,
+        work=tmp_path_factory.mktemp("bench"),
+        data=str(text_file),
+    )
+
+
+def _unequal(setup) -> dict:
+    """A plan within the row's limit whose first LSTM matrix is much smaller than the others."""
+    freqs = setup.lm.vocab.freqs
+    uniform = uniform_plan(
+        config_from_dict({"method": "lowrank", "bits": 8}),
+        setup.sites,
+        setup.max_bytes(ROW),
+        freqs,
+        setup.model_file,
+        ROW.roles,
+    )
+    first = sorted(uniform)[0]
+    return plan_to_json({**uniform, first: uniform[first].replace(rank=1)}), plan_to_json(uniform)
+
+
+def test_weight_0_is_the_plan_itself_weight_1_the_uniform_sizes_all_within_the_limit(setup):
+    best, uniform = _unequal(setup)
+    plans = toward_uniform.plans_toward_uniform(setup, ROW, best, [0.0, 0.5, 1.0])
+    assert plans[0.0] == best
+    assert plans[1.0] == uniform
+    first = sorted(best)[0]
+    assert best[first]["rank"] < plans[0.5][first]["rank"] <= uniform[first]["rank"]
+    for plan in plans.values():
+        stored = plan_stored_bytes(setup.sites, parse_plan(plan), setup.lm.vocab.freqs, setup.model_file)
+        assert stored <= setup.max_bytes(ROW)
+
+
+def test_each_plan_trains_once_and_the_report_names_the_lowest_test_perplexity(setup, tmp_path, monkeypatch):
+    best, _ = _unequal(setup)
+    results = toward_uniform.measure(setup, ROW, best, [0.0, 1.0], work=tmp_path)
+    assert [r["weight"] for r in results] == [0.0, 1.0]
+    assert all((tmp_path / ROW.name / f"w{w:g}" / "bench.json").is_file() for w in (0, 1))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a measured plan is read back, not trained again")
+
+    monkeypatch.setattr(reference, "_train", no_training)
+    again = toward_uniform.measure(setup, ROW, best, [0.0, 1.0], work=tmp_path)
+    assert [r["test_ppl"] for r in again] == [r["test_ppl"] for r in results]
+    lowest = min(results, key=lambda r: r["test_ppl"])
+    text = toward_uniform.markdown(ROW.name, results, "cmd", setup.max_bytes(ROW))
+    assert f"Lowest test perplexity: weight {lowest['weight']:g} ({lowest['test_ppl']:.2f})" in text
+    assert text.count("\n| ") == 3  # the header and one line per weight
+
+
+def test_a_run_folder_without_an_allocation_is_one_clear_error(tmp_path, capsys):
+    assert toward_uniform.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: no allocation.json")

@@ -326,14 +326,14 @@ def test_best_uniform_takes_the_result_of_an_autoshrink_entrant_that_trained_the
     }
     (twin / "bench.json").write_text(json.dumps(done))
     monkeypatch.setattr(reference, "choose_best_uniform", lambda s, r: ("lowrank", plan, "by test"))
-    monkeypatch.setattr(reference, "_train", lambda *a, **k: pytest.fail("the same plan was trained twice"))
+    monkeypatch.setattr(reference, "train_entrant", lambda *a, **k: pytest.fail("the same plan was trained twice"))
     best = reference.run_best_uniform(setup, row)
     assert best["test_ppl"] == 40.0 and best["plan"] == plan and best["same_plan_as"] == "autoshrink"
     assert "search_seconds" not in best and best["method"] == "lowrank"
     assert result_of(setup.tier_work, row.name, reference.BEST_UNIFORM) == best
     # another plan, or another protocol's result, is trained
     trained = []
-    monkeypatch.setattr(reference, "_train", lambda *a, **k: trained.append(a[1]) or {})
+    monkeypatch.setattr(reference, "train_entrant", lambda *a, **k: trained.append(a[1]) or {})
     monkeypatch.setattr(reference, "choose_best_uniform", lambda s, r: ("lowrank", {"x": 1}, "by test"))
     reference.run_best_uniform(setup, row)
     monkeypatch.setattr(reference, "choose_best_uniform", lambda s, r: ("lowrank", plan, "by test"))

@@ -172,7 +172,7 @@ class Setup:
 
 
 # --- running entrants ---------------------------------------------------------------------------
-def _train(setup: Setup, plan_json: dict, out: Path, label: str, extra: dict, model=None) -> dict:
+def train_entrant(setup: Setup, plan_json: dict, out: Path, label: str, extra: dict, model=None) -> dict:
     """Train `model` (default: the dense model) compressed by `plan_json` with the tier's recipe."""
     from autoshrink.data import batchify, num_windows
     from autoshrink.final.export import file_bytes
@@ -246,7 +246,7 @@ def entrant_dir(work: Path, row_name: str, entrant: str) -> Path:
 
 
 def run_dense(setup: Setup) -> dict:
-    return _train(setup, {}, entrant_dir(setup.tier_work, "dense", "dense"), "dense control", {})
+    return train_entrant(setup, {}, entrant_dir(setup.tier_work, "dense", "dense"), "dense control", {})
 
 
 def run_single(setup: Setup, row: Row, name: str) -> dict:
@@ -257,7 +257,7 @@ def run_single(setup: Setup, row: Row, name: str) -> dict:
     plan, tried = best_storage_plan(setup, row, base)
     if plan is None:
         return _unreachable(out, f"{base['method']} alone cannot reach {row.ratio:g}x on the {row.scope}")
-    return _train(setup, plan, out, f"{row.name} {name}", {"storage_candidates": tried})
+    return train_entrant(setup, plan, out, f"{row.name} {name}", {"storage_candidates": tried})
 
 
 def choose_best_uniform(setup: Setup, row: Row) -> tuple[str, dict, str] | None:
@@ -290,7 +290,7 @@ def run_best_uniform(setup: Setup, row: Row) -> dict:
     twin = _trained_twin(setup, row, plan, "autoshrink")
     if twin is not None:
         return _record(out, {**twin, **extra, "same_plan_as": "autoshrink"})
-    return _train(setup, plan, out, f"{row.name} {BEST_UNIFORM}", extra)
+    return train_entrant(setup, plan, out, f"{row.name} {BEST_UNIFORM}", extra)
 
 
 def _trained_twin(setup: Setup, row: Row, plan: dict, other: str) -> dict | None:
@@ -321,7 +321,7 @@ def run_small_dense(setup: Setup, row: Row) -> dict:
     if built is None:
         return _unreachable(out, f"no smaller {setup.model_name} fits {row.ratio:g}x")
     model, plan, dim = built
-    return _train(setup, plan, out, f"{row.name} {SMALL_DENSE}", {"dims": dim}, model=model)
+    return train_entrant(setup, plan, out, f"{row.name} {SMALL_DENSE}", {"dims": dim}, model=model)
 
 
 def run_autoshrink(setup: Setup, row: Row) -> dict:
@@ -376,7 +376,7 @@ def run_autoshrink(setup: Setup, row: Row) -> dict:
         record.write_text(json.dumps(searched, indent=1) + "\n")
     number, plan_json = choose_trial(run_dir, "best")
     info = json.loads((run_dir / "run.json").read_text())
-    return _train(
+    return train_entrant(
         setup,
         plan_json,
         out,

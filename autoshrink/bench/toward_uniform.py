@@ -44,13 +44,17 @@ def plans_toward_uniform(setup, row, best: dict, weights: list[float]) -> dict[f
 
 def measure(setup, row, best: dict, weights: list[float], work: Path = WORK) -> list[dict]:
     """Train (or read back) each weight's plan; one result per weight."""
-    from autoshrink.bench.reference import _train
+    from autoshrink.bench.reference import train_entrant
 
     results = []
     for w, plan in plans_toward_uniform(setup, row, best, weights).items():
         out = work / row.name / f"w{w:g}"
         done = out / "bench.json"
-        r = json.loads(done.read_text()) if done.is_file() else _train(setup, plan, out, f"{row.name} w{w:g}", {})
+        r = (
+            json.loads(done.read_text())
+            if done.is_file()
+            else train_entrant(setup, plan, out, f"{row.name} w{w:g}", {})
+        )
         results.append({"weight": w, "plan": plan, **{k: r[k] for k in ("test_ppl", "val_ppl", "stored_bytes")}})
     return results
 

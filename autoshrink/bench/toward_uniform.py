@@ -3,12 +3,15 @@ to a uniform plan's sizes (plan/fit.toward_uniform), each trained with the refer
 quick tier (200 steps, the same recipe and seed as every entrant) and tested.
 
     python -m autoshrink.bench.toward_uniform [RUN_DIR] [--row lstm-25x] [--weights 0 0.25 0.5 0.75 1]
+                                              [--tier quick|converged]
 
 RUN_DIR is a search's run folder with its allocation.json (default: the benchmark's search of the
 row, results/runs/bench/<row>/autoshrink/search); weight 0 is its allocated plan, weight 1 the
-uniform sizes with each site's method and knobs kept. Each plan trains in
-results/runs/toward-uniform/<row>/w<weight> and is kept there: a rerun reads it back.
-It measured the search's TOWARD_UNIFORM (allocate/pipeline.py).
+uniform sizes with each site's method and knobs kept. `--tier converged` trains them as the
+benchmark's converged tier does (to a plateau, at most 3 epochs, distilled). Each plan trains in
+results/runs/toward-uniform[-converged]/<row>/w<weight> and is kept there: a rerun reads it back
+(an unfinished training resumes from its checkpoint). It measured the search's TOWARD_UNIFORM
+(allocate/pipeline.py).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from autoshrink.bench.report import commit, write_report
 from autoshrink.bench.trained_profile import plan_text
 from autoshrink.errors import UserError
 
-WORK = Path("results/runs/toward-uniform")
+WORKS = {"quick": Path("results/runs/toward-uniform"), "converged": Path("results/runs/toward-uniform-converged")}
 
 
 def plans_toward_uniform(setup, row, best: dict, weights: list[float]) -> dict[float, dict]:
@@ -42,7 +45,7 @@ def plans_toward_uniform(setup, row, best: dict, weights: list[float]) -> dict[f
     return out
 
 
-def measure(setup, row, best: dict, weights: list[float], work: Path = WORK) -> list[dict]:
+def measure(setup, row, best: dict, weights: list[float], work: Path = WORKS["quick"]) -> list[dict]:
     """Train (or read back) each weight's plan; one result per weight."""
     from autoshrink.bench.reference import train_entrant
 
@@ -59,15 +62,21 @@ def measure(setup, row, best: dict, weights: list[float], work: Path = WORK) -> 
     return results
 
 
-def markdown(row_name: str, results: list[dict], command: str, limit: int) -> str:
+TRAINING = {
+    "quick": "Each trains 200 steps with the reference benchmark's quick-tier recipe (seed 0, no distillation)",
+    "converged": "Each trains as the reference benchmark's converged tier does (until validation stops "
+    "improving, at most 3 epochs, distilled from the dense model, seed 0)",
+}
+
+
+def markdown(row_name: str, results: list[dict], command: str, limit: int, tier: str = "quick") -> str:
     lines = [
-        f"## The allocation's sizes moved toward a uniform plan's: kjv-lstm, {row_name}, quick tier",
+        f"## The allocation's sizes moved toward a uniform plan's: kjv-lstm, {row_name}, {tier} tier",
         "",
         f"{time.strftime('%Y-%m-%d')}, commit {commit()}, `{command}`. Weight 0 is the allocation's plan "
         "(the knapsack over the untrained profile), weight 1 the uniform sizes (each site the same share "
         "of its dense bytes, its method and knobs kept); every plan fills the limit "
-        f"({limit:,} bytes) as closely as its sizes allow. Each trains 200 steps with the reference "
-        "benchmark's quick-tier recipe (seed 0) and is tested on the whole test split.",
+        f"({limit:,} bytes) as closely as its sizes allow. {TRAINING[tier]} and is tested on the whole test split.",
         "",
         "| weight | per site | stored bytes | val ppl | test ppl |",
         "|---:|---|---:|---:|---:|",
@@ -92,7 +101,8 @@ def main(argv=None) -> int:
     p.add_argument("run_dir", nargs="?", help="a search's run folder (default: the benchmark's search of the row)")
     p.add_argument("--row", default="lstm-25x", choices=sorted(ROWS))
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    p.add_argument("--out", default=None, help="report (default: results/toward_uniform-<row>.md)")
+    p.add_argument("--tier", default="quick", choices=sorted(WORKS), help="the benchmark tier's training [quick]")
+    p.add_argument("--out", default=None, help="report (default: results/toward_uniform-<row>[-converged].md)")
     args = p.parse_args(argv)
     row = ROWS[args.row]
     run_dir = Path(args.run_dir) if args.run_dir else entrant_dir(BENCH_WORK, row.name, "autoshrink") / "search"
@@ -103,18 +113,17 @@ def main(argv=None) -> int:
     if any(not 0 <= w <= 1 for w in args.weights):
         print("error: --weights are shares of the way to uniform sizes, between 0 and 1", file=sys.stderr)
         return 2
-    setup = Setup("kjv-lstm", steps=200, trials=8, finetune_steps=80, work=BENCH_WORK)
+    setup = Setup("kjv-lstm", steps=200, trials=8, finetune_steps=80, work=BENCH_WORK, tier=args.tier)
     best = json.loads(allocation.read_text())["best"]["plan"]
     try:
-        results = measure(setup, row, best, sorted(args.weights))
+        results = measure(setup, row, best, sorted(args.weights), WORKS[args.tier])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     command = "python -m autoshrink.bench.toward_uniform " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(
-        args.out or f"results/toward_uniform-{row.name}.md",
-        markdown(row.name, results, command.strip(), setup.max_bytes(row)),
-    )
+    suffix = "" if args.tier == "quick" else f"-{args.tier}"
+    report = markdown(row.name, results, command.strip(), setup.max_bytes(row), args.tier)
+    write_report(args.out or f"results/toward_uniform-{row.name}{suffix}.md", report)
     return 0
 
 

@@ -410,3 +410,24 @@ def test_an_earlier_autoshrink_entrant_kept_beside_the_new_one_is_listed_before_
     listed = _entrants(row, tmp_path, "converged")
     assert listed[-2:] == [COLD, "autoshrink"]
     assert _label(row, COLD, r, tmp_path, "converged") == "autoshrink, an earlier search's plan (measured at aaa1111)"
+
+
+def test_an_entrant_of_the_benchmark_s_folders_is_kept_as_a_record_the_report_reads_when_its_folder_is_gone(
+    tmp_path, monkeypatch
+):
+    import shutil
+
+    works = {"quick": tmp_path / "runs" / "bench", "converged": tmp_path / "runs" / "bench-converged"}
+    monkeypatch.setattr(reference, "WORKS", works)
+    monkeypatch.setattr(reference, "RECORDS", tmp_path / "records")
+    reference._record(entrant_dir(works["converged"], "lstm-25x", "autoshrink"), {"test_ppl": 39.5})
+    reference._record(entrant_dir(works["quick"], "dense", "dense"), {"test_ppl": 38.5})
+    assert (tmp_path / "records" / "converged" / "lstm-25x" / "autoshrink.json").is_file()
+    assert (tmp_path / "records" / "quick" / "dense.json").is_file()
+    shutil.rmtree(tmp_path / "runs")  # a new checkout: the run folders are gone
+    assert result_of(works["converged"], "lstm-25x", "autoshrink") == {"test_ppl": 39.5}
+    assert result_of(works["quick"], "dense", "dense") == {"test_ppl": 38.5}
+    assert result_of(works["quick"], "lstm-25x", "autoshrink") is None
+    # A folder of its own (a test's, a scratch benchmark) keeps no record.
+    reference._record(entrant_dir(tmp_path / "elsewhere", "25x", "lowrank"), {"test_ppl": 40.0})
+    assert sorted(p.name for p in (tmp_path / "records").rglob("*.json")) == ["autoshrink.json", "dense.json"]

@@ -42,6 +42,9 @@ from autoshrink.bench.report import commit
 
 WORK = Path("results/runs/bench")
 WORKS = {"quick": WORK, "converged": Path("results/runs/bench-converged")}
+# results/runs is a machine's scratch (a new checkout has none): each entrant of the benchmark's own
+# folders also keeps its bench.json here, committed, and the report reads it where the folder is gone.
+RECORDS = Path("results/bench-records")
 PROTOCOL = 2  # issue 16: best storage per single method, small dense, best uniform, tiers
 CONVERGED_ROWS = ("25x", "lstm-25x")
 CONVERGED_EPOCHS = 3.0
@@ -309,8 +312,24 @@ def _trained_twin(setup: Setup, row: Row, plan: dict, other: str) -> dict | None
 
 def _record(out: Path, result: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    text = json.dumps(result, indent=1) + "\n"
+    (out / "bench.json").write_text(text)
+    kept = record_path(out)
+    if kept is not None:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(text)
     return result
+
+
+def record_path(out: Path) -> Path | None:
+    """The committed copy of the bench.json of entrant folder `out` (entrant_dir), where `out` is
+    in one of the benchmark's own folders (WORKS): RECORDS/<tier>/<row>/<entrant>.json."""
+    for tier, work in WORKS.items():
+        if out.parent.resolve() == work.resolve():  # WORK/dense
+            return RECORDS / tier / f"{out.name}.json"
+        if out.parent.parent.resolve() == work.resolve():  # WORK/<row>/<entrant>
+            return RECORDS / tier / out.parent.name / f"{out.name}.json"
+    return None
 
 
 def run_small_dense(setup: Setup, row: Row) -> dict:
@@ -416,5 +435,9 @@ def run_item(setup: Setup, row_name: str, entrant: str) -> dict:
 
 
 def result_of(work: Path, row_name: str, entrant: str) -> dict | None:
-    path = entrant_dir(work, row_name, entrant) / "bench.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """An entrant's bench.json: in its folder, else its committed record (record_path), else None."""
+    out = entrant_dir(work, row_name, entrant)
+    for path in (out / "bench.json", record_path(out)):
+        if path is not None and path.is_file():
+            return json.loads(path.read_text())
+    return None

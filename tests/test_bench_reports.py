@@ -37,9 +37,29 @@ def test_the_sampler_pick_and_goal_lines_come_from_the_curves():
     }
     lines = verdict_lines(curves, 8)
     assert "**tpe**" in lines[0]
-    assert "tpe reaches random search's hypervolume at 2N trials in N trials: N=4: yes" in lines[1]
+    assert (
+        "tpe reaches random search's (the same allocated and uniform first trials) hypervolume at 2N trials in N trials: N=4: yes"
+        in lines[1]
+    )
     curves["tpe"] = [[0.0, 0.0, 0.0, 0.1, 0.1, 0.1, 0.1, 0.1]]
     assert "N=4: no" in verdict_lines(curves, 8)[1]
+
+
+def test_the_whole_search_is_also_held_against_plain_random_search():
+    from autoshrink.bench.samplers import PLAIN, verdict_lines
+
+    curves = {
+        "random": [[0.3, 0.4, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5]],
+        PLAIN: [[0.0, 0.0, 0.1, 0.1, 0.1, 0.2, 0.2, 0.2]],
+        "profile": [[0.3, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4]],
+    }
+    lines = verdict_lines(curves, 8)
+    assert "**random**" in lines[0]  # random is a sampler to pick; plain random search is not
+    assert lines[1].startswith("- profile reaches random search's") and lines[1].endswith("N=4: no")
+    assert lines[2].startswith("- profile reaches plain random search's") and lines[2].endswith("N=4: yes")
+    assert len(lines) == 3  # no baseline is held against a baseline
+    curves[PLAIN] = [[0.9] * 8]
+    assert "**random**" in verdict_lines(curves, 8)[0]  # the highest, but not a sampler to pick
 
 
 def test_a_sampler_that_only_ties_random_search_is_reported_as_a_tie():

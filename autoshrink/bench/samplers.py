@@ -3,6 +3,11 @@ number of infeasible plans trained (must be 0).
 
     python -m autoshrink.bench.samplers [--model kjv-lstm-tiny] [--budget 10x] [--trials 12] [--seeds 0 1 2]
 
+`--samplers` takes the search's samplers and PLAIN, random search as a user without autoshrink's
+first trials would run it (no allocation, no uniform controls): "random" shares the other samplers'
+allocated and uniform first trials, so it asks what a sampler adds after them; PLAIN asks what
+the whole search adds over random search.
+
 Hypervolume is of the front of feasible COMPLETE trials in (stored bytes / dense bytes,
 val ppl / dense val ppl), against the reference point (1 / budget ratio, 2): the area of
 that box the front dominates. Each finished run folder is reused, so an interrupted benchmark
@@ -28,6 +33,12 @@ from autoshrink.search.pareto import hypervolume_2d
 from autoshrink.search.config import SearchConfig
 from autoshrink.search.study import SAMPLERS
 from autoshrink.search.controller import search
+
+PLAIN = "random-plain"  # random search without the allocation's plans and the uniform controls
+BASELINES = {
+    "random": "random search's (the same allocated and uniform first trials)",
+    PLAIN: "plain random search's (no allocation, no uniform controls)",
+}
 
 
 def hypervolume_curve(
@@ -88,15 +99,17 @@ def _reached(ours: float, random_2n: float) -> str:
 def verdict_lines(curves: dict[str, list[list[float]]], trials: int) -> list[str]:
     """The pick and the goal (reach random search's hypervolume at 2N trials in N), from the means."""
     mean = {name: [statistics.mean(c[k] for c in cs) for k in range(trials)] for name, cs in curves.items()}
-    best = max(mean, key=lambda name: (mean[name][-1], sum(mean[name])))
+    best = max((n for n in mean if n != PLAIN), key=lambda name: (mean[name][-1], sum(mean[name])))  # a sampler to pick
     out = [f"Highest mean hypervolume after {trials} trials: **{best}** ({mean[best][-1]:.4f})."]
-    if "random" in mean:
-        ns = [n for n in (4, 6, 8, 12) if 2 * n <= trials]
+    ns = [n for n in (4, 6, 8, 12) if 2 * n <= trials]
+    for base, label in BASELINES.items():
+        if base not in mean or not ns:
+            continue
         for name in mean:
-            if name == "random" or not ns:
+            if name in BASELINES:
                 continue
-            met = [f"N={n}: {_reached(mean[name][n - 1], mean['random'][2 * n - 1])}" for n in ns]
-            out.append(f"- {name} reaches random search's hypervolume at 2N trials in N trials: {', '.join(met)}")
+            met = [f"N={n}: {_reached(mean[name][n - 1], mean[base][2 * n - 1])}" for n in ns]
+            out.append(f"- {name} reaches {label} hypervolume at 2N trials in N trials: {', '.join(met)}")
     return out
 
 
@@ -107,7 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--finetune-steps", type=int, default=20)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
+    p.add_argument("--samplers", nargs="+", default=[*SAMPLERS, PLAIN], choices=[*SAMPLERS, PLAIN])
     p.add_argument("--runs", default="results/runs/bench-samplers")
     p.add_argument("--out", default="results/search.md")
     args = p.parse_args(argv)
@@ -127,7 +140,9 @@ def main(argv=None) -> int:
                 finetune_steps=args.finetune_steps,
                 run_dir=run_dir,
                 seed=seed,
-                sampler=sampler,
+                sampler="random" if sampler == PLAIN else sampler,
+                allocate=sampler != PLAIN,
+                warm_start=sampler != PLAIN,
             )
             result = search(config, log=lambda line: print(line, flush=True))
             wall += time.time() - start

@@ -79,3 +79,18 @@ def tiny_run(tmp_path_factory, tiny_model_dir, text_file):
     folder = tmp_path_factory.mktemp("tiny-run")
     (folder / "space.yaml").write_text(SPACE)
     return _search(tiny_model_dir, text_file, folder / "space.yaml", folder / "run", trials=4, finetune_steps=6)
+
+
+@pytest.fixture(scope="module")
+def bench_setup(tiny_model_dir, text_file, tmp_path_factory):
+    """The reference benchmark's Setup on the tiny model and text, 2 training steps per entrant."""
+    from autoshrink.bench.reference import Setup
+
+    return Setup(
+        str(tiny_model_dir),
+        steps=2,
+        trials=1,
+        finetune_steps=2,
+        work=tmp_path_factory.mktemp("bench"),
+        data=str(text_file),
+    )

@@ -16,62 +16,54 @@ from autoshrink.methods import config_from_dict
 from autoshrink.plan import plan_stored_bytes
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_model_dir, text_file, tmp_path_factory):
-    return Setup(
-        str(tiny_model_dir),
-        steps=2,
-        trials=1,
-        finetune_steps=2,
-        work=tmp_path_factory.mktemp("bench"),
-        data=str(text_file),
-    )
-
-
 @pytest.mark.parametrize("method", ["lowrank", "prune", "tt", "kronecker"])
 @pytest.mark.parametrize("ratio", [2, 3])
-def test_uniform_plan_just_meets_the_limit_on_every_site(setup, method, ratio):
+def test_uniform_plan_just_meets_the_limit_on_every_site(bench_setup, method, ratio):
     # The tiny model's LSTM biases alone are 1/40 of it: its budgets are modest ones.
-    limit = setup.dense_bytes // ratio
-    freqs = setup.lm.vocab.freqs
-    plan = uniform_plan(config_from_dict({"method": method}), setup.sites, limit, freqs, setup.model_file)
-    assert plan is not None and set(plan) == {s.name for s in setup.sites if s.tied_with is None}
+    limit = bench_setup.dense_bytes // ratio
+    freqs = bench_setup.lm.vocab.freqs
+    plan = uniform_plan(config_from_dict({"method": method}), bench_setup.sites, limit, freqs, bench_setup.model_file)
+    assert plan is not None and set(plan) == {s.name for s in bench_setup.sites if s.tied_with is None}
     assert {cfg.method for cfg in plan.values()} == {method}
-    nbytes = plan_stored_bytes(setup.sites, plan, freqs, setup.model_file)
+    nbytes = plan_stored_bytes(bench_setup.sites, plan, freqs, bench_setup.model_file)
     assert nbytes <= limit
     assert nbytes > 0.6 * limit  # fitted to the limit, not merely under it
 
 
-def test_uniform_plan_keeps_sites_outside_the_scope_dense(setup):
+def test_uniform_plan_keeps_sites_outside_the_scope_dense(bench_setup):
     row = Row("lstm", 5, frozenset({"recurrent"}), "", "LSTM")
     plan = uniform_plan(
         config_from_dict({"method": "lowrank"}),
-        setup.sites,
-        setup.max_bytes(row),
-        setup.lm.vocab.freqs,
-        setup.model_file,
+        bench_setup.sites,
+        bench_setup.max_bytes(row),
+        bench_setup.lm.vocab.freqs,
+        bench_setup.model_file,
         row.roles,
     )
-    recurrent = {s.name for s in setup.sites if s.role == "recurrent"}
+    recurrent = {s.name for s in bench_setup.sites if s.role == "recurrent"}
     assert set(plan) == recurrent
-    lstm_stored = plan_stored_bytes(setup.sites, plan, setup.lm.vocab.freqs, setup.model_file) - (
-        setup.model_bytes - setup.scope_bytes(row)
+    lstm_stored = plan_stored_bytes(bench_setup.sites, plan, bench_setup.lm.vocab.freqs, bench_setup.model_file) - (
+        bench_setup.model_bytes - bench_setup.scope_bytes(row)
     )
-    assert setup.scope_bytes(row) / lstm_stored >= 5
+    assert bench_setup.scope_bytes(row) / lstm_stored >= 5
 
 
-def test_a_vocabulary_method_cannot_reach_a_whole_model_budget_the_dense_lstm_exceeds(setup):
-    lstm = sum(s.dense_bytes for s in setup.sites if s.role == "recurrent")
+def test_a_vocabulary_method_cannot_reach_a_whole_model_budget_the_dense_lstm_exceeds(bench_setup):
+    lstm = sum(s.dense_bytes for s in bench_setup.sites if s.role == "recurrent")
     limit = lstm // 2  # below what the dense LSTM layers alone store
     assert (
         uniform_plan(
-            config_from_dict({"method": "groupreduce"}), setup.sites, limit, setup.lm.vocab.freqs, setup.model_file
+            config_from_dict({"method": "groupreduce"}),
+            bench_setup.sites,
+            limit,
+            bench_setup.lm.vocab.freqs,
+            bench_setup.model_file,
         )
         is None
     )
 
 
-def test_work_items_put_the_dense_control_first_and_every_entrant_of_a_row(setup):
+def test_work_items_put_the_dense_control_first_and_every_entrant_of_a_row(bench_setup):
     items = work_items(["25x"])
     assert items[0] == ("dense", "dense")
     assert [e for _, e in items[1:]] == list(ROWS["25x"].singles) + ["small-dense", "autoshrink"]
@@ -86,18 +78,18 @@ def test_work_items_put_the_dense_control_first_and_every_entrant_of_a_row(setup
     ]
 
 
-def test_entrants_train_export_and_land_in_the_report(setup, tmp_path):
+def test_entrants_train_export_and_land_in_the_report(bench_setup, tmp_path):
     row = Row("3x", 3, None, "search_spaces/default.yaml", "whole model", reference.SINGLES)
-    dense = reference.run_dense(setup)
-    single = reference.run_single(setup, row, "lowrank")
-    out = setup.work / "3x" / "lowrank"
-    assert single["stored_bytes"] == file_bytes(out) <= setup.max_bytes(row)
+    dense = reference.run_dense(bench_setup)
+    single = reference.run_single(bench_setup, row, "lowrank")
+    out = bench_setup.work / "3x" / "lowrank"
+    assert single["stored_bytes"] == file_bytes(out) <= bench_setup.max_bytes(row)
     assert single["steps"] == dense["steps"] == 2
-    assert reference.run_single(setup, row, "lightrnn") == {
+    assert reference.run_single(bench_setup, row, "lightrnn") == {
         "unreachable": "lightrnn alone cannot reach 3x on the whole model"
     }
-    assert result_of(setup.work, "3x", "lowrank") == json.loads((out / "bench.json").read_text())
-    text = markdown(setup, [row], "python -m autoshrink.bench", tmp_path)
+    assert result_of(bench_setup.work, "3x", "lowrank") == json.loads((out / "bench.json").read_text())
+    text = markdown(bench_setup, [row], "python -m autoshrink.bench", tmp_path)
     line = next(x for x in text.splitlines() if x.startswith("| 3x | lowrank |"))
     increase = 100 * (single["test_ppl"] / dense["test_ppl"] - 1)
     assert f"{single['test_ppl']:.2f} | {increase:+.1f}% | {single['stored_bytes']:,} |" in line
@@ -156,55 +148,60 @@ def test_the_whole_benchmark_on_a_tiny_model(tiny_model_dir, text_file, tmp_path
     assert ("(= the uniform " in label) == origin.startswith("uniform "), (origin, label)
 
 
-def test_a_single_method_is_stored_at_its_best_width(setup):
+def test_a_single_method_is_stored_at_its_best_width(bench_setup):
     from autoshrink.bench.entrants import LAYOUT_GROUPS, STORAGE_BITS, best_storage_plan
 
     row = Row("3x", 3, None, "search_spaces/default.yaml", "whole model", reference.SINGLES)
-    plan, tried = best_storage_plan(setup, row, {"method": "lowrank"})
+    plan, tried = best_storage_plan(bench_setup, row, {"method": "lowrank"})
     # every width reaches 3x with low-rank; below 16 bits U is also tried stored transposed
     assert [(t["bits"], t.get("u_groups", 0)) for t in tried] == [(b, 0) for b in STORAGE_BITS] + [
         (b, g) for g in LAYOUT_GROUPS for b in STORAGE_BITS if b < 16
     ]
     best = min(tried, key=lambda t: t["init_val_ppl"])
     assert {(cfg["bits"], cfg["u_groups"]) for cfg in plan.values()} == {(best["bits"], best.get("u_groups", 0))}
-    assert all(t["stored_bytes"] <= setup.max_bytes(row) for t in tried)
-    fixed, tried = best_storage_plan(setup, row, {"method": "lowrank", "bits": 8})  # a width the row fixes is kept
+    assert all(t["stored_bytes"] <= bench_setup.max_bytes(row) for t in tried)
+    fixed, tried = best_storage_plan(
+        bench_setup, row, {"method": "lowrank", "bits": 8}
+    )  # a width the row fixes is kept
     assert {t["bits"] for t in tried} == {8} and {cfg["bits"] for cfg in fixed.values()} == {8}
 
 
-def test_small_dense_is_the_largest_8bit_model_within_the_budget(setup):
+def test_small_dense_is_the_largest_8bit_model_within_the_budget(bench_setup):
     from autoshrink.bench.entrants import _small_model, small_dense, small_dense_plan
     from autoshrink.plan import compress, stored_bytes
 
     row = Row("6x", 6, None, "search_spaces/default.yaml", "whole model", reference.SINGLES)  # beyond 8 bits' 4x
-    model, plan, dim = small_dense(setup, row)
+    model, plan, dim = small_dense(bench_setup, row)
     assert {cfg["bits"] for cfg in plan.values()} == {8}
-    assert stored_bytes(compress(model, plan)) <= setup.max_bytes(row)
-    bigger = _small_model(setup.dense, dim + 1)
-    assert stored_bytes(compress(bigger, small_dense_plan(bigger))) > setup.max_bytes(row)
-    assert small_dense(setup, Row("lstm-3x", 3, frozenset({"recurrent"}), "", "LSTM")) is None  # whole model only
+    assert stored_bytes(compress(model, plan)) <= bench_setup.max_bytes(row)
+    bigger = _small_model(bench_setup.dense, dim + 1)
+    assert stored_bytes(compress(bigger, small_dense_plan(bigger))) > bench_setup.max_bytes(row)
+    assert small_dense(bench_setup, Row("lstm-3x", 3, frozenset({"recurrent"}), "", "LSTM")) is None  # whole model only
 
 
-def test_new_entrants_record_commit_and_plan_and_the_report_compares_them(setup, tmp_path, monkeypatch):
+def test_new_entrants_record_commit_and_plan_and_the_report_compares_them(bench_setup, tmp_path, monkeypatch):
     from autoshrink.bench import report
 
-    assert setup.commit == report.commit()  # the code the benchmark process imported
+    assert bench_setup.commit == report.commit()  # the code the benchmark process imported
     monkeypatch.setattr(reference, "commit", lambda: "a-later-commit")  # committed while the benchmark runs
     row = Row("3x", 3, None, "search_spaces/default.yaml", "whole model", {"lowrank": {"method": "lowrank"}})
-    reference.run_dense(setup)
-    single = reference.run_single(setup, row, "lowrank")
-    small = reference.run_small_dense(setup, row)
-    assert small["stored_bytes"] <= setup.max_bytes(row) and small["dims"] >= 1
+    reference.run_dense(bench_setup)
+    single = reference.run_single(bench_setup, row, "lowrank")
+    small = reference.run_small_dense(bench_setup, row)
+    assert small["stored_bytes"] <= bench_setup.max_bytes(row) and small["dims"] >= 1
     for r in (single, small):
         assert (
-            r["commit"] == setup.commit and r["protocol"] == reference.PROTOCOL and r["plan"] and r["tier"] == "quick"
+            r["commit"] == bench_setup.commit
+            and r["protocol"] == reference.PROTOCOL
+            and r["plan"]
+            and r["tier"] == "quick"
         )
     monkeypatch.undo()
     # an autoshrink result whose plan is the uniform one is labelled so
-    auto_dir = setup.work / "3x" / "autoshrink"
+    auto_dir = bench_setup.work / "3x" / "autoshrink"
     auto_dir.mkdir(parents=True, exist_ok=True)
     (auto_dir / "bench.json").write_text(json.dumps({**single, "trials": 1}))
-    text = markdown(setup, [row], "python -m autoshrink.bench", tmp_path)
+    text = markdown(bench_setup, [row], "python -m autoshrink.bench", tmp_path)
     assert (
         "**autoshrink** (no warm start) (= the uniform lowrank plan)" in text
         or "**autoshrink** (= the uniform lowrank plan)" in text
@@ -214,19 +211,19 @@ def test_new_entrants_record_commit_and_plan_and_the_report_compares_them(setup,
     assert goals[0].endswith("| no: the uniform lowrank plan |")  # issue 15's goal: a uniform plan never meets it
     assert "best uniform = lowrank" in text and "small dense (" in text
     # a per-site plan: the goal compares its increase over the dense control with the best uniform's
-    dense = result_of(setup.work, "dense", "dense")
+    dense = result_of(bench_setup.work, "dense", "dense")
     per_site = {**single["plan"], next(iter(single["plan"])): {"method": "quant", "bits": 4}}
     for factor in (0.5, 0.95):
         ppl = dense["test_ppl"] * (1 + factor * (single["test_ppl"] / dense["test_ppl"] - 1))
         (auto_dir / "bench.json").write_text(json.dumps({**single, "plan": per_site, "test_ppl": ppl, "trials": 1}))
-        text = markdown(setup, [row], "python -m autoshrink.bench", tmp_path)
+        text = markdown(bench_setup, [row], "python -m autoshrink.bench", tmp_path)
         goals = [x for x in text.splitlines() if x.startswith("| 3x | ") and x.count("|") == 10]
         expected = f"{'yes' if factor <= 0.85 else 'no'} ({factor:.2f}x)"
         assert goals[0].endswith(f"| {expected} |"), goals[0]
 
 
 def test_the_converged_tier_trains_to_a_plateau_with_distillation(tiny_model_dir, text_file, tmp_path):
-    setup = Setup(
+    bench_setup = Setup(
         str(tiny_model_dir),
         steps=2,
         trials=1,
@@ -244,17 +241,17 @@ def test_the_converged_tier_trains_to_a_plateau_with_distillation(tiny_model_dir
         "whole model",
         {"lowrank": {"method": "lowrank"}, "prune": {"method": "prune"}},
     )
-    dense = reference.run_dense(setup)
-    best = reference.run_best_uniform(setup, row)
-    small = reference.run_small_dense(setup, row)
+    dense = reference.run_dense(bench_setup)
+    best = reference.run_best_uniform(bench_setup, row)
+    small = reference.run_small_dense(bench_setup, row)
     assert (tmp_path / "converged" / "3x" / "best-uniform" / "bench.json").is_file()
     assert best["method"] in ("lowrank", "prune") and "initialisation" in best["chosen_by"]  # no quick tier yet
     # the quick tier's trained results choose only once every single method of the row has run
     quick = Setup(str(tiny_model_dir), 2, 1, 2, tmp_path / "quick", data=str(text_file))
     reference.run_single(quick, row, "prune")
-    assert "initialisation" in reference.choose_best_uniform(setup, row)[2]  # low-rank has not run
+    assert "initialisation" in reference.choose_best_uniform(bench_setup, row)[2]  # low-rank has not run
     reference.run_single(quick, row, "lowrank")
-    name, _, basis = reference.choose_best_uniform(setup, row)
+    name, _, basis = reference.choose_best_uniform(bench_setup, row)
     vals = {e: reference.result_of(tmp_path / "quick", "3x", e)["val_ppl"] for e in ("lowrank", "prune")}
     assert "quick tier" in basis and name == min(vals, key=vals.get)
     for r in (dense, best, small):
@@ -302,10 +299,10 @@ def test_a_converged_entrant_is_labelled_from_the_quick_search_it_trained(tmp_pa
     assert _label(row, "autoshrink", r, converged, "converged") == "**autoshrink** (no warm start)"
 
 
-def test_best_uniform_takes_the_result_of_an_autoshrink_entrant_that_trained_the_same_plan(setup, monkeypatch):
+def test_best_uniform_takes_the_result_of_an_autoshrink_entrant_that_trained_the_same_plan(bench_setup, monkeypatch):
     row = ROWS["lstm-25x"]
     plan = {"rnn.0.ih": {"method": "lowrank", "rank": 3}}
-    twin = entrant_dir(setup.tier_work, row.name, "autoshrink")
+    twin = entrant_dir(bench_setup.tier_work, row.name, "autoshrink")
     twin.mkdir(parents=True)
     done = {
         "test_ppl": 40.0,
@@ -318,7 +315,7 @@ def test_best_uniform_takes_the_result_of_an_autoshrink_entrant_that_trained_the
         "file_bytes": 10,
         "plan": plan,
         "commit": "abc",
-        "tier": setup.tier,
+        "tier": bench_setup.tier,
         "protocol": reference.PROTOCOL,
         "stopped": "steps",
         "distill": False,
@@ -327,28 +324,28 @@ def test_best_uniform_takes_the_result_of_an_autoshrink_entrant_that_trained_the
     (twin / "bench.json").write_text(json.dumps(done))
     monkeypatch.setattr(reference, "choose_best_uniform", lambda s, r: ("lowrank", plan, "by test"))
     monkeypatch.setattr(reference, "train_entrant", lambda *a, **k: pytest.fail("the same plan was trained twice"))
-    best = reference.run_best_uniform(setup, row)
+    best = reference.run_best_uniform(bench_setup, row)
     assert best["test_ppl"] == 40.0 and best["plan"] == plan and best["same_plan_as"] == "autoshrink"
     assert "search_seconds" not in best and best["method"] == "lowrank"
-    assert result_of(setup.tier_work, row.name, reference.BEST_UNIFORM) == best
+    assert result_of(bench_setup.tier_work, row.name, reference.BEST_UNIFORM) == best
     # another plan, or another protocol's result, is trained
     trained = []
     monkeypatch.setattr(reference, "train_entrant", lambda *a, **k: trained.append(a[1]) or {})
     monkeypatch.setattr(reference, "choose_best_uniform", lambda s, r: ("lowrank", {"x": 1}, "by test"))
-    reference.run_best_uniform(setup, row)
+    reference.run_best_uniform(bench_setup, row)
     monkeypatch.setattr(reference, "choose_best_uniform", lambda s, r: ("lowrank", plan, "by test"))
-    for other in ({"protocol": reference.PROTOCOL - 1}, {"tier": "converged"}, {"seed": setup.seed + 1}):
+    for other in ({"protocol": reference.PROTOCOL - 1}, {"tier": "converged"}, {"seed": bench_setup.seed + 1}):
         (twin / "bench.json").write_text(json.dumps({**done, **other}))
-        reference.run_best_uniform(setup, row)
+        reference.run_best_uniform(bench_setup, row)
     assert trained == [{"x": 1}, plan, plan, plan]
 
 
-def test_the_small_dense_model_trains_from_scratch_at_its_pretraining_rate(setup, monkeypatch):
+def test_the_small_dense_model_trains_from_scratch_at_its_pretraining_rate(bench_setup, monkeypatch):
     from autoshrink.models.presets import PRESETS
     from autoshrink.models.training import DEFAULT_LR
 
     assert reference.scratch_lr("kjv-lstm") == PRESETS["kjv-lstm"].train.lr == 2e-3
-    assert reference.scratch_lr(str(setup.model_name)) == DEFAULT_LR  # a model folder: no preset to read
+    assert reference.scratch_lr(str(bench_setup.model_name)) == DEFAULT_LR  # a model folder: no preset to read
     seen = {}
     monkeypatch.setattr(reference, "scratch_lr", lambda name: 7e-3)
     import autoshrink.final.train as final_train
@@ -360,7 +357,7 @@ def test_the_small_dense_model_trains_from_scratch_at_its_pretraining_rate(setup
         return real(*a, **k)
 
     monkeypatch.setattr(final_train, "train_plan", spy)
-    result = reference.run_small_dense(setup, ROWS["25x"])
+    result = reference.run_small_dense(bench_setup, ROWS["25x"])
     assert seen["lr"] == 7e-3 and result["lr"] == 7e-3
 
 
@@ -381,7 +378,7 @@ def test_a_converged_entrant_of_an_earlier_search_is_named_as_such(tmp_path):
 
     from autoshrink.bench.reference_report import stale_plans
 
-    setup = SimpleNamespace(work=tmp_path / "quick", converged_work=tmp_path / "converged")
+    bench_setup = SimpleNamespace(work=tmp_path / "quick", converged_work=tmp_path / "converged")
     row = ROWS["25x"]
 
     def entrant(work, plan, commit):
@@ -389,13 +386,13 @@ def test_a_converged_entrant_of_an_earlier_search_is_named_as_such(tmp_path):
         folder.mkdir(parents=True)
         (folder / "bench.json").write_text(json.dumps({"plan": plan, "commit": commit, "test_ppl": 40.0}))
 
-    entrant(setup.converged_work, {"encoder": {"method": "lowrank", "rank": 8}}, "aaa1111")
-    entrant(setup.work, {"encoder": {"method": "lowrank", "rank": 8}}, "aaa1111")
-    assert stale_plans(setup, [row]) == []  # the converged tier trained what the quick tier's search trains
-    (entrant_dir(setup.work, row.name, "autoshrink") / "bench.json").write_text(
+    entrant(bench_setup.converged_work, {"encoder": {"method": "lowrank", "rank": 8}}, "aaa1111")
+    entrant(bench_setup.work, {"encoder": {"method": "lowrank", "rank": 8}}, "aaa1111")
+    assert stale_plans(bench_setup, [row]) == []  # the converged tier trained what the quick tier's search trains
+    (entrant_dir(bench_setup.work, row.name, "autoshrink") / "bench.json").write_text(
         json.dumps({"plan": {"encoder": {"method": "lowrank", "rank": 9}}, "commit": "bbb2222", "test_ppl": 41.0})
     )
-    (line,) = [x for x in stale_plans(setup, [row]) if x]
+    (line,) = [x for x in stale_plans(bench_setup, [row]) if x]
     assert line.startswith("- 25x: ") and "aaa1111" in line and "bbb2222" in line
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from autoshrink.bench import reference, toward_uniform
-from autoshrink.bench.reference import Row, Setup
+from autoshrink.bench.reference import Row
 from autoshrink.methods import config_from_dict
 from autoshrink.plan import plan_stored_bytes
 from autoshrink.plan.apply import parse_plan, plan_to_json
@@ -14,48 +12,38 @@ from autoshrink.plan.fit import uniform_plan
 ROW = Row("lstm-3x", 3, frozenset({"recurrent"}), "", "LSTM")
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_model_dir, text_file, tmp_path_factory):
-    return Setup(
-        str(tiny_model_dir),
-        steps=2,
-        trials=1,
-        finetune_steps=2,
-        work=tmp_path_factory.mktemp("bench"),
-        data=str(text_file),
-    )
-
-
-def _unequal(setup) -> dict:
+def _unequal(bench_setup) -> dict:
     """A plan within the row's limit whose first LSTM matrix is much smaller than the others."""
-    freqs = setup.lm.vocab.freqs
+    freqs = bench_setup.lm.vocab.freqs
     uniform = uniform_plan(
         config_from_dict({"method": "lowrank", "bits": 8}),
-        setup.sites,
-        setup.max_bytes(ROW),
+        bench_setup.sites,
+        bench_setup.max_bytes(ROW),
         freqs,
-        setup.model_file,
+        bench_setup.model_file,
         ROW.roles,
     )
     first = sorted(uniform)[0]
     return plan_to_json({**uniform, first: uniform[first].replace(rank=1)}), plan_to_json(uniform)
 
 
-def test_weight_0_is_the_plan_itself_weight_1_the_uniform_sizes_all_within_the_limit(setup):
-    best, uniform = _unequal(setup)
-    plans = toward_uniform.plans_toward_uniform(setup, ROW, best, [0.0, 0.5, 1.0])
+def test_weight_0_is_the_plan_itself_weight_1_the_uniform_sizes_all_within_the_limit(bench_setup):
+    best, uniform = _unequal(bench_setup)
+    plans = toward_uniform.plans_toward_uniform(bench_setup, ROW, best, [0.0, 0.5, 1.0])
     assert plans[0.0] == best
     assert plans[1.0] == uniform
     first = sorted(best)[0]
     assert best[first]["rank"] < plans[0.5][first]["rank"] <= uniform[first]["rank"]
     for plan in plans.values():
-        stored = plan_stored_bytes(setup.sites, parse_plan(plan), setup.lm.vocab.freqs, setup.model_file)
-        assert stored <= setup.max_bytes(ROW)
+        stored = plan_stored_bytes(
+            bench_setup.sites, parse_plan(plan), bench_setup.lm.vocab.freqs, bench_setup.model_file
+        )
+        assert stored <= bench_setup.max_bytes(ROW)
 
 
-def test_each_plan_trains_once_and_the_report_names_the_lowest_test_perplexity(setup, tmp_path, monkeypatch):
-    best, _ = _unequal(setup)
-    results = toward_uniform.measure(setup, ROW, best, [0.0, 1.0], work=tmp_path)
+def test_each_plan_trains_once_and_the_report_names_the_lowest_test_perplexity(bench_setup, tmp_path, monkeypatch):
+    best, _ = _unequal(bench_setup)
+    results = toward_uniform.measure(bench_setup, ROW, best, [0.0, 1.0], work=tmp_path)
     assert [r["weight"] for r in results] == [0.0, 1.0]
     assert all((tmp_path / ROW.name / f"w{w:g}" / "bench.json").is_file() for w in (0, 1))
 
@@ -63,10 +51,10 @@ def test_each_plan_trains_once_and_the_report_names_the_lowest_test_perplexity(s
         raise AssertionError("a measured plan is read back, not trained again")
 
     monkeypatch.setattr(reference, "train_entrant", no_training)
-    again = toward_uniform.measure(setup, ROW, best, [0.0, 1.0], work=tmp_path)
+    again = toward_uniform.measure(bench_setup, ROW, best, [0.0, 1.0], work=tmp_path)
     assert [r["test_ppl"] for r in again] == [r["test_ppl"] for r in results]
     lowest = min(results, key=lambda r: r["test_ppl"])
-    text = toward_uniform.markdown(ROW.name, results, "cmd", setup.max_bytes(ROW))
+    text = toward_uniform.markdown(ROW.name, results, "cmd", bench_setup.max_bytes(ROW))
     assert f"Lowest test perplexity: weight {lowest['weight']:g} ({lowest['test_ppl']:.2f})" in text
     assert text.count("\n| ") == 3  # the header and one line per weight
 

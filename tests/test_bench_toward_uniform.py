@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from autoshrink.bench import reference, toward_uniform
 from autoshrink.bench.reference import Row
 from autoshrink.methods import config_from_dict
@@ -45,7 +47,7 @@ def test_each_plan_trains_once_and_the_report_names_the_lowest_test_perplexity(b
     best, _ = _unequal(bench_setup)
     results = toward_uniform.measure(bench_setup, ROW, best, [0.0, 1.0], work=tmp_path)
     assert [r["weight"] for r in results] == [0.0, 1.0]
-    assert all((tmp_path / ROW.name / f"w{w:g}" / "bench.json").is_file() for w in (0, 1))
+    assert len(list((tmp_path / ROW.name).glob("w*/bench.json"))) == 2
 
     def no_training(*args, **kwargs):
         raise AssertionError("a measured plan is read back, not trained again")
@@ -53,6 +55,9 @@ def test_each_plan_trains_once_and_the_report_names_the_lowest_test_perplexity(b
     monkeypatch.setattr(reference, "train_entrant", no_training)
     again = toward_uniform.measure(bench_setup, ROW, best, [0.0, 1.0], work=tmp_path)
     assert [r["test_ppl"] for r in again] == [r["test_ppl"] for r in results]
+    # Another plan at the same weight is another folder: nothing is read back for a plan it did not train.
+    with pytest.raises(AssertionError, match="read back"):
+        toward_uniform.measure(bench_setup, ROW, _unequal(bench_setup)[1], [0.0], work=tmp_path)
     lowest = min(results, key=lambda r: r["test_ppl"])
     text = toward_uniform.markdown(ROW.name, results, "cmd", bench_setup.max_bytes(ROW))
     assert f"Lowest test perplexity: weight {lowest['weight']:g} ({lowest['test_ppl']:.2f})" in text

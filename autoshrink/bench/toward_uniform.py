@@ -9,7 +9,7 @@ RUN_DIR is a search's run folder with its allocation.json (default: the benchmar
 row, results/runs/bench/<row>/autoshrink/search); weight 0 is its allocated plan, weight 1 the
 uniform sizes with each site's method and knobs kept. `--tier converged` trains them as the
 benchmark's converged tier does (to a plateau, at most 3 epochs, distilled). Each plan trains in
-results/runs/toward-uniform[-converged]/<row>/w<weight> and is kept there: a rerun reads it back
+results/runs/toward-uniform[-converged]/<row>/w<weight>-<plan digest> and is kept there: a rerun reads it back
 (an unfinished training resumes from its checkpoint). It measured the search's TOWARD_UNIFORM
 (allocate/pipeline.py).
 """
@@ -17,6 +17,7 @@ results/runs/toward-uniform[-converged]/<row>/w<weight> and is kept there: a rer
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -45,13 +46,19 @@ def plans_toward_uniform(setup, row, best: dict, weights: list[float]) -> dict[f
     return out
 
 
+def plan_folder(weight: float, plan: dict) -> str:
+    """w<weight>-<digest of the plan>: a kept result is read back only for the plan it trained."""
+    digest = hashlib.sha1(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:8]
+    return f"w{weight:g}-{digest}"
+
+
 def measure(setup, row, best: dict, weights: list[float], work: Path = WORKS["quick"]) -> list[dict]:
     """Train (or read back) each weight's plan; one result per weight."""
     from autoshrink.bench.reference import train_entrant
 
     results = []
     for w, plan in plans_toward_uniform(setup, row, best, weights).items():
-        out = work / row.name / f"w{w:g}"
+        out = work / row.name / plan_folder(w, plan)
         done = out / "bench.json"
         r = (
             json.loads(done.read_text())

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from autoshrink.bench.report import commit, write_report
+from autoshrink.bench.search_runs import ran_with
 from autoshrink.search.pareto import hypervolume_2d
 from autoshrink.search.config import SearchConfig
 from autoshrink.search.study import SAMPLERS
@@ -129,6 +130,7 @@ def main(argv=None) -> int:
     curves: dict[str, list[list[float]]] = {}
     overhead, trained_over, wall, spent = [], 0, 0.0, 0.0
     own: dict[str, list[dict]] = {}
+    ran: dict[str, list[str]] = {}  # per sampler, the code its runs ran (a finished run is read back, not rerun)
     for sampler in args.samplers:
         for seed in args.seeds:
             run_dir = Path(args.runs) / f"{args.model}-{args.budget}-{sampler}-seed{seed}"
@@ -148,6 +150,7 @@ def main(argv=None) -> int:
             wall += time.time() - start
             spent += sum(t.user_attrs.get("seconds", 0.0) for t in result.study.get_trials(deepcopy=False))
             info = json.loads((run_dir / "run.json").read_text())
+            ran.setdefault(sampler, []).append(ran_with(info))
             trials = trial_rows(result.study)
             trials["feasible"] = trials["feasible"].astype(bool)
             ref = (1.0 / float(args.budget.rstrip("x")), 2.0)
@@ -168,8 +171,12 @@ def main(argv=None) -> int:
         "",
         f"{time.strftime('%Y-%m-%d')}, CPU ({platform.machine()}, {torch.get_num_threads()} threads), commit {commit()}, "
         f"`python -m autoshrink.bench.samplers --model {args.model} --budget {args.budget} --trials {args.trials} "
-        f"--finetune-steps {args.finetune_steps}`. Mean ± std over seeds {args.seeds}; higher is better. "
-        "Hypervolume of the front in (bytes/dense, ppl/dense ppl) against the point (1/budget, 2).",
+        f"--finetune-steps {args.finetune_steps} --samplers {' '.join(args.samplers)}`. Mean ± std over seeds "
+        f"{args.seeds}; higher is better. "
+        "Hypervolume of the front in (bytes/dense, ppl/dense ppl) against the point (1/budget, 2). Code of each "
+        "sampler's runs, invocation by invocation (once a run has finished, later ones only read it back): "
+        + "; ".join(f"{name} {', '.join(dict.fromkeys(r))}" for name, r in ran.items())
+        + ".",
         "",
         "| sampler | " + " | ".join(f"HV after {k} trials" for k in ks) + " |",
         "|---|" + "---|" * len(ks),

@@ -34,8 +34,9 @@ RECORDED: dict[str, Any] = {
     "halving": TrialSettings.halving,
     "distill": False,
     # The only sampler whose own plans added to the front on the reference model, 3 seeds
-    # (results/search-kjv-lstm.md: its best own plan 38.6-38.7 within 25x, TPE's 70-82, TPE being
-    # random search for its first 10 trials); TPE led on the tiny model at 24 trials (results/search.md).
+    # (results/search-kjv-lstm.md: its best own plan 38.5-39.0 within 25x, random search's 72-213;
+    # at c78fef3 TPE's 70-82, TPE being random search for its first 10 trials); TPE led on the tiny
+    # model at 24 trials (results/search.md).
     "sampler": "profile",
     "seed": 0,
     "calibration_tokens": DEFAULT_TOKENS,

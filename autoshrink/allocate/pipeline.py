@@ -44,9 +44,10 @@ from autoshrink.plan.fit import toward_uniform
 
 LADDER = (0.7, 0.8, 0.9, 1.0)  # fractions of the limit the knapsack also answers, for a front
 # Untrained, the profile says how unequal the sites' sizes should be; trained, they want less: on
-# the LSTM layers at 25x, ranks 40/40/40/87 (the allocation) test 40.35 after the quick tier's 200
-# steps, 52 each (uniform) 40.29, halfway between 40.18 (results/toward_uniform-lstm-25x.md). So the search
-# also trains the allocation's plan moved this share of the way to a uniform plan's sizes.
+# the LSTM layers at 25x, ranks 49/29/49/80 (the allocation) test 40.26 after the quick tier's 200
+# steps, 52 each (uniform) 40.29, a quarter, half and three quarters of the way between 40.18, 40.15
+# and 40.19 (results/toward_uniform-lstm-25x.md). So the search also trains the allocation's plan
+# moved this share of the way to a uniform plan's sizes.
 TOWARD_UNIFORM = 0.5
 TOP_K = 4  # knapsack candidates evaluated jointly before the evolutionary refinement
 MAX_EVALS = 48  # joint evaluations in all (candidates included)

@@ -65,7 +65,8 @@ def measure(setup, row, best: dict, weights: list[float], work: Path = WORKS["qu
             if done.is_file()
             else train_entrant(setup, plan, out, f"{row.name} w{w:g}", {})
         )
-        results.append({"weight": w, "plan": plan, **{k: r[k] for k in ("test_ppl", "val_ppl", "stored_bytes")}})
+        kept = ("test_ppl", "val_ppl", "stored_bytes")
+        results.append({"weight": w, "plan": plan, **{k: r[k] for k in kept}, "commit": r.get("commit", "?")})
     return results
 
 
@@ -85,13 +86,12 @@ def markdown(row_name: str, results: list[dict], command: str, limit: int, tier:
         "of its dense bytes, its method and knobs kept); every plan fills the limit "
         f"({limit:,} bytes) as closely as its sizes allow. {TRAINING[tier]} and is tested on the whole test split.",
         "",
-        "| weight | per site | stored bytes | val ppl | test ppl |",
-        "|---:|---|---:|---:|---:|",
+        "| weight | per site | stored bytes | val ppl | test ppl | measured at |",
+        "|---:|---|---:|---:|---:|---|",
     ]
     for r in results:
-        lines.append(
-            f"| {r['weight']:g} | {plan_text(r['plan'])} | {r['stored_bytes']:,} | {r['val_ppl']:.2f} | {r['test_ppl']:.2f} |"
-        )
+        ppl = f"{r['val_ppl']:.2f} | {r['test_ppl']:.2f}"
+        lines.append(f"| {r['weight']:g} | {plan_text(r['plan'])} | {r['stored_bytes']:,} | {ppl} | {r['commit']} |")
     best = min(results, key=lambda r: r["test_ppl"])
     ends = {r["weight"]: r["test_ppl"] for r in results}
     lines += ["", f"Lowest test perplexity: weight {best['weight']:g} ({best['test_ppl']:.2f})"]

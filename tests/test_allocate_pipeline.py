@@ -173,6 +173,13 @@ def test_toward_uniform_runs_from_the_plan_itself_to_the_uniform_plan():
     assert 2 < ranks[0] == ranks[1] == ranks[2] < ranks[3] and ranks[3] / ranks[0] < 12 / 2
     assert plan_stored_bytes(sites, unequal, None, model_file) < plan_stored_bytes(sites, halfway, None, model_file)
     assert plan_stored_bytes(sites, halfway, None, model_file) <= limit
+    # A site at its method's smallest size (2-bit quantisation, well above a uniform share) keeps it
+    # and the others still move: at 25x the allocation's 2-bit input matrices left no halfway plan.
+    coarse = {recurrent[0]: QuantConfig(bits=2), **{n: unequal[n] for n in recurrent[1:]}}  # the LSTM only
+    limit_coarse = plan_stored_bytes(sites, coarse, None, model_file)
+    moved = toward_uniform(coarse, 0.5, sites, limit_coarse, None, model_file)
+    assert moved is not None and moved[recurrent[0]] == QuantConfig(bits=2)
+    assert moved[recurrent[1]].rank > 2 and plan_stored_bytes(sites, moved, None, model_file) <= limit_coarse
 
 
 def test_the_halfway_plan_keeps_the_best_plan_s_methods_at_sizes_nearer_a_uniform_share(allocated):

@@ -108,7 +108,8 @@ def toward_uniform(
     """`plan` with each site's size moved `weight` of the way to a uniform plan's: a site's method
     bytes aim at (1 - weight) x its bytes under `plan` + weight x s x its dense bytes, s the largest
     share at which the whole model fits `max_bytes` (its method and other knobs kept, its size knob
-    fitted as uniform_plan fits it; sites `plan` leaves dense stay dense). None when no share fits."""
+    fitted as uniform_plan fits it; sites `plan` leaves dense stay dense; a site whose knob cannot go
+    down to its aim, 2-bit quantisation, keeps its own size). None when no share fits."""
     by_name = {s.name: s for s in sites}
     own = {name: _bytes_of(by_name[name], cfg, freqs) for name, cfg in plan.items()}
 
@@ -117,9 +118,7 @@ def toward_uniform(
         for name, cfg in plan.items():
             site = by_name[name]
             target = (1 - weight) * own[name] + weight * share * site.dense_bytes
-            moved[name] = largest_within(site, cfg, int(target), freqs)
-            if moved[name] is None:
-                return None
+            moved[name] = largest_within(site, cfg, int(target), freqs) or cfg
         return moved
 
     return _largest_share(plan_at, sites, max_bytes, freqs, model_file)

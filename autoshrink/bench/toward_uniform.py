@@ -66,7 +66,15 @@ def measure(setup, row, best: dict, weights: list[float], work: Path = WORKS["qu
             else train_entrant(setup, plan, out, f"{row.name} w{w:g}", {})
         )
         kept = ("test_ppl", "val_ppl", "stored_bytes")
-        results.append({"weight": w, "plan": plan, **{k: r[k] for k in kept}, "commit": r.get("commit", "?")})
+        results.append(
+            {
+                "weight": w,
+                "plan": plan,
+                **{k: r[k] for k in kept},
+                "trained": f"{r.get('steps', '?')} ({r.get('stopped') or 'steps'})",
+                "commit": r.get("commit", "?"),
+            }
+        )
     return results
 
 
@@ -86,12 +94,14 @@ def markdown(row_name: str, results: list[dict], command: str, limit: int, tier:
         "of its dense bytes, its method and knobs kept); every plan fills the limit "
         f"({limit:,} bytes) as closely as its sizes allow. {TRAINING[tier]} and is tested on the whole test split.",
         "",
-        "| weight | per site | stored bytes | val ppl | test ppl | measured at |",
-        "|---:|---|---:|---:|---:|---|",
+        "| weight | per site | stored bytes | val ppl | test ppl | steps (ended by) | measured at |",
+        "|---:|---|---:|---:|---:|---|---|",
     ]
     for r in results:
         ppl = f"{r['val_ppl']:.2f} | {r['test_ppl']:.2f}"
-        lines.append(f"| {r['weight']:g} | {plan_text(r['plan'])} | {r['stored_bytes']:,} | {ppl} | {r['commit']} |")
+        lines.append(
+            f"| {r['weight']:g} | {plan_text(r['plan'])} | {r['stored_bytes']:,} | {ppl} | {r['trained']} | {r['commit']} |"
+        )
     best = min(results, key=lambda r: r["test_ppl"])
     ends = {r["weight"]: r["test_ppl"] for r in results}
     lines += ["", f"Lowest test perplexity: weight {best['weight']:g} ({best['test_ppl']:.2f})"]

@@ -67,3 +67,31 @@ def test_each_plan_trains_once_and_the_report_names_the_lowest_test_perplexity(b
 def test_a_run_folder_without_an_allocation_is_one_clear_error(tmp_path, capsys):
     assert toward_uniform.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: no allocation.json")
+
+
+@pytest.mark.parametrize("stop_early", [True, False])
+def test_the_converged_tier_stops_at_a_plateau_unless_told_to_train_every_step(bench_setup, monkeypatch, stop_early):
+    import dataclasses
+
+    import autoshrink.final.train as final_train
+
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(*args, **kwargs):
+        seen.update(kwargs["options"])
+        raise Captured
+
+    monkeypatch.setattr(final_train, "train_plan", capture)
+    converged = dataclasses.replace(bench_setup, tier="converged", stop_early=stop_early)
+    with pytest.raises(Captured):
+        reference.train_entrant(converged, {}, bench_setup.work / "x", "x", {})
+    assert ("patience" in seen) is not stop_early and seen.get("patience") is None
+
+
+def test_no_early_stop_is_one_clear_error_outside_the_converged_tier(tmp_path, capsys):
+    (tmp_path / "allocation.json").write_text('{"best": {"plan": {}}}')
+    assert toward_uniform.main([str(tmp_path), "--no-early-stop"]) == 2
+    assert "--no-early-stop is for the converged tier" in capsys.readouterr().err

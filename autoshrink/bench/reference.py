@@ -137,6 +137,7 @@ class Setup:
     data: str = "kjv"  # the corpus (kjv for the reference benchmark; tests use a tiny text file)
     tier: str = "quick"
     converged_work: Path = WORKS["converged"]
+    stop_early: bool = True  # the converged tier stops at a plateau (False: it trains every step)
 
     @property
     def tier_work(self) -> Path:
@@ -192,6 +193,8 @@ def train_entrant(setup: Setup, plan_json: dict, out: Path, label: str, extra: d
     else:
         steps = round(CONVERGED_EPOCHS * num_windows(batchify(setup.lm.train, 32), 35))
         evals, distill = CONVERGED_EVALS, True
+        if not setup.stop_early:
+            options["patience"] = None
     final = train_plan(
         model if model is not None else setup.dense,
         setup.lm,

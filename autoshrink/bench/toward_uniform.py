@@ -3,13 +3,15 @@ to a uniform plan's sizes (plan/fit.toward_uniform), each trained with the refer
 quick tier (200 steps, the same recipe and seed as every entrant) and tested.
 
     python -m autoshrink.bench.toward_uniform [RUN_DIR] [--row lstm-25x] [--weights 0 0.25 0.5 0.75 1]
-                                              [--tier quick|converged]
+                                              [--tier quick|converged] [--no-early-stop]
 
 RUN_DIR is a search's run folder with its allocation.json (default: the benchmark's search of the
 row, results/runs/bench/<row>/autoshrink/search); weight 0 is its allocated plan, weight 1 the
 uniform sizes with each site's method and knobs kept. `--tier converged` trains them as the
-benchmark's converged tier does (to a plateau, at most 3 epochs, distilled). Each plan trains in
-results/runs/toward-uniform[-converged]/<row>/w<weight>-<plan digest> and is kept there: a rerun reads it back
+benchmark's converged tier does (to a plateau, at most 3 epochs, distilled); `--no-early-stop`
+trains them every step of those 3 epochs (the plateau rule can end a run while the cosine lr is
+still near its peak). Each plan trains in
+results/runs/toward-uniform[-converged[-full]]/<row>/w<weight>-<plan digest> and is kept there: a rerun reads it back
 (an unfinished training resumes from its checkpoint). It measured the search's TOWARD_UNIFORM
 (allocate/pipeline.py).
 """
@@ -29,6 +31,7 @@ from autoshrink.bench.trained_profile import plan_text
 from autoshrink.errors import UserError
 
 WORKS = {"quick": Path("results/runs/toward-uniform"), "converged": Path("results/runs/toward-uniform-converged")}
+FULL = "-full"  # suffix of the folder and report of converged trainings without the plateau stop
 
 
 def plans_toward_uniform(setup, row, best: dict, weights: list[float]) -> dict[float, dict]:
@@ -82,12 +85,15 @@ TRAINING = {
     "quick": "Each trains 200 steps with the reference benchmark's quick-tier recipe (seed 0, no distillation)",
     "converged": "Each trains as the reference benchmark's converged tier does (until validation stops "
     "improving, at most 3 epochs, distilled from the dense model, seed 0)",
+    "converged" + FULL: "Each trains as the reference benchmark's converged tier does but every step of its "
+    "3 epochs, without the plateau stop (distilled from the dense model, seed 0)",
 }
 
 
 def markdown(row_name: str, results: list[dict], command: str, limit: int, tier: str = "quick") -> str:
     lines = [
-        f"## The allocation's sizes moved toward a uniform plan's: kjv-lstm, {row_name}, {tier} tier",
+        f"## The allocation's sizes moved toward a uniform plan's: kjv-lstm, {row_name}, {tier.replace(FULL, '')} tier"
+        + (", every step (no plateau stop)" if tier.endswith(FULL) else ""),
         "",
         f"{time.strftime('%Y-%m-%d')}, commit {commit()}, `{command}`. Weight 0 is the allocation's plan "
         "(the knapsack over the untrained profile), weight 1 the uniform sizes (each site the same share "
@@ -119,6 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--row", default="lstm-25x", choices=sorted(ROWS))
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--tier", default="quick", choices=sorted(WORKS), help="the benchmark tier's training [quick]")
+    p.add_argument("--no-early-stop", action="store_true", help="converged tier: train every step, no plateau stop")
     p.add_argument("--out", default=None, help="report (default: results/toward_uniform-<row>[-converged].md)")
     args = p.parse_args(argv)
     row = ROWS[args.row]
@@ -130,16 +137,23 @@ def main(argv=None) -> int:
     if any(not 0 <= w <= 1 for w in args.weights):
         print("error: --weights are shares of the way to uniform sizes, between 0 and 1", file=sys.stderr)
         return 2
-    setup = Setup("kjv-lstm", steps=200, trials=8, finetune_steps=80, work=BENCH_WORK, tier=args.tier)
+    if args.no_early_stop and args.tier != "converged":
+        print("error: --no-early-stop is for the converged tier (the quick tier never stops early)", file=sys.stderr)
+        return 2
+    full = FULL if args.no_early_stop else ""
+    setup = Setup(
+        "kjv-lstm", steps=200, trials=8, finetune_steps=80, work=BENCH_WORK, tier=args.tier, stop_early=not full
+    )
     best = json.loads(allocation.read_text())["best"]["plan"]
     try:
-        results = measure(setup, row, best, sorted(args.weights), WORKS[args.tier])
+        work = WORKS[args.tier]
+        results = measure(setup, row, best, sorted(args.weights), work.with_name(work.name + full))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     command = "python -m autoshrink.bench.toward_uniform " + " ".join(argv if argv is not None else sys.argv[1:])
-    suffix = "" if args.tier == "quick" else f"-{args.tier}"
-    report = markdown(row.name, results, command.strip(), setup.max_bytes(row), args.tier)
+    suffix = "" if args.tier == "quick" else f"-{args.tier}{full}"
+    report = markdown(row.name, results, command.strip(), setup.max_bytes(row), args.tier + full)
     write_report(args.out or f"results/toward_uniform-{row.name}{suffix}.md", report)
     return 0
 

@@ -182,6 +182,26 @@ def test_toward_uniform_runs_from_the_plan_itself_to_the_uniform_plan():
     assert moved[recurrent[1]].rank > 2 and plan_stored_bytes(sites, moved, None, model_file) <= limit_coarse
 
 
+def test_a_site_s_smallest_setting_is_its_size_knob_at_the_fewest_bytes():
+    from autoshrink.models.lstm_lm import LSTMLM, LSTMLMConfig
+    from autoshrink.plan.fit import smallest_setting
+
+    model = LSTMLM(LSTMLMConfig(vocab_size=2000, emb_dim=64, hidden=64, layers=2, dropout=0.0))  # sizes only
+    site = next(s for s in discover_sites(model) if s.role == "recurrent")
+    assert smallest_setting(site, QuantConfig(bits=3)) == QuantConfig(bits=2)
+    assert smallest_setting(site, LowRankConfig(bits=4, rank=12)) == LowRankConfig(bits=4, rank=1)
+
+
+def test_the_halfway_plan_survives_allocation_json(allocated, tmp_path):
+    from autoshrink.allocate.pipeline import Allocated
+    from autoshrink.search import run_folder
+
+    model, _, _, _, result = allocated
+    run_folder.write_allocation(tmp_path, result, discover_sites(model), 100)
+    info = run_folder.read_allocation(tmp_path)
+    assert Allocated.from_dict(info["toward_uniform"]) == result.toward_uniform
+
+
 def test_the_halfway_plan_keeps_the_best_plan_s_methods_at_sizes_nearer_a_uniform_share(allocated):
     from autoshrink.plan.bytes import method_bytes
 

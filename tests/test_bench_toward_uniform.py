@@ -95,3 +95,9 @@ def test_no_early_stop_is_one_clear_error_outside_the_converged_tier(tmp_path, c
     (tmp_path / "allocation.json").write_text('{"best": {"plan": {}}}')
     assert toward_uniform.main([str(tmp_path), "--no-early-stop"]) == 2
     assert "--no-early-stop is for the converged tier" in capsys.readouterr().err
+
+
+def test_an_allocation_json_that_is_not_one_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "allocation.json").write_text("{not json")
+    assert toward_uniform.main([str(tmp_path)]) == 2
+    assert "is not an allocation.json" in capsys.readouterr().err

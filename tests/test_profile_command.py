@@ -159,7 +159,7 @@ def test_an_allocation_for_another_limit_or_slice_is_computed_again(
     profiled, tiny_model_dir, text_file, space_path, tmp_path, monkeypatch
 ):
     real = allocation_module.allocate
-    for key, value in (("limit", 1), ("held_out_start", 7), ("hedges", None)):
+    for key, value in (("limit", 1), ("held_out_start", 7), ("hedges", None), ("toward_uniform", None)):
         run = tmp_path / key
         shutil.copytree(profiled.run_dir, run)
         recorded = json.loads((run / "allocation.json").read_text())

@@ -115,3 +115,15 @@ def test_the_sampler_s_first_plan_is_smaller_than_the_budget_and_records_its_fra
     assert frozen.system_attrs[FRACTION] == SMALLEST
     # At 0.6 of 110 bytes the knapsack cannot keep a site dense (100 bytes): both are compressed.
     assert frozen.system_attrs[PARAMS] == {"a": "a-small", "b": "b-small"}
+
+
+def test_a_plan_of_this_sampler_still_training_counts_as_a_size_taken():
+    sampler = ProfileGuidedSampler(seed=0)
+    sampler.attach(_options(), 100.0, lambda plan: dict(sorted(plan.items())), fixed=10.0)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    _trained(study, 110.0, own=True)  # this sampler's plan at the limit
+    running = study.ask()  # another of its plans, fitted to the smallest size, not finished yet
+    study._storage.set_trial_system_attr(running._trial_id, COEFFS, [0.0, 0.0])
+    study._storage.set_trial_system_attr(running._trial_id, FRACTION, SMALLEST)
+    gap = sampler._fraction(study)  # its third plan: between the running one and the limit
+    assert abs(gap - 0.8) < 0.03

@@ -328,13 +328,9 @@ def _toward_uniform(
     """The best plan with each site's size moved TOWARD_UNIFORM of the way to a uniform plan's
     (plan/fit.toward_uniform), each config as the caller may plan it (`admit`), evaluated jointly;
     None where no such plan fits or it is the best plan itself."""
-    plan = toward_uniform(dict(best.plan), TOWARD_UNIFORM, list(sites), limit, freqs, model_file)
+    plan = toward_uniform(dict(best.plan), TOWARD_UNIFORM, list(sites), limit, freqs, model_file, admit)
     if plan is None:
         return None
-    if admit is not None:
-        plan = {name: admit(name, config) for name, config in plan.items()}
-        if any(config is None for config in plan.values()):
-            return None
     nbytes = plan_stored_bytes(sites, plan, freqs, model_file)
     if nbytes > limit or plan == best.plan:
         return None

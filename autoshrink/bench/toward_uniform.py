@@ -144,7 +144,11 @@ def main(argv=None) -> int:
     setup = Setup(
         "kjv-lstm", steps=200, trials=8, finetune_steps=80, work=BENCH_WORK, tier=args.tier, stop_early=not full
     )
-    best = json.loads(allocation.read_text())["best"]["plan"]
+    try:
+        best = json.loads(allocation.read_text())["best"]["plan"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        print(f"error: {allocation} is not an allocation.json ({e})", file=sys.stderr)
+        return 2
     try:
         work = WORKS[args.tier]
         results = measure(setup, row, best, sorted(args.weights), work.with_name(work.name + full))

@@ -102,14 +102,40 @@ def uniform_plan(
     return _largest_share(plan_at, sites, max_bytes, freqs, model_file)
 
 
+def smallest_setting(site, config, freqs=None):
+    """`config` with its size knob at the fewest bytes it may take (None: the knob's least value
+    the method accepts for the site; `config` itself when it has no size knob)."""
+    knob = type(config).size_knob
+    if knob is None:
+        return config
+    current = getattr(config, knob)
+    values = FLOAT_BITS if knob == "bits" else [1] if isinstance(current, int) else [0.0]
+    valid = []
+    for value in values:
+        try:
+            valid.append((_bytes_of(site, config.replace(**{knob: value}), freqs), config.replace(**{knob: value})))
+        except UserError:
+            continue
+    return min(valid, key=lambda pair: pair[0])[1] if valid else config
+
+
 def toward_uniform(
-    plan: dict, weight: float, sites: list, max_bytes: int, freqs=None, model_file: ModelFile | None = None
+    plan: dict,
+    weight: float,
+    sites: list,
+    max_bytes: int,
+    freqs=None,
+    model_file: ModelFile | None = None,
+    admit: Callable | None = None,
 ) -> dict | None:
     """`plan` with each site's size moved `weight` of the way to a uniform plan's: a site's method
     bytes aim at (1 - weight) x its bytes under `plan` + weight x s x its dense bytes, s the largest
     share at which the whole model fits `max_bytes` (its method and other knobs kept, its size knob
     fitted as uniform_plan fits it; sites `plan` leaves dense stay dense; a site whose knob cannot go
-    down to its aim, 2-bit quantisation, keeps its own size). None when no share fits."""
+    down to its aim, 2-bit quantisation, takes its smallest setting, so plans still grow with the
+    share). `admit(site name, config)`: the config as the caller may plan it (a search moves it into
+    its space; None: the site keeps its own), applied before the plan is measured against the limit.
+    None when no share fits."""
     by_name = {s.name: s for s in sites}
     own = {name: _bytes_of(by_name[name], cfg, freqs) for name, cfg in plan.items()}
 
@@ -118,7 +144,8 @@ def toward_uniform(
         for name, cfg in plan.items():
             site = by_name[name]
             target = (1 - weight) * own[name] + weight * share * site.dense_bytes
-            moved[name] = largest_within(site, cfg, int(target), freqs) or cfg
+            fitted = largest_within(site, cfg, int(target), freqs) or smallest_setting(site, cfg, freqs)
+            moved[name] = (admit(name, fitted) if admit is not None else fitted) or cfg
         return moved
 
     return _largest_share(plan_at, sites, max_bytes, freqs, model_file)

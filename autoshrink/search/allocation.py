@@ -272,6 +272,7 @@ def _recorded(ctx, folder: Path, options: dict[str, list[MethodConfig]]) -> Allo
     if (
         info is None
         or "hedges" not in info  # written before hedges and zoom: allocated again (the profile rows are kept)
+        or "toward_uniform" not in info  # written before the halfway plan: the same
         or info.get("limit") != ctx.max_bytes
         or info.get("held_out_start") != _held_out_start(ctx)
         or info.get("profile_finetune", 0) != ctx.profile_finetune

@@ -121,7 +121,7 @@ class ProfileGuidedSampler(optuna.samplers.BaseSampler):
         if len(own) % 2 == 1:
             return 1.0
         sizes = [
-            (t.user_attrs["stored_bytes"] - self.fixed) / self.capacity
+            (t.user_attrs["stored_bytes"] - self.fixed) / max(self.capacity, 1.0)
             for t in trials
             if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible") and "stored_bytes" in t.user_attrs
         ]

@@ -101,3 +101,27 @@ def test_an_allocation_json_that_is_not_one_is_one_clear_error(tmp_path, capsys)
     (tmp_path / "allocation.json").write_text("{not json")
     assert toward_uniform.main([str(tmp_path)]) == 2
     assert "is not an allocation.json" in capsys.readouterr().err
+
+
+def test_a_training_seed_seeds_the_training_only_and_keeps_its_results_apart(bench_setup, monkeypatch):
+    import dataclasses
+
+    import autoshrink.final.train as final_train
+
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(*args, **kwargs):
+        seen["seed"] = kwargs["seed"]
+        raise Captured
+
+    monkeypatch.setattr(final_train, "train_plan", capture)
+    reseeded = dataclasses.replace(bench_setup, train_seed=5)
+    assert reseeded.seed == bench_setup.seed == 0  # the same dense model
+    with pytest.raises(Captured):
+        reference.train_entrant(reseeded, {}, bench_setup.work / "y", "y", {})
+    assert seen["seed"] == 5
+    plan = {"rnn.0.ih": {"method": "lowrank", "rank": 2}}
+    assert toward_uniform.plan_folder(0.5, plan, 5) != toward_uniform.plan_folder(0.5, plan, 0)

@@ -49,10 +49,11 @@ def plans_toward_uniform(setup, row, best: dict, weights: list[float]) -> dict[f
     return out
 
 
-def plan_folder(weight: float, plan: dict) -> str:
-    """w<weight>-<digest of the plan>: a kept result is read back only for the plan it trained."""
+def plan_folder(weight: float, plan: dict, seed: int = 0) -> str:
+    """w<weight>-<digest of the plan>[-seed<seed>]: a kept result is read back only for the plan
+    and training seed it was trained with."""
     digest = hashlib.sha1(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:8]
-    return f"w{weight:g}-{digest}"
+    return f"w{weight:g}-{digest}" + (f"-seed{seed}" if seed else "")
 
 
 def measure(setup, row, best: dict, weights: list[float], work: Path = WORKS["quick"]) -> list[dict]:
@@ -61,7 +62,7 @@ def measure(setup, row, best: dict, weights: list[float], work: Path = WORKS["qu
 
     results = []
     for w, plan in plans_toward_uniform(setup, row, best, weights).items():
-        out = work / row.name / plan_folder(w, plan)
+        out = work / row.name / plan_folder(w, plan, setup.training_seed)
         done = out / "bench.json"
         r = (
             json.loads(done.read_text())
@@ -82,15 +83,15 @@ def measure(setup, row, best: dict, weights: list[float], work: Path = WORKS["qu
 
 
 TRAINING = {
-    "quick": "Each trains 200 steps with the reference benchmark's quick-tier recipe (seed 0, no distillation)",
+    "quick": "Each trains 200 steps with the reference benchmark's quick-tier recipe (no distillation)",
     "converged": "Each trains as the reference benchmark's converged tier does (until validation stops "
-    "improving, at most 3 epochs, distilled from the dense model, seed 0)",
+    "improving, at most 3 epochs, distilled from the dense model)",
     "converged" + FULL: "Each trains as the reference benchmark's converged tier does but every step of its "
-    "3 epochs, without the plateau stop (distilled from the dense model, seed 0)",
+    "3 epochs, without the plateau stop (distilled from the dense model)",
 }
 
 
-def markdown(row_name: str, results: list[dict], command: str, limit: int, tier: str = "quick") -> str:
+def markdown(row_name: str, results: list[dict], command: str, limit: int, tier: str = "quick", seed: int = 0) -> str:
     lines = [
         f"## The allocation's sizes moved toward a uniform plan's: kjv-lstm, {row_name}, {tier.replace(FULL, '')} tier"
         + (", every step (no plateau stop)" if tier.endswith(FULL) else ""),
@@ -98,7 +99,7 @@ def markdown(row_name: str, results: list[dict], command: str, limit: int, tier:
         f"{time.strftime('%Y-%m-%d')}, commit {commit()}, `{command}`. Weight 0 is the allocation's plan "
         "(the knapsack over the untrained profile), weight 1 the uniform sizes (each site the same share "
         "of its dense bytes, its method and knobs kept); every plan fills the limit "
-        f"({limit:,} bytes) as closely as its sizes allow. {TRAINING[tier]} and is tested on the whole test split.",
+        f"({limit:,} bytes) as closely as its sizes allow. {TRAINING[tier]}, training seed {seed}, and is tested on the whole test split.",
         "",
         "| weight | per site | stored bytes | val ppl | test ppl | steps (ended by) | measured at |",
         "|---:|---|---:|---:|---:|---|---|",
@@ -125,6 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--row", default="lstm-25x", choices=sorted(ROWS))
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--tier", default="quick", choices=sorted(WORKS), help="the benchmark tier's training [quick]")
+    p.add_argument("--seed", type=int, default=0, help="training seed (every benchmark entrant trains with 0) [0]")
     p.add_argument("--no-early-stop", action="store_true", help="converged tier: train every step, no plateau stop")
     p.add_argument("--out", default=None, help="report (default: results/toward_uniform-<row>[-converged].md)")
     args = p.parse_args(argv)
@@ -142,7 +144,14 @@ def main(argv=None) -> int:
         return 2
     full = FULL if args.no_early_stop else ""
     setup = Setup(
-        "kjv-lstm", steps=200, trials=8, finetune_steps=80, work=BENCH_WORK, tier=args.tier, stop_early=not full
+        "kjv-lstm",
+        steps=200,
+        trials=8,
+        finetune_steps=80,
+        work=BENCH_WORK,
+        tier=args.tier,
+        stop_early=not full,
+        train_seed=args.seed,
     )
     try:
         best = json.loads(allocation.read_text())["best"]["plan"]
@@ -156,8 +165,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     command = "python -m autoshrink.bench.toward_uniform " + " ".join(argv if argv is not None else sys.argv[1:])
-    suffix = "" if args.tier == "quick" else f"-{args.tier}{full}"
-    report = markdown(row.name, results, command.strip(), setup.max_bytes(row), args.tier + full)
+    suffix = ("" if args.tier == "quick" else f"-{args.tier}{full}") + (f"-seed{args.seed}" if args.seed else "")
+    report = markdown(row.name, results, command.strip(), setup.max_bytes(row), args.tier + full, args.seed)
     write_report(args.out or f"results/toward_uniform-{row.name}{suffix}.md", report)
     return 0
 

@@ -331,9 +331,9 @@ def _toward_uniform(
     plan = toward_uniform(dict(best.plan), TOWARD_UNIFORM, list(sites), limit, freqs, model_file, admit)
     if plan is None:
         return None
-    nbytes = plan_stored_bytes(sites, plan, freqs, model_file)
-    if nbytes > limit or plan == best.plan:
+    if plan == best.plan:
         return None
+    nbytes = plan_stored_bytes(sites, plan, freqs, model_file)  # within the limit: toward_uniform measured it so
     return Allocated(plan, nbytes, None, float(joint.of_plan(plan).mean()), "halfway to uniform sizes")
 
 

@@ -39,6 +39,7 @@ def test_every_plan_fits_the_limit_and_its_joint_loss_is_the_real_one(allocated)
     assert result.dense_loss == pytest.approx(dense, abs=1e-5)
     # Every distinct plan the refinement evaluated jointly (at most max_evals): its choice first, then by joint loss.
     assert 1 < len(result.plans) <= MAX_EVALS  # more than the knapsack's plan; no more than were evaluated
+    assert {p.source for p in result.plans} - {"knapsack"}, "the refinement evaluated plans of its own"
     assert len({json.dumps(plan_to_json(p.plan), sort_keys=True) for p in result.plans}) == len(result.plans)
     rest = [p.joint_loss for p in result.plans[1:]]
     assert rest == sorted(rest)
@@ -73,6 +74,7 @@ def test_a_rerun_reuses_the_profile_and_exact_options_are_measured_as_given(allo
     monkeypatch.setattr(module, "build_site", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     again = allocate(model, valid, BASES, limit, levels=5, max_evals=2, profile_path=path, progress=False)
     assert calls == [] and len(again.table) == len(result.table)
+    assert 1 <= len(again.plans) <= 2  # max_evals bounds the plans evaluated jointly
     exact = {"decoder": [LowRankConfig(rank=2)], "rnn.1.hh": [QuantConfig(bits=4)]}
     only = allocate(model, valid, exact, dense_bytes(model), max_evals=2, progress=False)
     assert sorted(only.table["site"]) == ["decoder", "rnn.1.hh"]

@@ -186,13 +186,14 @@ def test_a_resumed_final_training_stops_on_the_patience_its_earlier_validations_
     state["best_val_ppl"] = 1.0
     path.write_text(json.dumps(state))
     again = train_plan(dense, lm, plan, out, 40, label="x", evals=10, calibration_tokens=0)
-    assert again.metrics["stopped"] == "plateau" and again.metrics["steps"] == 8  # patience 3: one more validation
+    # patience 3: one more validation (step 8), then the cooldown (0.2 x 40 steps) and the stop
+    assert again.metrics["stopped"] == "plateau" and again.metrics["steps"] == 16
     lines = []
     rerun = train_plan(dense, lm, plan, out, 40, label="x", evals=10, calibration_tokens=0, log=lines.append)
-    assert rerun.metrics["steps"] == 8 and rerun.metrics["stopped"] == "plateau"  # the same command trains nothing
-    assert any("stopped at its plateau at step 8" in line for line in lines)
+    assert rerun.metrics["steps"] == 16 and rerun.metrics["stopped"] == "plateau"  # the same command trains nothing
+    assert any("stopped at its plateau at step 16" in line for line in lines)
     more = train_plan(dense, lm, plan, out, 44, label="x", evals=10, calibration_tokens=0)
-    assert more.metrics["steps"] > 8  # a new cap is a new request: it trains on
+    assert more.metrics["steps"] > 16  # a new cap is a new request: it trains on
 
 
 def test_only_validations_at_the_stored_form_carry_their_patience_into_a_resume():

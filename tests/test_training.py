@@ -146,10 +146,57 @@ def test_stops_after_patience_validations_without_improvement(data):
         _model(len(data.vocab)),
         data.train,
         data.valid,
-        TrainConfig(steps=1000, batch_size=8, bptt=10, lr=0.0, eval_every=5, patience=2),
+        TrainConfig(steps=1000, batch_size=8, bptt=10, lr=0.0, eval_every=5, patience=2, cooldown=0.0),
     )
     assert result.stopped == "plateau" and result.steps == 10
     assert result.best_step == 0
+
+
+UNBEATABLE = ((0, 1e-9),)  # a bar no validation beats: every one counts toward the patience
+
+
+def test_a_cosine_run_cools_down_to_zero_before_it_stops(data):
+    """Patience used up at step 20 of 100: the lr decays from its cosine value there to zero over
+    20 steps (cooldown 0.2 of the horizon), and the run stops at step 40 after a closing validation."""
+    result = train_lm(
+        _model(len(data.vocab)),
+        data.train,
+        data.valid,
+        TrainConfig(
+            steps=100, batch_size=8, bptt=10, lr=1e-2, warmup=0.0, eval_every=10, patience=2,
+            validate_start=False, prior_history=UNBEATABLE,
+        ),
+    )  # fmt: skip
+    at_20 = cosine_factor(20, 100, 0.0)
+    assert result.stopped == "plateau" and result.steps == 40 and result.cooldown_from == 20
+    assert [h["step"] for h in result.history] == [10, 20, 30, 40]
+    assert result.history[1]["lr"] == pytest.approx(1e-2 * at_20)
+    assert result.history[2]["lr"] == pytest.approx(1e-2 * at_20 * 0.5)  # halfway down the half cosine
+    assert result.history[3]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_run_resumed_in_its_cooldown_finishes_it_where_it_began(data):
+    result = train_lm(
+        _model(len(data.vocab)),
+        data.train,
+        data.valid,
+        TrainConfig(
+            steps=100, schedule_from=30, batch_size=8, bptt=10, lr=1e-2, warmup=0.0, eval_every=5, patience=2,
+            validate_start=False, prior_history=(*UNBEATABLE, (10, 2.0), (20, 3.0), (30, 4.0)),
+        ),
+    )  # fmt: skip
+    assert result.stopped == "plateau" and result.steps == 10  # 30 -> 40: the cooldown began at 20
+    assert [h["step"] for h in result.history] == [35, 40]
+    three_quarters_down = 0.5 * (1 + math.cos(math.pi * 15 / 20))
+    assert result.history[0]["lr"] == pytest.approx(1e-2 * cosine_factor(20, 100, 0.0) * three_quarters_down)
+
+
+def test_cooldown_start_is_the_validation_that_used_up_the_patience():
+    from autoshrink.models.training import cooldown_start
+
+    history = [(0, 40.0), (100, 39.0), (200, 39.5), (300, 38.0), (400, 38.5), (500, 38.6), (600, 37.0)]
+    assert cooldown_start(history, 2) == 500
+    assert cooldown_start(history, 3) is None and cooldown_start(history, None) is None
 
 
 def test_a_resumed_run_stops_on_the_patience_its_earlier_validations_used_up(data):
@@ -168,6 +215,7 @@ def test_a_resumed_run_stops_on_the_patience_its_earlier_validations_used_up(dat
             lr=0.0,
             eval_every=5,
             patience=3,
+            cooldown=0.0,
             validate_start=False,
             prior_history=prior,
         ),

@@ -7,7 +7,8 @@ training through `on_progress` (pruning ramps, doping anneals, CMR).
 The default recipe (measured in results/recipe-allocated/recipe.md, `python -m autoshrink.bench.recipe`): Adam at
 DEFAULT_LR with a 5% warm-up and cosine decay to the step cap, distillation from the dense model
 at DEFAULT_DISTILL_WEIGHT where a teacher is given, validation every `eval_every` steps, stop
-after `patience` validations without improvement, and the best validated state restored, the
+after `patience` validations without improvement (under cosine, at the end of a cooldown: the lr
+decays to zero over COOLDOWN of the horizon first), and the best validated state restored, the
 starting weights included: a converged model comes out no worse than it went in.
 """
 
@@ -25,7 +26,7 @@ from torch import nn
 
 from autoshrink.data.batching import batchify, bptt_windows, num_windows
 from autoshrink.models.distill import Teacher, mixed_loss
-from autoshrink.models.schedule import check_schedule, cosine_factor
+from autoshrink.models.schedule import COOLDOWN, check_schedule, cooldown_factor, cosine_factor
 
 
 # results/recipe-allocated/recipe.md, the allocated 25x plan, 600 distilled steps: 5e-4 and 2e-3 tie
@@ -119,6 +120,7 @@ class TrainConfig:
     eval_at: tuple[int, ...] | None = None  # validate at exactly these steps of this call instead (and at the end)
     eval_tokens: int | None = None  # cap validation cost during training
     patience: int | None = 3  # validations without improvement before stopping (None: never stop early)
+    cooldown: float = COOLDOWN  # cosine: share of the horizon the lr decays to zero over before that stop (0: at once)
     validate_start: bool = True  # the starting weights compete for "best": a converged model is kept
     schedule_from: int = 0  # steps already trained by an earlier call (a resumed run): the lr continues
     # A resumed run's validations so far (step, val_ppl), so early stopping and the plateau lr go on
@@ -149,7 +151,8 @@ class TrainResult:
     best_val_ppl: float = math.inf
     best_step: int | None = None  # step of the restored state (0: the starting weights)
     eval_seconds: float = 0.0  # validation inside training (part of `seconds`)
-    stopped: str = "steps"  # why it ended: steps | plateau | time
+    stopped: str = "steps"  # why it ended: steps | plateau (after its cooldown, under cosine) | time
+    cooldown_from: int | None = None  # the step this call's cooldown began at (validation stopped improving)
     history: list[dict] = field(default_factory=list)
 
     @property
@@ -172,6 +175,19 @@ def prior_stopping(history: Sequence[tuple[int, float]]) -> tuple[float, int, in
         elif step > 0:
             since, cuts = since + 1, cuts + 1
     return best, since, cuts
+
+
+def cooldown_start(history: Sequence[tuple[int, float]], patience: int | None) -> int | None:
+    """The step of the earlier validation that used up `patience` (a cooldown began there), or None."""
+    best, since = math.inf, 0
+    for step, val in history:
+        if val < best:
+            best, since = val, 0
+        elif step > 0:
+            since += 1
+            if patience is not None and since >= patience:
+                return step
+    return None
 
 
 def train_lm(
@@ -213,6 +229,9 @@ def train_lm(
     best_state = None
     result.best_val_ppl, bad_evals, cuts = prior_stopping(cfg.prior_history)
     plateau_scale = 0.25**cuts
+    cooling = cfg.schedule == "cosine" and cfg.cooldown > 0 and cfg.patience is not None
+    cool_start = cooldown_start(cfg.prior_history, cfg.patience) if cooling else None  # a step of the whole run
+    cool_steps = max(1, round(cfg.cooldown * horizon))
     last_eval_s = 0.0
     start = time.perf_counter()
 
@@ -238,6 +257,16 @@ def train_lm(
         if on_eval is not None:
             on_eval(step, val)
 
+    def lr_factor(step: int) -> float:
+        """The base lr's multiplier at `step` of the whole run."""
+        if cfg.schedule == "plateau":
+            return plateau_scale
+        factor = cosine_factor(step, horizon, cfg.warmup)
+        if cool_start is None:
+            return factor
+        at_start = cosine_factor(cool_start, horizon, cfg.warmup)
+        return min(factor, cooldown_factor(step, cool_start, cool_steps, at_start))
+
     if cfg.validate_start and settle <= 0:
         validate(0)
     windows = _windows(columns, cfg.bptt)
@@ -248,11 +277,8 @@ def train_lm(
             result.stopped = "time"  # the closing validation below still fits in the cap
             break
         set_progress(model, progress(step - 1))
-        factor = (
-            cosine_factor(cfg.schedule_from + step, horizon, cfg.warmup) if cfg.schedule == "cosine" else plateau_scale
-        )
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * factor
+            group["lr"] = cfg.lr * lr_factor(cfg.schedule_from + step)
         x, y = next(windows)
         if x.size(0) < cfg.bptt:  # the stream's short last window: carried states start afresh (as pretraining did)
             state = None
@@ -289,11 +315,19 @@ def train_lm(
                     "eta_s": eta,
                 }
             )
-        if (step in eval_at if eval_at is not None else step % eval_every == 0) or step == total_steps:
+        at_eval = (step in eval_at if eval_at is not None else step % eval_every == 0) or step == total_steps
+        cooled = cool_start is not None and cfg.schedule_from + step >= cool_start + cool_steps
+        if at_eval or cooled:
             validate(step)
-            if cfg.patience is not None and bad_evals >= cfg.patience:
+        if cooled:
+            result.stopped = "plateau"
+            break
+        if at_eval and cfg.patience is not None and bad_evals >= cfg.patience:
+            if not cooling:
                 result.stopped = "plateau"
                 break
+            if cool_start is None:
+                cool_start = result.cooldown_from = cfg.schedule_from + step
     if (
         result.stopped == "time"
         and result.steps

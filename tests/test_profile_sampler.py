@@ -61,7 +61,7 @@ def test_the_neighbourhood_centres_on_the_best_trained_plan_and_shrinks():
     sampler = ProfileGuidedSampler(seed=0)
     sampler.attach(_options(), 110.0, lambda plan: dict(sorted(plan.items())))
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
-    centre, radius = sampler._center(study)
+    centre, radius = sampler._center(study.get_trials())
     assert np.allclose(centre, 0) and radius == 1.0
     for coeffs, ppl in (([0.5, -0.5], 40.0), ([-3.0, 3.0], 30.0)):
         study.add_trial(
@@ -69,7 +69,7 @@ def test_the_neighbourhood_centres_on_the_best_trained_plan_and_shrinks():
                 values=[ppl, 100.0], user_attrs={"feasible": True, "val_ppl": ppl}, system_attrs={COEFFS: coeffs}
             )
         )
-    centre, radius = sampler._center(study)
+    centre, radius = sampler._center(study.get_trials())
     assert list(centre) == [-3.0, 3.0] and radius < 1.0
     # Corrected losses: a's option now costs 1 * e^-3 and b's 0.1 * e^3: the knapsack takes a's.
     assert sampler._plan_params(centre, 1.0) == {"a": "a-small", "b": None} or sampler._plan_params(centre, 1.0) == {
@@ -97,11 +97,11 @@ def test_every_other_plan_fills_the_widest_gap_of_the_front_over_sizes():
     _trained(study, 110.0, own=False)  # the allocation, at the limit
     _trained(study, 100.0, own=False)  # the knapsack at 0.9 of it
     _trained(study, 30.0, own=False, feasible=False)  # an infeasible trial is not on the front
-    assert sampler._fraction(study) == SMALLEST  # its first plan: as far below the others as allowed
+    assert sampler._fraction(study.get_trials()) == SMALLEST  # its first plan: as far below the others as allowed
     _trained(study, 10.0 + 100.0 * SMALLEST, own=True)
-    assert sampler._fraction(study) == 1.0  # then one at the limit
+    assert sampler._fraction(study.get_trials()) == 1.0  # then one at the limit
     _trained(study, 110.0, own=True)
-    gap = sampler._fraction(study)  # then the middle of the widest gap, between 0.6 and 0.9
+    gap = sampler._fraction(study.get_trials())  # then the middle of the widest gap, between 0.6 and 0.9
     assert gap in FRACTIONS and abs(gap - 0.75) < 0.03
 
 
@@ -125,5 +125,5 @@ def test_a_plan_of_this_sampler_still_training_counts_as_a_size_taken():
     running = study.ask()  # another of its plans, fitted to the smallest size, not finished yet
     study._storage.set_trial_system_attr(running._trial_id, COEFFS, [0.0, 0.0])
     study._storage.set_trial_system_attr(running._trial_id, FRACTION, SMALLEST)
-    gap = sampler._fraction(study)  # its third plan: between the running one and the limit
+    gap = sampler._fraction(study.get_trials())  # its third plan: between the running one and the limit
     assert abs(gap - 0.8) < 0.03

@@ -69,9 +69,10 @@ class ProfileGuidedSampler(optuna.samplers.BaseSampler):
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self.options is None or "fixed_params" in trial.system_attrs:
             return  # no profile, or an enqueued plan (allocation, warm start, repair)
-        seen = {_key(t.params) for t in study.get_trials(deepcopy=False) if t.params}
-        center, radius = self._center(study)
-        planned = self._fraction(study)
+        trials = study.get_trials(deepcopy=False)  # read once: a storage read per call (SQLite, Ray's store)
+        seen = {_key(t.params) for t in trials if t.params}
+        center, radius = self._center(trials)
+        planned = self._fraction(trials)
         for attempt in range(ATTEMPTS):  # a plan already trained teaches nothing: widen and draw again
             coeffs = center + radius * (1 + attempt / 4) * self.rng.standard_normal(len(center))
             # A small space runs out of new plans at one size: after a third of the attempts, any size.
@@ -97,14 +98,17 @@ class ProfileGuidedSampler(optuna.samplers.BaseSampler):
                 pass
         return self.fallback.sample_independent(study, trial, param_name, param_distribution)
 
-    def _center(self, study: optuna.Study) -> tuple[np.ndarray, float]:
+    def _center(self, trials: Sequence[FrozenTrial]) -> tuple[np.ndarray, float]:
         """The coefficients of the best trained plan of this sampler (zeros: the plain profile)
         and the neighbourhood's radius after the plans it has trained."""
         names = list(self.options)
         done = [
             t
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if COEFFS in t.system_attrs and t.user_attrs.get("feasible") and len(t.system_attrs[COEFFS]) == len(names)
+            for t in trials
+            if t.state == TrialState.COMPLETE
+            and COEFFS in t.system_attrs
+            and t.user_attrs.get("feasible")
+            and len(t.system_attrs[COEFFS]) == len(names)
         ]
         radius = max(MIN_RADIUS, RADIUS * SHRINK ** len(done))
         if not done:
@@ -112,11 +116,10 @@ class ProfileGuidedSampler(optuna.samplers.BaseSampler):
         best = min(done, key=lambda t: t.user_attrs.get("val_ppl", math.inf))
         return np.array(best.system_attrs[COEFFS], dtype=float), radius
 
-    def _fraction(self, study: optuna.Study) -> float:
+    def _fraction(self, trials: Sequence[FrozenTrial]) -> float:
         """1 for every other plan of this sampler (the plan a user trains is at the limit); for the
         others (its first included) the fraction in FRACTIONS farthest from the sizes of the feasible
         plans trained so far and of this sampler's plans under way: the widest gap of the front."""
-        trials = study.get_trials(deepcopy=False)
         own = [t for t in trials if COEFFS in t.system_attrs]
         if len(own) % 2 == 1:
             return 1.0

@@ -185,9 +185,12 @@ def test_a_resumed_final_training_stops_on_the_patience_its_earlier_validations_
     ]
     state["best_val_ppl"] = 1.0
     path.write_text(json.dumps(state))
-    again = train_plan(dense, lm, plan, out, 40, label="x", evals=10, calibration_tokens=0)
+    said = []
+    again = train_plan(dense, lm, plan, out, 40, label="x", evals=10, calibration_tokens=0, log=said.append)
     # patience 3: one more validation (step 8), then the cooldown (0.2 x 40 steps) and the stop
     assert again.metrics["stopped"] == "plateau" and again.metrics["steps"] == 16
+    assert again.metrics["cooldown_from"] == 8
+    assert any("cooled down from step 8; stopped at step 16" in line for line in said)
     lines = []
     rerun = train_plan(dense, lm, plan, out, 40, label="x", evals=10, calibration_tokens=0, log=lines.append)
     assert rerun.metrics["steps"] == 16 and rerun.metrics["stopped"] == "plateau"  # the same command trains nothing

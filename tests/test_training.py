@@ -186,6 +186,7 @@ def test_a_run_resumed_in_its_cooldown_finishes_it_where_it_began(data):
         ),
     )  # fmt: skip
     assert result.stopped == "plateau" and result.steps == 10  # 30 -> 40: the cooldown began at 20
+    assert result.cooldown_from == 20
     assert [h["step"] for h in result.history] == [35, 40]
     three_quarters_down = 0.5 * (1 + math.cos(math.pi * 15 / 20))
     assert result.history[0]["lr"] == pytest.approx(1e-2 * cosine_factor(20, 100, 0.0) * three_quarters_down)

@@ -429,7 +429,13 @@ def train_plan(
             }
         )
         with _resumed_schedules(small, start):
-            state["stopped"] = train_lm(small, lm.train, lm.valid, cfg, on_log=on_log, on_eval=checkpoint).stopped
+            trained = train_lm(small, lm.train, lm.valid, cfg, on_log=on_log, on_eval=checkpoint)
+        state["stopped"] = trained.stopped
+        if trained.cooldown_from is not None:
+            state["cooldown_from"] = trained.cooldown_from
+        if trained.stopped == "plateau":
+            cooled = f", then cooled down from step {state['cooldown_from']}" if "cooldown_from" in state else ""
+            log(f"{name}: validation stopped improving{cooled}; stopped at step {state['step']}")
         state["steps_cap"] = steps
         _write_state(ckpt, state)  # why it ended, for a rerun
     if (ckpt / "best.safetensors").is_file():  # the best validated state over every segment
@@ -449,6 +455,7 @@ def train_plan(
         "lr": (options or {}).get("lr", training.DEFAULT_LR),
         "schedule": (options or {}).get("schedule", "cosine"),
         "stopped": state.get("stopped"),
+        "cooldown_from": state.get("cooldown_from"),  # where the lr began its decay to zero (a plateau stop)
         "dense_val_ppl": dense_val_ppl,
         "history": state["history"],
     }

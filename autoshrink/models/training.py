@@ -152,7 +152,9 @@ class TrainResult:
     best_step: int | None = None  # step of the restored state (0: the starting weights)
     eval_seconds: float = 0.0  # validation inside training (part of `seconds`)
     stopped: str = "steps"  # why it ended: steps | plateau (after its cooldown, under cosine) | time
-    cooldown_from: int | None = None  # the step this call's cooldown began at (validation stopped improving)
+    cooldown_from: int | None = (
+        None  # the step the cooldown began at (validation stopped improving; maybe before a resume)
+    )
     history: list[dict] = field(default_factory=list)
 
     @property
@@ -231,6 +233,7 @@ def train_lm(
     plateau_scale = 0.25**cuts
     cooling = cfg.schedule == "cosine" and cfg.cooldown > 0 and cfg.patience is not None
     cool_start = cooldown_start(cfg.prior_history, cfg.patience) if cooling else None  # a step of the whole run
+    result.cooldown_from = cool_start
     cool_steps = max(1, round(cfg.cooldown * horizon))
     last_eval_s = 0.0
     start = time.perf_counter()

@@ -13,6 +13,7 @@ from autoshrink.bench.reference import ROWS, Row, Setup, entrant_dir, result_of,
 from autoshrink.bench.reference_report import markdown
 from autoshrink.final.export import file_bytes
 from autoshrink.methods import config_from_dict
+from autoshrink.models.schedule import COOLDOWN
 from autoshrink.plan import plan_stored_bytes
 
 
@@ -256,6 +257,7 @@ def test_the_converged_tier_trains_to_a_plateau_with_distillation(tiny_model_dir
     assert "quick tier" in basis and name == min(vals, key=vals.get)
     for r in (dense, best, small):
         assert r["tier"] == "converged" and r["distill"] is True and r["stopped"] in ("steps", "plateau")
+        assert r["cooldown"] == COOLDOWN  # the plateau rule's cooldown is part of the recipe it records
     pre = json.loads((tiny_model_dir / "model.json").read_text())["pretrain"]
     assert dense["val_ppl"] <= pre["val_ppl"] * (1 + 1e-3)  # the recipe never ends worse than the checkpoint
 
@@ -428,3 +430,36 @@ def test_an_entrant_of_the_benchmark_s_folders_is_kept_as_a_record_the_report_re
     # A folder of its own (a test's, a scratch benchmark) keeps no record.
     reference._record(entrant_dir(tmp_path / "elsewhere", "25x", "lowrank"), {"test_ppl": 40.0})
     assert sorted(p.name for p in (tmp_path / "records").rglob("*.json")) == ["autoshrink.json", "dense.json"]
+
+
+def test_an_entrant_takes_an_experiment_s_identical_training_but_not_one_the_plateau_stopped_at_once(
+    bench_setup, monkeypatch, tmp_path
+):
+    """bench/toward_uniform trains plans exactly as entrants are trained: the autoshrink entrant of
+    the same plan takes that result. A converged run stopped by the plateau rule before the
+    cooldown existed (no `cooldown` recorded) trained otherwise, and is trained again."""
+    from dataclasses import replace
+
+    setup = replace(bench_setup, tier="converged", converged_work=tmp_path / "converged")
+    monkeypatch.setattr(reference, "EXPERIMENTS", {"quick": tmp_path / "x", "converged": tmp_path / "experiments"})
+    row = ROWS["lstm-25x"]
+    plan = {"rnn.0.ih": {"method": "lowrank", "rank": 3}}
+    folder = tmp_path / "experiments" / row.name / "w0.5-abc"
+    folder.mkdir(parents=True)
+    done = {"test_ppl": 39.5, "val_ppl": 40.0, "stored_bytes": 10, "latency_ms": 1.0, "tokens_per_s": 5.0}
+    done |= {"steps": 2265, "train_seconds": 3.0, "plan": plan, "commit": "abc", "tier": "converged"}
+    done |= {"protocol": reference.PROTOCOL, "stopped": "steps", "distill": True, "seed": 0}
+    (folder / "bench.json").write_text(json.dumps(done))
+    trained = []
+    monkeypatch.setattr(reference, "train_entrant", lambda *a, **k: trained.append(a[1]) or {})
+    out = entrant_dir(setup.tier_work, row.name, "autoshrink")
+    got = reference.train_once(setup, row, plan, out, "lstm-25x autoshrink", {"trial": 1})
+    assert trained == [] and got["test_ppl"] == 39.5 and got["same_plan_as"] == str(folder) and got["trial"] == 1
+    assert result_of(setup.tier_work, row.name, "autoshrink") == got
+    out.joinpath("bench.json").unlink()
+    (folder / "bench.json").write_text(json.dumps({**done, "stopped": "plateau"}))  # stopped at once: not the same
+    reference.train_once(setup, row, plan, out, "lstm-25x autoshrink", {})
+    assert trained == [plan]
+    (folder / "bench.json").write_text(json.dumps({**done, "stopped": "plateau", "cooldown": COOLDOWN}))
+    assert reference.train_once(setup, row, plan, out, "lstm-25x autoshrink", {})["test_ppl"] == 39.5
+    assert trained == [plan]

@@ -38,10 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoshrink.bench.report import commit
+from autoshrink.models.schedule import COOLDOWN
 
 
 WORK = Path("results/runs/bench")
 WORKS = {"quick": WORK, "converged": Path("results/runs/bench-converged")}
+# Experiments whose plans train exactly as an entrant does (train_entrant with the benchmark's
+# Setup: bench/toward_uniform.py). An entrant takes an identical training from them, or from
+# another entrant of its row, instead of repeating it (an hour or more in the converged tier).
+EXPERIMENTS = {"quick": Path("results/runs/toward-uniform"), "converged": Path("results/runs/toward-uniform-converged")}
 # results/runs is a machine's scratch (a new checkout has none): each entrant of the benchmark's own
 # folders also keeps its bench.json here, committed, and the report reads it where the folder is gone.
 RECORDS = Path("results/bench-records")
@@ -233,6 +238,8 @@ def train_entrant(setup: Setup, plan_json: dict, out: Path, label: str, extra: d
         "distill": distill,
         "lr": final.metrics["lr"],
         "seed": setup.training_seed,
+        # the plateau rule's cooldown (models/schedule.py); a result without it stopped at once
+        "cooldown": COOLDOWN if "patience" not in options else None,
         **extra,
     }
     return _record(out, result)
@@ -270,7 +277,7 @@ def run_single(setup: Setup, row: Row, name: str) -> dict:
     plan, tried = best_storage_plan(setup, row, base)
     if plan is None:
         return _unreachable(out, f"{base['method']} alone cannot reach {row.ratio:g}x on the {row.scope}")
-    return train_entrant(setup, plan, out, f"{row.name} {name}", {"storage_candidates": tried})
+    return train_once(setup, row, plan, out, f"{row.name} {name}", {"storage_candidates": tried})
 
 
 def choose_best_uniform(setup: Setup, row: Row) -> tuple[str, dict, str] | None:
@@ -299,25 +306,56 @@ def run_best_uniform(setup: Setup, row: Row) -> dict:
     if chosen is None:
         return _unreachable(out, f"no single method reaches {row.ratio:g}x on the {row.scope}")
     name, plan, basis = chosen
-    extra = {"method": name, "chosen_by": basis}
-    twin = _trained_twin(setup, row, plan, "autoshrink")
+    return train_once(setup, row, plan, out, f"{row.name} {BEST_UNIFORM}", {"method": name, "chosen_by": basis})
+
+
+def train_once(setup: Setup, row: Row, plan: dict, out: Path, label: str, extra: dict) -> dict:
+    """train_entrant, unless the same plan was already trained the same way (_trained_twin): then
+    that result, with `extra` and where it came from (`same_plan_as`)."""
+    twin = _trained_twin(setup, row, plan)
     if twin is not None:
-        return _record(out, {**twin, **extra, "same_plan_as": "autoshrink"})
-    return train_entrant(setup, plan, out, f"{row.name} {BEST_UNIFORM}", extra)
+        source, result = twin
+        return _record(out, {**result, **extra, "same_plan_as": source})
+    return train_entrant(setup, plan, out, label, extra)
 
 
-def _trained_twin(setup: Setup, row: Row, plan: dict, other: str) -> dict | None:
-    """`other`'s result in this tier and row where it trained exactly `plan` by this protocol: the
-    same plan, recipe and seed train the same model, so the benchmark does not spend hours on it
-    twice (at lstm-25x and 100x the search chose its uniform low-rank control)."""
-    done = result_of(setup.tier_work, row.name, other)
+def _trained_twin(setup: Setup, row: Row, plan: dict) -> tuple[str, dict] | None:
+    """(where, result) of a training of exactly `plan` by this protocol, tier and seed: another
+    entrant of the row, or an experiment (EXPERIMENTS). The same plan, recipe and seed train the
+    same model, so the benchmark does not spend hours on it twice (at lstm-25x and 100x the search
+    chose its uniform low-rank control; bench/toward_uniform trains the lstm-25x search's plans)."""
+    found = [(e, result_of(setup.tier_work, row.name, e)) for e in entrants_of(row, setup.tier)]
+    found += [
+        (str(p.parent), json.loads(p.read_text()))
+        for p in sorted((EXPERIMENTS[setup.tier] / row.name).glob("*/bench.json"))
+    ]
+    for source, done in found:
+        if done is not None and _same_training(setup, plan, done):
+            trained = ("test_ppl", "val_ppl", "stored_bytes", "latency_ms", "tokens_per_s", "steps", "train_seconds")
+            recorded = (
+                "file_bytes",
+                "plan",
+                "commit",
+                "tier",
+                "protocol",
+                "stopped",
+                "distill",
+                "lr",
+                "seed",
+                "cooldown",
+            )
+            return source, {k: done[k] for k in (*trained, *recorded) if k in done}
+    return None
+
+
+def _same_training(setup: Setup, plan: dict, done: dict) -> bool:
     same = ("plan", plan), ("protocol", PROTOCOL), ("tier", setup.tier)
     # results from before the seed was recorded ran the default seed, 0
-    if done is None or any(done.get(k) != v for k, v in same) or done.get("seed", 0) != setup.training_seed:
-        return None
-    trained = ("test_ppl", "val_ppl", "stored_bytes", "latency_ms", "tokens_per_s", "steps", "train_seconds")
-    recorded = ("file_bytes", "plan", "commit", "tier", "protocol", "stopped", "distill", "lr", "seed")
-    return {k: done[k] for k in (*trained, *recorded) if k in done}
+    if any(done.get(k) != v for k, v in same) or done.get("seed", 0) != setup.training_seed:
+        return False
+    # a run the plateau rule stopped before the cooldown existed (none recorded) stopped at once:
+    # another training. One that never met the rule trained every step either way.
+    return done.get("stopped") != "plateau" or done.get("cooldown") == COOLDOWN
 
 
 def _record(out: Path, result: dict) -> dict:
@@ -405,8 +443,9 @@ def run_autoshrink(setup: Setup, row: Row) -> dict:
         record.write_text(json.dumps(searched, indent=1) + "\n")
     number, plan_json = choose_trial(run_dir, "best")
     info = json.loads((run_dir / "run.json").read_text())
-    return train_entrant(
+    return train_once(
         setup,
+        row,
         plan_json,
         out,
         f"{row.name} autoshrink",

@@ -26,11 +26,12 @@ import time
 from pathlib import Path
 
 from autoshrink.allocate.pipeline import TOWARD_UNIFORM
+from autoshrink.bench.reference import EXPERIMENTS
 from autoshrink.bench.report import commit, write_report
 from autoshrink.bench.trained_profile import plan_text
 from autoshrink.errors import UserError
 
-WORKS = {"quick": Path("results/runs/toward-uniform"), "converged": Path("results/runs/toward-uniform-converged")}
+WORKS = EXPERIMENTS  # the benchmark takes its entrants' trainings from here (reference._trained_twin)
 FULL = "-full"  # suffix of the folder and report of converged trainings without the plateau stop
 
 

@@ -192,12 +192,12 @@ def test_a_run_resumed_in_its_cooldown_finishes_it_where_it_began(data):
     assert result.history[0]["lr"] == pytest.approx(1e-2 * cosine_factor(20, 100, 0.0) * three_quarters_down)
 
 
-def test_cooldown_start_is_the_validation_that_used_up_the_patience():
-    from autoshrink.models.training import cooldown_start
+def test_the_cooldown_began_at_the_validation_that_used_up_the_patience():
+    from autoshrink.models.training import prior_stopping
 
     history = [(0, 40.0), (100, 39.0), (200, 39.5), (300, 38.0), (400, 38.5), (500, 38.6), (600, 37.0)]
-    assert cooldown_start(history, 2) == 500
-    assert cooldown_start(history, 3) is None and cooldown_start(history, None) is None
+    assert prior_stopping(history, 2).cooldown_from == 500
+    assert prior_stopping(history, 3).cooldown_from is None and prior_stopping(history).cooldown_from is None
 
 
 def test_a_resumed_run_stops_on_the_patience_its_earlier_validations_used_up(data):
@@ -228,8 +228,12 @@ def test_a_resumed_run_stops_on_the_patience_its_earlier_validations_used_up(dat
 def test_prior_stopping_counts_from_the_best_and_every_cut():
     from autoshrink.models.training import prior_stopping
 
-    assert prior_stopping([(0, 40.0), (100, 39.0), (200, 39.5), (300, 39.2), (400, 38.0), (500, 38.5)]) == (38.0, 1, 3)
-    assert prior_stopping([]) == (math.inf, 0, 0)
+    assert prior_stopping([(0, 40.0), (100, 39.0), (200, 39.5), (300, 39.2), (400, 38.0), (500, 38.5)])[:3] == (
+        38.0,
+        1,
+        3,
+    )
+    assert prior_stopping([]) == (math.inf, 0, 0, None)
 
 
 def test_the_plateau_schedule_resumes_at_the_lr_its_cuts_left(data):

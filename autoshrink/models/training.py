@@ -18,7 +18,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -152,9 +152,8 @@ class TrainResult:
     best_step: int | None = None  # step of the restored state (0: the starting weights)
     eval_seconds: float = 0.0  # validation inside training (part of `seconds`)
     stopped: str = "steps"  # why it ended: steps | plateau (after its cooldown, under cosine) | time
-    cooldown_from: int | None = (
-        None  # the step the cooldown began at (validation stopped improving; maybe before a resume)
-    )
+    # the step the cooldown began at (validation stopped improving; maybe before a resume)
+    cooldown_from: int | None = None
     history: list[dict] = field(default_factory=list)
 
     @property
@@ -167,29 +166,25 @@ def _windows(columns: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, t
         yield from bptt_windows(columns, bptt)
 
 
-def prior_stopping(history: Sequence[tuple[int, float]]) -> tuple[float, int, int]:
-    """(best val ppl, validations since the best, validations that did not improve) of a run's
-    earlier validations, in step order; a first validation (step 0, the start) only sets the bar."""
-    best, since, cuts = math.inf, 0, 0
+class PriorStopping(NamedTuple):
+    best: float  # the best val ppl so far: the bar to beat
+    since: int  # validations since it
+    cuts: int  # validations that did not improve (the plateau schedule's lr cuts)
+    cooldown_from: int | None  # the step of the validation that used up `patience` (a cooldown began there)
+
+
+def prior_stopping(history: Sequence[tuple[int, float]], patience: int | None = None) -> PriorStopping:
+    """What a run's earlier validations, in step order, leave to early stopping; a first
+    validation (step 0, the start) only sets the bar."""
+    best, since, cuts, cooldown_from = math.inf, 0, 0, None
     for step, val in history:
         if val < best:
             best, since = val, 0
         elif step > 0:
             since, cuts = since + 1, cuts + 1
-    return best, since, cuts
-
-
-def cooldown_start(history: Sequence[tuple[int, float]], patience: int | None) -> int | None:
-    """The step of the earlier validation that used up `patience` (a cooldown began there), or None."""
-    best, since = math.inf, 0
-    for step, val in history:
-        if val < best:
-            best, since = val, 0
-        elif step > 0:
-            since += 1
-            if patience is not None and since >= patience:
-                return step
-    return None
+            if patience is not None and since >= patience and cooldown_from is None:
+                cooldown_from = step
+    return PriorStopping(best, since, cuts, cooldown_from)
 
 
 def train_lm(
@@ -229,10 +224,10 @@ def train_lm(
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     result = TrainResult()
     best_state = None
-    result.best_val_ppl, bad_evals, cuts = prior_stopping(cfg.prior_history)
-    plateau_scale = 0.25**cuts
+    prior = prior_stopping(cfg.prior_history, cfg.patience)
+    result.best_val_ppl, bad_evals, plateau_scale = prior.best, prior.since, 0.25**prior.cuts
     cooling = cfg.schedule == "cosine" and cfg.cooldown > 0 and cfg.patience is not None
-    cool_start = cooldown_start(cfg.prior_history, cfg.patience) if cooling else None  # a step of the whole run
+    cool_start = prior.cooldown_from if cooling else None  # a step of the whole run
     result.cooldown_from = cool_start
     cool_steps = max(1, round(cfg.cooldown * horizon))
     last_eval_s = 0.0

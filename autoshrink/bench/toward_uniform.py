@@ -86,7 +86,8 @@ def measure(setup, row, best: dict, weights: list[float], work: Path = WORKS["qu
 TRAINING = {
     "quick": "Each trains 200 steps with the reference benchmark's quick-tier recipe (no distillation)",
     "converged": "Each trains as the reference benchmark's converged tier does (until validation stops "
-    "improving, at most 3 epochs, distilled from the dense model)",
+    "improving, then a cooldown of the lr to zero over a fifth of the schedule; at most 3 epochs, distilled from "
+    "the dense model; a row measured before commit 63bf1fe stopped at once where that rule fired)",
     "converged" + FULL: "Each trains as the reference benchmark's converged tier does but every step of its "
     "3 epochs, without the plateau stop (distilled from the dense model)",
 }

@@ -94,3 +94,11 @@ def bench_setup(tiny_model_dir, text_file, tmp_path_factory):
         work=tmp_path_factory.mktemp("bench"),
         data=str(text_file),
     )
+
+
+@pytest.fixture(autouse=True)
+def _no_experiment_folders(monkeypatch, tmp_path):
+    """No test takes a training from this machine's experiment folders (bench/reference.EXPERIMENTS)."""
+    from autoshrink.bench import reference
+
+    monkeypatch.setattr(reference, "EXPERIMENTS", {t: tmp_path / "experiments" / t for t in reference.EXPERIMENTS})

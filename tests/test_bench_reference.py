@@ -321,6 +321,9 @@ def test_best_uniform_takes_the_result_of_an_autoshrink_entrant_that_trained_the
         "protocol": reference.PROTOCOL,
         "stopped": "steps",
         "distill": False,
+        "lr": 5e-4,
+        "model": bench_setup.model_name,
+        "data": bench_setup.data,
         "search_seconds": 99.0,
     }
     (twin / "bench.json").write_text(json.dumps(done))
@@ -448,7 +451,8 @@ def test_an_entrant_takes_an_experiment_s_identical_training_but_not_one_the_pla
     folder.mkdir(parents=True)
     done = {"test_ppl": 39.5, "val_ppl": 40.0, "stored_bytes": 10, "latency_ms": 1.0, "tokens_per_s": 5.0}
     done |= {"steps": 2265, "train_seconds": 3.0, "plan": plan, "commit": "abc", "tier": "converged"}
-    done |= {"protocol": reference.PROTOCOL, "stopped": "steps", "distill": True, "seed": 0}
+    done |= {"protocol": reference.PROTOCOL, "stopped": "steps", "distill": True, "seed": 0, "lr": 5e-4}
+    done |= {"model": setup.model_name, "data": setup.data}
     (folder / "bench.json").write_text(json.dumps(done))
     trained = []
     monkeypatch.setattr(reference, "train_entrant", lambda *a, **k: trained.append(a[1]) or {})
@@ -463,3 +467,9 @@ def test_an_entrant_takes_an_experiment_s_identical_training_but_not_one_the_pla
     (folder / "bench.json").write_text(json.dumps({**done, "stopped": "plateau", "cooldown": COOLDOWN}))
     assert reference.train_once(setup, row, plan, out, "lstm-25x autoshrink", {})["test_ppl"] == 39.5
     assert trained == [plan]
+    # another rate, no distillation, another model, or a small dense model trained from scratch: another training
+    for other in ({"lr": 2e-3}, {"distill": False}, {"model": "kjv-lstm-tiny"}, {"dims": 41}):
+        out.joinpath("bench.json").unlink(missing_ok=True)
+        (folder / "bench.json").write_text(json.dumps({**done, **other}))
+        reference.train_once(setup, row, plan, out, "lstm-25x autoshrink", {})
+    assert trained == [plan] * 5

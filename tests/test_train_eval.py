@@ -196,7 +196,9 @@ def test_a_resumed_final_training_stops_on_the_patience_its_earlier_validations_
     assert rerun.metrics["steps"] == 16 and rerun.metrics["stopped"] == "plateau"  # the same command trains nothing
     assert any("stopped at its plateau at step 16" in line for line in lines)
     more = train_plan(dense, lm, plan, out, 44, label="x", evals=10, calibration_tokens=0)
-    assert more.metrics["steps"] > 16  # a new cap is a new request: it trains on
+    # a new cap is a new request: it trains on, patience counted afresh from the best (validations at
+    # 20, 24, 28 do not beat it), then a new cooldown of 0.2 x 44 steps: 28 + 9
+    assert more.metrics["steps"] == 37 and more.metrics["cooldown_from"] == 28
 
 
 def test_only_validations_at_the_stored_form_carry_their_patience_into_a_resume():

@@ -238,6 +238,8 @@ def train_entrant(setup: Setup, plan_json: dict, out: Path, label: str, extra: d
         "distill": distill,
         "lr": final.metrics["lr"],
         "seed": setup.training_seed,
+        "model": setup.model_name,
+        "data": setup.data,
         # the plateau rule's cooldown (models/schedule.py); a result without it stopped at once
         "cooldown": COOLDOWN if "patience" not in options else None,
         **extra,
@@ -349,10 +351,16 @@ def _trained_twin(setup: Setup, row: Row, plan: dict) -> tuple[str, dict] | None
 
 
 def _same_training(setup: Setup, plan: dict, done: dict) -> bool:
-    same = ("plan", plan), ("protocol", PROTOCOL), ("tier", setup.tier)
-    # results from before the seed was recorded ran the default seed, 0
-    if any(done.get(k) != v for k, v in same) or done.get("seed", 0) != setup.training_seed:
+    from autoshrink.models.training import DEFAULT_LR  # the rate every compressed entrant trains at
+
+    same = ("plan", plan), ("protocol", PROTOCOL), ("tier", setup.tier), ("lr", DEFAULT_LR)
+    same += (("distill", setup.tier == "converged"),)
+    # results from before the seed, model and data were recorded: the default seed, the reference model
+    recorded = (("seed", 0, setup.training_seed), ("model", "kjv-lstm", setup.model_name), ("data", "kjv", setup.data))
+    if any(done.get(k) != v for k, v in same) or any(done.get(k, old) != now for k, old, now in recorded):
         return False
+    if "dims" in done or (done.get("stopped") == "plateau" and not setup.stop_early):
+        return False  # trained from scratch (small dense); stopped early where every step is asked for
     # a run the plateau rule stopped before the cooldown existed (none recorded) stopped at once:
     # another training. One that never met the rule trained every step either way.
     return done.get("stopped") != "plateau" or done.get("cooldown") == COOLDOWN

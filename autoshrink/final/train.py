@@ -331,6 +331,16 @@ def _settled(history: list[dict], settle: float) -> tuple[tuple[int, float], ...
     return tuple((h["step"], h["val_ppl"]) for h in history if h["fraction"] >= settle)
 
 
+def _prior_history(state: dict, settle: float) -> tuple[tuple[int, float], ...]:
+    """What early stopping carries into this segment: the settled validations; after a plateau stop
+    (a new cap asks for more) only the best of them, so patience counts afresh and no finished
+    cooldown is applied again."""
+    history = _settled(state["history"], settle)
+    if state.get("stopped") == "plateau" and history:
+        return (min(history, key=lambda h: h[1]),)
+    return history
+
+
 def train_plan(
     dense: nn.Module,
     lm: LMData,
@@ -424,17 +434,18 @@ def train_plan(
                 "seed": seed + done,
                 "distill_from": copy.deepcopy(dense) if distill else None,
                 "validate_start": not done,
-                "prior_history": _settled(state["history"], settle),  # early stopping goes on from them
+                "prior_history": _prior_history(state, settle),  # early stopping goes on from them
                 **(options or {}),
             }
         )
         with _resumed_schedules(small, start):
             trained = train_lm(small, lm.train, lm.valid, cfg, on_log=on_log, on_eval=checkpoint)
         state["stopped"] = trained.stopped
-        if trained.cooldown_from is not None:
-            state["cooldown_from"] = trained.cooldown_from
+        state["cooldown_from"] = trained.cooldown_from  # this segment's, or the earlier one it went on with
         if trained.stopped == "plateau":
-            cooled = f", then cooled down from step {state['cooldown_from']}" if "cooldown_from" in state else ""
+            cooled = (
+                f", then cooled down from step {state['cooldown_from']}" if state["cooldown_from"] is not None else ""
+            )
             log(f"{name}: validation stopped improving{cooled}; stopped at step {state['step']}")
         state["steps_cap"] = steps
         _write_state(ckpt, state)  # why it ended, for a rerun

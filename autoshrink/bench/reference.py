@@ -333,21 +333,14 @@ def _trained_twin(setup: Setup, row: Row, plan: dict) -> tuple[str, dict] | None
     ]
     for source, done in found:
         if done is not None and _same_training(setup, plan, done):
-            trained = ("test_ppl", "val_ppl", "stored_bytes", "latency_ms", "tokens_per_s", "steps", "train_seconds")
-            recorded = (
-                "file_bytes",
-                "plan",
-                "commit",
-                "tier",
-                "protocol",
-                "stopped",
-                "distill",
-                "lr",
-                "seed",
-                "cooldown",
-            )
-            return source, {k: done[k] for k in (*trained, *recorded) if k in done}
+            return source, {k: done[k] for k in TWIN_KEYS if k in done}
     return None
+
+
+# what an entrant takes from an identical training: its measurements and how it was trained
+TWIN_KEYS = ("test_ppl", "val_ppl", "stored_bytes", "latency_ms", "tokens_per_s", "steps", "train_seconds")
+TWIN_KEYS += ("file_bytes", "plan", "commit", "tier", "protocol", "stopped", "distill", "lr", "seed", "cooldown")
+TWIN_KEYS += ("model", "data")
 
 
 def _same_training(setup: Setup, plan: dict, done: dict) -> bool:

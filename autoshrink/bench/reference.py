@@ -195,18 +195,17 @@ def train_entrant(setup: Setup, plan_json: dict, out: Path, label: str, extra: d
     from autoshrink.final.train import train_plan
 
     started = time.time()
-    options = {}
+    recipe = _recipe(setup, scratch=model is not None)
+    options = {"lr": recipe["lr"]}
     if model is not None:  # trained from scratch: the teacher is still the dense model
-        options["distill_from"] = setup.dense if setup.tier == "converged" else None
-        options["lr"] = scratch_lr(setup.model_name)
-    if setup.tier == "quick":  # a fixed short budget for every entrant
-        steps, evals, distill = setup.steps, 5, False
+        options["distill_from"] = setup.dense if recipe["distill"] else None
+    if recipe["cooldown"] is None:  # no plateau stop: every step of the cap
         options["patience"] = None
+    if setup.tier == "quick":  # a fixed short budget for every entrant
+        steps, evals = setup.steps, 5
     else:
         steps = round(CONVERGED_EPOCHS * num_windows(batchify(setup.lm.train, 32), 35))
-        evals, distill = CONVERGED_EVALS, True
-        if not setup.stop_early:
-            options["patience"] = None
+        evals = CONVERGED_EVALS
     final = train_plan(
         model if model is not None else setup.dense,
         setup.lm,
@@ -217,7 +216,7 @@ def train_entrant(setup: Setup, plan_json: dict, out: Path, label: str, extra: d
         corpus=setup.data,
         seed=setup.training_seed,
         evals=evals,
-        distill=distill and model is None,
+        distill=recipe["distill"] and model is None,
         options=options,
         info={"bench": label},
         log=lambda line: print(line, flush=True),
@@ -232,19 +231,30 @@ def train_entrant(setup: Setup, plan_json: dict, out: Path, label: str, extra: d
         "plan": plan_json,
         "session_seconds": time.time() - started,
         "commit": setup.commit,
-        "tier": setup.tier,
-        "protocol": PROTOCOL,
         "stopped": final.metrics.get("stopped"),
-        "distill": distill,
-        "lr": final.metrics["lr"],
-        "seed": setup.training_seed,
-        "model": setup.model_name,
-        "data": setup.data,
-        # the plateau rule's cooldown (models/schedule.py); a result without it stopped at once
-        "cooldown": COOLDOWN if "patience" not in options else None,
+        **recipe,
         **extra,
     }
     return _record(out, result)
+
+
+def _recipe(setup: Setup, scratch: bool = False) -> dict:
+    """How the tier trains an entrant, as its bench.json records it and as an identical training
+    (_same_training) must have been trained: `cooldown` is the plateau rule's (models/schedule.py),
+    None where the run takes every step of its cap."""
+    from autoshrink.models.training import DEFAULT_LR
+
+    converged = setup.tier == "converged"
+    return {
+        "tier": setup.tier,
+        "protocol": PROTOCOL,
+        "distill": converged,
+        "lr": scratch_lr(setup.model_name) if scratch else DEFAULT_LR,
+        "seed": setup.training_seed,
+        "model": setup.model_name,
+        "data": setup.data,
+        "cooldown": COOLDOWN if converged and setup.stop_early else None,
+    }
 
 
 def scratch_lr(model_name: str) -> float:
@@ -337,26 +347,26 @@ def _trained_twin(setup: Setup, row: Row, plan: dict) -> tuple[str, dict] | None
     return None
 
 
-# what an entrant takes from an identical training: its measurements and how it was trained
+# what an entrant takes from an identical training: its measurements, plan and how it was trained
 TWIN_KEYS = ("test_ppl", "val_ppl", "stored_bytes", "latency_ms", "tokens_per_s", "steps", "train_seconds")
-TWIN_KEYS += ("file_bytes", "plan", "commit", "tier", "protocol", "stopped", "distill", "lr", "seed", "cooldown")
-TWIN_KEYS += ("model", "data")
+TWIN_KEYS += ("file_bytes", "plan", "commit", "stopped", "tier", "protocol", "distill", "lr", "seed", "model", "data")
+TWIN_KEYS += ("cooldown",)
+LEGACY = {"seed": 0, "model": "kjv-lstm", "data": "kjv"}  # what results from before these were recorded ran
 
 
 def _same_training(setup: Setup, plan: dict, done: dict) -> bool:
-    from autoshrink.models.training import DEFAULT_LR  # the rate every compressed entrant trains at
-
-    same = ("plan", plan), ("protocol", PROTOCOL), ("tier", setup.tier), ("lr", DEFAULT_LR)
-    same += (("distill", setup.tier == "converged"),)
-    # results from before the seed, model and data were recorded: the default seed, the reference model
-    recorded = (("seed", 0, setup.training_seed), ("model", "kjv-lstm", setup.model_name), ("data", "kjv", setup.data))
-    if any(done.get(k) != v for k, v in same) or any(done.get(k, old) != now for k, old, now in recorded):
+    """Whether `done` trained `plan` as this setup would train a compressed entrant (_recipe)."""
+    recipe = _recipe(setup)
+    if done.get("plan") != plan or "dims" in done:  # "dims": a small dense model, trained from scratch
         return False
-    if "dims" in done or (done.get("stopped") == "plateau" and not setup.stop_early):
-        return False  # trained from scratch (small dense); stopped early where every step is asked for
-    # a run the plateau rule stopped before the cooldown existed (none recorded) stopped at once:
-    # another training. One that never met the rule trained every step either way.
-    return done.get("stopped") != "plateau" or done.get("cooldown") == COOLDOWN
+    if any(done.get(k, LEGACY.get(k)) != v for k, v in recipe.items() if k != "cooldown"):
+        return False
+    # One that never met the plateau rule trained every step either way; one it stopped counts only
+    # where this setup stops by the same rule (a result without `cooldown` stopped at once, before
+    # the cooldown existed).
+    return done.get("stopped") != "plateau" or (
+        recipe["cooldown"] is not None and done.get("cooldown") == recipe["cooldown"]
+    )
 
 
 def _record(out: Path, result: dict) -> dict:

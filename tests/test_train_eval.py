@@ -144,8 +144,11 @@ def test_train_resumes_from_its_checkpoint(tiny_model_dir, text_file, tmp_path, 
     again = train_trial(run, TrainConfig(steps=12, evals=4, out=out))
     assert lengths == [6] and again.metrics["resumed_from"] == 6 and again.metrics["steps"] == 12
     assert [h["step"] for h in again.metrics["history"] if h["step"]] == [3, 6, 9, 12]  # continued, not restarted
+    code = sys.modules["autoshrink.provenance"].source_commit()
+    assert again.metrics["commits"] == [code, code]  # the code of each segment: the killed one and the resume
     more = train_trial(run, TrainConfig(steps=16, evals=4, out=out))  # more steps: continues from 12
     assert lengths == [6, 4] and more.metrics["resumed_from"] == 12 and more.metrics["steps"] == 16
+    assert len(more.metrics["commits"]) == 3
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 16
 
 

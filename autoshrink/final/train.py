@@ -44,6 +44,7 @@ from autoshrink.models.discover import discover_sites
 from autoshrink.models import training
 from autoshrink.models.training import evaluate_perplexity, pick_device, settles_at, train_lm
 from autoshrink.plan import compress, parse_plan, stored_bytes
+from autoshrink.provenance import source_commit
 from autoshrink.final.config import DEFAULT_EPOCHS, TrainConfig
 from autoshrink.models.adapter import adapt
 from autoshrink.models.load import load
@@ -421,6 +422,7 @@ def train_plan(
             log(f"step {done + step}: {line}")  # not at step 0: the start is validated before any training
 
     if remaining:
+        state["commits"] = state.get("commits", []) + [source_commit()]  # one per training segment
         time_left = None if time_limit is None else max(0.0, time_limit - prior_seconds)
         cfg = training.TrainConfig(
             **{
@@ -468,6 +470,7 @@ def train_plan(
         "stopped": state.get("stopped"),
         "cooldown_from": state.get("cooldown_from"),  # where the lr began its decay to zero (a plateau stop)
         "dense_val_ppl": dense_val_ppl,
+        "commits": state.get("commits", []),  # the code of each segment that trained (None: not a git checkout)
         "history": state["history"],
     }
     corpus_path = corpus if corpus == "kjv" else str(Path(corpus).expanduser().resolve())

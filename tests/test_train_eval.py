@@ -301,3 +301,27 @@ def test_lightrnn_reallocation_rematches_words_from_training_loss(tiny_model_dir
     assert any(k.endswith("row_of") for k in small.state_dict()) and any(
         k.endswith("col_of") for k in small.state_dict()
     )
+
+
+def test_cli_train_distill_weight_reaches_the_loss_and_is_recorded(
+    tiny_model_dir, text_file, tmp_path, capsys, monkeypatch
+):
+    run = _run(tmp_path / "run", tiny_model_dir, text_file)
+    train_module = sys.modules["autoshrink.final.train"]
+    real, weights = train_module.train_lm, []
+    monkeypatch.setattr(
+        train_module,
+        "train_lm",
+        lambda model, tr, va, cfg, **kw: (weights.append(cfg.distill_weight), real(model, tr, va, cfg, **kw))[1],
+    )
+    out = tmp_path / "out"
+    args = ["train", str(run), "--trial", "2", "--steps", "2", "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--distill-weight", "1"]) == 0
+    assert weights == [1.0] and json.loads((out / "metrics.json").read_text())["distill_weight"] == 1.0
+    assert main([*args, "--out", str(tmp_path / "plain"), "--no-distill"]) == 0
+    assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["distill_weight"] == 0.0
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "bad"), "--distill-weight", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--distill-weight must be in (0, 1]" in err
+    assert not (tmp_path / "bad").exists()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from autoshrink.errors import UserError
 from autoshrink.models.schedule import SCHEDULES, check_schedule
-from autoshrink.models.training import DEFAULT_LR
+from autoshrink.models.training import DEFAULT_DISTILL_WEIGHT, DEFAULT_LR
 
 DEFAULT_EPOCHS = 3.0  # the cap; validation-driven stopping usually ends it sooner (results/recipe.md)
 
@@ -52,6 +52,10 @@ class TrainConfig:
             "help": ("distil: mix KL to the dense model's next-word distribution into the loss (results/recipe.md)")
         },
     )
+    distill_weight: float = field(
+        default=DEFAULT_DISTILL_WEIGHT,
+        metadata={"help": "share of the KL term in the loss, (1 - w) CE + w KL; 1: the teacher's distribution alone"},
+    )
     trial_weights: bool = field(
         default=True,
         metadata={
@@ -85,5 +89,9 @@ class TrainConfig:
             raise UserError("give --steps or --epochs, not both")
         if self.time is not None and self.time <= 0:
             raise UserError(f"--time must be > 0 seconds, got {self.time}")
+        if not 0 < self.distill_weight <= 1:
+            raise UserError(
+                f"--distill-weight must be in (0, 1] (--no-distill trains without it), got {self.distill_weight}"
+            )
         if self.evals < 1:
             raise UserError(f"--evals must be >= 1, got {self.evals}")

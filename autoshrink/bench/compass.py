@@ -1,16 +1,19 @@
-"""Is the converged tier's 3-epoch cap what keeps a row's plan from the dense control? Final
-trainings of the row's autoshrink plan with a longer cap, held against the converged tier's
-dense control and the same plan's 3-epoch entrant (results/bench-records/converged/).
+"""How close does one change to the converged recipe bring a row's plan to the dense control?
+Final trainings of the row's autoshrink plan with a longer cap or another distillation weight,
+held against the converged tier's dense control and the same plan's entrant
+(results/bench-records/converged/), and the compass's goal for the row (GOALS: 1% at 25x)
+checked from the table.
 
     autoshrink train results/runs/bench/25x/autoshrink/search --trial 2 --epochs 6 --evals 24 \\
-        --no-trial-weights --out results/runs/compass-25x-6ep      # the converged recipe, 6 epochs
-    python -m autoshrink.bench.longer_training results/runs/compass-25x-6ep [--row 25x] \\
-        [--out results/longer_training-25x.md]
+        --no-trial-weights --out results/runs/compass-25x-6ep           # 6 epochs instead of 3
+    autoshrink train results/runs/bench/25x/autoshrink/search --trial 2 --evals 12 \\
+        --no-trial-weights --distill-weight 1 --out results/runs/compass-25x-kd1   # KL alone
+    python -m autoshrink.bench.compass results/runs/compass-25x-6ep results/runs/compass-25x-kd1 \\
+        [--row 25x] [--out results/compass-25x.md]
 
-Each FINAL_DIR is an `autoshrink train` export (metrics.json, plan.json). A training that is not
-the entrant's plan, or not distilled at the entrant's learning rate, is named so in its row: it
-is then no test of the cap alone. Whether a training comes within the compass's goal for the row
-(GOALS: 1% at 25x) of the dense control is computed from the table.
+Each FINAL_DIR is an `autoshrink train` export (metrics.json, plan.json); its row names what
+differs from the entrant's training besides the step cap (another plan, learning rate or
+distillation weight).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from autoshrink.bench.reference import CONVERGED_ROWS, WORKS, result_of
 from autoshrink.bench.reference_report import GOALS, _increase
 from autoshrink.bench.report import commit, write_report
 from autoshrink.errors import UserError, read_user_json
+from autoshrink.models.training import DEFAULT_DISTILL_WEIGHT
 
 
 def _final(folder: Path) -> dict:
@@ -34,14 +38,15 @@ def _final(folder: Path) -> dict:
 
 
 def _differs(final: dict, entrant: dict) -> list[str]:
-    """How a final training differs from the entrant's recipe, apart from its length."""
+    """How a final training differs from the entrant's (distilled at DEFAULT_DISTILL_WEIGHT), apart from its cap."""
     notes = []
     if final["plan"] != entrant["plan"]:
         notes.append("another plan")
-    if not final.get("distill"):
-        notes.append("not distilled")
     if final.get("lr") != entrant.get("lr"):
         notes.append(f"lr {final.get('lr')}")
+    weight = final.get("distill_weight", DEFAULT_DISTILL_WEIGHT if final.get("distill") else 0.0)
+    if weight != DEFAULT_DISTILL_WEIGHT:
+        notes.append(f"distillation weight {weight:g}" if weight else "not distilled")
     return notes
 
 
@@ -61,12 +66,13 @@ def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["co
     finals = {folder: _final(folder) for folder in folders}
     goal = GOALS[row]
     lines = [
-        f"## Longer final training of the {row} plan",
+        f"## The {row} plan's final training, one thing changed",
         "",
         f"{time.strftime('%Y-%m-%d')}, CPU, commit {commit()}, `{command}`. The converged tier trains every entrant "
         "to a plateau, at most 3 epochs, distilled from the dense model (lr 5e-4, cosine decay to the cap; after 3 "
-        "validations without improvement the lr cools down to zero over a fifth of the cap). The rows below the "
-        "entrant trained its plan with a longer cap and the same recipe. Test perplexity over the whole test split.",
+        "validations without improvement the lr cools down to zero over a fifth of the cap; (1 - w) CE + w KL with w "
+        f"{DEFAULT_DISTILL_WEIGHT:g}). The rows below the entrant trained its plan with the same recipe but what they "
+        "name and their step cap. Test perplexity over the whole test split.",
         "",
         "| training | step cap | steps (stopped by) | best val (step) | test ppl | vs dense control | code |",
         "|---|---:|---|---|---:|---:|---|",
@@ -89,7 +95,7 @@ def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["co
     for folder, m in finals.items():
         increase = 100 * (m["test_ppl"] / dense["test_ppl"] - 1)
         met = "yes" if increase <= goal else "no"
-        same = "" if _differs(m, entrant) else " (the entrant's plan and recipe)"
+        same = "" if _differs(m, entrant) else " (the entrant's plan and recipe, its own cap)"
         lines.append(
             f"- `{folder}`{same}: test {m['test_ppl']:.2f} against the entrant's {entrant['test_ppl']:.2f} "
             f"({m['test_ppl'] - entrant['test_ppl']:+.2f}); {increase:+.1f}% over the dense control: within "
@@ -102,18 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+", type=Path, metavar="FINAL_DIR", help="`autoshrink train` exports")
     p.add_argument("--row", default="25x", choices=[r for r in CONVERGED_ROWS if r in GOALS], help="[25x]")
-    p.add_argument("--out", help="the report [results/longer_training-<row>.md]")
+    p.add_argument("--out", help="the report [results/compass-<row>.md]")
     p.add_argument(
         "--work", type=Path, default=WORKS["converged"], help=f"the converged tier's entrants [{WORKS['converged']}]"
     )
     args = p.parse_args(argv)
-    command = "python -m autoshrink.bench.longer_training " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m autoshrink.bench.compass " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         text = markdown(args.row, args.folders, command.strip(), args.work)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_report(args.out or f"results/longer_training-{args.row}.md", text)
+    write_report(args.out or f"results/compass-{args.row}.md", text)
     return 0
 
 

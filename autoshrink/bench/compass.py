@@ -50,13 +50,6 @@ def _differs(final: dict, entrant: dict) -> list[str]:
     return notes
 
 
-def _best(history: list[dict]) -> str:
-    if not history:
-        return "-"
-    best = min(history, key=lambda h: h["val_ppl"])
-    return f"{best['val_ppl']:.2f} ({best['step']:,})"
-
-
 def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["converged"]) -> str:
     dense = result_of(work, "dense", "dense")
     entrant = result_of(work, row, "autoshrink")
@@ -74,7 +67,7 @@ def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["co
         f"{DEFAULT_DISTILL_WEIGHT:g}). The rows below the entrant trained its plan with the same recipe but what they "
         "name and their step cap. Test perplexity over the whole test split.",
         "",
-        "| training | step cap | steps (stopped by) | best val (step) | test ppl | vs dense control | code |",
+        "| training | step cap | steps (stopped by) | val ppl (kept state) | test ppl | vs dense control | code |",
         "|---|---:|---|---|---:|---:|---|",
         f"| dense control (converged tier) | - | {dense['steps']:,} ({dense.get('stopped') or 'steps'}) | "
         f"{dense['val_ppl']:.2f} | {dense['test_ppl']:.2f} | +0.0% | {dense.get('commit', '?')} |",
@@ -88,7 +81,7 @@ def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["co
         code = ", ".join(sorted({c or "?" for c in m.get("commits", [])})) or "not recorded"
         lines.append(
             f"| {label} | {m['steps_cap']:,} | {m['steps']:,} ({m.get('stopped') or 'steps'}) | "
-            f"{_best(m.get('history', []))} | {m['test_ppl']:.2f} | {_increase(m['test_ppl'], dense['test_ppl'])} "
+            f"{m['val_ppl']:.2f} | {m['test_ppl']:.2f} | {_increase(m['test_ppl'], dense['test_ppl'])} "
             f"| {code} |"
         )
     lines.append("")

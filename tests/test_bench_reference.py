@@ -468,8 +468,14 @@ def test_an_entrant_takes_an_experiment_s_identical_training_but_not_one_the_pla
     assert reference.train_once(setup, row, plan, out, "lstm-25x autoshrink", {})["test_ppl"] == 39.5
     assert trained == [plan]
     # another rate, no distillation, another model, or a small dense model trained from scratch: another training
-    for other in ({"lr": 2e-3}, {"distill": False}, {"model": "kjv-lstm-tiny"}, {"dims": 41}):
+    # another rate, distillation weight or cap (bench/compass), no distillation, another model, or a small
+    # dense model trained from scratch: another training
+    others = ({"lr": 2e-3}, {"distill_weight": 0.25}, {"epochs": 6.0}, {"distill": False}, {"model": "kjv-lstm-tiny"})
+    for other in (*others, {"dims": 41}):
         out.joinpath("bench.json").unlink(missing_ok=True)
         (folder / "bench.json").write_text(json.dumps({**done, **other}))
         reference.train_once(setup, row, plan, out, "lstm-25x autoshrink", {})
-    assert trained == [plan] * 5
+    assert trained == [plan] * 7
+    out.joinpath("bench.json").unlink(missing_ok=True)  # the same weight and cap, recorded: the same training
+    (folder / "bench.json").write_text(json.dumps({**done, "distill_weight": 0.5, "epochs": 3.0}))
+    assert reference.train_once(setup, row, plan, out, "lstm-25x autoshrink", {})["test_ppl"] == 39.5

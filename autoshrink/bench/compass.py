@@ -1,19 +1,24 @@
-"""How close does one change to the converged recipe bring a row's plan to the dense control?
-Final trainings of the row's autoshrink plan with a longer cap or another distillation weight,
-held against the converged tier's dense control and the same plan's entrant
-(results/bench-records/converged/), and the compass's goal for the row (GOALS: 1% at 25x)
-checked from the table.
+"""How close does one change to the converged recipe bring a row's plans to the dense control?
+The plans of the converged tier's entrants (autoshrink, best uniform) trained again with a longer
+cap or another distillation weight, held against the tier's dense control and the entrants
+themselves (results/bench-records/converged/); the compass's goal for the row (GOALS: 1% at 25x)
+and whether autoshrink still beats the best uniform plan trained the same way are computed from
+the table.
+
+    python -m autoshrink.bench.compass --entrants autoshrink best-uniform --distill-weight 0.25
+                                            # trains what is missing (resumable), then the report
+    python -m autoshrink.bench.compass --epochs 6 --entrants autoshrink [--row 25x]
+    python -m autoshrink.bench.compass [FINAL_DIR ...]          # the report alone
+
+Trainings land in results/runs/compass/<row>/<entrant>-e<epochs>-w<weight>/ (train_entrant with
+the converged tier's Setup, one thing changed; every such folder is reported). A FINAL_DIR is an
+`autoshrink train` export (metrics.json, plan.json) of an entrant's plan, e.g.
 
     autoshrink train results/runs/bench/25x/autoshrink/search --trial 2 --epochs 6 --evals 24 \\
-        --no-trial-weights --out results/runs/compass-25x-6ep           # 6 epochs instead of 3
-    autoshrink train results/runs/bench/25x/autoshrink/search --trial 2 --evals 12 \\
-        --no-trial-weights --distill-weight 1 --out results/runs/compass-25x-kd1   # KL alone
-    python -m autoshrink.bench.compass results/runs/compass-25x-6ep results/runs/compass-25x-kd1 \\
-        [--row 25x] [--out results/compass-25x.md]
+        --no-trial-weights --out results/runs/compass-25x-6ep
 
-Each FINAL_DIR is an `autoshrink train` export (metrics.json, plan.json); its row names what
-differs from the entrant's training besides the step cap (another plan, learning rate or
-distillation weight).
+Each row names what differs from its entrant's training (cap, distillation weight, lr, or
+another plan).
 """
 
 from __future__ import annotations
@@ -23,28 +28,58 @@ import sys
 import time
 from pathlib import Path
 
-from autoshrink.bench.reference import CONVERGED_ROWS, WORKS, result_of
-from autoshrink.bench.reference_report import GOALS, _increase
+from autoshrink.bench.reference import (
+    BEST_UNIFORM,
+    CONVERGED_EPOCHS,
+    CONVERGED_ROWS,
+    WORKS,
+    result_of,
+)
+from autoshrink.bench.reference_report import GOALS, SEARCH_GOAL, _increase
 from autoshrink.bench.report import commit, write_report
 from autoshrink.errors import UserError, read_user_json
 from autoshrink.models.training import DEFAULT_DISTILL_WEIGHT
 
+WORK = Path("results/runs/compass")
+ENTRANTS = ("autoshrink", BEST_UNIFORM)
 
-def _final(folder: Path) -> dict:
-    """metrics.json and plan.json of an `autoshrink train` export."""
+
+def variant_dir(row: str, entrant: str, epochs: float, weight: float, work: Path = WORK) -> Path:
+    return work / row / f"{entrant}-e{epochs:g}-w{weight:g}"
+
+
+def train_variant(setup, row: str, entrant: str, plan: dict, work: Path = WORK) -> Path:
+    """Train `plan` (the entrant's) with `setup`'s recipe into its variant folder; a finished one is kept."""
+    from autoshrink.bench.reference import train_entrant
+
+    weight = DEFAULT_DISTILL_WEIGHT if setup.distill_weight is None else setup.distill_weight
+    out = variant_dir(row, entrant, setup.converged_epochs, weight, work)
+    if not (out / "bench.json").is_file():
+        train_entrant(setup, plan, out, f"{row} {entrant} ({setup.converged_epochs:g} epochs, w {weight:g})", {})
+    return out
+
+
+def _result(folder: Path) -> dict:
+    """A variant's bench.json, or an `autoshrink train` export's metrics.json and plan.json, as one record."""
+    if (folder / "bench.json").is_file():
+        r = read_user_json(folder / "bench.json")
+        return {**r, "cap": f"{r['steps_cap']:,} steps", "commits": [r.get("commit")]}
     if not (folder / "metrics.json").is_file():
-        raise UserError(f"{folder} is not an `autoshrink train` export (no metrics.json)")
-    return {**read_user_json(folder / "metrics.json"), "plan": read_user_json(folder / "plan.json")}
+        raise UserError(f"{folder} is neither a compass training nor an `autoshrink train` export (no metrics.json)")
+    m = read_user_json(folder / "metrics.json")
+    return {**m, "cap": f"{m['steps_cap']:,} steps", "plan": read_user_json(folder / "plan.json")}
 
 
-def _differs(final: dict, entrant: dict) -> list[str]:
-    """How a final training differs from the entrant's (distilled at DEFAULT_DISTILL_WEIGHT), apart from its cap."""
-    notes = []
-    if final["plan"] != entrant["plan"]:
-        notes.append("another plan")
-    if final.get("lr") != entrant.get("lr"):
-        notes.append(f"lr {final.get('lr')}")
-    weight = final.get("distill_weight", DEFAULT_DISTILL_WEIGHT if final.get("distill") else 0.0)
+def _weight(r: dict) -> float:
+    return r.get("distill_weight", DEFAULT_DISTILL_WEIGHT if r.get("distill") else 0.0)
+
+
+def _changes(r: dict, entrant: dict | None) -> list[str]:
+    """What a training changed of its entrant's (distilled at DEFAULT_DISTILL_WEIGHT), apart from its cap."""
+    if entrant is None:
+        return ["another plan"]
+    notes = [f"lr {r.get('lr')}"] if r.get("lr") != entrant.get("lr") else []
+    weight = _weight(r)
     if weight != DEFAULT_DISTILL_WEIGHT:
         notes.append(f"distillation weight {weight:g}" if weight else "not distilled")
     return notes
@@ -52,63 +87,115 @@ def _differs(final: dict, entrant: dict) -> list[str]:
 
 def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["converged"]) -> str:
     dense = result_of(work, "dense", "dense")
-    entrant = result_of(work, row, "autoshrink")
-    if dense is None or entrant is None:
+    entrants = {e: result_of(work, row, e) for e in ENTRANTS}
+    if dense is None or entrants["autoshrink"] is None:
         missing = "the dense control" if dense is None else f"the {row} autoshrink entrant"
         raise UserError(f"the converged tier has no result for {missing} (python -m autoshrink.bench --tier converged)")
-    finals = {folder: _final(folder) for folder in folders}
-    goal = GOALS[row]
+    entrants = {e: r for e, r in entrants.items() if r is not None and "test_ppl" in r}
+    base = dense["test_ppl"]
     lines = [
-        f"## The {row} plan's final training, one thing changed",
+        f"## The {row} plans' final training, one thing changed",
         "",
         f"{time.strftime('%Y-%m-%d')}, CPU, commit {commit()}, `{command}`. The converged tier trains every entrant "
-        "to a plateau, at most 3 epochs, distilled from the dense model (lr 5e-4, cosine decay to the cap; after 3 "
-        "validations without improvement the lr cools down to zero over a fifth of the cap; (1 - w) CE + w KL with w "
-        f"{DEFAULT_DISTILL_WEIGHT:g}). The rows below the entrant trained its plan with the same recipe but what they "
-        "name and their step cap. Test perplexity over the whole test split.",
+        f"to a plateau, at most {CONVERGED_EPOCHS:g} epochs, distilled from the dense model (lr 5e-4, cosine decay "
+        "to the cap; after 3 validations without improvement the lr cools down to zero over a fifth of the cap; "
+        f"(1 - w) CE + w KL with w {DEFAULT_DISTILL_WEIGHT:g}). The rows below the entrants trained an entrant's plan "
+        "with the same recipe but what they name and their cap. Test perplexity over the whole test split.",
         "",
-        "| training | step cap | steps (stopped by) | val ppl (kept state) | test ppl | vs dense control | code |",
-        "|---|---:|---|---|---:|---:|---|",
-        f"| dense control (converged tier) | - | {dense['steps']:,} ({dense.get('stopped') or 'steps'}) | "
-        f"{dense['val_ppl']:.2f} | {dense['test_ppl']:.2f} | +0.0% | {dense.get('commit', '?')} |",
-        f"| {row} autoshrink entrant (3 epochs) | - | {entrant['steps']:,} ({entrant.get('stopped') or 'steps'}) | "
-        f"{entrant['val_ppl']:.2f} | {entrant['test_ppl']:.2f} | {_increase(entrant['test_ppl'], dense['test_ppl'])} "
-        f"| {entrant.get('commit', '?')} |",
+        "| training | plan of | cap | steps (stopped by) | val ppl (kept state) | test ppl | vs dense control | code |",
+        "|---|---|---|---|---:|---:|---:|---|",
+        f"| dense control (converged tier) | - | {CONVERGED_EPOCHS:g} epochs | {dense['steps']:,} "
+        f"({dense.get('stopped') or 'steps'}) | {dense['val_ppl']:.2f} | {base:.2f} | +0.0% | {dense.get('commit', '?')} |",
     ]
-    for folder, m in finals.items():
-        notes = _differs(m, entrant)
-        label = f"`{folder}`" + (f" ({', '.join(notes)})" if notes else "")
-        code = ", ".join(sorted({c or "?" for c in m.get("commits", [])})) or "not recorded"
+    for name, r in entrants.items():
         lines.append(
-            f"| {label} | {m['steps_cap']:,} | {m['steps']:,} ({m.get('stopped') or 'steps'}) | "
-            f"{m['val_ppl']:.2f} | {m['test_ppl']:.2f} | {_increase(m['test_ppl'], dense['test_ppl'])} "
-            f"| {code} |"
+            f"| {row} {name} entrant | {name} | {CONVERGED_EPOCHS:g} epochs | {r['steps']:,} "
+            f"({r.get('stopped') or 'steps'}) | {r['val_ppl']:.2f} | {r['test_ppl']:.2f} | "
+            f"{_increase(r['test_ppl'], base)} | {r.get('commit', '?')} |"
+        )
+    runs = []  # (folder, result, the entrant whose plan it trained, what it changed)
+    for folder in folders:
+        r = _result(folder)
+        of = next((e for e, er in entrants.items() if er["plan"] == r["plan"]), None)
+        runs.append((folder, r, of, _changes(r, entrants.get(of))))
+    for folder, r, of, changes in runs:
+        code = ", ".join(sorted({c or "?" for c in r.get("commits", [])})) or "not recorded"
+        lines.append(
+            f"| `{folder}`" + (f" ({', '.join(changes)})" if changes else "") + f" | {of or '-'} | {r['cap']} | "
+            f"{r['steps']:,} ({r.get('stopped') or 'steps'}) | {r['val_ppl']:.2f} | {r['test_ppl']:.2f} | "
+            f"{_increase(r['test_ppl'], base)} | {code} |"
         )
     lines.append("")
-    for folder, m in finals.items():
-        increase = 100 * (m["test_ppl"] / dense["test_ppl"] - 1)
-        met = "yes" if increase <= goal else "no"
-        same = "" if _differs(m, entrant) else " (the entrant's plan and recipe, its own cap)"
+    goal = GOALS[row]
+    for folder, r, of, changes in runs:
+        if of != "autoshrink":
+            continue
+        increase = 100 * (r["test_ppl"] / base - 1)
         lines.append(
-            f"- `{folder}`{same}: test {m['test_ppl']:.2f} against the entrant's {entrant['test_ppl']:.2f} "
-            f"({m['test_ppl'] - entrant['test_ppl']:+.2f}); {increase:+.1f}% over the dense control: within "
-            f"{goal:g}% (the compass's goal at {row}): **{met}**"
+            f"- `{folder}` ({', '.join(changes + [r['cap']])}): test {r['test_ppl']:.2f} against the entrant's "
+            f"{entrants['autoshrink']['test_ppl']:.2f} ({r['test_ppl'] - entrants['autoshrink']['test_ppl']:+.2f}); "
+            f"{increase:+.1f}% over the dense control: within {goal:g}% (the compass's goal at {row}): "
+            f"**{'yes' if increase <= goal else 'no'}**"
+        )
+    for folder, r, of, changes in runs:  # autoshrink against the best uniform plan trained alike
+        twin = next((t for t in runs if t[2] == BEST_UNIFORM and t[3] == changes and t[1]["cap"] == r["cap"]), None)
+        if of != "autoshrink" or twin is None:
+            continue
+        ours, theirs = r["test_ppl"] / base - 1, twin[1]["test_ppl"] / base - 1
+        ratio = f"{ours / theirs:.2f}x" if theirs > 0 else "-"
+        lines.append(
+            f"- Trained alike ({', '.join(changes + [r['cap']])}): autoshrink {100 * ours:+.1f}%, best uniform "
+            f"{100 * theirs:+.1f}%: beats it: **{'yes' if ours < theirs else 'no'}**; its increase is {ratio} the "
+            f"best uniform's (issue 15: at most {SEARCH_GOAL:g}x): **{'yes' if theirs > 0 and ours <= SEARCH_GOAL * theirs else 'no'}**"
         )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folders", nargs="+", type=Path, metavar="FINAL_DIR", help="`autoshrink train` exports")
+    p.add_argument("folders", nargs="*", type=Path, metavar="FINAL_DIR", help="`autoshrink train` exports to include")
     p.add_argument("--row", default="25x", choices=[r for r in CONVERGED_ROWS if r in GOALS], help="[25x]")
-    p.add_argument("--out", help="the report [results/compass-<row>.md]")
     p.add_argument(
-        "--work", type=Path, default=WORKS["converged"], help=f"the converged tier's entrants [{WORKS['converged']}]"
+        "--entrants", nargs="+", default=[], choices=ENTRANTS, help="train these entrants' plans with the change"
     )
+    p.add_argument("--epochs", type=float, default=CONVERGED_EPOCHS, help=f"the cap [{CONVERGED_EPOCHS:g}]")
+    p.add_argument(
+        "--distill-weight", type=float, default=DEFAULT_DISTILL_WEIGHT, help=f"w in (0, 1] [{DEFAULT_DISTILL_WEIGHT:g}]"
+    )
+    p.add_argument("--model", default="kjv-lstm", help="the reference model [kjv-lstm]")
+    p.add_argument("--data", default="kjv", help="its corpus [kjv]")
+    p.add_argument("--out", help="the report [results/compass-<row>.md]")
+    p.add_argument("--work", type=Path, default=WORKS["converged"], help=f"the converged tier [{WORKS['converged']}]")
+    p.add_argument("--runs", type=Path, default=WORK, help=f"where the trainings land [{WORK}]")
     args = p.parse_args(argv)
     command = "python -m autoshrink.bench.compass " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
-        text = markdown(args.row, args.folders, command.strip(), args.work)
+        if not 0 < args.distill_weight <= 1 or args.epochs <= 0:
+            raise UserError(
+                f"--distill-weight must be in (0, 1] and --epochs > 0, got {args.distill_weight}, {args.epochs}"
+            )
+        if args.entrants:
+            from autoshrink.bench.reference import Setup
+
+            setup = Setup(
+                args.model,
+                200,
+                8,
+                80,
+                WORKS["quick"],
+                data=args.data,
+                tier="converged",
+                converged_work=args.work,
+                converged_epochs=args.epochs,
+                distill_weight=args.distill_weight,
+            )
+            for entrant in args.entrants:
+                r = result_of(args.work, args.row, entrant)
+                if r is None or "plan" not in r:
+                    raise UserError(f"the converged tier has no {args.row} {entrant} entrant to take the plan of")
+                train_variant(setup, args.row, entrant, r["plan"], args.runs)
+        found = sorted(f for f in (args.runs / args.row).glob("*") if (f / "bench.json").is_file())
+        text = markdown(args.row, found + args.folders, command.strip(), args.work)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

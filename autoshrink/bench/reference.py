@@ -146,6 +146,9 @@ class Setup:
     # `seed` also names the dense model (a preset at another seed is pretrained afresh, an hour for
     # kjv-lstm); train_seed, where given, seeds only the entrants' training (bench/toward_uniform --seed).
     train_seed: int | None = None
+    # The converged recipe's cap and distillation weight; bench/compass trains plans with one changed.
+    converged_epochs: float = CONVERGED_EPOCHS
+    distill_weight: float | None = None  # None: train_lm's DEFAULT_DISTILL_WEIGHT
 
     @property
     def training_seed(self) -> int:
@@ -197,6 +200,8 @@ def train_entrant(setup: Setup, plan_json: dict, out: Path, label: str, extra: d
     started = time.time()
     recipe = _recipe(setup, scratch=model is not None)
     options = {"lr": recipe["lr"]}
+    if recipe["distill"]:
+        options["distill_weight"] = recipe["distill_weight"]
     if model is not None:  # trained from scratch: the teacher is still the dense model
         options["distill_from"] = setup.dense if recipe["distill"] else None
     if recipe["cooldown"] is None:  # no plateau stop: every step of the cap
@@ -204,8 +209,8 @@ def train_entrant(setup: Setup, plan_json: dict, out: Path, label: str, extra: d
     if setup.tier == "quick":  # a fixed short budget for every entrant
         steps, evals = setup.steps, 5
     else:
-        steps = round(CONVERGED_EPOCHS * num_windows(batchify(setup.lm.train, 32), 35))
-        evals = CONVERGED_EVALS
+        steps = round(setup.converged_epochs * num_windows(batchify(setup.lm.train, 32), 35))
+        evals = round(CONVERGED_EVALS * setup.converged_epochs / CONVERGED_EPOCHS)  # validations as often
     final = train_plan(
         model if model is not None else setup.dense,
         setup.lm,
@@ -226,6 +231,7 @@ def train_entrant(setup: Setup, plan_json: dict, out: Path, label: str, extra: d
         raise RuntimeError(f"{out}: the file holds {in_file} bytes, the model {final.metrics['stored_bytes']}")
     result = {
         **{k: final.metrics[k] for k in ("test_ppl", "val_ppl", "stored_bytes", "latency_ms", "tokens_per_s", "steps")},
+        "steps_cap": steps,
         "train_seconds": final.metrics["seconds"],
         "file_bytes": in_file,
         "plan": plan_json,
@@ -242,13 +248,16 @@ def _recipe(setup: Setup, scratch: bool = False) -> dict:
     """How the tier trains an entrant, as its bench.json records it and as an identical training
     (_same_training) must have been trained: `cooldown` is the plateau rule's (models/schedule.py),
     None where the run takes every step of its cap."""
-    from autoshrink.models.training import DEFAULT_LR
+    from autoshrink.models.training import DEFAULT_DISTILL_WEIGHT, DEFAULT_LR
 
     converged = setup.tier == "converged"
+    weight = DEFAULT_DISTILL_WEIGHT if setup.distill_weight is None else setup.distill_weight
     return {
         "tier": setup.tier,
         "protocol": PROTOCOL,
         "distill": converged,
+        "distill_weight": weight if converged else 0.0,
+        "epochs": setup.converged_epochs if converged else None,  # the quick tier's cap is --steps
         "lr": scratch_lr(setup.model_name) if scratch else DEFAULT_LR,
         "seed": setup.training_seed,
         "model": setup.model_name,
@@ -350,8 +359,12 @@ def _trained_twin(setup: Setup, row: Row, plan: dict) -> tuple[str, dict] | None
 # what an entrant takes from an identical training: its measurements, plan and how it was trained
 TWIN_KEYS = ("test_ppl", "val_ppl", "stored_bytes", "latency_ms", "tokens_per_s", "steps", "train_seconds")
 TWIN_KEYS += ("file_bytes", "plan", "commit", "stopped", "tier", "protocol", "distill", "lr", "seed", "model", "data")
-TWIN_KEYS += ("cooldown",)
+TWIN_KEYS += ("cooldown", "distill_weight", "epochs")
 LEGACY = {"seed": 0, "model": "kjv-lstm", "data": "kjv"}  # what results from before these were recorded ran
+LEGACY_BY_TIER = {  # the same, for keys whose old value depends on the tier
+    "quick": {"distill_weight": 0.0, "epochs": None},
+    "converged": {"distill_weight": 0.5, "epochs": CONVERGED_EPOCHS},
+}
 
 
 def _same_training(setup: Setup, plan: dict, done: dict) -> bool:
@@ -359,7 +372,8 @@ def _same_training(setup: Setup, plan: dict, done: dict) -> bool:
     recipe = _recipe(setup)
     if done.get("plan") != plan or "dims" in done:  # "dims": a small dense model, trained from scratch
         return False
-    if any(done.get(k, LEGACY.get(k)) != v for k, v in recipe.items() if k != "cooldown"):
+    legacy = {**LEGACY, **LEGACY_BY_TIER.get(done.get("tier", setup.tier), {})}
+    if any(done.get(k, legacy.get(k)) != v for k, v in recipe.items() if k != "cooldown"):
         return False
     # One that never met the plateau rule trained every step either way; one it stopped counts only
     # where this setup stops by the same rule (a result without `cooldown` stopped at once, before

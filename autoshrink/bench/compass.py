@@ -1,11 +1,11 @@
 """How close does one change to the converged recipe bring a row's plans to the dense control?
-The plans of the converged tier's entrants (autoshrink, best uniform) trained again with a longer
-cap or another distillation weight, held against the tier's dense control and the entrants
-themselves (results/bench-records/converged/); the compass's goal for the row (GOALS: 1% at 25x)
-and whether autoshrink still beats the best uniform plan trained the same way are computed from
-the table.
+The converged tier's entrants (the dense control, autoshrink, best uniform) trained again with a
+longer cap or another distillation weight, held against the tier's entrants
+(results/bench-records/converged/) and against the dense control trained alike; the compass's
+goal for the row (GOALS: 1% at 25x) and whether autoshrink still beats the best uniform plan
+trained the same way are computed from the table.
 
-    python -m autoshrink.bench.compass --entrants autoshrink best-uniform --distill-weight 0.25
+    python -m autoshrink.bench.compass --entrants dense autoshrink best-uniform --distill-weight 0.25
                                             # trains what is missing (resumable), then the report
     python -m autoshrink.bench.compass --epochs 6 --entrants autoshrink [--row 25x]
     python -m autoshrink.bench.compass [FINAL_DIR ...]          # the report alone
@@ -41,7 +41,7 @@ from autoshrink.errors import UserError, read_user_json
 from autoshrink.models.training import DEFAULT_DISTILL_WEIGHT
 
 WORK = Path("results/runs/compass")
-ENTRANTS = ("autoshrink", BEST_UNIFORM)
+ENTRANTS = ("dense", "autoshrink", BEST_UNIFORM)  # the dense control's plan is {}
 
 
 def variant_dir(row: str, entrant: str, epochs: float, weight: float, work: Path = WORK) -> Path:
@@ -86,13 +86,25 @@ def _changes(r: dict, entrant: dict | None) -> list[str]:
 
 
 def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["converged"]) -> str:
-    dense = result_of(work, "dense", "dense")
-    entrants = {e: result_of(work, row, e) for e in ENTRANTS}
+    entrants = {e: result_of(work, "dense" if e == "dense" else row, e) for e in ENTRANTS}
+    dense = entrants["dense"]
     if dense is None or entrants["autoshrink"] is None:
         missing = "the dense control" if dense is None else f"the {row} autoshrink entrant"
         raise UserError(f"the converged tier has no result for {missing} (python -m autoshrink.bench --tier converged)")
     entrants = {e: r for e, r in entrants.items() if r is not None and "test_ppl" in r}
-    base = dense["test_ppl"]
+    runs = []  # (folder, result, the entrant whose plan it trained, what it changed)
+    for folder in folders:
+        r = _result(folder)
+        of = next((e for e, er in entrants.items() if er["plan"] == r["plan"]), None)
+        runs.append((folder, r, of, _changes(r, entrants.get(of))))
+
+    def control(r: dict, of: str | None, changes: list[str]) -> tuple[float, str]:
+        """The dense control trained alike (same changes and cap) where measured, else the tier's."""
+        alike = next((t[1] for t in runs if t[2] == "dense" and t[3] == changes and t[1]["cap"] == r["cap"]), None)
+        if alike is None or of == "dense":
+            return dense["test_ppl"], "the dense control"
+        return alike["test_ppl"], "the dense control trained alike"
+
     lines = [
         f"## The {row} plans' final training, one thing changed",
         "",
@@ -100,47 +112,49 @@ def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["co
         f"to a plateau, at most {CONVERGED_EPOCHS:g} epochs, distilled from the dense model (lr 5e-4, cosine decay "
         "to the cap; after 3 validations without improvement the lr cools down to zero over a fifth of the cap; "
         f"(1 - w) CE + w KL with w {DEFAULT_DISTILL_WEIGHT:g}). The rows below the entrants trained an entrant's plan "
-        "with the same recipe but what they name and their cap. Test perplexity over the whole test split.",
+        "with the same recipe but what they name and their cap; each is held against the dense control trained "
+        "alike where that was measured (marked *), else the tier's. Test perplexity over the whole test split.",
         "",
         "| training | plan of | cap | steps (stopped by) | val ppl (kept state) | test ppl | vs dense control | code |",
         "|---|---|---|---|---:|---:|---:|---|",
         f"| dense control (converged tier) | - | {CONVERGED_EPOCHS:g} epochs | {dense['steps']:,} "
-        f"({dense.get('stopped') or 'steps'}) | {dense['val_ppl']:.2f} | {base:.2f} | +0.0% | {dense.get('commit', '?')} |",
+        f"({dense.get('stopped') or 'steps'}) | {dense['val_ppl']:.2f} | {dense['test_ppl']:.2f} | +0.0% | "
+        f"{dense.get('commit', '?')} |",
     ]
     for name, r in entrants.items():
+        if name == "dense":
+            continue
         lines.append(
             f"| {row} {name} entrant | {name} | {CONVERGED_EPOCHS:g} epochs | {r['steps']:,} "
             f"({r.get('stopped') or 'steps'}) | {r['val_ppl']:.2f} | {r['test_ppl']:.2f} | "
-            f"{_increase(r['test_ppl'], base)} | {r.get('commit', '?')} |"
+            f"{_increase(r['test_ppl'], dense['test_ppl'])} | {r.get('commit', '?')} |"
         )
-    runs = []  # (folder, result, the entrant whose plan it trained, what it changed)
-    for folder in folders:
-        r = _result(folder)
-        of = next((e for e, er in entrants.items() if er["plan"] == r["plan"]), None)
-        runs.append((folder, r, of, _changes(r, entrants.get(of))))
     for folder, r, of, changes in runs:
+        base, which = control(r, of, changes)
         code = ", ".join(sorted({c or "?" for c in r.get("commits", [])})) or "not recorded"
         lines.append(
             f"| `{folder}`" + (f" ({', '.join(changes)})" if changes else "") + f" | {of or '-'} | {r['cap']} | "
             f"{r['steps']:,} ({r.get('stopped') or 'steps'}) | {r['val_ppl']:.2f} | {r['test_ppl']:.2f} | "
-            f"{_increase(r['test_ppl'], base)} | {code} |"
+            f"{_increase(r['test_ppl'], base)}{' *' if which.endswith('alike') else ''} | {code} |"
         )
     lines.append("")
     goal = GOALS[row]
     for folder, r, of, changes in runs:
         if of != "autoshrink":
             continue
+        base, which = control(r, of, changes)
         increase = 100 * (r["test_ppl"] / base - 1)
         lines.append(
             f"- `{folder}` ({', '.join(changes + [r['cap']])}): test {r['test_ppl']:.2f} against the entrant's "
             f"{entrants['autoshrink']['test_ppl']:.2f} ({r['test_ppl'] - entrants['autoshrink']['test_ppl']:+.2f}); "
-            f"{increase:+.1f}% over the dense control: within {goal:g}% (the compass's goal at {row}): "
+            f"{increase:+.1f}% over {which} ({base:.2f}): within {goal:g}% (the compass's goal at {row}): "
             f"**{'yes' if increase <= goal else 'no'}**"
         )
     for folder, r, of, changes in runs:  # autoshrink against the best uniform plan trained alike
         twin = next((t for t in runs if t[2] == BEST_UNIFORM and t[3] == changes and t[1]["cap"] == r["cap"]), None)
         if of != "autoshrink" or twin is None:
             continue
+        base = control(r, of, changes)[0]
         ours, theirs = r["test_ppl"] / base - 1, twin[1]["test_ppl"] / base - 1
         ratio = f"{ours / theirs:.2f}x" if theirs > 0 else "-"
         lines.append(
@@ -190,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 distill_weight=args.distill_weight,
             )
             for entrant in args.entrants:
-                r = result_of(args.work, args.row, entrant)
+                r = result_of(args.work, "dense" if entrant == "dense" else args.row, entrant)
                 if r is None or "plan" not in r:
                     raise UserError(f"the converged tier has no {args.row} {entrant} entrant to take the plan of")
                 train_variant(setup, args.row, entrant, r["plan"], args.runs)

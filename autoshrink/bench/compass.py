@@ -35,7 +35,7 @@ from autoshrink.bench.reference import (
     WORKS,
     result_of,
 )
-from autoshrink.bench.reference_report import GOALS, SEARCH_GOAL, _increase
+from autoshrink.bench.reference_report import GOALS, SEARCH_GOAL, increase_text
 from autoshrink.bench.report import commit, write_report
 from autoshrink.errors import UserError, read_user_json
 from autoshrink.models.training import DEFAULT_DISTILL_WEIGHT
@@ -127,7 +127,7 @@ def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["co
         lines.append(
             f"| {row} {name} entrant | {name} | {CONVERGED_EPOCHS:g} epochs | {r['steps']:,} "
             f"({r.get('stopped') or 'steps'}) | {r['val_ppl']:.2f} | {r['test_ppl']:.2f} | "
-            f"{_increase(r['test_ppl'], dense['test_ppl'])} | {r.get('commit', '?')} |"
+            f"{increase_text(r['test_ppl'], dense['test_ppl'])} | {r.get('commit', '?')} |"
         )
     for folder, r, of, changes in runs:
         base, which = control(r, of, changes)
@@ -135,7 +135,7 @@ def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["co
         lines.append(
             f"| `{folder}`" + (f" ({', '.join(changes)})" if changes else "") + f" | {of or '-'} | {r['cap']} | "
             f"{r['steps']:,} ({r.get('stopped') or 'steps'}) | {r['val_ppl']:.2f} | {r['test_ppl']:.2f} | "
-            f"{_increase(r['test_ppl'], base)}{' *' if which.endswith('alike') else ''} | {code} |"
+            f"{increase_text(r['test_ppl'], base)}{' *' if which.endswith('alike') else ''} | {code} |"
         )
     lines.append("")
     goal = GOALS[row]

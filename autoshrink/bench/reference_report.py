@@ -53,7 +53,7 @@ def _warm(search: Path) -> bool:
     return path.is_file() and bool(json.loads(path.read_text()).get("warm_start", False))
 
 
-def _increase(ppl: float, dense_ppl: float) -> str:
+def increase_text(ppl: float, dense_ppl: float) -> str:
     """% test perplexity over the dense control."""
     return f"{100 * (ppl / dense_ppl - 1):+.1f}%"
 
@@ -174,7 +174,7 @@ def _entrant_row(
         return f"| {row.name} | {label} | not run yet | | | | | | | | |"
     if "unreachable" in r:
         return f"| {row.name} | {label} | cannot reach: {r['unreachable']} | | | | | | | | |"
-    inc = _increase(r["test_ppl"], dense_ppl) if dense_ppl else "-"
+    inc = increase_text(r["test_ppl"], dense_ppl) if dense_ppl else "-"
     ratio = scope_bytes / (r["stored_bytes"] - out_of_scope)
     wall = r["train_seconds"] + r.get("search_seconds", 0.0)
     measured = r.get("commit", "before protocol 2" if r.get("protocol") != PROTOCOL else "?")
@@ -213,7 +213,7 @@ def _table(setup_bytes: dict, rows: list[Row], work: Path, dense: dict | None, t
         if tier == "quick" and (best := best_uniform(row, work)):
             out.append(
                 f"| {row.name} | best uniform = {best[0]} (lowest val ppl) | {best[1]['test_ppl']:.2f} | "
-                f"{_increase(best[1]['test_ppl'], dense_ppl) if dense_ppl else '-'} | | | | | | | |"
+                f"{increase_text(best[1]['test_ppl'], dense_ppl) if dense_ppl else '-'} | | | | | | | |"
             )
     return out
 
@@ -234,16 +234,16 @@ def _goals(rows: list[Row], work: Path, dense: dict | None, tier: str = "quick")
         best = best_uniform(row, work, tier)
         small = result_of(work, row.name, SMALL_DENSE)
         small = small if small and "test_ppl" in small else None
-        a = _increase(auto["test_ppl"], dense["test_ppl"]) if auto else "not run"
+        a = increase_text(auto["test_ppl"], dense["test_ppl"]) if auto else "not run"
         b = (
             "none reaches it or not run"
             if best is None
-            else (f"{best[1].get('method', best[0])} {_increase(best[1]['test_ppl'], dense['test_ppl'])}")
+            else (f"{best[1].get('method', best[0])} {increase_text(best[1]['test_ppl'], dense['test_ppl'])}")
         )
         c = (
             "-"
             if row.roles is not None
-            else ("not run" if small is None else _increase(small["test_ppl"], dense["test_ppl"]))
+            else ("not run" if small is None else increase_text(small["test_ppl"], dense["test_ppl"]))
         )
 
         def beats(other: dict | None) -> str:

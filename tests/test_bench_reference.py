@@ -13,6 +13,7 @@ from autoshrink.bench.reference import ROWS, Row, Setup, entrant_dir, result_of,
 from autoshrink.bench.reference_report import markdown
 from autoshrink.final.export import file_bytes
 from autoshrink.methods import config_from_dict
+from autoshrink.models import training
 from autoshrink.models.schedule import COOLDOWN
 from autoshrink.plan import plan_stored_bytes
 
@@ -258,6 +259,8 @@ def test_the_converged_tier_trains_to_a_plateau_with_distillation(tiny_model_dir
     for r in (dense, best, small):
         assert r["tier"] == "converged" and r["distill"] is True and r["stopped"] in ("steps", "plateau")
         assert r["cooldown"] == COOLDOWN  # the plateau rule's cooldown is part of the recipe it records
+        # the tier keeps the weight its entrants were measured at, whatever final training's default
+        assert r["distill_weight"] == reference.CONVERGED_DISTILL_WEIGHT == 0.5 != training.DEFAULT_DISTILL_WEIGHT
     pre = json.loads((tiny_model_dir / "model.json").read_text())["pretrain"]
     assert dense["val_ppl"] <= pre["val_ppl"] * (1 + 1e-3)  # the recipe never ends worse than the checkpoint
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from autoshrink.bench.reference import (
     BEST_UNIFORM,
+    CONVERGED_DISTILL_WEIGHT,
     CONVERGED_EPOCHS,
     CONVERGED_ROWS,
     WORKS,
@@ -38,7 +39,6 @@ from autoshrink.bench.reference import (
 from autoshrink.bench.reference_report import GOALS, SEARCH_GOAL, increase_text
 from autoshrink.bench.report import commit, write_report
 from autoshrink.errors import UserError, read_user_json
-from autoshrink.models.training import DEFAULT_DISTILL_WEIGHT
 
 WORK = Path("results/runs/compass")
 ENTRANTS = ("dense", "autoshrink", BEST_UNIFORM)  # the dense control's plan is {}
@@ -52,7 +52,7 @@ def train_variant(setup, row: str, entrant: str, plan: dict, work: Path = WORK) 
     """Train `plan` (the entrant's) with `setup`'s recipe into its variant folder; a finished one is kept."""
     from autoshrink.bench.reference import train_entrant
 
-    weight = DEFAULT_DISTILL_WEIGHT if setup.distill_weight is None else setup.distill_weight
+    weight = setup.distill_weight
     out = variant_dir(row, entrant, setup.converged_epochs, weight, work)
     if not (out / "bench.json").is_file():
         train_entrant(setup, plan, out, f"{row} {entrant} ({setup.converged_epochs:g} epochs, w {weight:g})", {})
@@ -71,16 +71,16 @@ def _result(folder: Path) -> dict:
 
 
 def _weight(r: dict) -> float:
-    return r.get("distill_weight", DEFAULT_DISTILL_WEIGHT if r.get("distill") else 0.0)
+    return r.get("distill_weight", CONVERGED_DISTILL_WEIGHT if r.get("distill") else 0.0)
 
 
 def _changes(r: dict, entrant: dict | None) -> list[str]:
-    """What a training changed of its entrant's (distilled at DEFAULT_DISTILL_WEIGHT), apart from its cap."""
+    """What a training changed of its entrant's (distilled at CONVERGED_DISTILL_WEIGHT), apart from its cap."""
     if entrant is None:
         return ["another plan"]
     notes = [f"lr {r.get('lr')}"] if r.get("lr") != entrant.get("lr") else []
     weight = _weight(r)
-    if weight != DEFAULT_DISTILL_WEIGHT:
+    if weight != CONVERGED_DISTILL_WEIGHT:
         notes.append(f"distillation weight {weight:g}" if weight else "not distilled")
     return notes
 
@@ -111,7 +111,7 @@ def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["co
         f"{time.strftime('%Y-%m-%d')}, CPU, commit {commit()}, `{command}`. The converged tier trains every entrant "
         f"to a plateau, at most {CONVERGED_EPOCHS:g} epochs, distilled from the dense model (lr 5e-4, cosine decay "
         "to the cap; after 3 validations without improvement the lr cools down to zero over a fifth of the cap; "
-        f"(1 - w) CE + w KL with w {DEFAULT_DISTILL_WEIGHT:g}). The rows below the entrants trained an entrant's plan "
+        f"(1 - w) CE + w KL with w {CONVERGED_DISTILL_WEIGHT:g}). The rows below the entrants trained an entrant's plan "
         "with the same recipe but what they name and their cap; each is held against the dense control trained "
         "alike where that was measured (marked *), else the tier's. Test perplexity over the whole test split.",
         "",
@@ -174,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--epochs", type=float, default=CONVERGED_EPOCHS, help=f"the cap [{CONVERGED_EPOCHS:g}]")
     p.add_argument(
-        "--distill-weight", type=float, default=DEFAULT_DISTILL_WEIGHT, help=f"w in (0, 1] [{DEFAULT_DISTILL_WEIGHT:g}]"
+        "--distill-weight",
+        type=float,
+        default=CONVERGED_DISTILL_WEIGHT,
+        help=f"w in (0, 1] [{CONVERGED_DISTILL_WEIGHT:g}]",
     )
     p.add_argument("--model", default="kjv-lstm", help="the reference model [kjv-lstm]")
     p.add_argument("--data", default="kjv", help="its corpus [kjv]")

@@ -54,6 +54,9 @@ PROTOCOL = 2  # issue 16: best storage per single method, small dense, best unif
 CONVERGED_ROWS = ("25x", "lstm-25x")
 CONVERGED_EPOCHS = 3.0
 CONVERGED_EVALS = 12  # validations (and checkpoints) per converged training: about every quarter epoch
+# The converged tier's distillation weight, as its entrants were measured (final training's default
+# is now 0.25: bench/compass); changing it means measuring the whole tier again.
+CONVERGED_DISTILL_WEIGHT = 0.5
 BEST_UNIFORM, SMALL_DENSE = "best-uniform", "small-dense"
 WHOLE = None  # every site
 
@@ -148,7 +151,7 @@ class Setup:
     train_seed: int | None = None
     # The converged recipe's cap and distillation weight; bench/compass trains plans with one changed.
     converged_epochs: float = CONVERGED_EPOCHS
-    distill_weight: float | None = None  # None: train_lm's DEFAULT_DISTILL_WEIGHT
+    distill_weight: float = CONVERGED_DISTILL_WEIGHT
 
     @property
     def training_seed(self) -> int:
@@ -248,15 +251,14 @@ def _recipe(setup: Setup, scratch: bool = False) -> dict:
     """How the tier trains an entrant, as its bench.json records it and as an identical training
     (_same_training) must have been trained: `cooldown` is the plateau rule's (models/schedule.py),
     None where the run takes every step of its cap."""
-    from autoshrink.models.training import DEFAULT_DISTILL_WEIGHT, DEFAULT_LR
+    from autoshrink.models.training import DEFAULT_LR
 
     converged = setup.tier == "converged"
-    weight = DEFAULT_DISTILL_WEIGHT if setup.distill_weight is None else setup.distill_weight
     return {
         "tier": setup.tier,
         "protocol": PROTOCOL,
         "distill": converged,
-        "distill_weight": weight if converged else 0.0,
+        "distill_weight": setup.distill_weight if converged else 0.0,
         "epochs": setup.converged_epochs if converged else None,  # the quick tier's cap is --steps
         "lr": scratch_lr(setup.model_name) if scratch else DEFAULT_LR,
         "seed": setup.training_seed,
@@ -363,7 +365,7 @@ TWIN_KEYS += ("cooldown", "distill_weight", "epochs")
 LEGACY = {"seed": 0, "model": "kjv-lstm", "data": "kjv"}  # what results from before these were recorded ran
 LEGACY_BY_TIER = {  # the same, for keys whose old value depends on the tier
     "quick": {"distill_weight": 0.0, "epochs": None},
-    "converged": {"distill_weight": 0.5, "epochs": CONVERGED_EPOCHS},
+    "converged": {"distill_weight": CONVERGED_DISTILL_WEIGHT, "epochs": CONVERGED_EPOCHS},
 }
 
 

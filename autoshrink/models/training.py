@@ -35,7 +35,11 @@ from autoshrink.models.schedule import COOLDOWN, check_schedule, cooldown_factor
 # is 3 epochs, so the lower one. In trials, 2e-3 made every allocated plan worse (results/trial_lr.md).
 DEFAULT_LR = 5e-4
 # Distillation beat none at both learning rates (val -3.3% and -4.4%: results/recipe-allocated/recipe.md).
-DEFAULT_DISTILL_WEIGHT = 0.5  # share of the KL term when a teacher is given
+# Share of the KL term when a teacher is given. results/compass-25x.md, the converged tier's 25x
+# plans trained 3 epochs at 0.25 against 0.5: dense 37.83 / 38.15, autoshrink 38.46 / 38.65, best
+# uniform 39.73 / 40.41 (KL alone, 1.0: autoshrink 41.22; CE alone, at 600 steps: worse than 0.5).
+DEFAULT_DISTILL_WEIGHT = 0.25
+TRIAL_DISTILL_WEIGHT = 0.5  # trials distil (--distill) as results/trial_distill.md measured them, resumes alike
 
 
 class DivergedError(RuntimeError):

@@ -24,6 +24,7 @@ from autoshrink.measure.latency import measure_latency_ms, reference_input
 from autoshrink.models.progress import TrainingProgress
 from autoshrink.models.training import (
     DEFAULT_LR,
+    TRIAL_DISTILL_WEIGHT,
     TrainConfig,
     evaluate_perplexity,
     pick_device,
@@ -151,6 +152,7 @@ def run_trial(
             device=settings.device,
             seed=settings.seed,
             distill_from=copy.deepcopy(dense) if settings.distill else None,
+            distill_weight=TRIAL_DISTILL_WEIGHT,
             log_every=max(1, steps // 20),
         )
         result = train_lm(model, data.train, data.valid, cfg, on_eval=on_eval, on_log=progress)

@@ -15,7 +15,7 @@ the converged tier's Setup, one thing changed; every such folder is reported). A
 `autoshrink train` export (metrics.json, plan.json) of an entrant's plan, e.g.
 
     autoshrink train results/runs/bench/25x/autoshrink/search --trial 2 --epochs 6 --evals 24 \\
-        --no-trial-weights --out results/runs/compass-25x-6ep
+        --no-trial-weights --distill-weight 0.5 --out results/runs/compass-25x-6ep
 
 Each row names what differs from its entrant's training (cap, distillation weight, lr, or
 another plan).

@@ -52,22 +52,28 @@ def train_variant(setup, row: str, entrant: str, plan: dict, work: Path = WORK) 
     """Train `plan` (the entrant's) with `setup`'s recipe into its variant folder; a finished one is kept."""
     from autoshrink.bench.reference import train_entrant
 
-    weight = setup.distill_weight
-    out = variant_dir(row, entrant, setup.converged_epochs, weight, work)
+    epochs, weight = setup.converged_epochs, setup.distill_weight
+    out = variant_dir(row, entrant, epochs, weight, work)
     if not (out / "bench.json").is_file():
-        train_entrant(setup, plan, out, f"{row} {entrant} ({setup.converged_epochs:g} epochs, w {weight:g})", {})
+        train_entrant(setup, plan, out, f"{row} {entrant} ({epochs:g} epochs, w {weight:g})", {})
     return out
+
+
+def _entrant(work: Path, row: str, entrant: str) -> dict | None:
+    """A converged entrant's result: the dense control is the tier's, not a row's."""
+    return result_of(work, "dense" if entrant == "dense" else row, entrant)
 
 
 def _result(folder: Path) -> dict:
     """A variant's bench.json, or an `autoshrink train` export's metrics.json and plan.json, as one record."""
     if (folder / "bench.json").is_file():
         r = read_user_json(folder / "bench.json")
-        return {**r, "cap": f"{r['steps_cap']:,} steps", "commits": [r.get("commit")]}
-    if not (folder / "metrics.json").is_file():
+        r["commits"] = [r.get("commit")]
+    elif (folder / "metrics.json").is_file():
+        r = {**read_user_json(folder / "metrics.json"), "plan": read_user_json(folder / "plan.json")}
+    else:
         raise UserError(f"{folder} is neither a compass training nor an `autoshrink train` export (no metrics.json)")
-    m = read_user_json(folder / "metrics.json")
-    return {**m, "cap": f"{m['steps_cap']:,} steps", "plan": read_user_json(folder / "plan.json")}
+    return {**r, "cap": f"{r['steps_cap']:,} steps"}
 
 
 def _weight(r: dict) -> float:
@@ -86,7 +92,7 @@ def _changes(r: dict, entrant: dict | None) -> list[str]:
 
 
 def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["converged"]) -> str:
-    entrants = {e: result_of(work, "dense" if e == "dense" else row, e) for e in ENTRANTS}
+    entrants = {e: _entrant(work, row, e) for e in ENTRANTS}
     dense = entrants["dense"]
     if dense is None or entrants["autoshrink"] is None:
         missing = "the dense control" if dense is None else f"the {row} autoshrink entrant"
@@ -98,12 +104,16 @@ def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["co
         of = next((e for e, er in entrants.items() if er["plan"] == r["plan"]), None)
         runs.append((folder, r, of, _changes(r, entrants.get(of))))
 
+    def alike(entrant: str, r: dict, changes: list[str]) -> dict | None:
+        """The training of `entrant`'s plan with the same changes and cap as `r`, where measured."""
+        return next((t[1] for t in runs if t[2] == entrant and t[3] == changes and t[1]["cap"] == r["cap"]), None)
+
     def control(r: dict, of: str | None, changes: list[str]) -> tuple[float, str]:
-        """The dense control trained alike (same changes and cap) where measured, else the tier's."""
-        alike = next((t[1] for t in runs if t[2] == "dense" and t[3] == changes and t[1]["cap"] == r["cap"]), None)
-        if alike is None or of == "dense":
+        """The dense control trained alike where measured, else the tier's."""
+        dense_alike = alike("dense", r, changes)
+        if dense_alike is None or of == "dense":
             return dense["test_ppl"], "the dense control"
-        return alike["test_ppl"], "the dense control trained alike"
+        return dense_alike["test_ppl"], "the dense control trained alike"
 
     lines = [
         f"## The {row} plans' final training, one thing changed",
@@ -151,11 +161,11 @@ def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["co
             f"**{'yes' if increase <= goal else 'no'}**"
         )
     for folder, r, of, changes in runs:  # autoshrink against the best uniform plan trained alike
-        twin = next((t for t in runs if t[2] == BEST_UNIFORM and t[3] == changes and t[1]["cap"] == r["cap"]), None)
+        twin = alike(BEST_UNIFORM, r, changes)
         if of != "autoshrink" or twin is None:
             continue
         base = control(r, of, changes)[0]
-        ours, theirs = r["test_ppl"] / base - 1, twin[1]["test_ppl"] / base - 1
+        ours, theirs = r["test_ppl"] / base - 1, twin["test_ppl"] / base - 1
         ratio = f"{ours / theirs:.2f}x" if theirs > 0 else "-"
         lines.append(
             f"- Trained alike ({', '.join(changes + [r['cap']])}): autoshrink {100 * ours:+.1f}%, best uniform "
@@ -207,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 distill_weight=args.distill_weight,
             )
             for entrant in args.entrants:
-                r = result_of(args.work, "dense" if entrant == "dense" else args.row, entrant)
+                r = _entrant(args.work, args.row, entrant)
                 if r is None or "plan" not in r:
                     raise UserError(f"the converged tier has no {args.row} {entrant} entrant to take the plan of")
                 train_variant(setup, args.row, entrant, r["plan"], args.runs)

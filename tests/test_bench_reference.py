@@ -482,3 +482,20 @@ def test_an_entrant_takes_an_experiment_s_identical_training_but_not_one_the_pla
     out.joinpath("bench.json").unlink(missing_ok=True)  # the same weight and cap, recorded: the same training
     (folder / "bench.json").write_text(json.dumps({**done, "distill_weight": 0.5, "epochs": 3.0}))
     assert reference.train_once(setup, row, plan, out, "lstm-25x autoshrink", {})["test_ppl"] == 39.5
+
+
+def test_singles_of_the_row_without_quantisation_are_stored_fp32_as_autoshrinks_space(bench_setup):
+    from autoshrink.bench.entrants import best_storage_plan
+
+    import yaml
+
+    vocab = ROWS["vocab-6.6x"]
+    space = yaml.safe_load(Path(vocab.space).read_text())
+    assert "bits" not in json.dumps(space)  # autoshrink's space here stores fp32 only ...
+    row = Row("vocab-2x", 2, vocab.roles, vocab.space, vocab.scope, vocab.singles)
+    plan, tried = best_storage_plan(bench_setup, row, row.singles["lowrank"])
+    assert plan is not None and tried
+    assert {cfg["bits"] for cfg in plan.values()} == {32}  # ... and so does every single method
+    assert {t["bits"] for t in tried} == {32}
+    whole, tried_whole = best_storage_plan(bench_setup, Row("2x", 2, None, "", "", {}), reference.SINGLES["lowrank"])
+    assert {t["bits"] for t in tried_whole} > {32}  # elsewhere the widths are tried

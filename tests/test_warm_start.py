@@ -323,3 +323,17 @@ def test_the_profile_measures_every_storage_layout_a_space_offers():
     default = load_space("search_spaces/default.yaml")
     assert {c.u_groups for c in profile_bases(default, "softmax") if c.method in ("lowrank", "groupreduce")} == {128}
     assert {c.u_groups for c in profile_bases(default, "recurrent") if c.method == "lowrank"} == {0, 128}
+
+
+def test_the_profile_measures_groupreduce_at_its_default_and_both_ends_of_its_block_range():
+    """At the default block count alone (4) GroupReduce's floor is a quarter of the vocabulary
+    kept dense: a vocabulary site offered it one level, and the knapsack never weighed it."""
+    from autoshrink.search.allocation import profile_bases
+    from autoshrink.search.space import load_space, parse_space
+
+    default = load_space("search_spaces/default.yaml")
+    assert {c.blocks for c in profile_bases(default, "softmax") if c.method == "groupreduce"} == {2, 4, 10}
+    fixed = parse_space(
+        __import__("yaml").safe_load("roles:\n  softmax:\n    groupreduce: {blocks: 6, rank: {low: 2, high: 64}}\n")
+    )
+    assert {c.blocks for c in profile_bases(fixed, "softmax")} == {6}  # a fixed knob stays as the space fixes it

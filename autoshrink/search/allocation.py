@@ -6,8 +6,9 @@ run folder, reused on resume.
 
 The profile takes its options from the space: for each method the space offers a site (but those
 a one-shot proxy misjudges, pitfall 12: `MethodConfig.judged_after_training`), its storage widths
-among PROFILE_BITS, each storage layout the space offers (PROFILE_CHOICES: every choice), its other
-knobs at their defaults brought into the space, and its size knob
+among PROFILE_BITS, each storage layout the space offers (PROFILE_CHOICES: every choice), the
+knobs of PROFILE_SPANS at their default and their range's ends, its other knobs at their defaults
+brought into the space, and its size knob
 at up to LEVELS sizes, each brought into the space too, so every allocated plan is a plan the
 sampler could draw.
 """
@@ -50,6 +51,11 @@ PROFILE_BITS = (3, 4, 8)
 # Knobs whose every choice the profile measures: which layout stores a site's U best differs from
 # site to site (results/u_groups.md: rnn.0.ih gains from a scale per gate, rnn.0.hh loses).
 PROFILE_CHOICES = ("u_groups",)
+# Knobs the profile measures at their default and both ends of the space's range: GroupReduce's
+# block count sets its floor (the frequency-scaled ranks keep the head block dense; at 4 blocks
+# that is a quarter of the vocabulary), so at the default alone a vocabulary site offered it
+# one level and the knapsack never weighed it (vocab-6.6x, 2026-12-01).
+PROFILE_SPANS = ("blocks",)
 LEVELS = 8  # size levels per method and width on each site
 LADDER = (0.9, 0.8, 0.7)  # fractions of the limit whose knapsack plans are trials too (front seeds)
 HEDGES = 2  # allocated plans without one of the best plan's methods that are trials too (allocate/pipeline.py)
@@ -66,6 +72,13 @@ def profile_bases(space: SearchSpace, role: str) -> list[MethodConfig]:
             continue
         defaults = cls()
         every = {name: knobs[name].choices for name in PROFILE_CHOICES if name in knobs and knobs[name].choices}
+        every |= {
+            name: tuple(
+                sorted({knobs[name].nearest(getattr(defaults, name)), knobs[name].smallest, knobs[name].largest})
+            )
+            for name in PROFILE_SPANS
+            if name in knobs and knobs[name].searched
+        }
         fixed = {
             name: knob.nearest(getattr(defaults, name))
             for name, knob in knobs.items()

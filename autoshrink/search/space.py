@@ -52,6 +52,11 @@ class Knob:
         return min(self.choices) if self.choices is not None else self.low
 
     @property
+    def largest(self):
+        """The value that makes a method largest (the other end of `smallest`)."""
+        return max(self.choices) if self.choices is not None else self.high
+
+    @property
     def searched(self) -> bool:
         """Whether sampling makes this knob an Optuna parameter (one fixed choice is not)."""
         return self.choices is None or len(self.choices) > 1

@@ -325,3 +325,13 @@ def test_cli_train_distill_weight_reaches_the_loss_and_is_recorded(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--distill-weight must be in (0, 1]" in err
     assert not (tmp_path / "bad").exists()
+    # A resume goes on with the weight its checkpoint began with; another one is refused, unharmed.
+    more = ["--out", str(out), "--distill-weight"]
+    assert main([*args[:-4], "--steps", "3", *more, "1"]) == 0
+    state = (out / "checkpoint" / "state.json").read_text()
+    assert json.loads(state)["step"] == 3 and json.loads(state)["recipe"]["distill_weight"] == 1.0
+    capsys.readouterr()
+    assert main([*args[:-4], "--steps", "4", *more, "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was trained with distill_weight 1.0, this call asks 0.5" in err
+    assert (out / "checkpoint" / "state.json").read_text() == state

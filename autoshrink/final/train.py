@@ -162,6 +162,17 @@ def _read_checkpoint(folder: Path, model: nn.Module, number: int, plan: dict) ->
     return state
 
 
+def _same_recipe(trained: dict, asked: dict, folder: Path) -> None:
+    """A resume goes on with the recipe its checkpoint began with: one segment at another learning
+    rate or distillation weight would make the run's recorded recipe untrue."""
+    for key, value in asked.items():
+        if trained.get(key, value) != value:
+            raise UserError(
+                f"{folder} was trained with {key} {trained[key]}, this call asks {value}: "
+                "resume with the same settings, or use another --out"
+            )
+
+
 def _load_weights(model: nn.Module, path: Path) -> None:
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
@@ -384,7 +395,14 @@ def train_plan(
     )
     small = compress(dense, plan, freqs=lm.vocab.freqs, stats=stats)
     settings = TrialSettings()  # the trials' batch, bptt and learning rate
+    recipe = {
+        "lr": (options or {}).get("lr", training.DEFAULT_LR),
+        "schedule": (options or {}).get("schedule", "cosine"),
+        "distill": distill,
+        "distill_weight": (options or {}).get("distill_weight", training.DEFAULT_DISTILL_WEIGHT) if distill else 0.0,
+    }
     state = _read_checkpoint(ckpt, small, label, plan_json) or {
+        "recipe": recipe,
         "trial": label,
         "plan": plan_json,
         "start": "trial weights" if start_weights is not None else "fresh",  # a resume keeps where it began
@@ -394,6 +412,9 @@ def train_plan(
         "seconds": 0.0,
         "history": [],
     }
+    _same_recipe(
+        state.setdefault("recipe", recipe), recipe, ckpt
+    )  # a checkpoint from before recipes were kept: this one
     if not state["step"]:
         _start_from(small, start_weights, state, ckpt, lm, name, log)
     done, start = state["step"], state["fraction"]  # the schedules' position: a finished run stays finished
@@ -463,11 +484,8 @@ def train_plan(
         "trial": label,
         "resumed_from": done,
         "device": str(pick_device(device)),
-        "distill": distill,
-        "distill_weight": (options or {}).get("distill_weight", training.DEFAULT_DISTILL_WEIGHT) if distill else 0.0,
+        **recipe,
         "steps_cap": steps,
-        "lr": (options or {}).get("lr", training.DEFAULT_LR),
-        "schedule": (options or {}).get("schedule", "cosine"),
         "stopped": state.get("stopped"),
         "cooldown_from": state.get("cooldown_from"),  # where the lr began its decay to zero (a plateau stop)
         "dense_val_ppl": dense_val_ppl,

@@ -143,3 +143,54 @@ def test_u_stored_transposed_is_gptq_rounded_onto_its_own_grid():
 def test_bad_u_groups_is_one_clear_error():
     with pytest.raises(UserError, match=r"lowrank.*u_groups"):
         config_from_dict({"method": "lowrank", "u_groups": -1})
+
+
+def _gated_weight() -> torch.Tensor:
+    """Four 10-row gate blocks; the last holds rank-8 content ten times larger, the rest rank 1."""
+    g = torch.Generator().manual_seed(0)
+    blocks = [torch.randn(10, 1, generator=g) @ torch.randn(1, N, generator=g) for _ in range(3)]
+    blocks.append(10 * torch.randn(10, 8, generator=g) @ torch.randn(8, N, generator=g))
+    return torch.cat(blocks)
+
+
+def test_gates_spend_the_total_rank_where_the_blocks_energy_is():
+    site = Site("rnn.0.hh", "recurrent", (M, N))
+    w = _gated_weight()
+    gated = LowRankWeight.build(w, site, LowRankConfig(rank=11, u_groups=5, gates=4))
+    assert gated.split == [1, 1, 1, 8]  # each block's content exactly: a rank-1 block needs no more
+    assert torch.allclose(gated.weight(), w, atol=1e-4)
+    # One factorisation of the same parameters (rank 11 x (10 + 24) = rank 5 x (40 + 24), about) cannot.
+    joint = LowRankWeight.build(w, site, LowRankConfig(rank=11 * (10 + N) // (M + N)))
+    assert joint.nbytes() <= gated.nbytes() - 4 * 2  # the split's four int16 aside
+    assert (joint.weight() - w).norm() > 0.1 * w.norm()
+
+
+def test_a_checkpoint_restores_the_gate_split_into_a_module_built_with_another():
+    site = Site("rnn.0.hh", "recurrent", (M, N))
+    cfg = LowRankConfig(rank=11, u_groups=5, gates=4)
+    trained = LowRankWeight.build(_gated_weight(), site, cfg)
+    other = LowRankWeight.build(_w(), site, cfg)  # a resume compresses afresh, then loads the checkpoint
+    assert other.split != trained.split
+    other.load_state_dict(trained.state_dict())
+    assert other.split == trained.split and torch.equal(other.weight(), trained.weight())
+
+
+@pytest.mark.parametrize(
+    "knobs,site,message",
+    [
+        ({"rank": 8, "gates": 3, "u_groups": 4}, Site("rnn.0.hh", "recurrent", (M, N)), "equal blocks"),
+        ({"rank": 8, "gates": 4, "u_groups": 4}, Site("decoder", "softmax", (M, N)), "not a vocabulary site"),
+    ],
+)
+def test_gates_refuse_what_they_cannot_split_in_one_line(knobs, site, message):
+    with pytest.raises(UserError, match=message):
+        LowRankWeight.build(_w(), site, LowRankConfig(**knobs))
+
+
+def test_a_plan_without_gates_is_written_as_before_gates_existed():
+    """`gates` came later: at its default a config writes the dict older plans hold (the same plan
+    for twins, profile rows and studies; older code reads it), and writes it when set."""
+    before = {"method": "lowrank", "bits": 4, "group_size": 0, "init": "data", "rank": 8, "u_groups": 128}
+    assert config_from_dict(before).to_dict() == before
+    gated = config_from_dict({**before, "gates": 4})
+    assert gated.to_dict() == {**before, "gates": 4} and gated.gates == 4

@@ -66,6 +66,13 @@ CASES = {
     "lightrnn": dict(exact=None, compress={}, roles=("embedding", "softmax"), bad=[{"rows": 2, "cols": 2}]),
 }
 
+# Further compressed cases of a method's knobs that change its storage: (method, knobs, roles).
+VARIANTS = {
+    "lowrank-gates": ("lowrank", {"rank": 8, "bits": 4, "u_groups": 8, "gates": 4}, ("recurrent",)),
+    "lowrank-gates-fp32": ("lowrank", {"rank": 6, "u_groups": 4, "gates": 4}, ("recurrent",)),
+    "lowrank-gates-block-scales": ("lowrank", {"rank": 8, "bits": 4, "gates": 4}, ("recurrent",)),
+}
+
 SHAPES = {"embedding": (V, D), "softmax": (V, D), "recurrent": (M, N), "linear": (M, N)}
 
 
@@ -103,6 +110,10 @@ def _cases(kind: str):
             if knobs is None or (knobs.get("_only") == "vocab" and role not in ("embedding", "softmax")):
                 continue
             yield pytest.param(name, role, knobs, id=f"{name}-{role}")
+    if kind == "compress":
+        for label, (name, knobs, roles) in VARIANTS.items():
+            for role in roles:
+                yield pytest.param(name, role, knobs, id=f"{label}-{role}")
 
 
 def test_every_registered_method_has_a_case():

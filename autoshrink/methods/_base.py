@@ -67,6 +67,9 @@ class MethodConfig:
     # hashing or word re-matching run during it; docs/methods.md pitfall 12): a search's profile,
     # which measures options untrained, leaves it to the trials.
     judged_after_training: ClassVar[bool] = False
+    # Knobs added after plans were first written: to_dict leaves them out at their default, so a
+    # plan from before is the same plan (twins, profile rows, studies) and older code reads new plans.
+    written_when_set: ClassVar[tuple[str, ...]] = ()
     bits: int = field(
         default=32,
         metadata={
@@ -114,7 +117,11 @@ class MethodConfig:
         return self.init == "data"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, **dataclasses.asdict(self)}
+        knobs = dataclasses.asdict(self)
+        for name in type(self).written_when_set:
+            if knobs[name] == getattr(type(self)(), name):
+                del knobs[name]
+        return {"method": self.method, **knobs}
 
     def replace(self, **changes: Any) -> "MethodConfig":
         return dataclasses.replace(self, **changes)

@@ -50,7 +50,7 @@ from autoshrink.sites import ROLES, Site
 PROFILE_BITS = (3, 4, 8)
 # Knobs whose every choice the profile measures: which layout stores a site's U best differs from
 # site to site (results/u_groups.md: rnn.0.ih gains from a scale per gate, rnn.0.hh loses).
-PROFILE_CHOICES = ("u_groups",)
+PROFILE_CHOICES = ("u_groups", "gates")
 # Knobs the profile measures at their default and both ends of the space's range: GroupReduce's
 # block count sets its floor (the frequency-scaled ranks keep the head block dense; at 4 blocks
 # that is a quarter of the vocabulary), so at the default alone a vocabulary site offered it

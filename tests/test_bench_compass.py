@@ -72,6 +72,18 @@ def test_each_training_is_held_against_the_dense_control_the_compass_and_the_bes
     )
     assert f"| `{longer}` | autoshrink | 600 steps | 550 (plateau) | 40.70 | 40.50 | +1.2% | def5678 |" in text
     assert f"| `{other}` (another plan) | - |" in text  # compared with no entrant, no goal line
+    # another plan trained with a change is still held against the dense control trained alike
+    earlier = _variant(runs / "earlier", "autoshrink", 40.5, {"rnn.0.ih": {"method": "lowrank", "rank": 5}}, 0.25)
+    again = compass.markdown("25x", [dense, earlier], "cmd", work=work)
+    assert (
+        f"| `{earlier}` (another plan, distillation weight 0.25) | - | 300 steps | 280 (plateau) | 40.90 | 40.50 | +1.0% * |"
+        in again
+    )
+    # the tier's own entrant gets the compass's line: +1.5% over 40.0
+    assert (
+        "- The 25x autoshrink entrant (3 epochs): test 40.60, +1.5% over the dense control (40.00): within 1% "
+        "(the compass's goal at 25x): **no**" in text
+    )
     assert (
         f"- `{ours}` (distillation weight 0.25, 300 steps): test 40.30 against the entrant's 40.60 (-0.30); "
         "+0.5% over the dense control trained alike (40.10): within 1% (the compass's goal at 25x): **yes**" in text

@@ -80,10 +80,9 @@ def _weight(r: dict) -> float:
     return r.get("distill_weight", CONVERGED_DISTILL_WEIGHT if r.get("distill") else 0.0)
 
 
-def _changes(r: dict, entrant: dict | None) -> list[str]:
-    """What a training changed of its entrant's (distilled at CONVERGED_DISTILL_WEIGHT), apart from its cap."""
-    if entrant is None:
-        return ["another plan"]
+def _changes(r: dict, entrant: dict) -> list[str]:
+    """What a training changed of its entrant's recipe (distilled at CONVERGED_DISTILL_WEIGHT), apart
+    from its cap; for another plan, of the tier's recipe (the dense control's)."""
     notes = [f"lr {r.get('lr')}"] if r.get("lr") != entrant.get("lr") else []
     weight = _weight(r)
     if weight != CONVERGED_DISTILL_WEIGHT:
@@ -102,7 +101,7 @@ def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["co
     for folder in folders:
         r = _result(folder)
         of = next((e for e, er in entrants.items() if er["plan"] == r["plan"]), None)
-        runs.append((folder, r, of, _changes(r, entrants.get(of))))
+        runs.append((folder, r, of, _changes(r, entrants.get(of, dense))))
 
     def alike(entrant: str, r: dict, changes: list[str]) -> dict | None:
         """The training of `entrant`'s plan with the same changes and cap as `r`, where measured."""
@@ -142,13 +141,21 @@ def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["co
     for folder, r, of, changes in runs:
         base, which = control(r, of, changes)
         code = ", ".join(sorted({c or "?" for c in r.get("commits", [])})) or "not recorded"
+        named = ([] if of else ["another plan"]) + changes
         lines.append(
-            f"| `{folder}`" + (f" ({', '.join(changes)})" if changes else "") + f" | {of or '-'} | {r['cap']} | "
+            f"| `{folder}`" + (f" ({', '.join(named)})" if named else "") + f" | {of or '-'} | {r['cap']} | "
             f"{r['steps']:,} ({r.get('stopped') or 'steps'}) | {r['val_ppl']:.2f} | {r['test_ppl']:.2f} | "
             f"{increase_text(r['test_ppl'], base)}{' *' if which.endswith('alike') else ''} | {code} |"
         )
     lines.append("")
     goal = GOALS[row]
+    ours = entrants["autoshrink"]
+    increase = 100 * (ours["test_ppl"] / dense["test_ppl"] - 1)
+    lines.append(
+        f"- The {row} autoshrink entrant ({CONVERGED_EPOCHS:g} epochs): test {ours['test_ppl']:.2f}, {increase:+.1f}% "
+        f"over the dense control ({dense['test_ppl']:.2f}): within {goal:g}% (the compass's goal at {row}): "
+        f"**{'yes' if increase <= goal else 'no'}**"
+    )
     for folder, r, of, changes in runs:
         if of != "autoshrink":
             continue

@@ -22,8 +22,9 @@ def _entrant(work, row, entrant, test_ppl, plan):
     _write(entrant_dir(work, row, entrant), {**result, "lr": 5e-4, "distill": True, "commit": "abc1234"})
 
 
-def _variant(runs, entrant, test_ppl, plan, weight):
+def _variant(runs, entrant, test_ppl, plan, weight, seed=0):
     result = {"test_ppl": test_ppl, "val_ppl": test_ppl + 0.4, "steps": 280, "stopped": "plateau", "plan": plan}
+    result |= {"seed": seed} if seed else {}
     result |= {
         "lr": 5e-4,
         "distill": True,
@@ -32,8 +33,8 @@ def _variant(runs, entrant, test_ppl, plan, weight):
         "steps_cap": 300,
         "commit": "fed0000",
     }
-    _write(compass.variant_dir("25x", entrant, 3.0, weight, runs), result)
-    return compass.variant_dir("25x", entrant, 3.0, weight, runs)
+    _write(compass.variant_dir("25x", entrant, 3.0, weight, runs, seed), result)
+    return compass.variant_dir("25x", entrant, 3.0, weight, runs, seed)
 
 
 def _export(folder, test_ppl, plan=OURS):
@@ -134,3 +135,13 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert compass.main(["--distill-weight", "0", *args]) == 2
     assert "--distill-weight must be in (0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "r.md").exists()
+
+
+def test_another_training_seed_is_named_and_held_against_the_dense_control_of_that_seed(tmp_path):
+    work, runs = _converged(tmp_path), tmp_path / "runs"
+    ours = _variant(runs, "autoshrink", 40.9, OURS, 0.5, seed=1)
+    dense = _variant(runs, "dense", 40.5, {}, 0.5, seed=1)
+    assert ours.name == "autoshrink-e3-w0.5-s1" and dense.name == "dense-e3-w0.5-s1"
+    text = compass.markdown("25x", [dense, ours], "cmd", work=work)
+    assert f"| `{ours}` (training seed 1) | autoshrink | 300 steps | 280 (plateau) | 41.30 | 40.90 | +1.0% * |" in text
+    assert "+1.0% over the dense control trained alike (40.50): within 1% (the compass's goal at 25x): **yes**" in text

@@ -8,9 +8,10 @@ trained the same way are computed from the table.
     python -m autoshrink.bench.compass --entrants dense autoshrink best-uniform --distill-weight 0.25
                                             # trains what is missing (resumable), then the report
     python -m autoshrink.bench.compass --epochs 6 --entrants autoshrink [--row 25x]
+    python -m autoshrink.bench.compass --train-seed 1 --entrants dense autoshrink   # another seed
     python -m autoshrink.bench.compass [FINAL_DIR ...]          # the report alone
 
-Trainings land in results/runs/compass/<row>/<entrant>-e<epochs>-w<weight>/ (train_entrant with
+Trainings land in results/runs/compass/<row>/<entrant>-e<epochs>-w<weight>[-s<seed>]/ (train_entrant with
 the converged tier's Setup, one thing changed; every such folder is reported). A FINAL_DIR is an
 `autoshrink train` export (metrics.json, plan.json) of an entrant's plan, e.g.
 
@@ -44,18 +45,19 @@ WORK = Path("results/runs/compass")
 ENTRANTS = ("dense", "autoshrink", BEST_UNIFORM)  # the dense control's plan is {}
 
 
-def variant_dir(row: str, entrant: str, epochs: float, weight: float, work: Path = WORK) -> Path:
-    return work / row / f"{entrant}-e{epochs:g}-w{weight:g}"
+def variant_dir(row: str, entrant: str, epochs: float, weight: float, work: Path = WORK, seed: int = 0) -> Path:
+    return work / row / (f"{entrant}-e{epochs:g}-w{weight:g}" + (f"-s{seed}" if seed else ""))
 
 
 def train_variant(setup, row: str, entrant: str, plan: dict, work: Path = WORK) -> Path:
     """Train `plan` (the entrant's) with `setup`'s recipe into its variant folder; a finished one is kept."""
     from autoshrink.bench.reference import train_entrant
 
-    epochs, weight = setup.converged_epochs, setup.distill_weight
-    out = variant_dir(row, entrant, epochs, weight, work)
+    epochs, weight, seed = setup.converged_epochs, setup.distill_weight, setup.training_seed
+    out = variant_dir(row, entrant, epochs, weight, work, seed)
     if not (out / "bench.json").is_file():
-        train_entrant(setup, plan, out, f"{row} {entrant} ({epochs:g} epochs, w {weight:g})", {})
+        label = f"{row} {entrant} ({epochs:g} epochs, w {weight:g}" + (f", seed {seed})" if seed else ")")
+        train_entrant(setup, plan, out, label, {})
     return out
 
 
@@ -84,6 +86,8 @@ def _changes(r: dict, entrant: dict) -> list[str]:
     """What a training changed of its entrant's recipe (distilled at CONVERGED_DISTILL_WEIGHT), apart
     from its cap; for another plan, of the tier's recipe (the dense control's)."""
     notes = [f"lr {r.get('lr')}"] if r.get("lr") != entrant.get("lr") else []
+    if r.get("seed", 0) != entrant.get("seed", 0):
+        notes.append(f"training seed {r.get('seed', 0)}")
     weight = _weight(r)
     if weight != CONVERGED_DISTILL_WEIGHT:
         notes.append(f"distillation weight {weight:g}" if weight else "not distilled")
@@ -196,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         default=CONVERGED_DISTILL_WEIGHT,
         help=f"w in (0, 1] [{CONVERGED_DISTILL_WEIGHT:g}]",
     )
+    p.add_argument("--train-seed", type=int, default=0, help="the seed of the trainings (init, batches, dropout) [0]")
     p.add_argument("--model", default="kjv-lstm", help="the reference model [kjv-lstm]")
     p.add_argument("--data", default="kjv", help="its corpus [kjv]")
     p.add_argument("--out", help="the report [results/compass-<row>.md]")
@@ -222,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 converged_work=args.work,
                 converged_epochs=args.epochs,
                 distill_weight=args.distill_weight,
+                train_seed=args.train_seed or None,
             )
             for entrant in args.entrants:
                 r = _entrant(args.work, args.row, entrant)

@@ -134,6 +134,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "is neither a compass training nor an `autoshrink train` export" in err
     assert compass.main(["--distill-weight", "0", *args]) == 2
     assert "--distill-weight must be in (0, 1]" in capsys.readouterr().err
+    (entrant_dir(work, "25x", "autoshrink") / "bench.json").write_text(json.dumps({"unreachable": "no plan"}))
+    assert compass.main(args) == 2  # an entrant that could not be trained: one line, not a traceback
+    assert "25x autoshrink entrant has no test perplexity" in capsys.readouterr().err
     assert not (tmp_path / "r.md").exists()
 
 

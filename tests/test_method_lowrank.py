@@ -178,13 +178,19 @@ def test_a_checkpoint_restores_the_gate_split_into_a_module_built_with_another()
 @pytest.mark.parametrize(
     "knobs,site,message",
     [
-        ({"rank": 8, "gates": 3, "u_groups": 4}, Site("rnn.0.hh", "recurrent", (M, N)), "equal blocks"),
-        ({"rank": 8, "gates": 4, "u_groups": 4}, Site("decoder", "softmax", (M, N)), "not a vocabulary site"),
+        ({"rank": 8, "gates": 3, "u_groups": 4}, Site("rnn.0.hh", "recurrent", (M, N)), "split into equal blocks"),
+        ({"rank": 8, "gates": 4, "u_groups": 4}, Site("decoder", "softmax", (M, N)), "not to vocabulary site"),
     ],
 )
 def test_gates_refuse_what_they_cannot_split_in_one_line(knobs, site, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as e:
         LowRankWeight.build(_w(), site, LowRankConfig(**knobs))
+    assert "\n" not in str(e.value)
+
+
+def test_one_gate_is_refused_for_one_factorisation_has_one_spelling():
+    with pytest.raises(UserError, match="gates=1 is one factorisation"):
+        LowRankConfig(rank=8, gates=1)
 
 
 def test_a_plan_without_gates_is_written_as_before_gates_existed():

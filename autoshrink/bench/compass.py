@@ -101,6 +101,8 @@ def markdown(row: str, folders: list[Path], command: str, work: Path = WORKS["co
         missing = "the dense control" if dense is None else f"the {row} autoshrink entrant"
         raise UserError(f"the converged tier has no result for {missing} (python -m autoshrink.bench --tier converged)")
     entrants = {e: r for e, r in entrants.items() if r is not None and "test_ppl" in r}
+    if "autoshrink" not in entrants or "dense" not in entrants:
+        raise UserError(f"the converged tier's dense control or {row} autoshrink entrant has no test perplexity")
     runs = []  # (folder, result, the entrant whose plan it trained, what it changed)
     for folder in folders:
         r = _result(folder)

@@ -76,6 +76,8 @@ class LowRankConfig(MethodConfig):
         self.check_int("rank", 0)
         self.check_int("u_groups", 0)
         self.check_int("gates", 0)
+        if self.gates == 1:
+            raise UserError("lowrank: gates=1 is one factorisation: write gates=0 (the same plan has one spelling)")
 
     @property
     def blocks(self) -> int:
@@ -87,10 +89,11 @@ class LowRankConfig(MethodConfig):
 
     def check_site(self, site: Site) -> None:
         super().check_site(site)
-        if self.blocks > 1 and (site.is_vocab or site.shape[0] % self.blocks):
+        if self.blocks > 1 and site.is_vocab:
+            raise UserError(f"lowrank: gates={self.gates} applies to matrices, not to vocabulary site {site.name!r}")
+        if self.blocks > 1 and site.shape[0] % self.blocks:
             raise UserError(
-                f"lowrank: gates={self.gates} needs a matrix whose {site.shape[0]} rows split into {self.gates} "
-                f"equal blocks, not a vocabulary site ({site.name!r})"
+                f"lowrank: gates={self.gates} needs rows that split into equal blocks; {site.name!r} has {site.shape[0]}"
             )
 
     def effective_rank(self, site: Site) -> int:
@@ -197,6 +200,8 @@ class LowRankWeight(CompressedWeight):
         # as quantising all of U, at the cost of the rows used; transposed, a row's grid is its
         # column groups', so U is quantised whole.
         flat = ids.reshape(-1)
+        if self.config.blocks > 1:  # never on a vocabulary site (check_site); rows of W all the same
+            return self.weight()[flat].reshape(*ids.shape, self.v.shape[1])
         rows = self.stored_u()[flat] if self.config.u_groups else self.q(self.u[flat])
         return (rows @ self.q(self.v)).reshape(*ids.shape, self.v.shape[1])
 

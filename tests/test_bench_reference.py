@@ -215,12 +215,14 @@ def test_new_entrants_record_commit_and_plan_and_the_report_compares_them(bench_
     # a per-site plan: the goal compares its increase over the dense control with the best uniform's
     dense = result_of(bench_setup.work, "dense", "dense")
     per_site = {**single["plan"], next(iter(single["plan"])): {"method": "quant", "bits": 4}}
-    for factor in (0.5, 0.95):
+    for factor in (0.5, 0.95, -0.2):
         ppl = dense["test_ppl"] * (1 + factor * (single["test_ppl"] / dense["test_ppl"] - 1))
         (auto_dir / "bench.json").write_text(json.dumps({**single, "plan": per_site, "test_ppl": ppl, "trials": 1}))
         text = markdown(bench_setup, [row], "python -m autoshrink.bench", tmp_path)
         goals = [x for x in text.splitlines() if x.startswith("| 3x | ") and x.count("|") == 10]
         expected = f"{'yes' if factor <= 0.85 else 'no'} ({factor:.2f}x)"
+        if factor < 0:  # below the dense control: said so, not as a negative ratio
+            expected = "yes (no worse than the dense control)"
         assert goals[0].endswith(f"| {expected} |"), goals[0]
 
 

@@ -278,6 +278,8 @@ def _beats_seeds(row: Row, work: Path, auto: dict | None, best: dict | None, den
     ours, theirs = auto["test_ppl"] / dense["test_ppl"] - 1, best["test_ppl"] / dense["test_ppl"] - 1
     if theirs <= 0:
         return "no: the best uniform plan is no worse than dense" if ours > theirs else "yes"
+    if ours <= 0:  # no increase at all: a ratio below zero reads as nonsense
+        return "yes (no worse than the dense control)"
     ratio = ours / theirs
     return f"{'yes' if ratio <= SEARCH_GOAL else 'no'} ({ratio:.2f}x)"
 

@@ -395,11 +395,12 @@ def train_plan(
     )
     small = compress(dense, plan, freqs=lm.vocab.freqs, stats=stats)
     settings = TrialSettings()  # the trials' batch, bptt and learning rate
+    opts = options or {}
     recipe = {
-        "lr": (options or {}).get("lr", training.DEFAULT_LR),
-        "schedule": (options or {}).get("schedule", "cosine"),
+        "lr": opts.get("lr", training.DEFAULT_LR),
+        "schedule": opts.get("schedule", "cosine"),
         "distill": distill,
-        "distill_weight": (options or {}).get("distill_weight", training.DEFAULT_DISTILL_WEIGHT) if distill else 0.0,
+        "distill_weight": opts.get("distill_weight", training.DEFAULT_DISTILL_WEIGHT) if distill else 0.0,
     }
     state = _read_checkpoint(ckpt, small, label, plan_json) or {
         "recipe": recipe,
@@ -412,9 +413,8 @@ def train_plan(
         "seconds": 0.0,
         "history": [],
     }
-    _same_recipe(
-        state.setdefault("recipe", recipe), recipe, ckpt
-    )  # a checkpoint from before recipes were kept: this one
+    # a checkpoint from before recipes were kept takes this call's
+    _same_recipe(state.setdefault("recipe", recipe), recipe, ckpt)
     if not state["step"]:
         _start_from(small, start_weights, state, ckpt, lm, name, log)
     done, start = state["step"], state["fraction"]  # the schedules' position: a finished run stays finished
@@ -458,7 +458,7 @@ def train_plan(
                 "distill_from": copy.deepcopy(dense) if distill else None,
                 "validate_start": not done,
                 "prior_history": _prior_history(state, settle),  # early stopping goes on from them
-                **(options or {}),
+                **opts,
             }
         )
         with _resumed_schedules(small, start):

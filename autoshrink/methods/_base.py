@@ -119,7 +119,7 @@ class MethodConfig:
     def to_dict(self) -> dict[str, Any]:
         knobs = dataclasses.asdict(self)
         for name in type(self).written_when_set:
-            if knobs[name] == getattr(type(self)(), name):
+            if knobs[name] == self.__dataclass_fields__[name].default:
                 del knobs[name]
         return {"method": self.method, **knobs}
 

@@ -199,9 +199,9 @@ class LowRankWeight(CompressedWeight):
         # In rows (groups within a row), quantising only the gathered rows gives the same values
         # as quantising all of U, at the cost of the rows used; transposed, a row's grid is its
         # column groups', so U is quantised whole.
+        if self.config.blocks > 1:  # never on a vocabulary site (check_site): the rows of W, as any method's
+            return super().lookup(ids)
         flat = ids.reshape(-1)
-        if self.config.blocks > 1:  # never on a vocabulary site (check_site); rows of W all the same
-            return self.weight()[flat].reshape(*ids.shape, self.v.shape[1])
         rows = self.stored_u()[flat] if self.config.u_groups else self.q(self.u[flat])
         return (rows @ self.q(self.v)).reshape(*ids.shape, self.v.shape[1])
 

@@ -29,3 +29,37 @@ def test_without_the_quick_tier_s_dense_control_it_is_one_line_and_exit_2(tmp_pa
     with pytest.raises(SystemExit) as e:
         mixed_width.main(["--bench-work", str(tmp_path)])
     assert e.value.code == 2 and "no dense control" in capsys.readouterr().err
+
+
+def test_uniform_plans_compress_only_the_roles_the_space_names():
+    from types import SimpleNamespace
+
+    from autoshrink.search.space import load_space
+    from autoshrink.sites import Site
+
+    sites = [
+        Site("encoder", "embedding", (1000, 64)),
+        Site("rnn.0.ih", "recurrent", (256, 64), bias=True),
+        Site("rnn.0.hh", "recurrent", (256, 64), bias=True),
+        Site("decoder", "softmax", (1000, 64), bias=True),
+    ]
+    dense = sum(s.dense_bytes for s in sites)
+    recurrent = sum(s.dense_bytes for s in sites if s.role == "recurrent")
+    limit = dense - recurrent + recurrent // 8
+    ctx = SimpleNamespace(
+        sites=sites, max_bytes=limit, freqs=None, model_file=None, space=load_space("search_spaces/lstm-only.yaml")
+    )
+    plans = mixed_width.uniform_lowrank_plans(ctx, (3, 4))
+    assert list(plans) == ["uniform low-rank, 3 bits", "uniform low-rank, 4 bits"]
+    for plan in plans.values():
+        assert sorted(plan) == ["rnn.0.hh", "rnn.0.ih"]  # the embedding and the softmax stay dense
+        assert {cfg["method"] for cfg in plan.values()} == {"lowrank"}
+
+
+def test_a_bad_budget_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "dense").mkdir()
+    (tmp_path / "dense" / "bench.json").write_text('{"test_ppl": 38.49}')
+    with pytest.raises(SystemExit) as e:
+        mixed_width.main(["--bench-work", str(tmp_path), "--budget", "nonsense", "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "nonsense" in err and "Traceback" not in err

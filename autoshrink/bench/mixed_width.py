@@ -5,7 +5,10 @@ steps, the search's settings) and the benchmark's quick-tier final training (200
 validations, no distillation), and is compared with the quick tier's dense control.
 
     python -m autoshrink.bench.mixed_width [--budget 100x] [--run-dir results/runs/mixed-width-100x] \
-        [--bench-work results/runs/bench] [--out results/mixed_width.md]
+        [--bench-work results/runs/bench] [--space search_spaces/mixed-width.yaml] [--out results/mixed_width.md]
+
+--space measures another space's allocation (search_spaces/lstm-only-mixed-width.yaml at lstm-25x:
+results/mixed_width-lstm-25x.md); the uniform plans then compress only the roles that space names.
 
 Resumable: the search resumes, each trial is read back from its JSON, each training from its
 checkpoint. The dense control is read from the benchmark's quick tier (`python -m autoshrink.bench`
@@ -16,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 from autoshrink.bench.report import commit, write_report
+from autoshrink.errors import UserError
 from autoshrink.bench.trained_profile import context, plan_text, trial_ppl, trials_text
 from autoshrink.methods.lowrank import LowRankConfig
 from autoshrink.plan.fit import uniform_plan
@@ -43,16 +48,26 @@ def quick_test_ppl(ctx, plan: dict, out: Path, log) -> float:
     return float(final.metrics["test_ppl"])
 
 
-def measure(run_dir: Path, budget: str, log=print) -> dict:
-    search(SearchConfig(budget, model="kjv-lstm", data="kjv", space=SPACE, trials=1, finetune_steps=80, seed=0,
+def uniform_lowrank_plans(ctx, widths) -> dict[str, dict]:
+    """Uniform data-aware low-rank at each storage width, fitted to the limit over the sites the
+    space compresses (a role it leaves out stays dense, as in the allocation's plan)."""
+    plans = {}
+    for bits in widths:
+        fitted = uniform_plan(
+            LowRankConfig(bits=bits), ctx.sites, ctx.max_bytes, ctx.freqs, ctx.model_file, roles=set(ctx.space.roles)
+        )
+        plans[f"uniform low-rank, {bits} bits"] = {site: cfg.to_dict() for site, cfg in fitted.items()}
+    return plans
+
+
+def measure(run_dir: Path, budget: str, space: str = SPACE, log=print) -> dict:
+    search(SearchConfig(budget, model="kjv-lstm", data="kjv", space=space, trials=1, finetune_steps=80, seed=0,
                         run_dir=run_dir), log=log)  # fmt: skip
     ctx, info = context(run_dir, 0, log)
     plans = {
-        "allocation over mixed-width.yaml": json.loads((run_dir / run_folder.ALLOCATION).read_text())["best"]["plan"]
+        f"allocation over {Path(space).name}": json.loads((run_dir / run_folder.ALLOCATION).read_text())["best"]["plan"]
     }
-    for bits in (3, 4):
-        fitted = uniform_plan(LowRankConfig(bits=bits), ctx.sites, ctx.max_bytes, ctx.freqs, ctx.model_file)
-        plans[f"uniform low-rank, {bits} bits"] = {site: cfg.to_dict() for site, cfg in fitted.items()}
+    plans.update(uniform_lowrank_plans(ctx, (3, 4)))
     rows = []
     for i, (name, plan) in enumerate(plans.items()):
         trial = trial_ppl(ctx, plan, run_dir / f"mixed-width-trial-{i}.json", log)
@@ -102,13 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--bench-work", default="results/runs/bench", help="the quick tier's work folder (its dense control)"
     )
+    p.add_argument("--space", default=SPACE, help="the search space whose allocation is measured [%(default)s]")
     p.add_argument("--out", default="results/mixed_width.md")
     args = p.parse_args(argv)
     dense = Path(args.bench_work) / "dense" / "bench.json"
     if not dense.is_file():
         p.exit(2, f"{p.prog}: no dense control in {dense}: run `python -m autoshrink.bench --entrants dense` first\n")
-    m = measure(Path(args.run_dir), args.budget)
-    command = "python -m autoshrink.bench.mixed_width " + " ".join(argv if argv is not None else [])
+    try:
+        m = measure(Path(args.run_dir), args.budget, args.space)
+    except UserError as e:  # a bad budget or space, or a resume that contradicts its run
+        p.exit(2, f"{p.prog}: {e}\n")
+    command = "python -m autoshrink.bench.mixed_width " + " ".join(sys.argv[1:] if argv is None else argv)
     write_report(args.out, markdown(m, json.loads(dense.read_text())["test_ppl"], command.strip()))
     return 0
 

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from autoshrink.bench.reference import QUICK_STEPS
 from autoshrink.bench.report import commit, write_report
 from autoshrink.errors import UserError
 from autoshrink.bench.trained_profile import context, plan_text, trial_ppl, trials_text
@@ -34,7 +35,7 @@ from autoshrink.search.controller import search
 from autoshrink.search.trial import TrialSettings
 
 SPACE = "search_spaces/mixed-width.yaml"
-QUICK_STEPS, QUICK_EVALS = 200, 5  # the benchmark's quick tier (bench/reference.py)
+QUICK_EVALS = 5  # the benchmark's quick tier (bench/reference.py)
 
 
 def quick_test_ppl(ctx, plan: dict, out: Path, log) -> float:

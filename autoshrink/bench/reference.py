@@ -51,6 +51,7 @@ EXPERIMENTS = {"quick": Path("results/runs/toward-uniform"), "converged": Path("
 # folders also keeps its bench.json here, committed, and the report reads it where the folder is gone.
 RECORDS = Path("results/bench-records")
 PROTOCOL = 2  # issue 16: best storage per single method, small dense, best uniform, tiers
+QUICK_STEPS = 200  # the quick tier's final-training steps per entrant (--steps)
 CONVERGED_ROWS = ("25x", "lstm-25x")
 CONVERGED_EPOCHS = 3.0
 CONVERGED_EVALS = 12  # validations (and checkpoints) per converged training: about every quarter epoch

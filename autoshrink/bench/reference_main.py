@@ -46,7 +46,10 @@ def main(argv=None) -> int:
         f"{' and '.join(reference.CONVERGED_ROWS)} trained to a plateau (at most {reference.CONVERGED_EPOCHS:g} epochs), distilled [quick]",
     )
     p.add_argument(
-        "--steps", type=int, default=200, help="final-training steps of every entrant in the quick tier [200]"
+        "--steps",
+        type=int,
+        default=reference.QUICK_STEPS,
+        help=f"final-training steps of every entrant in the quick tier [{reference.QUICK_STEPS}]",
     )
     p.add_argument("--trials", type=int, default=8, help="autoshrink's search trials per row [8]")
     p.add_argument("--finetune-steps", type=int, default=80, help="fine-tuning steps per search trial [80]")

@@ -163,3 +163,22 @@ def test_bad_run_folders_are_one_line_and_exit_2(setup, tmp_path, capsys):
     assert main(["front", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error" in err[0]
+
+
+def test_each_front_plan_says_where_it_came_from(tmp_path, capsys):
+    trials = [
+        {**TRIALS[0], "allocated": "allocation (knapsack)"},
+        {**TRIALS[1], "warm_start": "uniform lowrank"},
+        *TRIALS[2:],
+    ]
+    make_run(tmp_path / "run", trials)
+    assert list(front_table(tmp_path / "run")["origin"]) == ["allocation (knapsack)", "uniform lowrank"]
+    assert main(["front", str(tmp_path / "run")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].index("val ppl") < lines[1].index("from") < lines[1].index("methods")
+    assert "allocation (knapsack)" in lines[2] and "uniform lowrank" in lines[3]
+    assert main(["front", str(tmp_path / "run"), "--format", "csv"]) == 0
+    assert list(pd.read_csv(io.StringIO(capsys.readouterr().out))["origin"]) == [
+        "allocation (knapsack)",
+        "uniform lowrank",
+    ]

@@ -31,6 +31,7 @@ def make_front(points: list[tuple[str, float, float]], objective: str = "stored_
             "seconds": 60.0,
             "steps": 80,
             "methods": "",
+            "origin": "sampled",
             "plan": "{}",
             "feasible": True,
             "note": "",

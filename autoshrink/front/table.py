@@ -30,7 +30,7 @@ def read_front(run_dir: str | Path) -> Front:
 
 def front_table(run_dir: str | Path) -> "pd.DataFrame":
     """The front as a DataFrame: the columns of front.csv (number, state, stored_bytes, ratio,
-    latency_ms, val_ppl, seconds, steps, methods, plan), sorted by the objective."""
+    latency_ms, val_ppl, seconds, steps, methods, origin, plan), sorted by the objective."""
     return read_front(run_dir).front[COLUMNS]
 
 
@@ -67,7 +67,7 @@ def render_table(f: Front) -> str:
     if f.front.empty:
         lines.append("no feasible completed trial yet: the front is empty")
         return "\n".join(lines) + "\n"
-    rows = [("trial", "ratio", "bytes", "latency ms", "val ppl", "methods")]
+    rows = [("trial", "ratio", "bytes", "latency ms", "val ppl", "from", "methods")]
     for r in f.front.itertuples():
         rows.append(
             (
@@ -76,12 +76,14 @@ def render_table(f: Front) -> str:
                 human_bytes(r.stored_bytes),
                 _num(r.latency_ms, ".2f"),
                 _num(r.val_ppl, ".2f"),
+                r.origin,
                 r.methods,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    for row in rows:
-        lines.append("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) + "  " + row[5])
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    for row in rows:  # numbers right-aligned, the plan's origin left-aligned, the methods last
+        cells = [cell.rjust(w) for cell, w in zip(row[:5], widths)] + [row[5].ljust(widths[5])]
+        lines.append("  ".join(cells) + "  " + row[6])
     lines.append(f"val ppl: {val_slice()}, after {info.get('finetune_steps', '?')} fine-tuning steps")
     best = f.front.sort_values("val_ppl").iloc[0]
     lines.append(f"best (lowest val ppl): trial {best['number']}  ->  autoshrink train {f.run_dir} --trial best")

@@ -28,14 +28,17 @@ from torch import nn
 from autoshrink.errors import UserError, read_user_json
 from autoshrink.provenance import source_commit
 from autoshrink.search.pareto import pareto_mask
-from autoshrink.search.study import REPAIRED, load_study
+from autoshrink.search.study import REPAIRED, load_study, origin_of
 
 if TYPE_CHECKING:
     from autoshrink.allocate import Allocation
 
 TRIALS, WEIGHTS = "trials", "model.safetensors"  # RUN/trials/<number>/model.safetensors
 PROFILE, ALLOCATION = "profile.csv", "allocation.json"
-COLUMNS = ["number", "state", "stored_bytes", "ratio", "latency_ms", "val_ppl", "seconds", "steps", "methods", "plan"]
+# origin: where the plan came from (search/study.origin_of): the allocation, a uniform control, the sampler
+COLUMNS = [
+    "number", "state", "stored_bytes", "ratio", "latency_ms", "val_ppl", "seconds", "steps", "methods", "origin", "plan",
+]  # fmt: skip
 
 
 def method_mix(plan: dict) -> str:
@@ -62,6 +65,7 @@ def trial_rows(study: optuna.Study) -> pd.DataFrame:
                 "seconds": a.get("seconds"),
                 "steps": a.get("steps"),
                 "methods": method_mix(plan),
+                "origin": origin_of(t),
                 "plan": json.dumps(plan, sort_keys=True),
                 "feasible": a.get("feasible", False),
                 "note": a.get("note", ""),

@@ -44,3 +44,14 @@ def test_the_report_computes_shares_and_the_verdict_line_from_the_figures():
     assert "| 100x | 247,347 | 22.8% | 65.884 | 65.887 |" in text
     assert "| autoshrink | 65.88 | 61.09 | 288,723 |" in text
     assert "by at most +0.003" in text and "from 65.88 to 61.09 (dense control 38.49)" in text
+
+
+def test_without_the_quick_tier_s_entrants_it_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    import pytest
+
+    monkeypatch.setattr(bias_bytes, "WORKS", {"quick": tmp_path / "empty"})
+    with pytest.raises(SystemExit) as e:
+        bias_bytes.main(["--row", "50x", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r.md")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "no 50x autoshrink result" in err and err.count("\n") == 1
+    assert not (tmp_path / "r.md").exists()

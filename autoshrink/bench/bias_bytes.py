@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from autoshrink.bench.reference import ROWS, SINGLES, WORKS, Row, entrant_dir, result_of
+from autoshrink.bench.reference import QUICK_STEPS, ROWS, SINGLES, WORKS, Row, entrant_dir, result_of
 from autoshrink.bench.report import commit, write_report
+from autoshrink.errors import UserError
 
 WORK = Path("results/runs/bias-bytes")
 CODE_BITS = 8
@@ -70,8 +71,14 @@ def measure(row_name: str, work: Path, log=print) -> dict:
     from autoshrink.bench.reference import Setup, run_autoshrink, run_single
     from autoshrink.data import load_lm_data
 
-    setup = Setup("kjv-lstm", 200, 8, 80, work)
     row = ROWS[row_name]
+    before = {e: result_of(WORKS["quick"], row.name, e) for e in ("autoshrink", "lowrank")}
+    for entrant, r in before.items():
+        if r is None or "test_ppl" not in r:
+            raise UserError(
+                f"the quick tier has no {row.name} {entrant} result: python -m autoshrink.bench --rows {row.name}"
+            )
+    setup = Setup("kjv-lstm", QUICK_STEPS, 8, 80, work)
     limits = {name: setup.max_bytes(r) for name, r in ROWS.items() if r.roles is None}  # every bias in scope
     lm = load_lm_data("kjv", vocab=setup.dense.vocab)
     cost = {}
@@ -85,8 +92,7 @@ def measure(row_name: str, work: Path, log=print) -> dict:
     for entrant, run in (("autoshrink", run_autoshrink), ("lowrank", lambda s, r: run_single(s, r, "lowrank"))):
         done = entrant_dir(work, freed.name, entrant) / "bench.json"
         r = json.loads(done.read_text()) if done.is_file() else run(setup, freed)
-        before = result_of(WORKS["quick"], row.name, entrant)
-        gain[entrant] = (before and before.get("test_ppl"), r.get("test_ppl"), r.get("stored_bytes"))
+        gain[entrant] = (before[entrant]["test_ppl"], r.get("test_ppl"), r.get("stored_bytes"))
     dense = result_of(WORKS["quick"], "dense", "dense")
     return {
         "row": row.name,
@@ -143,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=WORK, help=f"the search and trainings [{WORK}]")
     p.add_argument("--out", default="results/bias_bytes.md")
     args = p.parse_args(argv)
-    m = measure(args.row, args.work)
+    try:
+        m = measure(args.row, args.work)
+    except UserError as e:
+        p.exit(2, f"{p.prog}: {e}\n")
     command = "python -m autoshrink.bench.bias_bytes " + " ".join(sys.argv[1:] if argv is None else argv)
     write_report(args.out, markdown(m, command.strip()))
     return 0

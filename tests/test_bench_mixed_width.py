@@ -63,3 +63,21 @@ def test_a_bad_budget_is_one_line_and_exit_2(tmp_path, capsys):
         mixed_width.main(["--bench-work", str(tmp_path), "--budget", "nonsense", "--run-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "nonsense" in err and "Traceback" not in err
+
+
+def test_a_width_that_cannot_fit_is_left_out_and_none_fitting_is_one_line():
+    from types import SimpleNamespace
+
+    from autoshrink.errors import UserError
+    from autoshrink.search.space import load_space
+    from autoshrink.sites import Site
+
+    sites = [Site("rnn.0.ih", "recurrent", (256, 64), bias=True), Site("decoder", "softmax", (1000, 64), bias=True)]
+    decoder = sites[1].dense_bytes
+    space = load_space("search_spaces/lstm-only.yaml")
+    # at 2,500 bytes for rnn.0.ih only 16-bit factors fit (the quantised ones' group scales do not)
+    tight = SimpleNamespace(sites=sites, max_bytes=decoder + 2500, freqs=None, model_file=None, space=space)
+    assert list(mixed_width.uniform_lowrank_plans(tight, (3, 4, 16))) == ["uniform low-rank, 16 bits"]
+    tight.max_bytes = decoder + 1500
+    with pytest.raises(UserError, match="cannot fit"):
+        mixed_width.uniform_lowrank_plans(tight, (3, 4))

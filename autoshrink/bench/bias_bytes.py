@@ -69,7 +69,6 @@ def rounded_cost(folder: Path, lm) -> tuple[float, float]:
 
 def measure(row_name: str, work: Path, log=print) -> dict:
     from autoshrink.bench.reference import Setup, run_autoshrink, run_single
-    from autoshrink.data import load_lm_data
 
     row = ROWS[row_name]
     before = {e: result_of(WORKS["quick"], row.name, e) for e in ("autoshrink", "lowrank")}
@@ -80,23 +79,27 @@ def measure(row_name: str, work: Path, log=print) -> dict:
             )
     setup = Setup("kjv-lstm", QUICK_STEPS, 8, 80, work)
     limits = {name: setup.max_bytes(r) for name, r in ROWS.items() if r.roles is None}  # every bias in scope
-    lm = load_lm_data("kjv", vocab=setup.dense.vocab)
     cost = {}
     for name in limits:
         folder = entrant_dir(WORKS["quick"], name, "autoshrink")
         if (folder / "model.safetensors").is_file():
-            cost[name] = rounded_cost(folder, lm)
+            cost[name] = rounded_cost(folder, setup.lm)
     limit = setup.max_bytes(row) + freed_bytes(setup.sites)
-    freed = Row(f"{row.name}-bias{CODE_BITS}", setup.dense_bytes / limit, None, row.space, row.scope, SINGLES)
+    # Setup.max_bytes floors dense / ratio: half a byte over the limit makes it the limit exactly
+    freed = Row(f"{row.name}-bias{CODE_BITS}", setup.dense_bytes / (limit + 0.5), None, row.space, row.scope, SINGLES)
     gain = {}
     for entrant, run in (("autoshrink", run_autoshrink), ("lowrank", lambda s, r: run_single(s, r, "lowrank"))):
         done = entrant_dir(work, freed.name, entrant) / "bench.json"
         r = json.loads(done.read_text()) if done.is_file() else run(setup, freed)
+        if "test_ppl" not in r:
+            raise UserError(f"{freed.name} {entrant}: {r.get('unreachable', 'no test perplexity')}")
         gain[entrant] = (before[entrant]["test_ppl"], r.get("test_ppl"), r.get("stored_bytes"))
     dense = result_of(WORKS["quick"], "dense", "dense")
     return {
         "row": row.name,
         "bias_bytes": bias_bytes(setup.sites),
+        "biases": [(s.name, s.shape[0]) for s in setup.sites if s.bias],
+        "search": (setup.trials, setup.finetune_steps, setup.steps),
         "freed": freed_bytes(setup.sites),
         "limits": limits,
         "cost": cost,
@@ -110,8 +113,8 @@ def markdown(m: dict, command: str) -> str:
         "## fp32 biases in the budget (kjv-lstm)",
         "",
         f"{time.strftime('%Y-%m-%d')}, commit {commit()}, `{command}`. kjv-lstm's sites hold {m['bias_bytes']:,} "
-        f"bytes of fp32 biases (the softmax's 10,002 and four LSTM matrices' 1,024 each); stored as {CODE_BITS}-bit "
-        f"codes with a scale and offset per tensor they would free {m['freed']:,} bytes.",
+        f"bytes of fp32 biases ({', '.join(f'{name} {n:,}' for name, n in m['biases'])} values); stored as "
+        f"{CODE_BITS}-bit codes with a scale and offset per tensor they would free {m['freed']:,} bytes.",
         "",
         "| row | limit | fp32 biases' share of it | autoshrink test ppl, fp32 biases | biases rounded to "
         f"{CODE_BITS} bits |",
@@ -119,11 +122,12 @@ def markdown(m: dict, command: str) -> str:
     ]
     for name, limit in m["limits"].items():
         cost = m["cost"].get(name)
-        costs = f"{cost[0]:.3f} | {cost[1]:.3f}" if cost else "not trained | -"
+        costs = f"{cost[0]:.3f} | {cost[1]:.3f}" if cost else "no exported model here | -"
         lines.append(f"| {name} | {limit:,} | {100 * m['bias_bytes'] / limit:.1f}% | {costs} |")
     lines += [
         "",
-        f"At {m['row']}, searched and trained as the quick tier does (8 trials of 80 steps; 200 final steps), at "
+        f"At {m['row']}, searched and trained as the quick tier does ({m['search'][0]} trials of {m['search'][1]} "
+        f"steps; {m['search'][2]} final steps), at "
         f"the limit plus the {m['freed']:,} bytes 8-bit biases would free:",
         "",
         f"| entrant | test ppl at the {m['row']} limit | test ppl with the freed bytes | stored bytes |",
@@ -131,12 +135,12 @@ def markdown(m: dict, command: str) -> str:
     ]
     for entrant, (before, after, stored) in m["gain"].items():
         lines.append(f"| {entrant} | {before:.2f} | {after:.2f} | {stored:,} |")
-    worst = max((c[1] - c[0] for c in m["cost"].values()), default=0.0)
+    worst = max((abs(c[1] - c[0]) for c in m["cost"].values()), default=0.0)
     auto = m["gain"]["autoshrink"]
     lines += [
         "",
         f"Rounding every bias to {CODE_BITS} bits moves a trained entrant's test perplexity by at most "
-        f"{worst:+.3f}; the freed bytes move autoshrink's {m['row']} entrant from {auto[0]:.2f} to {auto[1]:.2f}"
+        f"{worst:.4f}; the freed bytes move autoshrink's {m['row']} entrant from {auto[0]:.2f} to {auto[1]:.2f}"
         + (f" (dense control {m['dense']:.2f})." if m["dense"] else "."),
         "",
     ]

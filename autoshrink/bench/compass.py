@@ -34,6 +34,7 @@ from autoshrink.bench.reference import (
     CONVERGED_DISTILL_WEIGHT,
     CONVERGED_EPOCHS,
     CONVERGED_ROWS,
+    QUICK_STEPS,
     WORKS,
     result_of,
 )
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
             setup = Setup(
                 args.model,
-                200,
+                QUICK_STEPS,
                 8,
                 80,
                 WORKS["quick"],

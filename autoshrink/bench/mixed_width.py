@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from autoshrink.bench.reference import QUICK_STEPS
+from autoshrink.bench.reference import QUICK_EVALS, QUICK_STEPS
 from autoshrink.bench.report import commit, write_report
 from autoshrink.errors import UserError
 from autoshrink.bench.trained_profile import context, plan_text, trial_ppl, trials_text
@@ -35,7 +35,6 @@ from autoshrink.search.controller import search
 from autoshrink.search.trial import TrialSettings
 
 SPACE = "search_spaces/mixed-width.yaml"
-QUICK_EVALS = 5  # the benchmark's quick tier (bench/reference.py)
 
 
 def quick_test_ppl(ctx, plan: dict, out: Path, log) -> float:
@@ -57,7 +56,12 @@ def uniform_lowrank_plans(ctx, widths) -> dict[str, dict]:
         fitted = uniform_plan(
             LowRankConfig(bits=bits), ctx.sites, ctx.max_bytes, ctx.freqs, ctx.model_file, roles=set(ctx.space.roles)
         )
-        plans[f"uniform low-rank, {bits} bits"] = {site: cfg.to_dict() for site, cfg in fitted.items()}
+        if fitted is not None:  # None: low-rank at this width cannot fit the limit on the space's roles
+            plans[f"uniform low-rank, {bits} bits"] = {site: cfg.to_dict() for site, cfg in fitted.items()}
+    if not plans:
+        raise UserError(
+            f"uniform low-rank at {', '.join(map(str, widths))} bits cannot fit the limit on the space's roles"
+        )
     return plans
 
 

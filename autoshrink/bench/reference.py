@@ -52,6 +52,7 @@ EXPERIMENTS = {"quick": Path("results/runs/toward-uniform"), "converged": Path("
 RECORDS = Path("results/bench-records")
 PROTOCOL = 2  # issue 16: best storage per single method, small dense, best uniform, tiers
 QUICK_STEPS = 200  # the quick tier's final-training steps per entrant (--steps)
+QUICK_EVALS = 5  # and its validations (and checkpoints) per training
 CONVERGED_ROWS = ("25x", "lstm-25x")
 CONVERGED_EPOCHS = 3.0
 CONVERGED_EVALS = 12  # validations (and checkpoints) per converged training: about every quarter epoch
@@ -217,7 +218,7 @@ def train_entrant(setup: Setup, plan_json: dict, out: Path, label: str, extra: d
     if recipe["cooldown"] is None:  # no plateau stop: every step of the cap
         options["patience"] = None
     if setup.tier == "quick":  # a fixed short budget for every entrant
-        steps, evals = setup.steps, 5
+        steps, evals = setup.steps, QUICK_EVALS
     else:
         steps = round(setup.converged_epochs * num_windows(batchify(setup.lm.train, 32), 35))
         evals = round(CONVERGED_EVALS * setup.converged_epochs / CONVERGED_EPOCHS)  # validations as often

@@ -275,7 +275,12 @@ def _beats_seeds(row: Row, work: Path, auto: dict | None, best: dict | None, den
     uniform = is_uniform(row, work, auto, tier)
     if uniform:
         return f"no: the uniform {uniform} plan"
-    ours, theirs = auto["test_ppl"] / dense["test_ppl"] - 1, best["test_ppl"] / dense["test_ppl"] - 1
+    return increase_verdict(auto["test_ppl"] / dense["test_ppl"] - 1, best["test_ppl"] / dense["test_ppl"] - 1)
+
+
+def increase_verdict(ours: float, theirs: float) -> str:
+    """Issue 15's verdict on a per-site plan's increase over the dense control against the best
+    uniform plan's: "yes (0.44x)", "no (0.93x)", or the cases without a ratio."""
     if theirs <= 0:
         return "no: the best uniform plan is no worse than dense" if ours > theirs else "yes"
     if ours <= 0:  # no increase at all: a ratio below zero reads as nonsense

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from autoshrink.provenance import source_commit
+
+
+def plan_digest(plan: dict) -> str:
+    """8 hex digits naming a plan: a kept training is read back only for the plan it trained."""
+    return hashlib.sha1(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def commit() -> str:

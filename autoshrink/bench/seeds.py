@@ -9,30 +9,56 @@ computes the verdict per seed and on the mean increase.
     python -m autoshrink.bench.seeds --rows 100x --seeds 1    # a share of the work
     python -m autoshrink.bench.seeds --report-only            # the report from what has been trained
 
-Trainings land in results/runs/bench-seeds/s<seed>/ (the quick tier's layout: dense/, <row>/autoshrink/,
-<row>/best-uniform/), resumable: a finished training is kept, a cut-off one resumes from its
-checkpoint. Seed 0 is the quick tier itself (results/bench-records/quick/).
+Trainings land in results/runs/bench-seeds/s<seed>/ (dense/, <row>/<entrant>-<plan digest>/: a
+kept training is read back only for the plan it trained, so a quick tier searched again is
+trained again, not mixed with older plans), resumable: a finished training is kept, a cut-off one
+resumes from its checkpoint. Each finished training's bench.json is also kept in
+results/bench-records/seeds/ (committed: the report can be regenerated on a fresh checkout). Seed 0
+is the quick tier itself (results/bench-records/quick/).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
-from autoshrink.bench.reference import BEST_UNIFORM, QUICK_STEPS, ROWS, WORKS, entrant_dir, result_of
-from autoshrink.bench.reference_report import SEARCH_GOAL, best_uniform
-from autoshrink.bench.report import commit, write_report
+from autoshrink.bench.reference import (
+    BEST_UNIFORM,
+    QUICK_EVALS,
+    QUICK_STEPS,
+    RECORDS,
+    ROWS,
+    WORKS,
+    result_of,
+)
+from autoshrink.bench.reference_report import SEARCH_GOAL, best_uniform, increase_verdict, is_uniform
+from autoshrink.bench.report import commit, plan_digest, write_report
 from autoshrink.errors import UserError
 
 WORK = Path("results/runs/bench-seeds")
 GOAL_ROWS = ("25x", "50x", "100x", "lstm-25x")  # issue 15's goal rows
 
 
-def seed_work(work: Path, seed: int, quick: Path = WORKS["quick"]) -> Path:
-    """Where a training seed's entrants live; seed 0 is the quick tier's own work folder."""
-    return quick if seed == 0 else work / f"s{seed}"
+def seed_dir(work: Path, seed: int, row: str, entrant: str, plan: dict) -> Path:
+    """Where `entrant`'s training of `plan` at training seed `seed` (> 0) lives."""
+    return work / f"s{seed}" / ("dense" if row == "dense" else f"{row}/{entrant}-{plan_digest(plan)}")
+
+
+def record_of(folder: Path, work: Path) -> Path:
+    """The committed copy of a seed training's bench.json: RECORDS/seeds/<its path under work>.json."""
+    return RECORDS / "seeds" / folder.relative_to(work).with_suffix(".json")
+
+
+def read_seed(work: Path, seed: int, row: str, entrant: str, plan: dict) -> dict | None:
+    folder = seed_dir(work, seed, row, entrant, plan)
+    for path in (folder / "bench.json", record_of(folder, work)):
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
 
 
 def plans_of(row: str, quick: Path = WORKS["quick"]) -> dict[str, tuple[str, dict]]:
@@ -55,35 +81,40 @@ def train_seed(setup, rows: list[str], work: Path, log=print) -> None:
         (row, entrant, plan) for row in rows for entrant, (_, plan) in plans_of(row, setup.work).items()
     ]
     for row, entrant, plan in jobs:
-        out = entrant_dir(seed_work(work, seed, setup.work), row, entrant)
-        if (out / "bench.json").is_file():
+        if read_seed(work, seed, row, entrant, plan) is not None:
             continue
+        out = seed_dir(work, seed, row, entrant, plan)
         log(f"seed {seed}: {row} {entrant}")
         train_entrant(setup, plan, out, f"{row} {entrant} (training seed {seed})", {})
+        record = record_of(out, work)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "bench.json", record)
 
 
 def measured(rows: list[str], seeds: list[int], work: Path, quick: Path = WORKS["quick"]) -> dict:
-    """{row: {seed: {dense, autoshrink, best-uniform: test ppl or None}}} and each row's best uniform method."""
-    table, methods = {}, {}
+    """{row: {seed: {dense, autoshrink, best-uniform: test ppl or None}}}, each row's best uniform
+    method, and the uniform plan its autoshrink plan is, if it is one (reference_report.is_uniform)."""
+    table, methods, uniform = {}, {}, {}
     for row in rows:
-        methods[row] = plans_of(row, quick)[BEST_UNIFORM][0]
+        plans = plans_of(row, quick)
+        methods[row] = plans[BEST_UNIFORM][0]
+        uniform[row] = is_uniform(ROWS[row], quick, result_of(quick, row, "autoshrink"))
         table[row] = {}
         for seed in seeds:
-            at = seed_work(work, seed, quick)
-            got = {e: result_of(at, row, e) for e in ("autoshrink", BEST_UNIFORM)}
-            if seed == 0:  # the quick tier's best uniform plan is its single method's entrant
-                got[BEST_UNIFORM] = result_of(at, row, methods[row])
-            got["dense"] = result_of(at, "dense", "dense")
+            if seed == 0:  # the quick tier itself; its best uniform plan is its single method's entrant
+                got = {e: result_of(quick, row, e) for e in ("autoshrink", methods[row])}
+                got = {"autoshrink": got["autoshrink"], BEST_UNIFORM: got[methods[row]]}
+                got["dense"] = result_of(quick, "dense", "dense")
+            else:
+                got = {e: read_seed(work, seed, row, e, plan) for e, (_, plan) in plans.items()}
+                got["dense"] = read_seed(work, seed, "dense", "dense", {})
             table[row][seed] = {e: (r or {}).get("test_ppl") for e, r in got.items()}
-    return {"table": table, "methods": methods}
+    return {"table": table, "methods": methods, "uniform": uniform}
 
 
-def _ratio(ours: float, theirs: float) -> str:
-    if theirs <= 0:
-        return "- (the best uniform plan is no worse than dense)"
-    if ours <= 0:
-        return "yes (no worse than the dense control)"
-    return f"{'yes' if ours / theirs <= SEARCH_GOAL else 'no'} ({ours / theirs:.2f}x)"
+def _verdict(m: dict, row: str, ours: float, theirs: float) -> str:
+    uniform = m.get("uniform", {}).get(row)
+    return f"no: the uniform {uniform} plan" if uniform else increase_verdict(ours, theirs)
 
 
 def markdown(m: dict, seeds: list[int], command: str) -> str:
@@ -92,7 +123,7 @@ def markdown(m: dict, seeds: list[int], command: str) -> str:
         "",
         f"{time.strftime('%Y-%m-%d')}, commit {commit()}, `{command}`. Each row's autoshrink plan and best uniform "
         "plan (the plans the quick tier trained with seed 0) and the dense control trained again with the quick "
-        f"tier's recipe ({QUICK_STEPS} steps, 5 validations, no distillation) at another training seed (initial batches, "
+        f"tier's recipe ({QUICK_STEPS} steps, {QUICK_EVALS} validations, no distillation) at another training seed (initial batches, "
         "dropout); test perplexity over the whole test split. The goal: the plan's increase over the dense control "
         f"trained with the same seed at most {SEARCH_GOAL:g}x the best uniform plan's.",
         "",
@@ -112,15 +143,15 @@ def markdown(m: dict, seeds: list[int], command: str) -> str:
             incs.append((ours, theirs))
             lines.append(
                 f"| {row} | {seed} | {t['dense']:.2f} | {t['autoshrink']:.2f} | {method} {t[BEST_UNIFORM]:.2f} | "
-                f"{100 * ours:+.2f}% | {100 * theirs:+.2f}% | {_ratio(ours, theirs)} |"
+                f"{100 * ours:+.2f}% | {100 * theirs:+.2f}% | {_verdict(m, row, ours, theirs)} |"
             )
         if len(incs) == len(seeds):
-            every = all(_ratio(o, t).startswith("yes") for o, t in incs)
+            every = all(_verdict(m, row, o, t).startswith("yes") for o, t in incs)
             mean_o, mean_t = (sum(x) / len(incs) for x in zip(*incs))
             verdicts.append(
                 f"- {row}: within {SEARCH_GOAL:g}x at every seed: **{'yes' if every else 'no'}**; on the mean "
                 f"increase over {len(incs)} seeds (autoshrink {100 * mean_o:+.2f}%, best uniform "
-                f"{100 * mean_t:+.2f}%): **{_ratio(mean_o, mean_t)}**"
+                f"{100 * mean_t:+.2f}%): **{_verdict(m, row, mean_o, mean_t)}**"
             )
         else:
             verdicts.append(f"- {row}: {len(seeds) - len(incs)} of {len(seeds)} seeds not trained yet")
@@ -142,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if any(s <= 0 for s in args.seeds):
         p.exit(2, f"{p.prog}: --seeds are the seeds besides the quick tier's 0, each > 0, got {args.seeds}\n")
+    args.seeds = sorted(set(args.seeds))  # a seed given twice would count twice in the mean
     command = "python -m autoshrink.bench.seeds " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         if not args.report_only:

@@ -19,15 +19,14 @@ results/runs/toward-uniform[-converged[-full]]/<row>/w<weight>-<plan digest> and
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 
 from autoshrink.allocate.pipeline import TOWARD_UNIFORM
-from autoshrink.bench.reference import EXPERIMENTS
-from autoshrink.bench.report import commit, write_report
+from autoshrink.bench.reference import EXPERIMENTS, QUICK_STEPS
+from autoshrink.bench.report import commit, plan_digest, write_report
 from autoshrink.bench.trained_profile import plan_text
 from autoshrink.errors import UserError
 
@@ -53,8 +52,7 @@ def plans_toward_uniform(setup, row, best: dict, weights: list[float]) -> dict[f
 def plan_folder(weight: float, plan: dict, seed: int = 0) -> str:
     """w<weight>-<digest of the plan>[-seed<seed>]: a kept result is read back only for the plan
     and training seed it was trained with."""
-    digest = hashlib.sha1(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:8]
-    return f"w{weight:g}-{digest}" + (f"-seed{seed}" if seed else "")
+    return f"w{weight:g}-{plan_digest(plan)}" + (f"-seed{seed}" if seed else "")
 
 
 def measure(setup, row, best: dict, weights: list[float], work: Path = WORKS["quick"]) -> list[dict]:
@@ -147,7 +145,7 @@ def main(argv=None) -> int:
     full = FULL if args.no_early_stop else ""
     setup = Setup(
         "kjv-lstm",
-        steps=200,
+        steps=QUICK_STEPS,
         trials=8,
         finetune_steps=80,
         work=BENCH_WORK,

@@ -24,7 +24,17 @@ from pathlib import Path
 
 import torch
 
-from autoshrink.bench.reference import QUICK_STEPS, ROWS, SINGLES, WORKS, Row, entrant_dir, result_of
+from autoshrink.bench.reference import (
+    QUICK_STEPS,
+    ROWS,
+    SEARCH_FINETUNE_STEPS,
+    SEARCH_TRIALS,
+    SINGLES,
+    WORKS,
+    Row,
+    entrant_dir,
+    result_of,
+)
 from autoshrink.bench.report import commit, write_report
 from autoshrink.errors import UserError
 
@@ -77,7 +87,7 @@ def measure(row_name: str, work: Path, log=print) -> dict:
             raise UserError(
                 f"the quick tier has no {row.name} {entrant} result: python -m autoshrink.bench --rows {row.name}"
             )
-    setup = Setup("kjv-lstm", QUICK_STEPS, 8, 80, work)
+    setup = Setup("kjv-lstm", QUICK_STEPS, SEARCH_TRIALS, SEARCH_FINETUNE_STEPS, work)
     limits = {name: setup.max_bytes(r) for name, r in ROWS.items() if r.roles is None}  # every bias in scope
     cost = {}
     for name in limits:

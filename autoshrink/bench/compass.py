@@ -35,6 +35,8 @@ from autoshrink.bench.reference import (
     CONVERGED_EPOCHS,
     CONVERGED_ROWS,
     QUICK_STEPS,
+    SEARCH_FINETUNE_STEPS,
+    SEARCH_TRIALS,
     WORKS,
     result_of,
 )
@@ -222,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             setup = Setup(
                 args.model,
                 QUICK_STEPS,
-                8,
-                80,
+                SEARCH_TRIALS,
+                SEARCH_FINETUNE_STEPS,
                 WORKS["quick"],
                 data=args.data,
                 tier="converged",

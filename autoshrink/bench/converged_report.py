@@ -37,7 +37,15 @@ def markdown(setup, rows, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from autoshrink.bench.reference import CONVERGED_ROWS, QUICK_STEPS, ROWS, WORK, Setup
+    from autoshrink.bench.reference import (
+        CONVERGED_ROWS,
+        QUICK_STEPS,
+        ROWS,
+        SEARCH_FINETUNE_STEPS,
+        SEARCH_TRIALS,
+        WORK,
+        Setup,
+    )
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", nargs="+", default=list(CONVERGED_ROWS), choices=list(CONVERGED_ROWS))
@@ -45,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="kjv", help="its corpus [kjv]")
     p.add_argument("--out", default="results/converged.md", help="the report [results/converged.md]")
     args = p.parse_args(argv)
-    setup = Setup(args.model, QUICK_STEPS, 8, 80, WORK, data=args.data, tier="converged")
+    setup = Setup(args.model, QUICK_STEPS, SEARCH_TRIALS, SEARCH_FINETUNE_STEPS, WORK, data=args.data, tier="converged")
     rows = [ROWS[name] for name in args.rows]
     command = "python -m autoshrink.bench.converged_report " + " ".join(argv if argv is not None else sys.argv[1:])
     write_report(args.out, markdown(setup, rows, command.strip()))

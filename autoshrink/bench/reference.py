@@ -53,6 +53,7 @@ RECORDS = Path("results/bench-records")
 PROTOCOL = 2  # issue 16: best storage per single method, small dense, best uniform, tiers
 QUICK_STEPS = 200  # the quick tier's final-training steps per entrant (--steps)
 QUICK_EVALS = 5  # and its validations (and checkpoints) per training
+SEARCH_TRIALS, SEARCH_FINETUNE_STEPS = 8, 80  # autoshrink's search per row (--trials, --finetune-steps)
 CONVERGED_ROWS = ("25x", "lstm-25x")
 CONVERGED_EPOCHS = 3.0
 CONVERGED_EVALS = 12  # validations (and checkpoints) per converged training: about every quarter epoch

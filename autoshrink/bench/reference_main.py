@@ -51,8 +51,18 @@ def main(argv=None) -> int:
         default=reference.QUICK_STEPS,
         help=f"final-training steps of every entrant in the quick tier [{reference.QUICK_STEPS}]",
     )
-    p.add_argument("--trials", type=int, default=8, help="autoshrink's search trials per row [8]")
-    p.add_argument("--finetune-steps", type=int, default=80, help="fine-tuning steps per search trial [80]")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=reference.SEARCH_TRIALS,
+        help=f"autoshrink's search trials per row [{reference.SEARCH_TRIALS}]",
+    )
+    p.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=reference.SEARCH_FINETUNE_STEPS,
+        help=f"fine-tuning steps per search trial [{reference.SEARCH_FINETUNE_STEPS}]",
+    )
     p.add_argument("--part", default="0/1", help="K/N: run every N-th work item from the K-th (parallel parts) [0/1]")
     p.add_argument(
         "--work",

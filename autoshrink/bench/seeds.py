@@ -32,6 +32,8 @@ from autoshrink.bench.reference import (
     QUICK_STEPS,
     RECORDS,
     ROWS,
+    SEARCH_FINETUNE_STEPS,
+    SEARCH_TRIALS,
     WORKS,
     result_of,
 )
@@ -180,7 +182,15 @@ def main(argv: list[str] | None = None) -> int:
             from autoshrink.bench.reference import Setup
 
             for seed in args.seeds:
-                setup = Setup(args.model, QUICK_STEPS, 8, 80, args.quick, data=args.data, train_seed=seed)
+                setup = Setup(
+                    args.model,
+                    QUICK_STEPS,
+                    SEARCH_TRIALS,
+                    SEARCH_FINETUNE_STEPS,
+                    args.quick,
+                    data=args.data,
+                    train_seed=seed,
+                )
                 train_seed(setup, args.rows, args.work, log=lambda line: print(line, flush=True))
         text = markdown(measured(args.rows, [0, *args.seeds], args.work, args.quick), [0, *args.seeds], command.strip())
     except UserError as e:

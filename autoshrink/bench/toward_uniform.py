@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from autoshrink.allocate.pipeline import TOWARD_UNIFORM
-from autoshrink.bench.reference import EXPERIMENTS, QUICK_STEPS
+from autoshrink.bench.reference import EXPERIMENTS, QUICK_STEPS, SEARCH_FINETUNE_STEPS, SEARCH_TRIALS
 from autoshrink.bench.report import commit, plan_digest, write_report
 from autoshrink.bench.trained_profile import plan_text
 from autoshrink.errors import UserError
@@ -146,8 +146,8 @@ def main(argv=None) -> int:
     setup = Setup(
         "kjv-lstm",
         steps=QUICK_STEPS,
-        trials=8,
-        finetune_steps=80,
+        trials=SEARCH_TRIALS,
+        finetune_steps=SEARCH_FINETUNE_STEPS,
         work=BENCH_WORK,
         tier=args.tier,
         stop_early=not full,

@@ -94,7 +94,8 @@ def measure(row_name: str, work: Path, log=print) -> dict:
         folder = entrant_dir(WORKS["quick"], name, "autoshrink")
         if (folder / "model.safetensors").is_file():
             cost[name] = rounded_cost(folder, setup.lm)
-    limit = setup.max_bytes(row) + freed_bytes(setup.sites)
+    freed_total = freed_bytes(setup.sites)
+    limit = setup.max_bytes(row) + freed_total
     # Setup.max_bytes floors dense / ratio: half a byte over the limit makes it the limit exactly
     freed = Row(f"{row.name}-bias{CODE_BITS}", setup.dense_bytes / (limit + 0.5), None, row.space, row.scope, SINGLES)
     gain = {}
@@ -110,7 +111,7 @@ def measure(row_name: str, work: Path, log=print) -> dict:
         "bias_bytes": bias_bytes(setup.sites),
         "biases": [(s.name, s.shape[0]) for s in setup.sites if s.bias],
         "search": (setup.trials, setup.finetune_steps, setup.steps),
-        "freed": freed_bytes(setup.sites),
+        "freed": freed_total,
         "limits": limits,
         "cost": cost,
         "gain": gain,
@@ -138,7 +139,7 @@ def markdown(m: dict, command: str) -> str:
         "",
         f"At {m['row']}, searched and trained as the quick tier does ({m['search'][0]} trials of {m['search'][1]} "
         f"steps; {m['search'][2]} final steps), at "
-        f"the limit plus the {m['freed']:,} bytes 8-bit biases would free:",
+        f"the limit plus the {m['freed']:,} bytes {CODE_BITS}-bit biases would free:",
         "",
         f"| entrant | test ppl at the {m['row']} limit | test ppl with the freed bytes | stored bytes |",
         "|---|---:|---:|---:|",

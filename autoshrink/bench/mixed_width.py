@@ -25,8 +25,8 @@ from pathlib import Path
 
 from autoshrink.bench.reference import QUICK_EVALS, QUICK_STEPS
 from autoshrink.bench.report import commit, write_report
-from autoshrink.errors import UserError
 from autoshrink.bench.trained_profile import context, plan_text, trial_ppl, trials_text
+from autoshrink.errors import UserError
 from autoshrink.methods.lowrank import LowRankConfig
 from autoshrink.plan.fit import uniform_plan
 from autoshrink.search import run_folder

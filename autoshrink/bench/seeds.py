@@ -64,13 +64,14 @@ def read_seed(work: Path, seed: int, row: str, entrant: str, plan: dict) -> dict
 
 
 def plans_of(row: str, quick: Path = WORKS["quick"]) -> dict[str, tuple[str, dict]]:
-    """{entrant: (label, plan)} of the plans the quick tier trained for `row`: its autoshrink plan and
-    its best uniform plan (the single method with the lowest validation perplexity)."""
+    """{entrant: (label, the quick tier's result)} for `row`: its autoshrink entrant and its best
+    uniform plan (the single method with the lowest validation perplexity); each result's plan is
+    what the seeds train."""
     auto = result_of(quick, row, "autoshrink")
     best = best_uniform(ROWS[row], quick)
     if auto is None or "plan" not in auto or best is None:
         raise UserError(f"the quick tier has no trained autoshrink and single-method entrants for {row} yet")
-    return {"autoshrink": ("autoshrink", auto["plan"]), BEST_UNIFORM: (best[0], best[1]["plan"])}
+    return {"autoshrink": ("autoshrink", auto), BEST_UNIFORM: best}
 
 
 def train_seed(setup, rows: list[str], work: Path, log=print) -> None:
@@ -80,7 +81,7 @@ def train_seed(setup, rows: list[str], work: Path, log=print) -> None:
 
     seed = setup.training_seed
     jobs = [("dense", "dense", {})] + [
-        (row, entrant, plan) for row in rows for entrant, (_, plan) in plans_of(row, setup.work).items()
+        (row, entrant, r["plan"]) for row in rows for entrant, (_, r) in plans_of(row, setup.work).items()
     ]
     for row, entrant, plan in jobs:
         if read_seed(work, seed, row, entrant, plan) is not None:
@@ -98,17 +99,16 @@ def measured(rows: list[str], seeds: list[int], work: Path, quick: Path = WORKS[
     method, and the uniform plan its autoshrink plan is, if it is one (reference_report.is_uniform)."""
     table, methods, uniform = {}, {}, {}
     for row in rows:
-        plans = plans_of(row, quick)
-        methods[row] = plans[BEST_UNIFORM][0]
-        uniform[row] = is_uniform(ROWS[row], quick, result_of(quick, row, "autoshrink"))
+        tier = plans_of(row, quick)
+        methods[row] = tier[BEST_UNIFORM][0]
+        uniform[row] = is_uniform(ROWS[row], quick, tier["autoshrink"][1])
         table[row] = {}
         for seed in seeds:
-            if seed == 0:  # the quick tier itself; its best uniform plan is its single method's entrant
-                got = {e: result_of(quick, row, e) for e in ("autoshrink", methods[row])}
-                got = {"autoshrink": got["autoshrink"], BEST_UNIFORM: got[methods[row]]}
+            if seed == 0:  # the quick tier itself
+                got = {e: r for e, (_, r) in tier.items()}
                 got["dense"] = result_of(quick, "dense", "dense")
             else:
-                got = {e: read_seed(work, seed, row, e, plan) for e, (_, plan) in plans.items()}
+                got = {e: read_seed(work, seed, row, e, r["plan"]) for e, (_, r) in tier.items()}
                 got["dense"] = read_seed(work, seed, "dense", "dense", {})
             table[row][seed] = {e: (r or {}).get("test_ppl") for e, r in got.items()}
     return {"table": table, "methods": methods, "uniform": uniform}
